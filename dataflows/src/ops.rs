@@ -1,0 +1,68 @@
+//! Reusable operators, as extension traits on collections.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use differential_dataflow::AsCollection;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use crate::{Coll, Time};
+
+/// Project each record to a key and add up the diffs of equal keys, per logical time, on the
+/// worker that holds them, before anything is exchanged.
+///
+/// The collection means the same thing afterwards; it just carries one `(key, time, n)` update
+/// where it carried `n` updates of `(record, time, 1)`. Counting a click stream this way sends
+/// one update per user and batch through the exchange and the arrangement instead of one per
+/// click, which is what lets the counts keep up with JSON decoding.
+///
+/// ```
+/// use differential_dataflow::input::Input;
+/// use dataflows::ops::AggregateLocal;
+///
+/// timely::example(|scope| {
+///     let (_input, words) = scope.new_collection_from(vec!["a", "b", "a"]);
+///     // ("a", +2) and ("b", +1): the same multiset as `words`.
+///     let _counted = words.aggregate_local(|w| *w).count();
+/// });
+/// ```
+pub trait AggregateLocal<'s, D> {
+    /// See the trait's documentation.
+    fn aggregate_local<K, F>(self, key: F) -> Coll<'s, K>
+    where
+        K: Clone + Eq + Hash + 'static,
+        F: FnMut(&D) -> K + 'static;
+}
+
+impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
+    fn aggregate_local<K, F>(self, mut key: F) -> Coll<'s, K>
+    where
+        K: Clone + Eq + Hash + 'static,
+        F: FnMut(&D) -> K + 'static,
+    {
+        // Emitting per activation rather than per completed time adds no latency: the input of
+        // one batch is normally all queued when the operator runs.
+        let mut sums: HashMap<(K, Time), isize> = HashMap::new();
+        self.inner
+            .unary(Pipeline, "AggregateLocal", move |_cap, _info| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        for batch in data {
+                            for (d, t, r) in batch.drain(..) {
+                                *sums.entry((key(&d), t)).or_insert(0) += r;
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        for ((k, t), r) in sums.drain() {
+                            if r != 0 {
+                                session.give((k, t, r));
+                            }
+                        }
+                    });
+                }
+            })
+            .container::<Vec<_>>()
+            .as_collection()
+    }
+}

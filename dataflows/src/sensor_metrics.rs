@@ -1,0 +1,389 @@
+//! `sensor_metrics`: count/avg/min/max per sensor type and location in event-time windows,
+//! with allowed lateness, plus anomaly alerts.
+//!
+//! ```text
+//!                 ┌─▶ EventTimeMax ─▶ broadcast ──────────────┬──────────────┐ (max event time per logical time)
+//! sensors ────────┴─▶ ClassifyLateness ◀──────────────────────┘              │
+//!                       │ accepted               │ late ─▶ dead letters      │
+//!                       ├─▶ alerts ─▶ anomaly_alerts                         │
+//!                       └─▶ exchange(type, location) ─▶ Windows ◀────────────┘ ─▶ sensor_window_metrics
+//! ```
+//!
+//! Time: every logical time `e` (a batch) has a global maximum event time. The watermark after
+//! `e` is `W(e) = max event time over all times ≤ e − allowed_lateness`, the same on every worker
+//! and process, since every worker sees the broadcast maxima. A reading at time `e` is judged
+//! against `W(e−1)`: when the earliest window that contains it has `end ≤ W(e−1)` it is `late`,
+//! goes to the dead letters and changes nothing (not its windows, not the alerts). Sliding
+//! windows accept or reject a reading as a whole, so each reading lands in all its windows or
+//! in the dead letters, never in part.
+//!
+//! Windows are aligned to the UNIX epoch: `[k·slide, k·slide + size)`; tumbling is
+//! `slide == size`. A window row is retracted and re-inserted whenever a batch adds readings
+//! to it, and is final once `W ≥ end`; its state is then dropped, so memory holds only the
+//! open windows however long the stream runs. Within a logical time readings are applied in
+//! source-position order, so float sums (hence `avg`) do not depend on the worker count.
+//!
+//! Alerts fire for accepted readings whose status is `anomaly` or whose value lies outside
+//! the type's inclusive normal range: `high` above, `low` below, `flagged` otherwise.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use differential_dataflow::{AsCollection, Hashable};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::OkErr;
+use timely::dataflow::operators::Capability;
+use timely::progress::frontier::MutableAntichain;
+
+use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Reading, WindowMetric, F64};
+use crate::{Coll, Time};
+
+/// Parameters of the sensor dataflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SensorParams {
+    /// Window length in milliseconds.
+    pub size_ms: i64,
+    /// Distance between window starts; equal to `size_ms` for tumbling windows. Divides `size_ms`.
+    pub slide_ms: i64,
+    /// How far behind the greatest event time a reading may be and still count.
+    pub allowed_lateness_ms: i64,
+    /// Inclusive normal range per sensor type; types not listed only alert when flagged.
+    pub normal_ranges: Vec<(String, f64, f64)>,
+}
+
+impl Default for SensorParams {
+    fn default() -> Self {
+        SensorParams {
+            size_ms: 60_000,
+            slide_ms: 60_000,
+            allowed_lateness_ms: 30_000,
+            normal_ranges: default_normal_ranges(),
+        }
+    }
+}
+
+/// The normal ranges the IoT producers use.
+pub fn default_normal_ranges() -> Vec<(String, f64, f64)> {
+    [
+        ("temperature", 15.0, 25.0),
+        ("humidity", 40.0, 60.0),
+        ("pressure", 1000.0, 1020.0),
+        ("vibration", 0.1, 1.0),
+        ("voltage", 220.0, 230.0),
+        ("current", 1.0, 5.0),
+    ]
+    .into_iter()
+    .map(|(t, lo, hi)| (t.to_string(), lo, hi))
+    .collect()
+}
+
+impl SensorParams {
+    /// Start of the latest window containing `ts`.
+    fn last_start(&self, ts: Millis) -> Millis {
+        ts.div_euclid(self.slide_ms) * self.slide_ms
+    }
+    /// Starts of every window containing `ts`, oldest first.
+    pub fn window_starts(&self, ts: Millis) -> impl Iterator<Item = Millis> + '_ {
+        let last = self.last_start(ts);
+        let first = last - self.size_ms + self.slide_ms;
+        (0..self.size_ms / self.slide_ms).map(move |k| first + k * self.slide_ms)
+    }
+    /// Whether a reading at `ts` is late under watermark `w`: its oldest window is final.
+    pub fn is_late(&self, ts: Millis, w: Option<Millis>) -> bool {
+        let oldest_end = self.last_start(ts) + self.slide_ms;
+        matches!(w, Some(w) if oldest_end <= w)
+    }
+    /// The alert a reading raises, if any.
+    pub fn alert_type(&self, r: &Reading) -> Option<AlertType> {
+        let range = self.normal_ranges.iter().find(|(t, _, _)| *t == r.sensor_type);
+        match range {
+            Some((_, _, hi)) if r.value.0 > *hi => Some(AlertType::High),
+            Some((_, lo, _)) if r.value.0 < *lo => Some(AlertType::Low),
+            _ if r.anomaly => Some(AlertType::Flagged),
+            _ => None,
+        }
+    }
+}
+
+/// The current watermark as this worker knows it, for status output.
+#[derive(Clone, Debug, Default)]
+pub struct Watermark(Rc<Cell<Option<Millis>>>);
+
+impl Watermark {
+    /// `None` until the first reading has been seen.
+    pub fn get(&self) -> Option<Millis> {
+        self.0.get()
+    }
+}
+
+/// What `sensor_metrics` produces.
+pub struct SensorOutputs<'s> {
+    /// `sensor_window_metrics`
+    pub window_metrics: Coll<'s, WindowMetric>,
+    /// `anomaly_alerts`
+    pub alerts: Coll<'s, AnomalyAlert>,
+    /// late readings, with their raw bytes
+    pub late: Coll<'s, DeadLetter>,
+    /// the watermark, for observation
+    pub watermark: Watermark,
+}
+
+/// Maximum event time per logical time, and the maxima of times that are complete folded into
+/// one number.
+#[derive(Default)]
+struct Maxima {
+    base: Option<Millis>,
+    per_time: BTreeMap<Time, Millis>,
+}
+
+impl Maxima {
+    fn insert(&mut self, t: Time, m: Millis) {
+        let e = self.per_time.entry(t).or_insert(m);
+        *e = (*e).max(m);
+    }
+    /// Greatest event time over logical times `< t`.
+    fn max_before(&self, t: Time) -> Option<Millis> {
+        self.per_time.range(..t).map(|(_, m)| *m).max().max(self.base)
+    }
+    /// Fold the times `< t` into `base`.
+    fn compact(&mut self, t: Time) {
+        let keep = self.per_time.split_off(&t);
+        let folded = std::mem::replace(&mut self.per_time, keep);
+        self.base = folded.into_values().max().max(self.base);
+    }
+}
+
+/// The least time in a frontier of a totally ordered time; `None` when empty.
+fn least(frontier: &MutableAntichain<Time>) -> Option<Time> {
+    frontier.frontier().iter().min().copied()
+}
+
+/// Builds the dataflow. `readings` carries each reading with its raw bytes, which are kept only
+/// until lateness is decided.
+pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &SensorParams) -> SensorOutputs<'s> {
+    let watermark = Watermark::default();
+
+    // The greatest event time in each container, at its time, sent to every worker.
+    let maxima = readings
+        .inner
+        .clone()
+        .unary(Pipeline, "EventTimeMax", |_cap, _info| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut per_time: HashMap<Time, Millis> = HashMap::new();
+                    for batch in data {
+                        for ((r, _), t, _) in batch.iter() {
+                            let e = per_time.entry(*t).or_insert(r.timestamp);
+                            *e = (*e).max(r.timestamp);
+                        }
+                    }
+                    for (t, m) in per_time {
+                        let cap = cap.delayed(&t, output.output_index());
+                        output.session(&cap).give(m);
+                    }
+                });
+            }
+        })
+        .container::<Vec<Millis>>()
+        .broadcast();
+
+    let classify_params = params.clone();
+    let (accepted, late) = readings
+        .inner
+        .binary_frontier(maxima.clone(), Pipeline, Pipeline, "ClassifyLateness", |_cap, _info| {
+            let p = classify_params;
+            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((Reading, Vec<u8>), isize)>)> = BTreeMap::new();
+            let mut maxima = Maxima::default();
+            move |(input, _frontier), (max_input, max_frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for (d, t, r) in batch.drain(..) {
+                            pending
+                                .entry(t)
+                                .or_insert_with(|| (cap.delayed(&t, output.output_index()), Vec::new()))
+                                .1
+                                .push((d, r));
+                        }
+                    }
+                });
+                read_maxima(max_input, &mut maxima);
+                // A time can be judged once every maximum before it is known.
+                let ready = least(max_frontier);
+                while let Some(entry) = pending.first_entry() {
+                    if matches!(ready, Some(r) if *entry.key() > r) {
+                        break;
+                    }
+                    let (t, (cap, records)) = entry.remove_entry();
+                    let w = maxima.max_before(t).map(|m| m - p.allowed_lateness_ms);
+                    let mut session = output.session(&cap);
+                    for ((reading, raw), diff) in records {
+                        if p.is_late(reading.timestamp, w) {
+                            let dead = DeadLetter {
+                                input: "sensors".to_string(),
+                                position: reading.position,
+                                reason: "late".to_string(),
+                                raw,
+                            };
+                            session.give(Err((dead, t, diff)));
+                        } else {
+                            session.give(Ok((reading, t, diff)));
+                        }
+                    }
+                }
+                if let Some(r) = ready {
+                    maxima.compact(r.min(pending.keys().next().copied().unwrap_or(r)));
+                }
+            }
+        })
+        .container::<Vec<Result<(Reading, Time, isize), (DeadLetter, Time, isize)>>>()
+        .ok_err::<Vec<_>, _, Vec<_>, _, _>(|x| x);
+    let accepted = accepted.as_collection();
+
+    let alert_params = params.clone();
+    let alerts = accepted.clone().flat_map(move |r: Reading| {
+        alert_params.alert_type(&r).map(|alert_type| AnomalyAlert {
+            sensor_id: r.sensor_id,
+            sensor_type: r.sensor_type,
+            location: r.location,
+            value: r.value,
+            timestamp: r.timestamp,
+            alert_type,
+        })
+    });
+
+    let window_params = params.clone();
+    let wm = watermark.clone();
+    let exchange = Exchange::new(|(r, _t, _d): &(Reading, Time, isize)| (&r.sensor_type, &r.location).hashed());
+    let window_metrics = accepted
+        .inner
+        .binary_frontier(maxima, exchange, Pipeline, "Windows", move |_cap, _info| {
+            let p = window_params;
+            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Reading, isize)>)> = BTreeMap::new();
+            let mut maxima = Maxima::default();
+            let mut windows: HashMap<(String, String, Millis), Agg> = HashMap::new();
+            move |(input, frontier), (max_input, max_frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for (d, t, r) in batch.drain(..) {
+                            pending
+                                .entry(t)
+                                .or_insert_with(|| (cap.delayed(&t, output.output_index()), Vec::new()))
+                                .1
+                                .push((d, r));
+                        }
+                    }
+                });
+                read_maxima(max_input, &mut maxima);
+                // Times below `done` are complete on both inputs.
+                let done = match (least(frontier), least(max_frontier)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let closed = |t: &Time| done.is_none_or(|d| *t < d);
+                while pending.first_key_value().is_some_and(|(t, _)| closed(t)) {
+                    let (t, (cap, mut records)) = pending.pop_first().expect("checked");
+                    records.sort_by(|a, b| a.0.position.cmp(&b.0.position));
+                    let mut before: HashMap<(String, String, Millis), Option<Agg>> = HashMap::new();
+                    for (r, diff) in records {
+                        debug_assert!(diff > 0, "sensor readings are append-only");
+                        for start in p.window_starts(r.timestamp) {
+                            let key = (r.sensor_type.clone(), r.location.clone(), start);
+                            let agg = windows.entry(key.clone()).or_default();
+                            before.entry(key).or_insert_with(|| (agg.count > 0).then(|| agg.clone()));
+                            agg.add(r.value.0, r.anomaly, diff as u64);
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for (key, old) in before {
+                        let new = &windows[&key];
+                        if let Some(old) = old {
+                            session.give((old.row(&key, p.size_ms), t, -1));
+                        }
+                        session.give((new.row(&key, p.size_ms), t, 1));
+                    }
+                }
+                // Retire final windows: everything below `done` has been applied.
+                match done {
+                    Some(d) => {
+                        if let Some(w) = maxima.max_before(d).map(|m| m - p.allowed_lateness_ms) {
+                            windows.retain(|(_, _, start), _| start + p.size_ms > w);
+                            wm.0.set(Some(w));
+                        }
+                        maxima.compact(d);
+                    }
+                    None => {
+                        windows.clear();
+                        if let Some(m) = maxima.max_before(Time::MAX) {
+                            wm.0.set(Some(m - p.allowed_lateness_ms));
+                        }
+                    }
+                }
+            }
+        })
+        .container::<Vec<(WindowMetric, Time, isize)>>()
+        .as_collection();
+
+    SensorOutputs {
+        window_metrics,
+        alerts,
+        late: late.as_collection(),
+        watermark,
+    }
+}
+
+fn read_maxima<P>(input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<Millis>, P>, maxima: &mut Maxima)
+where
+    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<Millis>>>,
+{
+    input.for_each_stamp(|cap, data| {
+        let t = *cap.least().expect("a stamp of a totally ordered time has a least element");
+        for batch in data {
+            for m in batch.drain(..) {
+                maxima.insert(t, m);
+            }
+        }
+    });
+}
+
+/// Running aggregate of one window.
+#[derive(Clone, Debug, Default)]
+struct Agg {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    anomalies: u64,
+}
+
+impl Agg {
+    fn add(&mut self, v: f64, anomaly: bool, n: u64) {
+        for _ in 0..n {
+            if self.count == 0 {
+                self.min = v;
+                self.max = v;
+            } else {
+                self.min = self.min.min(v);
+                self.max = self.max.max(v);
+            }
+            self.count += 1;
+            self.sum += v;
+            self.anomalies += u64::from(anomaly);
+        }
+    }
+    fn row(&self, key: &(String, String, Millis), size_ms: i64) -> WindowMetric {
+        WindowMetric {
+            sensor_type: key.0.clone(),
+            location: key.1.clone(),
+            window_start: key.2,
+            window_end: key.2 + size_ms,
+            count: self.count,
+            avg: F64(self.sum / self.count as f64),
+            min: F64(self.min),
+            max: F64(self.max),
+            anomaly_count: self.anomalies,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The command line: clap definitions, parsing only. Resolving them against the config file
+//! happens in `commands`. timely's `-h` is the hostfile, so the short help flag is off and
+//! help is `--help`.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Exact, incremental streaming dataflows on timely and differential dataflow.
+///
+/// diffstream reads users, clicks and sensor readings (JSON Lines files, stdin or the built-in
+/// generators), keeps three dataflows' results exact and incremental, and writes only the
+/// changes. Records it cannot use go to the dead letters with their raw bytes; the run goes on.
+#[derive(Debug, Parser)]
+#[command(name = "diffstream", version, disable_help_flag = true, disable_help_subcommand = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help, global = true)]
+    pub help: Option<bool>,
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: tracing::Level,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run dataflows over inputs until the inputs end (or Ctrl-C), then write the outputs.
+    ///
+    /// Example: diffstream run user_event_counts user_activity --input users=users.jsonl
+    /// --input clicks=clicks.jsonl --output-dir out -w 2
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+    /// Write synthetic users, clicks or sensor readings as JSON Lines to stdout.
+    ///
+    /// Example: diffstream gen sensors --count 100000 --seed 7 > sensors.jsonl
+    #[command(disable_help_flag = true)]
+    Gen(GenArgs),
+    /// The embedded default: all three dataflows on the built-in generators at a steady rate,
+    /// with a live view of the outputs, writing snapshots and changes under ./demo-out.
+    /// Needs no Kafka and no MongoDB. Stops on Ctrl-C or after --duration.
+    #[command(disable_help_flag = true)]
+    Demo(DemoArgs),
+    /// Measure events/s of each dataflow at -w 1 and -w 2 against a hand-written
+    /// single-threaded HashMap loop over the same JSON, and the sensor dataflow's peak memory.
+    #[command(disable_help_flag = true)]
+    Bench(BenchArgs),
+}
+
+/// timely's process layout flags.
+#[derive(Debug, Args, Clone)]
+pub struct TimelyArgs {
+    /// Worker threads per process (default: the config's runtime.workers, else 1).
+    #[arg(short = 'w', long = "workers", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long = "processes", value_name = "N", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, 0 to N-1.
+    #[arg(short = 'p', long = "process", value_name = "I", default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` line per process, in process order (default: localhost:2101, 2102, …).
+    #[arg(short = 'h', long = "hostfile", value_name = "HOSTFILE")]
+    pub hostfile: Option<PathBuf>,
+}
+
+/// `diffstream run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Dataflows to run: user_event_counts, user_activity, sensor_metrics (default: the config's `dataflows`).
+    #[arg(value_name = "DATAFLOW")]
+    pub dataflows: Vec<String>,
+    /// TOML config file (see configs/).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bind an input to a JSON Lines file (`-` for stdin), e.g. --input clicks=clicks.jsonl. Repeatable.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    pub inputs: Vec<String>,
+    /// Write `<output>.jsonl` snapshots and `dead_letters.jsonl` here when the run ends.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Also write every update as it happens to `<output>.changes.jsonl`.
+    #[arg(long)]
+    pub changes: bool,
+    /// Records per input per logical time (default: the config's runtime.batch_size, else 10000).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Stop reading after this many seconds, then finish and write outputs.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// No status line.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub timely: TimelyArgs,
+}
+
+/// `diffstream gen`
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// users, clicks or sensors.
+    #[arg(value_name = "KIND")]
+    pub kind: String,
+    /// Number of records (default: until stopped).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Records per second (default: as fast as possible).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// Seed; the same seed gives the same records.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Number of distinct users (users and clicks).
+    #[arg(long, value_name = "U", default_value_t = 1000)]
+    pub users: u64,
+}
+
+/// `diffstream demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Records per second per input.
+    #[arg(long, value_name = "R", default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Where snapshots and change files go.
+    #[arg(long, value_name = "DIR", default_value = "demo-out")]
+    pub output_dir: PathBuf,
+    /// Print the status line instead of the live view.
+    #[arg(long)]
+    pub plain: bool,
+    #[command(flatten)]
+    pub timely: TimelyArgs,
+}
+
+/// `diffstream bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events per dataflow for the throughput runs.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Readings for the two peak-memory runs of the sensor dataflow.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = [2_000_000u64, 20_000_000])]
+    pub memory_readings: Vec<u64>,
+    /// Skip the peak-memory runs.
+    #[arg(long)]
+    pub no_memory: bool,
+    /// Internal: run one memory measurement in this process and print its peak RSS.
+    #[arg(long, hide = true, value_name = "N")]
+    pub memory_child: Option<u64>,
+}

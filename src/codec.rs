@@ -1,0 +1,362 @@
+//! Bytes ⟷ records. Decoding never fails the run: a record that cannot be used becomes a
+//! reason string, and the caller keeps the raw bytes next to it as a dead letter.
+//!
+//! Reasons start with a class, then a colon and the detail: `not_utf8`, `invalid_json`,
+//! `not_object`, `missing_field`, `wrong_type`, `bad_time`, `invalid_record`, and `late`
+//! (decided by the sensor dataflow, not here).
+//!
+//! Times accept `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), the same with a `T` (UTC when it carries no
+//! offset), RFC 3339 with `Z` or an offset, and unix seconds or milliseconds as a JSON number
+//! (a magnitude of 10¹¹ or more is taken as milliseconds). Output times are RFC 3339 UTC with `Z`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat};
+use dataflows::records::{
+    AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, User, UserActivity,
+    UserEventCount, WindowMetric, F64,
+};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Parses a time spelled as a string.
+pub fn parse_time_str(s: &str) -> Result<Millis, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(t.and_utc().timestamp_millis());
+        }
+    }
+    Err(format!("`{s}` is not `YYYY-MM-DD HH:MM:SS`, RFC 3339, or unix seconds/milliseconds"))
+}
+
+/// Interprets a JSON number as unix seconds or milliseconds.
+pub fn time_from_number(x: f64) -> Result<Millis, String> {
+    if !x.is_finite() {
+        return Err(format!("{x} is not a time"));
+    }
+    let ms = if x.abs() >= 1e11 { x } else { x * 1000.0 };
+    if ms.abs() > 8.64e15 {
+        return Err(format!("{x} is out of range for a time"));
+    }
+    Ok(ms.round() as Millis)
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC with `Z` (fraction only when present).
+pub fn format_time(ms: Millis) -> String {
+    match DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        None => ms.to_string(),
+    }
+}
+
+/// A time field, decoded from a string or a number.
+struct Time(Millis);
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Time;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a time (string or unix seconds/milliseconds)")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Time, E> {
+                parse_time_str(s).map(Time).map_err(|e| E::custom(format!("bad_time: {e}")))
+            }
+            fn visit_u64<E: de::Error>(self, x: u64) -> Result<Time, E> {
+                self.visit_f64(x as f64)
+            }
+            fn visit_i64<E: de::Error>(self, x: i64) -> Result<Time, E> {
+                self.visit_f64(x as f64)
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Time, E> {
+                time_from_number(x).map(Time).map_err(|e| E::custom(format!("bad_time: {e}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A user id, decoded from an unsigned integer or a string.
+struct JsonId(Id);
+
+impl<'de> Deserialize<'de> for JsonId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = JsonId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative integer or a string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<JsonId, E> {
+                Ok(JsonId(Id::Str(s.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, x: u64) -> Result<JsonId, E> {
+                Ok(JsonId(Id::Num(x)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct UserJson<'a> {
+    event_timestamp: Time,
+    user_id: JsonId,
+    #[serde(borrow)]
+    email: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ClickJson<'a> {
+    event_timestamp: Time,
+    user_id: JsonId,
+    #[serde(borrow)]
+    page: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ReadingJson<'a> {
+    #[serde(borrow)]
+    sensor_id: Cow<'a, str>,
+    #[serde(borrow)]
+    sensor_type: Cow<'a, str>,
+    value: f64,
+    #[serde(borrow)]
+    location: Cow<'a, str>,
+    timestamp: Time,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+}
+
+/// Parses one JSON object into `T`, or says why not.
+fn parse<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| format!("not_utf8: invalid byte at offset {}", e.valid_up_to()))?;
+    serde_json::from_str(text).map_err(|e| classify(text, &e))
+}
+
+fn classify(text: &str, e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
+    if e.is_syntax() || e.is_eof() {
+        return format!("invalid_json: {msg}");
+    }
+    if !text.trim_start().starts_with('{') {
+        return "not_object: a record must be a JSON object".to_string();
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        return format!("missing_field: {}", rest.trim_matches('`'));
+    }
+    if msg.starts_with("bad_time: ") {
+        return msg.to_string();
+    }
+    if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
+        return format!("wrong_type: {msg}");
+    }
+    format!("invalid_record: {msg}")
+}
+
+/// Decodes a user profile version.
+pub fn decode_user(raw: &[u8], position: Position) -> Result<User, String> {
+    let u: UserJson = parse(raw)?;
+    Ok(User {
+        user_id: u.user_id.0,
+        name: u.name.into_owned(),
+        email: u.email.into_owned(),
+        event_time: u.event_timestamp.0,
+        position,
+    })
+}
+
+/// Decodes a click.
+pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
+    let c: ClickJson = parse(raw)?;
+    Ok(Click {
+        user_id: c.user_id.0,
+        page: c.page.into_owned(),
+        event: c.event.into_owned(),
+        event_time: c.event_timestamp.0,
+    })
+}
+
+/// Decodes a sensor reading.
+pub fn decode_reading(raw: &[u8], position: Position) -> Result<Reading, String> {
+    let r: ReadingJson = parse(raw)?;
+    if !r.value.is_finite() {
+        return Err("wrong_type: value is not a finite number".to_string());
+    }
+    Ok(Reading {
+        sensor_id: r.sensor_id.into_owned(),
+        sensor_type: r.sensor_type.into_owned(),
+        location: r.location.into_owned(),
+        value: F64(r.value),
+        timestamp: r.timestamp.0,
+        anomaly: r.status == "anomaly",
+        position,
+    })
+}
+
+fn id_json(id: &Id) -> Value {
+    match id {
+        Id::Num(n) => json!(n),
+        Id::Str(s) => json!(s),
+    }
+}
+
+/// A position as JSON: `{"line": n}`, `{"partition": p, "offset": o}` or `{"index": i}`.
+pub fn position_json(p: &Position) -> Value {
+    match p {
+        Position::Line(n) => json!({ "line": n }),
+        Position::Offset { partition, offset } => json!({ "partition": partition, "offset": offset }),
+        Position::Index(i) => json!({ "index": i }),
+    }
+}
+
+/// An output row: its key and its fields, both as JSON.
+pub trait OutputRow {
+    /// The output's key, as JSON (an object of the key fields).
+    fn key(&self) -> Value;
+    /// The whole row, as a JSON object.
+    fn row(&self) -> Value;
+}
+
+impl OutputRow for UserEventCount {
+    fn key(&self) -> Value {
+        json!({ "user_id": id_json(&self.user_id) })
+    }
+    fn row(&self) -> Value {
+        json!({ "user_id": id_json(&self.user_id), "event_count": self.event_count })
+    }
+}
+
+impl OutputRow for EventTypeCount {
+    fn key(&self) -> Value {
+        json!({ "event": self.event })
+    }
+    fn row(&self) -> Value {
+        json!({ "event": self.event, "count": self.count })
+    }
+}
+
+impl OutputRow for UserActivity {
+    fn key(&self) -> Value {
+        json!({ "user_id": id_json(&self.user_id) })
+    }
+    fn row(&self) -> Value {
+        json!({
+            "user_id": id_json(&self.user_id),
+            "name": self.name,
+            "email": self.email,
+            "event_count": self.event_count,
+        })
+    }
+}
+
+impl OutputRow for WindowMetric {
+    fn key(&self) -> Value {
+        json!({
+            "sensor_type": self.sensor_type,
+            "location": self.location,
+            "window_start": format_time(self.window_start),
+        })
+    }
+    fn row(&self) -> Value {
+        json!({
+            "sensor_type": self.sensor_type,
+            "location": self.location,
+            "window_start": format_time(self.window_start),
+            "window_end": format_time(self.window_end),
+            "count": self.count,
+            "avg": self.avg.0,
+            "min": self.min.0,
+            "max": self.max.0,
+            "anomaly_count": self.anomaly_count,
+        })
+    }
+}
+
+impl OutputRow for AnomalyAlert {
+    fn key(&self) -> Value {
+        json!({ "sensor_id": self.sensor_id, "timestamp": format_time(self.timestamp) })
+    }
+    fn row(&self) -> Value {
+        json!({
+            "sensor_id": self.sensor_id,
+            "sensor_type": self.sensor_type,
+            "location": self.location,
+            "value": self.value.0,
+            "timestamp": format_time(self.timestamp),
+            "alert_type": self.alert_type.as_str(),
+        })
+    }
+}
+
+impl OutputRow for DeadLetter {
+    fn key(&self) -> Value {
+        json!({ "input": self.input, "position": position_json(&self.position) })
+    }
+    fn row(&self) -> Value {
+        let mut v = json!({
+            "input": self.input,
+            "position": position_json(&self.position),
+            "reason": self.reason,
+        });
+        match std::str::from_utf8(&self.raw) {
+            Ok(text) => v["raw"] = json!(text),
+            Err(_) => {
+                v["raw"] = json!(base64::engine::general_purpose::STANDARD.encode(&self.raw));
+                v["raw_encoding"] = json!("base64");
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_spellings() {
+        let t = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(parse_time_str("2026-01-01 00:00:00"), Ok(t));
+        assert_eq!(parse_time_str("2026-01-01T00:00:00Z"), Ok(t));
+        assert_eq!(parse_time_str("2026-01-01T01:00:00+01:00"), Ok(t));
+        assert_eq!(parse_time_str("2026-01-01T00:00:00.250Z"), Ok(t + 250));
+        assert_eq!(parse_time_str("2026-01-01T00:00:00.250"), Ok(t + 250));
+        assert_eq!(time_from_number(1_767_225_600.0), Ok(t));
+        assert_eq!(time_from_number(1_767_225_600_000.0), Ok(t));
+        assert!(parse_time_str("yesterday").is_err());
+        assert_eq!(format_time(t), "2026-01-01T00:00:00Z");
+        assert_eq!(format_time(t + 250), "2026-01-01T00:00:00.250Z");
+    }
+
+    #[test]
+    fn reasons() {
+        let reason = |raw: &[u8]| decode_click(raw).unwrap_err();
+        assert!(reason(b"{\"user_id\": 1").starts_with("invalid_json"));
+        assert!(reason(b"[1, 2]").starts_with("not_object"));
+        assert!(reason(b"\xff\xfe").starts_with("not_utf8"));
+        assert_eq!(
+            reason(br#"{"user_id": 1, "page": "/", "event": "click"}"#),
+            "missing_field: event_timestamp"
+        );
+        assert!(reason(br#"{"user_id": [1], "page": "/", "event": "click", "event_timestamp": 1}"#)
+            .starts_with("wrong_type"));
+        assert!(reason(br#"{"user_id": 1, "page": "/", "event": "click", "event_timestamp": "soon"}"#)
+            .starts_with("bad_time"));
+        let ok = decode_click(br#"{"user_id": "u1", "page": "/", "event": "click", "event_timestamp": 1, "extra": true}"#);
+        assert_eq!(ok.unwrap().user_id, Id::Str("u1".into()));
+    }
+}

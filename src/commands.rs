@@ -1,0 +1,229 @@
+//! Resolve, then execute: turns parsed command lines and config files into a runtime
+//! [`Plan`] and runs it, or runs `gen`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use dataflows::{Dataflow, InputName};
+
+use crate::cli::{DemoArgs, GenArgs, RunArgs, TimelyArgs};
+use crate::config::{Config, InputConfig};
+use crate::runtime::{self, Cluster, Display, Plan, Report};
+use crate::sources::generator::GeneratorSpec;
+use crate::sources::InputSpec;
+
+/// The demo's configuration, compiled into the binary.
+pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
+
+fn cluster(args: &TimelyArgs, config_workers: usize) -> anyhow::Result<Cluster> {
+    let hosts = match &args.hostfile {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read hostfile {} (-h); it lists one host:port per process", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    if args.processes == 0 {
+        bail!("-n must be at least 1");
+    }
+    if args.process >= args.processes {
+        bail!("-p {} is not a process index for -n {}; use 0 to {}", args.process, args.processes, args.processes - 1);
+    }
+    let workers = args.workers.unwrap_or(config_workers);
+    if workers == 0 {
+        bail!("-w must be at least 1");
+    }
+    Ok(Cluster { workers, processes: args.processes, process: args.process, hosts })
+}
+
+fn dataflows(names: &[String], source: &str) -> anyhow::Result<Vec<Dataflow>> {
+    let mut out = Vec::new();
+    for n in names {
+        let d: Dataflow = n.parse().map_err(|e: String| anyhow::anyhow!("{source}: {e}"))?;
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `diffstream run` into a plan.
+pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
+    let (config, file) = match &args.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None => (Config::default(), "(no config file)".to_string()),
+    };
+    let selected = if args.dataflows.is_empty() {
+        dataflows(&config.dataflows, &format!("{file}: `dataflows`"))?
+    } else {
+        dataflows(&args.dataflows, "command line")?
+    };
+    if selected.is_empty() {
+        bail!(
+            "name at least one dataflow, e.g. `diffstream run user_event_counts --input clicks=clicks.jsonl`, \
+             or list them as `dataflows = [...]` in a --config file; the dataflows are user_event_counts, user_activity, sensor_metrics"
+        );
+    }
+    let mut inputs: BTreeMap<InputName, InputConfig> = BTreeMap::new();
+    for (name, input) in &config.inputs {
+        inputs.insert(name.parse().map_err(anyhow::Error::msg)?, input.clone());
+    }
+    for binding in &args.inputs {
+        let Some((name, path)) = binding.split_once('=') else {
+            bail!("--input {binding}: write NAME=PATH, e.g. --input clicks=clicks.jsonl");
+        };
+        let name: InputName = name.parse().map_err(|e: String| anyhow::anyhow!("--input {binding}: {e}"))?;
+        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None });
+    }
+    for d in &selected {
+        for i in d.inputs() {
+            if !inputs.contains_key(i) {
+                bail!("dataflow `{d}` reads input `{i}`, which is not bound; add --input {i}=FILE.jsonl, or an [inputs.{i}] table to the config");
+            }
+        }
+    }
+    let output_dir = args.output_dir.clone().or(config.output.dir.clone());
+    let changes = args.changes || config.output.changes;
+    if changes && output_dir.is_none() {
+        bail!("--changes writes files into the output directory; add --output-dir DIR");
+    }
+    let batch_size = args.batch_size.unwrap_or(config.runtime.batch_size);
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    Ok(Plan {
+        params: config.params(&file)?,
+        inputs: inputs.iter().map(|(n, c)| (*n, InputSpec::from_config(*n, c))).collect(),
+        dataflows: selected,
+        output_dir,
+        changes,
+        keep_state: true,
+        batch_size,
+        max_inflight: config.runtime.max_inflight,
+        cluster: cluster(&args.timely, config.runtime.workers)?,
+        display: if args.quiet { Display::Quiet } else { Display::Status },
+        display_interval: config.runtime.status_interval.std(),
+        duration: args.duration.map(Duration::from_secs_f64),
+    })
+}
+
+/// Resolves `diffstream demo` into a plan.
+pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
+    let file = "configs/demo.toml (embedded)";
+    let config = Config::parse(DEMO_CONFIG, file)?;
+    if !(args.rate > 0.0) {
+        bail!("--rate must be a positive number of records per second");
+    }
+    let inputs = config
+        .inputs
+        .iter()
+        .map(|(n, c)| {
+            let name: InputName = n.parse().map_err(anyhow::Error::msg)?;
+            let mut spec = InputSpec::from_config(name, c);
+            spec.rate = Some(args.rate);
+            Ok((name, spec))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Plan {
+        dataflows: dataflows(&config.dataflows, file)?,
+        inputs,
+        params: config.params(file)?,
+        output_dir: Some(args.output_dir.clone()),
+        changes: true,
+        keep_state: true,
+        // about ten logical times a second: changes show promptly
+        batch_size: ((args.rate / 10.0) as usize).max(1),
+        max_inflight: config.runtime.max_inflight,
+        cluster: cluster(&args.timely, config.runtime.workers)?,
+        display: if args.plain { Display::Status } else { Display::Live },
+        display_interval: Duration::from_millis(500),
+        duration: args.duration.map(Duration::from_secs_f64),
+    })
+}
+
+/// Runs a plan and prints its summary.
+pub fn execute(plan: Plan) -> anyhow::Result<()> {
+    let quiet = plan.display == Display::Quiet;
+    if let Some(report) = runtime::run(plan)? {
+        if !quiet {
+            print_report(&report);
+        }
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    let mut err = std::io::stderr().lock();
+    let read: Vec<String> = InputName::ALL
+        .iter()
+        .filter(|i| r.records_in[**i as usize] > 0)
+        .map(|i| format!("{i} {}", r.records_in[*i as usize]))
+        .collect();
+    let _ = writeln!(err, "done in {:.2}s: read {}", r.elapsed.as_secs_f64(), if read.is_empty() { "nothing".into() } else { read.join(", ") });
+    for (name, rows) in &r.rows {
+        let _ = writeln!(err, "  {name}: {rows} rows");
+    }
+    for f in &r.files {
+        let _ = writeln!(err, "  wrote {}", f.display());
+    }
+}
+
+/// `diffstream gen`: JSON Lines to stdout.
+pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
+    let kind: InputName = args.kind.parse().map_err(anyhow::Error::msg)?;
+    if args.rate.is_some_and(|r| !(r > 0.0)) {
+        bail!("--rate must be a positive number of records per second");
+    }
+    let spec = GeneratorSpec { kind, count: args.count, seed: args.seed, users: args.users };
+    let start = Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let tty = std::io::stderr().is_terminal();
+    let mut last_report = start;
+    let mut i = 0u64;
+    while args.count.is_none_or(|c| i < c) && !runtime::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(rate) = args.rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                out.flush().or_else(ignore_broken_pipe)?;
+                std::thread::sleep(due - now);
+            }
+        }
+        let mut line = spec.line(i);
+        line.push(b'\n');
+        if let Err(e) = out.write_all(&line) {
+            return ignore_broken_pipe(e);
+        }
+        i += 1;
+        if tty && last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprint!("\r\x1b[Kgenerated {i} {kind} ({:.0}/s)", i as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    out.flush().or_else(ignore_broken_pipe)?;
+    let secs = start.elapsed().as_secs_f64();
+    if tty {
+        eprintln!("\r\x1b[Kgenerated {i} {kind} in {secs:.2}s ({:.0}/s)", i as f64 / secs.max(1e-9));
+    }
+    Ok(())
+}
+
+fn ignore_broken_pipe(e: std::io::Error) -> anyhow::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e.into())
+    }
+}
+
+/// A plan's output directory, for messages.
+pub fn describe_dir(dir: Option<&Path>) -> String {
+    dir.map_or("(none)".into(), |d| d.display().to_string())
+}

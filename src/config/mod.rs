@@ -1,0 +1,296 @@
+//! The TOML configuration: plain serde data, strict (`deny_unknown_fields`), every field
+//! documented, defaults that say where they come from, and validation whose errors name the
+//! file, the key and what to write instead.
+
+mod duration;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dataflows::sensor_metrics::default_normal_ranges;
+use dataflows::{Dataflow, InputName, Params, SensorParams};
+use serde::Deserialize;
+
+pub use duration::Duration;
+
+/// A configuration problem: which file, which key, what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: `{key}`: {message}")]
+pub struct ConfigError {
+    /// the file, or `command line`
+    pub file: String,
+    /// the dotted key path
+    pub key: String,
+    /// what is wrong and what to write instead
+    pub message: String,
+}
+
+/// A whole config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Dataflows to run when the command line names none:
+    /// `user_event_counts`, `user_activity`, `sensor_metrics`.
+    #[serde(default)]
+    pub dataflows: Vec<String>,
+    /// Workers and batching.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Logical inputs (`users`, `clicks`, `sensors`) bound to where their records come from.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputConfig>,
+    /// Where the outputs go.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Parameters of the `sensor_metrics` dataflow.
+    #[serde(default)]
+    pub sensor_metrics: SensorConfig,
+}
+
+/// `[runtime]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads per process (timely's `-w`); the command line's `-w` wins. Default 1.
+    pub workers: usize,
+    /// Records per input per logical time. Larger batches amortise more; smaller ones show
+    /// changes sooner. Default 10 000 (Spark's `maxOffsetsPerTrigger` plays the same role).
+    pub batch_size: usize,
+    /// Logical times a source may run ahead of the outputs before it waits. Default 4.
+    pub max_inflight: u64,
+    /// How often the status line is refreshed. Default `1s`.
+    pub status_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 1,
+            batch_size: 10_000,
+            max_inflight: 4,
+            status_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Where one input's records come from.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InputConfig {
+    /// A JSON Lines file, one record per line.
+    File {
+        /// Path of the file; relative paths are relative to the working directory.
+        path: PathBuf,
+        /// Replay at most this many records per second (default: as fast as possible).
+        #[serde(default)]
+        rate: Option<f64>,
+    },
+    /// JSON Lines on standard input (read by the first worker).
+    Stdin {},
+    /// The built-in synthetic generator for this input (see `diffstream gen`).
+    Generator {
+        /// Stop after this many records (default: run until stopped).
+        #[serde(default)]
+        count: Option<u64>,
+        /// Records per second (default: as fast as possible).
+        #[serde(default)]
+        rate: Option<f64>,
+        /// Seed; the same seed gives the same records. Default 1.
+        #[serde(default = "one")]
+        seed: u64,
+        /// Number of distinct users (users and clicks generators). Default 1000.
+        #[serde(default = "thousand")]
+        users: u64,
+    },
+}
+
+fn one() -> u64 {
+    1
+}
+fn thousand() -> u64 {
+    1000
+}
+
+/// `[output]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Directory for `<output>.jsonl` snapshots and `dead_letters.jsonl`, written when the run
+    /// ends. Default: none (only the status line).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Also write every update, as it happens, to `<output>.changes.jsonl`. Default false.
+    #[serde(default)]
+    pub changes: bool,
+}
+
+/// Tumbling or sliding windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// back to back, `size` long (the default)
+    #[default]
+    Tumbling,
+    /// `size` long, one starting every `slide`
+    Sliding,
+}
+
+/// `[sensor_metrics]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// `tumbling` (default) or `sliding`.
+    pub window: WindowKind,
+    /// Window length. Default `60s`.
+    pub size: Duration,
+    /// Distance between window starts, sliding windows only; must divide `size`.
+    pub slide: Option<Duration>,
+    /// How far behind the greatest event time seen a reading may arrive. Default `30s`.
+    pub allowed_lateness: Duration,
+    /// Normal ranges per sensor type, `type = { min = …, max = … }`, inclusive; they replace
+    /// the default for that type (temperature 15–25, humidity 40–60, pressure 1000–1020,
+    /// vibration 0.1–1.0, voltage 220–230, current 1–5).
+    pub normal_ranges: BTreeMap<String, Range>,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            window: WindowKind::Tumbling,
+            size: Duration::from_millis(60_000),
+            slide: None,
+            allowed_lateness: Duration::from_millis(30_000),
+            normal_ranges: BTreeMap::new(),
+        }
+    }
+}
+
+/// An inclusive range.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// least normal value
+    pub min: f64,
+    /// greatest normal value
+    pub max: f64,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read it: {e}; pass an existing TOML file to --config"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError {
+                file: file.to_string(),
+                key: if key == "." { "(top level)".into() } else { key },
+                message: format!("{}{at}", message.trim_end()),
+            }
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        for (i, d) in self.dataflows.iter().enumerate() {
+            d.parse::<Dataflow>().map_err(|e| err(&format!("dataflows[{i}]"), e))?;
+        }
+        for (name, input) in &self.inputs {
+            let key = format!("inputs.{name}");
+            name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table")))?;
+            let rate = match input {
+                InputConfig::File { rate, .. } | InputConfig::Generator { rate, .. } => *rate,
+                InputConfig::Stdin {} => None,
+            };
+            if rate.is_some_and(|r| !(r > 0.0)) {
+                return Err(err(&format!("{key}.rate"), "must be a positive number of records per second; remove it to read as fast as possible".into()));
+            }
+        }
+        if self.runtime.workers == 0 {
+            return Err(err("runtime.workers", "must be at least 1".into()));
+        }
+        if self.runtime.batch_size == 0 {
+            return Err(err("runtime.batch_size", "must be at least 1; 10000 is a good start".into()));
+        }
+        if self.runtime.max_inflight == 0 {
+            return Err(err("runtime.max_inflight", "must be at least 1".into()));
+        }
+        self.sensor_params(file)?;
+        Ok(())
+    }
+
+    /// The dataflow parameters this config describes.
+    pub fn params(&self, file: &str) -> Result<Params, ConfigError> {
+        Ok(Params {
+            sensors: self.sensor_params(file)?,
+        })
+    }
+
+    fn sensor_params(&self, file: &str) -> Result<SensorParams, ConfigError> {
+        let s = &self.sensor_metrics;
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: format!("sensor_metrics.{key}"),
+            message,
+        };
+        let size = s.size.millis();
+        if size <= 0 {
+            return Err(err("size", "must be positive, e.g. \"60s\"".into()));
+        }
+        let slide = match (s.window, s.slide) {
+            (WindowKind::Tumbling, None) => size,
+            (WindowKind::Tumbling, Some(_)) => {
+                return Err(err("slide", "is only for sliding windows; remove it, or set window = \"sliding\"".into()))
+            }
+            (WindowKind::Sliding, None) => {
+                return Err(err("slide", format!("is required for sliding windows, e.g. slide = \"{}\"", Duration::from_millis(size / 2))))
+            }
+            (WindowKind::Sliding, Some(slide)) => slide.millis(),
+        };
+        if slide <= 0 || slide > size || size % slide != 0 {
+            return Err(err(
+                "slide",
+                format!("must be positive and divide size ({}); for example \"{}\"", s.size, Duration::from_millis(size / 2)),
+            ));
+        }
+        let mut ranges = default_normal_ranges();
+        for (t, r) in &s.normal_ranges {
+            if !(r.min <= r.max) {
+                return Err(err(&format!("normal_ranges.{t}"), format!("min ({}) must not exceed max ({})", r.min, r.max)));
+            }
+            ranges.retain(|(name, _, _)| name != t);
+            ranges.push((t.clone(), r.min, r.max));
+        }
+        Ok(SensorParams {
+            size_ms: size,
+            slide_ms: slide,
+            allowed_lateness_ms: s.allowed_lateness.millis(),
+            normal_ranges: ranges,
+        })
+    }
+}

@@ -1,0 +1,36 @@
+//! The `diffstream` binary: parse, set up logging and Ctrl-C, hand over.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::Parser;
+use diffstream::cli::{Cli, Command};
+use diffstream::{bench, commands, runtime};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(cli.log_level).with_target(false).init();
+    install_ctrlc();
+    let result = match &cli.command {
+        Command::Run(args) => commands::plan_run(args).and_then(commands::execute),
+        Command::Demo(args) => commands::plan_demo(args).and_then(commands::execute),
+        Command::Gen(args) => commands::gen(args),
+        Command::Bench(args) => bench::main(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+/// First Ctrl-C: stop reading, finish the batches in flight, write outputs. Second: leave now.
+fn install_ctrlc() {
+    static PRESSED: AtomicUsize = AtomicUsize::new(0);
+    let _ = ctrlc::set_handler(|| {
+        if PRESSED.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\nstopping: finishing the batches in flight and writing outputs (Ctrl-C again to abort)");
+            runtime::STOP.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(130);
+        }
+    });
+}

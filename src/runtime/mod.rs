@@ -1,0 +1,392 @@
+//! Timely execution: builds the one `timely::Config` from `-w/-n/-p/-h`, starts the workers,
+//! and drives each one's epochs.
+//!
+//! Every worker builds the same dataflow, opens its share of every input, and loops: read one
+//! batch from each input that is due, decode it (failures become dead letters with their raw
+//! bytes), insert it at the current logical time, advance every input to the next time, and
+//! step the dataflow. A worker runs at most `max_inflight` times ahead of what the sinks have
+//! applied (backpressure), so memory holds a bounded number of batches. When every input is
+//! at its end, or on Ctrl-C or `--duration`, the inputs are closed, the frontier runs to the
+//! end (every window becomes final) and the first worker writes the snapshots.
+
+pub mod status;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataflows::records::DeadLetter;
+use dataflows::{Dataflow, InputName, Inputs, Params, Time};
+use differential_dataflow::input::{Input, InputSession};
+
+use crate::codec;
+use crate::sinks::jsonl::JsonlSink;
+use crate::sinks::{self, output_index, CountingSink, SharedSink, DEAD_LETTERS};
+use crate::sources::{InputSpec, RawRecord, Source};
+
+/// Set by Ctrl-C: sources stop, the run drains and writes its outputs.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Where the timely workers run: timely's `-w`, `-n`, `-p`, `-h`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// worker threads per process
+    pub workers: usize,
+    /// number of processes
+    pub processes: usize,
+    /// this process's index
+    pub process: usize,
+    /// `host:port` of every process, in process order (empty: localhost from port 2101)
+    pub hosts: Vec<String>,
+}
+
+impl Cluster {
+    /// One process with `workers` threads.
+    pub fn local(workers: usize) -> Self {
+        Cluster { workers, processes: 1, process: 0, hosts: Vec::new() }
+    }
+
+    /// The timely configuration; the only place one is built.
+    pub fn timely_config(&self) -> Result<timely::Config, String> {
+        if self.processes <= 1 {
+            return Ok(timely::Config::process(self.workers));
+        }
+        let addresses = if self.hosts.is_empty() {
+            (0..self.processes).map(|i| format!("localhost:{}", 2101 + i)).collect()
+        } else {
+            self.hosts.clone()
+        };
+        if addresses.len() < self.processes {
+            return Err(format!(
+                "the hostfile lists {} hosts but -n asks for {} processes; add a `host:port` line per process",
+                addresses.len(),
+                self.processes
+            ));
+        }
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: addresses[..self.processes].to_vec(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// How the first worker shows progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Display {
+    /// nothing but errors
+    Quiet,
+    /// a status line on stderr
+    Status,
+    /// the demo's live terminal view
+    Live,
+}
+
+/// Everything a run needs, resolved from config and command line.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// which dataflows
+    pub dataflows: Vec<Dataflow>,
+    /// where each needed input comes from
+    pub inputs: BTreeMap<InputName, InputSpec>,
+    /// dataflow parameters
+    pub params: Params,
+    /// where snapshots (and change files) go
+    pub output_dir: Option<PathBuf>,
+    /// write change files
+    pub changes: bool,
+    /// keep the current rows in memory (for snapshots and the live view); off only in benchmarks
+    pub keep_state: bool,
+    /// records per input per logical time
+    pub batch_size: usize,
+    /// logical times a worker may run ahead of the sinks
+    pub max_inflight: u64,
+    /// timely's layout
+    pub cluster: Cluster,
+    /// progress display
+    pub display: Display,
+    /// how often the display refreshes
+    pub display_interval: Duration,
+    /// stop after this long
+    pub duration: Option<Duration>,
+}
+
+impl Plan {
+    /// The outputs this plan writes, as indexes into [`sinks::OUTPUTS`] (dead letters last).
+    pub fn outputs(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.dataflows.iter().flat_map(|d| d.outputs()).map(|o| output_index(o)).collect();
+        out.sort();
+        out.dedup();
+        out.push(DEAD_LETTERS);
+        out
+    }
+}
+
+/// Process-wide counters, shared by the workers of one process.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// records read per input (indexed like [`InputName::ALL`])
+    pub records_in: [AtomicU64; 3],
+    /// records that failed to decode
+    pub decode_errors: AtomicU64,
+}
+
+impl Counters {
+    fn input(&self, name: InputName) -> &AtomicU64 {
+        &self.records_in[name as usize]
+    }
+    /// Records read so far by this process, per input.
+    pub fn snapshot(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.records_in[i].load(Ordering::Relaxed))
+    }
+}
+
+/// What a finished run reports (from the first worker of the first process).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// records read by this process, per input
+    pub records_in: [u64; 3],
+    /// dead letters in total
+    pub dead_letters: usize,
+    /// rows per output at the end
+    pub rows: Vec<(String, usize)>,
+    /// updates applied by the sinks
+    pub updates: u64,
+    /// files written
+    pub files: Vec<PathBuf>,
+    /// wall time
+    pub elapsed: Duration,
+}
+
+/// The input sessions of one worker.
+struct Sessions {
+    users: Option<InputSession<Time, dataflows::records::User, isize>>,
+    clicks: Option<InputSession<Time, dataflows::records::Click, isize>>,
+    sensors: Option<InputSession<Time, (dataflows::records::Reading, Vec<u8>), isize>>,
+    dead: InputSession<Time, DeadLetter, isize>,
+}
+
+impl Sessions {
+    fn insert(&mut self, input: InputName, rec: RawRecord, counters: &Counters) {
+        let RawRecord { position, bytes } = rec;
+        let result = match input {
+            InputName::Users => codec::decode_user(&bytes, position.clone()).map(|u| {
+                if let Some(s) = &mut self.users {
+                    s.insert(u)
+                }
+            }),
+            InputName::Clicks => codec::decode_click(&bytes).map(|c| {
+                if let Some(s) = &mut self.clicks {
+                    s.insert(c)
+                }
+            }),
+            InputName::Sensors => match codec::decode_reading(&bytes, position.clone()) {
+                Ok(r) => {
+                    if let Some(s) = &mut self.sensors {
+                        s.insert((r, bytes));
+                    }
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(reason) = result {
+            counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+            self.dead.insert(DeadLetter { input: input.as_str().to_string(), position, reason, raw: bytes });
+        }
+    }
+
+    fn advance_to(&mut self, t: Time) {
+        macro_rules! adv {
+            ($s:expr) => {
+                $s.advance_to(t);
+                $s.flush();
+            };
+        }
+        if let Some(s) = &mut self.users {
+            adv!(s);
+        }
+        if let Some(s) = &mut self.clicks {
+            adv!(s);
+        }
+        if let Some(s) = &mut self.sensors {
+            adv!(s);
+        }
+        adv!(self.dead);
+    }
+}
+
+struct OpenInput {
+    name: InputName,
+    source: Box<dyn Source>,
+    rate: Option<f64>,
+    batches: u64,
+    done: bool,
+}
+
+/// Runs a plan to its end. Returns the first worker's report in the first process, `None`
+/// in other processes.
+pub fn run(plan: Plan) -> anyhow::Result<Option<Report>> {
+    let config = plan.cluster.timely_config().map_err(anyhow::Error::msg)?;
+    let plan = Arc::new(plan);
+    let counters = Arc::new(Counters::default());
+    let guards = timely::execute(config, move |worker| {
+        run_worker(worker, &plan, &counters).map_err(|e| format!("{e:#}"))
+    })
+    .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
+    let mut report = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(Some(r))) => report = Some(r),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => anyhow::bail!("{e}"),
+            Err(e) => anyhow::bail!("a worker failed: {e}"),
+        }
+    }
+    Ok(report)
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Counters) -> anyhow::Result<Option<Report>> {
+    let start = Instant::now();
+    let index = worker.index();
+    let peers = worker.peers();
+    let first = index == 0;
+    let outputs = plan.outputs();
+    let jsonl = if first && plan.keep_state {
+        Some(Rc::new(RefCell::new(JsonlSink::new(plan.output_dir.as_deref(), &outputs, plan.changes)?)))
+    } else {
+        None
+    };
+    let counting = Rc::new(RefCell::new(CountingSink::default()));
+    let sink: SharedSink = match &jsonl {
+        Some(s) => s.clone(),
+        None => counting.clone(),
+    };
+
+    let needs = |i: InputName| plan.dataflows.iter().any(|d| d.inputs().contains(&i));
+    let selected = plan.dataflows.clone();
+    let params = plan.params.clone();
+    let (mut sessions, probe, watermark) = worker.dataflow::<Time, _, _>(|scope| {
+        let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
+        let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
+        let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
+        let (dead_in, dead) = scope.new_collection::<DeadLetter, isize>();
+        let outs = dataflows::build(&selected, Inputs { users, clicks, sensors }, &params);
+        let mut all = Vec::new();
+        if let Some(c) = outs.user_event_counts {
+            all.push(sinks::changes(c, "user_event_counts"));
+        }
+        if let Some(c) = outs.event_type_counts {
+            all.push(sinks::changes(c, "event_type_counts"));
+        }
+        if let Some(c) = outs.user_activity {
+            all.push(sinks::changes(c, "user_activity"));
+        }
+        if let Some(c) = outs.sensor_window_metrics {
+            all.push(sinks::changes(c, "sensor_window_metrics"));
+        }
+        if let Some(c) = outs.anomaly_alerts {
+            all.push(sinks::changes(c, "anomaly_alerts"));
+        }
+        let dead = match outs.dead_letters {
+            Some(late) => dead.concat(late),
+            None => dead,
+        };
+        all.push(sinks::changes(dead, "dead_letters"));
+        let all = differential_dataflow::collection::concatenate(scope, all);
+        let probe = sinks::attach(all, sink);
+        (
+            Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in },
+            probe,
+            outs.watermark,
+        )
+    });
+
+    let mut inputs = Vec::new();
+    for (name, spec) in &plan.inputs {
+        if needs(*name) {
+            inputs.push(OpenInput { name: *name, source: spec.open(index, peers, plan.batch_size)?, rate: spec.rate, batches: 0, done: false });
+        }
+    }
+
+    let mut monitor = (first && plan.keep_state).then(|| status::Monitor::new(plan, start));
+    let mut tick = |sink: &Option<Rc<RefCell<JsonlSink>>>, epoch: Time, done: bool| {
+        if let (Some(m), Some(s)) = (&mut monitor, sink) {
+            m.tick(&s.borrow(), counters, watermark.as_ref().and_then(|w| w.get()), epoch, done);
+        }
+    };
+
+    let mut epoch: Time = 0;
+    let mut batch: Vec<RawRecord> = Vec::new();
+    loop {
+        let stopped = STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
+        if stopped || inputs.iter().all(|i| i.done) {
+            break;
+        }
+        let now = Instant::now();
+        let mut any = false;
+        let mut wake: Option<Instant> = None;
+        for input in inputs.iter_mut().filter(|i| !i.done) {
+            if let Some(rate) = input.rate {
+                let due = start + Duration::from_secs_f64(input.batches as f64 * plan.batch_size as f64 / rate);
+                if due > now {
+                    wake = Some(wake.map_or(due, |w| w.min(due)));
+                    continue;
+                }
+            }
+            any = true;
+            let more = input.source.next_batch(&mut batch)?;
+            input.batches += 1;
+            input.done = !more;
+            counters.input(input.name).fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for rec in batch.drain(..) {
+                sessions.insert(input.name, rec, counters);
+            }
+        }
+        if !any {
+            let wait = wake.map(|w| w.saturating_duration_since(Instant::now()));
+            worker.step_or_park(wait.map(|w| w.min(Duration::from_millis(50))));
+            tick(&jsonl, epoch, false);
+            continue;
+        }
+        epoch += 1;
+        sessions.advance_to(epoch);
+        worker.step();
+        while probe.less_than(&epoch.saturating_sub(plan.max_inflight)) {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+            tick(&jsonl, epoch, false);
+        }
+        tick(&jsonl, epoch, false);
+    }
+    drop(sessions);
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+        tick(&jsonl, epoch, false);
+    }
+    tick(&jsonl, epoch, true);
+
+    let Some(sink) = jsonl else {
+        let updates = counting.borrow().updates.iter().sum();
+        return Ok(first.then(|| Report { records_in: counters.snapshot(), updates, elapsed: start.elapsed(), ..Report::default() }));
+    };
+    let mut sink = sink.borrow_mut();
+    let files = sink.finish()?;
+    let outputs = plan.outputs();
+    Ok(Some(Report {
+        records_in: counters.snapshot(),
+        dead_letters: sink.dead_letters(),
+        rows: outputs.iter().map(|&o| (sinks::OUTPUTS[o as usize].to_string(), sink.len(o))).collect(),
+        updates: sink.progress().0,
+        files,
+        elapsed: start.elapsed(),
+    }))
+}

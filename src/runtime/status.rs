@@ -1,0 +1,100 @@
+//! What the first worker shows while a run goes: a status line on stderr (records in per
+//! input and their rate, the watermark, dead letters, the logical time), or the demo's live
+//! view. On a terminal the status line rewrites itself; otherwise a line is printed every ten
+//! intervals, so logs stay readable.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dataflows::records::Millis;
+use dataflows::{InputName, Time};
+
+use super::{Counters, Display, Plan};
+use crate::codec::format_time;
+use crate::sinks::jsonl::JsonlSink;
+
+/// Refreshes the display of the first worker.
+pub struct Monitor {
+    display: Display,
+    interval: Duration,
+    tty: bool,
+    start: Instant,
+    last: Instant,
+    last_counts: [u64; 3],
+    ticks: u64,
+    inputs: Vec<InputName>,
+    live: crate::demo::LiveView,
+}
+
+impl Monitor {
+    /// A monitor for `plan`, whose run started at `start`.
+    pub fn new(plan: &Plan, start: Instant) -> Self {
+        Monitor {
+            display: plan.display,
+            interval: plan.display_interval,
+            tty: std::io::stderr().is_terminal(),
+            start,
+            last: start,
+            last_counts: [0; 3],
+            ticks: 0,
+            inputs: plan.inputs.keys().copied().filter(|i| plan.dataflows.iter().any(|d| d.inputs().contains(i))).collect(),
+            live: crate::demo::LiveView::new(plan),
+        }
+    }
+
+    /// Called often; draws when the interval has passed, and always when `done`.
+    pub fn tick(&mut self, sink: &JsonlSink, counters: &Counters, watermark: Option<Millis>, epoch: Time, done: bool) {
+        let now = Instant::now();
+        if !done && now.duration_since(self.last) < self.interval {
+            return;
+        }
+        let secs = now.duration_since(self.last).as_secs_f64().max(1e-9);
+        let counts = counters.snapshot();
+        let mut parts = Vec::new();
+        for &i in &self.inputs {
+            let n = counts[i as usize];
+            let rate = (n - self.last_counts[i as usize]) as f64 / secs;
+            parts.push(format!("{i} {} ({}/s)", thousands(n), thousands(rate as u64)));
+        }
+        let wm = watermark.map_or("-".to_string(), format_time);
+        let line = format!(
+            "{} | watermark {wm} | dead letters {} | decode errors {} | time {epoch} | {:.0}s",
+            parts.join(", "),
+            thousands(sink.dead_letters() as u64),
+            thousands(counters.decode_errors.load(Ordering::Relaxed)),
+            now.duration_since(self.start).as_secs_f64(),
+        );
+        self.last = now;
+        self.last_counts = counts;
+        self.ticks += 1;
+        match self.display {
+            Display::Quiet => {}
+            Display::Live if self.tty => self.live.draw(sink, &line, done),
+            Display::Status | Display::Live => {
+                let mut err = std::io::stderr().lock();
+                if self.tty {
+                    let _ = write!(err, "\r\x1b[K{line}");
+                    if done {
+                        let _ = writeln!(err);
+                    }
+                } else if done || self.ticks % 10 == 1 {
+                    let _ = writeln!(err, "{line}");
+                }
+            }
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! Where results go. Every output's updates are turned into [`Change`]s (key and row as JSON)
+//! on the worker that computed them, then routed to the first worker, whose sinks see each
+//! logical time whole: all updates of a time, consolidated, once the time is complete, in
+//! time order. A sink holds the time's capability until it has applied it, so the probe that
+//! the runtime waits on means "written", not just "computed".
+
+pub mod jsonl;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use dataflows::{Coll, Time};
+use differential_dataflow::consolidation::consolidate;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::{Capability, Probe};
+use timely::dataflow::ProbeHandle;
+
+use crate::codec::OutputRow;
+
+/// Every output a run can have, in a fixed order; [`Change::output`] indexes this.
+pub const OUTPUTS: [&str; 6] = [
+    "user_event_counts",
+    "event_type_counts",
+    "user_activity",
+    "sensor_window_metrics",
+    "anomaly_alerts",
+    "dead_letters",
+];
+
+/// Index of the dead-letter output in [`OUTPUTS`].
+pub const DEAD_LETTERS: u8 = 5;
+
+/// The index of an output name.
+pub fn output_index(name: &str) -> u8 {
+    OUTPUTS.iter().position(|o| *o == name).expect("a known output") as u8
+}
+
+/// One row of one output, as JSON text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Change {
+    /// index into [`OUTPUTS`]
+    pub output: u8,
+    /// the row's key, a JSON object
+    pub key: String,
+    /// the row, a JSON object
+    pub row: String,
+}
+
+/// Turns an output collection into changes.
+pub fn changes<'s, R: OutputRow + Clone + 'static>(rows: Coll<'s, R>, output: &str) -> Coll<'s, Change> {
+    let output = output_index(output);
+    rows.map(move |r| Change { output, key: r.key().to_string(), row: r.row().to_string() })
+}
+
+/// Something that receives complete logical times.
+pub trait Sink {
+    /// All updates of `time`, consolidated and sorted; called once per time, in time order.
+    fn apply(&mut self, time: Time, updates: &[(Change, isize)]);
+}
+
+/// A sink shared between the dataflow and the worker loop.
+pub type SharedSink = Rc<RefCell<dyn Sink>>;
+
+/// Routes `changes` to the first worker and applies each complete time to `sink` there.
+/// Returns a probe that passes a time once it has been applied.
+pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Time> {
+    let probe = ProbeHandle::new();
+    changes
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(Exchange::new(|_: &(Change, Time, isize)| 0), "Sink", move |_cap, _info| {
+            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Change, isize)>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for (c, t, r) in batch.drain(..) {
+                            pending
+                                .entry(t)
+                                .or_insert_with(|| (cap.delayed(&t, output.output_index()), Vec::new()))
+                                .1
+                                .push((c, r));
+                        }
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (t, (_cap, mut updates)) = entry.remove_entry();
+                    consolidate(&mut updates);
+                    sink.borrow_mut().apply(t, &updates);
+                }
+            }
+        })
+        .probe_with(&probe);
+    probe
+}
+
+/// A sink that only counts, for benchmarks and for workers other than the first.
+#[derive(Debug, Default)]
+pub struct CountingSink {
+    /// updates applied per output
+    pub updates: [u64; OUTPUTS.len()],
+}
+
+impl Sink for CountingSink {
+    fn apply(&mut self, _time: Time, updates: &[(Change, isize)]) {
+        for (c, _) in updates {
+            self.updates[c.output as usize] += 1;
+        }
+    }
+}
