@@ -22,9 +22,10 @@ use crate::{Coll, Time};
 /// use dataflows::ops::AggregateLocal;
 ///
 /// timely::example(|scope| {
-///     let (_input, words) = scope.new_collection_from(vec!["a", "b", "a"]);
-///     // ("a", +2) and ("b", +1): the same multiset as `words`.
-///     let _counted = words.aggregate_local(|w| *w).count();
+///     let words = ["a", "b", "a"].map(String::from);
+///     let (_input, words) = scope.new_collection_from(words);
+///     // ("a", +2) and ("b", +1): the same multiset as `words`, in fewer updates.
+///     let _counted = words.aggregate_local(|w: &String| w.clone()).count();
 /// });
 /// ```
 pub trait AggregateLocal<'s, D> {
