@@ -8,6 +8,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod reference;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
