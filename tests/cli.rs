@@ -1,0 +1,182 @@
+//! End-to-end runs of the `diffstream` binary on generated files: worker and process counts
+//! do not change the results, the results equal the reference, change files replay to the
+//! snapshots, and bad input or bad flags get messages that say what to do.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{bin, diffstream, snapshots};
+use dataflows::{Dataflow, InputName, SensorParams};
+use diffstream::reference;
+
+const ALL: [&str; 3] = ["user_event_counts", "user_activity", "sensor_metrics"];
+
+/// Generates users, clicks and sensors files (with malformed lines appended) into `dir`.
+fn generate(dir: &Path) {
+    for (kind, count) in [("users", "1500"), ("clicks", "30000"), ("sensors", "60000")] {
+        let out = diffstream(&["gen", kind, "--count", count, "--seed", "11"]);
+        let mut text = out.stdout;
+        text.extend_from_slice(b"{\"broken\": \n\xff\xfe\n[1,2]\n");
+        std::fs::write(dir.join(format!("{kind}.jsonl")), text).unwrap();
+    }
+}
+
+fn run_args<'a>(dir: &'a Path, out: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["run".into()];
+    args.extend(ALL.iter().map(|s| s.to_string()));
+    for kind in ["users", "clicks", "sensors"] {
+        args.push("--input".into());
+        args.push(format!("{kind}={}", dir.join(format!("{kind}.jsonl")).display()));
+    }
+    args.extend(["--output-dir".into(), dir.join(out).display().to_string(), "--batch-size".into(), "5000".into(), "-q".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run(dir: &Path, out: &str, extra: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let args = run_args(dir, out, extra);
+    diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    snapshots(&dir.join(out))
+}
+
+#[test]
+fn worker_counts_agree_and_equal_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path());
+    let one = run(dir.path(), "w1", &["-w", "1"]);
+    let two = run(dir.path(), "w2", &["-w", "2", "--changes"]);
+    assert_eq!(one, two, "-w 1 and -w 2 differ");
+
+    let inputs: BTreeMap<InputName, Vec<u8>> = InputName::ALL
+        .into_iter()
+        .map(|i| (i, std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap()))
+        .collect();
+    let expected: BTreeMap<String, Vec<String>> = reference::run(&inputs, &Dataflow::ALL, &SensorParams::default(), 5000)
+        .into_iter()
+        .map(|(o, rows)| (o, rows.into_values().collect()))
+        .collect();
+    assert_eq!(one, expected, "the engine differs from the reference");
+
+    // Every malformed line is a dead letter with its raw bytes; the run went on.
+    let dead = &one["dead_letters"];
+    for kind in ["users", "clicks", "sensors"] {
+        let mine: Vec<&String> = dead.iter().filter(|l| l.contains(&format!("\"input\":\"{kind}\""))).collect();
+        assert!(mine.iter().any(|l| l.contains("invalid_json")), "{kind}: {mine:?}");
+        assert!(mine.iter().any(|l| l.contains("\"raw_encoding\":\"base64\"") && l.contains("not_utf8")), "{kind}: {mine:?}");
+        assert!(mine.iter().any(|l| l.contains("not_object")), "{kind}: {mine:?}");
+    }
+    assert!(dead.iter().any(|l| l.contains("\"reason\":\"late\"")), "the generator's very late readings are dead letters");
+
+    // Replaying the change files gives the snapshots.
+    for (output, rows) in &two {
+        let text = std::fs::read_to_string(dir.path().join("w2").join(format!("{output}.changes.jsonl"))).unwrap();
+        let mut state: BTreeMap<String, i64> = BTreeMap::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            *state.entry(v["row"].to_string()).or_default() += v["diff"].as_i64().unwrap();
+        }
+        state.retain(|_, n| *n != 0);
+        assert!(state.values().all(|n| *n == 1), "{output}: a row's multiplicity is not 1");
+        let mut replayed: Vec<&String> = state.keys().collect();
+        let mut snapshot: Vec<String> = rows.iter().map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap().to_string()).collect();
+        replayed.sort();
+        snapshot.sort();
+        assert_eq!(replayed, snapshot.iter().collect::<Vec<_>>(), "{output}: changes do not replay to the snapshot");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn two_processes_equal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path());
+    let one = run(dir.path(), "single", &["-w", "2"]);
+    let hostfile = dir.path().join("hosts.txt");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            let out = format!("cluster{p}");
+            let process = p.to_string();
+            let mut args = run_args(dir.path(), &out, &["-w", "1", "-n", "2", "-p", &process]);
+            args.extend(["-h".into(), hostfile.display().to_string()]);
+            Command::new(bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "a cluster process failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The first worker of the first process holds and writes every output.
+    assert_eq!(snapshots(&dir.path().join("cluster0")), one);
+}
+
+#[test]
+fn stdin_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let clicks = diffstream(&["gen", "clicks", "--count", "2000"]).stdout;
+    let out = dir.path().join("out");
+    let mut child = Command::new(bin())
+        .args(["run", "user_event_counts", "--input", "clicks=-", "-q", "-w", "2", "--output-dir"])
+        .arg(&out)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&clicks).unwrap();
+    assert!(child.wait().unwrap().success());
+    let snap = snapshots(&out);
+    let total: i64 = snap["event_type_counts"]
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 2000);
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(!out.status.success(), "diffstream {} should fail", args.join(" "));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn help_and_errors_say_what_to_do() {
+    let help = String::from_utf8(diffstream(&["run", "--help"]).stdout).unwrap();
+    assert!(help.contains("--hostfile") && help.contains("-h"), "{help}");
+    assert!(String::from_utf8(diffstream(&["--help"]).stdout).unwrap().contains("demo"));
+
+    let e = fails(&["run", "user_activity", "--input", "clicks=x.jsonl"]);
+    assert!(e.contains("--input users="), "{e}");
+    let e = fails(&["run", "nonsense"]);
+    assert!(e.contains("user_event_counts, user_activity, sensor_metrics"), "{e}");
+    let e = fails(&["run", "user_event_counts", "--input", "clicks=/does/not/exist.jsonl", "-q"]);
+    assert!(e.contains("/does/not/exist.jsonl"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[runtime]\nwokers = 2\n").unwrap();
+    let e = fails(&["run", "user_event_counts", "--config", cfg.to_str().unwrap()]);
+    assert!(e.contains("bad.toml") && e.contains("runtime.wokers") && e.contains("workers"), "{e}");
+    std::fs::write(&cfg, "[sensor_metrics]\nwindow = \"sliding\"\nsize = \"60s\"\nslide = \"45s\"\n").unwrap();
+    let e = fails(&["run", "sensor_metrics", "--config", cfg.to_str().unwrap()]);
+    assert!(e.contains("bad.toml") && e.contains("sensor_metrics.slide") && e.contains("30s"), "{e}");
+}
+
+#[test]
+fn demo_runs_offline_and_writes_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-out");
+    diffstream(&["demo", "--duration", "2", "--plain", "--rate", "5000", "--output-dir", out.to_str().unwrap()]);
+    let snap = snapshots(&out);
+    for o in ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts", "dead_letters"] {
+        assert!(snap.contains_key(o), "no {o}.jsonl");
+        assert!(out.join(format!("{o}.changes.jsonl")).exists(), "no {o}.changes.jsonl");
+    }
+    assert!(!snap["user_event_counts"].is_empty());
+}
