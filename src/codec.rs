@@ -19,12 +19,14 @@ use dataflows::records::{
     UserEventCount, WindowMetric, F64,
 };
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Parses a time spelled as a string.
 pub fn parse_time_str(s: &str) -> Result<Millis, String> {
     let s = s.trim();
+    if let Some(ms) = parse_common(s.as_bytes()) {
+        return Ok(ms);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_millis());
     }
@@ -34,6 +36,44 @@ pub fn parse_time_str(s: &str) -> Result<Millis, String> {
         }
     }
     Err(format!("`{s}` is not `YYYY-MM-DD HH:MM:SS`, RFC 3339, or unix seconds/milliseconds"))
+}
+
+/// The spellings producers use most, `YYYY-MM-DD[ T]HH:MM:SS[.f…][Z|±HH:MM]`, without
+/// chrono's format interpreter (which costs more than decoding the rest of a record).
+/// Anything else falls through to chrono.
+fn parse_common(b: &[u8]) -> Option<Millis> {
+    fn num(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    }
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b' ' | b'T') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(num(&b[0..4])? as i32, num(&b[5..7])?, num(&b[8..10])?)?;
+    let (h, m, sec) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let mut rest = &b[19..];
+    let mut ms = 0u32;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut scaled = frac[..digits.min(3)].iter().fold(0u32, |n, &c| n * 10 + u32::from(c - b'0'));
+        for _ in digits..3 {
+            scaled *= 10;
+        }
+        ms = scaled;
+        rest = &frac[digits..];
+    }
+    let offset_s: i64 = match rest {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), hh1, hh2, b':', mm1, mm2] => {
+            let off = i64::from(num(&[*hh1, *hh2])? * 3600 + num(&[*mm1, *mm2])? * 60);
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    let t = date.and_hms_milli_opt(h, m, sec, ms)?;
+    Some(t.and_utc().timestamp_millis() - offset_s * 1000)
 }
 
 /// Interprets a JSON number as unix seconds or milliseconds.
@@ -120,8 +160,8 @@ struct UserJson<'a> {
 struct ClickJson<'a> {
     event_timestamp: Time,
     user_id: JsonId,
-    #[serde(borrow)]
-    page: Cow<'a, str>,
+    #[serde(borrow, rename = "page")]
+    _page: Cow<'a, str>,
     #[serde(borrow)]
     event: Cow<'a, str>,
 }
@@ -184,7 +224,6 @@ pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
     let c: ClickJson = parse(raw)?;
     Ok(Click {
         user_id: c.user_id.0,
-        page: c.page.into_owned(),
         event: c.event.into_owned(),
         event_time: c.event_timestamp.0,
     })
@@ -207,119 +246,205 @@ pub fn decode_reading(raw: &[u8], position: Position) -> Result<Reading, String>
     })
 }
 
-fn id_json(id: &Id) -> Value {
-    match id {
-        Id::Num(n) => json!(n),
-        Id::Str(s) => json!(s),
+/// A user id as JSON: a number or a string, as the producer wrote it.
+struct IdJson<'a>(&'a Id);
+
+impl Serialize for IdJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Id::Num(n) => s.serialize_u64(*n),
+            Id::Str(x) => s.serialize_str(x),
+        }
     }
 }
 
 /// A position as JSON: `{"line": n}`, `{"partition": p, "offset": o}` or `{"index": i}`.
-pub fn position_json(p: &Position) -> Value {
-    match p {
-        Position::Line(n) => json!({ "line": n }),
-        Position::Offset { partition, offset } => json!({ "partition": partition, "offset": offset }),
-        Position::Index(i) => json!({ "index": i }),
+struct PositionJson<'a>(&'a Position);
+
+impl Serialize for PositionJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match self.0 {
+            Position::Line(n) => m.serialize_entry("line", n)?,
+            Position::Offset { partition, offset } => {
+                m.serialize_entry("partition", partition)?;
+                m.serialize_entry("offset", offset)?;
+            }
+            Position::Index(i) => m.serialize_entry("index", i)?,
+        }
+        m.end()
     }
 }
 
-/// An output row: its key and its fields, both as JSON.
+/// A time as RFC 3339 UTC.
+struct TimeJson(Millis);
+
+impl Serialize for TimeJson {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_time(self.0))
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("output rows serialize")
+}
+
+/// An output row: its key and its fields as JSON text, fields in the contract's order.
 pub trait OutputRow {
-    /// The output's key, as JSON (an object of the key fields).
-    fn key(&self) -> Value;
-    /// The whole row, as a JSON object.
-    fn row(&self) -> Value;
+    /// The output's key: a JSON object of the key fields.
+    fn key(&self) -> String;
+    /// The whole row: a JSON object.
+    fn row(&self) -> String;
 }
 
 impl OutputRow for UserEventCount {
-    fn key(&self) -> Value {
-        json!({ "user_id": id_json(&self.user_id) })
+    fn key(&self) -> String {
+        #[derive(Serialize)]
+        struct K<'a> {
+            user_id: IdJson<'a>,
+        }
+        to_json(&K { user_id: IdJson(&self.user_id) })
     }
-    fn row(&self) -> Value {
-        json!({ "user_id": id_json(&self.user_id), "event_count": self.event_count })
+    fn row(&self) -> String {
+        #[derive(Serialize)]
+        struct R<'a> {
+            user_id: IdJson<'a>,
+            event_count: i64,
+        }
+        to_json(&R { user_id: IdJson(&self.user_id), event_count: self.event_count })
     }
 }
 
 impl OutputRow for EventTypeCount {
-    fn key(&self) -> Value {
-        json!({ "event": self.event })
+    fn key(&self) -> String {
+        #[derive(Serialize)]
+        struct K<'a> {
+            event: &'a str,
+        }
+        to_json(&K { event: &self.event })
     }
-    fn row(&self) -> Value {
-        json!({ "event": self.event, "count": self.count })
+    fn row(&self) -> String {
+        #[derive(Serialize)]
+        struct R<'a> {
+            event: &'a str,
+            count: i64,
+        }
+        to_json(&R { event: &self.event, count: self.count })
     }
 }
 
 impl OutputRow for UserActivity {
-    fn key(&self) -> Value {
-        json!({ "user_id": id_json(&self.user_id) })
+    fn key(&self) -> String {
+        #[derive(Serialize)]
+        struct K<'a> {
+            user_id: IdJson<'a>,
+        }
+        to_json(&K { user_id: IdJson(&self.user_id) })
     }
-    fn row(&self) -> Value {
-        json!({
-            "user_id": id_json(&self.user_id),
-            "name": self.name,
-            "email": self.email,
-            "event_count": self.event_count,
-        })
+    fn row(&self) -> String {
+        #[derive(Serialize)]
+        struct R<'a> {
+            user_id: IdJson<'a>,
+            name: &'a str,
+            email: &'a str,
+            event_count: i64,
+        }
+        to_json(&R { user_id: IdJson(&self.user_id), name: &self.name, email: &self.email, event_count: self.event_count })
     }
 }
 
 impl OutputRow for WindowMetric {
-    fn key(&self) -> Value {
-        json!({
-            "sensor_type": self.sensor_type,
-            "location": self.location,
-            "window_start": format_time(self.window_start),
-        })
+    fn key(&self) -> String {
+        #[derive(Serialize)]
+        struct K<'a> {
+            sensor_type: &'a str,
+            location: &'a str,
+            window_start: TimeJson,
+        }
+        to_json(&K { sensor_type: &self.sensor_type, location: &self.location, window_start: TimeJson(self.window_start) })
     }
-    fn row(&self) -> Value {
-        json!({
-            "sensor_type": self.sensor_type,
-            "location": self.location,
-            "window_start": format_time(self.window_start),
-            "window_end": format_time(self.window_end),
-            "count": self.count,
-            "avg": self.avg.0,
-            "min": self.min.0,
-            "max": self.max.0,
-            "anomaly_count": self.anomaly_count,
+    fn row(&self) -> String {
+        #[derive(Serialize)]
+        struct R<'a> {
+            sensor_type: &'a str,
+            location: &'a str,
+            window_start: TimeJson,
+            window_end: TimeJson,
+            count: u64,
+            avg: f64,
+            min: f64,
+            max: f64,
+            anomaly_count: u64,
+        }
+        to_json(&R {
+            sensor_type: &self.sensor_type,
+            location: &self.location,
+            window_start: TimeJson(self.window_start),
+            window_end: TimeJson(self.window_end),
+            count: self.count,
+            avg: self.avg.0,
+            min: self.min.0,
+            max: self.max.0,
+            anomaly_count: self.anomaly_count,
         })
     }
 }
 
 impl OutputRow for AnomalyAlert {
-    fn key(&self) -> Value {
-        json!({ "sensor_id": self.sensor_id, "timestamp": format_time(self.timestamp) })
+    fn key(&self) -> String {
+        #[derive(Serialize)]
+        struct K<'a> {
+            sensor_id: &'a str,
+            timestamp: TimeJson,
+        }
+        to_json(&K { sensor_id: &self.sensor_id, timestamp: TimeJson(self.timestamp) })
     }
-    fn row(&self) -> Value {
-        json!({
-            "sensor_id": self.sensor_id,
-            "sensor_type": self.sensor_type,
-            "location": self.location,
-            "value": self.value.0,
-            "timestamp": format_time(self.timestamp),
-            "alert_type": self.alert_type.as_str(),
+    fn row(&self) -> String {
+        #[derive(Serialize)]
+        struct R<'a> {
+            sensor_id: &'a str,
+            sensor_type: &'a str,
+            location: &'a str,
+            value: f64,
+            timestamp: TimeJson,
+            alert_type: &'a str,
+        }
+        to_json(&R {
+            sensor_id: &self.sensor_id,
+            sensor_type: &self.sensor_type,
+            location: &self.location,
+            value: self.value.0,
+            timestamp: TimeJson(self.timestamp),
+            alert_type: self.alert_type.as_str(),
         })
     }
 }
 
 impl OutputRow for DeadLetter {
-    fn key(&self) -> Value {
-        json!({ "input": self.input, "position": position_json(&self.position) })
-    }
-    fn row(&self) -> Value {
-        let mut v = json!({
-            "input": self.input,
-            "position": position_json(&self.position),
-            "reason": self.reason,
-        });
-        match std::str::from_utf8(&self.raw) {
-            Ok(text) => v["raw"] = json!(text),
-            Err(_) => {
-                v["raw"] = json!(base64::engine::general_purpose::STANDARD.encode(&self.raw));
-                v["raw_encoding"] = json!("base64");
-            }
+    fn key(&self) -> String {
+        #[derive(Serialize)]
+        struct K<'a> {
+            input: &'a str,
+            position: PositionJson<'a>,
         }
-        v
+        to_json(&K { input: &self.input, position: PositionJson(&self.position) })
+    }
+    fn row(&self) -> String {
+        #[derive(Serialize)]
+        struct R<'a> {
+            input: &'a str,
+            position: PositionJson<'a>,
+            reason: &'a str,
+            raw: Cow<'a, str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            raw_encoding: Option<&'static str>,
+        }
+        let (raw, raw_encoding) = match std::str::from_utf8(&self.raw) {
+            Ok(text) => (Cow::Borrowed(text), None),
+            Err(_) => (Cow::Owned(base64::engine::general_purpose::STANDARD.encode(&self.raw)), Some("base64")),
+        };
+        to_json(&R { input: &self.input, position: PositionJson(&self.position), reason: &self.reason, raw, raw_encoding })
     }
 }
 
@@ -335,6 +460,11 @@ mod tests {
         assert_eq!(parse_time_str("2026-01-01T01:00:00+01:00"), Ok(t));
         assert_eq!(parse_time_str("2026-01-01T00:00:00.250Z"), Ok(t + 250));
         assert_eq!(parse_time_str("2026-01-01T00:00:00.250"), Ok(t + 250));
+        assert_eq!(parse_time_str("2026-01-01T00:00:00.2509Z"), Ok(t + 250));
+        assert_eq!(parse_time_str("2025-12-31T19:00:00-05:00"), Ok(t));
+        assert_eq!(parse_time_str("2026-01-01 00:00:00.5"), Ok(t + 500));
+        assert!(parse_time_str("2026-02-30 00:00:00").is_err());
+        assert!(parse_time_str("2026-01-01 25:00:00").is_err());
         assert_eq!(time_from_number(1_767_225_600.0), Ok(t));
         assert_eq!(time_from_number(1_767_225_600_000.0), Ok(t));
         assert!(parse_time_str("yesterday").is_err());

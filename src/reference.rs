@@ -116,7 +116,7 @@ impl Reference {
     pub fn snapshot(&self, dataflows: &[Dataflow], size_ms: i64) -> BTreeMap<String, BTreeMap<String, String>> {
         let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut put = |name: &str, row: &dyn OutputRow| {
-            out.entry(name.to_string()).or_default().insert(row.key().to_string(), row.row().to_string());
+            out.entry(name.to_string()).or_default().insert(row.key(), row.row());
         };
         let has = |d| dataflows.contains(&d);
         if has(Dataflow::UserEventCounts) {

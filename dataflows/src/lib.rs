@@ -163,7 +163,8 @@ pub struct Outputs<'s> {
 }
 
 /// Builds the selected dataflows over shared inputs. Each input is read once, and the click
-/// counts per user are computed once when both click dataflows run.
+/// counts per user are computed once when both click dataflows run, in the same pass as
+/// the counts per event kind.
 ///
 /// # Panics
 /// When a selected dataflow's input is missing; the engine checks this before building.
@@ -171,13 +172,12 @@ pub fn build<'s>(selected: &[Dataflow], inputs: Inputs<'s>, params: &Params) -> 
     let mut out = Outputs::default();
     let has = |d| selected.contains(&d);
     let input = |name: InputName| format!("dataflow input `{name}` is not bound");
-    let per_user = (has(Dataflow::UserEventCounts) || has(Dataflow::UserActivity)).then(|| {
-        user_event_counts::clicks_per_user(inputs.clicks.clone().expect(&input(InputName::Clicks)))
-    });
+    let counts = (has(Dataflow::UserEventCounts) || has(Dataflow::UserActivity))
+        .then(|| user_event_counts::click_counts(inputs.clicks.clone().expect(&input(InputName::Clicks))));
+    let per_user = counts.clone().map(user_event_counts::per_user);
     if has(Dataflow::UserEventCounts) {
-        let clicks = inputs.clicks.clone().expect(&input(InputName::Clicks));
         out.user_event_counts = Some(user_event_counts::user_event_counts(per_user.clone().expect("built above")));
-        out.event_type_counts = Some(user_event_counts::event_type_counts(clicks));
+        out.event_type_counts = Some(user_event_counts::event_type_counts(counts.expect("built above")));
     }
     if has(Dataflow::UserActivity) {
         let users = inputs.users.clone().expect(&input(InputName::Users));

@@ -9,13 +9,17 @@ use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::{Coll, Time};
 
-/// Project each record to a key and add up the diffs of equal keys, per logical time, on the
+/// A fast, deterministic hash map for operator state.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Project each record to keys and add up the diffs of equal keys, per logical time, on the
 /// worker that holds them, before anything is exchanged.
 ///
 /// The collection means the same thing afterwards; it just carries one `(key, time, n)` update
-/// where it carried `n` updates of `(record, time, 1)`. Counting a click stream this way sends
+/// where it carried `n` updates of `(key, time, 1)`. Counting a click stream this way sends
 /// one update per user and batch through the exchange and the arrangement instead of one per
-/// click, which is what lets the counts keep up with JSON decoding.
+/// click, which is what lets the counts keep up with JSON decoding. The closure takes each
+/// record by value, so keys can be moved out of it rather than cloned.
 ///
 /// ```
 /// use differential_dataflow::input::Input;
@@ -25,33 +29,37 @@ use crate::{Coll, Time};
 ///     let words = ["a", "b", "a"].map(String::from);
 ///     let (_input, words) = scope.new_collection_from(words);
 ///     // ("a", +2) and ("b", +1): the same multiset as `words`, in fewer updates.
-///     let _counted = words.aggregate_local(|w: &String| w.clone()).count();
+///     let _counted = words.aggregate_local(|w: String| [w]).count();
 /// });
 /// ```
 pub trait AggregateLocal<'s, D> {
     /// See the trait's documentation.
-    fn aggregate_local<K, F>(self, key: F) -> Coll<'s, K>
+    fn aggregate_local<K, I, F>(self, keys: F) -> Coll<'s, K>
     where
         K: Clone + Eq + Hash + 'static,
-        F: FnMut(&D) -> K + 'static;
+        I: IntoIterator<Item = K>,
+        F: FnMut(D) -> I + 'static;
 }
 
 impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
-    fn aggregate_local<K, F>(self, mut key: F) -> Coll<'s, K>
+    fn aggregate_local<K, I, F>(self, mut keys: F) -> Coll<'s, K>
     where
         K: Clone + Eq + Hash + 'static,
-        F: FnMut(&D) -> K + 'static,
+        I: IntoIterator<Item = K>,
+        F: FnMut(D) -> I + 'static,
     {
         // Emitting per activation rather than per completed time adds no latency: the input of
         // one batch is normally all queued when the operator runs.
-        let mut sums: HashMap<(K, Time), isize> = HashMap::new();
+        let mut sums: FastMap<(K, Time), isize> = FastMap::default();
         self.inner
             .unary(Pipeline, "AggregateLocal", move |_cap, _info| {
                 move |input, output| {
                     input.for_each_stamp(|cap, data| {
                         for batch in data {
                             for (d, t, r) in batch.drain(..) {
-                                *sums.entry((key(&d), t)).or_insert(0) += r;
+                                for k in keys(d) {
+                                    *sums.entry((k, t)).or_insert(0) += r;
+                                }
                             }
                         }
                         let mut session = output.session(&cap);

@@ -78,13 +78,12 @@ pub struct User {
     pub position: Position,
 }
 
-/// A click: `{event_timestamp, user_id, page, event}`.
+/// A click: `{event_timestamp, user_id, page, event}`. `page` is checked when decoding but
+/// not kept, since no dataflow reads it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Click {
     /// who clicked
     pub user_id: Id,
-    /// the page
-    pub page: String,
     /// the event kind (`page_view`, `click`, …)
     pub event: String,
     /// `event_timestamp`

@@ -28,6 +28,8 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, Hashable};
@@ -39,6 +41,7 @@ use timely::dataflow::operators::Capability;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Reading, WindowMetric, F64};
+use crate::ops::FastMap;
 use crate::{Coll, Time};
 
 /// Parameters of the sensor dataflow.
@@ -191,7 +194,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
         .broadcast();
 
     let classify_params = params.clone();
-    let (accepted, late) = readings
+    let classified = readings
         .inner
         .binary_frontier(maxima.clone(), Pipeline, Pipeline, "ClassifyLateness", |_cap, _info| {
             let p = classify_params;
@@ -227,10 +230,21 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
                                 reason: "late".to_string(),
                                 raw,
                             };
-                            session.give(Err((dead, t, diff)));
-                        } else {
-                            session.give(Ok((reading, t, diff)));
+                            session.give((Classified::Late(dead), t, diff));
+                            continue;
                         }
+                        if let Some(alert_type) = p.alert_type(&reading) {
+                            let alert = AnomalyAlert {
+                                sensor_id: reading.sensor_id.clone(),
+                                sensor_type: reading.sensor_type.clone(),
+                                location: reading.location.clone(),
+                                value: reading.value,
+                                timestamp: reading.timestamp,
+                                alert_type,
+                            };
+                            session.give((Classified::Alert(alert), t, diff));
+                        }
+                        session.give((Classified::Accepted(reading), t, diff));
                     }
                 }
                 if let Some(r) = ready {
@@ -238,21 +252,18 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
                 }
             }
         })
-        .container::<Vec<Result<(Reading, Time, isize), (DeadLetter, Time, isize)>>>()
-        .ok_err::<Vec<_>, _, Vec<_>, _, _>(|x| x);
-    let accepted = accepted.as_collection();
-
-    let alert_params = params.clone();
-    let alerts = accepted.clone().flat_map(move |r: Reading| {
-        alert_params.alert_type(&r).map(|alert_type| AnomalyAlert {
-            sensor_id: r.sensor_id,
-            sensor_type: r.sensor_type,
-            location: r.location,
-            value: r.value,
-            timestamp: r.timestamp,
-            alert_type,
-        })
+        .container::<Vec<(Classified, Time, isize)>>();
+    let (accepted, rest) = classified.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(c, t, r)| match c {
+        Classified::Accepted(reading) => Ok((reading, t, r)),
+        other => Err((other, t, r)),
     });
+    let (alerts, late) = rest.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(c, t, r)| match c {
+        Classified::Alert(a) => Ok((a, t, r)),
+        Classified::Late(d) => Err((d, t, r)),
+        Classified::Accepted(_) => unreachable!("split off above"),
+    });
+    let accepted: Coll<'s, Reading> = accepted.as_collection();
+    let alerts: Coll<'s, AnomalyAlert> = alerts.as_collection();
 
     let window_params = params.clone();
     let wm = watermark.clone();
@@ -263,7 +274,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
             let p = window_params;
             let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Reading, isize)>)> = BTreeMap::new();
             let mut maxima = Maxima::default();
-            let mut windows: HashMap<(String, String, Millis), Agg> = HashMap::new();
+            let mut windows: Windows = FastMap::default();
             move |(input, frontier), (max_input, max_frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     for batch in data {
@@ -286,30 +297,41 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
                 while pending.first_key_value().is_some_and(|(t, _)| closed(t)) {
                     let (t, (cap, mut records)) = pending.pop_first().expect("checked");
                     records.sort_by(|a, b| a.0.position.cmp(&b.0.position));
-                    let mut before: HashMap<(String, String, Millis), Option<Agg>> = HashMap::new();
                     for (r, diff) in records {
                         debug_assert!(diff > 0, "sensor readings are append-only");
+                        let starts = windows.entry(r.sensor_type).or_default().entry(r.location).or_default();
                         for start in p.window_starts(r.timestamp) {
-                            let key = (r.sensor_type.clone(), r.location.clone(), start);
-                            let agg = windows.entry(key.clone()).or_default();
-                            before.entry(key).or_insert_with(|| (agg.count > 0).then(|| agg.clone()));
-                            agg.add(r.value.0, r.anomaly, diff as u64);
+                            let slot = starts.entry(start).or_default();
+                            slot.before.get_or_insert((slot.agg.count > 0).then_some(slot.agg));
+                            slot.agg.add(r.value.0, r.anomaly, diff as u64);
                         }
                     }
+                    // Each window the batch touched: retract its old row, insert the new one.
                     let mut session = output.session(&cap);
-                    for (key, old) in before {
-                        let new = &windows[&key];
-                        if let Some(old) = old {
-                            session.give((old.row(&key, p.size_ms), t, -1));
+                    for (ty, locations) in &mut windows {
+                        for (loc, starts) in locations {
+                            for (start, slot) in starts {
+                                if let Some(before) = slot.before.take() {
+                                    if let Some(old) = before {
+                                        session.give((old.row(ty, loc, *start, p.size_ms), t, -1));
+                                    }
+                                    session.give((slot.agg.row(ty, loc, *start, p.size_ms), t, 1));
+                                }
+                            }
                         }
-                        session.give((new.row(&key, p.size_ms), t, 1));
                     }
                 }
                 // Retire final windows: everything below `done` has been applied.
                 match done {
                     Some(d) => {
                         if let Some(w) = maxima.max_before(d).map(|m| m - p.allowed_lateness_ms) {
-                            windows.retain(|(_, _, start), _| start + p.size_ms > w);
+                            for locations in windows.values_mut() {
+                                for starts in locations.values_mut() {
+                                    starts.retain(|start, _| start + p.size_ms > w);
+                                }
+                                locations.retain(|_, starts| !starts.is_empty());
+                            }
+                            windows.retain(|_, locations| !locations.is_empty());
                             wm.0.set(Some(w));
                         }
                         maxima.compact(d);
@@ -348,8 +370,27 @@ where
     });
 }
 
+/// What `ClassifyLateness` decides for each reading.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Classified {
+    Accepted(Reading),
+    Alert(AnomalyAlert),
+    Late(DeadLetter),
+}
+
+/// Open windows: sensor type → location → window start → aggregate.
+type Windows = FastMap<String, FastMap<String, BTreeMap<Millis, Slot>>>;
+
+/// One open window: its aggregate, and while a batch changes it, the aggregate before the
+/// batch (`Some(None)` for a window the batch opened).
+#[derive(Default)]
+struct Slot {
+    agg: Agg,
+    before: Option<Option<Agg>>,
+}
+
 /// Running aggregate of one window.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Agg {
     count: u64,
     sum: f64,
@@ -373,12 +414,12 @@ impl Agg {
             self.anomalies += u64::from(anomaly);
         }
     }
-    fn row(&self, key: &(String, String, Millis), size_ms: i64) -> WindowMetric {
+    fn row(&self, sensor_type: &str, location: &str, start: Millis, size_ms: i64) -> WindowMetric {
         WindowMetric {
-            sensor_type: key.0.clone(),
-            location: key.1.clone(),
-            window_start: key.2,
-            window_end: key.2 + size_ms,
+            sensor_type: sensor_type.to_string(),
+            location: location.to_string(),
+            window_start: start,
+            window_end: start + size_ms,
             count: self.count,
             avg: F64(self.sum / self.count as f64),
             min: F64(self.min),

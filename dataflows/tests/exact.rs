@@ -94,7 +94,7 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
 }
 
 fn click(user: u64, event: &str) -> Click {
-    Click { user_id: Id::Num(user), page: "/".into(), event: event.into(), event_time: 0 }
+    Click { user_id: Id::Num(user), event: event.into(), event_time: 0 }
 }
 
 fn user(id: u64, name: &str, line: u64) -> User {

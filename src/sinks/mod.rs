@@ -53,7 +53,7 @@ pub struct Change {
 /// Turns an output collection into changes.
 pub fn changes<'s, R: OutputRow + Clone + 'static>(rows: Coll<'s, R>, output: &str) -> Coll<'s, Change> {
     let output = output_index(output);
-    rows.map(move |r| Change { output, key: r.key().to_string(), row: r.row().to_string() })
+    rows.map(move |r| Change { output, key: r.key(), row: r.row() })
 }
 
 /// Something that receives complete logical times.

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs and starts the stand-in Kafka and MongoDB
+# services (unless KAFKA_BOOTSTRAP / MONGODB_URI name real ones), runs every test, stops them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh install
+eval "$(scripts/services.sh start)"
+trap 'scripts/services.sh stop' EXIT
+export KAFKA_BOOTSTRAP MONGODB_URI
+
+cargo test --workspace --locked "$@"
