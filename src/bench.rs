@@ -18,8 +18,6 @@ use crate::runtime::{self, Cluster, Display, Plan};
 use crate::sources::generator::GeneratorSpec;
 use crate::sources::{InputSpec, SourceSpec};
 
-const BATCH: usize = 100_000;
-
 fn generate(kind: InputName, count: u64, seed: u64) -> Vec<u8> {
     let spec = GeneratorSpec { kind, count: Some(count), seed, users: (count / 20).max(1000) };
     let mut out = Vec::with_capacity(count as usize * 160);
@@ -30,7 +28,7 @@ fn generate(kind: InputName, count: u64, seed: u64) -> Vec<u8> {
     out
 }
 
-fn plan(dataflow: Dataflow, inputs: &BTreeMap<InputName, Arc<[u8]>>, workers: usize) -> Plan {
+fn plan(dataflow: Dataflow, inputs: &BTreeMap<InputName, Arc<[u8]>>, workers: usize, batch_size: usize) -> Plan {
     Plan {
         dataflows: vec![dataflow],
         inputs: inputs
@@ -42,7 +40,7 @@ fn plan(dataflow: Dataflow, inputs: &BTreeMap<InputName, Arc<[u8]>>, workers: us
         output_dir: None,
         changes: false,
         keep_state: false,
-        batch_size: BATCH,
+        batch_size,
         max_inflight: 4,
         cluster: Cluster::local(workers),
         display: Display::Quiet,
@@ -67,18 +65,20 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     .collect();
     let shared: BTreeMap<InputName, Arc<[u8]>> = texts.iter().map(|(i, t)| (*i, Arc::from(t.as_slice()))).collect();
 
-    println!("throughput, {BATCH} records per logical time (events/s; ratio = engine / HashMap loop)");
+    let batch = args.batch_size.max(1);
+    let only: Option<Dataflow> = args.only.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+    println!("throughput, {batch} records per logical time (events/s; ratio = engine / HashMap loop)");
     println!("{:<18} {:>8} {:>14} {:>14} {:>14} {:>9} {:>9}", "dataflow", "events", "hashmap", "engine -w 1", "engine -w 2", "-w 1", "-w 2");
-    for d in Dataflow::ALL {
+    for d in Dataflow::ALL.into_iter().filter(|d| only.is_none_or(|o| o == *d)) {
         let events: u64 = d.inputs().iter().map(|i| bytecount_lines(&texts[i])).sum();
         let start = Instant::now();
-        let snapshot = reference::run(&texts, &[d], &Params::default().sensors, BATCH);
+        let snapshot = reference::run(&texts, &[d], &Params::default().sensors, batch);
         let base = events as f64 / start.elapsed().as_secs_f64();
         std::hint::black_box(snapshot);
         let mut rates = Vec::new();
         for w in [1, 2] {
             let start = Instant::now();
-            runtime::run(plan(d, &shared, w))?;
+            runtime::run(plan(d, &shared, w, batch))?;
             rates.push(events as f64 / start.elapsed().as_secs_f64());
         }
         println!(
@@ -128,7 +128,7 @@ fn bytecount_lines(text: &[u8]) -> u64 {
 }
 
 fn memory_child(readings: u64) -> anyhow::Result<()> {
-    let mut p = plan(Dataflow::SensorMetrics, &BTreeMap::new(), 2);
+    let mut p = plan(Dataflow::SensorMetrics, &BTreeMap::new(), 2, 100_000);
     p.inputs.insert(
         InputName::Sensors,
         InputSpec {

@@ -146,6 +146,13 @@ pub struct BenchArgs {
     /// Readings for the two peak-memory runs of the sensor dataflow.
     #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = [2_000_000u64, 20_000_000])]
     pub memory_readings: Vec<u64>,
+    /// Records per logical time in the engine runs (the reference advances its watermark per
+    /// batch of the same size).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub batch_size: usize,
+    /// Only this dataflow (for profiling one).
+    #[arg(long, value_name = "DATAFLOW")]
+    pub only: Option<String>,
     /// Skip the peak-memory runs.
     #[arg(long)]
     pub no_memory: bool,

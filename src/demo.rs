@@ -47,7 +47,7 @@ impl LiveView {
             if !self.outputs.contains(&(o as u8)) {
                 continue;
             }
-            let mut rows: Vec<Value> = sink.rows(o as u8).filter_map(|(_, r, _)| serde_json::from_str(r).ok()).collect();
+            let mut rows: Vec<Value> = sink.rows(o as u8).into_iter().filter_map(|(_, r, _)| serde_json::from_str(r).ok()).collect();
             rows.sort_by(|a, b| cmp_desc(&a[sort], &b[sort]));
             let _ = writeln!(screen, "{name} ({} rows)", rows.len());
             for r in rows.iter().take(top) {

@@ -6,6 +6,11 @@ use clap::Parser;
 use diffstream::cli::{Cli, Command};
 use diffstream::{bench, commands, runtime};
 
+// Dataflows allocate and free many small strings per record; glibc's malloc spent a quarter
+// of the engine's time on them (perf), mimalloc a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(cli.log_level).with_target(false).init();

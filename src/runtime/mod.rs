@@ -19,14 +19,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataflows::records::DeadLetter;
+use dataflows::records::{DeadLetter, Position};
 use dataflows::{Dataflow, InputName, Inputs, Params, Time};
 use differential_dataflow::input::{Input, InputSession};
 
 use crate::codec;
 use crate::sinks::jsonl::JsonlSink;
 use crate::sinks::{self, output_index, CountingSink, SharedSink, DEAD_LETTERS};
-use crate::sources::{InputSpec, RawRecord, Source};
+use crate::sources::{InputSpec, Source};
 
 /// Set by Ctrl-C: sources stop, the run drains and writes its outputs.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -176,32 +176,29 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn insert(&mut self, input: InputName, rec: RawRecord, counters: &Counters) {
-        let RawRecord { position, bytes } = rec;
+    /// Decodes one record into its input, or into the dead letters with a copy of its bytes.
+    fn insert(&mut self, input: InputName, position: Position, bytes: &[u8], counters: &Counters) {
         let result = match input {
-            InputName::Users => codec::decode_user(&bytes, position.clone()).map(|u| {
+            InputName::Users => codec::decode_user(bytes, position.clone()).map(|u| {
                 if let Some(s) = &mut self.users {
                     s.insert(u)
                 }
             }),
-            InputName::Clicks => codec::decode_click(&bytes).map(|c| {
+            InputName::Clicks => codec::decode_click(bytes).map(|c| {
                 if let Some(s) = &mut self.clicks {
                     s.insert(c)
                 }
             }),
-            InputName::Sensors => match codec::decode_reading(&bytes, position.clone()) {
-                Ok(r) => {
-                    if let Some(s) = &mut self.sensors {
-                        s.insert((r, bytes));
-                    }
-                    return;
+            // Readings keep their bytes until lateness is decided: a late one is a dead letter.
+            InputName::Sensors => codec::decode_reading(bytes, position.clone()).map(|r| {
+                if let Some(s) = &mut self.sensors {
+                    s.insert((r, bytes.to_vec()));
                 }
-                Err(e) => Err(e),
-            },
+            }),
         };
         if let Err(reason) = result {
             counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-            self.dead.insert(DeadLetter { input: input.as_str().to_string(), position, reason, raw: bytes });
+            self.dead.insert(DeadLetter { input: input.as_str().to_string(), position, reason, raw: bytes.to_vec() });
         }
     }
 
@@ -326,7 +323,6 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     };
 
     let mut epoch: Time = 0;
-    let mut batch: Vec<RawRecord> = Vec::new();
     loop {
         let stopped = STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
         if stopped || inputs.iter().all(|i| i.done) {
@@ -344,13 +340,15 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
                 }
             }
             any = true;
-            let more = input.source.next_batch(&mut batch)?;
+            let mut read = 0u64;
+            let name = input.name;
+            let more = input.source.next_batch(&mut |position, bytes| {
+                read += 1;
+                sessions.insert(name, position, bytes, counters);
+            })?;
             input.batches += 1;
             input.done = !more;
-            counters.input(input.name).fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for rec in batch.drain(..) {
-                sessions.insert(input.name, rec, counters);
-            }
+            counters.input(name).fetch_add(read, Ordering::Relaxed);
         }
         if !any {
             let wait = wake.map(|w| w.saturating_duration_since(Instant::now()));

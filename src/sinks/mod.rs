@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use dataflows::ops::FastMap;
 use dataflows::{Coll, Time};
-use differential_dataflow::consolidation::consolidate;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -58,8 +58,9 @@ pub fn changes<'s, R: OutputRow + Clone + 'static>(rows: Coll<'s, R>, output: &s
 
 /// Something that receives complete logical times.
 pub trait Sink {
-    /// All updates of `time`, consolidated and sorted; called once per time, in time order.
-    fn apply(&mut self, time: Time, updates: &[(Change, isize)]);
+    /// All updates of `time`, consolidated (each change once, no zero diffs) but in no
+    /// particular order; called once per time, in time order.
+    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>);
 }
 
 /// A sink shared between the dataflow and the worker loop.
@@ -89,14 +90,23 @@ pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Ti
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (t, (_cap, mut updates)) = entry.remove_entry();
-                    consolidate(&mut updates);
-                    sink.borrow_mut().apply(t, &updates);
+                    let (t, (_cap, updates)) = entry.remove_entry();
+                    sink.borrow_mut().apply(t, consolidate(updates));
                 }
             }
         })
         .probe_with(&probe);
     probe
+}
+
+/// Adds up the diffs of equal changes and drops those that cancel. Hashing beats sorting
+/// here: changes are long strings that share prefixes.
+fn consolidate(updates: Vec<(Change, isize)>) -> Vec<(Change, isize)> {
+    let mut sums: FastMap<Change, isize> = FastMap::default();
+    for (c, r) in updates {
+        *sums.entry(c).or_insert(0) += r;
+    }
+    sums.into_iter().filter(|(_, r)| *r != 0).collect()
 }
 
 /// A sink that only counts, for benchmarks and for workers other than the first.
@@ -107,8 +117,8 @@ pub struct CountingSink {
 }
 
 impl Sink for CountingSink {
-    fn apply(&mut self, _time: Time, updates: &[(Change, isize)]) {
-        for (c, _) in updates {
+    fn apply(&mut self, _time: Time, updates: Vec<(Change, isize)>) {
+        for (c, _) in &updates {
             self.updates[c.output as usize] += 1;
         }
     }

@@ -17,20 +17,13 @@ use dataflows::InputName;
 
 use crate::config::InputConfig;
 
-/// One record as it arrived.
-#[derive(Clone, Debug)]
-pub struct RawRecord {
-    /// where in its input
-    pub position: Position,
-    /// the exact bytes (a JSON Lines line without its newline)
-    pub bytes: Vec<u8>,
-}
-
 /// A worker's view of one input.
 pub trait Source {
-    /// Appends this worker's records of the next batch to `out`; `Ok(false)` when the input
-    /// has no more records after these.
-    fn next_batch(&mut self, out: &mut Vec<RawRecord>) -> io::Result<bool>;
+    /// Calls `each` with the position and exact bytes (a JSON Lines line without its newline)
+    /// of this worker's records in the next batch; `Ok(false)` when the input has no more
+    /// records after these. The bytes are lent, not copied: most records are decoded and
+    /// dropped, and only dead letters and sensor readings keep theirs.
+    fn next_batch(&mut self, each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool>;
 }
 
 /// How to open an input, resolved from the config (plus in-memory data for benchmarks).

@@ -1,28 +1,31 @@
 //! JSON Lines files: the current state of every output (the snapshot), written to
 //! `DIR/<output>.jsonl` when the run ends, one row per key sorted by key; and optionally every
 //! update as it is applied, `{"time", "diff", "row"}` per line, to `DIR/<output>.changes.jsonl`,
-//! flushed at the end of each logical time so that `tail -f` shows the outputs changing.
+//! sorted within each time (so the files are the same on any number of workers) and flushed at
+//! the end of each logical time so that `tail -f` shows the outputs changing.
 //!
 //! The snapshot is also what the demo's live view reads.
 //!
 //! Errors: a write failure is kept and reported by [`JsonlSink::finish`]; updates keep being
 //! applied to the in-memory snapshot meanwhile, so the final snapshot is still complete.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use dataflows::ops::FastMap;
 use dataflows::Time;
 
 use super::{Change, Sink, DEAD_LETTERS, OUTPUTS};
+
+/// Rows of one key with their multiplicities; a consistent output has one row with 1.
+type Rows = Vec<(String, isize)>;
 
 /// Current rows of every output, plus optional change files.
 pub struct JsonlSink {
     dir: Option<PathBuf>,
     outputs: Vec<u8>,
-    /// (output, key, row) → multiplicity; a consistent output has each key once with 1.
-    state: BTreeMap<(u8, String, String), isize>,
+    state: FastMap<(u8, String), Rows>,
     changes: Vec<Option<BufWriter<File>>>,
     error: Option<io::Error>,
     updates: u64,
@@ -49,7 +52,7 @@ impl JsonlSink {
         Ok(JsonlSink {
             dir: dir.map(Path::to_path_buf),
             outputs: outputs.to_vec(),
-            state: BTreeMap::new(),
+            state: FastMap::default(),
             changes: files,
             error: None,
             updates: 0,
@@ -57,17 +60,21 @@ impl JsonlSink {
         })
     }
 
-    /// Current rows of `output`, sorted by key.
-    pub fn rows(&self, output: u8) -> impl Iterator<Item = (&str, &str, isize)> {
-        self.state
-            .range((output, String::new(), String::new())..)
-            .take_while(move |((o, _, _), _)| *o == output)
-            .map(|((_, k, r), n)| (k.as_str(), r.as_str(), *n))
+    /// Current `(key, row, multiplicity)` of `output`, sorted by key.
+    pub fn rows(&self, output: u8) -> Vec<(&str, &str, isize)> {
+        let mut rows: Vec<(&str, &str, isize)> = self
+            .state
+            .iter()
+            .filter(|((o, _), _)| *o == output)
+            .flat_map(|((_, k), rows)| rows.iter().map(move |(r, n)| (k.as_str(), r.as_str(), *n)))
+            .collect();
+        rows.sort_unstable();
+        rows
     }
 
-    /// Number of rows `output` has now.
+    /// Number of keys `output` has now.
     pub fn len(&self, output: u8) -> usize {
-        self.rows(output).count()
+        self.state.keys().filter(|(o, _)| *o == output).count()
     }
 
     /// Dead letters so far.
@@ -122,20 +129,29 @@ impl JsonlSink {
 }
 
 impl Sink for JsonlSink {
-    fn apply(&mut self, time: Time, updates: &[(Change, isize)]) {
-        for (c, diff) in updates {
-            let entry = self.state.entry((c.output, c.key.clone(), c.row.clone())).or_insert(0);
-            *entry += diff;
-            if *entry == 0 {
-                self.state.remove(&(c.output, c.key.clone(), c.row.clone()));
+    fn apply(&mut self, time: Time, mut updates: Vec<(Change, isize)>) {
+        if self.error.is_none() && self.changes.iter().any(Option::is_some) {
+            updates.sort_unstable();
+            if let Err(e) = self.write_changes(time, &updates) {
+                tracing::error!(error = %e, "writing change files failed; the snapshot will still be written");
+                self.error = Some(e);
             }
         }
         self.updates += updates.len() as u64;
         self.last_time = Some(time);
-        if self.error.is_none() {
-            if let Err(e) = self.write_changes(time, updates) {
-                tracing::error!(error = %e, "writing change files failed; the snapshot will still be written");
-                self.error = Some(e);
+        for (c, diff) in updates {
+            let key = (c.output, c.key);
+            let Some(rows) = self.state.get_mut(&key) else {
+                self.state.insert(key, vec![(c.row, diff)]);
+                continue;
+            };
+            match rows.iter_mut().find(|(r, _)| *r == c.row) {
+                Some(entry) => entry.1 += diff,
+                None => rows.push((c.row, diff)),
+            }
+            rows.retain(|(_, n)| *n != 0);
+            if rows.is_empty() {
+                self.state.remove(&key);
             }
         }
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dataflows::records::Position;
 
-use super::{RawRecord, Source};
+use super::Source;
 
 /// Bytes shared between workers, readable through `io::Cursor`.
 #[derive(Clone, Debug)]
@@ -26,7 +26,7 @@ impl AsRef<[u8]> for Shared {
 pub struct Empty;
 
 impl Source for Empty {
-    fn next_batch(&mut self, _out: &mut Vec<RawRecord>) -> io::Result<bool> {
+    fn next_batch(&mut self, _each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool> {
         Ok(false)
     }
 }
@@ -38,74 +38,54 @@ pub struct LineSource<R> {
     index: u64,
     peers: u64,
     batch: usize,
-    buf: Vec<u8>,
+    spill: Vec<u8>,
 }
 
 impl<R: BufRead> LineSource<R> {
     /// Reads `reader` as worker `index` of `peers`, `batch` lines per batch.
     pub fn new(reader: R, index: usize, peers: usize, batch: usize) -> Self {
-        LineSource { reader, line: 0, index: index as u64, peers: peers as u64, batch, buf: Vec::new() }
+        LineSource { reader, line: 0, index: index as u64, peers: peers as u64, batch, spill: Vec::new() }
     }
 }
 
 impl<R: BufRead> Source for LineSource<R> {
-    fn next_batch(&mut self, out: &mut Vec<RawRecord>) -> io::Result<bool> {
+    fn next_batch(&mut self, each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool> {
         for _ in 0..self.batch {
             let mine = self.line % self.peers == self.index;
-            let n = if mine {
-                let mut bytes = Vec::new();
-                let n = self.reader.read_until(b'\n', &mut bytes)?;
-                if n > 0 {
-                    self.line += 1;
-                    trim_newline(&mut bytes);
-                    if !bytes.iter().all(u8::is_ascii_whitespace) {
-                        out.push(RawRecord { position: Position::Line(self.line), bytes });
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                return Ok(false);
+            }
+            self.line += 1;
+            let position = Position::Line(self.line);
+            match memchr::memchr(b'\n', available) {
+                // The usual case: the whole line is in the reader's buffer; lend it.
+                Some(i) => {
+                    if mine {
+                        deliver(position, &available[..i], each);
+                    }
+                    self.reader.consume(i + 1);
+                }
+                // The line runs past the buffer: gather it.
+                None => {
+                    self.spill.clear();
+                    self.reader.read_until(b'\n', &mut self.spill)?;
+                    if mine {
+                        let line = self.spill.strip_suffix(b"\n").unwrap_or(&self.spill);
+                        deliver(position, line, each);
                     }
                 }
-                n
-            } else {
-                self.buf.clear();
-                let n = skip_line(&mut self.reader)?;
-                self.line += u64::from(n > 0);
-                n
-            };
-            if n == 0 {
-                return Ok(false);
             }
         }
         Ok(true)
     }
 }
 
-/// Skips one line without copying it; returns the bytes skipped.
-fn skip_line<R: BufRead>(r: &mut R) -> io::Result<usize> {
-    let mut total = 0;
-    loop {
-        let (done, used) = {
-            let available = match r.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            match available.iter().position(|&b| b == b'\n') {
-                Some(i) => (true, i + 1),
-                None => (available.is_empty(), available.len()),
-            }
-        };
-        r.consume(used);
-        total += used;
-        if done {
-            return Ok(total);
-        }
-    }
-}
-
-fn trim_newline(bytes: &mut Vec<u8>) {
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
+/// Strips a `\r`, skips blank lines.
+fn deliver(position: Position, line: &[u8], each: &mut dyn FnMut(Position, &[u8])) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if !line.iter().all(u8::is_ascii_whitespace) {
+        each(position, line);
     }
 }
 
@@ -114,18 +94,18 @@ mod tests {
     use super::*;
 
     fn read_all(text: &str, index: usize, peers: usize, batch: usize) -> Vec<(Vec<(u64, String)>, bool)> {
-        let mut s = LineSource::new(io::Cursor::new(text.as_bytes().to_vec()), index, peers, batch);
+        // A tiny buffer, so that lines also run past it.
+        let reader = io::BufReader::with_capacity(3, io::Cursor::new(text.as_bytes().to_vec()));
+        let mut s = LineSource::new(reader, index, peers, batch);
         let mut batches = Vec::new();
         loop {
-            let mut out = Vec::new();
-            let more = s.next_batch(&mut out).unwrap();
-            let recs = out
-                .into_iter()
-                .map(|r| match r.position {
-                    Position::Line(n) => (n, String::from_utf8(r.bytes).unwrap()),
+            let mut recs = Vec::new();
+            let more = s
+                .next_batch(&mut |p, bytes| match p {
+                    Position::Line(n) => recs.push((n, String::from_utf8(bytes.to_vec()).unwrap())),
                     p => panic!("unexpected position {p:?}"),
                 })
-                .collect();
+                .unwrap();
             batches.push((recs, more));
             if !more {
                 return batches;
