@@ -49,12 +49,21 @@ impl LiveView {
             }
             let mut rows: Vec<Value> = sink.rows(o as u8).into_iter().filter_map(|(_, r, _)| serde_json::from_str(r).ok()).collect();
             rows.sort_by(|a, b| cmp_desc(&a[sort], &b[sort]));
-            let _ = writeln!(screen, "{name} ({} rows)", rows.len());
-            for r in rows.iter().take(top) {
-                let cells: Vec<String> = cols.iter().map(|c| cell(&r[*c])).collect();
+            let _ = writeln!(screen, "\x1b[1m{name}\x1b[0m ({} rows)", rows.len());
+            let mut table: Vec<Vec<String>> = vec![cols.iter().map(|c| c.to_string()).collect()];
+            table.extend(rows.iter().take(top).map(|r| cols.iter().map(|c| cell(&r[*c])).collect()));
+            let widths: Vec<usize> =
+                (0..cols.len()).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+            for (n, row) in table.iter().enumerate() {
+                let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
                 let mut line = format!("  {}", cells.join("  "));
-                line.truncate(line.char_indices().nth(118).map_or(line.len(), |(i, _)| i));
-                let _ = writeln!(screen, "{line}");
+                line.truncate(line.char_indices().nth(126).map_or(line.len(), |(i, _)| i));
+                let line = line.trim_end();
+                if n == 0 {
+                    let _ = writeln!(screen, "\x1b[2m{line}\x1b[0m");
+                } else {
+                    let _ = writeln!(screen, "{line}");
+                }
             }
             screen.push('\n');
         }
