@@ -18,8 +18,8 @@ use crate::runtime::{self, Cluster, Display, Plan};
 use crate::sources::generator::GeneratorSpec;
 use crate::sources::{InputSpec, SourceSpec};
 
-fn generate(kind: InputName, count: u64, seed: u64) -> Vec<u8> {
-    let spec = GeneratorSpec { kind, count: Some(count), seed, users: (count / 20).max(1000) };
+fn generate(kind: InputName, count: u64, seed: u64, users: u64) -> Vec<u8> {
+    let spec = GeneratorSpec { kind, count: Some(count), seed, users };
     let mut out = Vec::with_capacity(count as usize * 160);
     for i in 0..count {
         out.extend_from_slice(&spec.line(i));
@@ -55,11 +55,13 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         return memory_child(n);
     }
     let n = args.events;
-    eprintln!("generating {n} clicks, {n} sensor readings and {} users in memory…", n / 10);
+    let users = args.users.max(1);
+    let profiles = (n / 10).max(users);
+    eprintln!("generating {n} clicks of {users} users, {profiles} profile versions and {n} sensor readings in memory…");
     let texts: BTreeMap<InputName, Vec<u8>> = [
-        (InputName::Users, generate(InputName::Users, n / 10, 1)),
-        (InputName::Clicks, generate(InputName::Clicks, n, 2)),
-        (InputName::Sensors, generate(InputName::Sensors, n, 3)),
+        (InputName::Users, generate(InputName::Users, profiles, 1, users)),
+        (InputName::Clicks, generate(InputName::Clicks, n, 2, users)),
+        (InputName::Sensors, generate(InputName::Sensors, n, 3, users)),
     ]
     .into_iter()
     .collect();
@@ -67,7 +69,7 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
 
     let batch = args.batch_size.max(1);
     let only: Option<Dataflow> = args.only.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
-    println!("throughput, {batch} records per logical time (events/s; ratio = engine / HashMap loop)");
+    println!("throughput, {batch} records per logical time, {users} users (events/s; ratio = engine / HashMap loop)");
     println!("{:<18} {:>8} {:>14} {:>14} {:>14} {:>9} {:>9}", "dataflow", "events", "hashmap", "engine -w 1", "engine -w 2", "-w 1", "-w 2");
     for d in Dataflow::ALL.into_iter().filter(|d| only.is_none_or(|o| o == *d)) {
         let events: u64 = d.inputs().iter().map(|i| bytecount_lines(&texts[i])).sum();

@@ -150,6 +150,10 @@ pub struct BenchArgs {
     /// batch of the same size).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub batch_size: usize,
+    /// Distinct users in the generated users and clicks (the generators' default is 1000;
+    /// more users means more changed keys, hence more output, per batch).
+    #[arg(long, value_name = "U", default_value_t = 1000)]
+    pub users: u64,
     /// Only this dataflow (for profiling one).
     #[arg(long, value_name = "DATAFLOW")]
     pub only: Option<String>,

@@ -1,10 +1,12 @@
 //! A plain single-threaded implementation of the three dataflows with `HashMap`s: no timely,
-//! no differential. It is the oracle of the property tests and the baseline of `diffstream
+//! no differential (the same fast hasher the engine's operators use). It is the oracle of the property tests and the baseline of `diffstream
 //! bench`, so it follows the engine's documented semantics to the letter: the same decoding
 //! and dead letters, latest profile by source position, and the watermark advanced once per
 //! batch of `batch_size` lines, with each batch's readings applied in file order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use dataflows::ops::FastMap;
 
 use dataflows::records::{
     AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, UserActivity, UserEventCount, WindowMetric, F64,
@@ -26,10 +28,10 @@ struct Window {
 /// The state of all three computations.
 #[derive(Default)]
 pub struct Reference {
-    profiles: HashMap<Id, (Position, String, String)>,
-    per_user: HashMap<Id, i64>,
-    per_event: HashMap<String, i64>,
-    windows: HashMap<(String, String, Millis), Window>,
+    profiles: FastMap<Id, (Position, String, String)>,
+    per_user: FastMap<Id, i64>,
+    per_event: FastMap<String, i64>,
+    windows: FastMap<(String, String, Millis), Window>,
     alerts: Vec<AnomalyAlert>,
     dead: Vec<DeadLetter>,
     max_ts: Option<Millis>,

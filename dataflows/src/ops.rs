@@ -75,3 +75,60 @@ impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
             .as_collection()
     }
 }
+
+/// Keep, per key and logical time, only the record that ranks highest among those this worker
+/// holds, before anything is exchanged.
+///
+/// For "latest wins" semantics this changes no result: a record that another record of the
+/// same key outranks can never be the latest. It keeps a burst of profile updates from
+/// reaching (and staying in) the arrangement that picks the latest. Only for insert-only
+/// collections: a retraction could not be matched to a record dropped here.
+pub trait LatestLocal<'s, D> {
+    /// See the trait's documentation.
+    fn latest_local<K, O, F, G>(self, key: F, rank: G) -> Coll<'s, D>
+    where
+        K: Eq + Hash + 'static,
+        O: Ord + 'static,
+        F: FnMut(&D) -> K + 'static,
+        G: FnMut(&D) -> O + 'static;
+}
+
+impl<'s, D: Clone + 'static> LatestLocal<'s, D> for Coll<'s, D> {
+    fn latest_local<K, O, F, G>(self, mut key: F, mut rank: G) -> Coll<'s, D>
+    where
+        K: Eq + Hash + 'static,
+        O: Ord + 'static,
+        F: FnMut(&D) -> K + 'static,
+        G: FnMut(&D) -> O + 'static,
+    {
+        let mut best: FastMap<(K, Time), (D, isize)> = FastMap::default();
+        self.inner
+            .unary(Pipeline, "LatestLocal", move |_cap, _info| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        for batch in data {
+                            for (d, t, r) in batch.drain(..) {
+                                debug_assert!(r > 0, "latest_local is for insert-only collections");
+                                match best.entry((key(&d), t)) {
+                                    std::collections::hash_map::Entry::Vacant(v) => {
+                                        v.insert((d, r));
+                                    }
+                                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                                        if rank(&d) > rank(&o.get().0) {
+                                            o.insert((d, r));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        for ((_, t), (d, r)) in best.drain() {
+                            session.give((d, t, r));
+                        }
+                    });
+                }
+            })
+            .container::<Vec<_>>()
+            .as_collection()
+    }
+}

@@ -1,7 +1,7 @@
 //! `user_activity`: each user's latest profile joined with their click count.
 //!
 //! ```text
-//! users ──(user_id, (position, name, email))──reduce(max position)──┐
+//! users ──latest_local──(user_id, (position, name, email))──reduce(max position)──┐
 //!                                                                   join ──▶ user_activity
 //! clicks ──clicks_per_user──────────────────────────────────────────┘      {user_id, name, email, event_count}
 //! ```
@@ -12,12 +12,14 @@
 //! retracts the old row and inserts the new one; clicks that arrive before the profile are
 //! counted and join when it arrives.
 
+use crate::ops::LatestLocal;
 use crate::records::{Id, Position, User, UserActivity};
 use crate::Coll;
 
 /// Each user's latest `(name, email)`.
 pub fn latest_profiles<'s>(users: Coll<'s, User>) -> Coll<'s, (Id, (String, String))> {
     users
+        .latest_local(|u: &User| u.user_id.clone(), |u: &User| u.position.clone())
         .map(|u| (u.user_id, (u.position, u.name, u.email)))
         .reduce(|_user, versions: &[(&(Position, String, String), isize)], out| {
             // Versions come sorted by position; the last one present is the latest.
