@@ -2,7 +2,7 @@
 //! no differential (the same fast hasher the engine's operators use). It is the oracle of the property tests and the baseline of `diffstream
 //! bench`, so it follows the engine's documented semantics to the letter: the same decoding
 //! and dead letters, latest profile by source position, and the watermark advanced once per
-//! batch of `batch_size` lines, with each batch's readings applied in file order.
+//! batch of `batch_size` lines, and window sums kept as order-independent `ExactSum`s.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use dataflows::ops::FastMap;
 use dataflows::records::{
     AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, UserActivity, UserEventCount, WindowMetric, F64,
 };
+use dataflows::sensor_metrics::ExactSum;
 use dataflows::{Dataflow, InputName, SensorParams};
 
 use crate::codec::{self, OutputRow};
@@ -19,7 +20,7 @@ use crate::sinks::OUTPUTS;
 #[derive(Default)]
 struct Window {
     count: u64,
-    sum: f64,
+    sum: ExactSum,
     min: f64,
     max: f64,
     anomalies: u64,
@@ -93,7 +94,7 @@ impl Reference {
                             win.max = r.value.0;
                         }
                         win.count += 1;
-                        win.sum += r.value.0;
+                        win.sum.add(r.value.0);
                         win.min = win.min.min(r.value.0);
                         win.max = win.max.max(r.value.0);
                         win.anomalies += u64::from(r.anomaly);
@@ -146,7 +147,7 @@ impl Reference {
                         window_start: *s,
                         window_end: s + size_ms,
                         count: w.count,
-                        avg: F64(w.sum / w.count as f64),
+                        avg: F64(w.sum.value() / w.count as f64),
                         min: F64(w.min),
                         max: F64(w.max),
                         anomaly_count: w.anomalies,

@@ -105,8 +105,7 @@ pub struct Reading {
     pub timestamp: Millis,
     /// `status == "anomaly"`
     pub anomaly: bool,
-    /// source position (orders readings within a logical time, so float sums are exact
-    /// functions of the input and not of the worker count)
+    /// source position (names a late reading in the dead letters)
     pub position: Position,
 }
 

@@ -20,8 +20,8 @@
 //! Windows are aligned to the UNIX epoch: `[k·slide, k·slide + size)`; tumbling is
 //! `slide == size`. A window row is retracted and re-inserted whenever a batch adds readings
 //! to it, and is final once `W ≥ end`; its state is then dropped, so memory holds only the
-//! open windows however long the stream runs. Within a logical time readings are applied in
-//! source-position order, so float sums (hence `avg`) do not depend on the worker count.
+//! open windows however long the stream runs. Sums are kept as [`ExactSum`]s, so `avg` does not
+//! depend on the order readings arrive in, the worker count or the batching.
 //!
 //! Alerts fire for accepted readings whose status is `anomaly` or whose value lies outside
 //! the type's inclusive normal range: `high` above, `low` below, `flagged` otherwise.
@@ -295,8 +295,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
                 };
                 let closed = |t: &Time| done.is_none_or(|d| *t < d);
                 while pending.first_key_value().is_some_and(|(t, _)| closed(t)) {
-                    let (t, (cap, mut records)) = pending.pop_first().expect("checked");
-                    records.sort_by(|a, b| a.0.position.cmp(&b.0.position));
+                    let (t, (cap, records)) = pending.pop_first().expect("checked");
                     for (r, diff) in records {
                         debug_assert!(diff > 0, "sensor readings are append-only");
                         let starts = windows.entry(r.sensor_type).or_default().entry(r.location).or_default();
@@ -393,7 +392,7 @@ struct Slot {
 #[derive(Clone, Copy, Debug, Default)]
 struct Agg {
     count: u64,
-    sum: f64,
+    sum: ExactSum,
     min: f64,
     max: f64,
     anomalies: u64,
@@ -410,7 +409,7 @@ impl Agg {
                 self.max = self.max.max(v);
             }
             self.count += 1;
-            self.sum += v;
+            self.sum.add(v);
             self.anomalies += u64::from(anomaly);
         }
     }
@@ -421,10 +420,50 @@ impl Agg {
             window_start: start,
             window_end: start + size_ms,
             count: self.count,
-            avg: F64(self.sum / self.count as f64),
+            avg: F64(self.sum.value() / self.count as f64),
             min: F64(self.min),
             max: F64(self.max),
             anomaly_count: self.anomalies,
         }
+    }
+}
+
+/// A sum of `f64`s that does not depend on the order of its terms: each term is rounded to a
+/// multiple of 2⁻⁶⁴ (a no-op for every value of magnitude 2⁻¹¹ or more, so for any sensor
+/// reading) and added as a 128-bit integer, which is associative where float addition is not.
+/// Terms beyond ±2⁶² saturate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactSum(i128);
+
+impl ExactSum {
+    const SCALE: f64 = 18_446_744_073_709_551_616.0; // 2^64
+
+    /// Adds a term.
+    pub fn add(&mut self, v: f64) {
+        self.0 = self.0.saturating_add((v * Self::SCALE).round() as i128);
+    }
+
+    /// The sum, rounded once to the nearest `f64`.
+    pub fn value(self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExactSum;
+
+    #[test]
+    fn exact_sum_ignores_order() {
+        let values = [0.1, 1e6 + 0.37, -3.3, 22.45, 1e-3, 7.77, 1020.01];
+        let sum = |vs: &mut dyn Iterator<Item = &f64>| {
+            let mut s = ExactSum::default();
+            vs.for_each(|v| s.add(*v));
+            s.value()
+        };
+        let forward = sum(&mut values.iter());
+        assert_eq!(forward, sum(&mut values.iter().rev()));
+        let naive: f64 = values.iter().sum();
+        assert!((forward - naive).abs() < 1e-9);
     }
 }

@@ -120,7 +120,11 @@ fn metric(start_s: i64, values: &[f64], anomalies: u64) -> WindowMetric {
         window_start: start_s * 1000,
         window_end: start_s * 1000 + 10_000,
         count: values.len() as u64,
-        avg: F64(values.iter().sum::<f64>() / values.len() as f64),
+        avg: F64({
+            let mut sum = dataflows::sensor_metrics::ExactSum::default();
+            values.iter().for_each(|v| sum.add(*v));
+            sum.value() / values.len() as f64
+        }),
         min: F64(values.iter().copied().fold(f64::INFINITY, f64::min)),
         max: F64(values.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
         anomaly_count: anomalies,
