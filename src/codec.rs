@@ -258,7 +258,7 @@ impl Serialize for IdJson<'_> {
     }
 }
 
-/// A position as JSON: `{"line": n}`, `{"partition": p, "offset": o}` or `{"index": i}`.
+/// A position as JSON: `{"line": n}`, `{"topic": t, "partition": p, "offset": o}` or `{"index": i}`.
 struct PositionJson<'a>(&'a Position);
 
 impl Serialize for PositionJson<'_> {
@@ -267,7 +267,8 @@ impl Serialize for PositionJson<'_> {
         let mut m = s.serialize_map(None)?;
         match self.0 {
             Position::Line(n) => m.serialize_entry("line", n)?,
-            Position::Offset { partition, offset } => {
+            Position::Kafka { topic, partition, offset } => {
+                m.serialize_entry("topic", topic)?;
                 m.serialize_entry("partition", partition)?;
                 m.serialize_entry("offset", offset)?;
             }
@@ -283,6 +284,22 @@ struct TimeJson(Millis);
 impl Serialize for TimeJson {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_time(self.0))
+    }
+}
+
+/// UTF-8 bytes as text; anything else as base64, flagged.
+fn text_or_base64(bytes: &[u8]) -> (Cow<'_, str>, Option<&'static str>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Cow::Borrowed(text), None),
+        Err(_) => (Cow::Owned(base64::engine::general_purpose::STANDARD.encode(bytes)), Some("base64")),
+    }
+}
+
+/// The inverse of [`text_or_base64`].
+pub fn bytes_from(text: &str, encoding: Option<&str>) -> Vec<u8> {
+    match encoding {
+        Some("base64") => base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_else(|_| text.as_bytes().to_vec()),
+        _ => text.as_bytes().to_vec(),
     }
 }
 
@@ -439,12 +456,28 @@ impl OutputRow for DeadLetter {
             raw: Cow<'a, str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             raw_encoding: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            key: Option<Cow<'a, str>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            key_encoding: Option<&'static str>,
         }
-        let (raw, raw_encoding) = match std::str::from_utf8(&self.raw) {
-            Ok(text) => (Cow::Borrowed(text), None),
-            Err(_) => (Cow::Owned(base64::engine::general_purpose::STANDARD.encode(&self.raw)), Some("base64")),
+        let (raw, raw_encoding) = text_or_base64(&self.raw);
+        let (key, key_encoding) = match &self.key {
+            Some(k) => {
+                let (k, e) = text_or_base64(k);
+                (Some(k), e)
+            }
+            None => (None, None),
         };
-        to_json(&R { input: &self.input, position: PositionJson(&self.position), reason: &self.reason, raw, raw_encoding })
+        to_json(&R {
+            input: &self.input,
+            position: PositionJson(&self.position),
+            reason: &self.reason,
+            raw,
+            raw_encoding,
+            key,
+            key_encoding,
+        })
     }
 }
 

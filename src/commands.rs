@@ -99,7 +99,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
     }
     Ok(Plan {
         params: config.params(&file)?,
-        inputs: inputs.iter().map(|(n, c)| (*n, InputSpec::from_config(*n, c))).collect(),
+        inputs: inputs.iter().map(|(n, c)| (*n, InputSpec::from_config(*n, c, &config.kafka))).collect(),
         dataflows: selected,
         output_dir,
         changes,
@@ -125,7 +125,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         .iter()
         .map(|(n, c)| {
             let name: InputName = n.parse().map_err(anyhow::Error::msg)?;
-            let mut spec = InputSpec::from_config(name, c);
+            let mut spec = InputSpec::from_config(name, c, &config.kafka);
             spec.rate = Some(args.rate);
             Ok((name, spec))
         })

@@ -46,6 +46,7 @@ impl Reference {
             position: pos,
             reason,
             raw: raw.to_vec(),
+            key: None,
         };
         match input {
             InputName::Users => {

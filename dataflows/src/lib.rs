@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use differential_dataflow::VecCollection;
 
-use records::{AnomalyAlert, Click, DeadLetter, EventTypeCount, Reading, User, UserActivity, UserEventCount, WindowMetric};
+use records::{AnomalyAlert, Click, DeadLetter, EventTypeCount, Raw, Reading, User, UserActivity, UserEventCount, WindowMetric};
 pub use sensor_metrics::{SensorParams, Watermark};
 
 /// Logical time: the number of the batch a record was read in.
@@ -140,7 +140,7 @@ pub struct Inputs<'s> {
     /// clicks
     pub clicks: Option<Coll<'s, Click>>,
     /// readings with their raw bytes (kept for late ones' dead letters)
-    pub sensors: Option<Coll<'s, (Reading, Vec<u8>)>>,
+    pub sensors: Option<Coll<'s, (Reading, Raw)>>,
 }
 
 /// The output collections of the selected dataflows.

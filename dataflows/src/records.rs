@@ -25,8 +25,10 @@ pub enum Id {
 pub enum Position {
     /// 1-based line number in a JSON Lines file or stream.
     Line(u64),
-    /// A Kafka partition and offset.
-    Offset {
+    /// A Kafka topic, partition and offset.
+    Kafka {
+        /// topic
+        topic: String,
         /// partition number
         partition: i32,
         /// offset within the partition
@@ -109,6 +111,16 @@ pub struct Reading {
     pub position: Position,
 }
 
+/// A record's bytes and key exactly as received, kept beside a reading until its lateness is
+/// decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Raw {
+    /// the value bytes
+    pub bytes: Vec<u8>,
+    /// the Kafka key, if any
+    pub key: Option<Vec<u8>>,
+}
+
 /// A record the engine could not use: it keeps the exact bytes, where they came from and why.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -120,6 +132,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// the record's bytes exactly as received
     pub raw: Vec<u8>,
+    /// the record's key as received (Kafka)
+    pub key: Option<Vec<u8>>,
 }
 
 /// Output `user_event_counts`: clicks per user.

@@ -40,7 +40,7 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::Capability;
 use timely::progress::frontier::MutableAntichain;
 
-use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Reading, WindowMetric, F64};
+use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
 use crate::ops::FastMap;
 use crate::{Coll, Time};
 
@@ -166,7 +166,7 @@ fn least(frontier: &MutableAntichain<Time>) -> Option<Time> {
 
 /// Builds the dataflow. `readings` carries each reading with its raw bytes, which are kept only
 /// until lateness is decided.
-pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &SensorParams) -> SensorOutputs<'s> {
+pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorParams) -> SensorOutputs<'s> {
     let watermark = Watermark::default();
 
     // The greatest event time in each container, at its time, sent to every worker.
@@ -198,7 +198,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
         .inner
         .binary_frontier(maxima.clone(), Pipeline, Pipeline, "ClassifyLateness", |_cap, _info| {
             let p = classify_params;
-            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((Reading, Vec<u8>), isize)>)> = BTreeMap::new();
+            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((Reading, Raw), isize)>)> = BTreeMap::new();
             let mut maxima = Maxima::default();
             move |(input, _frontier), (max_input, max_frontier), output| {
                 input.for_each_stamp(|cap, data| {
@@ -228,7 +228,8 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Vec<u8>)>, params: &Senso
                                 input: "sensors".to_string(),
                                 position: reading.position,
                                 reason: "late".to_string(),
-                                raw,
+                                raw: raw.bytes,
+                                key: raw.key,
                             };
                             session.give((Classified::Late(dead), t, diff));
                             continue;

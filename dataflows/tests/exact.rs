@@ -77,7 +77,7 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
                     clicks.insert(c.clone());
                 }
                 for (_, r) in script.readings.iter().filter(|(rt, _)| *rt == t) {
-                    sensors.insert((r.clone(), format!("raw {}", r.timestamp).into_bytes()));
+                    sensors.insert((r.clone(), Raw { bytes: format!("raw {}", r.timestamp).into_bytes(), key: None }));
                 }
             }
             users.advance_to(t + 1);
@@ -201,7 +201,7 @@ fn check(workers: usize) {
         sorted(&cap.alerts),
         vec![(alert("s2", 12, 30.0, AlertType::High), 0, 1), (alert("s1", 3, 18.0, AlertType::Flagged), 1, 1), (alert("s1", 8, 10.0, AlertType::Low), 2, 1)]
     );
-    let late = DeadLetter { input: "sensors".into(), position: Position::Line(7), reason: "late".into(), raw: b"raw 9000".to_vec() };
+    let late = DeadLetter { input: "sensors".into(), position: Position::Line(7), reason: "late".into(), raw: b"raw 9000".to_vec(), key: None };
     assert_eq!(sorted(&cap.late), vec![(late, 3, 1)]);
 }
 

@@ -3,6 +3,7 @@
 //! file, the key and what to write instead.
 
 mod duration;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub struct Config {
     /// Parameters of the `sensor_metrics` dataflow.
     #[serde(default)]
     pub sensor_metrics: SensorConfig,
+    /// How to reach Kafka, for Kafka inputs and outputs.
+    #[serde(default)]
+    pub kafka: kafka::KafkaConnection,
 }
 
 /// `[runtime]`
@@ -87,6 +91,8 @@ pub enum InputConfig {
     },
     /// JSON Lines on standard input (read by the first worker).
     Stdin {},
+    /// Kafka topics (see `[kafka]` for the connection).
+    Kafka(kafka::KafkaInput),
     /// The built-in synthetic generator for this input (see `diffstream gen`).
     Generator {
         /// Stop after this many records (default: run until stopped).
@@ -122,6 +128,9 @@ pub struct OutputConfig {
     /// Also write every update, as it happens, to `<output>.changes.jsonl`. Default false.
     #[serde(default)]
     pub changes: bool,
+    /// Also write every output to Kafka topics.
+    #[serde(default)]
+    pub kafka: Option<kafka::KafkaOutput>,
 }
 
 /// Tumbling or sliding windows.
@@ -226,6 +235,10 @@ impl Config {
             let rate = match input {
                 InputConfig::File { rate, .. } | InputConfig::Generator { rate, .. } => *rate,
                 InputConfig::Stdin {} => None,
+                InputConfig::Kafka(k) => {
+                    k.validate().map_err(|(sub, m)| err(&format!("{key}.{sub}"), m))?;
+                    None
+                }
             };
             if rate.is_some_and(|r| !(r > 0.0)) {
                 return Err(err(&format!("{key}.rate"), "must be a positive number of records per second; remove it to read as fast as possible".into()));
@@ -239,6 +252,12 @@ impl Config {
         }
         if self.runtime.max_inflight == 0 {
             return Err(err("runtime.max_inflight", "must be at least 1".into()));
+        }
+        self.kafka.validate().map_err(|(k, m)| err(&k, m))?;
+        if let Some(k) = &self.output.kafka {
+            if k.partitions < 1 {
+                return Err(err("output.kafka.partitions", "must be at least 1".into()));
+            }
         }
         self.sensor_params(file)?;
         Ok(())

@@ -12,21 +12,30 @@
 pub mod status;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataflows::records::{DeadLetter, Position};
+use dataflows::records::{DeadLetter, Raw};
 use dataflows::{Dataflow, InputName, Inputs, Params, Time};
 use differential_dataflow::input::{Input, InputSession};
 
 use crate::codec;
 use crate::sinks::jsonl::JsonlSink;
 use crate::sinks::{self, output_index, CountingSink, SharedSink, DEAD_LETTERS};
-use crate::sources::{InputSpec, Source};
+use crate::sources::{InputSpec, Record, Source};
+
+/// Logical times below this hold replayed input (rebuilding state after a restart); external
+/// sinks do not write them again. Live streaming times are milliseconds since the epoch, far
+/// above it.
+pub const LIVE_BASE: Time = 1 << 40;
+
+fn now_ms() -> Time {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
+}
 
 /// Set by Ctrl-C: sources stop, the run drains and writes its outputs.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -171,13 +180,14 @@ pub struct Report {
 struct Sessions {
     users: Option<InputSession<Time, dataflows::records::User, isize>>,
     clicks: Option<InputSession<Time, dataflows::records::Click, isize>>,
-    sensors: Option<InputSession<Time, (dataflows::records::Reading, Vec<u8>), isize>>,
+    sensors: Option<InputSession<Time, (dataflows::records::Reading, Raw), isize>>,
     dead: InputSession<Time, DeadLetter, isize>,
 }
 
 impl Sessions {
     /// Decodes one record into its input, or into the dead letters with a copy of its bytes.
-    fn insert(&mut self, input: InputName, position: Position, bytes: &[u8], counters: &Counters) {
+    fn insert(&mut self, input: InputName, record: Record<'_>, counters: &Counters) {
+        let Record { position, bytes, key } = record;
         let result = match input {
             InputName::Users => codec::decode_user(bytes, position.clone()).map(|u| {
                 if let Some(s) = &mut self.users {
@@ -192,13 +202,14 @@ impl Sessions {
             // Readings keep their bytes until lateness is decided: a late one is a dead letter.
             InputName::Sensors => codec::decode_reading(bytes, position.clone()).map(|r| {
                 if let Some(s) = &mut self.sensors {
-                    s.insert((r, bytes.to_vec()));
+                    s.insert((r, Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) }));
                 }
             }),
         };
         if let Err(reason) = result {
             counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-            self.dead.insert(DeadLetter { input: input.as_str().to_string(), position, reason, raw: bytes.to_vec() });
+            let key = key.map(<[u8]>::to_vec);
+            self.dead.insert(DeadLetter { input: input.as_str().to_string(), position, reason, raw: bytes.to_vec(), key });
         }
     }
 
@@ -322,14 +333,24 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         }
     };
 
+    // File inputs: time is the batch number, the same on every layout. Streams: times below
+    // LIVE_BASE count replay batches; live batches take the clock's milliseconds, which keep
+    // growing across restarts.
+    let streaming = plan.inputs.values().any(InputSpec::is_stream);
     let mut epoch: Time = 0;
+    let mut recent: VecDeque<Time> = VecDeque::new();
     loop {
         let stopped = STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
         if stopped || inputs.iter().all(|i| i.done) {
             break;
         }
+        if streaming && epoch < LIVE_BASE && !inputs.iter().any(|i| !i.done && i.source.replaying()) {
+            epoch = now_ms().max(LIVE_BASE);
+            sessions.advance_to(epoch);
+        }
         let now = Instant::now();
         let mut any = false;
+        let mut read_any = false;
         let mut wake: Option<Instant> = None;
         for input in inputs.iter_mut().filter(|i| !i.done) {
             if let Some(rate) = input.rate {
@@ -342,12 +363,14 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             any = true;
             let mut read = 0u64;
             let name = input.name;
-            let more = input.source.next_batch(&mut |position, bytes| {
+            let batch = input.source.next_batch(&mut |record| {
                 read += 1;
-                sessions.insert(name, position, bytes, counters);
+                sessions.insert(name, record, counters);
             })?;
+            input.source.batch_done(epoch, batch.replaying);
             input.batches += 1;
-            input.done = !more;
+            input.done = !batch.more;
+            read_any |= batch.read_any;
             counters.input(name).fetch_add(read, Ordering::Relaxed);
         }
         if !any {
@@ -356,12 +379,24 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             tick(&jsonl, epoch, false);
             continue;
         }
-        epoch += 1;
+        recent.push_back(epoch);
+        epoch = if epoch >= LIVE_BASE { (epoch + 1).max(now_ms()) } else { epoch + 1 };
         sessions.advance_to(epoch);
         worker.step();
-        while probe.less_than(&epoch.saturating_sub(plan.max_inflight)) {
-            worker.step_or_park(Some(Duration::from_millis(1)));
-            tick(&jsonl, epoch, false);
+        if streaming && !read_any {
+            // Nothing arrived: wait a little, but keep time moving so other workers are not held up.
+            worker.step_or_park(Some(Duration::from_millis(5)));
+        }
+        if recent.len() > plan.max_inflight as usize {
+            let oldest = recent.pop_front().expect("non-empty");
+            while probe.less_equal(&oldest) {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+                tick(&jsonl, epoch, false);
+            }
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        for input in &mut inputs {
+            input.source.acknowledged(frontier);
         }
         tick(&jsonl, epoch, false);
     }
@@ -369,6 +404,9 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(1)));
         tick(&jsonl, epoch, false);
+    }
+    for input in &mut inputs {
+        input.source.acknowledged(None);
     }
     tick(&jsonl, epoch, true);
 

@@ -7,23 +7,52 @@
 
 pub mod file;
 pub mod generator;
+pub mod kafka;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflows::records::Position;
-use dataflows::InputName;
+use dataflows::{InputName, Time};
 
+use crate::config::kafka::{KafkaConnection, KafkaInput};
 use crate::config::InputConfig;
+
+/// One record as it arrived. The bytes are lent, not copied: most records are decoded and
+/// dropped, and only dead letters and sensor readings keep theirs.
+pub struct Record<'a> {
+    /// where in its input
+    pub position: Position,
+    /// the exact bytes (a JSON Lines line without its newline, a Kafka message's value)
+    pub bytes: &'a [u8],
+    /// a Kafka message's key
+    pub key: Option<&'a [u8]>,
+}
+
+/// What a source says of the batch it just read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// false when the input has no more records after these
+    pub more: bool,
+    /// the records rebuild state that was acknowledged before a restart
+    pub replaying: bool,
+    /// the batch had records
+    pub read_any: bool,
+}
 
 /// A worker's view of one input.
 pub trait Source {
-    /// Calls `each` with the position and exact bytes (a JSON Lines line without its newline)
-    /// of this worker's records in the next batch; `Ok(false)` when the input has no more
-    /// records after these. The bytes are lent, not copied: most records are decoded and
-    /// dropped, and only dead letters and sensor readings keep theirs.
-    fn next_batch(&mut self, each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool>;
+    /// Calls `each` with this worker's records of the next batch.
+    fn next_batch(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch>;
+    /// Whether the next batch rebuilds state (replays acknowledged input after a restart).
+    fn replaying(&self) -> bool {
+        false
+    }
+    /// The batch just read went in at logical time `time`.
+    fn batch_done(&mut self, _time: Time, _replaying: bool) {}
+    /// Every sink has durably written every time below `frontier` (`None`: all of them).
+    fn acknowledged(&mut self, _frontier: Option<Time>) {}
 }
 
 /// How to open an input, resolved from the config (plus in-memory data for benchmarks).
@@ -37,6 +66,8 @@ pub enum SourceSpec {
     Generator(generator::GeneratorSpec),
     /// JSON Lines already in memory
     Memory(Arc<[u8]>),
+    /// Kafka topics
+    Kafka(Box<(KafkaConnection, KafkaInput)>),
 }
 
 /// An input as the runtime drives it: where from, and how fast.
@@ -50,13 +81,16 @@ pub struct InputSpec {
 
 impl InputSpec {
     /// From an input's config table.
-    pub fn from_config(name: InputName, config: &InputConfig) -> InputSpec {
+    pub fn from_config(name: InputName, config: &InputConfig, kafka: &KafkaConnection) -> InputSpec {
         match config {
             InputConfig::File { path, rate } => InputSpec {
                 source: if path.as_os_str() == "-" { SourceSpec::Stdin } else { SourceSpec::File(path.clone()) },
                 rate: *rate,
             },
             InputConfig::Stdin {} => InputSpec { source: SourceSpec::Stdin, rate: None },
+            InputConfig::Kafka(input) => {
+                InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None }
+            }
             InputConfig::Generator { count, rate, seed, users } => InputSpec {
                 source: SourceSpec::Generator(generator::GeneratorSpec {
                     kind: name,
@@ -84,6 +118,12 @@ impl InputSpec {
                 Box::new(file::LineSource::new(io::Cursor::new(file::Shared(bytes.clone())), index, peers, batch))
             }
             SourceSpec::Generator(spec) => Box::new(generator::GeneratorSource::new(spec.clone(), index, peers, batch)),
+            SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(&k.0, &k.1, index, peers)?),
         })
+    }
+
+    /// Whether this input streams (its logical times follow the clock, and a restart rebuilds).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.source, SourceSpec::Kafka(_))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dataflows::records::Position;
 
-use super::Source;
+use super::{Batch, Record, Source};
 
 /// Bytes shared between workers, readable through `io::Cursor`.
 #[derive(Clone, Debug)]
@@ -26,8 +26,8 @@ impl AsRef<[u8]> for Shared {
 pub struct Empty;
 
 impl Source for Empty {
-    fn next_batch(&mut self, _each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool> {
-        Ok(false)
+    fn next_batch(&mut self, _each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch> {
+        Ok(Batch { more: false, replaying: false, read_any: false })
     }
 }
 
@@ -49,7 +49,14 @@ impl<R: BufRead> LineSource<R> {
 }
 
 impl<R: BufRead> Source for LineSource<R> {
-    fn next_batch(&mut self, each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool> {
+    fn next_batch(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch> {
+        let more = self.read(each)?;
+        Ok(Batch { more, replaying: false, read_any: true })
+    }
+}
+
+impl<R: BufRead> LineSource<R> {
+    fn read(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<bool> {
         for _ in 0..self.batch {
             let mine = self.line % self.peers == self.index;
             let available = self.reader.fill_buf()?;
@@ -82,10 +89,10 @@ impl<R: BufRead> Source for LineSource<R> {
 }
 
 /// Strips a `\r`, skips blank lines.
-fn deliver(position: Position, line: &[u8], each: &mut dyn FnMut(Position, &[u8])) {
+fn deliver(position: Position, line: &[u8], each: &mut dyn FnMut(Record<'_>)) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if !line.iter().all(u8::is_ascii_whitespace) {
-        each(position, line);
+        each(Record { position, bytes: line, key: None });
     }
 }
 
@@ -101,11 +108,12 @@ mod tests {
         loop {
             let mut recs = Vec::new();
             let more = s
-                .next_batch(&mut |p, bytes| match p {
-                    Position::Line(n) => recs.push((n, String::from_utf8(bytes.to_vec()).unwrap())),
+                .next_batch(&mut |r| match r.position {
+                    Position::Line(n) => recs.push((n, String::from_utf8(r.bytes.to_vec()).unwrap())),
                     p => panic!("unexpected position {p:?}"),
                 })
-                .unwrap();
+                .unwrap()
+                .more;
             batches.push((recs, more));
             if !more {
                 return batches;

@@ -20,7 +20,7 @@ use dataflows::records::Position;
 use dataflows::InputName;
 
 use crate::codec::format_time;
-use crate::sources::Source;
+use crate::sources::{Batch, Record, Source};
 
 /// 2026-01-01T00:00:00Z
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
@@ -189,16 +189,16 @@ impl GeneratorSource {
 }
 
 impl Source for GeneratorSource {
-    fn next_batch(&mut self, each: &mut dyn FnMut(Position, &[u8])) -> io::Result<bool> {
+    fn next_batch(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch> {
         let end = self.next + self.batch;
         let end = self.spec.count.map_or(end, |c| end.min(c));
         for i in self.next..end {
             if i % self.peers == self.index {
-                each(Position::Index(i), &self.spec.line(i));
+                each(Record { position: Position::Index(i), bytes: &self.spec.line(i), key: None });
             }
         }
         self.next = end;
-        Ok(self.spec.count.is_none_or(|c| end < c))
+        Ok(Batch { more: self.spec.count.is_none_or(|c| end < c), replaying: false, read_any: true })
     }
 }
 
