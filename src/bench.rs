@@ -46,6 +46,7 @@ fn plan(dataflow: Dataflow, inputs: &BTreeMap<InputName, Arc<[u8]>>, workers: us
         display: Display::Quiet,
         display_interval: Duration::from_secs(3600),
         duration: None,
+        kafka_output: None,
     }
 }
 

@@ -116,6 +116,24 @@ pub struct GenArgs {
     /// Number of distinct users (users and clicks).
     #[arg(long, value_name = "U", default_value_t = 1000)]
     pub users: u64,
+    /// Where to write: stdout (default) or kafka.
+    #[arg(long, value_name = "WHERE", default_value = "stdout")]
+    pub to: String,
+    /// Kafka topic (with --to kafka); keys are user_id or sensor_id.
+    #[arg(long, value_name = "T")]
+    pub topic: Option<String>,
+    /// Kafka bootstrap servers (default: the config's [kafka], else $KAFKA_BOOTSTRAP, else localhost:9092).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Option<String>,
+    /// Config file whose [kafka] table says how to connect (SASL, TLS).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Create the topic first if it does not exist, with this many partitions.
+    #[arg(long, value_name = "N")]
+    pub create_partitions: Option<i32>,
+    /// Extra librdkafka producer option, e.g. batch.num.messages=1. Repeatable.
+    #[arg(long = "producer-option", value_name = "KEY=VALUE")]
+    pub producer_options: Vec<String>,
 }
 
 /// `diffstream demo`

@@ -11,7 +11,7 @@ use dataflows::{Dataflow, InputName};
 
 use crate::cli::{DemoArgs, GenArgs, RunArgs, TimelyArgs};
 use crate::config::{Config, InputConfig};
-use crate::runtime::{self, Cluster, Display, Plan, Report};
+use crate::runtime::{self, Cluster, Display, KafkaOutputPlan, Plan, Report};
 use crate::sources::generator::GeneratorSpec;
 use crate::sources::InputSpec;
 
@@ -110,7 +110,21 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         display: if args.quiet { Display::Quiet } else { Display::Status },
         display_interval: config.runtime.status_interval.std(),
         duration: args.duration.map(Duration::from_secs_f64),
+        kafka_output: kafka_output(&config, &inputs),
     })
+}
+
+fn kafka_output(config: &Config, inputs: &BTreeMap<InputName, InputConfig>) -> Option<KafkaOutputPlan> {
+    let output = config.output.kafka.clone()?;
+    let mut dead_letter_topics = BTreeMap::new();
+    for input in inputs.values() {
+        if let InputConfig::Kafka(k) = input {
+            for t in &k.topics {
+                dead_letter_topics.insert(t.clone(), k.dead_letter_topic.clone().unwrap_or_else(|| format!("{t}.dlq")));
+            }
+        }
+    }
+    Some(KafkaOutputPlan { connection: config.kafka.clone(), output, dead_letter_topics })
 }
 
 /// Resolves `diffstream demo` into a plan.
@@ -144,6 +158,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         display: if args.plain { Display::Status } else { Display::Live },
         display_interval: Duration::from_millis(500),
         duration: args.duration.map(Duration::from_secs_f64),
+        kafka_output: None,
     })
 }
 
@@ -181,6 +196,31 @@ pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
         bail!("--rate must be a positive number of records per second");
     }
     let spec = GeneratorSpec { kind, count: args.count, seed: args.seed, users: args.users };
+    match args.to.as_str() {
+        "stdout" => {}
+        "kafka" => {
+            let topic = args.topic.as_deref().context("--to kafka needs --topic T")?;
+            let mut connection = match &args.config {
+                Some(path) => Config::load(path)?.kafka,
+                None => Default::default(),
+            };
+            if args.bootstrap.is_some() {
+                connection.bootstrap_servers = args.bootstrap.clone();
+            }
+            if let Some(p) = args.create_partitions {
+                crate::sinks::kafka::create_topics(&connection, &[topic.to_string()], p)?;
+            }
+            return crate::sources::generator::to_kafka::run(crate::sources::generator::to_kafka::ToKafka {
+                spec,
+                rate: args.rate,
+                topic,
+                connection: &connection,
+                producer_options: &args.producer_options,
+                stop: &runtime::STOP,
+            });
+        }
+        other => bail!("--to {other}: write stdout or kafka"),
+    }
     let start = Instant::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());

@@ -25,7 +25,9 @@ use differential_dataflow::input::{Input, InputSession};
 
 use crate::codec;
 use crate::sinks::jsonl::JsonlSink;
-use crate::sinks::{self, output_index, CountingSink, SharedSink, DEAD_LETTERS};
+use crate::config::kafka::{KafkaConnection, KafkaOutput};
+use crate::sinks::kafka::KafkaSink;
+use crate::sinks::{self, output_index, CountingSink, Fanout, SharedSink, DEAD_LETTERS};
 use crate::sources::{InputSpec, Record, Source};
 
 /// Logical times below this hold replayed input (rebuilding state after a restart); external
@@ -127,6 +129,19 @@ pub struct Plan {
     pub display_interval: Duration,
     /// stop after this long
     pub duration: Option<Duration>,
+    /// also write every output to Kafka
+    pub kafka_output: Option<KafkaOutputPlan>,
+}
+
+/// The Kafka output of a plan.
+#[derive(Clone, Debug)]
+pub struct KafkaOutputPlan {
+    /// how to reach the cluster
+    pub connection: KafkaConnection,
+    /// topics and envelope
+    pub output: KafkaOutput,
+    /// dead-letter topic per source topic
+    pub dead_letter_topics: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -275,10 +290,15 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         None
     };
     let counting = Rc::new(RefCell::new(CountingSink::default()));
-    let sink: SharedSink = match &jsonl {
+    let mut sink: SharedSink = match &jsonl {
         Some(s) => s.clone(),
         None => counting.clone(),
     };
+    let streaming = plan.inputs.values().any(InputSpec::is_stream);
+    if let (true, Some(k)) = (first, &plan.kafka_output) {
+        let kafka = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), streaming.then_some(LIVE_BASE))?;
+        sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(kafka))])));
+    }
 
     let needs = |i: InputName| plan.dataflows.iter().any(|d| d.inputs().contains(&i));
     let selected = plan.dataflows.clone();
@@ -336,7 +356,6 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     // File inputs: time is the batch number, the same on every layout. Streams: times below
     // LIVE_BASE count replay batches; live batches take the clock's milliseconds, which keep
     // growing across restarts.
-    let streaming = plan.inputs.values().any(InputSpec::is_stream);
     let mut epoch: Time = 0;
     let mut recent: VecDeque<Time> = VecDeque::new();
     loop {

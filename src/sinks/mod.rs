@@ -5,6 +5,7 @@
 //! the runtime waits on means "written", not just "computed".
 
 pub mod jsonl;
+pub mod kafka;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -61,6 +62,28 @@ pub trait Sink {
     /// All updates of `time`, consolidated (each change once, no zero diffs) but in no
     /// particular order; called once per time, in time order.
     fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>);
+    /// The least applied time that is not yet durably written, if any; the sink operator
+    /// holds that time (and so input offset commits) until it is.
+    fn unacknowledged(&mut self) -> Option<Time> {
+        None
+    }
+}
+
+/// Several sinks as one: each gets every time; a time is acknowledged when all have it.
+pub struct Fanout(pub Vec<SharedSink>);
+
+impl Sink for Fanout {
+    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for s in rest {
+                s.borrow_mut().apply(time, updates.clone());
+            }
+            last.borrow_mut().apply(time, updates);
+        }
+    }
+    fn unacknowledged(&mut self) -> Option<Time> {
+        self.0.iter().filter_map(|s| s.borrow_mut().unacknowledged()).min()
+    }
 }
 
 /// A sink shared between the dataflow and the worker loop.
@@ -70,10 +93,14 @@ pub type SharedSink = Rc<RefCell<dyn Sink>>;
 /// Returns a probe that passes a time once it has been applied.
 pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Time> {
     let probe = ProbeHandle::new();
+    let scope = changes.inner.scope();
     changes
         .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(Exchange::new(|_: &(Change, Time, isize)| 0), "Sink", move |_cap, _info| {
+        .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(Exchange::new(|_: &(Change, Time, isize)| 0), "Sink", move |_cap, info| {
             let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Change, isize)>)> = BTreeMap::new();
+            // Applied times whose writes are not yet acknowledged.
+            let mut held: BTreeMap<Time, Capability<Time>> = BTreeMap::new();
+            let activator = scope.activator_for(info.address);
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     for batch in data {
@@ -90,8 +117,14 @@ pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Ti
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (t, (_cap, updates)) = entry.remove_entry();
+                    let (t, (cap, updates)) = entry.remove_entry();
                     sink.borrow_mut().apply(t, consolidate(updates));
+                    held.insert(t, cap);
+                }
+                let unacked = sink.borrow_mut().unacknowledged();
+                held.retain(|t, _| unacked.is_some_and(|u| *t >= u));
+                if !held.is_empty() {
+                    activator.activate_after(std::time::Duration::from_millis(5));
                 }
             }
         })

@@ -16,6 +16,8 @@
 
 use std::io;
 
+pub mod to_kafka;
+
 use dataflows::records::Position;
 use dataflows::InputName;
 

@@ -1,0 +1,334 @@
+//! Kafka topics as outputs.
+//!
+//! Each output goes to its topic. Upsert envelope (default): key = the row's key as JSON,
+//! value = the row after the change, or a tombstone (null value) when the key was retracted,
+//! so a compacted topic holds the current state. Change envelope: value =
+//! `{"before", "after", "time"}`. Every record carries the logical time in the header
+//! `diffstream.time`. Dead letters of Kafka inputs go to the source topic's dead-letter topic
+//! (`<topic>.dlq` unless configured) with the original key and bytes and headers
+//! `diffstream.source.{topic,partition,offset}` and `diffstream.reason`; other dead letters go
+//! to the `dead_letters` output topic as JSON.
+//!
+//! One logical time is written as a whole: the sink produces every record of the time, and
+//! only when all of them are acknowledged does it write the time's progress record
+//! (`{"time", "offsets"}`, the end offset per output partition) and release the time. A
+//! consumer that reads every output topic up to the offsets of a progress record sees a
+//! consistent snapshot of all outputs at that time; the engine commits input offsets only for
+//! released times.
+//!
+//! Retries and errors: the producer is idempotent, so librdkafka's own retries never duplicate
+//! or reorder. A record that still fails (after `message.timeout.ms`) is sent again by the sink
+//! and counted; nothing is dropped, and its time stays unreleased until it is written.
+//! Replayed times (rebuilding state after a restart) are not written again.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dataflows::ops::FastMap;
+use dataflows::Time;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use super::{Change, Sink, DEAD_LETTERS, OUTPUTS};
+use crate::codec::bytes_from;
+use crate::config::kafka::{Envelope, KafkaConnection, KafkaOutput};
+
+/// A record to (re)send.
+#[derive(Clone, Debug)]
+struct Outgoing {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    time: Time,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// records produced and not yet acknowledged, per time
+    outstanding: BTreeMap<Time, usize>,
+    /// greatest acknowledged offset per (topic, partition), per time
+    offsets: BTreeMap<Time, FastMap<(String, i32), i64>>,
+    /// records that failed for good, to send again
+    failed: Vec<Outgoing>,
+    /// delivery failures so far
+    errors: u64,
+}
+
+/// The producer's context: counts acknowledgements per logical time (on the producer's
+/// polling thread).
+#[derive(Clone, Default)]
+pub struct Acks(Arc<Mutex<AckState>>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, time: usize) {
+        let time = time as Time;
+        let mut state = self.0.lock().expect("ack state");
+        match result {
+            Ok(m) => {
+                if let Some(n) = state.outstanding.get_mut(&time) {
+                    *n = n.saturating_sub(1);
+                }
+                let e = state.offsets.entry(time).or_default().entry((m.topic().to_string(), m.partition())).or_insert(0);
+                *e = (*e).max(m.offset() + 1);
+            }
+            Err((e, m)) => {
+                tracing::warn!(error = %e, topic = m.topic(), "delivery failed; sending the record again");
+                state.errors += 1;
+                let headers = Vec::new();
+                state.failed.push(Outgoing {
+                    topic: m.topic().to_string(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                    time,
+                });
+            }
+        }
+    }
+}
+
+/// Writes every output to Kafka.
+pub struct KafkaSink {
+    producer: ThreadedProducer<Acks>,
+    acks: Acks,
+    config: KafkaOutput,
+    /// replayed times below this are not written
+    suppress_below: Option<Time>,
+    /// times produced, awaiting acknowledgement
+    sealed: BTreeMap<Time, ()>,
+    dlq: BTreeMap<String, String>,
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park_timeout(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet (brokers such as Tansu do not auto-create).
+pub fn create_topics(conn: &KafkaConnection, topics: &[String], partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        conn.client_config().map_err(anyhow::Error::msg)?.create().map_err(|e| anyhow::anyhow!("Kafka admin client: {e}"))?;
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    let results = block_on(admin.create_topics(&new, &opts)).map_err(|e| anyhow::anyhow!("creating topics on {}: {e}", conn.bootstrap()))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("creating topic `{t}` on {}: {e}", conn.bootstrap()),
+        }
+    }
+    Ok(())
+}
+
+impl KafkaSink {
+    /// A sink for `outputs`; `dlq` maps source topics to their dead-letter topics.
+    pub fn open(
+        conn: &KafkaConnection,
+        config: &KafkaOutput,
+        outputs: &[u8],
+        dlq: BTreeMap<String, String>,
+        suppress_below: Option<Time>,
+    ) -> anyhow::Result<Self> {
+        if config.create_topics {
+            let mut topics: Vec<String> = outputs.iter().map(|o| config.topic(OUTPUTS[*o as usize])).collect();
+            topics.extend(dlq.values().cloned());
+            topics.push(config.progress());
+            topics.sort();
+            topics.dedup();
+            create_topics(conn, &topics, config.partitions)?;
+        }
+        let acks = Acks::default();
+        let mut c = conn.client_config().map_err(anyhow::Error::msg)?;
+        c.set("enable.idempotence", "true") // librdkafka's retries neither duplicate nor reorder
+            .set("linger.ms", "5") // small batches: latency stays low, throughput high
+            .set("message.timeout.ms", "60000") // surface a stuck record after a minute; the sink resends it
+            .set("queue.buffering.max.messages", "1000000"); // a large logical time fits in the queue
+        let producer: ThreadedProducer<Acks> =
+            c.create_with_context(acks.clone()).map_err(|e| anyhow::anyhow!("creating a Kafka producer: {e}"))?;
+        Ok(KafkaSink { producer, acks, config: config.clone(), suppress_below, sealed: BTreeMap::new(), dlq })
+    }
+
+    fn send(&self, out: Outgoing) {
+        let mut headers = OwnedHeaders::new().insert(Header { key: "diffstream.time", value: Some(out.time.to_string().as_bytes()) });
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&out.topic, out.time as usize).headers(headers);
+        if let Some(k) = &out.key {
+            record = record.key(k);
+        }
+        if let Some(v) = &out.value {
+            record = record.payload(v);
+        }
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // The local queue is full: let the producer thread drain it.
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    tracing::error!(error = %e, topic = out.topic, "producing failed; will retry");
+                    self.acks.0.lock().expect("ack state").failed.push(out.clone());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn records(&self, time: Time, updates: Vec<(Change, isize)>) -> Vec<Outgoing> {
+        let mut keyed: FastMap<(u8, String), (Option<String>, Option<String>)> = FastMap::default();
+        let mut out = Vec::new();
+        for (c, diff) in updates {
+            if c.output == DEAD_LETTERS {
+                if diff > 0 {
+                    out.push(self.dead_letter(time, &c));
+                }
+                continue;
+            }
+            let e = keyed.entry((c.output, c.key)).or_default();
+            if diff < 0 {
+                e.0 = Some(c.row);
+            } else {
+                e.1 = Some(c.row);
+            }
+        }
+        for ((output, key), (before, after)) in keyed {
+            let value = match self.config.envelope {
+                Envelope::Upsert => after.map(String::into_bytes),
+                Envelope::Change => Some(
+                    format!(
+                        r#"{{"before":{},"after":{},"time":{time}}}"#,
+                        before.as_deref().unwrap_or("null"),
+                        after.as_deref().unwrap_or("null")
+                    )
+                    .into_bytes(),
+                ),
+            };
+            out.push(Outgoing {
+                topic: self.config.topic(OUTPUTS[output as usize]),
+                key: Some(key.into_bytes()),
+                value,
+                headers: Vec::new(),
+                time,
+            });
+        }
+        out
+    }
+
+    fn dead_letter(&self, time: Time, c: &Change) -> Outgoing {
+        let row: serde_json::Value = serde_json::from_str(&c.row).unwrap_or_default();
+        let source_topic = row["position"]["topic"].as_str();
+        match source_topic.and_then(|t| self.dlq.get(t).map(|d| (t, d))) {
+            Some((source, dlq)) => {
+                let text = |f: &str| row[f].as_str().unwrap_or_default().to_string();
+                let raw = bytes_from(&text("raw"), row["raw_encoding"].as_str());
+                let key = row["key"].as_str().map(|k| bytes_from(k, row["key_encoding"].as_str()));
+                Outgoing {
+                    topic: dlq.clone(),
+                    key,
+                    value: Some(raw),
+                    headers: vec![
+                        ("diffstream.source.topic".into(), source.as_bytes().to_vec()),
+                        ("diffstream.source.partition".into(), row["position"]["partition"].to_string().into_bytes()),
+                        ("diffstream.source.offset".into(), row["position"]["offset"].to_string().into_bytes()),
+                        ("diffstream.reason".into(), text("reason").into_bytes()),
+                    ],
+                    time,
+                }
+            }
+            None => Outgoing {
+                topic: self.config.topic(OUTPUTS[DEAD_LETTERS as usize]),
+                key: Some(c.key.clone().into_bytes()),
+                value: Some(c.row.clone().into_bytes()),
+                headers: Vec::new(),
+                time,
+            },
+        }
+    }
+
+    /// Resends failed records; releases completed times in order, writing their progress records.
+    fn settle(&mut self) -> Option<Time> {
+        let failed = std::mem::take(&mut self.acks.0.lock().expect("ack state").failed);
+        for f in failed {
+            self.send(f);
+        }
+        while let Some((&t, _)) = self.sealed.first_key_value() {
+            let mut state = self.acks.0.lock().expect("ack state");
+            if state.outstanding.get(&t).is_some_and(|n| *n > 0) {
+                return Some(t);
+            }
+            state.outstanding.remove(&t);
+            let offsets = state.offsets.remove(&t).unwrap_or_default();
+            drop(state);
+            self.sealed.remove(&t);
+            let mut by_topic: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+            for ((topic, p), o) in offsets {
+                by_topic.entry(topic).or_default().insert(p, o);
+            }
+            let value = serde_json::json!({ "time": t, "offsets": by_topic }).to_string();
+            // The progress record is not waited for: it describes data that is already durable.
+            self.send_untracked(&self.config.progress(), value.as_bytes());
+        }
+        None
+    }
+
+    fn send_untracked(&self, topic: &str, value: &[u8]) {
+        let record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, usize::MAX).payload(value);
+        if let Err((e, _)) = self.producer.send(record) {
+            tracing::warn!(error = %e, "writing a progress record failed");
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>) {
+        if self.suppress_below.is_some_and(|b| time < b) {
+            return;
+        }
+        let records = self.records(time, updates);
+        self.acks.0.lock().expect("ack state").outstanding.insert(time, records.len());
+        for r in records {
+            self.send(r);
+        }
+        self.sealed.insert(time, ());
+        self.settle();
+    }
+
+    fn unacknowledged(&mut self) -> Option<Time> {
+        self.settle()
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(30));
+    }
+}
