@@ -36,3 +36,80 @@ pub fn snapshots(dir: &Path) -> BTreeMap<String, Vec<String>> {
     }
     out
 }
+
+/// The broker the Kafka tests use; fails (never skips) when none is configured.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
+        panic!("KAFKA_BOOTSTRAP is not set: run the tests with scripts/test.sh, which installs and starts a broker, or export KAFKA_BOOTSTRAP=host:port")
+    })
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Creates topics on the test broker.
+pub fn create_topics(topics: &[String], partitions: i32) {
+    let conn = diffstream::config::kafka::KafkaConnection { bootstrap_servers: Some(kafka_bootstrap()), ..Default::default() };
+    diffstream::sinks::kafka::create_topics(&conn, topics, partitions).expect("creating test topics");
+}
+
+/// One record of a topic.
+#[derive(Clone, Debug)]
+pub struct Consumed {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every record of `topic`, reading until nothing new arrives for `quiet`.
+pub fn read_topic(topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
+    let partitions = md.topics()[0].partitions().len() as i32;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < quiet {
+        match consumer.poll(std::time::Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let header = h.get(i);
+                        headers.insert(header.key.to_string(), header.value.unwrap_or_default().to_vec());
+                    }
+                }
+                out.push(Consumed { key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
+                last = std::time::Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The rows a topic holds: the latest value per key, tombstones removing, sorted.
+pub fn topic_state(topic: &str) -> Vec<String> {
+    let mut latest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for r in read_topic(topic, std::time::Duration::from_secs(3)) {
+        latest.insert(r.key.expect("output records are keyed"), r.value);
+    }
+    let mut rows: Vec<String> = latest.into_values().flatten().map(|v| String::from_utf8(v).unwrap()).collect();
+    rows.sort();
+    rows
+}

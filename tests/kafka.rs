@@ -1,0 +1,171 @@
+//! Kafka end to end, against the broker in KAFKA_BOOTSTRAP (Tansu when started by
+//! scripts/test.sh): generated users, clicks and sensors produced to 3-partition topics, the
+//! engine run from them, the output topics reduced to the latest value per key and compared
+//! with the offline run of the same records from files.
+//!
+//! Allowed lateness is raised to 120 s in these runs: which readings are late depends on how
+//! event time is batched, and Kafka batches differ from a file's. With nothing late, every
+//! result is a function of the records alone (window sums are order-independent).
+//!
+//! Tansu creates no topics by itself, so every topic is created first.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const KINDS: [(&str, &str); 3] = [("users", "800"), ("clicks", "15000"), ("sensors", "15000")];
+
+struct Setup {
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+/// Writes the generated records to files and to fresh topics `<prefix>.<kind>`.
+fn setup(name: &str, extra_producer_options: &[&str]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique(name);
+    let topics: Vec<String> = KINDS.iter().map(|(k, _)| format!("{prefix}.{k}")).collect();
+    create_topics(&topics, 3);
+    for (kind, count) in KINDS {
+        let out = diffstream(&["gen", kind, "--count", count, "--seed", "5"]);
+        std::fs::write(dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
+        let topic = format!("{prefix}.{kind}");
+        let bootstrap = kafka_bootstrap();
+        let mut args = vec!["gen", kind, "--count", count, "--seed", "5", "--to", "kafka", "--topic", &topic, "--bootstrap", &bootstrap];
+        for o in extra_producer_options {
+            args.extend(["--producer-option", o]);
+        }
+        diffstream(&args);
+    }
+    Setup { dir, prefix }
+}
+
+fn sensor_params() -> &'static str {
+    "[sensor_metrics]\nallowed_lateness = \"120s\"\n"
+}
+
+/// A config reading the setup's topics and writing outputs under `out_prefix`.
+fn kafka_config(s: &Setup, group: &str, out_prefix: &str, extra: &str) -> std::path::PathBuf {
+    let mut text = format!(
+        "dataflows = [\"user_event_counts\", \"user_activity\", \"sensor_metrics\"]\n[kafka]\nbootstrap_servers = \"{}\"\n",
+        kafka_bootstrap()
+    );
+    for (kind, _) in KINDS {
+        text.push_str(&format!(
+            "[inputs.{kind}]\nkind = \"kafka\"\ntopics = [\"{}.{kind}\"]\ngroup_id = \"{group}\"\nstop_when_idle = \"4s\"\n{extra}",
+            s.prefix
+        ));
+    }
+    text.push_str(&format!("[output.kafka]\ntopic_prefix = \"{out_prefix}.\"\n{}", sensor_params()));
+    let path = s.dir.path().join(format!("{group}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The offline run of the same records.
+fn offline(s: &Setup) -> BTreeMap<String, Vec<String>> {
+    let cfg = s.dir.path().join("offline.toml");
+    std::fs::write(&cfg, sensor_params()).unwrap();
+    let mut args: Vec<String> = vec!["run".into(), "user_event_counts".into(), "user_activity".into(), "sensor_metrics".into()];
+    for (kind, _) in KINDS {
+        args.push("--input".into());
+        args.push(format!("{kind}={}", s.dir.path().join(format!("{kind}.jsonl")).display()));
+    }
+    let out = s.dir.path().join("offline");
+    args.extend(["--config".into(), cfg.display().to_string(), "--output-dir".into(), out.display().to_string(), "-q".into()]);
+    diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    snapshots(&out)
+}
+
+fn assert_topics_equal_offline(out_prefix: &str, expected: &BTreeMap<String, Vec<String>>) {
+    for output in ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts"] {
+        let mut want = expected[output].clone();
+        want.sort();
+        let got = topic_state(&format!("{out_prefix}.{output}"));
+        assert_eq!(got.len(), want.len(), "{output}: {} rows in Kafka, {} offline", got.len(), want.len());
+        assert_eq!(got, want, "{output} differs from the offline run");
+    }
+}
+
+#[test]
+fn two_workers_equal_offline_run() {
+    let s = setup("w2", &[]);
+    let out = unique("w2out");
+    let cfg = kafka_config(&s, &unique("g"), &out, "");
+    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
+    assert_topics_equal_offline(&out, &offline(&s));
+}
+
+#[test]
+fn two_processes_equal_offline_run() {
+    let s = setup("n2", &[]);
+    let out = unique("n2out");
+    let cfg = kafka_config(&s, &unique("g"), &out, "");
+    let hostfile = s.dir.path().join("hosts.txt");
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(0), port(1))).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|p: usize| {
+            Command::new(bin())
+                .args(["run", "--config", cfg.to_str().unwrap(), "-w", "1", "-n", "2", "-p", &p.to_string(), "-h"])
+                .arg(&hostfile)
+                .arg("-q")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_topics_equal_offline(&out, &offline(&s));
+}
+
+#[test]
+fn malformed_records_go_to_the_dead_letter_topic() {
+    let prefix = unique("dlq");
+    let topic = format!("{prefix}.clicks");
+    create_topics(std::slice::from_ref(&topic), 1);
+    let producer: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
+    let records: [(&[u8], &[u8]); 3] = [
+        (b"k1", br#"{"event_timestamp":"2026-01-01 00:00:00","user_id":1,"page":"/","event":"click"}"#),
+        (b"k2", b"{broken"),
+        (b"k3", b"\xff\xfe\xfd"),
+    ];
+    for (k, v) in records {
+        producer.send(rdkafka::producer::BaseRecord::to(&topic).key(k).payload(v)).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dlq.toml");
+    let text = format!(
+        "dataflows = [\"user_event_counts\"]\n[kafka]\nbootstrap_servers = \"{}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\nstop_when_idle = \"3s\"\n[output.kafka]\ntopic_prefix = \"{prefix}.out.\"\n",
+        kafka_bootstrap(),
+        unique("g")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-q"]);
+    let dead = read_topic(&format!("{topic}.dlq"), std::time::Duration::from_secs(3));
+    assert_eq!(dead.len(), 2, "two malformed records");
+    let by_key: BTreeMap<Vec<u8>, &Consumed> = dead.iter().map(|d| (d.key.clone().unwrap(), d)).collect();
+    let broken = by_key[b"k2".as_slice()];
+    assert_eq!(broken.value.as_deref(), Some(b"{broken".as_slice()), "the exact bytes");
+    assert_eq!(broken.headers["diffstream.source.topic"], topic.as_bytes());
+    assert_eq!(broken.headers["diffstream.source.offset"], b"1");
+    assert!(String::from_utf8_lossy(&broken.headers["diffstream.reason"]).starts_with("invalid_json"));
+    let binary = by_key[b"k3".as_slice()];
+    assert_eq!(binary.value.as_deref(), Some(b"\xff\xfe\xfd".as_slice()));
+    assert!(String::from_utf8_lossy(&binary.headers["diffstream.reason"]).starts_with("not_utf8"));
+    assert_eq!(topic_state(&format!("{prefix}.out.event_type_counts")), vec![r#"{"event":"click","count":1}"#.to_string()]);
+}
+
+#[allow(dead_code)]
+fn exists(p: &Path) -> bool {
+    p.exists()
+}
