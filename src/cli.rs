@@ -107,6 +107,10 @@ pub struct GenArgs {
     /// Number of records (default: until stopped).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Start at record I (records are a function of seed and index, so `--from 1000 --count 1000`
+    /// continues where `--count 1000` stopped).
+    #[arg(long, value_name = "I", default_value_t = 0)]
+    pub from: u64,
     /// Records per second (default: as fast as possible).
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,

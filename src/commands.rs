@@ -195,7 +195,7 @@ pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r > 0.0)) {
         bail!("--rate must be a positive number of records per second");
     }
-    let spec = GeneratorSpec { kind, count: args.count, seed: args.seed, users: args.users };
+    let spec = GeneratorSpec { kind, count: args.count.map(|c| c + args.from), seed: args.seed, users: args.users };
     match args.to.as_str() {
         "stdout" => {}
         "kafka" => {
@@ -212,6 +212,7 @@ pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
             }
             return crate::sources::generator::to_kafka::run(crate::sources::generator::to_kafka::ToKafka {
                 spec,
+                from: args.from,
                 rate: args.rate,
                 topic,
                 connection: &connection,
@@ -226,10 +227,10 @@ pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let tty = std::io::stderr().is_terminal();
     let mut last_report = start;
-    let mut i = 0u64;
-    while args.count.is_none_or(|c| i < c) && !runtime::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+    let mut i = args.from;
+    while spec.count.is_none_or(|c| i < c) && !runtime::STOP.load(std::sync::atomic::Ordering::Relaxed) {
         if let Some(rate) = args.rate {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let due = start + Duration::from_secs_f64((i - args.from) as f64 / rate);
             let now = Instant::now();
             if due > now {
                 out.flush().or_else(ignore_broken_pipe)?;

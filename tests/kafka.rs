@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -165,7 +164,55 @@ fn malformed_records_go_to_the_dead_letter_topic() {
     assert_eq!(topic_state(&format!("{prefix}.out.event_type_counts")), vec![r#"{"event":"click","count":1}"#.to_string()]);
 }
 
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
+
+/// Produces half `half` (0 or 1) of the records of every kind to the setup's topics, one record per
+/// request (Tansu skips the rest of a batch when a consumer resumes inside it; real Kafka
+/// does not need this).
+fn produce(prefix: &str, half: u64, counts: &[(&str, u64)]) {
+    for (kind, count) in counts {
+        let topic = format!("{prefix}.{kind}");
+        let (from, count, bootstrap) = ((half * count).to_string(), count.to_string(), kafka_bootstrap());
+        diffstream(&[
+            "gen", kind, "--from", &from, "--count", &count, "--seed", "9", "--to", "kafka", "--topic", &topic,
+            "--bootstrap", &bootstrap, "--producer-option", "batch.num.messages=1", "--producer-option", "linger.ms=0",
+        ]);
+    }
+}
+
+#[test]
+fn kill_and_restart_gives_the_offline_result() {
+    let counts = [("users", 200u64), ("clicks", 3000), ("sensors", 3000)];
+    let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique("restart") };
+    let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
+    create_topics(&topics, 3);
+    // The whole input, as files, for the offline run.
+    for (kind, count) in counts {
+        let out = diffstream(&["gen", kind, "--count", &(2 * count).to_string(), "--seed", "9"]);
+        std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
+    }
+    let out = unique("restart-out");
+    let group = unique("g");
+    let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 50\n");
+
+    // First half, then the engine (streaming, no idle stop) killed with SIGKILL mid-run.
+    produce(&s.prefix, 0, &counts);
+    let first_cfg = s.dir.path().join("first.toml");
+    std::fs::write(&first_cfg, std::fs::read_to_string(&cfg).unwrap().replace("stop_when_idle = \"4s\"\n", "")).unwrap();
+    let mut engine = Command::new(bin())
+        .args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while read_topic(&format!("{out}.user_event_counts"), std::time::Duration::from_millis(500)).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first run wrote nothing in 60 s");
+        assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
+    }
+    engine.kill().unwrap(); // SIGKILL: no flush, no final commit
+    engine.wait().unwrap();
+
+    // Second half arrives while it is down; the restart rebuilds and finishes.
+    produce(&s.prefix, 1, &counts);
+    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
+    assert_topics_equal_offline(&out, &offline(&s));
 }

@@ -363,7 +363,10 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         if stopped || inputs.iter().all(|i| i.done) {
             break;
         }
-        if streaming && epoch < LIVE_BASE && !inputs.iter().any(|i| !i.done && i.source.replaying()) {
+        // While any input of this worker rebuilds state, only rebuilding inputs are read, so
+        // that no live record lands at a replay time (whose output is not written again).
+        let rebuilding = streaming && epoch < LIVE_BASE && inputs.iter().any(|i| !i.done && i.source.replaying());
+        if streaming && epoch < LIVE_BASE && !rebuilding {
             epoch = now_ms().max(LIVE_BASE);
             sessions.advance_to(epoch);
         }
@@ -371,7 +374,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         let mut any = false;
         let mut read_any = false;
         let mut wake: Option<Instant> = None;
-        for input in inputs.iter_mut().filter(|i| !i.done) {
+        for input in inputs.iter_mut().filter(|i| !i.done && (!rebuilding || i.source.replaying())) {
             if let Some(rate) = input.rate {
                 let due = start + Duration::from_secs_f64(input.batches as f64 * plan.batch_size as f64 / rate);
                 if due > now {

@@ -47,6 +47,8 @@ impl ProducerContext for Ctx {
 pub struct ToKafka<'a> {
     /// the records
     pub spec: GeneratorSpec,
+    /// the first record's index
+    pub from: u64,
     /// records per second, or as fast as possible
     pub rate: Option<f64>,
     /// destination topic
@@ -89,9 +91,10 @@ pub fn run(job: ToKafka<'_>) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut sent = 0u64;
+    let total = job.spec.count.map(|c| c.saturating_sub(job.from));
     let mut last = start;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    while job.spec.count.is_none_or(|n| sent < n) && !job.stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while total.is_none_or(|n| sent < n) && !job.stop.load(std::sync::atomic::Ordering::Relaxed) {
         if let Some(rate) = job.rate {
             let due = start + Duration::from_secs_f64(sent as f64 / rate);
             let now = Instant::now();
@@ -99,7 +102,7 @@ pub fn run(job: ToKafka<'_>) -> anyhow::Result<()> {
                 std::thread::sleep(due - now);
             }
         }
-        let line = job.spec.line(sent);
+        let line = job.spec.line(job.from + sent);
         let (key, kind) = key_and_kind(job.spec.kind, &line);
         *kinds.entry(kind).or_default() += 1;
         let mut record = BaseRecord::with_opaque_to(job.topic, Box::new(Instant::now())).key(&key).payload(&line);

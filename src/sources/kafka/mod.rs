@@ -8,8 +8,9 @@
 //! Offsets and time: after each batch the runtime tells the source the logical time it was
 //! inserted at ([`Source::batch_done`]); the source remembers the next offset of each of its
 //! partitions at that time and commits them to the consumer group once every sink has
-//! acknowledged the time ([`Source::acknowledged`]). The commit's metadata records where the
-//! input began (`diffstream start=earliest` or `=<offset>`).
+//! acknowledged the time ([`Source::acknowledged`]). Where the input began is committed too,
+//! under the group `<group_id>.start`, before any offset of the main group (commit metadata
+//! would be the natural place, but not every broker keeps it: Tansu drops it).
 //!
 //! Restart: the dataflows keep state in memory, so a restarted run rebuilds it. A partition
 //! with a commit of ours is re-read from where the input began up to the committed offset
@@ -35,7 +36,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{Batch, Record, Source};
 use crate::config::kafka::{KafkaConnection, KafkaInput, Start};
 
-const METADATA_PREFIX: &str = "diffstream start=";
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One assigned partition.
@@ -47,8 +47,10 @@ struct Part {
     next: Option<i64>,
     /// replaying until this offset (exclusive)
     replay_until: Option<i64>,
-    /// where the input began, for the commit metadata
-    start: String,
+    /// where the input began, once known
+    start: Option<i64>,
+    /// `start` is committed to the start group
+    start_durable: bool,
 }
 
 /// A record polled during replay but past its partition's committed offset.
@@ -61,6 +63,8 @@ struct Parked {
 /// One worker's share of a Kafka input.
 pub struct KafkaSource {
     consumer: BaseConsumer,
+    /// commits where the input began, under `<group_id>.start`
+    starts: BaseConsumer,
     parts: Vec<Part>,
     max: usize,
     replaying: bool,
@@ -86,6 +90,8 @@ impl KafkaSource {
             // a committed offset that fell out of retention restarts at the oldest record
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
+        config.set("group.id", format!("{}.start", input.group_id));
+        let starts: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
 
         let mut all = Vec::new();
         for topic in &input.topics {
@@ -111,40 +117,37 @@ impl KafkaSource {
             for (t, p) in &mine {
                 query.add_partition(t, *p);
             }
-            let committed = consumer
-                .committed_offsets(query, TIMEOUT)
-                .map_err(|e| err(format!("reading committed offsets of group `{}`: {e}", input.group_id)))?;
+            let committed = committed_offsets(&consumer, &query, &input.group_id)?;
+            let started = committed_offsets(&starts, &query, &format!("{}.start", input.group_id))?;
             let start = Start::parse(&input.start).map_err(err)?;
             for (topic, partition) in mine {
-                let elem = committed.find_partition(&topic, partition);
-                let committed_at = elem.as_ref().and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some((o, e.metadata().to_string())),
-                    _ => None,
-                });
-                let (from, replay_until, start_meta) = match committed_at {
-                    Some((c, meta)) => match meta.strip_prefix(METADATA_PREFIX) {
-                        Some("earliest") => (Offset::Beginning, Some(c), "earliest".to_string()),
-                        Some(n) => match n.parse::<i64>() {
-                            Ok(n) if n < c => (Offset::Offset(n), Some(c), n.to_string()),
-                            _ => (Offset::Offset(c), None, c.to_string()),
-                        },
-                        // committed by someone else: begin there, nothing to rebuild
-                        None => (Offset::Offset(c), None, c.to_string()),
-                    },
-                    None => {
+                let c = committed.get(&(topic.clone(), partition)).copied();
+                let s = started.get(&(topic.clone(), partition)).copied();
+                tracing::debug!(topic, partition, committed = ?c, started = ?s, "committed offsets");
+                let (from, replay_until, start_at, durable) = match (c, s) {
+                    // ours: rebuild from where the input began up to the committed offset
+                    (Some(c), Some(s)) if s < c => (Offset::Offset(s), Some(c), Some(s), true),
+                    (Some(c), Some(s)) => (Offset::Offset(c), None, Some(s), true),
+                    // committed by someone else: begin there, nothing to rebuild
+                    (Some(c), None) => (Offset::Offset(c), None, Some(c), false),
+                    (None, _) => {
                         let s = if start == Start::Committed { Start::parse(&input.fallback).map_err(err)? } else { start.clone() };
                         match s {
-                            Start::Earliest => (Offset::Beginning, None, "earliest".to_string()),
+                            Start::Earliest => {
+                                let (low, _) = consumer.fetch_watermarks(&topic, partition, TIMEOUT).map_err(err)?;
+                                (Offset::Offset(low), None, Some(low), false)
+                            }
                             Start::Timestamp(ts) => {
                                 let mut q = TopicPartitionList::new();
                                 q.add_partition_offset(&topic, partition, Offset::Offset(ts)).map_err(err)?;
                                 let found = consumer.offsets_for_times(q, TIMEOUT).map_err(err)?;
                                 match found.find_partition(&topic, partition).map(|e| e.offset()) {
-                                    Some(Offset::Offset(o)) => (Offset::Offset(o), None, o.to_string()),
-                                    _ => (Offset::End, None, "latest".to_string()),
+                                    Some(Offset::Offset(o)) => (Offset::Offset(o), None, Some(o), false),
+                                    _ => (Offset::End, None, None, false),
                                 }
                             }
-                            _ => (Offset::End, None, "latest".to_string()),
+                            // the first offset read becomes the start
+                            _ => (Offset::End, None, None, false),
                         }
                     }
                 };
@@ -153,12 +156,13 @@ impl KafkaSource {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 };
-                parts.push(Part { topic, partition, next, replay_until, start: start_meta });
+                parts.push(Part { topic, partition, next, replay_until, start: start_at, start_durable: durable });
             }
         }
         consumer.assign(&assignment).map_err(|e| err(format!("assigning partitions: {e}")))?;
         let mut source = KafkaSource {
             consumer,
+            starts,
             parts,
             max: input.max_records_per_batch,
             replaying: false,
@@ -167,6 +171,7 @@ impl KafkaSource {
             last_record: Instant::now(),
             stop_when_idle: input.stop_when_idle.map(|d| d.std()),
         };
+        source.record_starts()?;
         source.replaying = source.parts.iter().any(|p| p.replay_until.is_some());
         if source.replaying {
             let done: Vec<usize> = (0..source.parts.len()).filter(|&i| source.parts[i].replay_until.is_none()).collect();
@@ -205,15 +210,30 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Commits `offsets` (next offset per part) to the group.
+    /// Commits the starts that are known but not yet durable, synchronously: a main-group
+    /// commit must never exist without its start, or a restart could not rebuild.
+    fn record_starts(&mut self) -> io::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for part in self.parts.iter().filter(|p| !p.start_durable) {
+            if let Some(s) = part.start {
+                tpl.add_partition_offset(&part.topic, part.partition, Offset::Offset(s)).map_err(err)?;
+            }
+        }
+        if tpl.count() > 0 {
+            self.starts.commit(&tpl, CommitMode::Sync).map_err(|e| err(format!("recording where the input starts: {e}")))?;
+            for part in self.parts.iter_mut().filter(|p| p.start.is_some()) {
+                part.start_durable = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `offsets` (next offset per part) to the group, for parts whose start is durable.
     fn commit(&self, offsets: &[Option<i64>], mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
         for (part, next) in self.parts.iter().zip(offsets) {
-            if let Some(next) = next {
-                let mut e = tpl.add_partition(&part.topic, part.partition);
-                if e.set_offset(Offset::Offset(*next)).is_ok() {
-                    e.set_metadata(format!("{METADATA_PREFIX}{}", part.start));
-                }
+            if let (Some(next), true) = (next, part.start_durable) {
+                let _ = tpl.add_partition_offset(&part.topic, part.partition, Offset::Offset(*next));
             }
         }
         if tpl.count() > 0 {
@@ -222,6 +242,25 @@ impl KafkaSource {
             }
         }
     }
+}
+
+/// A group's committed offsets for `query`, by (topic, partition).
+fn committed_offsets(
+    consumer: &BaseConsumer,
+    query: &TopicPartitionList,
+    group: &str,
+) -> io::Result<std::collections::HashMap<(String, i32), i64>> {
+    let committed = consumer
+        .committed_offsets(query.clone(), TIMEOUT)
+        .map_err(|e| err(format!("reading committed offsets of group `{group}`: {e}")))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 impl Source for KafkaSource {
@@ -256,8 +295,8 @@ impl Source for KafkaSource {
             let bytes = message.payload().unwrap_or(b"null");
             let part = &mut self.parts[i];
             part.next = Some(offset + 1);
-            if part.start == "latest" {
-                part.start = offset.to_string();
+            if part.start.is_none() {
+                part.start = Some(offset);
             }
             if part.replay_until.is_some_and(|c| offset >= c) {
                 // Past the committed offset: live, so it waits for the first live batch.
@@ -276,6 +315,7 @@ impl Source for KafkaSource {
         }
         if n > 0 {
             self.last_record = Instant::now();
+            self.record_starts()?;
         }
         let idle_done = self.stop_when_idle.is_some_and(|d| self.last_record.elapsed() >= d) && !self.replaying;
         Ok(Batch { more: !idle_done, replaying, read_any: n > 0 })
