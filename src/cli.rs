@@ -44,6 +44,9 @@ pub enum Command {
     /// Needs no Kafka and no MongoDB. Stops on Ctrl-C or after --duration.
     #[command(disable_help_flag = true)]
     Demo(DemoArgs),
+    /// Show each Kafka input's partitions: committed offset, where the input began, end offset and lag.
+    #[command(disable_help_flag = true)]
+    Offsets(OffsetsArgs),
     /// Measure events/s of each dataflow at -w 1 and -w 2 against a hand-written
     /// single-threaded HashMap loop over the same JSON, and the sensor dataflow's peak memory.
     #[command(disable_help_flag = true)]
@@ -157,6 +160,14 @@ pub struct DemoArgs {
     pub plain: bool,
     #[command(flatten)]
     pub timely: TimelyArgs,
+}
+
+/// `diffstream offsets`
+#[derive(Debug, Args)]
+pub struct OffsetsArgs {
+    /// The run's config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// `diffstream bench`

@@ -339,3 +339,36 @@ impl Source for KafkaSource {
         }
     }
 }
+
+/// `diffstream offsets`: per partition of every Kafka input in the config, the committed
+/// offset, where the input began, the end offset and the lag.
+pub fn print_offsets(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(path)?;
+    println!("{:<10} {:<30} {:>9} {:>12} {:>12} {:>12} {:>10}", "input", "topic", "partition", "started", "committed", "end", "lag");
+    for (name, input) in &config.inputs {
+        let crate::config::InputConfig::Kafka(k) = input else { continue };
+        let mut c = config.kafka.client_config().map_err(anyhow::Error::msg)?;
+        c.set("group.id", &k.group_id);
+        let consumer: BaseConsumer = c.create()?;
+        c.set("group.id", format!("{}.start", k.group_id));
+        let starts: BaseConsumer = c.create()?;
+        for topic in &k.topics {
+            let md = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+            let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+            let mut q = TopicPartitionList::new();
+            for p in 0..partitions {
+                q.add_partition(topic, p);
+            }
+            let committed = committed_offsets(&consumer, &q, &k.group_id)?;
+            let started = committed_offsets(&starts, &q, &k.group_id)?;
+            for p in 0..partitions {
+                let (_, end) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+                let key = (topic.clone(), p);
+                let show = |o: Option<&i64>| o.map_or("-".to_string(), i64::to_string);
+                let lag = committed.get(&key).map_or("-".to_string(), |c| (end - c).max(0).to_string());
+                println!("{name:<10} {topic:<30} {p:>9} {:>12} {:>12} {end:>12} {lag:>10}", show(started.get(&key)), show(committed.get(&key)));
+            }
+        }
+    }
+    Ok(())
+}
