@@ -1,0 +1,10 @@
+// Collections and the indexes the IoT users query by (used by the MongoDB sink).
+const db2 = db.getSiblingDB("diffstream");
+for (const c of ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts", "dead_letters"]) {
+  db2.createCollection(c);
+}
+db2.sensor_window_metrics.createIndex({ sensor_type: 1, location: 1 });
+db2.sensor_window_metrics.createIndex({ window_start: 1 });
+db2.anomaly_alerts.createIndex({ timestamp: 1 });
+db2.anomaly_alerts.createIndex({ sensor_id: 1, timestamp: 1 });
+db2.anomaly_alerts.createIndex({ alert_type: 1, timestamp: 1 });
