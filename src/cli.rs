@@ -193,6 +193,14 @@ pub struct BenchArgs {
     /// Skip the peak-memory runs.
     #[arg(long)]
     pub no_memory: bool,
+    /// Instead: the Kafka benchmark against the broker at this address (e.g. $KAFKA_BOOTSTRAP):
+    /// raw consume rate vs the engine's end-to-end rate from the same topic, and produce-to-output
+    /// latency at a fixed rate.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka: Option<String>,
+    /// Records per second for the Kafka latency run.
+    #[arg(long, value_name = "R", default_value_t = 2000.0)]
+    pub latency_rate: f64,
     /// Internal: run one memory measurement in this process and print its peak RSS.
     #[arg(long, hide = true, value_name = "N")]
     pub memory_child: Option<u64>,

@@ -407,7 +407,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         worker.step();
         if streaming && !read_any {
             // Nothing arrived: wait a little, but keep time moving so other workers are not held up.
-            worker.step_or_park(Some(Duration::from_millis(5)));
+            worker.step_or_park(Some(Duration::from_millis(1)));
         }
         if recent.len() > plan.max_inflight as usize {
             let oldest = recent.pop_front().expect("non-empty");

@@ -37,6 +37,7 @@ use super::{Batch, Record, Source};
 use crate::config::kafka::{KafkaConnection, KafkaInput, Start};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -72,6 +73,7 @@ pub struct KafkaSource {
     offsets_at: BTreeMap<Time, Vec<Option<i64>>>,
     last_record: Instant,
     stop_when_idle: Option<Duration>,
+    last_commit: Instant,
 }
 
 fn err(e: impl std::fmt::Display) -> io::Error {
@@ -88,7 +90,10 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // a committed offset that fell out of retention restarts at the oldest record
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // the worker polls without waiting, so a broker that holds fetches (Tansu holds
+            // them for the whole wait) would only add latency
+            .set("fetch.wait.max.ms", "10");
         let consumer: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
         config.set("group.id", format!("{}.start", input.group_id));
         let starts: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
@@ -170,6 +175,7 @@ impl KafkaSource {
             offsets_at: BTreeMap::new(),
             last_record: Instant::now(),
             stop_when_idle: input.stop_when_idle.map(|d| d.std()),
+            last_commit: Instant::now(),
         };
         source.record_starts()?;
         source.replaying = source.parts.iter().any(|p| p.replay_until.is_some());
@@ -328,6 +334,12 @@ impl Source for KafkaSource {
     }
 
     fn acknowledged(&mut self, frontier: Option<Time>) {
+        // Commit at most every 100 ms (and at the end): a commit per logical time would load
+        // the group coordinator for nothing.
+        if frontier.is_some() && self.last_commit.elapsed() < COMMIT_INTERVAL {
+            return;
+        }
+        self.last_commit = Instant::now();
         let done: Vec<Time> = self.offsets_at.keys().copied().filter(|t| frontier.is_none_or(|f| *t < f)).collect();
         if let Some(last) = done.last() {
             let offsets = self.offsets_at[last].clone();
