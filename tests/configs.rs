@@ -31,9 +31,27 @@ fn strictness() {
         ("[sensor_metrics]\nslide = \"30s\"\n", "sensor_metrics.slide"),
         ("[sensor_metrics.normal_ranges]\nvoltage = { min = 5.0, max = 1.0 }\n", "sensor_metrics.normal_ranges.voltage"),
         ("dataflows = [\"user_counts\"]", "dataflows[0]"),
+        ("[kafka.options]\n\"sasl.password\" = \"hunter2\"\n", "kafka.options.\"sasl.password\""),
+        ("[kafka.options]\n\"enable.auto.commit\" = \"true\"\n", "kafka.options.\"enable.auto.commit\""),
+        ("[inputs.clicks]\nkind = \"kafka\"\ntopics = []\n", "inputs.clicks.topics"),
+        ("[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"c\"]\nstart = \"tomorrow\"\n", "inputs.clicks.start"),
     ] {
         let e = Config::parse(text, "test.toml").expect_err(text).to_string();
         assert!(e.starts_with("test.toml: "), "{e}");
         assert!(e.contains(&format!("`{key}")), "{text:?} gave {e}");
     }
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_are_not_printed() {
+    let text = "[kafka]\nbootstrap_servers = \"b:9092\"\n[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"diffstream\"\n[kafka.secret_env]\n\"sasl.password\" = \"DIFFSTREAM_TEST_SECRET_UNSET\"\n";
+    let config = Config::parse(text, "t.toml").unwrap();
+    let e = config.kafka.client_config().expect_err("the variable is unset");
+    assert!(e.contains("DIFFSTREAM_TEST_SECRET_UNSET") && e.contains("export"), "{e}");
+    std::env::set_var("DIFFSTREAM_TEST_SECRET_SET", "s3cret-value");
+    let text = text.replace("_UNSET", "_SET");
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let client = config.kafka.client_config().unwrap();
+    assert_eq!(client.get("sasl.password"), Some("s3cret-value"));
+    assert!(!format!("{:?}", config).contains("s3cret-value"), "the config never holds the secret");
 }

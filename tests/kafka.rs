@@ -98,6 +98,26 @@ fn two_workers_equal_offline_run() {
     let cfg = kafka_config(&s, &unique("g"), &out, "");
     diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
     assert_topics_equal_offline(&out, &offline(&s));
+
+    // Every record carries its logical time; progress records name, per released time, the
+    // end offsets of the output partitions, and the last one covers every output record.
+    let records = read_topic(&format!("{out}.user_event_counts"), std::time::Duration::from_secs(2));
+    assert!(records.iter().all(|r| r.headers.contains_key("diffstream.time")));
+    let progress = read_topic(&format!("{out}.diffstream.progress"), std::time::Duration::from_secs(2));
+    assert!(!progress.is_empty(), "no progress records");
+    let mut ends: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for p in &progress {
+        let v: serde_json::Value = serde_json::from_slice(p.value.as_ref().unwrap()).unwrap();
+        assert!(v["time"].as_u64().is_some());
+        for (topic, parts) in v["offsets"].as_object().unwrap() {
+            for (part, end) in parts.as_object().unwrap() {
+                let e = ends.entry((topic.clone(), part.parse().unwrap())).or_default();
+                *e = (*e).max(end.as_i64().unwrap());
+            }
+        }
+    }
+    let counted: i64 = ends.iter().filter(|((t, _), _)| t.ends_with(".user_event_counts")).map(|(_, e)| e).sum();
+    assert_eq!(counted as usize, records.len(), "progress records cover every output record");
 }
 
 #[test]
