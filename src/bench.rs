@@ -47,6 +47,7 @@ fn plan(dataflow: Dataflow, inputs: &BTreeMap<InputName, Arc<[u8]>>, workers: us
         display_interval: Duration::from_secs(3600),
         duration: None,
         kafka_output: None,
+        mongodb_output: None,
     }
 }
 
@@ -222,6 +223,7 @@ mod kafka {
             display: Display::Quiet,
             display_interval: Duration::from_secs(3600),
             duration: None,
+            mongodb_output: None,
             kafka_output: out_prefix.map(|p| KafkaOutputPlan {
                 connection: conn.clone(),
                 output: KafkaOutput {

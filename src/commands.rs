@@ -111,6 +111,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         display_interval: config.runtime.status_interval.std(),
         duration: args.duration.map(Duration::from_secs_f64),
         kafka_output: kafka_output(&config, &inputs),
+        mongodb_output: config.output.mongodb.clone(),
     })
 }
 
@@ -159,6 +160,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         display_interval: Duration::from_millis(500),
         duration: args.duration.map(Duration::from_secs_f64),
         kafka_output: None,
+        mongodb_output: None,
     })
 }
 

@@ -124,6 +124,7 @@ fn engine(case: &Case, workers: usize) -> BTreeMap<String, Vec<String>> {
         display_interval: Duration::from_secs(3600),
         duration: None,
         kafka_output: None,
+        mongodb_output: None,
     };
     runtime::run(plan).expect("the run succeeds");
     common::snapshots(dir.path())

@@ -131,6 +131,62 @@ pub struct OutputConfig {
     /// Also write every output to Kafka topics.
     #[serde(default)]
     pub kafka: Option<kafka::KafkaOutput>,
+    /// Also keep every output's current rows in MongoDB collections.
+    #[serde(default)]
+    pub mongodb: Option<MongoOutput>,
+}
+
+/// `[output.mongodb]`: every output's current rows as documents, one per key.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoOutput {
+    /// The environment variable that holds the connection URI (credentials included; the URI
+    /// is never logged). Default `MONGODB_URI`.
+    #[serde(default = "default_uri_env")]
+    pub uri_env: String,
+    /// Database. Default `diffstream`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Collection per output name, where it differs from the output's name.
+    #[serde(default)]
+    pub collections: BTreeMap<String, String>,
+    /// Indexes per output name, each a list of fields (ascending). Default: what the IoT
+    /// dashboards filter on — `anomaly_alerts`: timestamp, sensor_id+timestamp,
+    /// alert_type+timestamp; `sensor_window_metrics`: sensor_type+location, window_start.
+    #[serde(default)]
+    pub indexes: Option<BTreeMap<String, Vec<Vec<String>>>>,
+    /// Operations per bulk write at most. Default 1000.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_uri_env() -> String {
+    "MONGODB_URI".into()
+}
+fn default_database() -> String {
+    "diffstream".into()
+}
+fn default_batch() -> usize {
+    1000
+}
+
+impl MongoOutput {
+    /// The collection of an output.
+    pub fn collection(&self, output: &str) -> String {
+        self.collections.get(output).cloned().unwrap_or_else(|| output.to_string())
+    }
+    /// The indexes of an output.
+    pub fn indexes_of(&self, output: &str) -> Vec<Vec<String>> {
+        if let Some(all) = &self.indexes {
+            return all.get(output).cloned().unwrap_or_default();
+        }
+        let f = |fields: &[&str]| fields.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match output {
+            "anomaly_alerts" => vec![f(&["timestamp"]), f(&["sensor_id", "timestamp"]), f(&["alert_type", "timestamp"])],
+            "sensor_window_metrics" => vec![f(&["sensor_type", "location"]), f(&["window_start"])],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Tumbling or sliding windows.

@@ -26,7 +26,9 @@ use differential_dataflow::input::{Input, InputSession};
 use crate::codec;
 use crate::sinks::jsonl::JsonlSink;
 use crate::config::kafka::{KafkaConnection, KafkaOutput};
+use crate::config::MongoOutput;
 use crate::sinks::kafka::KafkaSink;
+use crate::sinks::mongodb::MongoSink;
 use crate::sinks::{self, output_index, CountingSink, Fanout, SharedSink, DEAD_LETTERS};
 use crate::sources::{InputSpec, Record, Source};
 
@@ -131,6 +133,8 @@ pub struct Plan {
     pub duration: Option<Duration>,
     /// also write every output to Kafka
     pub kafka_output: Option<KafkaOutputPlan>,
+    /// also keep every output in MongoDB
+    pub mongodb_output: Option<MongoOutput>,
 }
 
 /// The Kafka output of a plan.
@@ -298,6 +302,10 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     if let (true, Some(k)) = (first, &plan.kafka_output) {
         let kafka = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), streaming.then_some(LIVE_BASE))?;
         sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(kafka))])));
+    }
+    if let (true, Some(m)) = (first, &plan.mongodb_output) {
+        let mongo = MongoSink::open(m, &outputs, streaming.then_some(LIVE_BASE))?;
+        sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(mongo))])));
     }
 
     let needs = |i: InputName| plan.dataflows.iter().any(|d| d.inputs().contains(&i));

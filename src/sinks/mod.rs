@@ -6,6 +6,7 @@
 
 pub mod jsonl;
 pub mod kafka;
+pub mod mongodb;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -1,0 +1,197 @@
+//! MongoDB collections as outputs: each output's current rows, one document per key.
+//!
+//! A document's `_id` is the row's key (an embedded document such as `{"user_id": 42}`), so
+//! the same row always lands on the same document; it holds the row's fields and `_time`, the
+//! logical time of its last change. For every key a logical time changed, the sink writes one
+//! operation: a replace-with-upsert of the new row, or a delete when the key was retracted —
+//! a burst of changes to one key within a time is one write. Both are conditional on the
+//! stored `_time` being older, so replaying after a crash can never move a document backwards:
+//! an upsert that finds a newer document fails with a duplicate key, which the sink takes as
+//! "already newer". Dead letters and alerts have deterministic ids, so a replay never
+//! duplicates them.
+//!
+//! Writes are unordered bulk writes of at most `batch_size` operations, run by a background
+//! thread with the driver's blocking client, never on a worker. A time is acknowledged (and
+//! the frontier, hence Kafka offset commits, may pass it) only once all its writes succeeded.
+//!
+//! Retries and errors: a transient failure (server down, network, not primary, …) is retried
+//! with backoff from 100 ms to 10 s, forever, and counted; the time stays unacknowledged
+//! meanwhile. A permanent failure of one document (too large, failed validation) is logged and
+//! recorded in the `dead_letters` collection with the row, and does not hold the time.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dataflows::ops::FastMap;
+use dataflows::Time;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{DeleteOneModel, ReplaceOneModel, WriteModel};
+use mongodb::{IndexModel, Namespace};
+
+use super::{Change, Sink, DEAD_LETTERS, OUTPUTS};
+use crate::config::MongoOutput;
+
+/// Counters a run can show.
+#[derive(Debug, Default)]
+pub struct MongoHealth {
+    /// failed attempts that were retried
+    pub retries: AtomicU64,
+    /// documents that could not be written and went to dead letters
+    pub rejected: AtomicU64,
+}
+
+struct Job {
+    time: Time,
+    models: Vec<WriteModel>,
+}
+
+/// Keeps every output in MongoDB.
+pub struct MongoSink {
+    config: MongoOutput,
+    jobs: Sender<Job>,
+    /// times sent and not yet written
+    pending: Arc<Mutex<BTreeSet<Time>>>,
+    suppress_below: Option<Time>,
+    /// health counters
+    pub health: Arc<MongoHealth>,
+}
+
+/// A row's JSON as a BSON document.
+fn document(json: &str) -> Document {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    mongodb::bson::to_document(&value).unwrap_or_default()
+}
+
+fn is_duplicate_key(code: i32) -> bool {
+    code == 11000
+}
+
+impl MongoSink {
+    /// Connects (with the URI from the configured environment variable), creates the indexes
+    /// and starts the writer thread.
+    pub fn open(config: &MongoOutput, outputs: &[u8], suppress_below: Option<Time>) -> anyhow::Result<Self> {
+        let uri = std::env::var(&config.uri_env).map_err(|_| {
+            anyhow::anyhow!("the MongoDB URI comes from ${}, which is not set; export it (e.g. mongodb://localhost:27017)", config.uri_env)
+        })?;
+        let client = mongodb::sync::Client::with_uri_str(&uri)
+            .map_err(|e| anyhow::anyhow!("connecting to MongoDB (URI from ${}): {}", config.uri_env, e.kind))?;
+        let db = client.database(&config.database);
+        for &o in outputs {
+            let name = OUTPUTS[o as usize];
+            let coll = db.collection::<Document>(&config.collection(name));
+            for fields in config.indexes_of(name) {
+                let mut keys = Document::new();
+                for f in &fields {
+                    keys.insert(f.clone(), 1);
+                }
+                // The stored logical time guards every write; it wants an index too.
+                coll.create_index(IndexModel::builder().keys(keys).build())
+                    .run()
+                    .map_err(|e| anyhow::anyhow!("creating index {fields:?} on {}.{}: {e}", config.database, config.collection(name)))?;
+            }
+        }
+        let (jobs, receive) = channel::<Job>();
+        let pending = Arc::new(Mutex::new(BTreeSet::new()));
+        let health = Arc::new(MongoHealth::default());
+        let (p, h, dead) = (pending.clone(), health.clone(), Namespace::new(&config.database, config.collection(OUTPUTS[DEAD_LETTERS as usize])));
+        let batch = config.batch_size.max(1);
+        std::thread::Builder::new().name("mongodb-sink".into()).spawn(move || {
+            for job in receive {
+                for chunk in job.models.chunks(batch) {
+                    write(&client, chunk, &h, &dead);
+                }
+                p.lock().expect("pending").remove(&job.time);
+            }
+        })?;
+        Ok(MongoSink { config: config.clone(), jobs, pending, suppress_below, health })
+    }
+
+    fn models(&self, time: Time, updates: Vec<(Change, isize)>) -> Vec<WriteModel> {
+        let mut keyed: FastMap<(u8, String), Option<String>> = FastMap::default();
+        for (c, diff) in updates {
+            let e = keyed.entry((c.output, c.key)).or_default();
+            if diff > 0 {
+                *e = Some(c.row);
+            }
+        }
+        let t = time as i64;
+        keyed
+            .into_iter()
+            .map(|((output, key), after)| {
+                let ns = Namespace::new(&self.config.database, self.config.collection(OUTPUTS[output as usize]));
+                let id = Bson::Document(document(&key));
+                // Matches the document only while its stored time is older than this one (every
+                // document the sink writes has `_time`). A plain conjunction keeps the `_id`
+                // index usable on servers that do not plan `$or` well.
+                let filter = doc! { "_id": id.clone(), "_time": { "$lt": t } };
+                match after {
+                    Some(row) => {
+                        let mut replacement = doc! { "_id": id };
+                        replacement.extend(document(&row));
+                        replacement.insert("_time", t);
+                        ReplaceOneModel::builder().namespace(ns).filter(filter).replacement(replacement).upsert(true).build().into()
+                    }
+                    None => DeleteOneModel::builder().namespace(ns).filter(filter).build().into(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Writes one bulk, retrying transient failures until it succeeds.
+fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &MongoHealth, dead: &Namespace) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.bulk_write(models.to_vec()).ordered(false).run() {
+            Ok(_) => return,
+            Err(e) => match &*e.kind {
+                ErrorKind::BulkWrite(b) if b.write_concern_errors.is_empty() => {
+                    // Per-document failures: a duplicate key means a newer document is there.
+                    for (i, we) in &b.write_errors {
+                        if is_duplicate_key(we.code) {
+                            continue;
+                        }
+                        health.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(code = we.code, message = we.message, "MongoDB rejected a document; it goes to the dead letters");
+                        let row = match &models[*i] {
+                            WriteModel::ReplaceOne(m) => m.replacement.clone(),
+                            _ => Document::new(),
+                        };
+                        let letter = doc! { "input": "sink:mongodb", "reason": format!("rejected: {}", we.message), "row": row.to_string() };
+                        let model: WriteModel = mongodb::options::InsertOneModel::builder().namespace(dead.clone()).document(letter).build().into();
+                        let _ = client.bulk_write([model]).run();
+                    }
+                    return;
+                }
+                ErrorKind::Write(WriteFailure::WriteError(we)) if is_duplicate_key(we.code) => return,
+                _ => {
+                    health.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e.kind, retry_in = ?backoff, "MongoDB write failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            },
+        }
+    }
+}
+
+impl Sink for MongoSink {
+    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>) {
+        if self.suppress_below.is_some_and(|b| time < b) || updates.is_empty() {
+            return;
+        }
+        let models = self.models(time, updates);
+        self.pending.lock().expect("pending").insert(time);
+        if self.jobs.send(Job { time, models }).is_err() {
+            tracing::error!("the MongoDB writer thread is gone");
+        }
+    }
+
+    fn unacknowledged(&mut self) -> Option<Time> {
+        self.pending.lock().expect("pending").first().copied()
+    }
+}
