@@ -132,3 +132,25 @@ impl<'s, D: Clone + 'static> LatestLocal<'s, D> for Coll<'s, D> {
             .as_collection()
     }
 }
+
+/// Updates held per logical time, each time with a capability to emit at it.
+pub type Stash<D> = std::collections::BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<(D, isize)>)>;
+
+/// Moves everything `input` has into `stash`, by the time of each update, retaining a
+/// capability for output `port` at each new time. Operators that act on whole times (once the
+/// frontier has passed them) start with this.
+pub fn stash_by_time<D, P>(
+    input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
+    stash: &mut Stash<D>,
+    port: usize,
+) where
+    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(D, Time, isize)>>>,
+{
+    input.for_each_stamp(|cap, data| {
+        for batch in data {
+            for (d, t, r) in batch.drain(..) {
+                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push((d, r));
+            }
+        }
+    });
+}

@@ -37,11 +37,10 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::OkErr;
-use timely::dataflow::operators::Capability;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
-use crate::ops::FastMap;
+use crate::ops::{stash_by_time, FastMap, Stash};
 use crate::{Coll, Time};
 
 /// Parameters of the sensor dataflow.
@@ -198,20 +197,10 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
         .inner
         .binary_frontier(maxima.clone(), Pipeline, Pipeline, "ClassifyLateness", |_cap, _info| {
             let p = classify_params;
-            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((Reading, Raw), isize)>)> = BTreeMap::new();
+            let mut pending: Stash<(Reading, Raw)> = BTreeMap::new();
             let mut maxima = Maxima::default();
             move |(input, _frontier), (max_input, max_frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    for batch in data {
-                        for (d, t, r) in batch.drain(..) {
-                            pending
-                                .entry(t)
-                                .or_insert_with(|| (cap.delayed(&t, output.output_index()), Vec::new()))
-                                .1
-                                .push((d, r));
-                        }
-                    }
-                });
+                stash_by_time(input, &mut pending, output.output_index());
                 read_maxima(max_input, &mut maxima);
                 // A time can be judged once every maximum before it is known.
                 let ready = least(max_frontier);
@@ -273,21 +262,11 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
         .inner
         .binary_frontier(maxima, exchange, Pipeline, "Windows", move |_cap, _info| {
             let p = window_params;
-            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Reading, isize)>)> = BTreeMap::new();
+            let mut pending: Stash<Reading> = BTreeMap::new();
             let mut maxima = Maxima::default();
             let mut windows: Windows = FastMap::default();
             move |(input, frontier), (max_input, max_frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    for batch in data {
-                        for (d, t, r) in batch.drain(..) {
-                            pending
-                                .entry(t)
-                                .or_insert_with(|| (cap.delayed(&t, output.output_index()), Vec::new()))
-                                .1
-                                .push((d, r));
-                        }
-                    }
-                });
+                stash_by_time(input, &mut pending, output.output_index());
                 read_maxima(max_input, &mut maxima);
                 // Times below `done` are complete on both inputs.
                 let done = match (least(frontier), least(max_frontier)) {

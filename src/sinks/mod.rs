@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use dataflows::ops::FastMap;
+use dataflows::ops::{stash_by_time, FastMap, Stash};
 use dataflows::{Coll, Time};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -98,22 +98,12 @@ pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Ti
     changes
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(Exchange::new(|_: &(Change, Time, isize)| 0), "Sink", move |_cap, info| {
-            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Change, isize)>)> = BTreeMap::new();
+            let mut pending: Stash<Change> = BTreeMap::new();
             // Applied times whose writes are not yet acknowledged.
             let mut held: BTreeMap<Time, Capability<Time>> = BTreeMap::new();
             let activator = scope.activator_for(info.address);
             move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    for batch in data {
-                        for (c, t, r) in batch.drain(..) {
-                            pending
-                                .entry(t)
-                                .or_insert_with(|| (cap.delayed(&t, output.output_index()), Vec::new()))
-                                .1
-                                .push((c, r));
-                        }
-                    }
-                });
+                stash_by_time(input, &mut pending, output.output_index());
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
