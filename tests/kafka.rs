@@ -292,11 +292,28 @@ fn start_positions() {
     // latest: only what is produced after the engine started
     let out = unique("latest");
     let cfg = one_input_config(dir.path(), &topic, &out, "start = \"latest\"\nstop_when_idle = \"8s\"\n");
-    let engine = Command::new(bin()).args(["run", "--config", cfg.to_str().unwrap(), "-q"]).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut engine = Command::new(bin())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-q", "--log-level", "info"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Produce only once the engine has fixed where "latest" is.
+    let mut stderr = std::io::BufReader::new(engine.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the engine ended before assigning partitions:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("Kafka partitions assigned") {
+            break;
+        }
+    }
+    let drain = std::thread::spawn(move || std::io::Read::read_to_string(&mut stderr, &mut seen).map(|_| seen));
     produce("500", "50");
-    let o = engine.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let status = engine.wait().unwrap();
+    let log = drain.join().unwrap().unwrap();
+    assert!(status.success(), "{log}");
     let counted = clicks_counted(&out);
     if std::env::var("DIFFSTREAM_TEST_BROKER").as_deref() == Ok("tansu") {
         // Tansu's end offset is the last record, not one past it: at most one extra per partition.

@@ -151,8 +151,11 @@ impl KafkaSource {
                                     _ => (Offset::End, None, None, false),
                                 }
                             }
-                            // the first offset read becomes the start
-                            _ => (Offset::End, None, None, false),
+                            // resolved now, so the start is fixed when `open` returns
+                            _ => {
+                                let (_, high) = consumer.fetch_watermarks(&topic, partition, TIMEOUT).map_err(err)?;
+                                (Offset::Offset(high), None, Some(high), false)
+                            }
                         }
                     }
                 };
@@ -165,6 +168,7 @@ impl KafkaSource {
             }
         }
         consumer.assign(&assignment).map_err(|e| err(format!("assigning partitions: {e}")))?;
+        tracing::info!(worker = index, partitions = assignment.count(), "Kafka partitions assigned");
         let mut source = KafkaSource {
             consumer,
             starts,
