@@ -322,3 +322,91 @@ fn start_positions() {
         assert_eq!(counted, 50);
     }
 }
+
+/// Every document of a collection without `_id` and `_time`, as sorted JSON text.
+fn mongo_rows(db: &mongodb::sync::Database, collection: &str) -> Vec<String> {
+    use mongodb::bson::{doc, Document};
+    let mut out: Vec<String> = db
+        .collection::<Document>(collection)
+        .find(doc! {})
+        .run()
+        .unwrap()
+        .map(|d| {
+            let mut d = d.unwrap();
+            d.remove("_id");
+            d.remove("_time");
+            serde_json::to_value(&d).unwrap().to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn kill_and_restart_with_mongodb_never_moves_back() {
+    use mongodb::bson::{doc, Document};
+    let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI: run the tests with scripts/test.sh");
+    let counts = [("users", 80u64), ("clicks", 800), ("sensors", 800)];
+    let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique("mrestart") };
+    let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
+    create_topics(&topics, 3);
+    for (kind, count) in counts {
+        let out = diffstream(&["gen", kind, "--count", &(2 * count).to_string(), "--seed", "9"]);
+        std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
+    }
+    let database = unique("mrestart").replace('-', "_");
+    let out = unique("mrestart-out");
+    let cfg = kafka_config(&s, &unique("g"), &out, "max_records_per_batch = 50\n");
+    let text = std::fs::read_to_string(&cfg).unwrap() + &format!("[output.mongodb]\ndatabase = \"{database}\"\n");
+    std::fs::write(&cfg, &text).unwrap();
+    let first_cfg = s.dir.path().join("first.toml");
+    std::fs::write(&first_cfg, text.replace("stop_when_idle = \"4s\"\n", "")).unwrap();
+
+    // Watch user_event_counts while everything runs: no count may ever go down.
+    let db = mongodb::sync::Client::with_uri_str(&uri).unwrap().database(&database);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+            let mut polls = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for d in db.collection::<Document>("user_event_counts").find(doc! {}).run().unwrap() {
+                    let d = d.unwrap();
+                    let (id, n) = (d.get("_id").unwrap().to_string(), d.get_i64("event_count").unwrap());
+                    let before = seen.insert(id.clone(), n).unwrap_or(0);
+                    assert!(n >= before, "{id} went back from {before} to {n}");
+                }
+                polls += 1;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            polls
+        })
+    };
+
+    produce(&s.prefix, 0, &counts);
+    let mut engine = Command::new(bin())
+        .args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while db.collection::<Document>("user_event_counts").count_documents(doc! {}).run().unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first run wrote nothing to MongoDB in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    produce(&s.prefix, 1, &counts);
+    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(watcher.join().expect("no document moved back") > 0);
+
+    let expected = offline(&s);
+    for output in ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts"] {
+        let mut want: Vec<String> =
+            expected[output].iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap().to_string()).collect();
+        want.sort();
+        assert_eq!(mongo_rows(&db, output), want, "{output}: MongoDB differs from the offline run");
+    }
+}
