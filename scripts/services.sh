@@ -29,7 +29,8 @@ install() {
     # dynostore carries the in-memory storage engine; without it the broker refuses to start.
     cargo install "tansu@$TANSU_VERSION" --locked --features dynostore --root "$TOOLS/tansu" >&2
   fi
-  if [[ -z "${MONGODB_URI:-}" && ! -x "$SECANTUS" ]]; then
+  if [[ ! -x "$SECANTUS" ]]; then
+    # also when MONGODB_URI names a real server: the outage test stops and starts one of its own
     log "installing SecantusDB $SECANTUS_VERSION (a MongoDB-wire server; about 1.5 min)"
     python3 -m venv "$TOOLS/secvenv" >&2
     "$TOOLS/secvenv/bin/pip" install --quiet "SecantusDB==$SECANTUS_VERSION" >&2
@@ -74,6 +75,8 @@ start() {
   else
     echo "export MONGODB_URI='$MONGODB_URI'"
   fi
+  # The outage test starts and stops a server of its own.
+  if [[ -x "$SECANTUS" ]]; then echo "export DIFFSTREAM_SECANTUS=$SECANTUS"; fi
 }
 
 stop_one() {

@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/services.sh install
 eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop' EXIT
-export KAFKA_BOOTSTRAP MONGODB_URI DIFFSTREAM_TEST_BROKER
+export KAFKA_BOOTSTRAP MONGODB_URI DIFFSTREAM_TEST_BROKER DIFFSTREAM_SECANTUS
 
 cargo test --workspace --locked "$@"

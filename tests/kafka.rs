@@ -410,3 +410,119 @@ fn kill_and_restart_with_mongodb_never_moves_back() {
         assert_eq!(mongo_rows(&db, output), want, "{output}: MongoDB differs from the offline run");
     }
 }
+
+/// A SecantusDB of the test's own, on disk, so it can be stopped and started again.
+struct OwnServer {
+    child: std::process::Child,
+    port: u16,
+    path: std::path::PathBuf,
+}
+
+impl OwnServer {
+    fn start(path: &std::path::Path, port: u16) -> OwnServer {
+        let bin = std::env::var("DIFFSTREAM_SECANTUS")
+            .expect("DIFFSTREAM_SECANTUS names the SecantusDB server binary: run the tests with scripts/test.sh, which installs it");
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "SecantusDB did not start on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        OwnServer { child, port, path: path.to_path_buf() }
+    }
+    fn stop(mut self) -> (std::path::PathBuf, u16) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        (self.path.clone(), self.port)
+    }
+}
+
+fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).set("group.id", group).create().unwrap();
+    let mut q = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        q.add_partition(topic, p);
+    }
+    let found = c.committed_offsets(q, std::time::Duration::from_secs(10)).unwrap();
+    found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mongodb_outage_holds_offsets_and_completes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = OwnServer::start(&dir.path().join("db"), port);
+    let prefix = unique("outage");
+    let topic = format!("{prefix}.clicks");
+    create_topics(std::slice::from_ref(&topic), 3);
+    let bootstrap = kafka_bootstrap();
+    let produce = |from: &str| {
+        diffstream(&["gen", "clicks", "--from", from, "--count", "600", "--seed", "2", "--to", "kafka", "--topic", &topic, "--bootstrap", &bootstrap]);
+    };
+    produce("0");
+    let group = unique("g");
+    let database = unique("outage").replace('-', "_");
+    let cfg = dir.path().join("outage.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dataflows = [\"user_event_counts\"]\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\nmax_records_per_batch = 100\nstop_when_idle = \"5s\"\n[output.mongodb]\nuri_env = \"OUTAGE_MONGODB_URI\"\ndatabase = \"{database}\"\n"
+        ),
+    )
+    .unwrap();
+    let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=2000");
+    let engine = Command::new(bin())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-q"])
+        .env("OUTAGE_MONGODB_URI", &uri)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the first half land, then take the server away and give the engine more input.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while committed(&group, &topic).values().sum::<i64>() < 600 {
+        assert!(std::time::Instant::now() < deadline, "the first half was never committed");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let (path, port) = server.stop();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = committed(&group, &topic);
+    produce("600");
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert_eq!(committed(&group, &topic), before, "offsets were committed while MongoDB could not be written");
+    }
+    let server = OwnServer::start(&path, port);
+    let o = engine.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(committed(&group, &topic).values().sum::<i64>(), 1200);
+
+    // The collections hold exactly the offline result of all 1200 clicks.
+    let clicks = diffstream(&["gen", "clicks", "--count", "1200", "--seed", "2"]).stdout;
+    std::fs::write(dir.path().join("clicks.jsonl"), clicks).unwrap();
+    let out = dir.path().join("offline");
+    diffstream(&["run", "user_event_counts", "--input", &format!("clicks={}", dir.path().join("clicks.jsonl").display()), "--output-dir", out.to_str().unwrap(), "-q"]);
+    let expected = snapshots(&out);
+    let db = mongodb::sync::Client::with_uri_str(format!("mongodb://127.0.0.1:{port}/?directConnection=true")).unwrap().database(&database);
+    for output in ["user_event_counts", "event_type_counts"] {
+        let mut want: Vec<String> =
+            expected[output].iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap().to_string()).collect();
+        want.sort();
+        assert_eq!(mongo_rows(&db, output), want, "{output} after the outage");
+    }
+    server.stop();
+}
