@@ -198,6 +198,10 @@ pub struct BenchArgs {
     /// latency at a fixed rate.
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka: Option<String>,
+    /// Instead: the MongoDB sink's documents/s next to a plain loop of bulk writes of the same
+    /// documents with the same driver, against the server at this URI.
+    #[arg(long, value_name = "URI")]
+    pub mongodb: Option<String>,
     /// Records per second for the Kafka latency run.
     #[arg(long, value_name = "R", default_value_t = 2000.0)]
     pub latency_rate: f64,

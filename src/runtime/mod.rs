@@ -303,8 +303,10 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         let kafka = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), streaming.then_some(LIVE_BASE))?;
         sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(kafka))])));
     }
+    let mut mongo_health = None;
     if let (true, Some(m)) = (first, &plan.mongodb_output) {
         let mongo = MongoSink::open(m, &outputs, streaming.then_some(LIVE_BASE))?;
+        mongo_health = Some(mongo.health.clone());
         sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(mongo))])));
     }
 
@@ -354,7 +356,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         }
     }
 
-    let mut monitor = (first && plan.keep_state).then(|| status::Monitor::new(plan, start));
+    let mut monitor = (first && plan.keep_state).then(|| status::Monitor::new(plan, start, mongo_health.clone()));
     let mut tick = |sink: &Option<Rc<RefCell<JsonlSink>>>, epoch: Time, done: bool| {
         if let (Some(m), Some(s)) = (&mut monitor, sink) {
             m.tick(&s.borrow(), counters, watermark.as_ref().and_then(|w| w.get()), epoch, done);

@@ -25,11 +25,12 @@ pub struct Monitor {
     ticks: u64,
     inputs: Vec<InputName>,
     live: crate::demo::LiveView,
+    mongo: Option<std::sync::Arc<crate::sinks::mongodb::MongoHealth>>,
 }
 
 impl Monitor {
     /// A monitor for `plan`, whose run started at `start`.
-    pub fn new(plan: &Plan, start: Instant) -> Self {
+    pub fn new(plan: &Plan, start: Instant, mongo: Option<std::sync::Arc<crate::sinks::mongodb::MongoHealth>>) -> Self {
         Monitor {
             display: plan.display,
             interval: plan.display_interval,
@@ -40,6 +41,7 @@ impl Monitor {
             ticks: 0,
             inputs: plan.inputs.keys().copied().filter(|i| plan.dataflows.iter().any(|d| d.inputs().contains(i))).collect(),
             live: crate::demo::LiveView::new(plan),
+            mongo,
         }
     }
 
@@ -65,6 +67,14 @@ impl Monitor {
             thousands(counters.decode_errors.load(Ordering::Relaxed)),
             now.duration_since(self.start).as_secs_f64(),
         );
+        let line = match &self.mongo {
+            Some(h) => format!(
+                "{line} | mongodb retries {} rejected {}",
+                h.retries.load(Ordering::Relaxed),
+                h.rejected.load(Ordering::Relaxed)
+            ),
+            None => line,
+        };
         self.last = now;
         self.last_counts = counts;
         self.ticks += 1;
