@@ -395,6 +395,7 @@ mod mongo {
             collections: [("user_event_counts".to_string(), "sink".to_string())].into_iter().collect(),
             indexes: None,
             batch_size: 1000,
+            max_flush_interval: crate::config::Duration::from_millis(0),
         };
         let mut sink = MongoSink::open(&config, &[0], None)?;
         let changes: Vec<(Change, isize)> =

@@ -91,6 +91,7 @@ fn documents_never_move_backwards() {
         collections: BTreeMap::new(),
         indexes: None,
         batch_size: 100,
+        max_flush_interval: diffstream::config::Duration::from_millis(0),
     };
     let mut sink = MongoSink::open(&config, &[0], None).unwrap();
     let key = r#"{"user_id":7}"#;

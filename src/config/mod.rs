@@ -155,9 +155,18 @@ pub struct MongoOutput {
     /// alert_type+timestamp; `sensor_window_metrics`: sensor_type+location, window_start.
     #[serde(default)]
     pub indexes: Option<BTreeMap<String, Vec<Vec<String>>>>,
-    /// Operations per bulk write at most. Default 1000.
+    /// Operations per bulk write at most; a flush starts as soon as this many keys changed.
+    /// Default 1000.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Longest a changed key waits before it is written. Changes of several logical times
+    /// within it become one write per key. Default `100ms`.
+    #[serde(default = "default_flush")]
+    pub max_flush_interval: Duration,
+}
+
+fn default_flush() -> Duration {
+    Duration::from_millis(100)
 }
 
 fn default_uri_env() -> String {

@@ -10,6 +10,8 @@
 //! "already newer". Dead letters and alerts have deterministic ids, so a replay never
 //! duplicates them.
 //!
+//! Changes are gathered for at most `max_flush_interval` (or until `batch_size` keys changed),
+//! so a key changed by several logical times in that span is written once, with its latest row.
 //! Writes are unordered bulk writes of at most `batch_size` operations, run by a background
 //! thread with the driver's blocking client, never on a worker. A time is acknowledged (and
 //! the frontier, hence Kafka offset commits, may pass it) only once all its writes succeeded.
@@ -45,7 +47,7 @@ pub struct MongoHealth {
 }
 
 struct Job {
-    time: Time,
+    times: Vec<Time>,
     models: Vec<WriteModel>,
 }
 
@@ -56,6 +58,12 @@ pub struct MongoSink {
     /// times sent and not yet written
     pending: Arc<Mutex<BTreeSet<Time>>>,
     suppress_below: Option<Time>,
+    /// changed keys not yet sent: (output, key) → (time of the change, row after it)
+    buffer: FastMap<(u8, String), (Time, Option<String>)>,
+    /// times in `buffer`
+    buffered: Vec<Time>,
+    /// when the oldest buffered change arrived
+    since: Option<std::time::Instant>,
     /// health counters
     pub health: Arc<MongoHealth>,
 }
@@ -104,24 +112,48 @@ impl MongoSink {
                 for chunk in job.models.chunks(batch) {
                     write(&client, chunk, &h, &dead);
                 }
-                p.lock().expect("pending").remove(&job.time);
+                let mut pending = p.lock().expect("pending");
+                for t in job.times {
+                    pending.remove(&t);
+                }
             }
         })?;
-        Ok(MongoSink { config: config.clone(), jobs, pending, suppress_below, health })
+        Ok(MongoSink {
+            config: config.clone(),
+            jobs,
+            pending,
+            suppress_below,
+            buffer: FastMap::default(),
+            buffered: Vec::new(),
+            since: None,
+            health,
+        })
     }
 
-    fn models(&self, time: Time, updates: Vec<(Change, isize)>) -> Vec<WriteModel> {
-        let mut keyed: FastMap<(u8, String), Option<String>> = FastMap::default();
-        for (c, diff) in updates {
-            let e = keyed.entry((c.output, c.key)).or_default();
-            if diff > 0 {
-                *e = Some(c.row);
-            }
+    /// Sends the buffered changes to the writer: one operation per key.
+    fn flush(&mut self) {
+        if self.buffered.is_empty() {
+            return;
         }
-        let t = time as i64;
-        keyed
+        let changed = std::mem::take(&mut self.buffer);
+        let models = self.models(changed);
+        let times = std::mem::take(&mut self.buffered);
+        self.since = None;
+        if self.jobs.send(Job { times, models }).is_err() {
+            tracing::error!("the MongoDB writer thread is gone");
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.buffer.len() >= self.config.batch_size.max(1)
+            || self.since.is_some_and(|s| s.elapsed() >= self.config.max_flush_interval.std())
+    }
+
+    fn models(&self, changed: FastMap<(u8, String), (Time, Option<String>)>) -> Vec<WriteModel> {
+        changed
             .into_iter()
-            .map(|((output, key), after)| {
+            .map(|((output, key), (time, after))| {
+                let t = time as i64;
                 let ns = Namespace::new(&self.config.database, self.config.collection(OUTPUTS[output as usize]));
                 let id = Bson::Document(document(&key));
                 // Matches the document only while its stored time is older than this one (every
@@ -184,14 +216,29 @@ impl Sink for MongoSink {
         if self.suppress_below.is_some_and(|b| time < b) || updates.is_empty() {
             return;
         }
-        let models = self.models(time, updates);
+        // Times arrive in order, so a later change of a key replaces an earlier one.
+        let mut after: FastMap<(u8, String), Option<String>> = FastMap::default();
+        for (c, diff) in updates {
+            let e = after.entry((c.output, c.key)).or_default();
+            if diff > 0 {
+                *e = Some(c.row);
+            }
+        }
+        for (key, row) in after {
+            self.buffer.insert(key, (time, row));
+        }
         self.pending.lock().expect("pending").insert(time);
-        if self.jobs.send(Job { time, models }).is_err() {
-            tracing::error!("the MongoDB writer thread is gone");
+        self.buffered.push(time);
+        self.since.get_or_insert_with(std::time::Instant::now);
+        if self.due() {
+            self.flush();
         }
     }
 
     fn unacknowledged(&mut self) -> Option<Time> {
+        if self.due() {
+            self.flush();
+        }
         self.pending.lock().expect("pending").first().copied()
     }
 }
