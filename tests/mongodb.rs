@@ -115,3 +115,39 @@ fn documents_never_move_backwards() {
     settle(&mut sink);
     assert!(rows(&db, "user_event_counts").is_empty());
 }
+
+#[test]
+fn rejected_documents_go_to_the_dead_letters() {
+    let database = unique("rejects").replace('-', "_");
+    let client = mongodb::sync::Client::with_uri_str(uri()).unwrap();
+    let db = client.database(&database);
+    // A validation rule the rows can break: at most 5 clicks.
+    db.create_collection("user_event_counts")
+        .validator(doc! { "$jsonSchema": { "bsonType": "object", "properties": { "event_count": { "maximum": 5 } } } })
+        .run()
+        .unwrap();
+    std::env::set_var("DIFFSTREAM_TEST_MONGODB_URI", uri());
+    let config = MongoOutput {
+        uri_env: "DIFFSTREAM_TEST_MONGODB_URI".into(),
+        database: database.clone(),
+        collections: BTreeMap::new(),
+        indexes: None,
+        batch_size: 100,
+        max_flush_interval: diffstream::config::Duration::from_millis(0),
+    };
+    let mut sink = MongoSink::open(&config, &[0, 5], None).unwrap();
+    sink.apply(
+        1,
+        vec![
+            (change(r#"{"user_id":1}"#, r#"{"user_id":1,"event_count":3}"#), 1),
+            (change(r#"{"user_id":2}"#, r#"{"user_id":2,"event_count":10}"#), 1),
+        ],
+    );
+    settle(&mut sink); // the rejection does not hold the time
+    assert_eq!(rows(&db, "user_event_counts"), vec![serde_json::json!({"user_id": 1, "event_count": 3})]);
+    let dead = rows(&db, "dead_letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["reason"].as_str().unwrap().starts_with("rejected"), "{dead:?}");
+    assert!(dead[0]["row"].as_str().unwrap().contains("\"event_count\": 10"), "{dead:?}");
+    assert_eq!(sink.health.rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
