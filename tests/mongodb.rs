@@ -20,20 +20,20 @@ fn uri() -> String {
 }
 
 fn rows(db: &mongodb::sync::Database, collection: &str) -> Vec<serde_json::Value> {
-    let mut out: Vec<serde_json::Value> = db
-        .collection::<Document>(collection)
-        .find(doc! {})
-        .run()
-        .unwrap()
-        .map(|d| {
-            let mut d = d.unwrap();
-            d.remove("_id");
-            d.remove("_time");
-            serde_json::to_value(&d).unwrap()
-        })
-        .collect();
-    out.sort_by_key(|v| v.to_string());
-    out
+    mongo_rows(db, collection)
+}
+
+/// A sink configuration for `database` that flushes every time at once.
+fn config(database: &str) -> MongoOutput {
+    std::env::set_var("DIFFSTREAM_TEST_MONGODB_URI", uri());
+    MongoOutput {
+        uri_env: "DIFFSTREAM_TEST_MONGODB_URI".into(),
+        database: database.to_string(),
+        collections: BTreeMap::new(),
+        indexes: None,
+        batch_size: 100,
+        max_flush_interval: diffstream::config::Duration::from_millis(0),
+    }
 }
 
 #[test]
@@ -84,15 +84,7 @@ fn settle(sink: &mut MongoSink) {
 #[test]
 fn documents_never_move_backwards() {
     let database = unique("order").replace('-', "_");
-    std::env::set_var("DIFFSTREAM_TEST_MONGODB_URI", uri());
-    let config = MongoOutput {
-        uri_env: "DIFFSTREAM_TEST_MONGODB_URI".into(),
-        database: database.clone(),
-        collections: BTreeMap::new(),
-        indexes: None,
-        batch_size: 100,
-        max_flush_interval: diffstream::config::Duration::from_millis(0),
-    };
+    let config = config(&database);
     let mut sink = MongoSink::open(&config, &[0], None).unwrap();
     let key = r#"{"user_id":7}"#;
     let row = |n: i64| format!(r#"{{"user_id":7,"event_count":{n}}}"#);
@@ -126,15 +118,7 @@ fn rejected_documents_go_to_the_dead_letters() {
         .validator(doc! { "$jsonSchema": { "bsonType": "object", "properties": { "event_count": { "maximum": 5 } } } })
         .run()
         .unwrap();
-    std::env::set_var("DIFFSTREAM_TEST_MONGODB_URI", uri());
-    let config = MongoOutput {
-        uri_env: "DIFFSTREAM_TEST_MONGODB_URI".into(),
-        database: database.clone(),
-        collections: BTreeMap::new(),
-        indexes: None,
-        batch_size: 100,
-        max_flush_interval: diffstream::config::Duration::from_millis(0),
-    };
+    let config = config(&database);
     let mut sink = MongoSink::open(&config, &[0, 5], None).unwrap();
     sink.apply(
         1,

@@ -113,3 +113,22 @@ pub fn topic_state(topic: &str) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// Every document of a MongoDB collection without `_id` and `_time`, as JSON, sorted.
+pub fn mongo_rows(db: &mongodb::sync::Database, collection: &str) -> Vec<serde_json::Value> {
+    use mongodb::bson::{doc, Document};
+    let mut out: Vec<serde_json::Value> = db
+        .collection::<Document>(collection)
+        .find(doc! {})
+        .run()
+        .unwrap()
+        .map(|d| {
+            let mut d = d.unwrap();
+            d.remove("_id");
+            d.remove("_time");
+            serde_json::to_value(&d).unwrap()
+        })
+        .collect();
+    out.sort_by_key(|v| v.to_string());
+    out
+}
