@@ -315,13 +315,18 @@ pub trait OutputRow {
     fn row(&self) -> String;
 }
 
+/// `{"user_id": …}`, the key of both per-user outputs.
+fn user_key(id: &Id) -> String {
+    #[derive(Serialize)]
+    struct K<'a> {
+        user_id: IdJson<'a>,
+    }
+    to_json(&K { user_id: IdJson(id) })
+}
+
 impl OutputRow for UserEventCount {
     fn key(&self) -> String {
-        #[derive(Serialize)]
-        struct K<'a> {
-            user_id: IdJson<'a>,
-        }
-        to_json(&K { user_id: IdJson(&self.user_id) })
+        user_key(&self.user_id)
     }
     fn row(&self) -> String {
         #[derive(Serialize)]
@@ -353,11 +358,7 @@ impl OutputRow for EventTypeCount {
 
 impl OutputRow for UserActivity {
     fn key(&self) -> String {
-        #[derive(Serialize)]
-        struct K<'a> {
-            user_id: IdJson<'a>,
-        }
-        to_json(&K { user_id: IdJson(&self.user_id) })
+        user_key(&self.user_id)
     }
     fn row(&self) -> String {
         #[derive(Serialize)]

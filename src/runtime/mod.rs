@@ -453,7 +453,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         records_in: counters.snapshot(),
         dead_letters: sink.dead_letters(),
         rows: outputs.iter().map(|&o| (sinks::OUTPUTS[o as usize].to_string(), sink.len(o))).collect(),
-        updates: sink.progress().0,
+        updates: sink.updates(),
         files,
         elapsed: start.elapsed(),
     }))

@@ -29,7 +29,6 @@ pub struct JsonlSink {
     changes: Vec<Option<BufWriter<File>>>,
     error: Option<io::Error>,
     updates: u64,
-    last_time: Option<Time>,
 }
 
 impl JsonlSink {
@@ -56,7 +55,6 @@ impl JsonlSink {
             changes: files,
             error: None,
             updates: 0,
-            last_time: None,
         })
     }
 
@@ -82,9 +80,9 @@ impl JsonlSink {
         self.len(DEAD_LETTERS)
     }
 
-    /// Updates applied so far, and the last complete time.
-    pub fn progress(&self) -> (u64, Option<Time>) {
-        (self.updates, self.last_time)
+    /// Updates applied so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
     }
 
     /// Writes the snapshots (when there is a directory) and reports any write error.
@@ -138,7 +136,6 @@ impl Sink for JsonlSink {
             }
         }
         self.updates += updates.len() as u64;
-        self.last_time = Some(time);
         for (c, diff) in updates {
             let key = (c.output, c.key);
             let Some(rows) = self.state.get_mut(&key) else {
