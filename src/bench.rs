@@ -7,14 +7,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use dataflows::{Dataflow, InputName, Params};
 
 use crate::cli::BenchArgs;
 use crate::reference;
-use crate::runtime::{self, Cluster, Display, Plan};
+use crate::runtime::{self, Plan};
 use crate::sources::generator::GeneratorSpec;
 use crate::sources::{InputSpec, SourceSpec};
 
@@ -29,26 +29,12 @@ fn generate(kind: InputName, count: u64, seed: u64, users: u64) -> Vec<u8> {
 }
 
 fn plan(dataflow: Dataflow, inputs: &BTreeMap<InputName, Arc<[u8]>>, workers: usize, batch_size: usize) -> Plan {
-    Plan {
-        dataflows: vec![dataflow],
-        inputs: inputs
-            .iter()
-            .filter(|(i, _)| dataflow.inputs().contains(i))
-            .map(|(i, bytes)| (*i, InputSpec { source: SourceSpec::Memory(bytes.clone()), rate: None }))
-            .collect(),
-        params: Params::default(),
-        output_dir: None,
-        changes: false,
-        keep_state: false,
-        batch_size,
-        max_inflight: 4,
-        cluster: Cluster::local(workers),
-        display: Display::Quiet,
-        display_interval: Duration::from_secs(3600),
-        duration: None,
-        kafka_output: None,
-        mongodb_output: None,
-    }
+    let inputs = inputs
+        .iter()
+        .filter(|(i, _)| dataflow.inputs().contains(i))
+        .map(|(i, bytes)| (*i, InputSpec { source: SourceSpec::Memory(bytes.clone()), rate: None }))
+        .collect();
+    Plan::embedded(vec![dataflow], inputs, workers, batch_size)
 }
 
 /// Entry point.
@@ -168,14 +154,14 @@ mod kafka {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use dataflows::{Dataflow, InputName, Params};
+    use dataflows::{Dataflow, InputName};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
     use crate::config::kafka::{KafkaConnection, KafkaInput, KafkaOutput};
-    use crate::runtime::{self, Cluster, Display, KafkaOutputPlan, Plan};
+    use crate::runtime::{self, KafkaOutputPlan, Plan};
     use crate::sources::generator::GeneratorSpec;
     use crate::sources::{InputSpec, SourceSpec};
 
@@ -211,35 +197,23 @@ mod kafka {
             dead_letter_topic: None,
             stop_when_idle: Some(crate::config::Duration::from_millis(IDLE.as_millis() as i64)),
         };
-        Plan {
-            dataflows: vec![Dataflow::UserEventCounts],
-            inputs: [(InputName::Clicks, InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })]
-                .into_iter()
-                .collect(),
-            params: Params::default(),
-            output_dir: None,
-            changes: false,
-            keep_state: false,
-            batch_size: 10_000,
-            max_inflight: 4,
-            cluster: Cluster::local(workers),
-            display: Display::Quiet,
-            display_interval: Duration::from_secs(3600),
-            duration: None,
-            mongodb_output: None,
-            kafka_output: out_prefix.map(|p| KafkaOutputPlan {
-                connection: conn.clone(),
-                output: KafkaOutput {
-                    topic_prefix: format!("{p}."),
-                    topics: BTreeMap::new(),
-                    envelope: Default::default(),
-                    progress_topic: None,
-                    create_topics: true,
-                    partitions: 1,
-                },
-                dead_letter_topics: BTreeMap::new(),
-            }),
-        }
+        let inputs = [(InputName::Clicks, InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })]
+            .into_iter()
+            .collect();
+        let mut plan = Plan::embedded(vec![Dataflow::UserEventCounts], inputs, workers, 10_000);
+        plan.kafka_output = out_prefix.map(|p| KafkaOutputPlan {
+            connection: conn.clone(),
+            output: KafkaOutput {
+                topic_prefix: format!("{p}."),
+                topics: BTreeMap::new(),
+                envelope: Default::default(),
+                progress_topic: None,
+                create_topics: true,
+                partitions: 1,
+            },
+            dead_letter_topics: BTreeMap::new(),
+        });
+        plan
     }
 
     pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {

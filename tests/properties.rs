@@ -6,11 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dataflows::{Dataflow, InputName, Params, SensorParams};
 use diffstream::reference;
-use diffstream::runtime::{self, Cluster, Display, Plan};
+use diffstream::runtime::{self, Plan};
 use diffstream::sources::{InputSpec, SourceSpec};
 use proptest::prelude::*;
 
@@ -106,26 +105,16 @@ fn case() -> impl Strategy<Value = Case> {
 
 fn engine(case: &Case, workers: usize) -> BTreeMap<String, Vec<String>> {
     let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        dataflows: Dataflow::ALL.to_vec(),
-        inputs: case
-            .inputs
-            .iter()
-            .map(|(n, text)| (*n, InputSpec { source: SourceSpec::Memory(Arc::from(text.as_slice())), rate: None }))
-            .collect(),
-        params: Params { sensors: case.params.clone() },
-        output_dir: Some(dir.path().to_path_buf()),
-        changes: false,
-        keep_state: true,
-        batch_size: case.batch_size,
-        max_inflight: 2,
-        cluster: Cluster::local(workers),
-        display: Display::Quiet,
-        display_interval: Duration::from_secs(3600),
-        duration: None,
-        kafka_output: None,
-        mongodb_output: None,
-    };
+    let inputs = case
+        .inputs
+        .iter()
+        .map(|(n, text)| (*n, InputSpec { source: SourceSpec::Memory(Arc::from(text.as_slice())), rate: None }))
+        .collect();
+    let mut plan = Plan::embedded(Dataflow::ALL.to_vec(), inputs, workers, case.batch_size);
+    plan.params = Params { sensors: case.params.clone() };
+    plan.output_dir = Some(dir.path().to_path_buf());
+    plan.keep_state = true;
+    plan.max_inflight = 2;
     runtime::run(plan).expect("the run succeeds");
     common::snapshots(dir.path())
 }

@@ -149,6 +149,27 @@ pub struct KafkaOutputPlan {
 }
 
 impl Plan {
+    /// A plan for running the engine inside another program (benchmarks, tests): no display,
+    /// no outputs but counts, default parameters; set the fields that differ.
+    pub fn embedded(dataflows: Vec<Dataflow>, inputs: BTreeMap<InputName, InputSpec>, workers: usize, batch_size: usize) -> Plan {
+        Plan {
+            dataflows,
+            inputs,
+            params: Params::default(),
+            output_dir: None,
+            changes: false,
+            keep_state: false,
+            batch_size,
+            max_inflight: 4,
+            cluster: Cluster::local(workers),
+            display: Display::Quiet,
+            display_interval: Duration::from_secs(3600),
+            duration: None,
+            kafka_output: None,
+            mongodb_output: None,
+        }
+    }
+
     /// The outputs this plan writes, as indexes into [`sinks::OUTPUTS`] (dead letters last).
     pub fn outputs(&self) -> Vec<u8> {
         let mut out: Vec<u8> = self.dataflows.iter().flat_map(|d| d.outputs()).map(|o| output_index(o)).collect();
