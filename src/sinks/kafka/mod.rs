@@ -21,7 +21,7 @@
 //! and counted; nothing is dropped, and its time stays unreleased until it is written.
 //! Replayed times (rebuilding state after a restart) are not written again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use dataflows::Time;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -84,7 +84,18 @@ impl ProducerContext for Acks {
             Err((e, m)) => {
                 tracing::warn!(error = %e, topic = m.topic(), "delivery failed; sending the record again");
                 state.errors += 1;
-                let headers = Vec::new();
+                // Keep the record's headers (a dead letter's source and reason) for the resend;
+                // `send` adds the time header again.
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        (0..h.count())
+                            .map(|i| h.get(i))
+                            .filter(|h| h.key != "diffstream.time")
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 state.failed.push(Outgoing {
                     topic: m.topic().to_string(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -105,7 +116,7 @@ pub struct KafkaSink {
     /// replayed times below this are not written
     suppress_below: Option<Time>,
     /// times produced, awaiting acknowledgement
-    sealed: BTreeMap<Time, ()>,
+    sealed: BTreeSet<Time>,
     dlq: BTreeMap<String, String>,
 }
 
@@ -169,7 +180,7 @@ impl KafkaSink {
             .set("queue.buffering.max.messages", "1000000"); // a large logical time fits in the queue
         let producer: ThreadedProducer<Acks> =
             c.create_with_context(acks.clone()).map_err(|e| anyhow::anyhow!("creating a Kafka producer: {e}"))?;
-        Ok(KafkaSink { producer, acks, config: config.clone(), suppress_below, sealed: BTreeMap::new(), dlq })
+        Ok(KafkaSink { producer, acks, config: config.clone(), suppress_below, sealed: BTreeSet::new(), dlq })
     }
 
     fn send(&self, out: Outgoing) {
@@ -280,7 +291,7 @@ impl KafkaSink {
         for f in failed {
             self.send(f);
         }
-        while let Some((&t, _)) = self.sealed.first_key_value() {
+        while let Some(&t) = self.sealed.first() {
             let mut state = self.acks.0.lock().expect("ack state");
             if state.outstanding.get(&t).is_some_and(|n| *n > 0) {
                 return Some(t);
@@ -318,7 +329,7 @@ impl Sink for KafkaSink {
         for r in records {
             self.send(r);
         }
-        self.sealed.insert(time, ());
+        self.sealed.insert(time);
         self.settle();
     }
 
