@@ -47,8 +47,9 @@ pub enum Command {
     /// Show each Kafka input's partitions: committed offset, where the input began, end offset and lag.
     #[command(disable_help_flag = true)]
     Offsets(OffsetsArgs),
-    /// Measure events/s of each dataflow at -w 1 and -w 2 against a hand-written
-    /// single-threaded HashMap loop over the same JSON, and the sensor dataflow's peak memory.
+    /// Measure the whole `run` path (files in, snapshot files out) at -w 1 and -w 2 against a
+    /// plain single-threaded loop over the same files: events/s, peak memory, ratios; --soak
+    /// for memory over a long run.
     #[command(disable_help_flag = true)]
     Bench(BenchArgs),
 }
@@ -173,26 +174,27 @@ pub struct OffsetsArgs {
 /// `diffstream bench`
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Events per dataflow for the throughput runs.
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    /// Events per job (clicks, or sensor readings).
+    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
     pub events: u64,
-    /// Readings for the two peak-memory runs of the sensor dataflow.
-    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = [2_000_000u64, 20_000_000])]
-    pub memory_readings: Vec<u64>,
-    /// Records per logical time in the engine runs (the reference advances its watermark per
-    /// batch of the same size).
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    /// Distinct users of the clicks jobs, one job per figure.
+    #[arg(long, value_name = "U,U", value_delimiter = ',', default_values_t = [10_000u64, 1_000_000])]
+    pub users: Vec<u64>,
+    /// Records per logical time in the engine runs (the baseline advances its watermark per
+    /// batch of the same size). The default is `run`'s.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub batch_size: usize,
-    /// Distinct users in the generated users and clicks (the generators' default is 1000;
-    /// more users means more changed keys, hence more output, per batch).
-    #[arg(long, value_name = "U", default_value_t = 1000)]
-    pub users: u64,
-    /// Only this dataflow (for profiling one).
-    #[arg(long, value_name = "DATAFLOW")]
+    /// Where the generated input files (kept for the next run) and outputs go (default: a
+    /// `diffstream-bench` folder in the temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Only the jobs whose name starts with this (`clicks` or `sensors`).
+    #[arg(long, value_name = "JOB")]
     pub only: Option<String>,
-    /// Skip the peak-memory runs.
+    /// Instead: 10 × --events at a constant number of keys through the same path, printing the
+    /// RSS at each tenth of the input.
     #[arg(long)]
-    pub no_memory: bool,
+    pub soak: bool,
     /// Instead: the Kafka benchmark against the broker at this address (e.g. $KAFKA_BOOTSTRAP):
     /// raw consume rate vs the engine's end-to-end rate from the same topic, and produce-to-output
     /// latency at a fixed rate.
@@ -205,7 +207,7 @@ pub struct BenchArgs {
     /// Records per second for the Kafka latency run.
     #[arg(long, value_name = "R", default_value_t = 2000.0)]
     pub latency_rate: f64,
-    /// Internal: run one memory measurement in this process and print its peak RSS.
-    #[arg(long, hide = true, value_name = "N")]
-    pub memory_child: Option<u64>,
+    /// Internal: run `run …` or `baseline …` in this process and print its peak RSS.
+    #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+    pub measure: Vec<String>,
 }

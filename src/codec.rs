@@ -18,6 +18,7 @@ use dataflows::records::{
     AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, User, UserActivity,
     UserEventCount, WindowMetric, F64,
 };
+use dataflows::Row;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -313,6 +314,33 @@ pub trait OutputRow {
     fn key(&self) -> String;
     /// The whole row: a JSON object.
     fn row(&self) -> String;
+}
+
+impl OutputRow for Row {
+    fn key(&self) -> String {
+        self.encoded().key()
+    }
+    fn row(&self) -> String {
+        self.encoded().row()
+    }
+}
+
+/// The row's own record, for encoding.
+trait Encoded {
+    fn encoded(&self) -> &dyn OutputRow;
+}
+
+impl Encoded for Row {
+    fn encoded(&self) -> &dyn OutputRow {
+        match self {
+            Row::UserEventCount(r) => r,
+            Row::EventTypeCount(r) => r,
+            Row::UserActivity(r) => &**r,
+            Row::WindowMetric(r) => &**r,
+            Row::AnomalyAlert(r) => &**r,
+            Row::DeadLetter(r) => &**r,
+        }
+    }
 }
 
 /// `{"user_id": …}`, the key of both per-user outputs.

@@ -103,7 +103,6 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         dataflows: selected,
         output_dir,
         changes,
-        keep_state: true,
         batch_size,
         max_inflight: config.runtime.max_inflight,
         cluster: cluster(&args.timely, config.runtime.workers)?,
@@ -151,7 +150,6 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         params: config.params(file)?,
         output_dir: Some(args.output_dir.clone()),
         changes: true,
-        keep_state: true,
         // about ten logical times a second: changes show promptly
         batch_size: ((args.rate / 10.0) as usize).max(1),
         max_inflight: config.runtime.max_inflight,

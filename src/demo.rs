@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::runtime::Plan;
 use crate::sinks::jsonl::JsonlSink;
-use crate::sinks::OUTPUTS;
+use dataflows::Output;
 
 /// How each output is shown: sort field (descending) and columns.
 const VIEWS: [(&str, &str, &[&str], usize); 6] = [
@@ -27,7 +27,7 @@ const VIEWS: [(&str, &str, &[&str], usize); 6] = [
 
 /// Draws the live view.
 pub struct LiveView {
-    outputs: Vec<u8>,
+    outputs: Vec<Output>,
     out_dir: String,
 }
 
@@ -43,11 +43,11 @@ impl LiveView {
         let _ = writeln!(screen, "diffstream demo — exact, incremental outputs (Ctrl-C stops; files in {})", self.out_dir);
         let _ = writeln!(screen, "{status}\n");
         for (name, sort, cols, top) in VIEWS {
-            let Some(o) = OUTPUTS.iter().position(|x| *x == name) else { continue };
-            if !self.outputs.contains(&(o as u8)) {
+            let Ok(o) = name.parse::<Output>() else { continue };
+            if !self.outputs.contains(&o) {
                 continue;
             }
-            let mut rows: Vec<Value> = sink.rows(o as u8).into_iter().filter_map(|(_, r, _)| serde_json::from_str(r).ok()).collect();
+            let mut rows: Vec<Value> = sink.rows(o).into_iter().filter_map(|(_, r, _)| serde_json::from_str(&r).ok()).collect();
             rows.sort_by(|a, b| cmp_desc(&a[sort], &b[sort]));
             let _ = writeln!(screen, "\x1b[1m{name}\x1b[0m ({} rows)", rows.len());
             let mut table: Vec<Vec<String>> = vec![cols.iter().map(|c| c.to_string()).collect()];

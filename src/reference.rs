@@ -15,7 +15,6 @@ use dataflows::sensor_metrics::ExactSum;
 use dataflows::{Dataflow, InputName, SensorParams};
 
 use crate::codec::{self, OutputRow};
-use crate::sinks::OUTPUTS;
 
 #[derive(Default)]
 struct Window {
@@ -167,7 +166,7 @@ impl Reference {
                 out.entry(o.to_string()).or_default();
             }
         }
-        out.entry(OUTPUTS[crate::sinks::DEAD_LETTERS as usize].to_string()).or_default();
+        out.entry("dead_letters".to_string()).or_default();
         out
     }
 }

@@ -78,7 +78,7 @@ fn compose_and_docker_config_agree() {
     // MongoDB is initialised with a collection per output in the `diffstream` database.
     let init_js = std::fs::read_to_string(root().join("docker/mongo-init.js")).unwrap();
     assert!(init_js.contains("getSiblingDB(\"diffstream\")"));
-    for output in diffstream::sinks::OUTPUTS {
+    for output in dataflows::Output::ALL.map(dataflows::Output::as_str) {
         assert!(init_js.contains(&format!("\"{output}\"")), "mongo-init.js does not create `{output}`");
     }
     let volumes = text(&services["mongodb"]["volumes"]);

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use diffstream::config::MongoOutput;
 use diffstream::sinks::mongodb::MongoSink;
-use diffstream::sinks::{Change, Sink};
+use dataflows::records::{Id, UserEventCount};
+use dataflows::{Output, Row};
+use diffstream::sinks::Sink;
 use mongodb::bson::{doc, Document};
 
 fn uri() -> String {
@@ -69,8 +71,9 @@ fn collections_equal_the_snapshots() {
     assert!(indexes.len() >= 4, "the alert indexes exist: {indexes:?}");
 }
 
-fn change(key: &str, row: &str) -> Change {
-    Change { output: 0, key: key.to_string(), row: row.to_string() }
+/// A `user_event_counts` row.
+fn count(user: u64, n: i64) -> Row {
+    Row::from(UserEventCount { user_id: Id::Num(user), event_count: n })
 }
 
 fn settle(sink: &mut MongoSink) {
@@ -85,25 +88,24 @@ fn settle(sink: &mut MongoSink) {
 fn documents_never_move_backwards() {
     let database = unique("order").replace('-', "_");
     let config = config(&database);
-    let mut sink = MongoSink::open(&config, &[0], None).unwrap();
-    let key = r#"{"user_id":7}"#;
-    let row = |n: i64| format!(r#"{{"user_id":7,"event_count":{n}}}"#);
-    sink.apply(10, vec![(change(key, &row(3)), 1)]);
+    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts], None, Default::default()).unwrap();
+    let row = |n: i64| count(7, n);
+    sink.apply(10, &[(row(3), 1)]);
     settle(&mut sink);
     // A replay of an older time (as after a crash) must not win …
-    sink.apply(5, vec![(change(key, &row(1)), 1)]);
+    sink.apply(5, &[(row(1), 1)]);
     settle(&mut sink);
     let db = mongodb::sync::Client::with_uri_str(uri()).unwrap().database(&database);
     let docs = rows(&db, "user_event_counts");
     assert_eq!(docs, vec![serde_json::json!({"user_id": 7, "event_count": 3})]);
     // … nor may an older deletion; a newer one does.
-    sink.apply(6, vec![(change(key, &row(3)), -1)]);
+    sink.apply(6, &[(row(3), -1)]);
     settle(&mut sink);
     assert_eq!(rows(&db, "user_event_counts").len(), 1);
-    sink.apply(11, vec![(change(key, &row(3)), -1), (change(key, &row(4)), 1)]);
+    sink.apply(11, &[(row(3), -1), (row(4), 1)]);
     settle(&mut sink);
     assert_eq!(rows(&db, "user_event_counts"), vec![serde_json::json!({"user_id": 7, "event_count": 4})]);
-    sink.apply(12, vec![(change(key, &row(4)), -1)]);
+    sink.apply(12, &[(row(4), -1)]);
     settle(&mut sink);
     assert!(rows(&db, "user_event_counts").is_empty());
 }
@@ -119,19 +121,14 @@ fn rejected_documents_go_to_the_dead_letters() {
         .run()
         .unwrap();
     let config = config(&database);
-    let mut sink = MongoSink::open(&config, &[0, 5], None).unwrap();
-    sink.apply(
-        1,
-        vec![
-            (change(r#"{"user_id":1}"#, r#"{"user_id":1,"event_count":3}"#), 1),
-            (change(r#"{"user_id":2}"#, r#"{"user_id":2,"event_count":10}"#), 1),
-        ],
-    );
+    let health = std::sync::Arc::new(diffstream::sinks::mongodb::MongoHealth::default());
+    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts, Output::DeadLetters], None, health.clone()).unwrap();
+    sink.apply(1, &[(count(1, 3), 1), (count(2, 10), 1)]);
     settle(&mut sink); // the rejection does not hold the time
     assert_eq!(rows(&db, "user_event_counts"), vec![serde_json::json!({"user_id": 1, "event_count": 3})]);
     let dead = rows(&db, "dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0]["reason"].as_str().unwrap().starts_with("rejected"), "{dead:?}");
     assert!(dead[0]["row"].as_str().unwrap().contains("\"event_count\": 10"), "{dead:?}");
-    assert_eq!(sink.health.rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(health.rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

@@ -113,7 +113,6 @@ fn engine(case: &Case, workers: usize) -> BTreeMap<String, Vec<String>> {
     let mut plan = Plan::embedded(Dataflow::ALL.to_vec(), inputs, workers, case.batch_size);
     plan.params = Params { sensors: case.params.clone() };
     plan.output_dir = Some(dir.path().to_path_buf());
-    plan.keep_state = true;
     plan.max_inflight = 2;
     runtime::run(plan).expect("the run succeeds");
     common::snapshots(dir.path())

@@ -8,6 +8,7 @@
 //! Logical time is a batch number ([`Time`]); every collection has `isize` diffs.
 
 pub mod ops;
+pub mod output;
 pub mod records;
 pub mod sensor_metrics;
 pub mod user_activity;
@@ -19,6 +20,7 @@ use std::str::FromStr;
 use differential_dataflow::VecCollection;
 
 use records::{AnomalyAlert, Click, DeadLetter, EventTypeCount, Raw, Reading, User, UserActivity, UserEventCount, WindowMetric};
+pub use output::{Output, Row};
 pub use sensor_metrics::{SensorParams, Watermark};
 
 /// Logical time: the number of the batch a record was read in.
@@ -101,11 +103,11 @@ impl Dataflow {
     }
 
     /// The outputs it writes.
-    pub fn outputs(self) -> &'static [&'static str] {
+    pub fn outputs(self) -> &'static [Output] {
         match self {
-            Dataflow::UserEventCounts => &["user_event_counts", "event_type_counts"],
-            Dataflow::UserActivity => &["user_activity"],
-            Dataflow::SensorMetrics => &["sensor_window_metrics", "anomaly_alerts"],
+            Dataflow::UserEventCounts => &[Output::UserEventCounts, Output::EventTypeCounts],
+            Dataflow::UserActivity => &[Output::UserActivity],
+            Dataflow::SensorMetrics => &[Output::SensorWindowMetrics, Output::AnomalyAlerts],
         }
     }
 }

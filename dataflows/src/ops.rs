@@ -9,8 +9,11 @@ use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::{Coll, Time};
 
+/// A fast hasher with a fixed seed: the same hashes in every process of a run.
+pub type FixedHasher = foldhash::fast::FixedState;
+
 /// A fast, deterministic hash map for operator state.
-pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+pub type FastMap<K, V> = HashMap<K, V, FixedHasher>;
 
 /// Project each record to keys and add up the diffs of equal keys, per logical time, on the
 /// worker that holds them, before anything is exchanged.

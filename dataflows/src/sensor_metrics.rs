@@ -264,7 +264,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
             let p = window_params;
             let mut pending: Stash<Reading> = BTreeMap::new();
             let mut maxima = Maxima::default();
-            let mut windows: Windows = FastMap::default();
+            let mut windows = Windows::default();
             move |(input, frontier), (max_input, max_frontier), output| {
                 stash_by_time(input, &mut pending, output.output_index());
                 read_maxima(max_input, &mut maxima);
@@ -278,45 +278,36 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
                     let (t, (cap, records)) = pending.pop_first().expect("checked");
                     for (r, diff) in records {
                         debug_assert!(diff > 0, "sensor readings are append-only");
-                        let starts = windows.entry(r.sensor_type).or_default().entry(r.location).or_default();
+                        let group = windows.group(r.sensor_type, r.location);
                         for start in p.window_starts(r.timestamp) {
-                            let slot = starts.entry(start).or_default();
-                            slot.before.get_or_insert((slot.agg.count > 0).then_some(slot.agg));
-                            slot.agg.add(r.value.0, r.anomaly, diff as u64);
+                            windows.add(start, group, r.value.0, r.anomaly, diff as u64);
                         }
                     }
                     // Each window the batch touched: retract its old row, insert the new one.
                     let mut session = output.session(&cap);
-                    for (ty, locations) in &mut windows {
-                        for (loc, starts) in locations {
-                            for (start, slot) in starts {
-                                if let Some(before) = slot.before.take() {
-                                    if let Some(old) = before {
-                                        session.give((old.row(ty, loc, *start, p.size_ms), t, -1));
-                                    }
-                                    session.give((slot.agg.row(ty, loc, *start, p.size_ms), t, 1));
-                                }
-                            }
+                    for (start, group) in windows.touched.drain(..) {
+                        let slot = windows.open.get_mut(&start).and_then(|g| g.get_mut(&group)).expect("a touched window is open");
+                        let (ty, loc) = &windows.names[group as usize];
+                        if let Some(Some(old)) = slot.before.take() {
+                            session.give((old.row(ty, loc, start, p.size_ms), t, -1));
                         }
+                        session.give((slot.agg.row(ty, loc, start, p.size_ms), t, 1));
                     }
                 }
-                // Retire final windows: everything below `done` has been applied.
+                // Retire final windows: everything below `done` has been applied. Windows are
+                // indexed by start, so this costs what closes, not what is open.
                 match done {
                     Some(d) => {
                         if let Some(w) = maxima.max_before(d).map(|m| m - p.allowed_lateness_ms) {
-                            for locations in windows.values_mut() {
-                                for starts in locations.values_mut() {
-                                    starts.retain(|start, _| start + p.size_ms > w);
-                                }
-                                locations.retain(|_, starts| !starts.is_empty());
+                            while windows.open.first_key_value().is_some_and(|(start, _)| start + p.size_ms <= w) {
+                                windows.open.pop_first();
                             }
-                            windows.retain(|_, locations| !locations.is_empty());
                             wm.0.set(Some(w));
                         }
                         maxima.compact(d);
                     }
                     None => {
-                        windows.clear();
+                        windows.open.clear();
                         if let Some(m) = maxima.max_before(Time::MAX) {
                             wm.0.set(Some(m - p.allowed_lateness_ms));
                         }
@@ -357,8 +348,40 @@ enum Classified {
     Late(DeadLetter),
 }
 
-/// Open windows: sensor type → location → window start → aggregate.
-type Windows = FastMap<String, FastMap<String, BTreeMap<Millis, Slot>>>;
+/// Open windows, indexed by window start, then by (sensor type, location) group.
+#[derive(Default)]
+struct Windows {
+    /// window start → group → aggregate
+    open: BTreeMap<Millis, FastMap<u32, Slot>>,
+    /// group numbers of (sensor type, location) pairs seen, so that the hot path hashes
+    /// borrowed strings and allocates only for a new pair
+    groups: FastMap<String, FastMap<String, u32>>,
+    /// (sensor type, location) of each group number
+    names: Vec<(String, String)>,
+    /// windows the current batch changed, each once
+    touched: Vec<(Millis, u32)>,
+}
+
+impl Windows {
+    fn group(&mut self, sensor_type: String, location: String) -> u32 {
+        if let Some(g) = self.groups.get(sensor_type.as_str()).and_then(|l| l.get(location.as_str())) {
+            return *g;
+        }
+        let g = self.names.len() as u32;
+        self.names.push((sensor_type.clone(), location.clone()));
+        self.groups.entry(sensor_type).or_default().insert(location, g);
+        g
+    }
+
+    fn add(&mut self, start: Millis, group: u32, value: f64, anomaly: bool, n: u64) {
+        let slot = self.open.entry(start).or_default().entry(group).or_default();
+        if slot.before.is_none() {
+            slot.before = Some((slot.agg.count > 0).then_some(slot.agg));
+            self.touched.push((start, group));
+        }
+        slot.agg.add(value, anomaly, n);
+    }
+}
 
 /// One open window: its aggregate, and while a batch changes it, the aggregate before the
 /// batch (`Some(None)` for a window the batch opened).

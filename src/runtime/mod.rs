@@ -5,9 +5,11 @@
 //! batch from each input that is due, decode it (failures become dead letters with their raw
 //! bytes), insert it at the current logical time, advance every input to the next time, and
 //! step the dataflow. A worker runs at most `max_inflight` times ahead of what the sinks have
-//! applied (backpressure), so memory holds a bounded number of batches. When every input is
-//! at its end, or on Ctrl-C or `--duration`, the inputs are closed, the frontier runs to the
-//! end (every window becomes final) and the first worker writes the snapshots.
+//! applied (backpressure), so memory holds a bounded number of batches. Every worker runs its
+//! own sinks for its share of the outputs (see [`crate::sinks`]). When every input is at its
+//! end, or on Ctrl-C or `--duration`, the inputs are closed, the frontier runs to the end
+//! (every window becomes final), and the workers' snapshot shares are gathered on the first
+//! worker, which writes the snapshot files.
 
 pub mod status;
 
@@ -20,16 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflows::records::{DeadLetter, Raw};
-use dataflows::{Dataflow, InputName, Inputs, Params, Time};
+use dataflows::{Coll, Dataflow, InputName, Inputs, Output, Params, Row, Time};
 use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::ProbeHandle;
 
 use crate::codec;
-use crate::sinks::jsonl::JsonlSink;
 use crate::config::kafka::{KafkaConnection, KafkaOutput};
 use crate::config::MongoOutput;
+use crate::sinks::jsonl::{self, JsonlSink, SnapshotRow};
 use crate::sinks::kafka::KafkaSink;
-use crate::sinks::mongodb::MongoSink;
-use crate::sinks::{self, output_index, CountingSink, Fanout, SharedSink, DEAD_LETTERS};
+use crate::sinks::mongodb::{MongoHealth, MongoSink};
+use crate::sinks::{self, Fanout, Route, SharedSink, Tally, TallySink};
 use crate::sources::{InputSpec, Record, Source};
 
 /// Logical times below this hold replayed input (rebuilding state after a restart); external
@@ -117,8 +120,6 @@ pub struct Plan {
     pub output_dir: Option<PathBuf>,
     /// write change files
     pub changes: bool,
-    /// keep the current rows in memory (for snapshots and the live view); off only in benchmarks
-    pub keep_state: bool,
     /// records per input per logical time
     pub batch_size: usize,
     /// logical times a worker may run ahead of the sinks
@@ -158,7 +159,6 @@ impl Plan {
             params: Params::default(),
             output_dir: None,
             changes: false,
-            keep_state: false,
             batch_size,
             max_inflight: 4,
             cluster: Cluster::local(workers),
@@ -170,13 +170,24 @@ impl Plan {
         }
     }
 
-    /// The outputs this plan writes, as indexes into [`sinks::OUTPUTS`] (dead letters last).
-    pub fn outputs(&self) -> Vec<u8> {
-        let mut out: Vec<u8> = self.dataflows.iter().flat_map(|d| d.outputs()).map(|o| output_index(o)).collect();
+    /// The outputs this plan writes (dead letters last).
+    pub fn outputs(&self) -> Vec<Output> {
+        let mut out: Vec<Output> = self.dataflows.iter().flat_map(|d| d.outputs()).copied().collect();
         out.sort();
         out.dedup();
-        out.push(DEAD_LETTERS);
+        out.push(Output::DeadLetters);
         out
+    }
+
+    /// Whether the current rows are kept at all: for a snapshot directory or the live view.
+    fn keeps_rows(&self) -> bool {
+        self.output_dir.is_some() || self.display == Display::Live
+    }
+
+    /// Whether every row must reach the first worker as it changes: for change files (sorted
+    /// per time across all workers) and the live view.
+    fn gathers_changes(&self) -> bool {
+        self.changes || self.display == Display::Live
     }
 }
 
@@ -187,6 +198,10 @@ pub struct Counters {
     pub records_in: [AtomicU64; 3],
     /// records that failed to decode
     pub decode_errors: AtomicU64,
+    /// rows and updates per output
+    pub tally: Arc<Tally>,
+    /// MongoDB retries and rejections, over every worker's sink
+    pub mongo: Arc<MongoHealth>,
 }
 
 impl Counters {
@@ -205,9 +220,9 @@ pub struct Report {
     /// records read by this process, per input
     pub records_in: [u64; 3],
     /// dead letters in total
-    pub dead_letters: usize,
-    /// rows per output at the end
-    pub rows: Vec<(String, usize)>,
+    pub dead_letters: u64,
+    /// rows per output at the end (of every process when a snapshot was kept, else of this one)
+    pub rows: Vec<(Output, u64)>,
     /// updates applied by the sinks
     pub updates: u64,
     /// files written
@@ -284,9 +299,13 @@ struct OpenInput {
 /// Runs a plan to its end. Returns the first worker's report in the first process, `None`
 /// in other processes.
 pub fn run(plan: Plan) -> anyhow::Result<Option<Report>> {
+    run_with(plan, Arc::default())
+}
+
+/// [`run`], counting into `counters`, which another thread may watch.
+pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Report>> {
     let config = plan.cluster.timely_config().map_err(anyhow::Error::msg)?;
     let plan = Arc::new(plan);
-    let counters = Arc::new(Counters::default());
     let guards = timely::execute(config, move |worker| {
         run_worker(worker, &plan, &counters).map_err(|e| format!("{e:#}"))
     })
@@ -309,27 +328,30 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     let peers = worker.peers();
     let first = index == 0;
     let outputs = plan.outputs();
-    let jsonl = if first && plan.keep_state {
-        Some(Rc::new(RefCell::new(JsonlSink::new(plan.output_dir.as_deref(), &outputs, plan.changes)?)))
-    } else {
-        None
-    };
-    let counting = Rc::new(RefCell::new(CountingSink::default()));
-    let mut sink: SharedSink = match &jsonl {
-        Some(s) => s.clone(),
-        None => counting.clone(),
-    };
     let streaming = plan.inputs.values().any(InputSpec::is_stream);
-    if let (true, Some(k)) = (first, &plan.kafka_output) {
-        let kafka = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), streaming.then_some(LIVE_BASE))?;
-        sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(kafka))])));
+    let suppress = streaming.then_some(LIVE_BASE);
+    // Every worker writes its share of every output (routed by key). The current rows are kept
+    // only for a snapshot or the live view: by every worker for its share, or — when change
+    // files or the live view need every row as it changes — by the first worker for all.
+    let gather = plan.gathers_changes();
+    let jsonl = (plan.keeps_rows() && (first || !gather))
+        .then(|| JsonlSink::new(if gather && plan.changes { plan.output_dir.as_deref() } else { None }, &outputs))
+        .transpose()?
+        .map(|s| Rc::new(RefCell::new(s)));
+    let mut by_key: Vec<SharedSink> = vec![Rc::new(RefCell::new(TallySink(counters.tally.clone())))];
+    if let (Some(s), false) = (&jsonl, gather) {
+        by_key.push(s.clone());
     }
-    let mut mongo_health = None;
-    if let (true, Some(m)) = (first, &plan.mongodb_output) {
-        let mongo = MongoSink::open(m, &outputs, streaming.then_some(LIVE_BASE))?;
-        mongo_health = Some(mongo.health.clone());
-        sink = Rc::new(RefCell::new(Fanout(vec![sink, Rc::new(RefCell::new(mongo))])));
+    if let Some(k) = &plan.kafka_output {
+        by_key.push(Rc::new(RefCell::new(KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), suppress, index)?)));
     }
+    if let Some(m) = &plan.mongodb_output {
+        by_key.push(Rc::new(RefCell::new(MongoSink::open(m, &outputs, suppress, counters.mongo.clone())?)));
+    }
+    let first_sink: Option<SharedSink> = gather.then(|| match &jsonl {
+        Some(s) => s.clone() as SharedSink,
+        None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
+    });
 
     let needs = |i: InputName| plan.dataflows.iter().any(|d| d.inputs().contains(&i));
     let selected = plan.dataflows.clone();
@@ -340,29 +362,30 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
         let (dead_in, dead) = scope.new_collection::<DeadLetter, isize>();
         let outs = dataflows::build(&selected, Inputs { users, clicks, sensors }, &params);
-        let mut all = Vec::new();
-        if let Some(c) = outs.user_event_counts {
-            all.push(sinks::changes(c, "user_event_counts"));
-        }
-        if let Some(c) = outs.event_type_counts {
-            all.push(sinks::changes(c, "event_type_counts"));
-        }
-        if let Some(c) = outs.user_activity {
-            all.push(sinks::changes(c, "user_activity"));
-        }
-        if let Some(c) = outs.sensor_window_metrics {
-            all.push(sinks::changes(c, "sensor_window_metrics"));
-        }
-        if let Some(c) = outs.anomaly_alerts {
-            all.push(sinks::changes(c, "anomaly_alerts"));
+        fn rows<'s, R: Into<Row> + Clone + 'static>(c: Option<Coll<'s, R>>) -> Option<Coll<'s, Row>> {
+            c.map(|c| c.map(Into::into))
         }
         let dead = match outs.dead_letters {
             Some(late) => dead.concat(late),
             None => dead,
         };
-        all.push(sinks::changes(dead, "dead_letters"));
+        let all: Vec<Coll<'_, Row>> = [
+            rows(outs.user_event_counts),
+            rows(outs.event_type_counts),
+            rows(outs.user_activity),
+            rows(outs.sensor_window_metrics),
+            rows(outs.anomaly_alerts),
+            rows(Some(dead)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let all = differential_dataflow::collection::concatenate(scope, all);
-        let probe = sinks::attach(all, sink);
+        let probe = ProbeHandle::new();
+        if let Some(s) = first_sink {
+            sinks::attach(all.clone(), s, Route::ToFirst, &probe);
+        }
+        sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);
         (
             Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in },
             probe,
@@ -377,10 +400,11 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         }
     }
 
-    let mut monitor = (first && plan.keep_state).then(|| status::Monitor::new(plan, start, mongo_health.clone()));
+    let mut monitor = (first && plan.display != Display::Quiet).then(|| status::Monitor::new(plan, start));
     let mut tick = |sink: &Option<Rc<RefCell<JsonlSink>>>, epoch: Time, done: bool| {
-        if let (Some(m), Some(s)) = (&mut monitor, sink) {
-            m.tick(&s.borrow(), counters, watermark.as_ref().and_then(|w| w.get()), epoch, done);
+        if let Some(m) = &mut monitor {
+            let sink = sink.as_ref().map(|s| s.borrow());
+            m.tick(sink.as_deref(), counters, watermark.as_ref().and_then(|w| w.get()), epoch, done);
         }
     };
 
@@ -463,19 +487,64 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     }
     tick(&jsonl, epoch, true);
 
-    let Some(sink) = jsonl else {
-        let updates = counting.borrow().updates.iter().sum();
-        return Ok(first.then(|| Report { records_in: counters.snapshot(), updates, elapsed: start.elapsed(), ..Report::default() }));
+    // The snapshot: every worker's share, encoded once, gathered on the first worker.
+    let kept = plan.keeps_rows();
+    let share = match &jsonl {
+        Some(s) => s.borrow_mut().finish()?,
+        None => Vec::new(),
     };
-    let mut sink = sink.borrow_mut();
-    let files = sink.finish()?;
-    let outputs = plan.outputs();
+    let gathered = if kept { gather_on_first(worker, share) } else { Vec::new() };
+    if !first {
+        return Ok(None);
+    }
+    let tally = &counters.tally;
+    let mut rows: Vec<(Output, u64)> = outputs.iter().map(|&o| (o, tally.rows(o).max(0) as u64)).collect();
+    if kept {
+        for (o, n) in &mut rows {
+            *n = gathered.iter().filter(|r| r.output == *o).count() as u64;
+        }
+    }
+    let files = match &plan.output_dir {
+        Some(dir) => jsonl::write_snapshots(dir, &outputs, gathered)?,
+        None => Vec::new(),
+    };
     Ok(Some(Report {
         records_in: counters.snapshot(),
-        dead_letters: sink.dead_letters(),
-        rows: outputs.iter().map(|&o| (sinks::OUTPUTS[o as usize].to_string(), sink.len(o))).collect(),
-        updates: sink.updates(),
+        dead_letters: rows.iter().find(|(o, _)| *o == Output::DeadLetters).map_or(0, |(_, n)| *n),
+        rows,
+        updates: tally.updates(),
         files,
         elapsed: start.elapsed(),
     }))
+}
+
+/// Sends every worker's `rows` to the first worker, through a dataflow of its own (so it works
+/// across processes); returns them all there, nothing elsewhere. Every worker must call it.
+fn gather_on_first(worker: &mut timely::worker::Worker, rows: Vec<SnapshotRow>) -> Vec<SnapshotRow> {
+    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::operators::generic::operator::Operator;
+    use timely::dataflow::operators::vec::input::Input as _;
+    use timely::dataflow::operators::Probe;
+    let gathered: Rc<RefCell<Vec<SnapshotRow>>> = Rc::default();
+    let into = gathered.clone();
+    let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<SnapshotRow>();
+        let probe = ProbeHandle::new();
+        stream
+            .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &SnapshotRow| 0), "GatherSnapshot", move |_, _| {
+                move |input, _output| {
+                    input.for_each(|_, data| into.borrow_mut().append(data));
+                }
+            })
+            .probe_with(&probe);
+        (input, probe)
+    });
+    for r in rows {
+        input.send(r);
+    }
+    drop(input);
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+    gathered.take()
 }

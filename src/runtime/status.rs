@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use dataflows::records::Millis;
 use dataflows::{InputName, Time};
 
+use dataflows::Output;
+
 use super::{Counters, Display, Plan};
 use crate::codec::format_time;
 use crate::sinks::jsonl::JsonlSink;
@@ -25,12 +27,12 @@ pub struct Monitor {
     ticks: u64,
     inputs: Vec<InputName>,
     live: crate::demo::LiveView,
-    mongo: Option<std::sync::Arc<crate::sinks::mongodb::MongoHealth>>,
+    mongo: bool,
 }
 
 impl Monitor {
     /// A monitor for `plan`, whose run started at `start`.
-    pub fn new(plan: &Plan, start: Instant, mongo: Option<std::sync::Arc<crate::sinks::mongodb::MongoHealth>>) -> Self {
+    pub fn new(plan: &Plan, start: Instant) -> Self {
         Monitor {
             display: plan.display,
             interval: plan.display_interval,
@@ -41,12 +43,13 @@ impl Monitor {
             ticks: 0,
             inputs: plan.inputs.keys().copied().filter(|i| plan.dataflows.iter().any(|d| d.inputs().contains(i))).collect(),
             live: crate::demo::LiveView::new(plan),
-            mongo,
+            mongo: plan.mongodb_output.is_some(),
         }
     }
 
-    /// Called often; draws when the interval has passed, and always when `done`.
-    pub fn tick(&mut self, sink: &JsonlSink, counters: &Counters, watermark: Option<Millis>, epoch: Time, done: bool) {
+    /// Called often; draws when the interval has passed, and always when `done`. `sink` is the
+    /// first worker's, which holds every row when the live view is on.
+    pub fn tick(&mut self, sink: Option<&JsonlSink>, counters: &Counters, watermark: Option<Millis>, epoch: Time, done: bool) {
         let now = Instant::now();
         if !done && now.duration_since(self.last) < self.interval {
             return;
@@ -63,24 +66,22 @@ impl Monitor {
         let line = format!(
             "{} | watermark {wm} | dead letters {} | decode errors {} | time {epoch} | {:.0}s",
             parts.join(", "),
-            thousands(sink.dead_letters() as u64),
+            thousands(counters.tally.rows(Output::DeadLetters).max(0) as u64),
             thousands(counters.decode_errors.load(Ordering::Relaxed)),
             now.duration_since(self.start).as_secs_f64(),
         );
-        let line = match &self.mongo {
-            Some(h) => format!(
-                "{line} | mongodb retries {} rejected {}",
-                h.retries.load(Ordering::Relaxed),
-                h.rejected.load(Ordering::Relaxed)
-            ),
-            None => line,
+        let line = if self.mongo {
+            let h = &counters.mongo;
+            format!("{line} | mongodb retries {} rejected {}", h.retries.load(Ordering::Relaxed), h.rejected.load(Ordering::Relaxed))
+        } else {
+            line
         };
         self.last = now;
         self.last_counts = counts;
         self.ticks += 1;
         match self.display {
             Display::Quiet => {}
-            Display::Live if self.tty => self.live.draw(sink, &line, done),
+            Display::Live if self.tty && sink.is_some() => self.live.draw(sink.expect("checked"), &line, done),
             Display::Status | Display::Live => {
                 let mut err = std::io::stderr().lock();
                 if self.tty {

@@ -1,8 +1,14 @@
-//! Where results go. Every output's updates are turned into [`Change`]s (key and row as JSON)
-//! on the worker that computed them, then routed to the first worker, whose sinks see each
-//! logical time whole: all updates of a time, consolidated, once the time is complete, in
-//! time order. A sink holds the time's capability until it has applied it, so the probe that
-//! the runtime waits on means "written", not just "computed".
+//! Where results go. Every output's updates travel as typed [`Row`]s and are exchanged by the
+//! hash of their key ([`Route::ByKey`]), so every worker runs its own sinks for its share of
+//! every output: its own Kafka producer, its own MongoDB writer, its own part of the snapshot.
+//! What needs every row in one place — change files sorted per time, the demo's live view —
+//! is routed to the first worker ([`Route::ToFirst`]), and only when asked for.
+//!
+//! A sink sees each logical time whole: all of its share's updates of the time, consolidated,
+//! once the time is complete, in time order. A sink holds the time's capability until it has
+//! applied it (and, for external systems, until they acknowledged it), so the probe that the
+//! runtime waits on — and that Kafka offset commits follow — means "written by every worker's
+//! sinks", not just "computed". Rows become JSON or BSON only inside the sinks, when written.
 
 pub mod jsonl;
 pub mod kafka;
@@ -11,58 +17,21 @@ pub mod mongodb;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dataflows::ops::{stash_by_time, FastMap, Stash};
-use dataflows::{Coll, Time};
-use serde::{Deserialize, Serialize};
+use dataflows::{Coll, Output, Row, Time};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::ProbeHandle;
 
-use crate::codec::OutputRow;
-
-/// Every output a run can have, in a fixed order; [`Change::output`] indexes this.
-pub const OUTPUTS: [&str; 6] = [
-    "user_event_counts",
-    "event_type_counts",
-    "user_activity",
-    "sensor_window_metrics",
-    "anomaly_alerts",
-    "dead_letters",
-];
-
-/// Index of the dead-letter output in [`OUTPUTS`].
-pub const DEAD_LETTERS: u8 = 5;
-
-/// The index of an output name.
-pub fn output_index(name: &str) -> u8 {
-    OUTPUTS.iter().position(|o| *o == name).expect("a known output") as u8
-}
-
-/// One row of one output, as JSON text.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Change {
-    /// index into [`OUTPUTS`]
-    pub output: u8,
-    /// the row's key, a JSON object
-    pub key: String,
-    /// the row, a JSON object
-    pub row: String,
-}
-
-/// Turns an output collection into changes.
-pub fn changes<'s, R: OutputRow + Clone + 'static>(rows: Coll<'s, R>, output: &str) -> Coll<'s, Change> {
-    let output = output_index(output);
-    rows.map(move |r| Change { output, key: r.key(), row: r.row() })
-}
-
 /// Something that receives complete logical times.
 pub trait Sink {
-    /// All updates of `time`, consolidated (each change once, no zero diffs) but in no
-    /// particular order; called once per time, in time order.
-    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>);
+    /// All updates of `time` for this worker's share, consolidated (each row once, no zero
+    /// diffs) but in no particular order; called once per time, in time order.
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]);
     /// The least applied time that is not yet durably written, if any; the sink operator
     /// holds that time (and so input offset commits) until it is.
     fn unacknowledged(&mut self) -> Option<Time> {
@@ -74,12 +43,9 @@ pub trait Sink {
 pub struct Fanout(pub Vec<SharedSink>);
 
 impl Sink for Fanout {
-    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>) {
-        if let Some((last, rest)) = self.0.split_last() {
-            for s in rest {
-                s.borrow_mut().apply(time, updates.clone());
-            }
-            last.borrow_mut().apply(time, updates);
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
+        for s in &self.0 {
+            s.borrow_mut().apply(time, updates);
         }
     }
     fn unacknowledged(&mut self) -> Option<Time> {
@@ -90,15 +56,26 @@ impl Sink for Fanout {
 /// A sink shared between the dataflow and the worker loop.
 pub type SharedSink = Rc<RefCell<dyn Sink>>;
 
-/// Routes `changes` to the first worker and applies each complete time to `sink` there.
-/// Returns a probe that passes a time once it has been applied.
-pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Time> {
-    let probe = ProbeHandle::new();
-    let scope = changes.inner.scope();
-    changes
-        .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(Exchange::new(|_: &(Change, Time, isize)| 0), "Sink", move |_cap, info| {
-            let mut pending: Stash<Change> = BTreeMap::new();
+/// Which worker applies a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// the worker its key hashes to: every worker writes its share
+    ByKey,
+    /// the first worker of all: for what must see every row in one place
+    ToFirst,
+}
+
+/// Routes `rows` as `route` says and applies each complete time to `sink` there. `probe`
+/// passes a time once every worker's sink has applied (and acknowledged) it.
+pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &ProbeHandle<Time>) {
+    let scope = rows.inner.scope();
+    let exchange = Exchange::new(move |(r, _, _): &(Row, Time, isize)| match route {
+        Route::ByKey => r.key_hash(),
+        Route::ToFirst => 0,
+    });
+    rows.inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(exchange, "Sink", move |_cap, info| {
+            let mut pending: Stash<Row> = BTreeMap::new();
             // Applied times whose writes are not yet acknowledged.
             let mut held: BTreeMap<Time, Capability<Time>> = BTreeMap::new();
             let activator = scope.activator_for(info.address);
@@ -109,7 +86,7 @@ pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Ti
                         break;
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
-                    sink.borrow_mut().apply(t, consolidate(updates));
+                    sink.borrow_mut().apply(t, &consolidate(updates));
                     held.insert(t, cap);
                 }
                 let unacked = sink.borrow_mut().unacknowledged();
@@ -119,31 +96,49 @@ pub fn attach<'s>(changes: Coll<'s, Change>, sink: SharedSink) -> ProbeHandle<Ti
                 }
             }
         })
-        .probe_with(&probe);
-    probe
+        .probe_with(probe);
 }
 
-/// Adds up the diffs of equal changes and drops those that cancel. Hashing beats sorting
-/// here: changes are long strings that share prefixes.
-fn consolidate(updates: Vec<(Change, isize)>) -> Vec<(Change, isize)> {
-    let mut sums: FastMap<Change, isize> = FastMap::default();
-    for (c, r) in updates {
-        *sums.entry(c).or_insert(0) += r;
+/// Adds up the diffs of equal rows and drops those that cancel.
+fn consolidate(updates: Vec<(Row, isize)>) -> Vec<(Row, isize)> {
+    let mut sums: FastMap<Row, isize> = FastMap::with_capacity_and_hasher(updates.len(), Default::default());
+    for (r, d) in updates {
+        *sums.entry(r).or_insert(0) += d;
     }
-    sums.into_iter().filter(|(_, r)| *r != 0).collect()
+    sums.into_iter().filter(|(_, d)| *d != 0).collect()
 }
 
-/// A sink that only counts, for benchmarks and for workers other than the first.
+/// Rows and updates per output, added up over the workers of this process: what the status
+/// line and the report show when no snapshot is kept.
 #[derive(Debug, Default)]
-pub struct CountingSink {
-    /// updates applied per output
-    pub updates: [u64; OUTPUTS.len()],
+pub struct Tally {
+    rows: [AtomicI64; Output::ALL.len()],
+    updates: AtomicU64,
 }
 
-impl Sink for CountingSink {
-    fn apply(&mut self, _time: Time, updates: Vec<(Change, isize)>) {
-        for (c, _) in &updates {
-            self.updates[c.output as usize] += 1;
+impl Tally {
+    /// Current rows of `output` held by this process's workers.
+    pub fn rows(&self, output: Output) -> i64 {
+        self.rows[output as usize].load(Ordering::Relaxed)
+    }
+    /// Updates applied so far by this process's workers.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+}
+
+/// A worker's handle on the process's [`Tally`].
+pub struct TallySink(pub std::sync::Arc<Tally>);
+
+impl Sink for TallySink {
+    fn apply(&mut self, _time: Time, updates: &[(Row, isize)]) {
+        let mut rows = [0i64; Output::ALL.len()];
+        for (r, d) in updates {
+            rows[r.output() as usize] += *d as i64;
         }
+        for (o, n) in rows.into_iter().enumerate().filter(|(_, n)| *n != 0) {
+            self.0.rows[o].fetch_add(n, Ordering::Relaxed);
+        }
+        self.0.updates.fetch_add(updates.len() as u64, Ordering::Relaxed);
     }
 }

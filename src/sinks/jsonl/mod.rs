@@ -4,122 +4,99 @@
 //! sorted within each time (so the files are the same on any number of workers) and flushed at
 //! the end of each logical time so that `tail -f` shows the outputs changing.
 //!
-//! The snapshot is also what the demo's live view reads.
+//! Every worker keeps the current rows of its share of the outputs as typed rows ([`JsonlSink`]
+//! routed by key); when the run ends the shares are encoded once and gathered on the first
+//! worker, which sorts and writes the files ([`write_snapshots`]). Change files and the demo's
+//! live view need every row in one place, so when they are asked for, one sink on the first
+//! worker receives everything instead.
 //!
-//! Errors: a write failure is kept and reported by [`JsonlSink::finish`]; updates keep being
-//! applied to the in-memory snapshot meanwhile, so the final snapshot is still complete.
+//! Errors: a write failure of a change file is kept and reported by [`JsonlSink::finish`];
+//! updates keep being applied meanwhile, so the final snapshot is still complete.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use dataflows::ops::FastMap;
-use dataflows::Time;
+use dataflows::{Output, Row, Time};
+use serde::{Deserialize, Serialize};
 
-use super::{Change, Sink, DEAD_LETTERS, OUTPUTS};
+use super::Sink;
+use crate::codec::OutputRow;
 
-/// Rows of one key with their multiplicities; a consistent output has one row with 1.
-type Rows = Vec<(String, isize)>;
+/// One row of a snapshot, encoded: output, key and row as JSON, multiplicity (1 in a
+/// consistent output). What the workers send to the first one at the end.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    /// the output
+    pub output: Output,
+    /// the row's key, a JSON object
+    pub key: String,
+    /// the row, a JSON object
+    pub row: String,
+    /// how many times the row is present
+    pub count: isize,
+}
 
-/// Current rows of every output, plus optional change files.
+/// Current rows of a worker's share of the outputs, plus optional change files.
 pub struct JsonlSink {
-    dir: Option<PathBuf>,
-    outputs: Vec<u8>,
-    state: FastMap<(u8, String), Rows>,
-    changes: Vec<Option<BufWriter<File>>>,
+    state: FastMap<Row, isize>,
+    changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
-    updates: u64,
 }
 
 impl JsonlSink {
-    /// A sink for `outputs` (indexes into [`OUTPUTS`]); with `dir`, files go there, and with
-    /// `changes` the change files are opened now.
-    pub fn new(dir: Option<&Path>, outputs: &[u8], changes: bool) -> io::Result<Self> {
-        let mut files: Vec<Option<BufWriter<File>>> = (0..OUTPUTS.len()).map(|_| None).collect();
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot create output directory {}: {e}", dir.display())))?;
-            if changes {
-                for &o in outputs {
-                    let path = dir.join(format!("{}.changes.jsonl", OUTPUTS[o as usize]));
-                    let f = File::create(&path)
-                        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
-                    files[o as usize] = Some(BufWriter::new(f));
-                }
+    /// A sink that keeps the current rows; with `changes_dir`, it also writes the change files
+    /// of `outputs` there (only the sink that receives every row should).
+    pub fn new(changes_dir: Option<&Path>, outputs: &[Output]) -> io::Result<Self> {
+        let mut changes = Vec::new();
+        if let Some(dir) = changes_dir {
+            create_dir(dir)?;
+            for &o in outputs {
+                let path = dir.join(format!("{o}.changes.jsonl"));
+                let f = File::create(&path).map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+                changes.push((o, BufWriter::new(f)));
             }
         }
-        Ok(JsonlSink {
-            dir: dir.map(Path::to_path_buf),
-            outputs: outputs.to_vec(),
-            state: FastMap::default(),
-            changes: files,
-            error: None,
-            updates: 0,
-        })
+        Ok(JsonlSink { state: FastMap::default(), changes, error: None })
     }
 
-    /// Current `(key, row, multiplicity)` of `output`, sorted by key.
-    pub fn rows(&self, output: u8) -> Vec<(&str, &str, isize)> {
-        let mut rows: Vec<(&str, &str, isize)> = self
-            .state
-            .iter()
-            .filter(|((o, _), _)| *o == output)
-            .flat_map(|((_, k), rows)| rows.iter().map(move |(r, n)| (k.as_str(), r.as_str(), *n)))
-            .collect();
+    /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
+    pub fn rows(&self, output: Output) -> Vec<(String, String, isize)> {
+        let mut rows: Vec<(String, String, isize)> =
+            self.state.iter().filter(|(r, _)| r.output() == output).map(|(r, n)| (r.key(), r.row(), *n)).collect();
         rows.sort_unstable();
         rows
     }
 
-    /// Number of keys `output` has now.
-    pub fn len(&self, output: u8) -> usize {
-        self.state.keys().filter(|(o, _)| *o == output).count()
+    /// Number of rows `output` has now in this sink.
+    pub fn len(&self, output: Output) -> usize {
+        self.state.keys().filter(|r| r.output() == output).count()
     }
 
-    /// Dead letters so far.
-    pub fn dead_letters(&self) -> usize {
-        self.len(DEAD_LETTERS)
-    }
-
-    /// Updates applied so far.
-    pub fn updates(&self) -> u64 {
-        self.updates
-    }
-
-    /// Writes the snapshots (when there is a directory) and reports any write error.
-    pub fn finish(&mut self) -> io::Result<Vec<PathBuf>> {
+    /// Hands over the current rows, encoded, leaving the sink empty; reports any write error
+    /// of the change files.
+    pub fn finish(&mut self) -> io::Result<Vec<SnapshotRow>> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        for f in self.changes.iter_mut().flatten() {
+        for (_, f) in &mut self.changes {
             f.flush()?;
         }
-        let Some(dir) = &self.dir else { return Ok(Vec::new()) };
-        let mut written = Vec::new();
-        for &o in &self.outputs {
-            let path = dir.join(format!("{}.jsonl", OUTPUTS[o as usize]));
-            let mut w = BufWriter::new(File::create(&path)?);
-            let mut previous: Option<&str> = None;
-            for (key, row, n) in self.rows(o) {
-                if n != 1 || previous == Some(key) {
-                    tracing::error!(output = OUTPUTS[o as usize], key, multiplicity = n, "output is not one row per key");
-                }
-                previous = Some(key);
-                w.write_all(row.as_bytes())?;
-                w.write_all(b"\n")?;
-            }
-            w.flush()?;
-            written.push(path);
-        }
-        Ok(written)
+        Ok(std::mem::take(&mut self.state)
+            .into_iter()
+            .map(|(r, count)| SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })
+            .collect())
     }
 
-    fn write_changes(&mut self, time: Time, updates: &[(Change, isize)]) -> io::Result<()> {
-        for (c, diff) in updates {
-            if let Some(w) = &mut self.changes[c.output as usize] {
-                writeln!(w, r#"{{"time":{time},"diff":{diff},"row":{}}}"#, c.row)?;
+    fn write_changes(&mut self, time: Time, updates: &[(Row, isize)]) -> io::Result<()> {
+        let mut encoded: Vec<(Output, String, String, isize)> =
+            updates.iter().map(|(r, d)| (r.output(), r.key(), r.row(), *d)).collect();
+        encoded.sort_unstable();
+        for (o, w) in &mut self.changes {
+            for (_, _, row, diff) in encoded.iter().filter(|(out, ..)| out == o) {
+                writeln!(w, r#"{{"time":{time},"diff":{diff},"row":{row}}}"#)?;
             }
-        }
-        for w in self.changes.iter_mut().flatten() {
             w.flush()?;
         }
         Ok(())
@@ -127,29 +104,54 @@ impl JsonlSink {
 }
 
 impl Sink for JsonlSink {
-    fn apply(&mut self, time: Time, mut updates: Vec<(Change, isize)>) {
-        if self.error.is_none() && self.changes.iter().any(Option::is_some) {
-            updates.sort_unstable();
-            if let Err(e) = self.write_changes(time, &updates) {
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
+        if self.error.is_none() && !self.changes.is_empty() {
+            if let Err(e) = self.write_changes(time, updates) {
                 tracing::error!(error = %e, "writing change files failed; the snapshot will still be written");
                 self.error = Some(e);
             }
         }
-        self.updates += updates.len() as u64;
-        for (c, diff) in updates {
-            let key = (c.output, c.key);
-            let Some(rows) = self.state.get_mut(&key) else {
-                self.state.insert(key, vec![(c.row, diff)]);
-                continue;
-            };
-            match rows.iter_mut().find(|(r, _)| *r == c.row) {
-                Some(entry) => entry.1 += diff,
-                None => rows.push((c.row, diff)),
-            }
-            rows.retain(|(_, n)| *n != 0);
-            if rows.is_empty() {
-                self.state.remove(&key);
+        for (row, diff) in updates {
+            match self.state.get_mut(row) {
+                Some(n) => {
+                    *n += diff;
+                    if *n == 0 {
+                        self.state.remove(row);
+                    }
+                }
+                None => {
+                    self.state.insert(row.clone(), *diff);
+                }
             }
         }
     }
+}
+
+fn create_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create output directory {}: {e}", dir.display())))
+}
+
+/// Writes `DIR/<output>.jsonl` for every output in `outputs` from the gathered rows: one line
+/// per row, sorted by key (then row). A key with more than one row, or a row whose
+/// multiplicity is not 1, is logged as an error: the dataflow broke its contract.
+pub fn write_snapshots(dir: &Path, outputs: &[Output], mut rows: Vec<SnapshotRow>) -> io::Result<Vec<PathBuf>> {
+    create_dir(dir)?;
+    rows.sort_unstable();
+    let mut written = Vec::new();
+    for &o in outputs {
+        let path = dir.join(format!("{o}.jsonl"));
+        let mut w = BufWriter::new(File::create(&path)?);
+        let mut previous: Option<&str> = None;
+        for r in rows.iter().filter(|r| r.output == o) {
+            if r.count != 1 || previous == Some(r.key.as_str()) {
+                tracing::error!(output = %o, key = r.key, multiplicity = r.count, "output is not one row per key");
+            }
+            previous = Some(&r.key);
+            w.write_all(r.row.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        written.push(path);
+    }
+    Ok(written)
 }

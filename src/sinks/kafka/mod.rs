@@ -9,12 +9,15 @@
 //! `diffstream.source.{topic,partition,offset}` and `diffstream.reason`; other dead letters go
 //! to the `dead_letters` output topic as JSON.
 //!
-//! One logical time is written as a whole: the sink produces every record of the time, and
-//! only when all of them are acknowledged does it write the time's progress record
-//! (`{"time", "offsets"}`, the end offset per output partition) and release the time. A
-//! consumer that reads every output topic up to the offsets of a progress record sees a
-//! consistent snapshot of all outputs at that time; the engine commits input offsets only for
-//! released times.
+//! Every worker has its own producer and writes its share of every output (rows are routed by
+//! key, so one key is always written by one worker and its records stay in order). A worker
+//! writes a logical time as a whole: it produces every record of its share of the time, and
+//! only when all of them are acknowledged does it write a progress record to the progress topic
+//! (key `worker-<global index>`, value `{"time", "worker", "offsets"}` with the end offset per
+//! output partition it has seen acknowledged) and release the time. The engine commits input
+//! offsets only for times every worker released. A consumer that wants a consistent snapshot at
+//! time `t` reads every output partition up to the greatest offsets named by the workers'
+//! progress records of times `≤ t`, and applies the records whose `diffstream.time` is `≤ t`.
 //!
 //! Retries and errors: the producer is idempotent, so librdkafka's own retries never duplicate
 //! or reorder. A record that still fails (after `message.timeout.ms`) is sent again by the sink
@@ -34,8 +37,11 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::{Change, Sink, DEAD_LETTERS, OUTPUTS};
-use crate::codec::bytes_from;
+use dataflows::records::{DeadLetter, Position};
+use dataflows::{Output, Row};
+
+use super::Sink;
+use crate::codec::OutputRow;
 use crate::config::kafka::{Envelope, KafkaConnection, KafkaOutput};
 
 /// A record to (re)send.
@@ -118,6 +124,8 @@ pub struct KafkaSink {
     /// times produced, awaiting acknowledgement
     sealed: BTreeSet<Time>,
     dlq: BTreeMap<String, String>,
+    /// this worker's global index: the key of its progress records
+    worker: usize,
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -160,12 +168,13 @@ impl KafkaSink {
     pub fn open(
         conn: &KafkaConnection,
         config: &KafkaOutput,
-        outputs: &[u8],
+        outputs: &[Output],
         dlq: BTreeMap<String, String>,
         suppress_below: Option<Time>,
+        worker: usize,
     ) -> anyhow::Result<Self> {
         if config.create_topics {
-            let mut topics: Vec<String> = outputs.iter().map(|o| config.topic(OUTPUTS[*o as usize])).collect();
+            let mut topics: Vec<String> = outputs.iter().map(|o| config.topic(o.as_str())).collect();
             topics.extend(dlq.values().cloned());
             topics.push(config.progress());
             topics.sort();
@@ -180,7 +189,7 @@ impl KafkaSink {
             .set("queue.buffering.max.messages", "1000000"); // a large logical time fits in the queue
         let producer: ThreadedProducer<Acks> =
             c.create_with_context(acks.clone()).map_err(|e| anyhow::anyhow!("creating a Kafka producer: {e}"))?;
-        Ok(KafkaSink { producer, acks, config: config.clone(), suppress_below, sealed: BTreeSet::new(), dlq })
+        Ok(KafkaSink { producer, acks, config: config.clone(), suppress_below, sealed: BTreeSet::new(), dlq, worker })
     }
 
     fn send(&self, out: Outgoing) {
@@ -214,71 +223,59 @@ impl KafkaSink {
         }
     }
 
-    fn records(&self, time: Time, updates: Vec<(Change, isize)>) -> Vec<Outgoing> {
-        let mut keyed: FastMap<(u8, String), (Option<String>, Option<String>)> = FastMap::default();
+    fn records(&self, time: Time, updates: &[(Row, isize)]) -> Vec<Outgoing> {
+        // A key's retraction and insertion of one time become one record.
+        let mut keyed: FastMap<(Output, String), (Option<&Row>, Option<&Row>)> = FastMap::default();
         let mut out = Vec::new();
-        for (c, diff) in updates {
-            if c.output == DEAD_LETTERS {
-                if diff > 0 {
-                    out.push(self.dead_letter(time, &c));
+        for (row, diff) in updates {
+            if let Row::DeadLetter(d) = row {
+                if *diff > 0 {
+                    out.push(self.dead_letter(time, d));
                 }
                 continue;
             }
-            let e = keyed.entry((c.output, c.key)).or_default();
-            if diff < 0 {
-                e.0 = Some(c.row);
+            let e = keyed.entry((row.output(), row.key())).or_default();
+            if *diff < 0 {
+                e.0 = Some(row);
             } else {
-                e.1 = Some(c.row);
+                e.1 = Some(row);
             }
         }
         for ((output, key), (before, after)) in keyed {
             let value = match self.config.envelope {
-                Envelope::Upsert => after.map(String::into_bytes),
-                Envelope::Change => Some(
-                    format!(
-                        r#"{{"before":{},"after":{},"time":{time}}}"#,
-                        before.as_deref().unwrap_or("null"),
-                        after.as_deref().unwrap_or("null")
-                    )
-                    .into_bytes(),
-                ),
+                Envelope::Upsert => after.map(|r| r.row().into_bytes()),
+                Envelope::Change => {
+                    let json = |r: Option<&Row>| r.map_or_else(|| "null".to_string(), |r| r.row());
+                    Some(format!(r#"{{"before":{},"after":{},"time":{time}}}"#, json(before), json(after)).into_bytes())
+                }
             };
-            out.push(Outgoing {
-                topic: self.config.topic(OUTPUTS[output as usize]),
-                key: Some(key.into_bytes()),
-                value,
-                headers: Vec::new(),
-                time,
-            });
+            out.push(Outgoing { topic: self.config.topic(output.as_str()), key: Some(key.into_bytes()), value, headers: Vec::new(), time });
         }
         out
     }
 
-    fn dead_letter(&self, time: Time, c: &Change) -> Outgoing {
-        let row: serde_json::Value = serde_json::from_str(&c.row).unwrap_or_default();
-        let source_topic = row["position"]["topic"].as_str();
-        match source_topic.and_then(|t| self.dlq.get(t).map(|d| (t, d))) {
-            Some((source, dlq)) => {
-                let text = |f: &str| row[f].as_str().unwrap_or_default().to_string();
-                let raw = bytes_from(&text("raw"), row["raw_encoding"].as_str());
-                let key = row["key"].as_str().map(|k| bytes_from(k, row["key_encoding"].as_str()));
-                Outgoing {
-                    topic: dlq.clone(),
-                    key,
-                    value: Some(raw),
-                    headers: vec![
-                        ("diffstream.source.topic".into(), source.as_bytes().to_vec()),
-                        ("diffstream.source.partition".into(), row["position"]["partition"].to_string().into_bytes()),
-                        ("diffstream.source.offset".into(), row["position"]["offset"].to_string().into_bytes()),
-                        ("diffstream.reason".into(), text("reason").into_bytes()),
-                    ],
-                    time,
-                }
-            }
+    fn dead_letter(&self, time: Time, d: &DeadLetter) -> Outgoing {
+        let source = match &d.position {
+            Position::Kafka { topic, partition, offset } => self.dlq.get(topic).map(|dlq| (dlq, topic, partition, offset)),
+            _ => None,
+        };
+        match source {
+            Some((dlq, topic, partition, offset)) => Outgoing {
+                topic: dlq.clone(),
+                key: d.key.clone(),
+                value: Some(d.raw.clone()),
+                headers: vec![
+                    ("diffstream.source.topic".into(), topic.as_bytes().to_vec()),
+                    ("diffstream.source.partition".into(), partition.to_string().into_bytes()),
+                    ("diffstream.source.offset".into(), offset.to_string().into_bytes()),
+                    ("diffstream.reason".into(), d.reason.as_bytes().to_vec()),
+                ],
+                time,
+            },
             None => Outgoing {
-                topic: self.config.topic(OUTPUTS[DEAD_LETTERS as usize]),
-                key: Some(c.key.clone().into_bytes()),
-                value: Some(c.row.clone().into_bytes()),
+                topic: self.config.topic(Output::DeadLetters.as_str()),
+                key: Some(d.key().into_bytes()),
+                value: Some(d.row().into_bytes()),
                 headers: Vec::new(),
                 time,
             },
@@ -304,15 +301,15 @@ impl KafkaSink {
             for ((topic, p), o) in offsets {
                 by_topic.entry(topic).or_default().insert(p, o);
             }
-            let value = serde_json::json!({ "time": t, "offsets": by_topic }).to_string();
+            let value = serde_json::json!({ "time": t, "worker": self.worker, "offsets": by_topic }).to_string();
             // The progress record is not waited for: it describes data that is already durable.
-            self.send_untracked(&self.config.progress(), value.as_bytes());
+            self.send_untracked(&self.config.progress(), format!("worker-{}", self.worker).as_bytes(), value.as_bytes());
         }
         None
     }
 
-    fn send_untracked(&self, topic: &str, value: &[u8]) {
-        let record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, usize::MAX).payload(value);
+    fn send_untracked(&self, topic: &str, key: &[u8], value: &[u8]) {
+        let record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, usize::MAX).key(key).payload(value);
         if let Err((e, _)) = self.producer.send(record) {
             tracing::warn!(error = %e, "writing a progress record failed");
         }
@@ -320,7 +317,7 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>) {
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
         if self.suppress_below.is_some_and(|b| time < b) {
             return;
         }

@@ -34,10 +34,13 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{DeleteOneModel, ReplaceOneModel, WriteModel};
 use mongodb::{IndexModel, Namespace};
 
-use super::{Change, Sink, DEAD_LETTERS, OUTPUTS};
+use dataflows::{Output, Row};
+
+use super::Sink;
+use crate::codec::OutputRow;
 use crate::config::MongoOutput;
 
-/// Counters a run can show.
+/// Counters a run can show, shared by every worker's sink in a process.
 #[derive(Debug, Default)]
 pub struct MongoHealth {
     /// failed attempts that were retried
@@ -59,7 +62,7 @@ pub struct MongoSink {
     pending: Arc<Mutex<BTreeSet<Time>>>,
     suppress_below: Option<Time>,
     /// changed keys not yet sent: (output, key) → (time of the change, row after it)
-    buffer: FastMap<(u8, String), (Time, Option<String>)>,
+    buffer: FastMap<(Output, String), (Time, Option<Row>)>,
     /// times in `buffer`
     buffered: Vec<Time>,
     /// when the oldest buffered change arrived
@@ -80,8 +83,8 @@ fn is_duplicate_key(code: i32) -> bool {
 
 impl MongoSink {
     /// Connects (with the URI from the configured environment variable), creates the indexes
-    /// and starts the writer thread.
-    pub fn open(config: &MongoOutput, outputs: &[u8], suppress_below: Option<Time>) -> anyhow::Result<Self> {
+    /// and starts the writer thread; retries and rejections are counted in `health`.
+    pub fn open(config: &MongoOutput, outputs: &[Output], suppress_below: Option<Time>, health: Arc<MongoHealth>) -> anyhow::Result<Self> {
         let uri = std::env::var(&config.uri_env).map_err(|_| {
             anyhow::anyhow!("the MongoDB URI comes from ${}, which is not set; export it (e.g. mongodb://localhost:27017)", config.uri_env)
         })?;
@@ -89,7 +92,7 @@ impl MongoSink {
             .map_err(|e| anyhow::anyhow!("connecting to MongoDB (URI from ${}): {}", config.uri_env, e.kind))?;
         let db = client.database(&config.database);
         for &o in outputs {
-            let name = OUTPUTS[o as usize];
+            let name = o.as_str();
             let coll = db.collection::<Document>(&config.collection(name));
             for fields in config.indexes_of(name) {
                 let mut keys = Document::new();
@@ -104,8 +107,7 @@ impl MongoSink {
         }
         let (jobs, receive) = channel::<Job>();
         let pending = Arc::new(Mutex::new(BTreeSet::new()));
-        let health = Arc::new(MongoHealth::default());
-        let (p, h, dead) = (pending.clone(), health.clone(), Namespace::new(&config.database, config.collection(OUTPUTS[DEAD_LETTERS as usize])));
+        let (p, h, dead) = (pending.clone(), health.clone(), Namespace::new(&config.database, config.collection(Output::DeadLetters.as_str())));
         let batch = config.batch_size.max(1);
         std::thread::Builder::new().name("mongodb-sink".into()).spawn(move || {
             for job in receive {
@@ -149,12 +151,12 @@ impl MongoSink {
             || self.since.is_some_and(|s| s.elapsed() >= self.config.max_flush_interval.std())
     }
 
-    fn models(&self, changed: FastMap<(u8, String), (Time, Option<String>)>) -> Vec<WriteModel> {
+    fn models(&self, changed: FastMap<(Output, String), (Time, Option<Row>)>) -> Vec<WriteModel> {
         changed
             .into_iter()
             .map(|((output, key), (time, after))| {
                 let t = time as i64;
-                let ns = Namespace::new(&self.config.database, self.config.collection(OUTPUTS[output as usize]));
+                let ns = Namespace::new(&self.config.database, self.config.collection(output.as_str()));
                 let id = Bson::Document(document(&key));
                 // Matches the document only while its stored time is older than this one (every
                 // document the sink writes has `_time`). A plain conjunction keeps the `_id`
@@ -163,7 +165,7 @@ impl MongoSink {
                 match after {
                     Some(row) => {
                         let mut replacement = doc! { "_id": id };
-                        replacement.extend(document(&row));
+                        replacement.extend(document(&row.row()));
                         replacement.insert("_time", t);
                         ReplaceOneModel::builder().namespace(ns).filter(filter).replacement(replacement).upsert(true).build().into()
                     }
@@ -212,16 +214,16 @@ fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &MongoHe
 }
 
 impl Sink for MongoSink {
-    fn apply(&mut self, time: Time, updates: Vec<(Change, isize)>) {
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
         if self.suppress_below.is_some_and(|b| time < b) || updates.is_empty() {
             return;
         }
         // Times arrive in order, so a later change of a key replaces an earlier one.
-        let mut after: FastMap<(u8, String), Option<String>> = FastMap::default();
-        for (c, diff) in updates {
-            let e = after.entry((c.output, c.key)).or_default();
-            if diff > 0 {
-                *e = Some(c.row);
+        let mut after: FastMap<(Output, String), Option<Row>> = FastMap::default();
+        for (row, diff) in updates {
+            let e = after.entry((row.output(), row.key())).or_default();
+            if *diff > 0 {
+                *e = Some(row.clone());
             }
         }
         for (key, row) in after {

@@ -1,0 +1,179 @@
+//! The outputs the dataflows write and their one compact row type.
+//!
+//! Every output update travels from the dataflows to the sinks as a typed [`Row`]: no JSON text
+//! is built, hashed, compared or consolidated inside the dataflow. Sinks encode a row once,
+//! when they write it. A row knows its output and can hash its key, which is how every worker
+//! gets its share of every output ([`Row::key_hash`]).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::records::{AnomalyAlert, DeadLetter, EventTypeCount, UserActivity, UserEventCount, WindowMetric};
+
+/// Every output a run can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Output {
+    /// clicks per user
+    UserEventCounts,
+    /// clicks per event kind
+    EventTypeCounts,
+    /// users ⋈ click counts
+    UserActivity,
+    /// windowed sensor metrics
+    SensorWindowMetrics,
+    /// anomaly alerts (append-only)
+    AnomalyAlerts,
+    /// records the engine could not use (append-only)
+    DeadLetters,
+}
+
+impl Output {
+    /// All outputs, in a fixed order.
+    pub const ALL: [Output; 6] = [
+        Output::UserEventCounts,
+        Output::EventTypeCounts,
+        Output::UserActivity,
+        Output::SensorWindowMetrics,
+        Output::AnomalyAlerts,
+        Output::DeadLetters,
+    ];
+
+    /// The output's name in configs, files, topics and collections.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::UserEventCounts => "user_event_counts",
+            Output::EventTypeCounts => "event_type_counts",
+            Output::UserActivity => "user_activity",
+            Output::SensorWindowMetrics => "sensor_window_metrics",
+            Output::AnomalyAlerts => "anomaly_alerts",
+            Output::DeadLetters => "dead_letters",
+        }
+    }
+
+    /// Whether rows are only ever inserted (never retracted or updated): such outputs can be
+    /// streamed out as their times close instead of being held as state.
+    pub fn append_only(self) -> bool {
+        matches!(self, Output::AnomalyAlerts | Output::DeadLetters)
+    }
+}
+
+impl FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Output::ALL.into_iter().find(|o| o.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Output::ALL.iter().map(|o| o.as_str()).collect();
+            format!("unknown output `{s}`; the outputs are {}", names.join(", "))
+        })
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of one output. The larger records are boxed so that the common small rows (counts)
+/// stay small in exchanges and sink state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Row {
+    /// a row of `user_event_counts`
+    UserEventCount(UserEventCount),
+    /// a row of `event_type_counts`
+    EventTypeCount(EventTypeCount),
+    /// a row of `user_activity`
+    UserActivity(Box<UserActivity>),
+    /// a row of `sensor_window_metrics`
+    WindowMetric(Box<WindowMetric>),
+    /// a row of `anomaly_alerts`
+    AnomalyAlert(Box<AnomalyAlert>),
+    /// a row of `dead_letters`
+    DeadLetter(Box<DeadLetter>),
+}
+
+impl Row {
+    /// The output the row belongs to.
+    pub fn output(&self) -> Output {
+        match self {
+            Row::UserEventCount(_) => Output::UserEventCounts,
+            Row::EventTypeCount(_) => Output::EventTypeCounts,
+            Row::UserActivity(_) => Output::UserActivity,
+            Row::WindowMetric(_) => Output::SensorWindowMetrics,
+            Row::AnomalyAlert(_) => Output::AnomalyAlerts,
+            Row::DeadLetter(_) => Output::DeadLetters,
+        }
+    }
+
+    /// Feeds the output and the row's key fields (the fields its output is keyed by) to `h`:
+    /// two rows of the same key hash alike, whatever their other fields.
+    pub fn hash_key<H: Hasher>(&self, h: &mut H) {
+        self.output().hash(h);
+        match self {
+            Row::UserEventCount(r) => r.user_id.hash(h),
+            Row::EventTypeCount(r) => r.event.hash(h),
+            Row::UserActivity(r) => r.user_id.hash(h),
+            Row::WindowMetric(r) => (&r.sensor_type, &r.location, r.window_start).hash(h),
+            Row::AnomalyAlert(r) => (&r.sensor_id, r.timestamp).hash(h),
+            Row::DeadLetter(r) => (&r.input, &r.position).hash(h),
+        }
+    }
+
+    /// A hash of the output and key, the same in every process: rows of one key always meet
+    /// on one worker.
+    pub fn key_hash(&self) -> u64 {
+        use std::hash::BuildHasher;
+        let mut h = crate::ops::FixedHasher::default().build_hasher();
+        self.hash_key(&mut h);
+        h.finish()
+    }
+}
+
+impl From<UserEventCount> for Row {
+    fn from(r: UserEventCount) -> Self {
+        Row::UserEventCount(r)
+    }
+}
+impl From<EventTypeCount> for Row {
+    fn from(r: EventTypeCount) -> Self {
+        Row::EventTypeCount(r)
+    }
+}
+impl From<UserActivity> for Row {
+    fn from(r: UserActivity) -> Self {
+        Row::UserActivity(Box::new(r))
+    }
+}
+impl From<WindowMetric> for Row {
+    fn from(r: WindowMetric) -> Self {
+        Row::WindowMetric(Box::new(r))
+    }
+}
+impl From<AnomalyAlert> for Row {
+    fn from(r: AnomalyAlert) -> Self {
+        Row::AnomalyAlert(Box::new(r))
+    }
+}
+impl From<DeadLetter> for Row {
+    fn from(r: DeadLetter) -> Self {
+        Row::DeadLetter(Box::new(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Id;
+
+    #[test]
+    fn key_hash_ignores_non_key_fields() {
+        let a = Row::from(UserEventCount { user_id: Id::Num(7), event_count: 1 });
+        let b = Row::from(UserEventCount { user_id: Id::Num(7), event_count: 9 });
+        let c = Row::from(UserActivity { user_id: Id::Num(7), name: "n".into(), email: "e".into(), event_count: 1 });
+        assert_eq!(a.key_hash(), b.key_hash());
+        assert_ne!(a.key_hash(), c.key_hash(), "the output is part of the key");
+        assert_eq!(Output::ALL.map(|o| o.as_str().parse::<Output>().unwrap()), Output::ALL);
+    }
+}

@@ -1,0 +1,253 @@
+//! `diffstream bench`: what users run, against what they would write by hand.
+//!
+//! The engine side is the whole `diffstream run` path — reading JSON Lines files, decoding,
+//! the dataflows, the sinks, writing the snapshot files — each run in a fresh child process
+//! (`-w 1` and `-w 2`), timed from spawn to exit, with its peak RSS. The baseline is a plain
+//! single-threaded loop over the same files ([`baseline`]: serde_json and a fast hash map,
+//! streaming, writing the same files), also in a fresh child process. Both run in the same
+//! `bench` invocation; it prints events/s, ratios and peak memory, and checks that the
+//! engine's files equal the baseline's byte for byte (a benchmark of wrong results is no
+//! benchmark). Jobs: clicks (`user_event_counts` + `user_activity` over users and clicks) at
+//! 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`).
+//!
+//! `--soak` runs 10× more input at a constant number of keys through the same path in this
+//! process and prints the RSS at each tenth of the input: flat means bounded memory.
+//! `--kafka` and `--mongodb` measure the connectors instead. Nothing here asserts on time.
+
+mod baseline;
+mod kafka;
+mod mongo;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use dataflows::{Dataflow, InputName, SensorParams};
+
+use crate::cli::{BenchArgs, Cli};
+use crate::runtime::{self, Counters, Plan};
+use crate::sources::generator::GeneratorSpec;
+use crate::sources::{InputSpec, SourceSpec};
+
+/// Writes `count` generated records of `kind` to `path` (kept when already there).
+fn generate(path: &Path, kind: InputName, count: u64, seed: u64, users: u64) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let spec = GeneratorSpec { kind, count: Some(count), seed, users };
+    let tmp = path.with_extension("tmp");
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    for i in 0..count {
+        use std::io::Write;
+        w.write_all(&spec.line(i))?;
+        w.write_all(b"\n")?;
+    }
+    std::io::Write::flush(&mut w)?;
+    drop(w);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// What a child process measured: wall time from spawn to exit, and its peak RSS.
+struct Measured {
+    seconds: f64,
+    peak_kb: f64,
+}
+
+/// Runs `diffstream bench --measure -- ARGS…` in a fresh process.
+fn measure(args: &[String]) -> anyhow::Result<Measured> {
+    let exe = std::env::current_exe()?;
+    let start = Instant::now();
+    let out = Command::new(exe).args(["bench", "--measure", "--"]).args(args).output().context("running a measured child")?;
+    let seconds = start.elapsed().as_secs_f64();
+    anyhow::ensure!(out.status.success(), "`diffstream {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let peak_kb = text.split_whitespace().skip_while(|w| *w != "peak_rss_kb").nth(1).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    Ok(Measured { seconds, peak_kb })
+}
+
+/// This process's peak (`VmHWM`) or current (`VmRSS`) resident set, in KiB.
+fn rss_kb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// The child side of [`measure`]: `run …` exactly as the command line would, or `baseline …`.
+fn measured_child(args: &[String]) -> anyhow::Result<()> {
+    let s = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match s(0) {
+        "baseline" if s(1) == "clicks" => baseline::clicks(Path::new(s(2)), Path::new(s(3)), Path::new(s(4)))?,
+        "baseline" if s(1) == "sensors" => baseline::sensors(Path::new(s(2)), s(3).parse()?, &SensorParams::default(), Path::new(s(4)))?,
+        _ => {
+            let cli = Cli::try_parse_from(std::iter::once("diffstream".to_string()).chain(args.iter().cloned()))?;
+            let crate::cli::Command::Run(run) = &cli.command else { anyhow::bail!("--measure takes `run …` or `baseline …`") };
+            crate::commands::execute(crate::commands::plan_run(run)?)?;
+        }
+    }
+    println!("peak_rss_kb {}", rss_kb("VmHWM:"));
+    Ok(())
+}
+
+/// Whether every file of `a` is in `b` with the same bytes; names the first difference.
+fn same_files(a: &Path, b: &Path) -> anyhow::Result<Result<(), String>> {
+    for entry in std::fs::read_dir(a)? {
+        let name = entry?.file_name();
+        let (x, y) = (std::fs::read(a.join(&name))?, std::fs::read(b.join(&name)).unwrap_or_default());
+        if x != y {
+            return Ok(Err(format!("{} differs", name.to_string_lossy())));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Entry point.
+pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
+    if !args.measure.is_empty() {
+        return measured_child(&args.measure);
+    }
+    if let Some(uri) = &args.mongodb {
+        return mongo::main(uri, args.events);
+    }
+    if let Some(bootstrap) = &args.kafka {
+        return kafka::main(bootstrap, args.events, args.latency_rate);
+    }
+    if args.soak {
+        return soak(args);
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join("diffstream-bench"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let n = args.events;
+    let batch = args.batch_size;
+    println!("whole `run` path (files in, snapshot files out, each run a fresh process) vs a plain single-threaded loop");
+    println!("{n} events per job, {batch} records per logical time, files in {}", dir.display());
+    println!(
+        "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs",
+        "job", "plain ev/s", "MiB", "-w 1 ev/s", "MiB", "speed", "mem", "-w 2 ev/s", "MiB", "speed", "mem"
+    );
+    let mut jobs: Vec<(String, Vec<String>, Vec<String>, PathBuf)> = Vec::new();
+    for &users in &args.users {
+        let (u, c) = (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")));
+        eprintln!("generating {} …", c.display());
+        generate(&u, InputName::Users, users + n / 20, 1, users)?;
+        generate(&c, InputName::Clicks, n, 2, users)?;
+        let out = dir.join(format!("out-clicks-{users}"));
+        let base = vec!["baseline".into(), "clicks".into(), path(&u), path(&c), path(&out.join("plain"))];
+        let mut run: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
+        run.extend(["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))]);
+        jobs.push((format!("clicks, {users} users"), base, run, out));
+    }
+    let sensors = dir.join(format!("sensors-{n}.jsonl"));
+    eprintln!("generating {} …", sensors.display());
+    generate(&sensors, InputName::Sensors, n, 3, 1000)?;
+    let out = dir.join("out-sensors");
+    let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
+    let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
+    jobs.push(("sensors".into(), base, run, out));
+
+    for (name, base, run, out) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
+        let plain = measure(&base)?;
+        let mut cells = Vec::new();
+        let mut verdict = Ok(());
+        for w in [1, 2] {
+            let dir = out.join(format!("w{w}"));
+            let mut a = run.clone();
+            a.extend(["--output-dir".into(), path(&dir), "--batch-size".into(), batch.to_string(), "-w".into(), w.to_string(), "-q".into()]);
+            let m = measure(&a)?;
+            if verdict.is_ok() {
+                verdict = same_files(&out.join("plain"), &dir)?;
+            }
+            cells.push(format!(
+                "{:>11.0} {:>9.1} {:>5.2}x {:>5.2}x",
+                n as f64 / m.seconds,
+                m.peak_kb / 1024.0,
+                plain.seconds / m.seconds,
+                m.peak_kb / plain.peak_kb
+            ));
+        }
+        println!(
+            "{:<26} {:>11.0} {:>9.1} | {} | {} | {}",
+            name,
+            n as f64 / plain.seconds,
+            plain.peak_kb / 1024.0,
+            cells[0],
+            cells[1],
+            match verdict {
+                Ok(()) => "equal".to_string(),
+                Err(e) => format!("DIFFER: {e}"),
+            }
+        );
+    }
+    println!("speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes)");
+    Ok(())
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `--soak`: 10× `--events` through the whole path at a constant number of keys (the first
+/// `--users` figure, and the sensors' 1000 sensors with tumbling windows), snapshot files on,
+/// `-w 2`, printing the RSS at each tenth of the input.
+fn soak(args: &BenchArgs) -> anyhow::Result<()> {
+    let total = args.events * 10;
+    let users = args.users.first().copied().unwrap_or(10_000);
+    let out = tempfile_dir()?;
+    let generator = |kind, count, seed| InputSpec { source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users }), rate: None };
+    let jobs = [
+        (Dataflow::UserEventCounts, vec![(InputName::Users, generator(InputName::Users, users, 1)), (InputName::Clicks, generator(InputName::Clicks, total, 2))]),
+        (Dataflow::SensorMetrics, vec![(InputName::Sensors, generator(InputName::Sensors, total, 3))]),
+    ];
+    println!("soak: {total} events per job (10 × --events), -w 2, snapshot files on; RSS at each tenth of the input");
+    for (dataflow, inputs) in jobs {
+        let mut plan = Plan::embedded(vec![dataflow], inputs.into_iter().collect(), 2, args.batch_size);
+        if dataflow == Dataflow::UserEventCounts {
+            plan.dataflows.push(Dataflow::UserActivity);
+        }
+        plan.output_dir = Some(out.join(dataflow.as_str()));
+        let counters = Arc::new(Counters::default());
+        let watched = counters.clone();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let target = total;
+        let sampler = std::thread::spawn(move || {
+            let mut marks = Vec::new();
+            let mut next = 1;
+            while next <= 10 && !stop.load(Ordering::Relaxed) {
+                let read = watched.snapshot().iter().sum::<u64>();
+                if read >= target * next / 10 {
+                    marks.push(rss_kb("VmRSS:") / 1024.0);
+                    next += 1;
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            marks
+        });
+        let start = Instant::now();
+        runtime::run_with(plan, counters)?;
+        done.store(true, Ordering::Relaxed);
+        let marks = sampler.join().expect("the sampler thread");
+        let (lo, hi) = marks.iter().fold((f64::MAX, 0f64), |(lo, hi), m| (lo.min(*m), hi.max(*m)));
+        println!(
+            "{:<18} {:>6.1}s  RSS MiB at each tenth: {}  (max/min {:.2})",
+            dataflow.as_str(),
+            start.elapsed().as_secs_f64(),
+            marks.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" "),
+            hi / lo
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("diffstream-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
