@@ -157,3 +157,109 @@ pub fn stash_by_time<D, P>(
         }
     });
 }
+
+/// An equi-join for a totally ordered time that keeps each key's current values in a hash map
+/// instead of two arrangements: each completed time, in order, emits for every key it changed
+/// `ΔA·B + A·ΔB + ΔA·ΔB` — exactly the updates differential's `join` would produce — then
+/// applies the changes. State is one entry per key present on either side, holding only the
+/// values present now (so a key's history is never kept), which suits collections that hold a
+/// current value per key, such as counts and latest profiles.
+///
+/// ```
+/// use differential_dataflow::input::Input;
+/// use dataflows::ops::JoinTotal;
+///
+/// timely::example(|scope| {
+///     let (_a, names) = scope.new_collection_from(vec![(1u32, "ann".to_string())]);
+///     let (_b, counts) = scope.new_collection_from(vec![(1u32, 3i64)]);
+///     // ((1, ("ann", 3)), 0, +1)
+///     let _joined = names.join_total(counts);
+/// });
+/// ```
+pub trait JoinTotal<'s, K, V1> {
+    /// See the trait's documentation.
+    fn join_total<V2>(self, other: Coll<'s, (K, V2)>) -> Coll<'s, (K, (V1, V2))>
+    where
+        V2: timely::ExchangeData + Clone + Eq;
+}
+
+/// One key's current values on each side of a [`JoinTotal`], with multiplicities.
+type Sides<V1, V2> = (Vec<(V1, isize)>, Vec<(V2, isize)>);
+
+impl<'s, K, V1> JoinTotal<'s, K, V1> for Coll<'s, (K, V1)>
+where
+    K: timely::ExchangeData + Clone + Hash + Eq + differential_dataflow::Hashable,
+    V1: timely::ExchangeData + Clone + Eq,
+{
+    fn join_total<V2>(self, other: Coll<'s, (K, V2)>) -> Coll<'s, (K, (V1, V2))>
+    where
+        V2: timely::ExchangeData + Clone + Eq,
+    {
+        use timely::dataflow::channels::pact::Exchange;
+        let left = Exchange::new(|((k, _), _, _): &((K, V1), Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+        let right = Exchange::new(|((k, _), _, _): &((K, V2), Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+        self.inner
+            .binary_frontier(other.inner, left, right, "JoinTotal", |_cap, _info| {
+                let mut pending1: Stash<(K, V1)> = Default::default();
+                let mut pending2: Stash<(K, V2)> = Default::default();
+                let mut state: FastMap<K, Sides<V1, V2>> = FastMap::default();
+                move |(in1, f1), (in2, f2), output| {
+                    stash_by_time(in1, &mut pending1, output.output_index());
+                    stash_by_time(in2, &mut pending2, output.output_index());
+                    loop {
+                        let next = match (pending1.keys().next(), pending2.keys().next()) {
+                            (Some(a), Some(b)) => *a.min(b),
+                            (Some(a), None) => *a,
+                            (None, Some(b)) => *b,
+                            (None, None) => break,
+                        };
+                        if f1.less_equal(&next) || f2.less_equal(&next) {
+                            break;
+                        }
+                        let (cap1, d1) = pending1.remove(&next).map_or((None, Vec::new()), |(c, d)| (Some(c), d));
+                        let (cap2, d2) = pending2.remove(&next).map_or((None, Vec::new()), |(c, d)| (Some(c), d));
+                        let cap = cap1.or(cap2).expect("a pending time has a capability");
+                        let mut changes: FastMap<K, Sides<V1, V2>> = FastMap::default();
+                        for ((k, v), r) in d1 {
+                            changes.entry(k).or_default().0.push((v, r));
+                        }
+                        for ((k, v), r) in d2 {
+                            changes.entry(k).or_default().1.push((v, r));
+                        }
+                        let mut session = output.session(&cap);
+                        for (k, (da, db)) in changes {
+                            let (a, b) = state.entry(k.clone()).or_default();
+                            let mut emit = |x: &[(V1, isize)], y: &[(V2, isize)]| {
+                                for (v1, r1) in x {
+                                    for (v2, r2) in y {
+                                        session.give(((k.clone(), (v1.clone(), v2.clone())), next, r1 * r2));
+                                    }
+                                }
+                            };
+                            emit(&da, b);
+                            emit(a, &db);
+                            emit(&da, &db);
+                            apply(a, da);
+                            apply(b, db);
+                            if a.is_empty() && b.is_empty() {
+                                state.remove(&k);
+                            }
+                        }
+                    }
+                }
+            })
+            .container::<Vec<_>>()
+            .as_collection()
+    }
+}
+
+/// Adds `changes` to the multiset `values`, dropping what cancels.
+fn apply<V: Eq>(values: &mut Vec<(V, isize)>, changes: Vec<(V, isize)>) {
+    for (v, r) in changes {
+        match values.iter_mut().find(|(x, _)| *x == v) {
+            Some(e) => e.1 += r,
+            None => values.push((v, r)),
+        }
+    }
+    values.retain(|(_, r)| *r != 0);
+}

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! users ──latest_local──exchange(user_id)──LatestProfiles──(user_id, (name, email))──┐
-//!                                                                   join ──▶ user_activity
+//!                                                             join_total ──▶ user_activity
 //! clicks ──clicks_per_user─────────────────────────────────────────────────┘  {user_id, name, email, event_count}
 //! ```
 //!
@@ -22,7 +22,7 @@ use differential_dataflow::{AsCollection, Hashable};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::ops::{stash_by_time, FastMap, LatestLocal, Stash};
+use crate::ops::{stash_by_time, FastMap, JoinTotal, LatestLocal, Stash};
 use crate::records::{Id, Position, User, UserActivity};
 use crate::{Coll, Time};
 
@@ -69,7 +69,7 @@ pub fn user_activity<'s>(
     per_user: Coll<'s, (Id, isize)>,
 ) -> Coll<'s, UserActivity> {
     latest_profiles(users)
-        .join(per_user)
+        .join_total(per_user)
         .map(|(user_id, ((name, email), n))| UserActivity {
             user_id,
             name,

@@ -58,11 +58,11 @@ struct Measured {
     peak_kb: f64,
 }
 
-/// Runs `diffstream bench --measure -- ARGS…` in a fresh process.
+/// Runs `diffstream bench --measure ARGS…` in a fresh process.
 fn measure(args: &[String]) -> anyhow::Result<Measured> {
     let exe = std::env::current_exe()?;
     let start = Instant::now();
-    let out = Command::new(exe).args(["bench", "--measure", "--"]).args(args).output().context("running a measured child")?;
+    let out = Command::new(exe).args(["bench", "--measure"]).args(args).output().context("running a measured child")?;
     let seconds = start.elapsed().as_secs_f64();
     anyhow::ensure!(out.status.success(), "`diffstream {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
