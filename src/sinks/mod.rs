@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use dataflows::ops::{stash_by_time, FastMap, Stash};
+use dataflows::ops::{stash_by_time, Stash};
 use dataflows::{Coll, Output, Row, Time};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -32,6 +32,11 @@ pub trait Sink {
     /// All updates of `time` for this worker's share, consolidated (each row once, no zero
     /// diffs) but in no particular order; called once per time, in time order.
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]);
+    /// The same, when the caller hands over the rows: a sink that keeps rows moves them
+    /// instead of cloning.
+    fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
+        self.apply(time, &updates);
+    }
     /// The least applied time that is not yet durably written, if any; the sink operator
     /// holds that time (and so input offset commits) until it is.
     fn unacknowledged(&mut self) -> Option<Time> {
@@ -39,13 +44,22 @@ pub trait Sink {
     }
 }
 
-/// Several sinks as one: each gets every time; a time is acknowledged when all have it.
+/// Several sinks as one: each gets every time (the last one owns the rows); a time is
+/// acknowledged when all have it.
 pub struct Fanout(pub Vec<SharedSink>);
 
 impl Sink for Fanout {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
         for s in &self.0 {
             s.borrow_mut().apply(time, updates);
+        }
+    }
+    fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for s in rest {
+                s.borrow_mut().apply(time, &updates);
+            }
+            last.borrow_mut().apply_owned(time, updates);
         }
     }
     fn unacknowledged(&mut self) -> Option<Time> {
@@ -86,7 +100,7 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
                         break;
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
-                    sink.borrow_mut().apply(t, &consolidate(updates));
+                    sink.borrow_mut().apply_owned(t, consolidate(updates));
                     held.insert(t, cap);
                 }
                 let unacked = sink.borrow_mut().unacknowledged();
@@ -99,13 +113,46 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
         .probe_with(probe);
 }
 
-/// Adds up the diffs of equal rows and drops those that cancel.
+/// Adds up the diffs of equal rows and drops those that cancel. Rows are grouped by the hash
+/// of their key (cheap: key fields only) and compared whole only within a group, which is
+/// nearly always one key's `-old +new`.
 fn consolidate(updates: Vec<(Row, isize)>) -> Vec<(Row, isize)> {
-    let mut sums: FastMap<Row, isize> = FastMap::with_capacity_and_hasher(updates.len(), Default::default());
-    for (r, d) in updates {
-        *sums.entry(r).or_insert(0) += d;
+    let mut hashed: Vec<(u64, Row, isize)> = updates.into_iter().map(|(r, d)| (r.key_hash(), r, d)).collect();
+    hashed.sort_unstable_by_key(|(h, _, _)| *h);
+    let mut out: Vec<(Row, isize)> = Vec::with_capacity(hashed.len());
+    let mut group_start = 0;
+    let mut group_hash = None;
+    for (h, r, d) in hashed {
+        if group_hash != Some(h) {
+            out.retain_tail(group_start);
+            group_start = out.len();
+            group_hash = Some(h);
+        }
+        match out[group_start..].iter_mut().find(|(x, _)| *x == r) {
+            Some(e) => e.1 += d,
+            None => out.push((r, d)),
+        }
     }
-    sums.into_iter().filter(|(_, d)| *d != 0).collect()
+    out.retain_tail(group_start);
+    out
+}
+
+/// Drops the zero-diff entries at or after `from`.
+trait RetainTail {
+    fn retain_tail(&mut self, from: usize);
+}
+
+impl RetainTail for Vec<(Row, isize)> {
+    fn retain_tail(&mut self, from: usize) {
+        let mut i = from;
+        while i < self.len() {
+            if self[i].1 == 0 {
+                self.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 /// Rows and updates per output, added up over the workers of this process: what the status

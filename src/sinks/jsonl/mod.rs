@@ -40,7 +40,8 @@ pub struct SnapshotRow {
 
 /// Current rows of a worker's share of the outputs, plus optional change files.
 pub struct JsonlSink {
-    state: FastMap<Row, isize>,
+    /// current rows by the hash of their key (nearly always one row per hash)
+    state: FastMap<u64, Vec<(Row, isize)>>,
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
 }
@@ -64,14 +65,18 @@ impl JsonlSink {
     /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
     pub fn rows(&self, output: Output) -> Vec<(String, String, isize)> {
         let mut rows: Vec<(String, String, isize)> =
-            self.state.iter().filter(|(r, _)| r.output() == output).map(|(r, n)| (r.key(), r.row(), *n)).collect();
+            self.rows_of(output).map(|(r, n)| (r.key(), r.row(), *n)).collect();
         rows.sort_unstable();
         rows
     }
 
     /// Number of rows `output` has now in this sink.
     pub fn len(&self, output: Output) -> usize {
-        self.state.keys().filter(|r| r.output() == output).count()
+        self.rows_of(output).count()
+    }
+
+    fn rows_of(&self, output: Output) -> impl Iterator<Item = &(Row, isize)> {
+        self.state.values().flatten().filter(move |(r, _)| r.output() == output)
     }
 
     /// Hands over the current rows, encoded, leaving the sink empty; reports any write error
@@ -84,7 +89,8 @@ impl JsonlSink {
             f.flush()?;
         }
         Ok(std::mem::take(&mut self.state)
-            .into_iter()
+            .into_values()
+            .flatten()
             .map(|(r, count)| SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })
             .collect())
     }
@@ -105,23 +111,30 @@ impl JsonlSink {
 
 impl Sink for JsonlSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
+        self.apply_owned(time, updates.to_vec());
+    }
+
+    fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
         if self.error.is_none() && !self.changes.is_empty() {
-            if let Err(e) = self.write_changes(time, updates) {
+            if let Err(e) = self.write_changes(time, &updates) {
                 tracing::error!(error = %e, "writing change files failed; the snapshot will still be written");
                 self.error = Some(e);
             }
         }
         for (row, diff) in updates {
-            match self.state.get_mut(row) {
-                Some(n) => {
-                    *n += diff;
-                    if *n == 0 {
-                        self.state.remove(row);
+            let hash = row.key_hash();
+            let rows = self.state.entry(hash).or_default();
+            match rows.iter().position(|(r, _)| *r == row) {
+                Some(i) => {
+                    rows[i].1 += diff;
+                    if rows[i].1 == 0 {
+                        rows.swap_remove(i);
+                        if rows.is_empty() {
+                            self.state.remove(&hash);
+                        }
                     }
                 }
-                None => {
-                    self.state.insert(row.clone(), *diff);
-                }
+                None => rows.push((row, diff)),
             }
         }
     }
