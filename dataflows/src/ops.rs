@@ -15,6 +15,29 @@ pub type FixedHasher = foldhash::fast::FixedState;
 /// A fast, deterministic hash map for operator state.
 pub type FastMap<K, V> = HashMap<K, V, FixedHasher>;
 
+/// A map keyed by a hash that is already well mixed (such as [`crate::Row::key_hash`]), used
+/// as is. Hashing it again with the same fixed-seed hasher correlates the two and makes
+/// probe sequences long.
+pub type HashedMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// The hasher of [`HashedMap`]: the key is the hash.
+#[derive(Default)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Project each record to keys and add up the diffs of equal keys, per logical time, on the
 /// worker that holds them, before anything is exchanged.
 ///

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use dataflows::ops::FastMap;
+use dataflows::ops::HashedMap;
 use dataflows::{Output, Row, Time};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ pub struct SnapshotRow {
 /// Current rows of a worker's share of the outputs, plus optional change files.
 pub struct JsonlSink {
     /// current rows by the hash of their key (nearly always one row per hash)
-    state: FastMap<u64, Vec<(Row, isize)>>,
+    state: HashedMap<Vec<(Row, isize)>>,
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
 }
@@ -59,7 +59,7 @@ impl JsonlSink {
                 changes.push((o, BufWriter::new(f)));
             }
         }
-        Ok(JsonlSink { state: FastMap::default(), changes, error: None })
+        Ok(JsonlSink { state: HashedMap::default(), changes, error: None })
     }
 
     /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
@@ -121,7 +121,10 @@ impl Sink for JsonlSink {
                 self.error = Some(e);
             }
         }
-        for (row, diff) in updates {
+        // Insertions first: a key's `+new` then finds its entry still there when `-old` empties
+        // it of the old row, so a change neither frees nor reallocates the entry.
+        let (adds, retractions): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d > 0);
+        for (row, diff) in adds.into_iter().chain(retractions) {
             let hash = row.key_hash();
             let rows = self.state.entry(hash).or_default();
             match rows.iter().position(|(r, _)| *r == row) {
