@@ -1,6 +1,5 @@
 //! A plain single-threaded implementation of the three dataflows with `HashMap`s: no timely,
-//! no differential (the same fast hasher the engine's operators use). It is the oracle of the property tests and the baseline of `diffstream
-//! bench`, so it follows the engine's documented semantics to the letter: the same decoding
+//! no differential (the same fast hasher the engine's operators use). It is the oracle of the property tests, so it follows the engine's documented semantics to the letter: the same decoding
 //! and dead letters, latest profile by source position, and the watermark advanced once per
 //! batch of `batch_size` lines, and window sums kept as order-independent `ExactSum`s.
 
