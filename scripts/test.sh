@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Formatting first: it fails in a second, before anything is built or installed.
+cargo fmt --all -- --check || { echo "test.sh: run \`cargo fmt --all\` (house width in rustfmt.toml)" >&2; exit 1; }
+
 scripts/services.sh install
 eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop' EXIT

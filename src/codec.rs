@@ -15,8 +15,7 @@ use std::fmt;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 use dataflows::records::{
-    AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, User, UserActivity,
-    UserEventCount, WindowMetric, F64,
+    AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, User, UserActivity, UserEventCount, WindowMetric, F64,
 };
 use dataflows::Row;
 use serde::de::{self, Deserializer, Visitor};
@@ -69,7 +68,11 @@ fn parse_common(b: &[u8]) -> Option<Millis> {
         [] | [b'Z'] | [b'z'] => 0,
         [sign @ (b'+' | b'-'), hh1, hh2, b':', mm1, mm2] => {
             let off = i64::from(num(&[*hh1, *hh2])? * 3600 + num(&[*mm1, *mm2])? * 60);
-            if *sign == b'+' { off } else { -off }
+            if *sign == b'+' {
+                off
+            } else {
+                -off
+            }
         }
         _ => return None,
     };
@@ -211,23 +214,13 @@ fn classify(text: &str, e: &serde_json::Error) -> String {
 /// Decodes a user profile version.
 pub fn decode_user(raw: &[u8], position: Position) -> Result<User, String> {
     let u: UserJson = parse(raw)?;
-    Ok(User {
-        user_id: u.user_id.0,
-        name: u.name.into_owned(),
-        email: u.email.into_owned(),
-        event_time: u.event_timestamp.0,
-        position,
-    })
+    Ok(User { user_id: u.user_id.0, name: u.name.into_owned(), email: u.email.into_owned(), event_time: u.event_timestamp.0, position })
 }
 
 /// Decodes a click.
 pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
     let c: ClickJson = parse(raw)?;
-    Ok(Click {
-        user_id: c.user_id.0,
-        event: c.event.into_owned(),
-        event_time: c.event_timestamp.0,
-    })
+    Ok(Click { user_id: c.user_id.0, event: c.event.into_owned(), event_time: c.event_timestamp.0 })
 }
 
 /// Decodes a sensor reading.
@@ -540,14 +533,9 @@ mod tests {
         assert!(reason(b"{\"user_id\": 1").starts_with("invalid_json"));
         assert!(reason(b"[1, 2]").starts_with("not_object"));
         assert!(reason(b"\xff\xfe").starts_with("not_utf8"));
-        assert_eq!(
-            reason(br#"{"user_id": 1, "page": "/", "event": "click"}"#),
-            "missing_field: event_timestamp"
-        );
-        assert!(reason(br#"{"user_id": [1], "page": "/", "event": "click", "event_timestamp": 1}"#)
-            .starts_with("wrong_type"));
-        assert!(reason(br#"{"user_id": 1, "page": "/", "event": "click", "event_timestamp": "soon"}"#)
-            .starts_with("bad_time"));
+        assert_eq!(reason(br#"{"user_id": 1, "page": "/", "event": "click"}"#), "missing_field: event_timestamp");
+        assert!(reason(br#"{"user_id": [1], "page": "/", "event": "click", "event_timestamp": 1}"#).starts_with("wrong_type"));
+        assert!(reason(br#"{"user_id": 1, "page": "/", "event": "click", "event_timestamp": "soon"}"#).starts_with("bad_time"));
         let ok = decode_click(br#"{"user_id": "u1", "page": "/", "event": "click", "event_timestamp": 1, "extra": true}"#);
         assert_eq!(ok.unwrap().user_id, Id::Str("u1".into()));
     }

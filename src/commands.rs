@@ -175,12 +175,10 @@ pub fn execute(plan: Plan) -> anyhow::Result<()> {
 
 fn print_report(r: &Report) {
     let mut err = std::io::stderr().lock();
-    let read: Vec<String> = InputName::ALL
-        .iter()
-        .filter(|i| r.records_in[**i as usize] > 0)
-        .map(|i| format!("{i} {}", r.records_in[*i as usize]))
-        .collect();
-    let _ = writeln!(err, "done in {:.2}s: read {}", r.elapsed.as_secs_f64(), if read.is_empty() { "nothing".into() } else { read.join(", ") });
+    let read: Vec<String> =
+        InputName::ALL.iter().filter(|i| r.records_in[**i as usize] > 0).map(|i| format!("{i} {}", r.records_in[*i as usize])).collect();
+    let _ =
+        writeln!(err, "done in {:.2}s: read {}", r.elapsed.as_secs_f64(), if read.is_empty() { "nothing".into() } else { read.join(", ") });
     for (name, rows) in &r.rows {
         let _ = writeln!(err, "  {name}: {rows} rows");
     }

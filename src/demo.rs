@@ -52,8 +52,7 @@ impl LiveView {
             let _ = writeln!(screen, "\x1b[1m{name}\x1b[0m ({} rows)", rows.len());
             let mut table: Vec<Vec<String>> = vec![cols.iter().map(|c| c.to_string()).collect()];
             table.extend(rows.iter().take(top).map(|r| cols.iter().map(|c| cell(&r[*c])).collect()));
-            let widths: Vec<usize> =
-                (0..cols.len()).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..cols.len()).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
             for (n, row) in table.iter().enumerate() {
                 let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
                 let mut line = format!("  {}", cells.join("  "));
@@ -78,9 +77,7 @@ impl LiveView {
 
 fn cmp_desc(a: &Value, b: &Value) -> std::cmp::Ordering {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            y.as_f64().unwrap_or(0.0).total_cmp(&x.as_f64().unwrap_or(0.0))
-        }
+        (Value::Number(x), Value::Number(y)) => y.as_f64().unwrap_or(0.0).total_cmp(&x.as_f64().unwrap_or(0.0)),
         _ => b.to_string().cmp(&a.to_string()),
     }
 }

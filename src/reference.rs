@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 
 use dataflows::ops::FastMap;
 
-use dataflows::records::{
-    AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, UserActivity, UserEventCount, WindowMetric, F64,
-};
+use dataflows::records::{AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, UserActivity, UserEventCount, WindowMetric, F64};
 use dataflows::sensor_metrics::ExactSum;
 use dataflows::{Dataflow, InputName, SensorParams};
 
@@ -180,10 +178,8 @@ pub fn run(
 ) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut r = Reference::default();
     let needed: Vec<InputName> = InputName::ALL.into_iter().filter(|i| dataflows.iter().any(|d| d.inputs().contains(i))).collect();
-    let lines: BTreeMap<InputName, Vec<(u64, &[u8])>> = needed
-        .iter()
-        .filter_map(|i| inputs.get(i).map(|text| (*i, split_lines(text))))
-        .collect();
+    let lines: BTreeMap<InputName, Vec<(u64, &[u8])>> =
+        needed.iter().filter_map(|i| inputs.get(i).map(|text| (*i, split_lines(text)))).collect();
     let mut next: BTreeMap<InputName, usize> = lines.keys().map(|i| (*i, 0)).collect();
     let mut hi = 0u64;
     while next.iter().any(|(i, at)| *at < lines[i].len()) {

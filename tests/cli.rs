@@ -52,10 +52,8 @@ fn worker_counts_agree_and_equal_the_reference() {
     let two = run(dir.path(), "w2", &["-w", "2", "--changes"]);
     assert_eq!(one, two, "-w 1 and -w 2 differ");
 
-    let inputs: BTreeMap<InputName, Vec<u8>> = InputName::ALL
-        .into_iter()
-        .map(|i| (i, std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap()))
-        .collect();
+    let inputs: BTreeMap<InputName, Vec<u8>> =
+        InputName::ALL.into_iter().map(|i| (i, std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap())).collect();
     let expected: BTreeMap<String, Vec<String>> = reference::run(&inputs, &Dataflow::ALL, &SensorParams::default(), 5000)
         .into_iter()
         .map(|(o, rows)| (o, rows.into_values().collect()))
@@ -132,10 +130,8 @@ fn stdin_input() {
     child.stdin.take().unwrap().write_all(&clicks).unwrap();
     assert!(child.wait().unwrap().success());
     let snap = snapshots(&out);
-    let total: i64 = snap["event_type_counts"]
-        .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["count"].as_i64().unwrap())
-        .sum();
+    let total: i64 =
+        snap["event_type_counts"].iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["count"].as_i64().unwrap()).sum();
     assert_eq!(total, 2000);
 }
 

@@ -185,7 +185,6 @@ fn malformed_records_go_to_the_dead_letter_topic() {
     assert_eq!(topic_state(&format!("{prefix}.out.event_type_counts")), vec![r#"{"event":"click","count":1}"#.to_string()]);
 }
 
-
 /// Produces half `half` (0 or 1) of the records of every kind to the setup's topics, one record per
 /// request (Tansu skips the rest of a batch when a consumer resumes inside it; real Kafka
 /// does not need this).
@@ -194,8 +193,24 @@ fn produce(prefix: &str, half: u64, counts: &[(&str, u64)]) {
         let topic = format!("{prefix}.{kind}");
         let (from, count, bootstrap) = ((half * count).to_string(), count.to_string(), kafka_bootstrap());
         diffstream(&[
-            "gen", kind, "--from", &from, "--count", &count, "--seed", "9", "--to", "kafka", "--topic", &topic,
-            "--bootstrap", &bootstrap, "--producer-option", "batch.num.messages=1", "--producer-option", "linger.ms=0",
+            "gen",
+            kind,
+            "--from",
+            &from,
+            "--count",
+            &count,
+            "--seed",
+            "9",
+            "--to",
+            "kafka",
+            "--topic",
+            &topic,
+            "--bootstrap",
+            &bootstrap,
+            "--producer-option",
+            "batch.num.messages=1",
+            "--producer-option",
+            "linger.ms=0",
         ]);
     }
 }
@@ -219,11 +234,8 @@ fn kill_and_restart_gives_the_offline_result() {
     produce(&s.prefix, 0, &counts);
     let first_cfg = s.dir.path().join("first.toml");
     std::fs::write(&first_cfg, std::fs::read_to_string(&cfg).unwrap().replace("stop_when_idle = \"4s\"\n", "")).unwrap();
-    let mut engine = Command::new(bin())
-        .args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine =
+        Command::new(bin()).args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"]).stderr(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while read_topic(&format!("{out}.user_event_counts"), std::time::Duration::from_millis(500)).is_empty() {
         assert!(std::time::Instant::now() < deadline, "the first run wrote nothing in 60 s");
@@ -266,8 +278,22 @@ fn start_positions() {
     // its last batch, so with single-record batches "latest" re-reads at most the last record.
     let produce = |from: &str, count: &str| {
         diffstream(&[
-            "gen", "clicks", "--from", from, "--count", count, "--to", "kafka", "--topic", &topic, "--bootstrap", &bootstrap,
-            "--producer-option", "batch.num.messages=1", "--producer-option", "linger.ms=0",
+            "gen",
+            "clicks",
+            "--from",
+            from,
+            "--count",
+            count,
+            "--to",
+            "kafka",
+            "--topic",
+            &topic,
+            "--bootstrap",
+            &bootstrap,
+            "--producer-option",
+            "batch.num.messages=1",
+            "--producer-option",
+            "linger.ms=0",
         ]);
     };
     produce("0", "300");
@@ -366,11 +392,8 @@ fn kill_and_restart_with_mongodb_never_moves_back() {
     };
 
     produce(&s.prefix, 0, &counts);
-    let mut engine = Command::new(bin())
-        .args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine =
+        Command::new(bin()).args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"]).stderr(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while db.collection::<Document>("user_event_counts").count_documents(doc! {}).run().unwrap() == 0 {
         assert!(std::time::Instant::now() < deadline, "the first run wrote nothing to MongoDB in 120 s");
@@ -425,8 +448,7 @@ impl OwnServer {
 
 fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).set("group.id", group).create().unwrap();
     let mut q = rdkafka::TopicPartitionList::new();
     for p in 0..3 {
         q.add_partition(topic, p);
@@ -452,7 +474,22 @@ fn mongodb_outage_holds_offsets_and_completes_exactly() {
     create_topics(std::slice::from_ref(&topic), 3);
     let bootstrap = kafka_bootstrap();
     let produce = |from: &str| {
-        diffstream(&["gen", "clicks", "--from", from, "--count", "600", "--seed", "2", "--to", "kafka", "--topic", &topic, "--bootstrap", &bootstrap]);
+        diffstream(&[
+            "gen",
+            "clicks",
+            "--from",
+            from,
+            "--count",
+            "600",
+            "--seed",
+            "2",
+            "--to",
+            "kafka",
+            "--topic",
+            &topic,
+            "--bootstrap",
+            &bootstrap,
+        ]);
     };
     produce("0");
     let group = unique("g");
@@ -495,7 +532,15 @@ fn mongodb_outage_holds_offsets_and_completes_exactly() {
     let clicks = diffstream(&["gen", "clicks", "--count", "1200", "--seed", "2"]).stdout;
     std::fs::write(dir.path().join("clicks.jsonl"), clicks).unwrap();
     let out = dir.path().join("offline");
-    diffstream(&["run", "user_event_counts", "--input", &format!("clicks={}", dir.path().join("clicks.jsonl").display()), "--output-dir", out.to_str().unwrap(), "-q"]);
+    diffstream(&[
+        "run",
+        "user_event_counts",
+        "--input",
+        &format!("clicks={}", dir.path().join("clicks.jsonl").display()),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
     let expected = snapshots(&out);
     let db = mongodb::sync::Client::with_uri_str(format!("mongodb://127.0.0.1:{port}/?directConnection=true")).unwrap().database(&database);
     for output in ["user_event_counts", "event_type_counts"] {

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use diffstream::config::MongoOutput;
-use diffstream::sinks::mongodb::MongoSink;
 use dataflows::records::{Id, UserEventCount};
 use dataflows::{Output, Row};
+use diffstream::config::MongoOutput;
+use diffstream::sinks::mongodb::MongoSink;
 use diffstream::sinks::Sink;
 use mongodb::bson::{doc, Document};
 
@@ -53,7 +53,15 @@ fn collections_equal_the_snapshots() {
     let cfg = dir.path().join("mongo.toml");
     std::fs::write(&cfg, format!("[output.mongodb]\ndatabase = \"{database}\"\nbatch_size = 500\n")).unwrap();
     let out = dir.path().join("out");
-    args.extend(["--config".into(), cfg.display().to_string(), "--output-dir".into(), out.display().to_string(), "-w".into(), "2".into(), "-q".into()]);
+    args.extend([
+        "--config".into(),
+        cfg.display().to_string(),
+        "--output-dir".into(),
+        out.display().to_string(),
+        "-w".into(),
+        "2".into(),
+        "-q".into(),
+    ]);
     diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let snap = snapshots(&out);

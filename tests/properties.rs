@@ -30,7 +30,8 @@ fn malformed() -> impl Strategy<Value = Vec<u8>> {
 fn user_line() -> impl Strategy<Value = Vec<u8>> {
     (1u64..8, 0usize..4, 0i64..100_000).prop_map(|(id, name, t)| {
         let names = ["ann", "bea", "cal", "dee"];
-        format!(r#"{{"event_timestamp":{},"user_id":{id},"email":"{}@x.org","name":"{}"}}"#, BASE_MS / 1000 + t, names[name], names[name]).into_bytes()
+        format!(r#"{{"event_timestamp":{},"user_id":{id},"email":"{}@x.org","name":"{}"}}"#, BASE_MS / 1000 + t, names[name], names[name])
+            .into_bytes()
     })
 }
 
@@ -88,8 +89,8 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (mixed(user_line(), 30), mixed(click_line(), 80), sensor_lines(100), 1usize..8, any::<bool>(), 0i64..8)
-        .prop_map(|(users, clicks, sensors, batch_size, sliding, lateness_s)| Case {
+    (mixed(user_line(), 30), mixed(click_line(), 80), sensor_lines(100), 1usize..8, any::<bool>(), 0i64..8).prop_map(
+        |(users, clicks, sensors, batch_size, sliding, lateness_s)| Case {
             inputs: [(InputName::Users, join(&users)), (InputName::Clicks, join(&clicks)), (InputName::Sensors, join(&sensors))]
                 .into_iter()
                 .collect(),
@@ -100,7 +101,8 @@ fn case() -> impl Strategy<Value = Case> {
                 allowed_lateness_ms: lateness_s * 1000,
                 ..SensorParams::default()
             },
-        })
+        },
+    )
 }
 
 fn engine(case: &Case, workers: usize) -> BTreeMap<String, Vec<String>> {

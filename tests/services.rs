@@ -6,10 +6,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 fn reachable(var: &str, addr: &str) {
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .unwrap_or_else(|e| panic!("{var}={addr} is not host:port ({e})"))
-        .collect();
+    let addrs: Vec<_> = addr.to_socket_addrs().unwrap_or_else(|e| panic!("{var}={addr} is not host:port ({e})")).collect();
     assert!(
         addrs.iter().any(|a| TcpStream::connect_timeout(a, Duration::from_secs(5)).is_ok()),
         "{var}={addr} does not accept connections; start the services with `eval \"$(scripts/services.sh start)\"` \

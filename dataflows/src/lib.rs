@@ -19,8 +19,8 @@ use std::str::FromStr;
 
 use differential_dataflow::VecCollection;
 
-use records::{AnomalyAlert, Click, DeadLetter, EventTypeCount, Raw, Reading, User, UserActivity, UserEventCount, WindowMetric};
 pub use output::{Output, Row};
+use records::{AnomalyAlert, Click, DeadLetter, EventTypeCount, Raw, Reading, User, UserActivity, UserEventCount, WindowMetric};
 pub use sensor_metrics::{SensorParams, Watermark};
 
 /// Logical time: the number of the batch a record was read in.
@@ -115,9 +115,10 @@ impl Dataflow {
 impl FromStr for Dataflow {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Dataflow::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| {
-            format!("unknown dataflow `{s}`; the dataflows are user_event_counts, user_activity, sensor_metrics")
-        })
+        Dataflow::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown dataflow `{s}`; the dataflows are user_event_counts, user_activity, sensor_metrics"))
     }
 }
 

@@ -39,8 +39,8 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::OkErr;
 use timely::progress::frontier::MutableAntichain;
 
-use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
 use crate::ops::{stash_by_time, FastMap, Stash};
+use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
 use crate::{Coll, Time};
 
 /// Parameters of the sensor dataflow.
@@ -58,12 +58,7 @@ pub struct SensorParams {
 
 impl Default for SensorParams {
     fn default() -> Self {
-        SensorParams {
-            size_ms: 60_000,
-            slide_ms: 60_000,
-            allowed_lateness_ms: 30_000,
-            normal_ranges: default_normal_ranges(),
-        }
+        SensorParams { size_ms: 60_000, slide_ms: 60_000, allowed_lateness_ms: 30_000, normal_ranges: default_normal_ranges() }
     }
 }
 
@@ -318,12 +313,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
         .container::<Vec<(WindowMetric, Time, isize)>>()
         .as_collection();
 
-    SensorOutputs {
-        window_metrics,
-        alerts,
-        late: late.as_collection(),
-        watermark,
-    }
+    SensorOutputs { window_metrics, alerts, late: late.as_collection(), watermark }
 }
 
 fn read_maxima<P>(input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<Millis>, P>, maxima: &mut Maxima)

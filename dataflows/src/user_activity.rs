@@ -64,16 +64,11 @@ pub fn latest_profiles<'s>(users: Coll<'s, User>) -> Coll<'s, (Id, (String, Stri
 }
 
 /// The `user_activity` output.
-pub fn user_activity<'s>(
-    users: Coll<'s, User>,
-    per_user: Coll<'s, (Id, isize)>,
-) -> Coll<'s, UserActivity> {
-    latest_profiles(users)
-        .join_total(per_user)
-        .map(|(user_id, ((name, email), n))| UserActivity {
-            user_id,
-            name,
-            email,
-            event_count: n as i64,
-        })
+pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> Coll<'s, UserActivity> {
+    latest_profiles(users).join_total(per_user).map(|(user_id, ((name, email), n))| UserActivity {
+        user_id,
+        name,
+        email,
+        event_count: n as i64,
+    })
 }

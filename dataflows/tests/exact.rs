@@ -6,8 +6,8 @@ use dataflows::records::*;
 use dataflows::{build, Coll, Dataflow, Inputs, Params, SensorParams, Time};
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::input::Input;
-use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::Probe;
+use timely::dataflow::ProbeHandle;
 
 type Updates<D> = Arc<Mutex<Vec<(D, Time, isize)>>>;
 
@@ -149,24 +149,17 @@ fn script() -> Script {
 }
 
 fn params() -> Params {
-    Params {
-        sensors: SensorParams { size_ms: 10_000, slide_ms: 10_000, allowed_lateness_ms: 5_000, ..SensorParams::default() },
-    }
+    Params { sensors: SensorParams { size_ms: 10_000, slide_ms: 10_000, allowed_lateness_ms: 5_000, ..SensorParams::default() } }
 }
 
 fn check(workers: usize) {
     let cap = run(workers, script(), params());
     let uec = |u: u64, n: i64| UserEventCount { user_id: Id::Num(u), event_count: n };
-    assert_eq!(
-        sorted(&cap.counts),
-        vec![(uec(1, 2), 0, 1), (uec(2, 1), 0, 1), (uec(1, 2), 1, -1), (uec(1, 3), 1, 1)]
-    );
+    assert_eq!(sorted(&cap.counts), vec![(uec(1, 2), 0, 1), (uec(2, 1), 0, 1), (uec(1, 2), 1, -1), (uec(1, 3), 1, 1)]);
     let etc = |e: &str, n: i64| EventTypeCount { event: e.into(), count: n };
-    assert_eq!(
-        sorted(&cap.kinds),
-        vec![(etc("click", 1), 0, 1), (etc("view", 2), 0, 1), (etc("view", 2), 1, -1), (etc("view", 3), 1, 1)]
-    );
-    let ua = |u: u64, name: &str, n: i64| UserActivity { user_id: Id::Num(u), name: name.into(), email: format!("{name}@x"), event_count: n };
+    assert_eq!(sorted(&cap.kinds), vec![(etc("click", 1), 0, 1), (etc("view", 2), 0, 1), (etc("view", 2), 1, -1), (etc("view", 3), 1, 1)]);
+    let ua =
+        |u: u64, name: &str, n: i64| UserActivity { user_id: Id::Num(u), name: name.into(), email: format!("{name}@x"), event_count: n };
     // t1: the profile update and the new click change user 1 at once; t3: an older version
     // arriving late changes nothing, because the latest is the highest position.
     assert_eq!(
@@ -199,9 +192,14 @@ fn check(workers: usize) {
     };
     assert_eq!(
         sorted(&cap.alerts),
-        vec![(alert("s2", 12, 30.0, AlertType::High), 0, 1), (alert("s1", 3, 18.0, AlertType::Flagged), 1, 1), (alert("s1", 8, 10.0, AlertType::Low), 2, 1)]
+        vec![
+            (alert("s2", 12, 30.0, AlertType::High), 0, 1),
+            (alert("s1", 3, 18.0, AlertType::Flagged), 1, 1),
+            (alert("s1", 8, 10.0, AlertType::Low), 2, 1)
+        ]
     );
-    let late = DeadLetter { input: "sensors".into(), position: Position::Line(7), reason: "late".into(), raw: b"raw 9000".to_vec(), key: None };
+    let late =
+        DeadLetter { input: "sensors".into(), position: Position::Line(7), reason: "late".into(), raw: b"raw 9000".to_vec(), key: None };
     assert_eq!(sorted(&cap.late), vec![(late, 3, 1)]);
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dataflows::{Dataflow, InputName};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::kafka::{KafkaConnection, KafkaInput, KafkaOutput};
@@ -20,7 +20,11 @@ use crate::sources::{InputSpec, SourceSpec};
 const IDLE: Duration = Duration::from_secs(2);
 
 fn unique(name: &str) -> String {
-    format!("bench-{name}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000)
+    format!(
+        "bench-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000
+    )
 }
 
 fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
@@ -49,9 +53,8 @@ fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<
         dead_letter_topic: None,
         stop_when_idle: Some(crate::config::Duration::from_millis(IDLE.as_millis() as i64)),
     };
-    let inputs = [(InputName::Clicks, InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })]
-        .into_iter()
-        .collect();
+    let inputs =
+        [(InputName::Clicks, InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })].into_iter().collect();
     let mut plan = Plan::embedded(vec![Dataflow::UserEventCounts], inputs, workers, 10_000);
     plan.kafka_output = out_prefix.map(|p| KafkaOutputPlan {
         connection: conn.clone(),
@@ -122,7 +125,8 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
     let produced: Arc<Mutex<BTreeMap<String, Vec<Instant>>>> = Default::default();
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (produced, done, bootstrap, out_topic) = (produced.clone(), done.clone(), bootstrap.to_string(), format!("{out}.event_type_counts"));
+        let (produced, done, bootstrap, out_topic) =
+            (produced.clone(), done.clone(), bootstrap.to_string(), format!("{out}.event_type_counts"));
         std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
             let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", unique("lat")).create()?;
             let mut tpl = TopicPartitionList::new();

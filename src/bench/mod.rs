@@ -73,7 +73,12 @@ fn measure(args: &[String]) -> anyhow::Result<Measured> {
 /// This process's peak (`VmHWM`) or current (`VmRSS`) resident set, in KiB.
 fn rss_kb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The child side of [`measure`]: `run …` exactly as the command line would, or `baseline …`.
@@ -158,7 +163,15 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         for w in [1, 2] {
             let dir = out.join(format!("w{w}"));
             let mut a = run.clone();
-            a.extend(["--output-dir".into(), path(&dir), "--batch-size".into(), batch.to_string(), "-w".into(), w.to_string(), "-q".into()]);
+            a.extend([
+                "--output-dir".into(),
+                path(&dir),
+                "--batch-size".into(),
+                batch.to_string(),
+                "-w".into(),
+                w.to_string(),
+                "-q".into(),
+            ]);
             let m = measure(&a)?;
             if verdict.is_ok() {
                 verdict = same_files(&out.join("plain"), &dir)?;
@@ -199,9 +212,15 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     let total = args.events * 10;
     let users = args.users.first().copied().unwrap_or(10_000);
     let out = tempfile_dir()?;
-    let generator = |kind, count, seed| InputSpec { source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users }), rate: None };
+    let generator = |kind, count, seed| InputSpec {
+        source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users }),
+        rate: None,
+    };
     let jobs = [
-        (Dataflow::UserEventCounts, vec![(InputName::Users, generator(InputName::Users, users, 1)), (InputName::Clicks, generator(InputName::Clicks, total, 2))]),
+        (
+            Dataflow::UserEventCounts,
+            vec![(InputName::Users, generator(InputName::Users, users, 1)), (InputName::Clicks, generator(InputName::Clicks, total, 2))],
+        ),
         (Dataflow::SensorMetrics, vec![(InputName::Sensors, generator(InputName::Sensors, total, 3))]),
     ];
     println!("soak: {total} events per job (10 × --events), -w 2, snapshot files on; RSS at each tenth of the input");

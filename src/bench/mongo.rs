@@ -16,9 +16,8 @@ use dataflows::{Output, Row};
 
 pub fn main(uri: &str, docs: u64) -> anyhow::Result<()> {
     let database = format!("bench_{}", std::process::id());
-    let rows: Vec<(String, String)> = (0..docs)
-        .map(|i| (format!(r#"{{"user_id":{i}}}"#), format!(r#"{{"user_id":{i},"event_count":{}}}"#, i % 97 + 1)))
-        .collect();
+    let rows: Vec<(String, String)> =
+        (0..docs).map(|i| (format!(r#"{{"user_id":{i}}}"#), format!(r#"{{"user_id":{i},"event_count":{}}}"#, i % 97 + 1))).collect();
 
     let client = mongodb::sync::Client::with_uri_str(uri)?;
     let ns = Namespace::new(&database, "plain");

@@ -30,9 +30,8 @@ impl FromStr for Duration {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: i64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration; write a whole number and a unit, e.g. \"30s\" or \"500ms\""))?;
+        let n: i64 =
+            num.parse().map_err(|_| format!("`{s}` is not a duration; write a whole number and a unit, e.g. \"30s\" or \"500ms\""))?;
         let scale = match unit.trim() {
             "ms" => 1,
             "s" => 1000,

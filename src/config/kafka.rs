@@ -41,10 +41,7 @@ pub struct KafkaConnection {
 impl KafkaConnection {
     /// `bootstrap.servers` as it will be used.
     pub fn bootstrap(&self) -> String {
-        self.bootstrap_servers
-            .clone()
-            .or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok())
-            .unwrap_or_else(|| "localhost:9092".to_string())
+        self.bootstrap_servers.clone().or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok()).unwrap_or_else(|| "localhost:9092".to_string())
     }
 
     /// Checks the options; `Err((key, message))`.
@@ -71,8 +68,8 @@ impl KafkaConnection {
             c.set(k, v);
         }
         for (option, var) in &self.secret_env {
-            let value = std::env::var(var)
-                .map_err(|_| format!("kafka.secret_env: `{option}` comes from ${var}, which is not set; export it"))?;
+            let value =
+                std::env::var(var).map_err(|_| format!("kafka.secret_env: `{option}` comes from ${var}, which is not set; export it"))?;
             c.set(option, value);
         }
         Ok(c)

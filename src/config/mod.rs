@@ -68,12 +68,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            workers: 1,
-            batch_size: 10_000,
-            max_inflight: 4,
-            status_interval: Duration::from_millis(1000),
-        }
+        RuntimeConfig { workers: 1, batch_size: 10_000, max_inflight: 4, status_interval: Duration::from_millis(1000) }
     }
 }
 
@@ -286,11 +281,7 @@ impl Config {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, message: String| ConfigError {
-            file: file.to_string(),
-            key: key.to_string(),
-            message,
-        };
+        let err = |key: &str, message: String| ConfigError { file: file.to_string(), key: key.to_string(), message };
         for (i, d) in self.dataflows.iter().enumerate() {
             d.parse::<Dataflow>().map_err(|e| err(&format!("dataflows[{i}]"), e))?;
         }
@@ -306,7 +297,10 @@ impl Config {
                 }
             };
             if rate.is_some_and(|r| !(r > 0.0)) {
-                return Err(err(&format!("{key}.rate"), "must be a positive number of records per second; remove it to read as fast as possible".into()));
+                return Err(err(
+                    &format!("{key}.rate"),
+                    "must be a positive number of records per second; remove it to read as fast as possible".into(),
+                ));
             }
         }
         if self.runtime.workers == 0 {
@@ -330,18 +324,12 @@ impl Config {
 
     /// The dataflow parameters this config describes.
     pub fn params(&self, file: &str) -> Result<Params, ConfigError> {
-        Ok(Params {
-            sensors: self.sensor_params(file)?,
-        })
+        Ok(Params { sensors: self.sensor_params(file)? })
     }
 
     fn sensor_params(&self, file: &str) -> Result<SensorParams, ConfigError> {
         let s = &self.sensor_metrics;
-        let err = |key: &str, message: String| ConfigError {
-            file: file.to_string(),
-            key: format!("sensor_metrics.{key}"),
-            message,
-        };
+        let err = |key: &str, message: String| ConfigError { file: file.to_string(), key: format!("sensor_metrics.{key}"), message };
         let size = s.size.millis();
         if size <= 0 {
             return Err(err("size", "must be positive, e.g. \"60s\"".into()));
@@ -370,11 +358,6 @@ impl Config {
             ranges.retain(|(name, _, _)| name != t);
             ranges.push((t.clone(), r.min, r.max));
         }
-        Ok(SensorParams {
-            size_ms: size,
-            slide_ms: slide,
-            allowed_lateness_ms: s.allowed_lateness.millis(),
-            normal_ranges: ranges,
-        })
+        Ok(SensorParams { size_ms: size, slide_ms: slide, allowed_lateness_ms: s.allowed_lateness.millis(), normal_ranges: ranges })
     }
 }

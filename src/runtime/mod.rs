@@ -306,10 +306,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Option<Report>> {
 pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Report>> {
     let config = plan.cluster.timely_config().map_err(anyhow::Error::msg)?;
     let plan = Arc::new(plan);
-    let guards = timely::execute(config, move |worker| {
-        run_worker(worker, &plan, &counters).map_err(|e| format!("{e:#}"))
-    })
-    .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
+    let guards = timely::execute(config, move |worker| run_worker(worker, &plan, &counters).map_err(|e| format!("{e:#}")))
+        .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
     for result in guards.join() {
         match result {
@@ -343,7 +341,14 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         by_key.push(s.clone());
     }
     if let Some(k) = &plan.kafka_output {
-        by_key.push(Rc::new(RefCell::new(KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), suppress, index)?)));
+        by_key.push(Rc::new(RefCell::new(KafkaSink::open(
+            &k.connection,
+            &k.output,
+            &outputs,
+            k.dead_letter_topics.clone(),
+            suppress,
+            index,
+        )?)));
     }
     if let Some(m) = &plan.mongodb_output {
         by_key.push(Rc::new(RefCell::new(MongoSink::open(m, &outputs, suppress, counters.mongo.clone())?)));
@@ -386,17 +391,19 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
         }
         sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);
-        (
-            Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in },
-            probe,
-            outs.watermark,
-        )
+        (Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in }, probe, outs.watermark)
     });
 
     let mut inputs = Vec::new();
     for (name, spec) in &plan.inputs {
         if needs(*name) {
-            inputs.push(OpenInput { name: *name, source: spec.open(index, peers, plan.batch_size)?, rate: spec.rate, batches: 0, done: false });
+            inputs.push(OpenInput {
+                name: *name,
+                source: spec.open(index, peers, plan.batch_size)?,
+                rate: spec.rate,
+                batches: 0,
+                done: false,
+            });
         }
     }
 
@@ -531,11 +538,15 @@ fn gather_on_first(worker: &mut timely::worker::Worker, rows: Vec<SnapshotRow>) 
         let (input, stream) = scope.new_input::<SnapshotRow>();
         let probe = ProbeHandle::new();
         stream
-            .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &SnapshotRow| 0), "GatherSnapshot", move |_, _| {
-                move |input, _output| {
-                    input.for_each(|_, data| into.borrow_mut().append(data));
-                }
-            })
+            .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Exchange::new(|_: &SnapshotRow| 0),
+                "GatherSnapshot",
+                move |_, _| {
+                    move |input, _output| {
+                        input.for_each(|_, data| into.borrow_mut().append(data));
+                    }
+                },
+            )
             .probe_with(&probe);
         (input, probe)
     });

@@ -83,21 +83,13 @@ impl InputSpec {
     /// From an input's config table.
     pub fn from_config(name: InputName, config: &InputConfig, kafka: &KafkaConnection) -> InputSpec {
         match config {
-            InputConfig::File { path, rate } => InputSpec {
-                source: if path.as_os_str() == "-" { SourceSpec::Stdin } else { SourceSpec::File(path.clone()) },
-                rate: *rate,
-            },
-            InputConfig::Stdin {} => InputSpec { source: SourceSpec::Stdin, rate: None },
-            InputConfig::Kafka(input) => {
-                InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None }
+            InputConfig::File { path, rate } => {
+                InputSpec { source: if path.as_os_str() == "-" { SourceSpec::Stdin } else { SourceSpec::File(path.clone()) }, rate: *rate }
             }
+            InputConfig::Stdin {} => InputSpec { source: SourceSpec::Stdin, rate: None },
+            InputConfig::Kafka(input) => InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None },
             InputConfig::Generator { count, rate, seed, users } => InputSpec {
-                source: SourceSpec::Generator(generator::GeneratorSpec {
-                    kind: name,
-                    count: *count,
-                    seed: *seed,
-                    users: *users,
-                }),
+                source: SourceSpec::Generator(generator::GeneratorSpec { kind: name, count: *count, seed: *seed, users: *users }),
                 rate: *rate,
             },
         }
@@ -114,9 +106,7 @@ impl InputSpec {
             // Standard input can be read once: the first worker reads all of it.
             SourceSpec::Stdin if index == 0 => Box::new(file::LineSource::new(io::stdin().lock(), 0, 1, batch)),
             SourceSpec::Stdin => Box::new(file::Empty),
-            SourceSpec::Memory(bytes) => {
-                Box::new(file::LineSource::new(io::Cursor::new(file::Shared(bytes.clone())), index, peers, batch))
-            }
+            SourceSpec::Memory(bytes) => Box::new(file::LineSource::new(io::Cursor::new(file::Shared(bytes.clone())), index, peers, batch)),
             SourceSpec::Generator(spec) => Box::new(generator::GeneratorSource::new(spec.clone(), index, peers, batch)),
             SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(&k.0, &k.1, index, peers)?),
         })

@@ -13,13 +13,7 @@ pub fn bin() -> PathBuf {
 /// Runs the binary, panicking with its stderr when it fails.
 pub fn diffstream(args: &[&str]) -> Output {
     let out = Command::new(bin()).args(args).output().expect("the diffstream binary runs");
-    assert!(
-        out.status.success(),
-        "diffstream {} failed ({}):\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "diffstream {} failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
     out
 }
 

@@ -64,8 +64,7 @@ impl JsonlSink {
 
     /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
     pub fn rows(&self, output: Output) -> Vec<(String, String, isize)> {
-        let mut rows: Vec<(String, String, isize)> =
-            self.rows_of(output).map(|(r, n)| (r.key(), r.row(), *n)).collect();
+        let mut rows: Vec<(String, String, isize)> = self.rows_of(output).map(|(r, n)| (r.key(), r.row(), *n)).collect();
         rows.sort_unstable();
         rows
     }
@@ -96,8 +95,7 @@ impl JsonlSink {
     }
 
     fn write_changes(&mut self, time: Time, updates: &[(Row, isize)]) -> io::Result<()> {
-        let mut encoded: Vec<(Output, String, String, isize)> =
-            updates.iter().map(|(r, d)| (r.output(), r.key(), r.row(), *d)).collect();
+        let mut encoded: Vec<(Output, String, String, isize)> = updates.iter().map(|(r, d)| (r.output(), r.key(), r.row(), *d)).collect();
         encoded.sort_unstable();
         for (o, w) in &mut self.changes {
             for (_, _, row, diff) in encoded.iter().filter(|(out, ..)| out == o) {

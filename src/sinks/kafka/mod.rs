@@ -153,7 +153,8 @@ pub fn create_topics(conn: &KafkaConnection, topics: &[String], partitions: i32)
         conn.client_config().map_err(anyhow::Error::msg)?.create().map_err(|e| anyhow::anyhow!("Kafka admin client: {e}"))?;
     let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
-    let results = block_on(admin.create_topics(&new, &opts)).map_err(|e| anyhow::anyhow!("creating topics on {}: {e}", conn.bootstrap()))?;
+    let results =
+        block_on(admin.create_topics(&new, &opts)).map_err(|e| anyhow::anyhow!("creating topics on {}: {e}", conn.bootstrap()))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -197,8 +198,7 @@ impl KafkaSink {
         for (k, v) in &out.headers {
             headers = headers.insert(Header { key: k, value: Some(v) });
         }
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&out.topic, out.time as usize).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&out.topic, out.time as usize).headers(headers);
         if let Some(k) = &out.key {
             record = record.key(k);
         }

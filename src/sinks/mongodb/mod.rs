@@ -107,7 +107,8 @@ impl MongoSink {
         }
         let (jobs, receive) = channel::<Job>();
         let pending = Arc::new(Mutex::new(BTreeSet::new()));
-        let (p, h, dead) = (pending.clone(), health.clone(), Namespace::new(&config.database, config.collection(Output::DeadLetters.as_str())));
+        let (p, h, dead) =
+            (pending.clone(), health.clone(), Namespace::new(&config.database, config.collection(Output::DeadLetters.as_str())));
         let batch = config.batch_size.max(1);
         std::thread::Builder::new().name("mongodb-sink".into()).spawn(move || {
             for job in receive {
@@ -195,8 +196,10 @@ fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &MongoHe
                             WriteModel::ReplaceOne(m) => m.replacement.clone(),
                             _ => Document::new(),
                         };
-                        let letter = doc! { "input": "sink:mongodb", "reason": format!("rejected: {}", we.message), "row": row.to_string() };
-                        let model: WriteModel = mongodb::options::InsertOneModel::builder().namespace(dead.clone()).document(letter).build().into();
+                        let letter =
+                            doc! { "input": "sink:mongodb", "reason": format!("rejected: {}", we.message), "row": row.to_string() };
+                        let model: WriteModel =
+                            mongodb::options::InsertOneModel::builder().namespace(dead.clone()).document(letter).build().into();
                         let _ = client.bulk_write([model]).run();
                     }
                     return;

@@ -52,9 +52,18 @@ pub const SENSOR_TYPES: [(&str, f64, f64); 6] = [
 
 /// Where sensors stand.
 pub const LOCATIONS: [&str; 12] = [
-    "plant-a/line-1", "plant-a/line-2", "plant-a/line-3", "plant-a/warehouse",
-    "plant-b/line-1", "plant-b/line-2", "plant-b/boiler-room", "plant-b/warehouse",
-    "office/floor-1", "office/floor-2", "office/server-room", "yard",
+    "plant-a/line-1",
+    "plant-a/line-2",
+    "plant-a/line-3",
+    "plant-a/warehouse",
+    "plant-b/line-1",
+    "plant-b/line-2",
+    "plant-b/boiler-room",
+    "plant-b/warehouse",
+    "office/floor-1",
+    "office/floor-2",
+    "office/server-room",
+    "yard",
 ];
 
 /// The click event kinds and their weights (per cent).

@@ -120,7 +120,12 @@ pub fn run(job: ToKafka<'_>) -> anyhow::Result<()> {
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             let s = ctx.0.lock().expect("stats");
-            let line = format!("sent {sent}, delivered {}, failed {}, {:.0} msg/s", s.delivered, s.failed, sent as f64 / start.elapsed().as_secs_f64());
+            let line = format!(
+                "sent {sent}, delivered {}, failed {}, {:.0} msg/s",
+                s.delivered,
+                s.failed,
+                sent as f64 / start.elapsed().as_secs_f64()
+            );
             if tty {
                 eprint!("\r\x1b[K{line}");
             } else {
@@ -136,8 +141,15 @@ pub fn run(job: ToKafka<'_>) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
-    eprintln!("topic {}: sent {sent}, delivered {}, failed {}, {:.0} msg/s, delivery latency p50 {:.1} ms p95 {:.1} ms",
-        job.topic, s.delivered, s.failed, sent as f64 / secs.max(1e-9), pct(0.5), pct(0.95));
+    eprintln!(
+        "topic {}: sent {sent}, delivered {}, failed {}, {:.0} msg/s, delivery latency p50 {:.1} ms p95 {:.1} ms",
+        job.topic,
+        s.delivered,
+        s.failed,
+        sent as f64 / secs.max(1e-9),
+        pct(0.5),
+        pct(0.95)
+    );
     let by_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n} ({:.1}%)", 100.0 * *n as f64 / sent.max(1) as f64)).collect();
     eprintln!("by kind: {}", by_kind.join(", "));
     anyhow::ensure!(s.failed == 0, "{} records were not delivered", s.failed);

@@ -106,10 +106,7 @@ impl KafkaSource {
             let t = md.topics().iter().find(|t| t.name() == topic);
             let partitions = t.map_or(0, |t| if t.error().is_some() { 0 } else { t.partitions().len() });
             if partitions == 0 {
-                return Err(err(format!(
-                    "topic `{topic}` does not exist on {} (or has no partitions); create it first",
-                    conn.bootstrap()
-                )));
+                return Err(err(format!("topic `{topic}` does not exist on {} (or has no partitions); create it first", conn.bootstrap())));
             }
             all.extend((0..partitions as i32).map(|p| (topic.clone(), p)));
         }
@@ -382,7 +379,11 @@ pub fn print_offsets(path: &std::path::Path) -> anyhow::Result<()> {
                 let key = (topic.clone(), p);
                 let show = |o: Option<&i64>| o.map_or("-".to_string(), i64::to_string);
                 let lag = committed.get(&key).map_or("-".to_string(), |c| (end - c).max(0).to_string());
-                println!("{name:<10} {topic:<30} {p:>9} {:>12} {:>12} {end:>12} {lag:>10}", show(started.get(&key)), show(committed.get(&key)));
+                println!(
+                    "{name:<10} {topic:<30} {p:>9} {:>12} {:>12} {end:>12} {lag:>10}",
+                    show(started.get(&key)),
+                    show(committed.get(&key))
+                );
             }
         }
     }
