@@ -120,39 +120,18 @@ fn consolidate(updates: Vec<(Row, isize)>) -> Vec<(Row, isize)> {
     let mut hashed: Vec<(u64, Row, isize)> = updates.into_iter().map(|(r, d)| (r.key_hash(), r, d)).collect();
     hashed.sort_unstable_by_key(|(h, _, _)| *h);
     let mut out: Vec<(Row, isize)> = Vec::with_capacity(hashed.len());
-    let mut group_start = 0;
-    let mut group_hash = None;
+    let (mut group_start, mut group_hash) = (0, None);
     for (h, r, d) in hashed {
         if group_hash != Some(h) {
-            out.retain_tail(group_start);
-            group_start = out.len();
-            group_hash = Some(h);
+            (group_start, group_hash) = (out.len(), Some(h));
         }
         match out[group_start..].iter_mut().find(|(x, _)| *x == r) {
             Some(e) => e.1 += d,
             None => out.push((r, d)),
         }
     }
-    out.retain_tail(group_start);
+    out.retain(|(_, d)| *d != 0);
     out
-}
-
-/// Drops the zero-diff entries at or after `from`.
-trait RetainTail {
-    fn retain_tail(&mut self, from: usize);
-}
-
-impl RetainTail for Vec<(Row, isize)> {
-    fn retain_tail(&mut self, from: usize) {
-        let mut i = from;
-        while i < self.len() {
-            if self[i].1 == 0 {
-                self.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
-    }
 }
 
 /// Rows and updates per output, added up over the workers of this process: what the status
