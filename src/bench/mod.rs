@@ -254,12 +254,15 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
         done.store(true, Ordering::Relaxed);
         let marks = sampler.join().expect("the sampler thread");
         let (lo, hi) = marks.iter().fold((f64::MAX, 0f64), |(lo, hi), m| (lo.min(*m), hi.max(*m)));
+        // The peak so far includes the end of the run (gathering and writing the snapshot),
+        // which the tenths do not see.
         println!(
-            "{:<18} {:>6.1}s  RSS MiB at each tenth: {}  (max/min {:.2})",
+            "{:<18} {:>6.1}s  RSS MiB at each tenth: {}  (max/min {:.2}); process peak so far {:.0} MiB",
             dataflow.as_str(),
             start.elapsed().as_secs_f64(),
             marks.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" "),
-            hi / lo
+            hi / lo,
+            rss_kb("VmHWM:") / 1024.0
         );
     }
     Ok(())

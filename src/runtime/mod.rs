@@ -29,6 +29,7 @@ use timely::dataflow::ProbeHandle;
 use crate::codec;
 use crate::config::kafka::{KafkaConnection, KafkaOutput};
 use crate::config::MongoOutput;
+use crate::sinks::jsonl::runs::{Merged, Runs};
 use crate::sinks::jsonl::{self, JsonlSink, SnapshotRow};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongodb::{MongoHealth, MongoSink};
@@ -184,6 +185,15 @@ impl Plan {
         self.output_dir.is_some() || self.display == Display::Live
     }
 
+    /// Where sorted runs of snapshot rows may be written: beside the snapshots, or in the
+    /// temporary directory when there is no output directory.
+    fn spill_dir(&self) -> PathBuf {
+        match &self.output_dir {
+            Some(dir) => dir.join(".diffstream-spill"),
+            None => std::env::temp_dir().join(format!("diffstream-spill-{}", std::process::id())),
+        }
+    }
+
     /// Whether every row must reach the first worker as it changes: for change files (sorted
     /// per time across all workers) and the live view.
     fn gathers_changes(&self) -> bool {
@@ -332,8 +342,11 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     // only for a snapshot or the live view: by every worker for its share, or — when change
     // files or the live view need every row as it changes — by the first worker for all.
     let gather = plan.gathers_changes();
+    // Append-only rows go to sorted runs on disk, except where the live view reads them.
+    let spill = plan.spill_dir();
+    let append_spill = (plan.display != Display::Live).then(|| spill.join(format!("worker-{index}")));
     let jsonl = (plan.keeps_rows() && (first || !gather))
-        .then(|| JsonlSink::new(if gather && plan.changes { plan.output_dir.as_deref() } else { None }, &outputs))
+        .then(|| JsonlSink::new(if gather && plan.changes { plan.output_dir.as_deref() } else { None }, &outputs, append_spill))
         .transpose()?
         .map(|s| Rc::new(RefCell::new(s)));
     let mut by_key: Vec<SharedSink> = vec![Rc::new(RefCell::new(TallySink(counters.tally.clone())))];
@@ -494,27 +507,20 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     }
     tick(&jsonl, epoch, true);
 
-    // The snapshot: every worker's share, encoded once, gathered on the first worker.
+    // The snapshot: every worker's share leaves as one sorted merge and is gathered on the
+    // first worker, which writes the files from a merge of what it received.
     let kept = plan.keeps_rows();
-    let share = match &jsonl {
-        Some(s) => s.borrow_mut().finish()?,
-        None => Vec::new(),
-    };
-    let gathered = if kept { gather_on_first(worker, share) } else { Vec::new() };
+    let share = jsonl.as_ref().map(|s| s.borrow_mut().finish()).transpose()?;
+    let gathered = if kept { gather_on_first(worker, share, spill.join("gathered"))? } else { None };
     if !first {
         return Ok(None);
     }
     let tally = &counters.tally;
-    let mut rows: Vec<(Output, u64)> = outputs.iter().map(|&o| (o, tally.rows(o).max(0) as u64)).collect();
-    if kept {
-        for (o, n) in &mut rows {
-            *n = gathered.iter().filter(|r| r.output == *o).count() as u64;
-        }
-    }
-    let files = match &plan.output_dir {
-        Some(dir) => jsonl::write_snapshots(dir, &outputs, gathered)?,
-        None => Vec::new(),
+    let (files, rows) = match gathered {
+        Some(rows) => jsonl::write_snapshots(plan.output_dir.as_deref(), &outputs, rows)?,
+        None => (Vec::new(), outputs.iter().map(|&o| (o, tally.rows(o).max(0) as u64)).collect()),
     };
+    let _ = std::fs::remove_dir(&spill); // empty by now, unless another process still cleans up
     Ok(Some(Report {
         records_in: counters.snapshot(),
         dead_letters: rows.iter().find(|(o, _)| *o == Output::DeadLetters).map_or(0, |(_, n)| *n),
@@ -525,14 +531,18 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     }))
 }
 
-/// Sends every worker's `rows` to the first worker, through a dataflow of its own (so it works
-/// across processes); returns them all there, nothing elsewhere. Every worker must call it.
-fn gather_on_first(worker: &mut timely::worker::Worker, rows: Vec<SnapshotRow>) -> Vec<SnapshotRow> {
+/// Sends every worker's `rows` (in snapshot order) to the first worker through a dataflow of
+/// its own (so it works across processes), in chunks of [`jsonl::RUN_ROWS`], each sent only
+/// once the previous one was received, so no worker buffers more than a chunk. The first
+/// worker gathers into sorted runs under `spill` and returns their merge; others return
+/// `None`. Every worker must call it.
+fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, spill: PathBuf) -> anyhow::Result<Option<Merged>> {
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     use timely::dataflow::operators::vec::input::Input as _;
     use timely::dataflow::operators::Probe;
-    let gathered: Rc<RefCell<Vec<SnapshotRow>>> = Rc::default();
+    let first = worker.index() == 0;
+    let gathered = Rc::new(RefCell::new((Runs::new(spill, jsonl::RUN_ROWS), None::<std::io::Error>)));
     let into = gathered.clone();
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, stream) = scope.new_input::<SnapshotRow>();
@@ -543,19 +553,45 @@ fn gather_on_first(worker: &mut timely::worker::Worker, rows: Vec<SnapshotRow>) 
                 "GatherSnapshot",
                 move |_, _| {
                     move |input, _output| {
-                        input.for_each(|_, data| into.borrow_mut().append(data));
+                        input.for_each(|_, data| {
+                            let (runs, error) = &mut *into.borrow_mut();
+                            for r in data.drain(..) {
+                                if let Err(e) = runs.push(r) {
+                                    error.get_or_insert(e);
+                                }
+                            }
+                        })
                     }
                 },
             )
             .probe_with(&probe);
         (input, probe)
     });
-    for r in rows {
-        input.send(r);
+    let mut rows = rows.into_iter().flatten();
+    let mut chunk: Time = 0;
+    loop {
+        let mut sent = 0;
+        for r in rows.by_ref().take(jsonl::RUN_ROWS) {
+            input.send(r?);
+            sent += 1;
+        }
+        if sent == 0 {
+            break;
+        }
+        chunk += 1;
+        input.advance_to(chunk);
+        while probe.less_than(&chunk) {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
     }
     drop(input);
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(1)));
     }
-    gathered.take()
+    // The finished dataflow may still hold its end of the cell: take the contents out.
+    let (runs, error) = std::mem::replace(&mut *gathered.borrow_mut(), (Runs::in_memory(), None));
+    if let Some(e) = error {
+        return Err(anyhow::anyhow!("gathering the snapshot: {e}"));
+    }
+    Ok(if first { Some(runs.merged()?) } else { None })
 }

@@ -5,8 +5,11 @@
 //! the end of each logical time so that `tail -f` shows the outputs changing.
 //!
 //! Every worker keeps the current rows of its share of the outputs as typed rows ([`JsonlSink`]
-//! routed by key); when the run ends the shares are encoded once and gathered on the first
-//! worker, which sorts and writes the files ([`write_snapshots`]). Change files and the demo's
+//! routed by key). Append-only outputs (alerts, dead letters) are not kept: their rows are
+//! encoded as their times close and written to sorted run files ([`runs`]), so memory holds
+//! current rows of keyed outputs only. When the run ends each worker's share leaves as one
+//! sorted merge, is gathered on the first worker (which spills to runs of its own), and is
+//! written by [`write_snapshots`] from a merge: the whole snapshot is never in memory at once. Change files and the demo's
 //! live view need every row in one place, so when they are asked for, one sink on the first
 //! worker receives everything instead.
 //!
@@ -23,6 +26,14 @@ use serde::{Deserialize, Serialize};
 
 use super::Sink;
 use crate::codec::OutputRow;
+
+pub mod runs;
+
+use runs::{Merged, Runs};
+
+/// Rows per sorted run: what one worker holds of the append-only outputs, or of the snapshot
+/// while it is gathered, before writing a run file (about 20 MB of encoded rows).
+pub const RUN_ROWS: usize = 100_000;
 
 /// One row of a snapshot, encoded: output, key and row as JSON, multiplicity (1 in a
 /// consistent output). What the workers send to the first one at the end.
@@ -42,14 +53,17 @@ pub struct SnapshotRow {
 pub struct JsonlSink {
     /// current rows by the hash of their key (nearly always one row per hash)
     state: HashedMap<Vec<(Row, isize)>>,
+    /// rows of append-only outputs, when they are spilled rather than kept
+    append: Option<Runs>,
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
 }
 
 impl JsonlSink {
     /// A sink that keeps the current rows; with `changes_dir`, it also writes the change files
-    /// of `outputs` there (only the sink that receives every row should).
-    pub fn new(changes_dir: Option<&Path>, outputs: &[Output]) -> io::Result<Self> {
+    /// of `outputs` there (only the sink that receives every row should); with `spill_dir`,
+    /// rows of append-only outputs go to sorted runs there instead of memory.
+    pub fn new(changes_dir: Option<&Path>, outputs: &[Output], spill_dir: Option<PathBuf>) -> io::Result<Self> {
         let mut changes = Vec::new();
         if let Some(dir) = changes_dir {
             create_dir(dir)?;
@@ -59,7 +73,8 @@ impl JsonlSink {
                 changes.push((o, BufWriter::new(f)));
             }
         }
-        Ok(JsonlSink { state: HashedMap::default(), changes, error: None })
+        let append = spill_dir.map(|d| Runs::new(d, RUN_ROWS));
+        Ok(JsonlSink { state: HashedMap::default(), append, changes, error: None })
     }
 
     /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
@@ -78,20 +93,20 @@ impl JsonlSink {
         self.state.values().flatten().filter(move |(r, _)| r.output() == output)
     }
 
-    /// Hands over the current rows, encoded, leaving the sink empty; reports any write error
-    /// of the change files.
-    pub fn finish(&mut self) -> io::Result<Vec<SnapshotRow>> {
+    /// Hands over every row, encoded, as one sorted merge, leaving the sink empty; reports
+    /// any write error of the change or run files.
+    pub fn finish(&mut self) -> io::Result<Merged> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
         for (_, f) in &mut self.changes {
             f.flush()?;
         }
-        Ok(std::mem::take(&mut self.state)
-            .into_values()
-            .flatten()
-            .map(|(r, count)| SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })
-            .collect())
+        let mut runs = self.append.take().unwrap_or_else(Runs::in_memory);
+        for (r, count) in std::mem::take(&mut self.state).into_values().flatten() {
+            runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })?;
+        }
+        runs.merged()
     }
 
     fn write_changes(&mut self, time: Time, updates: &[(Row, isize)]) -> io::Result<()> {
@@ -123,6 +138,14 @@ impl Sink for JsonlSink {
         // it of the old row, so a change neither frees nor reallocates the entry.
         let (adds, retractions): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d > 0);
         for (row, diff) in adds.into_iter().chain(retractions) {
+            if let Some(runs) = self.append.as_mut().filter(|_| row.output().append_only()) {
+                let encoded = SnapshotRow { output: row.output(), key: row.key(), row: row.row(), count: diff };
+                if let Err(e) = runs.push(encoded) {
+                    tracing::error!(error = %e, "spilling append-only rows failed");
+                    self.error.get_or_insert(e);
+                }
+                continue;
+            }
             let hash = row.key_hash();
             let rows = self.state.entry(hash).or_default();
             match rows.iter().position(|(r, _)| *r == row) {
@@ -145,27 +168,63 @@ fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create output directory {}: {e}", dir.display())))
 }
 
-/// Writes `DIR/<output>.jsonl` for every output in `outputs` from the gathered rows: one line
-/// per row, sorted by key (then row). A key with more than one row, or a row whose
-/// multiplicity is not 1, is logged as an error: the dataflow broke its contract.
-pub fn write_snapshots(dir: &Path, outputs: &[Output], mut rows: Vec<SnapshotRow>) -> io::Result<Vec<PathBuf>> {
-    create_dir(dir)?;
-    rows.sort_unstable();
-    let mut written = Vec::new();
-    for &o in outputs {
-        let path = dir.join(format!("{o}.jsonl"));
-        let mut w = BufWriter::new(File::create(&path)?);
-        let mut previous: Option<&str> = None;
-        for r in rows.iter().filter(|r| r.output == o) {
-            if r.count != 1 || previous == Some(r.key.as_str()) {
-                tracing::error!(output = %o, key = r.key, multiplicity = r.count, "output is not one row per key");
-            }
-            previous = Some(&r.key);
+/// Writes `DIR/<output>.jsonl` for every output in `outputs` (when there is a directory) from
+/// the gathered rows in snapshot order, adding up equal rows: one line per row, sorted by key
+/// (then row). A key with more than one row, or a row whose multiplicity is not 1, is logged as
+/// an error: the dataflow broke its contract. Returns the files and the rows per output.
+pub fn write_snapshots(
+    dir: Option<&Path>,
+    outputs: &[Output],
+    rows: impl Iterator<Item = io::Result<SnapshotRow>>,
+) -> io::Result<(Vec<PathBuf>, Vec<(Output, u64)>)> {
+    let mut files = Vec::new();
+    let mut writers = Vec::new();
+    if let Some(dir) = dir {
+        create_dir(dir)?;
+        for &o in outputs {
+            let path = dir.join(format!("{o}.jsonl"));
+            writers.push((o, BufWriter::new(File::create(&path)?)));
+            files.push(path);
+        }
+    }
+    let mut counts: Vec<(Output, u64)> = outputs.iter().map(|&o| (o, 0)).collect();
+    let mut previous_key: Option<(Output, String)> = None;
+    let mut emit = |r: SnapshotRow| -> io::Result<()> {
+        if r.count == 0 {
+            return Ok(());
+        }
+        let repeated = previous_key.as_ref().is_some_and(|(o, k)| *o == r.output && *k == r.key);
+        if r.count != 1 || repeated {
+            tracing::error!(output = %r.output, key = r.key, multiplicity = r.count, "output is not one row per key");
+        }
+        if let Some((_, n)) = counts.iter_mut().find(|(o, _)| *o == r.output) {
+            *n += 1;
+        }
+        if let Some((_, w)) = writers.iter_mut().find(|(o, _)| *o == r.output) {
             w.write_all(r.row.as_bytes())?;
             w.write_all(b"\n")?;
         }
-        w.flush()?;
-        written.push(path);
+        previous_key = Some((r.output, r.key));
+        Ok(())
+    };
+    // Equal rows are adjacent in snapshot order: add up their counts before writing.
+    let mut pending: Option<SnapshotRow> = None;
+    for r in rows {
+        let r = r?;
+        match &mut pending {
+            Some(p) if p.output == r.output && p.key == r.key && p.row == r.row => p.count += r.count,
+            _ => {
+                if let Some(p) = pending.replace(r) {
+                    emit(p)?;
+                }
+            }
+        }
     }
-    Ok(written)
+    if let Some(p) = pending {
+        emit(p)?;
+    }
+    for (_, w) in &mut writers {
+        w.flush()?;
+    }
+    Ok((files, counts))
 }

@@ -1,0 +1,156 @@
+//! Sorted runs on disk, so that snapshot rows never all have to be in memory at once: a
+//! bounded buffer of encoded rows that writes itself out as a sorted run file when full, and a
+//! k-way merge of the runs (and what is still buffered) in snapshot order.
+//!
+//! A run file holds one row per line, `output \t count \t key \t row`; keys and rows are
+//! compact JSON, which never contains a raw tab or newline.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+
+use super::SnapshotRow;
+
+/// Rows gathered into sorted runs under one directory (created when the first run is written,
+/// removed when the merge is done).
+pub struct Runs {
+    dir: Option<PathBuf>,
+    limit: usize,
+    buffer: Vec<SnapshotRow>,
+    files: Vec<PathBuf>,
+}
+
+impl Runs {
+    /// Runs of at most `limit` rows in `dir`, which nothing else uses.
+    pub fn new(dir: PathBuf, limit: usize) -> Self {
+        Runs { dir: Some(dir), limit: limit.max(1), buffer: Vec::new(), files: Vec::new() }
+    }
+
+    /// Everything in memory: for what must stay readable (the live view).
+    pub fn in_memory() -> Self {
+        Runs { dir: None, limit: usize::MAX, buffer: Vec::new(), files: Vec::new() }
+    }
+
+    /// Adds a row; writes a run when the buffer is full.
+    pub fn push(&mut self, row: SnapshotRow) -> io::Result<()> {
+        self.buffer.push(row);
+        if self.buffer.len() >= self.limit {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create spill directory {}: {e}", dir.display())))?;
+        self.buffer.sort_unstable();
+        let path = dir.join(format!("run-{}.tsv", self.files.len()));
+        let mut w = BufWriter::new(File::create(&path)?);
+        for r in self.buffer.drain(..) {
+            writeln!(w, "{}\t{}\t{}\t{}", r.output, r.count, r.key, r.row)?;
+        }
+        w.flush()?;
+        self.files.push(path);
+        Ok(())
+    }
+
+    /// Every row pushed, in snapshot order (output, key, row), equal rows adjacent.
+    pub fn merged(mut self) -> io::Result<Merged> {
+        self.buffer.sort_unstable();
+        let mut sources: Vec<Source> = vec![Source::Memory(std::mem::take(&mut self.buffer).into_iter())];
+        for path in &self.files {
+            sources.push(Source::File(BufReader::new(File::open(path)?).lines()));
+        }
+        let mut merged = Merged { heap: BinaryHeap::new(), sources, dir: self.dir };
+        for i in 0..merged.sources.len() {
+            merged.refill(i)?;
+        }
+        Ok(merged)
+    }
+}
+
+enum Source {
+    Memory(std::vec::IntoIter<SnapshotRow>),
+    File(io::Lines<BufReader<File>>),
+}
+
+impl Source {
+    fn next(&mut self) -> io::Result<Option<SnapshotRow>> {
+        match self {
+            Source::Memory(rows) => Ok(rows.next()),
+            Source::File(lines) => lines.next().transpose()?.map(|l| parse(&l)).transpose(),
+        }
+    }
+}
+
+fn parse(line: &str) -> io::Result<SnapshotRow> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("a spilled snapshot row is damaged: {line:.80}"));
+    let mut parts = line.splitn(4, '\t');
+    let mut part = || parts.next().ok_or_else(bad);
+    let output = part()?.parse().map_err(|_| bad())?;
+    let count = part()?.parse().map_err(|_| bad())?;
+    let (key, row) = (part()?.to_string(), part()?.to_string());
+    Ok(SnapshotRow { output, key, row, count })
+}
+
+/// The merge of [`Runs`]: an iterator of rows in snapshot order.
+pub struct Merged {
+    heap: BinaryHeap<Reverse<(SnapshotRow, usize)>>,
+    sources: Vec<Source>,
+    /// the spill directory, removed when the merge is dropped
+    dir: Option<PathBuf>,
+}
+
+impl Merged {
+    fn refill(&mut self, i: usize) -> io::Result<()> {
+        if let Some(r) = self.sources[i].next()? {
+            self.heap.push(Reverse((r, i)));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Merged {
+    type Item = io::Result<SnapshotRow>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let Reverse((row, i)) = self.heap.pop()?;
+        Some(self.refill(i).map(|()| row))
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            // Absent when every row fitted in memory.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflows::Output;
+
+    #[test]
+    fn merges_runs_in_order() {
+        let dir = std::env::temp_dir().join(format!("diffstream-runs-test-{}", std::process::id()));
+        let mut runs = Runs::new(dir.clone(), 3);
+        let row =
+            |o, k: u32| SnapshotRow { output: o, key: format!("{{\"k\":{k}}}"), row: format!("{{\"k\":{k},\"t\":\"a\\tb\"}}"), count: 1 };
+        let mut expected = Vec::new();
+        for k in [5, 1, 9, 3, 7, 2, 8, 4, 6, 0] {
+            for o in [Output::AnomalyAlerts, Output::DeadLetters] {
+                runs.push(row(o, k)).unwrap();
+                expected.push(row(o, k));
+            }
+        }
+        expected.sort();
+        let merged: Vec<SnapshotRow> = runs.merged().unwrap().collect::<io::Result<_>>().unwrap();
+        assert_eq!(merged, expected);
+        assert!(!dir.exists(), "the spill directory is removed after the merge");
+    }
+}
