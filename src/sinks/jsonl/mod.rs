@@ -32,8 +32,8 @@ pub mod runs;
 use runs::{Merged, Runs};
 
 /// Rows per sorted run: what one worker holds of the append-only outputs, or of the snapshot
-/// while it is gathered, before writing a run file (about 20 MB of encoded rows).
-pub const RUN_ROWS: usize = 100_000;
+/// while it is gathered, before writing a run file (about 5 MB of encoded rows).
+pub const RUN_ROWS: usize = 25_000;
 
 /// One row of a snapshot, encoded: output, key and row as JSON, multiplicity (1 in a
 /// consistent output). What the workers send to the first one at the end.
