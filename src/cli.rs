@@ -89,9 +89,15 @@ pub struct RunArgs {
     /// Also write every update as it happens to `<output>.changes.jsonl`.
     #[arg(long)]
     pub changes: bool,
-    /// Records per input per logical time (default: the config's runtime.batch_size, else 10000).
+    /// Records per input per batch; the sensor watermark advances once per batch (default: the
+    /// config's runtime.batch_size, else 10000).
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Batches per logical time for file inputs (default: about 100000 records per time when a
+    /// per-user dataflow runs, else 1; streams and rate-limited inputs always take one). Results
+    /// do not depend on it; change files show one step per logical time, so 1 gives the finest.
+    #[arg(long, value_name = "N")]
+    pub batches_per_time: Option<u64>,
     /// Stop reading after this many seconds, then finish and write outputs.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,

@@ -237,6 +237,8 @@ pub fn decode_reading(raw: &[u8], position: Position) -> Result<Reading, String>
         timestamp: r.timestamp.0,
         anomaly: r.status == "anomaly",
         position,
+        // the reader sets it
+        batch: 0,
     })
 }
 

@@ -53,6 +53,10 @@ fn dataflows(names: &[String], source: &str) -> anyhow::Result<Vec<Dataflow>> {
     Ok(out)
 }
 
+/// Records per input that a logical time holds, by default, when the inputs are neither
+/// streams nor rate-limited and a per-user dataflow runs.
+pub const RECORDS_PER_TIME: u64 = 100_000;
+
 /// Resolves `diffstream run` into a plan.
 pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
     let (config, file) = match &args.config {
@@ -97,9 +101,23 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let specs: BTreeMap<InputName, InputSpec> = inputs.iter().map(|(n, c)| (*n, InputSpec::from_config(*n, c, &config.kafka))).collect();
+    // Streams and rate-limited inputs show each batch as it comes. Other inputs are read as
+    // fast as they go, and when a per-user output runs — each batch changes thousands of its
+    // rows — larger logical times carry far fewer intermediate changes. Window metrics change a
+    // few rows per batch, and a larger time only holds more readings while lateness is judged.
+    let paced = specs.values().any(|i| i.is_stream() || i.rate.is_some());
+    let per_user = selected.iter().any(|d| matches!(d, Dataflow::UserEventCounts | Dataflow::UserActivity));
+    let batches_per_time = match args.batches_per_time {
+        Some(0) => bail!("--batches-per-time must be at least 1"),
+        Some(n) => n,
+        None if paced || !per_user => 1,
+        None => (RECORDS_PER_TIME / batch_size as u64).max(1),
+    };
     Ok(Plan {
         params: config.params(&file)?,
-        inputs: inputs.iter().map(|(n, c)| (*n, InputSpec::from_config(*n, c, &config.kafka))).collect(),
+        inputs: specs,
+        batches_per_time,
         dataflows: selected,
         output_dir,
         changes,
@@ -152,6 +170,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         changes: true,
         // about ten logical times a second: changes show promptly
         batch_size: ((args.rate / 10.0) as usize).max(1),
+        batches_per_time: 1,
         max_inflight: config.runtime.max_inflight,
         cluster: cluster(&args.timely, config.runtime.workers)?,
         display: if args.plain { Display::Status } else { Display::Live },

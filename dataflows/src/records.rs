@@ -109,6 +109,9 @@ pub struct Reading {
     pub anomaly: bool,
     /// source position (names a late reading in the dead letters)
     pub position: Position,
+    /// the input batch it was read in (numbered in read order): lateness is judged against the
+    /// batches before it, so the result does not depend on how many batches a logical time holds
+    pub batch: u64,
 }
 
 /// A record's bytes and key exactly as received, kept beside a reading until its lateness is

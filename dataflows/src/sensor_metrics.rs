@@ -9,10 +9,11 @@
 //!                       └─▶ exchange(type, location) ─▶ Windows ◀────────────┘ ─▶ sensor_window_metrics
 //! ```
 //!
-//! Time: every logical time `e` (a batch) has a global maximum event time. The watermark after
-//! `e` is `W(e) = max event time over all times ≤ e − allowed_lateness`, the same on every worker
-//! and process, since every worker sees the broadcast maxima. A reading at time `e` is judged
-//! against `W(e−1)`: when the earliest window that contains it has `end ≤ W(e−1)` it is `late`,
+//! Time: every input batch `b` (a reading's [`Reading::batch`]; a logical time holds one or
+//! several consecutive batches) has a global maximum event time. The watermark after `b` is
+//! `W(b) = max event time over all batches ≤ b − allowed_lateness`, the same on every worker
+//! and process, since every worker sees the broadcast maxima. A reading of batch `b` is judged
+//! against `W(b−1)`: when the earliest window that contains it has `end ≤ W(b−1)` it is `late`,
 //! goes to the dead letters and changes nothing (not its windows, not the alerts). Sliding
 //! windows accept or reject a reading as a whole, so each reading lands in all its windows or
 //! in the dead letters, never in part.
@@ -128,28 +129,29 @@ pub struct SensorOutputs<'s> {
     pub watermark: Watermark,
 }
 
-/// Maximum event time per logical time, and the maxima of times that are complete folded into
-/// one number.
+/// Maximum event time per batch (or per logical time, as the windows keep it), with the
+/// logical time each belongs to; those no longer needed are folded into one number.
 #[derive(Default)]
 struct Maxima {
     base: Option<Millis>,
-    per_time: BTreeMap<Time, Millis>,
+    per_batch: BTreeMap<u64, (Time, Millis)>,
 }
 
 impl Maxima {
-    fn insert(&mut self, t: Time, m: Millis) {
-        let e = self.per_time.entry(t).or_insert(m);
-        *e = (*e).max(m);
+    fn insert(&mut self, batch: u64, t: Time, m: Millis) {
+        let e = self.per_batch.entry(batch).or_insert((t, m));
+        e.1 = e.1.max(m);
     }
-    /// Greatest event time over logical times `< t`.
-    fn max_before(&self, t: Time) -> Option<Millis> {
-        self.per_time.range(..t).map(|(_, m)| *m).max().max(self.base)
+    /// Greatest event time over batches `< b`.
+    fn max_before(&self, b: u64) -> Option<Millis> {
+        self.per_batch.range(..b).map(|(_, (_, m))| *m).max().max(self.base)
     }
-    /// Fold the times `< t` into `base`.
+    /// Fold the batches of logical times `< t` into `base` (batches follow time order).
     fn compact(&mut self, t: Time) {
-        let keep = self.per_time.split_off(&t);
-        let folded = std::mem::replace(&mut self.per_time, keep);
-        self.base = folded.into_values().max().max(self.base);
+        while let Some(entry) = self.per_batch.first_entry().filter(|e| e.get().0 < t) {
+            let (_, m) = entry.remove();
+            self.base = self.base.max(Some(m));
+        }
     }
 }
 
@@ -163,28 +165,29 @@ fn least(frontier: &MutableAntichain<Time>) -> Option<Time> {
 pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorParams) -> SensorOutputs<'s> {
     let watermark = Watermark::default();
 
-    // The greatest event time in each container, at its time, sent to every worker.
+    // The greatest event time of each input batch in each container, at its time, sent to
+    // every worker as `(batch, max)`.
     let maxima = readings
         .inner
         .clone()
         .unary(Pipeline, "EventTimeMax", |_cap, _info| {
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
-                    let mut per_time: HashMap<Time, Millis> = HashMap::new();
-                    for batch in data {
-                        for ((r, _), t, _) in batch.iter() {
-                            let e = per_time.entry(*t).or_insert(r.timestamp);
+                    let mut per_batch: HashMap<(Time, u64), Millis> = HashMap::new();
+                    for container in data {
+                        for ((r, _), t, _) in container.iter() {
+                            let e = per_batch.entry((*t, r.batch)).or_insert(r.timestamp);
                             *e = (*e).max(r.timestamp);
                         }
                     }
-                    for (t, m) in per_time {
+                    for ((t, b), m) in per_batch {
                         let cap = cap.delayed(&t, output.output_index());
-                        output.session(&cap).give(m);
+                        output.session(&cap).give((b, m));
                     }
                 });
             }
         })
-        .container::<Vec<Millis>>()
+        .container::<Vec<(u64, Millis)>>()
         .broadcast();
 
     let classify_params = params.clone();
@@ -196,17 +199,18 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
             let mut maxima = Maxima::default();
             move |(input, _frontier), (max_input, max_frontier), output| {
                 stash_by_time(input, &mut pending, output.output_index());
-                read_maxima(max_input, &mut maxima);
-                // A time can be judged once every maximum before it is known.
+                read_maxima(max_input, &mut maxima, true);
+                // A time can be judged once the maxima of all its batches and of every earlier
+                // one are known: once the maxima's frontier has passed it.
                 let ready = least(max_frontier);
                 while let Some(entry) = pending.first_entry() {
-                    if matches!(ready, Some(r) if *entry.key() > r) {
+                    if matches!(ready, Some(r) if *entry.key() >= r) {
                         break;
                     }
                     let (t, (cap, records)) = entry.remove_entry();
-                    let w = maxima.max_before(t).map(|m| m - p.allowed_lateness_ms);
                     let mut session = output.session(&cap);
                     for ((reading, raw), diff) in records {
+                        let w = maxima.max_before(reading.batch).map(|m| m - p.allowed_lateness_ms);
                         if p.is_late(reading.timestamp, w) {
                             let dead = DeadLetter {
                                 input: "sensors".to_string(),
@@ -262,7 +266,7 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
             let mut windows = Windows::default();
             move |(input, frontier), (max_input, max_frontier), output| {
                 stash_by_time(input, &mut pending, output.output_index());
-                read_maxima(max_input, &mut maxima);
+                read_maxima(max_input, &mut maxima, false);
                 // Times below `done` are complete on both inputs.
                 let done = match (least(frontier), least(max_frontier)) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -316,15 +320,20 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
     SensorOutputs { window_metrics, alerts, late: late.as_collection(), watermark }
 }
 
-fn read_maxima<P>(input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<Millis>, P>, maxima: &mut Maxima)
-where
-    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<Millis>>>,
+/// Reads `(batch, max)` pairs into `maxima`, keyed by batch, or with `by_batch == false` by
+/// logical time (all batches of a time folded together).
+fn read_maxima<P>(
+    input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(u64, Millis)>, P>,
+    maxima: &mut Maxima,
+    by_batch: bool,
+) where
+    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(u64, Millis)>>>,
 {
     input.for_each_stamp(|cap, data| {
         let t = *cap.least().expect("a stamp of a totally ordered time has a least element");
-        for batch in data {
-            for m in batch.drain(..) {
-                maxima.insert(t, m);
+        for container in data {
+            for (b, m) in container.drain(..) {
+                maxima.insert(if by_batch { b } else { t }, t, m);
             }
         }
     });

@@ -110,6 +110,7 @@ fn reading(id: &str, ts_s: i64, value: f64, anomaly: bool, line: u64) -> Reading
         timestamp: ts_s * 1000,
         anomaly,
         position: Position::Line(line),
+        batch: 0,
     }
 }
 
@@ -143,7 +144,11 @@ fn script() -> Script {
             (2, reading("s1", 8, 10.0, false, 5)),
             (2, reading("s2", 20, 21.0, false, 6)),
             (3, reading("s1", 9, 19.0, false, 7)),
-        ],
+        ]
+        .into_iter()
+        // one input batch per logical time
+        .map(|(t, r)| (t, Reading { batch: t, ..r }))
+        .collect(),
         last: 3,
     }
 }
@@ -201,6 +206,40 @@ fn check(workers: usize) {
     let late =
         DeadLetter { input: "sensors".into(), position: Position::Line(7), reason: "late".into(), raw: b"raw 9000".to_vec(), key: None };
     assert_eq!(sorted(&cap.late), vec![(late, 3, 1)]);
+}
+
+/// What a collection holds once every update is applied (taking the captured updates).
+fn final_state<D: Ord + Clone>(updates: &Updates<D>) -> Vec<D> {
+    let mut sums: std::collections::BTreeMap<D, isize> = Default::default();
+    for (d, _, r) in sorted(updates) {
+        *sums.entry(d).or_default() += r;
+    }
+    sums.into_iter()
+        .filter(|(_, r)| *r != 0)
+        .map(|(d, r)| {
+            assert_eq!(r, 1, "one copy of each row");
+            d
+        })
+        .collect()
+}
+
+/// Lateness is judged per input batch, not per logical time: the same four batches in one
+/// logical time end in the same windows, alerts and late readings as in four.
+#[test]
+fn batches_in_one_logical_time_are_judged_in_order() {
+    for workers in [1, 2] {
+        let apart = run(workers, script(), params());
+        let mut together = script();
+        together.readings = together.readings.into_iter().map(|(_, r)| (0, r)).collect();
+        let together = run(workers, together, params());
+        let times: Vec<Time> = together.windows.lock().unwrap().iter().map(|(_, t, _)| *t).collect();
+        assert!(times.iter().all(|t| *t == 0), "everything happens at time 0: {times:?}");
+        assert_eq!(final_state(&together.windows), final_state(&apart.windows));
+        assert_eq!(final_state(&together.alerts), final_state(&apart.alerts));
+        let late = final_state(&together.late);
+        assert_eq!(late, final_state(&apart.late));
+        assert_eq!(late.len(), 1, "the reading at 9 s in batch 3 is late");
+    }
 }
 
 #[test]

@@ -57,10 +57,12 @@ pub struct Config {
 pub struct RuntimeConfig {
     /// Worker threads per process (timely's `-w`); the command line's `-w` wins. Default 1.
     pub workers: usize,
-    /// Records per input per logical time. Larger batches amortise more; smaller ones show
-    /// changes sooner. Default 10 000 (Spark's `maxOffsetsPerTrigger` plays the same role).
+    /// Records per input per batch; the sensor watermark advances once per batch. A logical time
+    /// holds one batch, or, for files read by a per-user dataflow, about 100 000 records' worth
+    /// (`--batches-per-time`). Default 10 000 (Spark's `maxOffsetsPerTrigger` plays a like role).
     pub batch_size: usize,
-    /// Logical times a source may run ahead of the outputs before it waits. Default 4.
+    /// Batches a source may run ahead of the outputs before it waits (at least one logical time).
+    /// Default 4.
     pub max_inflight: u64,
     /// How often the status line is refreshed. Default `1s`.
     pub status_interval: Duration,

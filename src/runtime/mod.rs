@@ -121,8 +121,11 @@ pub struct Plan {
     pub output_dir: Option<PathBuf>,
     /// write change files
     pub changes: bool,
-    /// records per input per logical time
+    /// records per input per batch (the sensor watermark advances once per batch)
     pub batch_size: usize,
+    /// batches per logical time for inputs that are neither streams nor rate-limited: fewer,
+    /// larger logical times mean fewer intermediate changes; results do not depend on it
+    pub batches_per_time: u64,
     /// logical times a worker may run ahead of the sinks
     pub max_inflight: u64,
     /// timely's layout
@@ -161,6 +164,7 @@ impl Plan {
             output_dir: None,
             changes: false,
             batch_size,
+            batches_per_time: 1,
             max_inflight: 4,
             cluster: Cluster::local(workers),
             display: Display::Quiet,
@@ -250,8 +254,9 @@ struct Sessions {
 }
 
 impl Sessions {
-    /// Decodes one record into its input, or into the dead letters with a copy of its bytes.
-    fn insert(&mut self, input: InputName, record: Record<'_>, counters: &Counters) {
+    /// Decodes one record of input batch `batch` into its input, or into the dead letters with
+    /// a copy of its bytes.
+    fn insert(&mut self, input: InputName, record: Record<'_>, batch: u64, counters: &Counters) {
         let Record { position, bytes, key } = record;
         let result = match input {
             InputName::Users => codec::decode_user(bytes, position.clone()).map(|u| {
@@ -267,7 +272,7 @@ impl Sessions {
             // Readings keep their bytes until lateness is decided: a late one is a dead letter.
             InputName::Sensors => codec::decode_reading(bytes, position.clone()).map(|r| {
                 if let Some(s) = &mut self.sensors {
-                    s.insert((r, Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) }));
+                    s.insert((dataflows::records::Reading { batch, ..r }, Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) }));
                 }
             }),
         };
@@ -428,10 +433,12 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         }
     };
 
-    // File inputs: time is the batch number, the same on every layout. Streams: times below
-    // LIVE_BASE count replay batches; live batches take the clock's milliseconds, which keep
-    // growing across restarts.
+    // File inputs: time is the batch number divided by `batches_per_time`, the same on every
+    // layout. Streams: one batch per time; times below LIVE_BASE count replay batches; live
+    // batches take the clock's milliseconds, which keep growing across restarts.
     let mut epoch: Time = 0;
+    let mut batch_no: u64 = 0;
+    let batches_per_time = if streaming { 1 } else { plan.batches_per_time.max(1) };
     let mut recent: VecDeque<Time> = VecDeque::new();
     loop {
         let stopped = STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
@@ -460,9 +467,11 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             any = true;
             let mut read = 0u64;
             let name = input.name;
+            // A stream's batch is its logical time: batch numbers must agree across workers.
+            let batch_id = if streaming { epoch } else { batch_no };
             let batch = input.source.next_batch(&mut |record| {
                 read += 1;
-                sessions.insert(name, record, counters);
+                sessions.insert(name, record, batch_id, counters);
             })?;
             input.source.batch_done(epoch, batch.replaying);
             input.batches += 1;
@@ -476,6 +485,11 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             tick(&jsonl, epoch, false);
             continue;
         }
+        batch_no += 1;
+        if batch_no % batches_per_time != 0 {
+            worker.step();
+            continue;
+        }
         recent.push_back(epoch);
         epoch = if epoch >= LIVE_BASE { (epoch + 1).max(now_ms()) } else { epoch + 1 };
         sessions.advance_to(epoch);
@@ -484,7 +498,8 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             // Nothing arrived: wait a little, but keep time moving so other workers are not held up.
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
-        if recent.len() > plan.max_inflight as usize {
+        // `max_inflight` counts batches: with several batches per time, fewer times.
+        if recent.len() as u64 > (plan.max_inflight / batches_per_time).max(1) {
             let oldest = recent.pop_front().expect("non-empty");
             while probe.less_equal(&oldest) {
                 worker.step_or_park(Some(Duration::from_millis(1)));
