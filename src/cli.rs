@@ -186,7 +186,7 @@ pub struct BenchArgs {
     /// Distinct users of the clicks jobs, one job per figure.
     #[arg(long, value_name = "U,U", value_delimiter = ',', default_values_t = [10_000u64, 1_000_000])]
     pub users: Vec<u64>,
-    /// Records per logical time in the engine runs (the baseline advances its watermark per
+    /// Records per batch in the engine runs (the baseline advances its watermark per
     /// batch of the same size). The default is `run`'s.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub batch_size: usize,

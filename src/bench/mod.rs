@@ -131,7 +131,7 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     let n = args.events;
     let batch = args.batch_size;
     println!("whole `run` path (files in, snapshot files out, each run a fresh process) vs a plain single-threaded loop");
-    println!("{n} events per job, {batch} records per logical time, files in {}", dir.display());
+    println!("{n} events per job, {batch} records per batch (logical times as `run` makes them), files in {}", dir.display());
     println!(
         "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs",
         "job", "plain ev/s", "MiB", "-w 1 ev/s", "MiB", "speed", "mem", "-w 2 ev/s", "MiB", "speed", "mem"
