@@ -129,7 +129,26 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         duration: args.duration.map(Duration::from_secs_f64),
         kafka_output: kafka_output(&config, &inputs),
         mongodb_output: config.output.mongodb.clone(),
+        state_dir: state_dir(&config, &inputs),
     })
+}
+
+/// Where a streaming run keeps its state: `[runtime] state_dir`, or the user's state directory
+/// (`$XDG_STATE_HOME`, else `~/.local/state`) under `diffstream/<group_id>` of the first Kafka
+/// input. Runs of files keep none.
+fn state_dir(config: &Config, inputs: &BTreeMap<InputName, InputConfig>) -> Option<PathBuf> {
+    let group = inputs.values().find_map(|i| match i {
+        InputConfig::Kafka(k) => Some(k.group_id.clone()),
+        _ => None,
+    })?;
+    if let Some(dir) = &config.runtime.state_dir {
+        return Some(dir.clone());
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    Some(base.join("diffstream").join(group))
 }
 
 fn kafka_output(config: &Config, inputs: &BTreeMap<InputName, InputConfig>) -> Option<KafkaOutputPlan> {
@@ -178,6 +197,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         duration: args.duration.map(Duration::from_secs_f64),
         kafka_output: None,
         mongodb_output: None,
+        state_dir: None,
     })
 }
 

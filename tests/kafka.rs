@@ -48,10 +48,17 @@ fn sensor_params() -> &'static str {
     "[sensor_metrics]\nallowed_lateness = \"120s\"\n"
 }
 
+/// A config's `[runtime]` table keeping a run's state (its bindings of times to offsets) under
+/// `dir`, by `name`: the runs of one test that share it restart from each other.
+fn state_dir(dir: &Path, name: &str) -> String {
+    format!("[runtime]\nstate_dir = \"{}\"\n", dir.join("state").join(name).display())
+}
+
 /// A config reading the setup's topics and writing outputs under `out_prefix`.
 fn kafka_config(s: &Setup, group: &str, out_prefix: &str, extra: &str) -> std::path::PathBuf {
     let mut text = format!(
-        "dataflows = [\"user_event_counts\", \"user_activity\", \"sensor_metrics\"]\n[kafka]\nbootstrap_servers = \"{}\"\n",
+        "dataflows = [\"user_event_counts\", \"user_activity\", \"sensor_metrics\"]\n{}[kafka]\nbootstrap_servers = \"{}\"\n",
+        state_dir(s.dir.path(), group),
         kafka_bootstrap()
     );
     for (kind, _) in KINDS {
@@ -165,7 +172,8 @@ fn malformed_records_go_to_the_dead_letter_topic() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("dlq.toml");
     let text = format!(
-        "dataflows = [\"user_event_counts\"]\n[kafka]\nbootstrap_servers = \"{}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\nstop_when_idle = \"3s\"\n[output.kafka]\ntopic_prefix = \"{prefix}.out.\"\n",
+        "dataflows = [\"user_event_counts\"]\n{}[kafka]\nbootstrap_servers = \"{}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\nstop_when_idle = \"3s\"\n[output.kafka]\ntopic_prefix = \"{prefix}.out.\"\n",
+        state_dir(dir.path(), "dlq"),
         kafka_bootstrap(),
         unique("g")
     );
@@ -252,7 +260,8 @@ fn kill_and_restart_gives_the_offline_result() {
 
 fn one_input_config(dir: &Path, topic: &str, out_prefix: &str, input_extra: &str) -> std::path::PathBuf {
     let text = format!(
-        "dataflows = [\"user_event_counts\"]\n[kafka]\nbootstrap_servers = \"{}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\n{input_extra}[output.kafka]\ntopic_prefix = \"{out_prefix}.\"\n",
+        "dataflows = [\"user_event_counts\"]\n{}[kafka]\nbootstrap_servers = \"{}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\n{input_extra}[output.kafka]\ntopic_prefix = \"{out_prefix}.\"\n",
+        state_dir(dir, out_prefix),
         kafka_bootstrap(),
         unique("g")
     );
@@ -495,10 +504,11 @@ fn mongodb_outage_holds_offsets_and_completes_exactly() {
     let group = unique("g");
     let database = unique("outage").replace('-', "_");
     let cfg = dir.path().join("outage.toml");
+    let state = state_dir(dir.path(), &group);
     std::fs::write(
         &cfg,
         format!(
-            "dataflows = [\"user_event_counts\"]\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\nmax_records_per_batch = 100\nstop_when_idle = \"5s\"\n[output.mongodb]\nuri_env = \"OUTAGE_MONGODB_URI\"\ndatabase = \"{database}\"\n"
+            "dataflows = [\"user_event_counts\"]\n{state}[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\nmax_records_per_batch = 100\nstop_when_idle = \"5s\"\n[output.mongodb]\nuri_env = \"OUTAGE_MONGODB_URI\"\ndatabase = \"{database}\"\n"
         ),
     )
     .unwrap();

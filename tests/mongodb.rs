@@ -96,7 +96,7 @@ fn settle(sink: &mut MongoSink) {
 fn documents_never_move_backwards() {
     let database = unique("order").replace('-', "_");
     let config = config(&database);
-    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts], None, Default::default()).unwrap();
+    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, Default::default()).unwrap();
     let row = |n: i64| count(7, n);
     sink.apply(10, &[(row(3), 1)]);
     settle(&mut sink);
@@ -130,7 +130,7 @@ fn rejected_documents_go_to_the_dead_letters() {
         .unwrap();
     let config = config(&database);
     let health = std::sync::Arc::new(diffstream::sinks::mongodb::MongoHealth::default());
-    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts, Output::DeadLetters], None, health.clone()).unwrap();
+    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts, Output::DeadLetters], 0, 1, health.clone()).unwrap();
     sink.apply(1, &[(count(1, 3), 1), (count(2, 10), 1)]);
     settle(&mut sink); // the rejection does not hold the time
     assert_eq!(rows(&db, "user_event_counts"), vec![serde_json::json!({"user_id": 1, "event_count": 3})]);

@@ -44,9 +44,10 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], l
 }
 
 fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<&str>) -> Plan {
+    let group = unique("group");
     let input = KafkaInput {
         topics: vec![topic.to_string()],
-        group_id: unique("group"),
+        group_id: group.clone(),
         start: "earliest".into(),
         fallback: "earliest".into(),
         max_records_per_batch: 10_000,
@@ -56,6 +57,7 @@ fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<
     let inputs =
         [(InputName::Clicks, InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })].into_iter().collect();
     let mut plan = Plan::embedded(vec![Dataflow::UserEventCounts], inputs, workers, 10_000);
+    plan.state_dir = Some(std::env::temp_dir().join(format!("diffstream-bench-{group}")));
     plan.kafka_output = out_prefix.map(|p| KafkaOutputPlan {
         connection: conn.clone(),
         output: KafkaOutput {

@@ -66,11 +66,17 @@ pub struct RuntimeConfig {
     pub max_inflight: u64,
     /// How often the status line is refreshed. Default `1s`.
     pub status_interval: Duration,
+    /// Where a run that reads Kafka keeps its durable state: the bindings of logical times to
+    /// input offsets that let a restart reproduce the same times. Default
+    /// `$XDG_STATE_HOME/diffstream/<group_id>` (else `~/.local/state/diffstream/<group_id>`), with
+    /// the `group_id` of the first Kafka input. Delete it together with the consumer groups to
+    /// start over.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: 1, batch_size: 10_000, max_inflight: 4, status_interval: Duration::from_millis(1000) }
+        RuntimeConfig { workers: 1, batch_size: 10_000, max_inflight: 4, status_interval: Duration::from_millis(1000), state_dir: None }
     }
 }
 

@@ -11,6 +11,7 @@
 //! (every window becomes final), and the workers' snapshot shares are gathered on the first
 //! worker, which writes the snapshot files.
 
+pub mod reclock;
 pub mod status;
 
 use std::cell::RefCell;
@@ -35,11 +36,6 @@ use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongodb::{MongoHealth, MongoSink};
 use crate::sinks::{self, Fanout, Route, SharedSink, Tally, TallySink};
 use crate::sources::{InputSpec, Record, Source};
-
-/// Logical times below this hold replayed input (rebuilding state after a restart); external
-/// sinks do not write them again. Live streaming times are milliseconds since the epoch, far
-/// above it.
-pub const LIVE_BASE: Time = 1 << 40;
 
 fn now_ms() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
@@ -140,6 +136,8 @@ pub struct Plan {
     pub kafka_output: Option<KafkaOutputPlan>,
     /// also keep every output in MongoDB
     pub mongodb_output: Option<MongoOutput>,
+    /// where a streaming run keeps its durable state (the bindings of times to offsets)
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The Kafka output of a plan.
@@ -172,6 +170,7 @@ impl Plan {
             duration: None,
             kafka_output: None,
             mongodb_output: None,
+            state_dir: None,
         }
     }
 
@@ -342,7 +341,17 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     let first = index == 0;
     let outputs = plan.outputs();
     let streaming = plan.inputs.values().any(InputSpec::is_stream);
-    let suppress = streaming.then_some(LIVE_BASE);
+    // A stream's times are bound to its offsets durably, so a restart reads the input again at
+    // the same times; external sinks go on from their own progress (`sinks::Resuming`).
+    let state = match (&plan.state_dir, streaming) {
+        (Some(d), true) => Some(d.clone()),
+        (None, true) => anyhow::bail!("a streaming run needs a state directory (`[runtime] state_dir`)"),
+        (_, false) => None,
+    };
+    let bindings = state.as_deref().map(reclock::load).transpose()?.unwrap_or_default();
+    let mut reclock = state.as_deref().map(|d| reclock::Reclock::open(d, index)).transpose()?;
+    let replayed = Rc::new(std::cell::Cell::new(false));
+    let resume = |after: Option<Time>| (streaming, after, bindings.last.unwrap_or(0), replayed.clone());
     // Every worker writes its share of every output (routed by key). The current rows are kept
     // only for a snapshot or the live view: by every worker for its share, or — when change
     // files or the live view need every row as it changes — by the first worker for all.
@@ -359,17 +368,14 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         by_key.push(s.clone());
     }
     if let Some(k) = &plan.kafka_output {
-        by_key.push(Rc::new(RefCell::new(KafkaSink::open(
-            &k.connection,
-            &k.output,
-            &outputs,
-            k.dead_letter_topics.clone(),
-            suppress,
-            index,
-        )?)));
+        let sink = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers)?;
+        let written = if streaming { sink.written_through()? } else { None };
+        by_key.push(external(sink, resume(written)));
     }
     if let Some(m) = &plan.mongodb_output {
-        by_key.push(Rc::new(RefCell::new(MongoSink::open(m, &outputs, suppress, counters.mongo.clone())?)));
+        let sink = MongoSink::open(m, &outputs, index, peers, counters.mongo.clone())?;
+        let written = if streaming { sink.written_through()? } else { None };
+        by_key.push(external(sink, resume(written)));
     }
     let first_sink: Option<SharedSink> = gather.then(|| match &jsonl {
         Some(s) => s.clone() as SharedSink,
@@ -417,7 +423,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         if needs(*name) {
             inputs.push(OpenInput {
                 name: *name,
-                source: spec.open(index, peers, plan.batch_size)?,
+                source: spec.open(index, peers, plan.batch_size, &bindings)?,
                 rate: spec.rate,
                 batches: 0,
                 done: false,
@@ -434,29 +440,62 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
     };
 
     // File inputs: time is the batch number divided by `batches_per_time`, the same on every
-    // layout. Streams: one batch per time; times below LIVE_BASE count replay batches; live
-    // batches take the clock's milliseconds, which keep growing across restarts.
+    // layout. Streams: one batch per time, at the clock's milliseconds; each time's end offsets
+    // are made durable before the time can complete, and a restart first reads the input again
+    // at the times the crashed run bound it to.
     let mut epoch: Time = 0;
     let mut batch_no: u64 = 0;
     let batches_per_time = if streaming { 1 } else { plan.batches_per_time.max(1) };
     let mut recent: VecDeque<Time> = VecDeque::new();
-    loop {
-        let stopped = STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
-        if stopped || inputs.iter().all(|i| i.done) {
+    let replay_times: std::collections::BTreeSet<Time> = inputs.iter().flat_map(|i| i.source.replay_times()).collect();
+    let mut interrupted = false;
+    for &t in &replay_times {
+        epoch = t;
+        sessions.advance_to(t);
+        for input in &mut inputs {
+            let name = input.name;
+            let mut read = 0u64;
+            while !input.source.replay(t, &mut |record| {
+                read += 1;
+                sessions.insert(name, record, t, counters);
+            })? {
+                interrupted |= STOP.load(Ordering::Relaxed);
+                if interrupted {
+                    break;
+                }
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            input.source.batch_done(t);
+            counters.input(name).fetch_add(read, Ordering::Relaxed);
+        }
+        if interrupted {
             break;
         }
-        // While any input of this worker rebuilds state, only rebuilding inputs are read, so
-        // that no live record lands at a replay time (whose output is not written again).
-        let rebuilding = streaming && epoch < LIVE_BASE && inputs.iter().any(|i| !i.done && i.source.replaying());
-        if streaming && epoch < LIVE_BASE && !rebuilding {
-            epoch = now_ms().max(LIVE_BASE);
-            sessions.advance_to(epoch);
+        recent.push_back(t);
+        worker.step();
+        if recent.len() as u64 > plan.max_inflight.max(1) {
+            let oldest = recent.pop_front().expect("non-empty");
+            while probe.less_equal(&oldest) {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
+        tick(&jsonl, epoch, false);
+    }
+    if streaming {
+        replayed.set(!interrupted);
+        epoch = now_ms().max(bindings.last.map_or(0, |l| l + 1));
+        sessions.advance_to(epoch);
+    }
+    loop {
+        let stopped = interrupted || STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
+        if stopped || inputs.iter().all(|i| i.done) {
+            break;
         }
         let now = Instant::now();
         let mut any = false;
         let mut read_any = false;
         let mut wake: Option<Instant> = None;
-        for input in inputs.iter_mut().filter(|i| !i.done && (!rebuilding || i.source.replaying())) {
+        for input in inputs.iter_mut().filter(|i| !i.done) {
             if let Some(rate) = input.rate {
                 let due = start + Duration::from_secs_f64(input.batches as f64 * plan.batch_size as f64 / rate);
                 if due > now {
@@ -473,7 +512,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
                 read += 1;
                 sessions.insert(name, record, batch_id, counters);
             })?;
-            input.source.batch_done(epoch, batch.replaying);
+            input.source.batch_done(epoch);
             input.batches += 1;
             input.done = !batch.more;
             read_any |= batch.read_any;
@@ -491,7 +530,11 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
             continue;
         }
         recent.push_back(epoch);
-        epoch = if epoch >= LIVE_BASE { (epoch + 1).max(now_ms()) } else { epoch + 1 };
+        if let Some(r) = &mut reclock {
+            let bounds: Vec<reclock::Bound> = inputs.iter_mut().flat_map(|i| i.source.bounds()).collect();
+            r.bind(epoch, &bounds)?;
+        }
+        epoch = if streaming { (epoch + 1).max(now_ms()) } else { epoch + 1 };
         sessions.advance_to(epoch);
         worker.step();
         if streaming && !read_any {
@@ -544,6 +587,15 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         files,
         elapsed: start.elapsed(),
     }))
+}
+
+/// An external sink, resumed after a crash when `resume` says the run streams:
+/// `(streaming, what the sink wrote, the last bound time, set once replay is complete)`.
+fn external<S: sinks::Sink + 'static>(sink: S, resume: (bool, Option<Time>, Time, Rc<std::cell::Cell<bool>>)) -> SharedSink {
+    match resume {
+        (true, after, until, complete) => Rc::new(RefCell::new(sinks::Resuming::new(sink, after, until, complete))),
+        (false, ..) => Rc::new(RefCell::new(sink)),
+    }
 }
 
 /// Sends every worker's `rows` (in snapshot order) to the first worker through a dataflow of

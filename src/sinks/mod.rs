@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use dataflows::ops::{stash_by_time, Stash};
+use dataflows::ops::{stash_by_time, FastMap, Stash};
+
+use crate::codec::OutputRow;
 use dataflows::{Coll, Output, Row, Time};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -42,6 +44,8 @@ pub trait Sink {
     fn unacknowledged(&mut self) -> Option<Time> {
         None
     }
+    /// Every time before `frontier` was applied (`None`: every time).
+    fn advance(&mut self, _frontier: Option<Time>) {}
 }
 
 /// Several sinks as one: each gets every time (the last one owns the rows); a time is
@@ -64,6 +68,106 @@ impl Sink for Fanout {
     }
     fn unacknowledged(&mut self) -> Option<Time> {
         self.0.iter().filter_map(|s| s.borrow_mut().unacknowledged()).min()
+    }
+    fn advance(&mut self, frontier: Option<Time>) {
+        for s in &self.0 {
+            s.borrow_mut().advance(frontier);
+        }
+    }
+}
+
+/// An external sink's restart after a crash. The replayed times are the crashed run's own
+/// (see [`crate::runtime::reclock`]), so their outputs equal what it computed; what it wrote is
+/// known only up to the sink's own progress (`after`), and it may have written any time up to
+/// the last bound one (`until`) — some keys of a time, not others. So times up to `after` are
+/// skipped, and the times in `(after, until]` are written as one, at `until`: every key they
+/// touched, with its row at `until` (also when that equals the row before: the crashed run may
+/// have written a row in between). A reader therefore never sees a key go back to an older
+/// row, and a deleted key is not brought back for a moment. Append-only rows are written once
+/// more. Until `until` is complete the rows are held here and not acknowledged to the inner
+/// sink, which is harmless: offsets commits no longer decide what a restart reads.
+pub struct Resuming<S> {
+    inner: S,
+    after: Time,
+    until: Time,
+    /// set by the runtime once every bound time was read again
+    complete: Rc<std::cell::Cell<bool>>,
+    /// per touched key: its row before `after` (+1) and every change since
+    touched: FastMap<(Output, String), Vec<(Row, isize)>>,
+    appended: Vec<(Row, isize)>,
+    done: bool,
+}
+
+impl<S: Sink> Resuming<S> {
+    /// Wraps `inner`, which durably wrote every time up to `after` (`None`: it knows of none).
+    pub fn new(inner: S, after: Option<Time>, until: Time, complete: Rc<std::cell::Cell<bool>>) -> Self {
+        let after = after.unwrap_or(0);
+        tracing::info!(after, until, "resuming a sink: skipping what it wrote, rewriting the times after as one");
+        Resuming { inner, after, until, complete, touched: FastMap::default(), appended: Vec::new(), done: after >= until }
+    }
+
+    fn flush(&mut self) {
+        self.done = true;
+        let mut rows = std::mem::take(&mut self.appended);
+        for (_, changes) in std::mem::take(&mut self.touched) {
+            // The first change's retraction is the row before; what adds up positive is the row after.
+            let before = (changes[0].1 < 0).then(|| changes[0].0.clone());
+            let mut net: Vec<(Row, isize)> = Vec::new();
+            for (r, d) in before.iter().map(|r| (r.clone(), 1)).chain(changes) {
+                match net.iter_mut().find(|(x, _)| *x == r) {
+                    Some(e) => e.1 += d,
+                    None => net.push((r, d)),
+                }
+            }
+            if let Some(b) = before {
+                rows.push((b, -1));
+            }
+            rows.extend(net.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| (r, 1)));
+        }
+        if !rows.is_empty() {
+            self.inner.apply_owned(self.until, rows);
+        }
+    }
+}
+
+impl<S: Sink> Sink for Resuming<S> {
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
+        self.apply_owned(time, updates.to_vec());
+    }
+    fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
+        if self.done {
+            return self.inner.apply_owned(time, updates);
+        }
+        if time <= self.after {
+            return;
+        }
+        if time > self.until {
+            self.flush();
+            return self.inner.apply_owned(time, updates);
+        }
+        // Within a time a retraction comes first, so a key's first change starts with its old row.
+        let mut updates = updates;
+        updates.sort_by_key(|(_, d)| *d);
+        for (row, diff) in updates {
+            if row.output().append_only() {
+                self.appended.push((row, diff));
+            } else {
+                self.touched.entry((row.output(), row.key())).or_default().push((row, diff));
+            }
+        }
+    }
+    fn unacknowledged(&mut self) -> Option<Time> {
+        self.inner.unacknowledged()
+    }
+    fn advance(&mut self, frontier: Option<Time>) {
+        let passed = match frontier {
+            Some(f) => f > self.until,
+            None => self.complete.get(),
+        };
+        if !self.done && passed {
+            self.flush();
+        }
+        self.inner.advance(frontier);
     }
 }
 
@@ -103,6 +207,7 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
                     sink.borrow_mut().apply_owned(t, consolidate(updates));
                     held.insert(t, cap);
                 }
+                sink.borrow_mut().advance(frontier.frontier().first().copied());
                 let unacked = sink.borrow_mut().unacknowledged();
                 held.retain(|t, _| unacked.is_some_and(|u| *t >= u));
                 if !held.is_empty() {

@@ -18,6 +18,7 @@ use dataflows::{InputName, Time};
 
 use crate::config::kafka::{KafkaConnection, KafkaInput};
 use crate::config::InputConfig;
+use crate::runtime::reclock::{Bindings, Bound};
 
 /// One record as it arrived. The bytes are lent, not copied: most records are decoded and
 /// dropped, and only dead letters and sensor readings keep theirs.
@@ -35,8 +36,6 @@ pub struct Record<'a> {
 pub struct Batch {
     /// false when the input has no more records after these
     pub more: bool,
-    /// the records rebuild state that was acknowledged before a restart
-    pub replaying: bool,
     /// the batch had records
     pub read_any: bool,
 }
@@ -45,12 +44,24 @@ pub struct Batch {
 pub trait Source {
     /// Calls `each` with this worker's records of the next batch.
     fn next_batch(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch>;
-    /// Whether the next batch rebuilds state (replays acknowledged input after a restart).
-    fn replaying(&self) -> bool {
-        false
+    /// The logical times an earlier run bound some of this worker's records to (see
+    /// [`crate::runtime::reclock`]), oldest first: a restart reads them again first, at the
+    /// same times, with [`Source::replay`].
+    fn replay_times(&self) -> Vec<Time> {
+        Vec::new()
+    }
+    /// Calls `each` with this worker's records that an earlier run bound to `time`; `Ok(true)`
+    /// once all of them were read (it may take several calls while a broker delivers).
+    fn replay(&mut self, _time: Time, _each: &mut dyn FnMut(Record<'_>)) -> io::Result<bool> {
+        Ok(true)
+    }
+    /// Where every part this worker read from since the last call now stands: the runtime makes
+    /// these durable, bound to the current time, before that time can complete.
+    fn bounds(&mut self) -> Vec<Bound> {
+        Vec::new()
     }
     /// The batch just read went in at logical time `time`.
-    fn batch_done(&mut self, _time: Time, _replaying: bool) {}
+    fn batch_done(&mut self, _time: Time) {}
     /// Every sink has durably written every time below `frontier` (`None`: all of them).
     fn acknowledged(&mut self, _frontier: Option<Time>) {}
 }
@@ -95,8 +106,9 @@ impl InputSpec {
         }
     }
 
-    /// Opens this worker's share. `batch` is the number of records per batch across all workers.
-    pub fn open(&self, index: usize, peers: usize, batch: usize) -> io::Result<Box<dyn Source>> {
+    /// Opens this worker's share. `batch` is the number of records per batch across all workers;
+    /// `bindings` are an earlier run's, for a stream to read again at the same times.
+    pub fn open(&self, index: usize, peers: usize, batch: usize, bindings: &Bindings) -> io::Result<Box<dyn Source>> {
         Ok(match &self.source {
             SourceSpec::File(path) => {
                 let f = std::fs::File::open(path)
@@ -108,7 +120,7 @@ impl InputSpec {
             SourceSpec::Stdin => Box::new(file::Empty),
             SourceSpec::Memory(bytes) => Box::new(file::LineSource::new(io::Cursor::new(file::Shared(bytes.clone())), index, peers, batch)),
             SourceSpec::Generator(spec) => Box::new(generator::GeneratorSource::new(spec.clone(), index, peers, batch)),
-            SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(&k.0, &k.1, index, peers)?),
+            SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(&k.0, &k.1, index, peers, bindings)?),
         })
     }
 

@@ -22,7 +22,10 @@
 //! Retries and errors: the producer is idempotent, so librdkafka's own retries never duplicate
 //! or reorder. A record that still fails (after `message.timeout.ms`) is sent again by the sink
 //! and counted; nothing is dropped, and its time stays unreleased until it is written.
-//! Replayed times (rebuilding state after a restart) are not written again.
+//!
+//! Restart: [`KafkaSink::written_through`] reads the progress records back; the runtime skips
+//! the times every worker wrote and rewrites the rest of the replayed ones as one
+//! ([`crate::sinks::Resuming`]), so no key goes back to an older row.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -32,10 +35,11 @@ use dataflows::ops::FastMap;
 use dataflows::Time;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use dataflows::records::{DeadLetter, Position};
 use dataflows::{Output, Row};
@@ -119,13 +123,58 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Acks>,
     acks: Acks,
     config: KafkaOutput,
-    /// replayed times below this are not written
-    suppress_below: Option<Time>,
     /// times produced, awaiting acknowledgement
     sealed: BTreeSet<Time>,
     dlq: BTreeMap<String, String>,
     /// this worker's global index: the key of its progress records
     worker: usize,
+    /// how many workers write progress records
+    workers: usize,
+    connection: KafkaConnection,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+/// Progress records read from the end of the topic before reading all of it.
+const PROGRESS_TAIL: i64 = 10_000;
+
+/// The latest `(time, workers)` of every worker's progress record in `ranges` (partition, low,
+/// high) of `topic`, reading only the last `tail` records of each partition when given.
+fn read_progress(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+    tail: Option<i64>,
+) -> anyhow::Result<BTreeMap<usize, (Time, usize)>> {
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for &(p, low, high) in ranges {
+        let from = tail.map_or(low, |n| (high - n).max(low));
+        assignment.add_partition_offset(topic, p, Offset::Offset(from))?;
+        ends.insert(p, high);
+    }
+    consumer.assign(&assignment)?;
+    let mut latest: BTreeMap<usize, (Time, usize)> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("reading the progress topic `{topic}` timed out; is the broker up?");
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = m.map_err(|e| anyhow::anyhow!("reading the progress topic `{topic}`: {e}"))?;
+        if let Some(v) = m.payload().and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok()) {
+            let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+            if let (Some(t), Some(w)) = (field("time"), field("worker")) {
+                let e = latest.entry(w as usize).or_insert((t, 1));
+                if t >= e.0 {
+                    *e = (t, field("workers").unwrap_or(1) as usize);
+                }
+            }
+        }
+        if ends.get(&m.partition()).is_some_and(|&h| m.offset() + 1 >= h) {
+            ends.remove(&m.partition());
+        }
+    }
+    Ok(latest)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -171,16 +220,17 @@ impl KafkaSink {
         config: &KafkaOutput,
         outputs: &[Output],
         dlq: BTreeMap<String, String>,
-        suppress_below: Option<Time>,
         worker: usize,
+        workers: usize,
     ) -> anyhow::Result<Self> {
         if config.create_topics {
             let mut topics: Vec<String> = outputs.iter().map(|o| config.topic(o.as_str())).collect();
             topics.extend(dlq.values().cloned());
-            topics.push(config.progress());
             topics.sort();
             topics.dedup();
             create_topics(conn, &topics, config.partitions)?;
+            // one partition: a reader finds every worker's latest progress in one place
+            create_topics(conn, &[config.progress()], 1)?;
         }
         let acks = Acks::default();
         let mut c = conn.client_config().map_err(anyhow::Error::msg)?;
@@ -190,7 +240,36 @@ impl KafkaSink {
             .set("queue.buffering.max.messages", "1000000"); // a large logical time fits in the queue
         let producer: ThreadedProducer<Acks> =
             c.create_with_context(acks.clone()).map_err(|e| anyhow::anyhow!("creating a Kafka producer: {e}"))?;
-        Ok(KafkaSink { producer, acks, config: config.clone(), suppress_below, sealed: BTreeSet::new(), dlq, worker })
+        Ok(KafkaSink { producer, acks, connection: conn.clone(), config: config.clone(), sealed: BTreeSet::new(), dlq, worker, workers })
+    }
+
+    /// The greatest time every worker of the last run wrote whole, read back from the progress
+    /// topic: the latest progress record of each worker of the layout that wrote last (the
+    /// topic's tail first, all of it if a worker is missing there). `None`: no progress yet.
+    pub fn written_through(&self) -> anyhow::Result<Option<Time>> {
+        let topic = self.config.progress();
+        let mut c = self.connection.client_config().map_err(anyhow::Error::msg)?;
+        c.set("group.id", "diffstream-progress-reader").set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = c.create().map_err(|e| anyhow::anyhow!("creating a Kafka consumer: {e}"))?;
+        let md = consumer.fetch_metadata(Some(&topic), TIMEOUT).map_err(|e| anyhow::anyhow!("reading metadata of `{topic}`: {e}"))?;
+        let partitions = md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len() as i32);
+        let mut ranges = Vec::new();
+        for p in 0..partitions {
+            let (low, high) = consumer.fetch_watermarks(&topic, p, TIMEOUT).map_err(|e| anyhow::anyhow!("reading `{topic}`: {e}"))?;
+            if high > low {
+                ranges.push((p, low, high));
+            }
+        }
+        for tail in [Some(PROGRESS_TAIL), None] {
+            let latest = read_progress(&consumer, &topic, &ranges, tail)?;
+            // the layout of the last record written decides which workers must be there
+            let Some(&(_, workers)) = latest.values().max_by_key(|(t, _)| *t) else { return Ok(None) };
+            let times: Vec<Time> = (0..workers).filter_map(|w| latest.get(&w).map(|(t, _)| *t)).collect();
+            if times.len() == workers {
+                return Ok(times.into_iter().min());
+            }
+        }
+        Ok(None)
     }
 
     fn send(&self, out: Outgoing) {
@@ -301,7 +380,7 @@ impl KafkaSink {
             for ((topic, p), o) in offsets {
                 by_topic.entry(topic).or_default().insert(p, o);
             }
-            let value = serde_json::json!({ "time": t, "worker": self.worker, "offsets": by_topic }).to_string();
+            let value = serde_json::json!({ "time": t, "worker": self.worker, "workers": self.workers, "offsets": by_topic }).to_string();
             // The progress record is not waited for: it describes data that is already durable.
             self.send_untracked(&self.config.progress(), format!("worker-{}", self.worker).as_bytes(), value.as_bytes());
         }
@@ -318,9 +397,6 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
-        if self.suppress_below.is_some_and(|b| time < b) {
-            return;
-        }
         let records = self.records(time, updates);
         self.acks.0.lock().expect("ack state").outstanding.insert(time, records.len());
         for r in records {

@@ -16,6 +16,10 @@
 //! thread with the driver's blocking client, never on a worker. A time is acknowledged (and
 //! the frontier, hence Kafka offset commits, may pass it) only once all its writes succeeded.
 //!
+//! Progress: after each bulk the writer records the latest time it wrote whole in the
+//! `diffstream_progress` collection (`_id: "worker-<i>"`, `time`, `workers`); a restart reads it
+//! back ([`MongoSink::written_through`]) and rewrites only the replayed times after it.
+//!
 //! Retries and errors: a transient failure (server down, network, not primary, …) is retried
 //! with backoff from 100 ms to 10 s, forever, and counted; the time stays unacknowledged
 //! meanwhile. A permanent failure of one document (too large, failed validation) is logged and
@@ -60,7 +64,7 @@ pub struct MongoSink {
     jobs: Sender<Job>,
     /// times sent and not yet written
     pending: Arc<Mutex<BTreeSet<Time>>>,
-    suppress_below: Option<Time>,
+    progress: mongodb::sync::Collection<Document>,
     /// changed keys not yet sent: (output, key) → (time of the change, row after it)
     buffer: FastMap<(Output, String), (Time, Option<Row>)>,
     /// times in `buffer`
@@ -70,6 +74,9 @@ pub struct MongoSink {
     /// health counters
     pub health: Arc<MongoHealth>,
 }
+
+/// Where every worker records the latest time it wrote whole.
+const PROGRESS: &str = "diffstream_progress";
 
 /// A row's JSON as a BSON document.
 fn document(json: &str) -> Document {
@@ -84,7 +91,7 @@ fn is_duplicate_key(code: i32) -> bool {
 impl MongoSink {
     /// Connects (with the URI from the configured environment variable), creates the indexes
     /// and starts the writer thread; retries and rejections are counted in `health`.
-    pub fn open(config: &MongoOutput, outputs: &[Output], suppress_below: Option<Time>, health: Arc<MongoHealth>) -> anyhow::Result<Self> {
+    pub fn open(config: &MongoOutput, outputs: &[Output], worker: usize, workers: usize, health: Arc<MongoHealth>) -> anyhow::Result<Self> {
         let uri = std::env::var(&config.uri_env).map_err(|_| {
             anyhow::anyhow!("the MongoDB URI comes from ${}, which is not set; export it (e.g. mongodb://localhost:27017)", config.uri_env)
         })?;
@@ -105,6 +112,8 @@ impl MongoSink {
                     .map_err(|e| anyhow::anyhow!("creating index {fields:?} on {}.{}: {e}", config.database, config.collection(name)))?;
             }
         }
+        let progress = db.collection::<Document>(PROGRESS);
+        let record = progress.clone();
         let (jobs, receive) = channel::<Job>();
         let pending = Arc::new(Mutex::new(BTreeSet::new()));
         let (p, h, dead) =
@@ -114,6 +123,14 @@ impl MongoSink {
             for job in receive {
                 for chunk in job.models.chunks(batch) {
                     write(&client, chunk, &h, &dead);
+                }
+                if let Some(&last) = job.times.iter().max() {
+                    let id = format!("worker-{worker}");
+                    let update = doc! { "$set": { "time": last as i64, "workers": workers as i64 } };
+                    // Only informs the next restart (an older record means more rewriting): not retried.
+                    if let Err(e) = record.update_one(doc! { "_id": id }, update).upsert(true).run() {
+                        tracing::warn!(error = %e.kind, "recording MongoDB progress failed");
+                    }
                 }
                 let mut pending = p.lock().expect("pending");
                 for t in job.times {
@@ -125,12 +142,28 @@ impl MongoSink {
             config: config.clone(),
             jobs,
             pending,
-            suppress_below,
+            progress,
             buffer: FastMap::default(),
             buffered: Vec::new(),
             since: None,
             health,
         })
+    }
+
+    /// The greatest time every worker of the last run wrote whole, from `diffstream_progress`
+    /// (the layout of the latest record decides which workers must be there). `None`: none.
+    pub fn written_through(&self) -> anyhow::Result<Option<Time>> {
+        let mut latest: FastMap<String, (i64, i64)> = FastMap::default();
+        let cursor = self.progress.find(doc! {}).run().map_err(|e| anyhow::anyhow!("reading {PROGRESS}: {}", e.kind))?;
+        for d in cursor {
+            let d = d.map_err(|e| anyhow::anyhow!("reading {PROGRESS}: {}", e.kind))?;
+            if let (Ok(id), Ok(t), Ok(w)) = (d.get_str("_id"), d.get_i64("time"), d.get_i64("workers")) {
+                latest.insert(id.to_string(), (t, w));
+            }
+        }
+        let Some(&(_, workers)) = latest.values().max_by_key(|(t, _)| *t) else { return Ok(None) };
+        let times: Vec<i64> = (0..workers).filter_map(|w| latest.get(&format!("worker-{w}")).map(|(t, _)| *t)).collect();
+        Ok((times.len() as i64 == workers).then(|| times.into_iter().min()).flatten().map(|t| t as Time))
     }
 
     /// Sends the buffered changes to the writer: one operation per key.
@@ -218,7 +251,7 @@ fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &MongoHe
 
 impl Sink for MongoSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
-        if self.suppress_below.is_some_and(|b| time < b) || updates.is_empty() {
+        if updates.is_empty() {
             return;
         }
         // Times arrive in order, so a later change of a key replaces an earlier one.

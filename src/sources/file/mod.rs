@@ -27,7 +27,7 @@ pub struct Empty;
 
 impl Source for Empty {
     fn next_batch(&mut self, _each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch> {
-        Ok(Batch { more: false, replaying: false, read_any: false })
+        Ok(Batch { more: false, read_any: false })
     }
 }
 
@@ -51,7 +51,7 @@ impl<R: BufRead> LineSource<R> {
 impl<R: BufRead> Source for LineSource<R> {
     fn next_batch(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch> {
         let more = self.read(each)?;
-        Ok(Batch { more, replaying: false, read_any: true })
+        Ok(Batch { more, read_any: true })
     }
 }
 

@@ -209,7 +209,7 @@ impl Source for GeneratorSource {
             }
         }
         self.next = end;
-        Ok(Batch { more: self.spec.count.is_none_or(|c| end < c), replaying: false, read_any: true })
+        Ok(Batch { more: self.spec.count.is_none_or(|c| end < c), read_any: true })
     }
 }
 

@@ -12,18 +12,19 @@
 //! under the group `<group_id>.start`, before any offset of the main group (commit metadata
 //! would be the natural place, but not every broker keeps it: Tansu drops it).
 //!
-//! Restart: the dataflows keep state in memory, so a restarted run rebuilds it. A partition
-//! with a commit of ours is re-read from where the input began up to the committed offset
-//! ("replay"), then read on ("live"). While any of a worker's partitions replays, its batches
-//! are marked as replay; the runtime inserts them at replay times, whose output external sinks
-//! suppress (it was acknowledged before the crash). Records polled past the committed offset
-//! during replay wait for the first live batch, and partitions that finished replaying are
-//! paused meanwhile, so replay and live records never share a time.
+//! Restart: the dataflows keep state in memory, so a restarted run rebuilds it by reading every
+//! partition again from where the input began. Every live batch's end offsets were bound to its
+//! logical time before the time could complete ([`crate::runtime::reclock`]); the restart reads
+//! each partition in the same slices, at the same times ([`Source::replay`]), so it computes
+//! exactly the outputs the crashed run computed, and the sinks go on from what they wrote.
+//! Records polled for a later time, or past the last binding, wait in their partition's queue
+//! (a partition with many waiting is paused). A partition committed by an older run without
+//! bindings is read up to its committed offset at time 1, below anything a sink still writes.
 //!
 //! Errors: poll errors (broker down, …) are logged and retried by librdkafka; the source just
 //! reads nothing meanwhile. A topic that does not exist is an error at start-up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -35,28 +36,39 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Batch, Record, Source};
 use crate::config::kafka::{KafkaConnection, KafkaInput, Start};
+use crate::runtime::reclock::{Bindings, Bound};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Records a partition may hold back while replaying before it is paused.
+const PARK_MAX: usize = 50_000;
 
 /// One assigned partition.
 #[derive(Debug)]
 struct Part {
     topic: String,
     partition: i32,
-    /// the next offset to read, once known
+    /// the next offset to hand on, once known
     next: Option<i64>,
-    /// replaying until this offset (exclusive)
-    replay_until: Option<i64>,
+    /// the next offset polled (records below it were delivered by the consumer)
+    polled: i64,
+    /// an earlier run's bindings still to replay: (time, next offset after it)
+    bounds: VecDeque<(Time, i64)>,
+    /// records polled but not yet handed on (for a later time)
+    parked: VecDeque<Parked>,
+    paused: bool,
+    /// `next` as last reported by [`Source::bounds`]
+    bound: Option<i64>,
     /// where the input began, once known
     start: Option<i64>,
     /// `start` is committed to the start group
     start_durable: bool,
 }
 
-/// A record polled during replay but past its partition's committed offset.
+/// A record polled before its time.
+#[derive(Debug)]
 struct Parked {
-    position: Position,
+    offset: i64,
     bytes: Vec<u8>,
     key: Option<Vec<u8>>,
 }
@@ -68,8 +80,6 @@ pub struct KafkaSource {
     starts: BaseConsumer,
     parts: Vec<Part>,
     max: usize,
-    replaying: bool,
-    parked: Vec<Parked>,
     offsets_at: BTreeMap<Time, Vec<Option<i64>>>,
     last_record: Instant,
     stop_when_idle: Option<Duration>,
@@ -82,7 +92,7 @@ fn err(e: impl std::fmt::Display) -> io::Error {
 
 impl KafkaSource {
     /// Opens worker `index` of `peers`'s share of `input`.
-    pub fn open(conn: &KafkaConnection, input: &KafkaInput, index: usize, peers: usize) -> io::Result<Self> {
+    pub fn open(conn: &KafkaConnection, input: &KafkaInput, index: usize, peers: usize, bindings: &Bindings) -> io::Result<Self> {
         let mut config = conn.client_config().map_err(err)?;
         config
             .set("group.id", &input.group_id)
@@ -126,32 +136,40 @@ impl KafkaSource {
                 let c = committed.get(&(topic.clone(), partition)).copied();
                 let s = started.get(&(topic.clone(), partition)).copied();
                 tracing::debug!(topic, partition, committed = ?c, started = ?s, "committed offsets");
-                let (from, replay_until, start_at, durable) = match (c, s) {
-                    // ours: rebuild from where the input began up to the committed offset
-                    (Some(c), Some(s)) if s < c => (Offset::Offset(s), Some(c), Some(s), true),
-                    (Some(c), Some(s)) => (Offset::Offset(c), None, Some(s), true),
+                let mut bounds = VecDeque::new();
+                let (from, start_at, durable) = match (c, s) {
+                    // ours: read again from where the input began, in the bound slices
+                    (_, Some(s)) => {
+                        bounds.extend(bindings.of(&topic, partition).into_iter().filter(|&(_, next)| next > s));
+                        match c {
+                            // an older run's commit without bindings: one slice, below every live time
+                            Some(c) if c > s && bounds.is_empty() => bounds.push_back((1, c)),
+                            _ => {}
+                        }
+                        (Offset::Offset(s), Some(s), true)
+                    }
                     // committed by someone else: begin there, nothing to rebuild
-                    (Some(c), None) => (Offset::Offset(c), None, Some(c), false),
-                    (None, _) => {
+                    (Some(c), None) => (Offset::Offset(c), Some(c), false),
+                    (None, None) => {
                         let s = if start == Start::Committed { Start::parse(&input.fallback).map_err(err)? } else { start.clone() };
                         match s {
                             Start::Earliest => {
                                 let (low, _) = consumer.fetch_watermarks(&topic, partition, TIMEOUT).map_err(err)?;
-                                (Offset::Offset(low), None, Some(low), false)
+                                (Offset::Offset(low), Some(low), false)
                             }
                             Start::Timestamp(ts) => {
                                 let mut q = TopicPartitionList::new();
                                 q.add_partition_offset(&topic, partition, Offset::Offset(ts)).map_err(err)?;
                                 let found = consumer.offsets_for_times(q, TIMEOUT).map_err(err)?;
                                 match found.find_partition(&topic, partition).map(|e| e.offset()) {
-                                    Some(Offset::Offset(o)) => (Offset::Offset(o), None, Some(o), false),
-                                    _ => (Offset::End, None, None, false),
+                                    Some(Offset::Offset(o)) => (Offset::Offset(o), Some(o), false),
+                                    _ => (Offset::End, None, false),
                                 }
                             }
                             // resolved now, so the start is fixed when `open` returns
                             _ => {
                                 let (_, high) = consumer.fetch_watermarks(&topic, partition, TIMEOUT).map_err(err)?;
-                                (Offset::Offset(high), None, Some(high), false)
+                                (Offset::Offset(high), Some(high), false)
                             }
                         }
                     }
@@ -161,7 +179,18 @@ impl KafkaSource {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 };
-                parts.push(Part { topic, partition, next, replay_until, start: start_at, start_durable: durable });
+                parts.push(Part {
+                    topic,
+                    partition,
+                    next,
+                    polled: next.unwrap_or(0),
+                    bounds,
+                    parked: VecDeque::new(),
+                    paused: false,
+                    bound: next,
+                    start: start_at,
+                    start_durable: durable,
+                });
             }
         }
         consumer.assign(&assignment).map_err(|e| err(format!("assigning partitions: {e}")))?;
@@ -171,19 +200,15 @@ impl KafkaSource {
             starts,
             parts,
             max: input.max_records_per_batch,
-            replaying: false,
-            parked: Vec::new(),
             offsets_at: BTreeMap::new(),
             last_record: Instant::now(),
             stop_when_idle: input.stop_when_idle.map(|d| d.std()),
             last_commit: Instant::now(),
         };
         source.record_starts()?;
-        source.replaying = source.parts.iter().any(|p| p.replay_until.is_some());
-        if source.replaying {
-            let done: Vec<usize> = (0..source.parts.len()).filter(|&i| source.parts[i].replay_until.is_none()).collect();
-            source.pause(&done)?;
-            tracing::info!(partitions = source.parts.len(), "rebuilding state from committed offsets");
+        let slices: usize = source.parts.iter().map(|p| p.bounds.len()).sum();
+        if slices > 0 {
+            tracing::info!(partitions = source.parts.len(), slices, "rebuilding state: reading the input again at its bound times");
         }
         Ok(source)
     }
@@ -196,25 +221,65 @@ impl KafkaSource {
         tpl
     }
 
-    fn pause(&self, which: &[usize]) -> io::Result<()> {
-        if which.is_empty() {
-            return Ok(());
-        }
-        self.consumer.pause(&self.list(which)).map_err(err)
-    }
-
-    /// Marks partition `i` as replayed; when all are, goes live.
-    fn replay_done(&mut self, i: usize) -> io::Result<()> {
-        if self.parts[i].replay_until.take().is_some() {
-            self.pause(&[i])?;
-        }
-        if self.parts.iter().all(|p| p.replay_until.is_none()) {
-            self.replaying = false;
-            let all: Vec<usize> = (0..self.parts.len()).collect();
-            self.consumer.resume(&self.list(&all)).map_err(err)?;
-            tracing::info!("state rebuilt; reading live");
+    fn set_paused(&mut self, i: usize, paused: bool) -> io::Result<()> {
+        if self.parts[i].paused != paused {
+            let list = self.list(&[i]);
+            if paused { self.consumer.pause(&list) } else { self.consumer.resume(&list) }.map_err(err)?;
+            self.parts[i].paused = paused;
         }
         Ok(())
+    }
+
+    /// Polls one record into its partition's queue: `None` when none was ready, else the
+    /// partition it went to (`Some(None)`: none of ours, or delivered before).
+    fn poll_one(&mut self) -> io::Result<Option<Option<usize>>> {
+        let message = match self.consumer.poll(Duration::ZERO) {
+            None => return Ok(None),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka poll error; retrying");
+                return Ok(None);
+            }
+            Some(Ok(m)) => m,
+        };
+        let Some(i) = self.parts.iter().position(|p| p.partition == message.partition() && p.topic == message.topic()) else {
+            return Ok(Some(None));
+        };
+        let part = &mut self.parts[i];
+        let offset = message.offset();
+        if offset < part.polled {
+            return Ok(Some(None)); // delivered before
+        }
+        part.polled = offset + 1;
+        if part.start.is_none() {
+            part.start = Some(offset);
+        }
+        // A null value (a tombstone) is not a record; it shows as `null` in the dead letters.
+        let bytes = message.payload().unwrap_or(b"null").to_vec();
+        part.parked.push_back(Parked { offset, bytes, key: message.key().map(<[u8]>::to_vec) });
+        let full = part.parked.len() >= PARK_MAX && !part.bounds.is_empty();
+        drop(message);
+        if full {
+            self.set_paused(i, true)?;
+        }
+        Ok(Some(Some(i)))
+    }
+
+    /// Hands on partition `i`'s queued records below `until` (all of them: `None`), at most `max`.
+    fn drain(&mut self, i: usize, until: Option<i64>, max: usize, each: &mut dyn FnMut(Record<'_>)) -> usize {
+        let part = &mut self.parts[i];
+        let mut n = 0;
+        while n < max {
+            let Some(p) = part.parked.front() else { break };
+            if until.is_some_and(|u| p.offset >= u) {
+                break;
+            }
+            let p = part.parked.pop_front().expect("non-empty");
+            let position = Position::Kafka { topic: part.topic.clone(), partition: part.partition, offset: p.offset };
+            each(Record { position, bytes: &p.bytes, key: p.key.as_deref() });
+            part.next = Some(p.offset + 1);
+            n += 1;
+        }
+        n
     }
 
     /// Commits the starts that are known but not yet durable, synchronously: a main-group
@@ -271,67 +336,83 @@ fn committed_offsets(
 }
 
 impl Source for KafkaSource {
-    fn replaying(&self) -> bool {
-        self.replaying
+    fn replay_times(&self) -> Vec<Time> {
+        let times: BTreeSet<Time> = self.parts.iter().flat_map(|p| p.bounds.iter().map(|(t, _)| *t)).collect();
+        times.into_iter().collect()
+    }
+
+    fn replay(&mut self, time: Time, each: &mut dyn FnMut(Record<'_>)) -> io::Result<bool> {
+        let due: Vec<usize> = (0..self.parts.len()).filter(|&i| self.parts[i].bounds.front().is_some_and(|(t, _)| *t == time)).collect();
+        let mut polls = 0;
+        loop {
+            let mut all = true;
+            for &i in &due {
+                let Some(&(_, until)) = self.parts[i].bounds.front() else { continue };
+                self.drain(i, Some(until), usize::MAX, each);
+                let part = &self.parts[i];
+                // Reached: every record below the bound was handed on, or the next one is past it
+                // (offsets may skip: compaction, transaction markers, retention).
+                let reached = part.next.is_some_and(|n| n >= until) || part.parked.front().is_some_and(|p| p.offset >= until);
+                if reached {
+                    self.parts[i].bounds.pop_front();
+                } else {
+                    all = false;
+                    if part.parked.is_empty() {
+                        self.set_paused(i, false)?;
+                    }
+                }
+            }
+            if all {
+                break;
+            }
+            if polls >= self.max || self.poll_one()?.is_none() {
+                return Ok(false);
+            }
+            polls += 1;
+        }
+        if self.parts.iter().all(|p| p.bounds.is_empty()) {
+            for i in 0..self.parts.len() {
+                self.set_paused(i, false)?;
+            }
+            tracing::info!("state rebuilt; reading live");
+        }
+        self.record_starts()?;
+        Ok(true)
     }
 
     fn next_batch(&mut self, each: &mut dyn FnMut(Record<'_>)) -> io::Result<Batch> {
-        let replaying = self.replaying;
         let mut n = 0;
-        if !replaying {
-            for p in std::mem::take(&mut self.parked) {
-                each(Record { position: p.position, bytes: &p.bytes, key: p.key.as_deref() });
-                n += 1;
-            }
+        for i in 0..self.parts.len() {
+            n += self.drain(i, None, self.max - n, each);
         }
         while n < self.max {
-            let message = match self.consumer.poll(Duration::ZERO) {
+            match self.poll_one()? {
                 None => break,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka poll error; retrying");
-                    break;
-                }
-                Some(Ok(m)) => m,
-            };
-            let Some(i) = self.parts.iter().position(|p| p.partition == message.partition() && p.topic == message.topic()) else {
-                continue;
-            };
-            let offset = message.offset();
-            let position = Position::Kafka { topic: message.topic().to_string(), partition: message.partition(), offset };
-            // A null value (a tombstone) is not a record; it shows as `null` in the dead letters.
-            let bytes = message.payload().unwrap_or(b"null");
-            let part = &mut self.parts[i];
-            part.next = Some(offset + 1);
-            if part.start.is_none() {
-                part.start = Some(offset);
-            }
-            if part.replay_until.is_some_and(|c| offset >= c) {
-                // Past the committed offset: live, so it waits for the first live batch.
-                self.parked.push(Parked { position, bytes: bytes.to_vec(), key: message.key().map(<[u8]>::to_vec) });
-                drop(message);
-                self.replay_done(i)?;
-                continue;
-            }
-            each(Record { position, bytes, key: message.key() });
-            n += 1;
-            let replayed = part.replay_until.is_some_and(|c| offset + 1 >= c);
-            drop(message);
-            if replayed {
-                self.replay_done(i)?;
+                Some(Some(i)) => n += self.drain(i, None, self.max - n, each),
+                Some(None) => {}
             }
         }
         if n > 0 {
             self.last_record = Instant::now();
             self.record_starts()?;
         }
-        let idle_done = self.stop_when_idle.is_some_and(|d| self.last_record.elapsed() >= d) && !self.replaying;
-        Ok(Batch { more: !idle_done, replaying, read_any: n > 0 })
+        let idle_done = self.stop_when_idle.is_some_and(|d| self.last_record.elapsed() >= d);
+        Ok(Batch { more: !idle_done, read_any: n > 0 })
     }
 
-    fn batch_done(&mut self, time: Time, replaying: bool) {
-        if !replaying {
-            self.offsets_at.insert(time, self.parts.iter().map(|p| p.next).collect());
+    fn bounds(&mut self) -> Vec<Bound> {
+        let mut out = Vec::new();
+        for part in &mut self.parts {
+            if let (Some(next), true) = (part.next, part.next != part.bound) {
+                out.push(Bound { topic: part.topic.clone(), partition: part.partition, next });
+                part.bound = Some(next);
+            }
         }
+        out
+    }
+
+    fn batch_done(&mut self, time: Time) {
+        self.offsets_at.insert(time, self.parts.iter().map(|p| p.next).collect());
     }
 
     fn acknowledged(&mut self, frontier: Option<Time>) {

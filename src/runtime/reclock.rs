@@ -1,0 +1,183 @@
+//! Durable bindings of logical times to input offsets ("reclocking", after Materialize's
+//! remap collection), so that a restarted streaming run gives every record the logical time it
+//! had before the crash.
+//!
+//! A streaming run's times follow the clock, which a restart cannot reproduce. So before a
+//! worker lets time `t` complete (before any sink can write it), it appends to its bindings log
+//! the next offset of every partition it read at `t`, and syncs the file. A restart reads every
+//! log in the directory, and re-reads each partition's records in the same slices at the same
+//! times: the outputs of every time are then the same as the ones the crashed run computed —
+//! and maybe wrote — so sinks can write past where they stopped without ever going back.
+//!
+//! Files: `<dir>/bindings/worker-<i>.log`, one line per partition and time,
+//! `<time> <topic> <partition> <next offset>`. A torn last line (a crash mid-append) is
+//! ignored: its time was never released. Bindings are keyed by partition, not worker, so a
+//! restart with another number of workers in the same process still finds them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use dataflows::Time;
+
+/// One partition's next offset after a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// topic
+    pub topic: String,
+    /// partition
+    pub partition: i32,
+    /// the next offset to read after the time: every record before it belongs to this time or
+    /// an earlier one
+    pub next: i64,
+}
+
+/// The bindings of earlier runs, by partition: `(time, next offset)` in time order.
+#[derive(Clone, Debug, Default)]
+pub struct Bindings {
+    by_partition: HashMap<(String, i32), Vec<(Time, i64)>>,
+    /// the greatest bound time of any partition
+    pub last: Option<Time>,
+}
+
+impl Bindings {
+    /// The bindings of one partition, oldest first.
+    pub fn of(&self, topic: &str, partition: i32) -> Vec<(Time, i64)> {
+        self.by_partition.get(&(topic.to_string(), partition)).cloned().unwrap_or_default()
+    }
+}
+
+/// One worker's bindings log.
+pub struct Reclock {
+    file: File,
+    path: PathBuf,
+    line: String,
+}
+
+fn dir_of(state: &Path) -> PathBuf {
+    state.join("bindings")
+}
+
+/// Reads every bindings log under `state`.
+pub fn load(state: &Path) -> io::Result<Bindings> {
+    let dir = dir_of(state);
+    let mut bindings = Bindings::default();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(bindings),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", dir.display()))),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let mut reader = io::BufReader::new(File::open(&path)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            // A torn line (no newline: a crash mid-append) was never synced whole: skip it.
+            let Some(whole) = line.strip_suffix(b"\n") else { break };
+            let Some((time, topic, partition, next)) = parse(whole) else { continue };
+            bindings.by_partition.entry((topic, partition)).or_default().push((time, next));
+            bindings.last = bindings.last.max(Some(time));
+        }
+    }
+    for list in bindings.by_partition.values_mut() {
+        list.sort_unstable();
+        list.dedup_by_key(|(t, _)| *t);
+    }
+    Ok(bindings)
+}
+
+fn parse(line: &[u8]) -> Option<(Time, String, i32, i64)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut f = line.split(' ');
+    let time = f.next()?.parse().ok()?;
+    let topic = f.next()?.to_string();
+    let partition = f.next()?.parse().ok()?;
+    let next = f.next()?.parse().ok()?;
+    f.next().is_none().then_some((time, topic, partition, next))
+}
+
+impl Reclock {
+    /// Opens worker `index`'s log under `state` for appending.
+    pub fn open(state: &Path, index: usize) -> io::Result<Reclock> {
+        let dir = dir_of(state);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating the state directory {}: {e}", dir.display())))?;
+        let path = dir.join(format!("worker-{index}.log"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+        // Cut a torn last line, so the next append starts a line of its own.
+        let bytes = std::fs::read(&path)?;
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < bytes.len() {
+            file.set_len(whole as u64)?;
+        }
+        Ok(Reclock { file, path, line: String::new() })
+    }
+
+    /// Makes `bounds` at `time` durable: when this returns, a restart reads them.
+    pub fn bind(&mut self, time: Time, bounds: &[Bound]) -> io::Result<()> {
+        if bounds.is_empty() {
+            return Ok(());
+        }
+        self.line.clear();
+        for b in bounds {
+            use std::fmt::Write as _;
+            let _ = writeln!(self.line, "{time} {} {} {}", b.topic, b.partition, b.next);
+        }
+        self.file
+            .write_all(self.line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display())))
+    }
+}
+
+/// Bounds of one time, by topic then partition, for tests and tools.
+pub fn by_time(bindings: &Bindings) -> BTreeMap<Time, Vec<Bound>> {
+    let mut out: BTreeMap<Time, Vec<Bound>> = BTreeMap::new();
+    for ((topic, partition), list) in &bindings.by_partition {
+        for &(t, next) in list {
+            out.entry(t).or_default().push(Bound { topic: topic.clone(), partition: *partition, next });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_survive_a_torn_line_and_are_keyed_by_partition() {
+        let dir = std::env::temp_dir().join(format!("diffstream-reclock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut a = Reclock::open(&dir, 0).unwrap();
+        a.bind(5, &[Bound { topic: "clicks".into(), partition: 0, next: 10 }]).unwrap();
+        a.bind(9, &[Bound { topic: "clicks".into(), partition: 0, next: 12 }]).unwrap();
+        let mut b = Reclock::open(&dir, 1).unwrap();
+        b.bind(7, &[Bound { topic: "clicks".into(), partition: 1, next: 3 }]).unwrap();
+        // a crash mid-append
+        std::fs::OpenOptions::new().append(true).open(dir.join("bindings/worker-1.log")).unwrap().write_all(b"11 clicks 1").unwrap();
+        let loaded = load(&dir).unwrap();
+        assert_eq!(loaded.of("clicks", 1), vec![(7, 3)]);
+        // reopening cuts the torn line; the next binding is whole
+        Reclock::open(&dir, 1).unwrap().bind(12, &[Bound { topic: "clicks".into(), partition: 1, next: 4 }]).unwrap();
+        let loaded = load(&dir).unwrap();
+        assert_eq!(loaded.of("clicks", 0), vec![(5, 10), (9, 12)]);
+        assert_eq!(loaded.of("clicks", 1), vec![(7, 3), (12, 4)]);
+        assert_eq!(loaded.last, Some(12));
+        assert_eq!(by_time(&loaded).len(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
