@@ -560,3 +560,225 @@ fn mongodb_outage_holds_offsets_and_completes_exactly() {
     }
     server.stop();
 }
+
+/// Output records as a poller sees them: per topic and key, the logical time and the row.
+struct Watched {
+    /// (topic, key) → (time, count field if any)
+    last: BTreeMap<(String, Vec<u8>), (u64, Option<i64>)>,
+    violations: Vec<String>,
+    /// every record of the count topics and the progress topic, in the order read
+    log: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>, u64)>,
+}
+
+fn header_time(h: &BTreeMap<String, Vec<u8>>) -> u64 {
+    h.get("diffstream.time").map_or(0, |v| String::from_utf8_lossy(v).parse().unwrap())
+}
+
+/// Reads `topics` from the beginning until `stop`, noting every key whose time or count goes back.
+fn watch_topics(topics: Vec<String>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Watched {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("watch"))
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in &topics {
+        let partitions = if t.ends_with("progress") { 1 } else { 3 };
+        for p in 0..partitions {
+            tpl.add_partition_offset(t, p, rdkafka::Offset::Beginning).unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut w = Watched { last: BTreeMap::new(), violations: Vec::new(), log: Vec::new() };
+    let mut quiet_since = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) || quiet_since.elapsed() < std::time::Duration::from_secs(3) {
+        let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(100)) else { continue };
+        quiet_since = std::time::Instant::now();
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for i in 0..h.count() {
+                headers.insert(h.get(i).key.to_string(), h.get(i).value.unwrap_or_default().to_vec());
+            }
+        }
+        let (topic, key, value) = (m.topic().to_string(), m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+        let time = header_time(&headers);
+        w.log.push((topic.clone(), key.clone(), value.clone(), time));
+        if topic.ends_with("progress") {
+            continue;
+        }
+        let count = value.as_ref().and_then(|v| {
+            let v: serde_json::Value = serde_json::from_slice(v).ok()?;
+            v.get("event_count").or(v.get("count")).and_then(serde_json::Value::as_i64)
+        });
+        let key = key.expect("output records are keyed");
+        if let Some((t0, c0)) = w.last.insert((topic.clone(), key.clone()), (time, count)) {
+            let k = String::from_utf8_lossy(&key);
+            if time < t0 {
+                w.violations.push(format!(
+                    "{topic} {k}: time went back from {t0} to {time} (partition {} offset {})",
+                    m.partition(),
+                    m.offset()
+                ));
+            }
+            if let (Some(c0), Some(c)) = (c0, count) {
+                if c < c0 {
+                    w.violations.push(format!("{topic} {k}: count went back from {c0} to {c}"));
+                }
+            }
+        }
+    }
+    w
+}
+
+/// The rows of `topic` in the log as of logical time `at`: per key, the record of the greatest
+/// time `≤ at` (tombstones remove).
+fn state_at(log: &[(String, Option<Vec<u8>>, Option<Vec<u8>>, u64)], topic: &str, at: u64) -> Vec<serde_json::Value> {
+    let mut latest: BTreeMap<&[u8], (u64, Option<&[u8]>)> = BTreeMap::new();
+    for (t, k, v, time) in log.iter().filter(|(t, _, _, time)| t == topic && *time <= at) {
+        let _ = t;
+        let e = latest.entry(k.as_deref().unwrap()).or_insert((*time, v.as_deref()));
+        if *time >= e.0 {
+            *e = (*time, v.as_deref());
+        }
+    }
+    latest.into_values().filter_map(|(_, v)| v).map(|v| serde_json::from_slice(v).unwrap()).collect()
+}
+
+/// Kill -9 at ten random moments while MongoDB and the output topics hold writes past the last
+/// commit, with more input (and malformed records) arriving while the engine is down: readers
+/// never see a key go back, every progress record names a consistent snapshot, dead letters
+/// are written once, and the end equals the offline run.
+#[test]
+#[ignore = "issue 8, open: a key of the output topics still goes back now and then (a few ms) after a restart; run with --ignored"]
+fn ten_kill_points_never_move_outputs_back() {
+    use mongodb::bson::{doc, Document};
+    const CHUNKS: u64 = 11;
+    let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI: run the tests with scripts/test.sh");
+    let counts = [("users", 30u64), ("clicks", 400), ("sensors", 300)];
+    let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique("kills") };
+    let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
+    create_topics(&topics, 3);
+    for (kind, count) in counts {
+        let out = diffstream(&["gen", kind, "--count", &(CHUNKS * count).to_string(), "--seed", "9"]);
+        std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
+    }
+    let database = unique("kills").replace('-', "_");
+    let out = unique("kills-out");
+    let group = unique("g");
+    let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 40\n");
+    let text =
+        std::fs::read_to_string(&cfg).unwrap() + &format!("[output.mongodb]\ndatabase = \"{database}\"\nmax_flush_interval = \"20ms\"\n");
+    std::fs::write(&cfg, &text).unwrap();
+    let killed_cfg = s.dir.path().join("killed.toml");
+    std::fs::write(&killed_cfg, text.replace("stop_when_idle = \"4s\"\n", "")).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watched: Vec<String> = ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts"]
+        .iter()
+        .map(|o| format!("{out}.{o}"))
+        .chain([format!("{out}.diffstream.progress")])
+        .collect();
+    create_topics(&watched[..5], 3);
+    create_topics(&watched[5..], 1);
+    let topic_watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || watch_topics(watched, stop))
+    };
+    let db = mongodb::sync::Client::with_uri_str(&uri).unwrap().database(&database);
+    let mongo_watcher = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut seen, mut back) = (BTreeMap::<String, i64>::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for d in db.collection::<Document>("user_event_counts").find(doc! {}).run().unwrap() {
+                    let d = d.unwrap();
+                    let (id, n) = (d.get("_id").unwrap().to_string(), d.get_i64("event_count").unwrap());
+                    let before = seen.insert(id.clone(), n).unwrap_or(0);
+                    if n < before {
+                        back.push(format!("MongoDB {id}: {before} → {n}"));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            back
+        })
+    };
+
+    let malformed = |chunk: u64| {
+        let producer: rdkafka::producer::BaseProducer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
+        let topic = format!("{}.clicks", s.prefix);
+        let key = format!("bad-{chunk}");
+        producer.send(rdkafka::producer::BaseRecord::to(&topic).key(&key).payload("{broken")).unwrap();
+        rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(10)).unwrap();
+    };
+    // A seed printed so a failing order of kill points can be run again.
+    let mut seed = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    eprintln!("kill points: KILL_SEED={seed}");
+    for chunk in 0..CHUNKS - 1 {
+        produce(&s.prefix, chunk, &counts);
+        malformed(chunk);
+        let mut engine = Command::new(bin())
+            .args(["run", "--config", killed_cfg.to_str().unwrap(), "-w", "2", "-q"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let wait = std::time::Duration::from_millis(300 + (seed >> 33) % 3000);
+        std::thread::sleep(wait);
+        assert!(engine.try_wait().unwrap().is_none(), "the engine exited by itself");
+        engine.kill().unwrap(); // SIGKILL: no flush, no final commit
+        engine.wait().unwrap();
+    }
+    produce(&s.prefix, CHUNKS - 1, &counts);
+    malformed(CHUNKS - 1);
+    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let w = topic_watcher.join().unwrap();
+    let mongo_back = mongo_watcher.join().unwrap();
+    assert!(w.violations.is_empty(), "keys went back in the output topics:\n{}", w.violations.join("\n"));
+    assert!(mongo_back.is_empty(), "MongoDB documents went back:\n{}", mongo_back.join("\n"));
+
+    // Every progress record's snapshot: the per-user counts add up to the per-kind counts.
+    let mut latest: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut checked = std::collections::BTreeSet::new();
+    for (topic, _, value, _) in &w.log {
+        if !topic.ends_with("progress") {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(value.as_deref().unwrap()).unwrap();
+        latest.insert(v["worker"].as_u64().unwrap(), v["time"].as_u64().unwrap());
+        if latest.len() == 2 {
+            checked.insert(*latest.values().min().unwrap());
+        }
+    }
+    assert!(!checked.is_empty(), "no progress records");
+    let sum = |rows: Vec<serde_json::Value>, field: &str| rows.iter().map(|r| r[field].as_i64().unwrap()).sum::<i64>();
+    for &t in checked.iter().step_by((checked.len() / 40).max(1)) {
+        let users = sum(state_at(&w.log, &format!("{out}.user_event_counts"), t), "event_count");
+        let kinds = sum(state_at(&w.log, &format!("{out}.event_type_counts"), t), "count");
+        assert_eq!(users, kinds, "at progress time {t} the per-user counts add up to {users}, the per-kind counts to {kinds}");
+    }
+
+    // Dead letters once each, and the end equals the offline run, in Kafka and in MongoDB.
+    let dead = read_topic(&format!("{}.clicks.dlq", s.prefix), std::time::Duration::from_secs(3));
+    let mut offsets: Vec<Vec<u8>> = dead.iter().map(|d| d.headers["diffstream.source.offset"].clone()).collect();
+    offsets.sort();
+    let n = offsets.len();
+    offsets.dedup();
+    assert_eq!((n, offsets.len()), (CHUNKS as usize, CHUNKS as usize), "every malformed record once in the dead-letter topic");
+    let expected = offline(&s);
+    assert_topics_equal_offline(&out, &expected);
+    for output in ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts"] {
+        let mut want: Vec<serde_json::Value> = expected[output].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        want.sort_by_key(|v| v.to_string());
+        assert_eq!(mongo_rows(&db, output), want, "{output}: MongoDB differs from the offline run");
+    }
+}

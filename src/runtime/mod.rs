@@ -368,9 +368,12 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         by_key.push(s.clone());
     }
     if let Some(k) = &plan.kafka_output {
-        let sink = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers)?;
-        let written = if streaming { sink.written_through()? } else { None };
-        by_key.push(external(sink, resume(written)));
+        let mut sink = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers)?;
+        // The Kafka sink knows what the crashed run wrote past its progress, key by key: it
+        // writes the replayed times one by one (progress records keep naming consistent
+        // snapshots), skipping only the times it wrote whole.
+        let written = if streaming { sink.resume()? } else { None };
+        by_key.push(external(sink, (streaming, written, written.unwrap_or(0), replayed.clone())));
     }
     if let Some(m) = &plan.mongodb_output {
         let sink = MongoSink::open(m, &outputs, index, peers, counters.mongo.clone())?;

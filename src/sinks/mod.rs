@@ -135,11 +135,11 @@ impl<S: Sink> Sink for Resuming<S> {
         self.apply_owned(time, updates.to_vec());
     }
     fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
-        if self.done {
-            return self.inner.apply_owned(time, updates);
-        }
         if time <= self.after {
             return;
+        }
+        if self.done {
+            return self.inner.apply_owned(time, updates);
         }
         if time > self.until {
             self.flush();

@@ -13,8 +13,8 @@
 //! key, so one key is always written by one worker and its records stay in order). A worker
 //! writes a logical time as a whole: it produces every record of its share of the time, and
 //! only when all of them are acknowledged does it write a progress record to the progress topic
-//! (key `worker-<global index>`, value `{"time", "worker", "offsets"}` with the end offset per
-//! output partition it has seen acknowledged) and release the time. The engine commits input
+//! (one partition; key `worker-<global index>`, value `{"time", "worker", "workers", "offsets"}`
+//! with the end offset of every partition the worker has written) and release the time. The engine commits input
 //! offsets only for times every worker released. A consumer that wants a consistent snapshot at
 //! time `t` reads every output partition up to the greatest offsets named by the workers'
 //! progress records of times `≤ t`, and applies the records whose `diffstream.time` is `≤ t`.
@@ -131,20 +131,98 @@ pub struct KafkaSink {
     /// how many workers write progress records
     workers: usize,
     connection: KafkaConnection,
+    /// the output topics
+    outputs: Vec<String>,
+    /// the end offset of every partition this worker wrote, as acknowledged
+    written: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// what a crashed run wrote after its last progress record: (topic, identity) → greatest time
+    tail: FastMap<(String, Vec<u8>), Time>,
+    /// the greatest time in `tail`
+    tail_until: Time,
 }
 
+/// What identifies a record across runs: a dead letter's source position, else its key.
+fn identity(key: Option<&[u8]>, headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let header = |k: &str| headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());
+    match (header("diffstream.source.topic"), header("diffstream.source.partition"), header("diffstream.source.offset")) {
+        (Some(t), Some(p), Some(o)) => [b"source:".as_slice(), &t, b"/", &p, b"/", &o].concat(),
+        _ => key.unwrap_or_default().to_vec(),
+    }
+}
+
+/// A worker's latest progress record: time, layout, offsets written.
+type Progress = (Time, usize, BTreeMap<String, BTreeMap<i32, i64>>);
+
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// Records per producer batch at most.
+const BATCH_RECORDS: i64 = 10_000;
 /// Progress records read from the end of the topic before reading all of it.
 const PROGRESS_TAIL: i64 = 10_000;
 
-/// The latest `(time, workers)` of every worker's progress record in `ranges` (partition, low,
+/// `(partition, low, high)` of every partition of `topic` that holds records.
+fn ranges(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let md = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| anyhow::anyhow!("reading metadata of `{topic}`: {e}"))?;
+    let partitions = md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len() as i32);
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT).map_err(|e| anyhow::anyhow!("reading `{topic}`: {e}"))?;
+        if high > low {
+            out.push((p, low, high));
+        }
+    }
+    Ok(out)
+}
+
+/// Calls `each` with the topic, key, headers and `diffstream.time` of every record in the
+/// ranges `(topic, partition, from, high)`, read together.
+fn read_ranges(
+    consumer: &BaseConsumer,
+    ranges: &[(String, i32, i64, i64)],
+    each: &mut dyn FnMut(&str, Option<&[u8]>, &[(String, Vec<u8>)], Time),
+) -> anyhow::Result<()> {
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: FastMap<(String, i32), (i64, i64)> = FastMap::default();
+    for (t, p, from, high) in ranges.iter().filter(|r| r.2 < r.3) {
+        assignment.add_partition_offset(t, *p, Offset::Offset(*from))?;
+        ends.insert((t.clone(), *p), (*from, *high));
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("reading the outputs back timed out; is the broker up?");
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = m.map_err(|e| anyhow::anyhow!("reading the outputs back: {e}"))?;
+        let part = (m.topic().to_string(), m.partition());
+        let Some(&(from, high)) = ends.get(&part) else { continue };
+        if m.offset() < from {
+            continue;
+        }
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|h| (0..h.count()).map(|i| (h.get(i).key.to_string(), h.get(i).value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        let time = headers.iter().find(|(k, _)| k == "diffstream.time").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+        each(m.topic(), m.key(), &headers, time.unwrap_or(0));
+        if m.offset() + 1 >= high {
+            ends.remove(&part);
+        }
+    }
+    Ok(())
+}
+
+/// The latest progress record of every worker in `ranges` (partition, low,
 /// high) of `topic`, reading only the last `tail` records of each partition when given.
 fn read_progress(
     consumer: &BaseConsumer,
     topic: &str,
     ranges: &[(i32, i64, i64)],
     tail: Option<i64>,
-) -> anyhow::Result<BTreeMap<usize, (Time, usize)>> {
+) -> anyhow::Result<BTreeMap<usize, Progress>> {
     let mut assignment = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for &(p, low, high) in ranges {
@@ -153,7 +231,7 @@ fn read_progress(
         ends.insert(p, high);
     }
     consumer.assign(&assignment)?;
-    let mut latest: BTreeMap<usize, (Time, usize)> = BTreeMap::new();
+    let mut latest: BTreeMap<usize, Progress> = BTreeMap::new();
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !ends.is_empty() {
         if std::time::Instant::now() > deadline {
@@ -161,12 +239,15 @@ fn read_progress(
         }
         let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
         let m = m.map_err(|e| anyhow::anyhow!("reading the progress topic `{topic}`: {e}"))?;
+        if m.topic() != topic {
+            continue;
+        }
         if let Some(v) = m.payload().and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok()) {
             let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
             if let (Some(t), Some(w)) = (field("time"), field("worker")) {
-                let e = latest.entry(w as usize).or_insert((t, 1));
-                if t >= e.0 {
-                    *e = (t, field("workers").unwrap_or(1) as usize);
+                if latest.get(&(w as usize)).is_none_or(|e| t >= e.0) {
+                    let offsets = serde_json::from_value(v["offsets"].clone()).unwrap_or_default();
+                    latest.insert(w as usize, (t, field("workers").unwrap_or(1) as usize, offsets));
                 }
             }
         }
@@ -236,40 +317,82 @@ impl KafkaSink {
         let mut c = conn.client_config().map_err(anyhow::Error::msg)?;
         c.set("enable.idempotence", "true") // librdkafka's retries neither duplicate nor reorder
             .set("linger.ms", "5") // small batches: latency stays low, throughput high
+            .set("batch.num.messages", BATCH_RECORDS.to_string()) // `resume` reads back one batch more
             .set("message.timeout.ms", "60000") // surface a stuck record after a minute; the sink resends it
             .set("queue.buffering.max.messages", "1000000"); // a large logical time fits in the queue
         let producer: ThreadedProducer<Acks> =
             c.create_with_context(acks.clone()).map_err(|e| anyhow::anyhow!("creating a Kafka producer: {e}"))?;
-        Ok(KafkaSink { producer, acks, connection: conn.clone(), config: config.clone(), sealed: BTreeSet::new(), dlq, worker, workers })
+        Ok(KafkaSink {
+            producer,
+            acks,
+            connection: conn.clone(),
+            config: config.clone(),
+            sealed: BTreeSet::new(),
+            dlq,
+            worker,
+            workers,
+            outputs: outputs.iter().map(|o| config.topic(o.as_str())).collect(),
+            written: BTreeMap::new(),
+            tail: FastMap::default(),
+            tail_until: 0,
+        })
     }
 
-    /// The greatest time every worker of the last run wrote whole, read back from the progress
-    /// topic: the latest progress record of each worker of the layout that wrote last (the
-    /// topic's tail first, all of it if a worker is missing there). `None`: no progress yet.
-    pub fn written_through(&self) -> anyhow::Result<Option<Time>> {
-        let topic = self.config.progress();
+    /// Where a crashed run left this worker's share, read back from the progress topic: the
+    /// time up to which it wrote everything (returned: the sink skips those times), and every
+    /// record it wrote after that (kept: a replayed record whose key, or dead letter whose
+    /// source position, was already written at a later or equal time is not written again, so
+    /// no key goes back and no dead letter is written twice). With the same layout that is the
+    /// worker's own progress and the topics' ends after its own offsets; after a layout change,
+    /// the least time of all workers and the whole topics. `None`: no progress yet.
+    pub fn resume(&mut self) -> anyhow::Result<Option<Time>> {
         let mut c = self.connection.client_config().map_err(anyhow::Error::msg)?;
-        c.set("group.id", "diffstream-progress-reader").set("enable.auto.commit", "false");
+        // Tansu holds a fetch for the whole wait: keep it short, the reads are short.
+        c.set("group.id", "diffstream-progress-reader").set("enable.auto.commit", "false").set("fetch.wait.max.ms", "10");
         let consumer: BaseConsumer = c.create().map_err(|e| anyhow::anyhow!("creating a Kafka consumer: {e}"))?;
-        let md = consumer.fetch_metadata(Some(&topic), TIMEOUT).map_err(|e| anyhow::anyhow!("reading metadata of `{topic}`: {e}"))?;
-        let partitions = md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len() as i32);
-        let mut ranges = Vec::new();
-        for p in 0..partitions {
-            let (low, high) = consumer.fetch_watermarks(&topic, p, TIMEOUT).map_err(|e| anyhow::anyhow!("reading `{topic}`: {e}"))?;
-            if high > low {
-                ranges.push((p, low, high));
-            }
-        }
+        let topic = self.config.progress();
+        let progress = ranges(&consumer, &topic)?;
+        let mut found = None;
         for tail in [Some(PROGRESS_TAIL), None] {
-            let latest = read_progress(&consumer, &topic, &ranges, tail)?;
+            let latest = read_progress(&consumer, &topic, &progress, tail)?;
             // the layout of the last record written decides which workers must be there
-            let Some(&(_, workers)) = latest.values().max_by_key(|(t, _)| *t) else { return Ok(None) };
-            let times: Vec<Time> = (0..workers).filter_map(|w| latest.get(&w).map(|(t, _)| *t)).collect();
-            if times.len() == workers {
-                return Ok(times.into_iter().min());
+            let Some(workers) = latest.values().max_by_key(|p| p.0).map(|p| p.1) else { break };
+            if (0..workers).all(|w| latest.contains_key(&w)) {
+                found = Some((workers, latest));
+                break;
             }
         }
-        Ok(None)
+        // No progress (a run killed before its first): all it wrote is the tail.
+        let (after, from): (Option<Time>, Option<&BTreeMap<String, BTreeMap<i32, i64>>>) = match &found {
+            Some((workers, latest)) if *workers == self.workers => {
+                let own = &latest[&self.worker];
+                self.written = own.2.clone();
+                (Some(own.0), Some(&own.2))
+            }
+            Some((workers, latest)) => ((0..*workers).map(|w| latest[&w].0).min(), None),
+            None => (None, None),
+        };
+        let mut topics = self.outputs.clone();
+        topics.extend(self.dlq.values().cloned());
+        topics.sort();
+        topics.dedup();
+        let mut wanted = Vec::new();
+        for t in topics {
+            for (p, low, high) in ranges(&consumer, &t)? {
+                // From one producer batch earlier: some brokers (Tansu) answer a fetch that
+                // starts inside a batch from the next batch on. Earlier records do no harm.
+                let start = from.and_then(|f| f.get(&t)).and_then(|ps| ps.get(&p)).map_or(low, |o| (o - BATCH_RECORDS).max(low));
+                wanted.push((t.clone(), p, start, high));
+            }
+        }
+        let (tail, until) = (&mut self.tail, &mut self.tail_until);
+        read_ranges(&consumer, &wanted, &mut |t, key, headers, time| {
+            let e = tail.entry((t.to_string(), identity(key, headers))).or_insert(time);
+            *e = (*e).max(time);
+            *until = (*until).max(time);
+        })?;
+        tracing::info!(worker = self.worker, ?after, written_since = self.tail.len(), "Kafka sink resuming");
+        Ok(after)
     }
 
     fn send(&self, out: Outgoing) {
@@ -376,10 +499,12 @@ impl KafkaSink {
             let offsets = state.offsets.remove(&t).unwrap_or_default();
             drop(state);
             self.sealed.remove(&t);
-            let mut by_topic: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+            // Every partition this worker ever wrote, so a restart knows where its unreleased writes begin.
             for ((topic, p), o) in offsets {
-                by_topic.entry(topic).or_default().insert(p, o);
+                let e = self.written.entry(topic).or_default().entry(p).or_insert(0);
+                *e = (*e).max(o);
             }
+            let by_topic = &self.written;
             let value = serde_json::json!({ "time": t, "worker": self.worker, "workers": self.workers, "offsets": by_topic }).to_string();
             // The progress record is not waited for: it describes data that is already durable.
             self.send_untracked(&self.config.progress(), format!("worker-{}", self.worker).as_bytes(), value.as_bytes());
@@ -397,7 +522,16 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
-        let records = self.records(time, updates);
+        let mut records = self.records(time, updates);
+        if time > self.tail_until {
+            self.tail = FastMap::default();
+        } else {
+            // Replayed: what the crashed run already wrote at this time or later stays.
+            records.retain(|r| {
+                let id = identity(r.key.as_deref(), &r.headers);
+                self.tail.get(&(r.topic.clone(), id)).is_none_or(|&written| written < time)
+            });
+        }
         self.acks.0.lock().expect("ack state").outstanding.insert(time, records.len());
         for r in records {
             self.send(r);
