@@ -3,7 +3,8 @@
 //! Every worker reads the whole stream but keeps only the lines whose number falls to it
 //! (`(line - 1) % peers == index`); scanning for newlines is cheap next to decoding, and it
 //! needs no coordination. A batch is `batch` consecutive lines, so batch `k` covers the same
-//! lines on any number of workers. Blank lines carry no record and are skipped.
+//! lines on any number of workers. Blank lines carry no record and are skipped; a UTF-8
+//! byte-order mark at the start of the stream is not part of the first record.
 
 use std::io::{self, BufRead};
 use std::sync::Arc;
@@ -88,9 +89,14 @@ impl<R: BufRead> LineSource<R> {
     }
 }
 
-/// Strips a `\r`, skips blank lines.
+/// Strips a `\r` (and a UTF-8 byte-order mark before the first line: editors on Windows write
+/// one, and it is not part of the record), skips blank lines.
 fn deliver(position: Position, line: &[u8], each: &mut dyn FnMut(Record<'_>)) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = match position {
+        Position::Line(1) => line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line),
+        _ => line,
+    };
     if !line.iter().all(u8::is_ascii_whitespace) {
         each(Record { position, bytes: line, key: None });
     }
@@ -134,5 +140,12 @@ mod tests {
         assert_eq!(w1[0].0, vec![(2, "b".into())]);
         assert_eq!(w0[2].0, vec![(5, "d".into())]);
         assert_eq!(w1[2].0, vec![(6, "e".into())]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_skipped() {
+        let one = read_all("\u{FEFF}{\"a\":1}\n\u{FEFF}b\n", 0, 1, 10);
+        // only at the start of the stream: elsewhere it is the record's own bytes
+        assert_eq!(one[0].0, vec![(1, "{\"a\":1}".into()), (2, "\u{FEFF}b".into())]);
     }
 }
