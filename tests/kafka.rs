@@ -193,33 +193,24 @@ fn malformed_records_go_to_the_dead_letter_topic() {
     assert_eq!(topic_state(&format!("{prefix}.out.event_type_counts")), vec![r#"{"event":"click","count":1}"#.to_string()]);
 }
 
-/// Produces half `half` (0 or 1) of the records of every kind to the setup's topics, one record per
-/// request (Tansu skips the rest of a batch when a consumer resumes inside it; real Kafka
-/// does not need this).
-fn produce(prefix: &str, half: u64, counts: &[(&str, u64)]) {
+/// Produces generated records `from..from + count` of `kind` (with `seed`, else the default)
+/// to `topic`, one record per request (Tansu skips the rest of a batch when a consumer resumes
+/// inside it, and reports a partition's end as the first offset of its last batch; real Kafka
+/// needs neither).
+fn gen_to_topic(kind: &str, topic: &str, from: u64, count: u64, seed: Option<&str>) {
+    let (from, count, bootstrap) = (from.to_string(), count.to_string(), kafka_bootstrap());
+    let mut args = vec!["gen", kind, "--from", &from, "--count", &count, "--to", "kafka", "--topic", topic, "--bootstrap", &bootstrap];
+    args.extend(["--producer-option", "batch.num.messages=1", "--producer-option", "linger.ms=0"]);
+    if let Some(seed) = seed {
+        args.extend(["--seed", seed]);
+    }
+    diffstream(&args);
+}
+
+/// Produces part `part` (0, 1, …) of the records of every kind to the setup's topics.
+fn produce(prefix: &str, part: u64, counts: &[(&str, u64)]) {
     for (kind, count) in counts {
-        let topic = format!("{prefix}.{kind}");
-        let (from, count, bootstrap) = ((half * count).to_string(), count.to_string(), kafka_bootstrap());
-        diffstream(&[
-            "gen",
-            kind,
-            "--from",
-            &from,
-            "--count",
-            &count,
-            "--seed",
-            "9",
-            "--to",
-            "kafka",
-            "--topic",
-            &topic,
-            "--bootstrap",
-            &bootstrap,
-            "--producer-option",
-            "batch.num.messages=1",
-            "--producer-option",
-            "linger.ms=0",
-        ]);
+        gen_to_topic(kind, &format!("{prefix}.{kind}"), part * count, *count, Some("9"));
     }
 }
 
@@ -282,35 +273,15 @@ fn start_positions() {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("start") + ".clicks";
     create_topics(std::slice::from_ref(&topic), 2);
-    let bootstrap = kafka_bootstrap();
     // One record per produce request: Tansu reports a partition's end as the first offset of
     // its last batch, so with single-record batches "latest" re-reads at most the last record.
-    let produce = |from: &str, count: &str| {
-        diffstream(&[
-            "gen",
-            "clicks",
-            "--from",
-            from,
-            "--count",
-            count,
-            "--to",
-            "kafka",
-            "--topic",
-            &topic,
-            "--bootstrap",
-            &bootstrap,
-            "--producer-option",
-            "batch.num.messages=1",
-            "--producer-option",
-            "linger.ms=0",
-        ]);
-    };
-    produce("0", "300");
+    let produce = |from: u64, count: u64| gen_to_topic("clicks", &topic, from, count, None);
+    produce(0, 300);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let between = diffstream::codec::format_time(now_ms);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    produce("300", "200");
+    produce(300, 200);
 
     // earliest: everything
     let out = unique("earliest");
@@ -345,7 +316,7 @@ fn start_positions() {
         }
     }
     let drain = std::thread::spawn(move || std::io::Read::read_to_string(&mut stderr, &mut seen).map(|_| seen));
-    produce("500", "50");
+    produce(500, 50);
     let status = engine.wait().unwrap();
     let log = drain.join().unwrap().unwrap();
     assert!(status.success(), "{log}");

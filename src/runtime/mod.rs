@@ -319,8 +319,16 @@ pub fn run(plan: Plan) -> anyhow::Result<Option<Report>> {
 /// [`run`], counting into `counters`, which another thread may watch.
 pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Report>> {
     let config = plan.cluster.timely_config().map_err(anyhow::Error::msg)?;
-    let plan = Arc::new(plan);
-    let guards = timely::execute(config, move |worker| run_worker(worker, &plan, &counters).map_err(|e| format!("{e:#}")))
+    // A stream's times are bound to its offsets durably, so a restart reads the input again at
+    // the same times; the bindings of earlier runs are read once per process.
+    let streaming = plan.inputs.values().any(InputSpec::is_stream);
+    let bindings = match (&plan.state_dir, streaming) {
+        (Some(d), true) => reclock::load(d)?,
+        (None, true) => anyhow::bail!("a streaming run needs a state directory (`[runtime] state_dir`)"),
+        (_, false) => reclock::Bindings::default(),
+    };
+    let (plan, bindings) = (Arc::new(plan), Arc::new(bindings));
+    let guards = timely::execute(config, move |worker| run_worker(worker, &plan, &bindings, &counters).map_err(|e| format!("{e:#}")))
         .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
     for result in guards.join() {
@@ -334,22 +342,20 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Re
     Ok(report)
 }
 
-fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Counters) -> anyhow::Result<Option<Report>> {
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    plan: &Plan,
+    bindings: &reclock::Bindings,
+    counters: &Counters,
+) -> anyhow::Result<Option<Report>> {
     let start = Instant::now();
     let index = worker.index();
     let peers = worker.peers();
     let first = index == 0;
     let outputs = plan.outputs();
     let streaming = plan.inputs.values().any(InputSpec::is_stream);
-    // A stream's times are bound to its offsets durably, so a restart reads the input again at
-    // the same times; external sinks go on from their own progress (`sinks::Resuming`).
-    let state = match (&plan.state_dir, streaming) {
-        (Some(d), true) => Some(d.clone()),
-        (None, true) => anyhow::bail!("a streaming run needs a state directory (`[runtime] state_dir`)"),
-        (_, false) => None,
-    };
-    let bindings = state.as_deref().map(reclock::load).transpose()?.unwrap_or_default();
-    let mut reclock = state.as_deref().map(|d| reclock::Reclock::open(d, index)).transpose()?;
+    // External sinks go on from their own progress after a restart (`sinks::Resuming`).
+    let mut reclock = plan.state_dir.as_deref().filter(|_| streaming).map(|d| reclock::Reclock::open(d, index)).transpose()?;
     let replayed = Rc::new(std::cell::Cell::new(false));
     let resume = |after: Option<Time>| (streaming, after, bindings.last.unwrap_or(0), replayed.clone());
     // Every worker writes its share of every output (routed by key). The current rows are kept
@@ -426,7 +432,7 @@ fn run_worker(worker: &mut timely::worker::Worker, plan: &Plan, counters: &Count
         if needs(*name) {
             inputs.push(OpenInput {
                 name: *name,
-                source: spec.open(index, peers, plan.batch_size, &bindings)?,
+                source: spec.open(index, peers, plan.batch_size, bindings)?,
                 rate: spec.rate,
                 batches: 0,
                 done: false,

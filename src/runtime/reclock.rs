@@ -14,9 +14,9 @@
 //! ignored: its time was never released. Bindings are keyed by partition, not worker, so a
 //! restart with another number of workers in the same process still finds them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use dataflows::Time;
@@ -111,17 +111,23 @@ impl Reclock {
         std::fs::create_dir_all(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("creating the state directory {}: {e}", dir.display())))?;
         let path = dir.join(format!("worker-{index}.log"));
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-        // Cut a torn last line, so the next append starts a line of its own.
-        let bytes = std::fs::read(&path)?;
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if whole < bytes.len() {
-            file.set_len(whole as u64)?;
+        // Cut a torn last line, so the next append starts a line of its own (a line is short:
+        // the file's last few KiB hold it).
+        let len = file.metadata()?.len();
+        let from = len.saturating_sub(4096);
+        let mut end = Vec::new();
+        file.seek(io::SeekFrom::Start(from))?;
+        file.read_to_end(&mut end)?;
+        // (no newline in that much: not a torn line of ours, leave it)
+        let whole = end.iter().rposition(|&b| b == b'\n').map_or(if from == 0 { 0 } else { len }, |i| from + i as u64 + 1);
+        if whole < len {
+            file.set_len(whole)?;
         }
         Ok(Reclock { file, path, line: String::new() })
     }
@@ -143,20 +149,21 @@ impl Reclock {
     }
 }
 
-/// Bounds of one time, by topic then partition, for tests and tools.
-pub fn by_time(bindings: &Bindings) -> BTreeMap<Time, Vec<Bound>> {
-    let mut out: BTreeMap<Time, Vec<Bound>> = BTreeMap::new();
-    for ((topic, partition), list) in &bindings.by_partition {
-        for &(t, next) in list {
-            out.entry(t).or_default().push(Bound { topic: topic.clone(), partition: *partition, next });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Bounds of one time, by topic then partition, for tests and tools.
+    fn by_time(bindings: &Bindings) -> BTreeMap<Time, Vec<Bound>> {
+        let mut out: BTreeMap<Time, Vec<Bound>> = BTreeMap::new();
+        for ((topic, partition), list) in &bindings.by_partition {
+            for &(t, next) in list {
+                out.entry(t).or_default().push(Bound { topic: topic.clone(), partition: *partition, next });
+            }
+        }
+        out
+    }
 
     #[test]
     fn bindings_survive_a_torn_line_and_are_keyed_by_partition() {

@@ -76,6 +76,13 @@ impl Sink for Fanout {
     }
 }
 
+/// Of every worker's latest progress `(time, workers)`, the layout of the newest record, when
+/// every worker of that layout has one: only then does the progress say what all of them wrote.
+pub fn complete_layout(latest: &BTreeMap<usize, (Time, usize)>) -> Option<usize> {
+    let workers = latest.values().max_by_key(|(t, _)| *t)?.1;
+    (0..workers).all(|w| latest.contains_key(&w)).then_some(workers)
+}
+
 /// An external sink's restart after a crash. The replayed times are the crashed run's own
 /// (see [`crate::runtime::reclock`]), so their outputs equal what it computed; what it wrote is
 /// known only up to the sink's own progress (`after`), and it may have written any time up to

@@ -173,13 +173,18 @@ fn ranges(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64,
     Ok(out)
 }
 
-/// Calls `each` with the topic, key, headers and `diffstream.time` of every record in the
-/// ranges `(topic, partition, from, high)`, read together.
-fn read_ranges(
-    consumer: &BaseConsumer,
-    ranges: &[(String, i32, i64, i64)],
-    each: &mut dyn FnMut(&str, Option<&[u8]>, &[(String, Vec<u8>)], Time),
-) -> anyhow::Result<()> {
+/// One record read back from a topic.
+struct ReadBack<'a> {
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: Vec<(String, Vec<u8>)>,
+    /// its `diffstream.time` header (0 if none)
+    time: Time,
+}
+
+/// Calls `each` with every record in the ranges `(topic, partition, from, high)`, read together.
+fn read_ranges(consumer: &BaseConsumer, ranges: &[(String, i32, i64, i64)], each: &mut dyn FnMut(ReadBack<'_>)) -> anyhow::Result<()> {
     let mut assignment = TopicPartitionList::new();
     let mut ends: FastMap<(String, i32), (i64, i64)> = FastMap::default();
     for (t, p, from, high) in ranges.iter().filter(|r| r.2 < r.3) {
@@ -198,6 +203,7 @@ fn read_ranges(
         let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
         let m = m.map_err(|e| anyhow::anyhow!("reading the outputs back: {e}"))?;
         let part = (m.topic().to_string(), m.partition());
+        // (an earlier assignment of this consumer may still deliver)
         let Some(&(from, high)) = ends.get(&part) else { continue };
         if m.offset() < from {
             continue;
@@ -207,7 +213,7 @@ fn read_ranges(
             .map(|h| (0..h.count()).map(|i| (h.get(i).key.to_string(), h.get(i).value.unwrap_or_default().to_vec())).collect())
             .unwrap_or_default();
         let time = headers.iter().find(|(k, _)| k == "diffstream.time").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
-        each(m.topic(), m.key(), &headers, time.unwrap_or(0));
+        each(ReadBack { topic: m.topic(), key: m.key(), value: m.payload(), headers, time: time.unwrap_or(0) });
         if m.offset() + 1 >= high {
             ends.remove(&part);
         }
@@ -215,46 +221,27 @@ fn read_ranges(
     Ok(())
 }
 
-/// The latest progress record of every worker in `ranges` (partition, low,
-/// high) of `topic`, reading only the last `tail` records of each partition when given.
+/// The latest progress record of every worker in `ranges` (partition, low, high) of `topic`,
+/// reading only the last `tail` records of each partition when given.
 fn read_progress(
     consumer: &BaseConsumer,
     topic: &str,
     ranges: &[(i32, i64, i64)],
     tail: Option<i64>,
 ) -> anyhow::Result<BTreeMap<usize, Progress>> {
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for &(p, low, high) in ranges {
-        let from = tail.map_or(low, |n| (high - n).max(low));
-        assignment.add_partition_offset(topic, p, Offset::Offset(from))?;
-        ends.insert(p, high);
-    }
-    consumer.assign(&assignment)?;
+    let wanted: Vec<(String, i32, i64, i64)> =
+        ranges.iter().map(|&(p, low, high)| (topic.to_string(), p, tail.map_or(low, |n| (high - n).max(low)), high)).collect();
     let mut latest: BTreeMap<usize, Progress> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !ends.is_empty() {
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("reading the progress topic `{topic}` timed out; is the broker up?");
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let m = m.map_err(|e| anyhow::anyhow!("reading the progress topic `{topic}`: {e}"))?;
-        if m.topic() != topic {
-            continue;
-        }
-        if let Some(v) = m.payload().and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok()) {
-            let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-            if let (Some(t), Some(w)) = (field("time"), field("worker")) {
-                if latest.get(&(w as usize)).is_none_or(|e| t >= e.0) {
-                    let offsets = serde_json::from_value(v["offsets"].clone()).unwrap_or_default();
-                    latest.insert(w as usize, (t, field("workers").unwrap_or(1) as usize, offsets));
-                }
+    read_ranges(consumer, &wanted, &mut |r| {
+        let Some(v) = r.value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok()) else { return };
+        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        if let (Some(t), Some(w)) = (field("time"), field("worker")) {
+            if latest.get(&(w as usize)).is_none_or(|e| t >= e.0) {
+                let offsets = serde_json::from_value(v["offsets"].clone()).unwrap_or_default();
+                latest.insert(w as usize, (t, field("workers").unwrap_or(1) as usize, offsets));
             }
         }
-        if ends.get(&m.partition()).is_some_and(|&h| m.offset() + 1 >= h) {
-            ends.remove(&m.partition());
-        }
-    }
+    })?;
     Ok(latest)
 }
 
@@ -355,9 +342,8 @@ impl KafkaSink {
         let mut found = None;
         for tail in [Some(PROGRESS_TAIL), None] {
             let latest = read_progress(&consumer, &topic, &progress, tail)?;
-            // the layout of the last record written decides which workers must be there
-            let Some(workers) = latest.values().max_by_key(|p| p.0).map(|p| p.1) else { break };
-            if (0..workers).all(|w| latest.contains_key(&w)) {
+            let times = latest.iter().map(|(w, p)| (*w, (p.0, p.1))).collect();
+            if let Some(workers) = super::complete_layout(&times) {
                 found = Some((workers, latest));
                 break;
             }
@@ -386,10 +372,10 @@ impl KafkaSink {
             }
         }
         let (tail, until) = (&mut self.tail, &mut self.tail_until);
-        read_ranges(&consumer, &wanted, &mut |t, key, headers, time| {
-            let e = tail.entry((t.to_string(), identity(key, headers))).or_insert(time);
-            *e = (*e).max(time);
-            *until = (*until).max(time);
+        read_ranges(&consumer, &wanted, &mut |r| {
+            let e = tail.entry((r.topic.to_string(), identity(r.key, &r.headers))).or_insert(r.time);
+            *e = (*e).max(r.time);
+            *until = (*until).max(r.time);
         })?;
         tracing::info!(worker = self.worker, ?after, written_since = self.tail.len(), "Kafka sink resuming");
         Ok(after)

@@ -153,17 +153,16 @@ impl MongoSink {
     /// The greatest time every worker of the last run wrote whole, from `diffstream_progress`
     /// (the layout of the latest record decides which workers must be there). `None`: none.
     pub fn written_through(&self) -> anyhow::Result<Option<Time>> {
-        let mut latest: FastMap<String, (i64, i64)> = FastMap::default();
+        let mut latest = std::collections::BTreeMap::new();
         let cursor = self.progress.find(doc! {}).run().map_err(|e| anyhow::anyhow!("reading {PROGRESS}: {}", e.kind))?;
         for d in cursor {
             let d = d.map_err(|e| anyhow::anyhow!("reading {PROGRESS}: {}", e.kind))?;
-            if let (Ok(id), Ok(t), Ok(w)) = (d.get_str("_id"), d.get_i64("time"), d.get_i64("workers")) {
-                latest.insert(id.to_string(), (t, w));
+            let worker = d.get_str("_id").ok().and_then(|id| id.strip_prefix("worker-")?.parse::<usize>().ok());
+            if let (Some(w), Ok(t), Ok(n)) = (worker, d.get_i64("time"), d.get_i64("workers")) {
+                latest.insert(w, (t as Time, n as usize));
             }
         }
-        let Some(&(_, workers)) = latest.values().max_by_key(|(t, _)| *t) else { return Ok(None) };
-        let times: Vec<i64> = (0..workers).filter_map(|w| latest.get(&format!("worker-{w}")).map(|(t, _)| *t)).collect();
-        Ok((times.len() as i64 == workers).then(|| times.into_iter().min()).flatten().map(|t| t as Time))
+        Ok(super::complete_layout(&latest).and_then(|n| (0..n).map(|w| latest[&w].0).min()))
     }
 
     /// Sends the buffered changes to the writer: one operation per key.
