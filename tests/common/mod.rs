@@ -56,6 +56,8 @@ pub struct Consumed {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: BTreeMap<String, Vec<u8>>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Every record of `topic`, reading until nothing new arrives for `quiet`.
@@ -87,7 +89,13 @@ pub fn read_topic(topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
                         headers.insert(header.key.to_string(), header.value.unwrap_or_default().to_vec());
                     }
                 }
-                out.push(Consumed { key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
+                out.push(Consumed {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
                 last = std::time::Instant::now();
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),

@@ -158,6 +158,8 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 const BATCH_RECORDS: i64 = 10_000;
 /// Progress records read from the end of the topic before reading all of it.
 const PROGRESS_TAIL: i64 = 10_000;
+/// How long the partitions read back must stay quiet past their reported ends.
+const READ_QUIET: Duration = Duration::from_millis(300);
 
 /// `(partition, low, high)` of every partition of `topic` that holds records.
 fn ranges(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
@@ -183,7 +185,10 @@ struct ReadBack<'a> {
     time: Time,
 }
 
-/// Calls `each` with every record in the ranges `(topic, partition, from, high)`, read together.
+/// Calls `each` with every record in the ranges `(topic, partition, from, high)`, read together,
+/// and with the records that follow `high` until the partitions fall quiet: a broker may report
+/// a partition's end inside its last batch (Tansu reports the first offset of the last batch
+/// plus one), and what a crashed run wrote last must not be missed.
 fn read_ranges(consumer: &BaseConsumer, ranges: &[(String, i32, i64, i64)], each: &mut dyn FnMut(ReadBack<'_>)) -> anyhow::Result<()> {
     let mut assignment = TopicPartitionList::new();
     let mut ends: FastMap<(String, i32), (i64, i64)> = FastMap::default();
@@ -195,18 +200,31 @@ fn read_ranges(consumer: &BaseConsumer, ranges: &[(String, i32, i64, i64)], each
         return Ok(());
     }
     consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !ends.is_empty() {
-        if std::time::Instant::now() > deadline {
+    let started = std::time::Instant::now();
+    let mut unreached = ends.len();
+    let mut last_message = started;
+    loop {
+        if unreached == 0 && last_message.elapsed() >= READ_QUIET {
+            break;
+        }
+        if unreached > 0 && started.elapsed() > TIMEOUT {
             anyhow::bail!("reading the outputs back timed out; is the broker up?");
         }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        if started.elapsed() > TIMEOUT * 2 {
+            break; // written to all along: whatever comes now was written after the crash
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(50)) else { continue };
         let m = m.map_err(|e| anyhow::anyhow!("reading the outputs back: {e}"))?;
         let part = (m.topic().to_string(), m.partition());
         // (an earlier assignment of this consumer may still deliver)
-        let Some(&(from, high)) = ends.get(&part) else { continue };
+        let Some(&mut (from, ref mut high)) = ends.get_mut(&part) else { continue };
         if m.offset() < from {
             continue;
+        }
+        last_message = std::time::Instant::now();
+        if *high != i64::MIN && m.offset() + 1 >= *high {
+            *high = i64::MIN;
+            unreached -= 1;
         }
         let headers: Vec<(String, Vec<u8>)> = m
             .headers()
@@ -214,10 +232,8 @@ fn read_ranges(consumer: &BaseConsumer, ranges: &[(String, i32, i64, i64)], each
             .unwrap_or_default();
         let time = headers.iter().find(|(k, _)| k == "diffstream.time").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
         each(ReadBack { topic: m.topic(), key: m.key(), value: m.payload(), headers, time: time.unwrap_or(0) });
-        if m.offset() + 1 >= high {
-            ends.remove(&part);
-        }
     }
+    consumer.unassign()?;
     Ok(())
 }
 

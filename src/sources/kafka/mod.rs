@@ -347,7 +347,8 @@ impl Source for KafkaSource {
         loop {
             let mut all = true;
             for &i in &due {
-                let Some(&(_, until)) = self.parts[i].bounds.front() else { continue };
+                // (a partition whose bound of `time` was reached now fronts a later time's bound)
+                let Some(&(_, until)) = self.parts[i].bounds.front().filter(|(t, _)| *t == time) else { continue };
                 self.drain(i, Some(until), usize::MAX, each);
                 let part = &self.parts[i];
                 // Reached: every record below the bound was handed on, or the next one is past it
