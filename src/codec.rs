@@ -2,12 +2,13 @@
 //! reason string, and the caller keeps the raw bytes next to it as a dead letter.
 //!
 //! Reasons start with a class, then a colon and the detail: `not_utf8`, `invalid_json`,
-//! `not_object`, `missing_field`, `wrong_type`, `bad_time`, `invalid_record`, and `late`
-//! (decided by the sensor dataflow, not here).
+//! `not_object`, `missing_field`, `wrong_type`, `bad_time`, `out_of_range`, `invalid_record`;
+//! `future` (decided by the runtime, for streams) and `late` (by the sensor dataflow).
 //!
 //! Times accept `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), the same with a `T` (UTC when it carries no
 //! offset), RFC 3339 with `Z` or an offset, and unix seconds or milliseconds as a JSON number
-//! (a magnitude of 10¹¹ or more is taken as milliseconds). Output times are RFC 3339 UTC with `Z`.
+//! (a magnitude of 10¹¹ or more is taken as milliseconds). Output times are RFC 3339 UTC with `Z` and always
+//! milliseconds (fixed width: string order is time order); offsets beyond ±23:59 are rejected.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,6 +21,11 @@ use dataflows::records::{
 use dataflows::Row;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+/// The greatest magnitude of a reading: window sums are exact 128-bit fixed point (2⁻⁶⁴ units,
+/// see `ExactSum`), so a window holds up to 9·10⁹ readings of this size before a sum could
+/// overflow. A value beyond it is a dead letter (`out_of_range`), never a wrong sum.
+pub const MAX_READING: f64 = 1e9;
 
 /// Parses a time spelled as a string.
 pub fn parse_time_str(s: &str) -> Result<Millis, String> {
@@ -67,7 +73,11 @@ fn parse_common(b: &[u8]) -> Option<Millis> {
     let offset_s: i64 = match rest {
         [] | [b'Z'] | [b'z'] => 0,
         [sign @ (b'+' | b'-'), hh1, hh2, b':', mm1, mm2] => {
-            let off = i64::from(num(&[*hh1, *hh2])? * 3600 + num(&[*mm1, *mm2])? * 60);
+            let (hh, mm) = (num(&[*hh1, *hh2])?, num(&[*mm1, *mm2])?);
+            if hh > 23 || mm > 59 {
+                return None; // not a UTC offset; chrono rejects it too, with the reason
+            }
+            let off = i64::from(hh * 3600 + mm * 60);
             if *sign == b'+' {
                 off
             } else {
@@ -92,10 +102,11 @@ pub fn time_from_number(x: f64) -> Result<Millis, String> {
     Ok(ms.round() as Millis)
 }
 
-/// Formats milliseconds since the epoch as RFC 3339 UTC with `Z` (fraction only when present).
+/// Formats milliseconds since the epoch as RFC 3339 UTC with `Z`, always with milliseconds:
+/// fixed width, so the strings sort in time order (`…:01.000Z` < `…:01.500Z`).
 pub fn format_time(ms: Millis) -> String {
     match DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
         None => ms.to_string(),
     }
 }
@@ -228,6 +239,9 @@ pub fn decode_reading(raw: &[u8], position: Position) -> Result<Reading, String>
     let r: ReadingJson = parse(raw)?;
     if !r.value.is_finite() {
         return Err("wrong_type: value is not a finite number".to_string());
+    }
+    if r.value.abs() > MAX_READING {
+        return Err(format!("out_of_range: value {} is beyond ±1e9, where window sums stay exact", r.value));
     }
     Ok(Reading {
         sensor_id: r.sensor_id.into_owned(),
@@ -432,14 +446,11 @@ impl OutputRow for WindowMetric {
     }
 }
 
+/// An alert's key is all of it: two distinct readings of one sensor at one timestamp are two
+/// alerts, and the same reading delivered twice is one.
 impl OutputRow for AnomalyAlert {
     fn key(&self) -> String {
-        #[derive(Serialize)]
-        struct K<'a> {
-            sensor_id: &'a str,
-            timestamp: TimeJson,
-        }
-        to_json(&K { sensor_id: &self.sensor_id, timestamp: TimeJson(self.timestamp) })
+        self.row()
     }
     fn row(&self) -> String {
         #[derive(Serialize)]
@@ -525,8 +536,16 @@ mod tests {
         assert_eq!(time_from_number(1_767_225_600.0), Ok(t));
         assert_eq!(time_from_number(1_767_225_600_000.0), Ok(t));
         assert!(parse_time_str("yesterday").is_err());
-        assert_eq!(format_time(t), "2026-01-01T00:00:00Z");
+        assert_eq!(format_time(t), "2026-01-01T00:00:00.000Z");
         assert_eq!(format_time(t + 250), "2026-01-01T00:00:00.250Z");
+        // fixed width: string order is time order (`…:01Z` sorted after `…:01.500Z` before)
+        let (a, b) = (format_time(t + 1000), format_time(t + 1500));
+        assert!(a < b && a.len() == b.len(), "{a} {b}");
+        // an offset is at most ±23:59, in either spelling
+        assert!(parse_time_str("2026-01-01T00:00:00+24:00").is_err());
+        assert!(parse_time_str("2026-01-01 00:00:00+99:99").is_err());
+        assert!(parse_time_str("2026-01-01T00:00:00-00:60").is_err());
+        assert_eq!(parse_time_str("2026-01-01T23:59:00+23:59"), Ok(t));
     }
 
     #[test]
@@ -538,6 +557,13 @@ mod tests {
         assert_eq!(reason(br#"{"user_id": 1, "page": "/", "event": "click"}"#), "missing_field: event_timestamp");
         assert!(reason(br#"{"user_id": [1], "page": "/", "event": "click", "event_timestamp": 1}"#).starts_with("wrong_type"));
         assert!(reason(br#"{"user_id": 1, "page": "/", "event": "click", "event_timestamp": "soon"}"#).starts_with("bad_time"));
+        let reading = |v: &str| {
+            let raw = format!(r#"{{"sensor_id":"s","sensor_type":"temperature","value":{v},"location":"l","timestamp":1,"status":"ok"}}"#);
+            decode_reading(raw.as_bytes(), Position::Line(1)).map(|r| r.value.0)
+        };
+        assert!(reading("1.8e308").unwrap_err().starts_with("out_of_range"));
+        assert!(reading("-1e10").unwrap_err().starts_with("out_of_range"));
+        assert_eq!(reading("-1e9"), Ok(-1e9));
         let ok = decode_click(br#"{"user_id": "u1", "page": "/", "event": "click", "event_timestamp": 1, "extra": true}"#);
         assert_eq!(ok.unwrap().user_id, Id::Str("u1".into()));
     }

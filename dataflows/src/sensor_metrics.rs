@@ -55,11 +55,20 @@ pub struct SensorParams {
     pub allowed_lateness_ms: i64,
     /// Inclusive normal range per sensor type; types not listed only alert when flagged.
     pub normal_ranges: Vec<(String, f64, f64)>,
+    /// How far ahead of a stream's logical time (its clock) a reading's event time may be; a
+    /// reading further ahead is a dead letter (`future`) and never moves the watermark.
+    pub max_future_ms: i64,
 }
 
 impl Default for SensorParams {
     fn default() -> Self {
-        SensorParams { size_ms: 60_000, slide_ms: 60_000, allowed_lateness_ms: 30_000, normal_ranges: default_normal_ranges() }
+        SensorParams {
+            size_ms: 60_000,
+            slide_ms: 60_000,
+            allowed_lateness_ms: 30_000,
+            normal_ranges: default_normal_ranges(),
+            max_future_ms: 3_600_000,
+        }
     }
 }
 
@@ -433,7 +442,8 @@ impl Agg {
 /// A sum of `f64`s that does not depend on the order of its terms: each term is rounded to a
 /// multiple of 2⁻⁶⁴ (a no-op for every value of magnitude 2⁻¹¹ or more, so for any sensor
 /// reading) and added as a 128-bit integer, which is associative where float addition is not.
-/// Terms beyond ±2⁶² saturate.
+/// Terms beyond ±2⁶² saturate; decoding keeps readings within ±10⁹ (`out_of_range`), so a
+/// window's sum stays exact up to 9·10⁹ readings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExactSum(i128);
 

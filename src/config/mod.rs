@@ -224,6 +224,9 @@ pub struct SensorConfig {
     pub slide: Option<Duration>,
     /// How far behind the greatest event time seen a reading may arrive. Default `30s`.
     pub allowed_lateness: Duration,
+    /// Streams (Kafka): how far ahead of the clock a reading's event time may be; one further
+    /// ahead is a dead letter with reason `future` and does not move the watermark. Default `1h`.
+    pub max_future: Duration,
     /// Normal ranges per sensor type, `type = { min = …, max = … }`, inclusive; they replace
     /// the default for that type (temperature 15–25, humidity 40–60, pressure 1000–1020,
     /// vibration 0.1–1.0, voltage 220–230, current 1–5).
@@ -237,6 +240,7 @@ impl Default for SensorConfig {
             size: Duration::from_millis(60_000),
             slide: None,
             allowed_lateness: Duration::from_millis(30_000),
+            max_future: Duration::from_millis(3_600_000),
             normal_ranges: BTreeMap::new(),
         }
     }
@@ -366,6 +370,12 @@ impl Config {
             ranges.retain(|(name, _, _)| name != t);
             ranges.push((t.clone(), r.min, r.max));
         }
-        Ok(SensorParams { size_ms: size, slide_ms: slide, allowed_lateness_ms: s.allowed_lateness.millis(), normal_ranges: ranges })
+        Ok(SensorParams {
+            size_ms: size,
+            slide_ms: slide,
+            allowed_lateness_ms: s.allowed_lateness.millis(),
+            normal_ranges: ranges,
+            max_future_ms: s.max_future.millis(),
+        })
     }
 }

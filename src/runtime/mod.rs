@@ -250,6 +250,8 @@ struct Sessions {
     clicks: Option<InputSession<Time, dataflows::records::Click, isize>>,
     sensors: Option<InputSession<Time, (dataflows::records::Reading, Raw), isize>>,
     dead: InputSession<Time, DeadLetter, isize>,
+    /// streams: how far ahead of its logical time (the clock's milliseconds) a reading may be
+    max_future_ms: Option<i64>,
 }
 
 impl Sessions {
@@ -269,9 +271,22 @@ impl Sessions {
                 }
             }),
             // Readings keep their bytes until lateness is decided: a late one is a dead letter.
-            InputName::Sensors => codec::decode_reading(bytes, position.clone()).map(|r| {
-                if let Some(s) = &mut self.sensors {
-                    s.insert((dataflows::records::Reading { batch, ..r }, Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) }));
+            // A stream's batch is its logical time, the clock's milliseconds when it was read
+            // (the same after a restart): a reading dated far ahead of it lies, and must not move
+            // the watermark.
+            InputName::Sensors => codec::decode_reading(bytes, position.clone()).and_then(|r| match self.max_future_ms {
+                Some(m) if r.timestamp > batch as i64 + m => Err(format!(
+                    "future: event time {} is more than {} s ahead of the clock ({})",
+                    codec::format_time(r.timestamp),
+                    m / 1000,
+                    codec::format_time(batch as i64)
+                )),
+                _ => {
+                    if let Some(s) = &mut self.sensors {
+                        let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
+                        s.insert((dataflows::records::Reading { batch, ..r }, raw));
+                    }
+                    Ok(())
                 }
             }),
         };
@@ -424,7 +439,8 @@ fn run_worker(
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
         }
         sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);
-        (Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in }, probe, outs.watermark)
+        let max_future_ms = streaming.then_some(params.sensors.max_future_ms);
+        (Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in, max_future_ms }, probe, outs.watermark)
     });
 
     let mut inputs = Vec::new();
@@ -475,6 +491,7 @@ fn run_worker(
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
             input.source.batch_done(t);
+            tracing::debug!(time = t, input = name.as_str(), read, "read again at a bound time");
             counters.input(name).fetch_add(read, Ordering::Relaxed);
         }
         if interrupted {
@@ -522,6 +539,9 @@ fn run_worker(
                 sessions.insert(name, record, batch_id, counters);
             })?;
             input.source.batch_done(epoch);
+            if streaming && read > 0 {
+                tracing::debug!(time = epoch, input = name.as_str(), read, "read");
+            }
             input.batches += 1;
             input.done = !batch.more;
             read_any |= batch.read_any;
