@@ -89,8 +89,9 @@ pub struct RunArgs {
     /// Also write every update as it happens to `<output>.changes.jsonl`.
     #[arg(long)]
     pub changes: bool,
-    /// Records per input per batch; the sensor watermark advances once per batch (default: the
-    /// config's runtime.batch_size, else 10000).
+    /// Records per input per batch for file and generator inputs; the sensor watermark advances
+    /// once per batch (default: the config's runtime.batch_size, else 10000). Kafka inputs take
+    /// their own `max_records_per_batch` (a warning says so if both are given).
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
     /// Batches per logical time for file inputs (default: about 100000 records per time when a

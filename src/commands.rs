@@ -102,6 +102,14 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         bail!("--batch-size must be at least 1");
     }
     let specs: BTreeMap<InputName, InputSpec> = inputs.iter().map(|(n, c)| (*n, InputSpec::from_config(*n, c, &config.kafka))).collect();
+    if args.batch_size.is_some() {
+        for (name, _) in specs.iter().filter(|(_, s)| s.is_stream()) {
+            tracing::warn!(
+                input = name.as_str(),
+                "--batch-size does not apply to Kafka inputs: set `max_records_per_batch` in [inputs.{name}] instead"
+            );
+        }
+    }
     // Streams and rate-limited inputs show each batch as it comes. Other inputs are read as
     // fast as they go, and when a per-user output runs — each batch changes thousands of its
     // rows — larger logical times carry far fewer intermediate changes. Window metrics change a
