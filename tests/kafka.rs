@@ -208,6 +208,21 @@ fn gen_to_topic(kind: &str, topic: &str, from: u64, count: u64, seed: Option<&st
 }
 
 /// Produces part `part` (0, 1, …) of the records of every kind to the setup's topics.
+impl Setup {
+    /// A setup whose input topics (3 partitions each) exist, and whose whole input — `chunks`
+    /// chunks of `counts` — is written as files for the offline run.
+    fn with_input(name: &str, counts: &[(&str, u64)], chunks: u64) -> Setup {
+        let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique(name) };
+        let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
+        create_topics(&topics, 3);
+        for (kind, count) in counts {
+            let out = diffstream(&["gen", kind, "--count", &(chunks * count).to_string(), "--seed", "9"]);
+            std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
+        }
+        s
+    }
+}
+
 fn produce(prefix: &str, part: u64, counts: &[(&str, u64)]) {
     for (kind, count) in counts {
         gen_to_topic(kind, &format!("{prefix}.{kind}"), part * count, *count, Some("9"));
@@ -217,14 +232,7 @@ fn produce(prefix: &str, part: u64, counts: &[(&str, u64)]) {
 #[test]
 fn kill_and_restart_gives_the_offline_result() {
     let counts = [("users", 200u64), ("clicks", 3000), ("sensors", 3000)];
-    let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique("restart") };
-    let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
-    create_topics(&topics, 3);
-    // The whole input, as files, for the offline run.
-    for (kind, count) in counts {
-        let out = diffstream(&["gen", kind, "--count", &(2 * count).to_string(), "--seed", "9"]);
-        std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
-    }
+    let s = Setup::with_input("restart", &counts, 2);
     let out = unique("restart-out");
     let group = unique("g");
     let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 50\n");
@@ -334,13 +342,7 @@ fn kill_and_restart_with_mongodb_never_moves_back() {
     use mongodb::bson::{doc, Document};
     let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI: run the tests with scripts/test.sh");
     let counts = [("users", 80u64), ("clicks", 800), ("sensors", 800)];
-    let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique("mrestart") };
-    let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
-    create_topics(&topics, 3);
-    for (kind, count) in counts {
-        let out = diffstream(&["gen", kind, "--count", &(2 * count).to_string(), "--seed", "9"]);
-        std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
-    }
+    let s = Setup::with_input("mrestart", &counts, 2);
     let database = unique("mrestart").replace('-', "_");
     let out = unique("mrestart-out");
     let cfg = kafka_config(&s, &unique("g"), &out, "max_records_per_batch = 50\n");
@@ -658,13 +660,7 @@ fn ten_kill_points_never_move_outputs_back() {
     const CHUNKS: u64 = 11;
     let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI: run the tests with scripts/test.sh");
     let counts = [("users", 30u64), ("clicks", 400), ("sensors", 300)];
-    let s = Setup { dir: tempfile::tempdir().unwrap(), prefix: unique("kills") };
-    let topics: Vec<String> = counts.iter().map(|(k, _)| format!("{}.{k}", s.prefix)).collect();
-    create_topics(&topics, 3);
-    for (kind, count) in counts {
-        let out = diffstream(&["gen", kind, "--count", &(CHUNKS * count).to_string(), "--seed", "9"]);
-        std::fs::write(s.dir.path().join(format!("{kind}.jsonl")), out.stdout).unwrap();
-    }
+    let s = Setup::with_input("kills", &counts, CHUNKS);
     let database = unique("kills").replace('-', "_");
     let out = unique("kills-out");
     let group = unique("g");
