@@ -24,7 +24,8 @@ log() { echo "services: $*" >&2; }
 
 install() {
   mkdir -p "$TOOLS"
-  if [[ -z "${KAFKA_BOOTSTRAP:-}" && ! -x "$TANSU" ]]; then
+  if [[ ! -x "$TANSU" ]]; then
+    # also when KAFKA_BOOTSTRAP names a real broker: the frozen-broker test freezes one of its own
     log "installing tansu $TANSU_VERSION (a Kafka-protocol broker; 13-16 min on 2 cores, cached afterwards)"
     # dynostore carries the in-memory storage engine; without it the broker refuses to start.
     cargo install "tansu@$TANSU_VERSION" --locked --features dynostore --root "$TOOLS/tansu" >&2
@@ -75,8 +76,9 @@ start() {
   else
     echo "export MONGODB_URI='$MONGODB_URI'"
   fi
-  # The outage test starts and stops a server of its own.
+  # The outage tests start, freeze and stop servers of their own.
   if [[ -x "$SECANTUS" ]]; then echo "export DIFFSTREAM_SECANTUS=$SECANTUS"; fi
+  if [[ -x "$TANSU" ]]; then echo "export DIFFSTREAM_TANSU=$TANSU"; fi
 }
 
 stop_one() {

@@ -10,6 +10,6 @@ cargo fmt --all -- --check || { echo "test.sh: run \`cargo fmt --all\` (house wi
 scripts/services.sh install
 eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop' EXIT
-export KAFKA_BOOTSTRAP MONGODB_URI DIFFSTREAM_TEST_BROKER DIFFSTREAM_SECANTUS
+export KAFKA_BOOTSTRAP MONGODB_URI DIFFSTREAM_TEST_BROKER DIFFSTREAM_SECANTUS DIFFSTREAM_TANSU
 
 cargo test --workspace --locked "$@"

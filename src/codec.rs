@@ -334,6 +334,19 @@ impl OutputRow for Row {
     }
 }
 
+/// Calls `each` with every field of `row` that holds a time (an RFC 3339 string in its JSON)
+/// and its milliseconds since the epoch: a format with a date type (BSON) stores these as dates.
+pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
+    match row {
+        Row::WindowMetric(w) => {
+            each("window_start", w.window_start);
+            each("window_end", w.window_end);
+        }
+        Row::AnomalyAlert(a) => each("timestamp", a.timestamp),
+        Row::UserEventCount(_) | Row::EventTypeCount(_) | Row::UserActivity(_) | Row::DeadLetter(_) => {}
+    }
+}
+
 /// The row's own record, for encoding.
 trait Encoded {
     fn encoded(&self) -> &dyn OutputRow;

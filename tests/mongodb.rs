@@ -75,6 +75,23 @@ fn collections_equal_the_snapshots() {
         assert_eq!(got, want, "{output}: documents differ from the snapshot");
     }
     assert!(!snap["dead_letters"].is_empty());
+    // Times are BSON dates, in `_id` too, so a range query on them works.
+    let windows = db.collection::<Document>("sensor_window_metrics");
+    let first = windows.find_one(doc! {}).run().unwrap().expect("window documents");
+    let start = first.get_datetime("window_start").expect("window_start is a BSON date");
+    assert!(first.get_datetime("window_end").is_ok() && first.get_document("_id").unwrap().get_datetime("window_start").is_ok());
+    let from_start = windows.count_documents(doc! { "window_start": { "$gte": *start } }).run().unwrap();
+    let want = snap["sensor_window_metrics"]
+        .iter()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let t = chrono::DateTime::parse_from_rfc3339(v["window_start"].as_str().unwrap()).unwrap().timestamp_millis();
+            t >= start.timestamp_millis()
+        })
+        .count();
+    assert_eq!(from_start as usize, want, "a range query on window_start");
+    let alert = db.collection::<Document>("anomaly_alerts").find_one(doc! {}).run().unwrap().expect("alert documents");
+    assert!(alert.get_datetime("timestamp").is_ok(), "an alert's timestamp is a BSON date: {alert}");
     let indexes = db.collection::<Document>("anomaly_alerts").list_index_names().run().unwrap();
     assert!(indexes.len() >= 4, "the alert indexes exist: {indexes:?}");
 }
@@ -96,7 +113,9 @@ fn settle(sink: &mut MongoSink) {
 fn documents_never_move_backwards() {
     let database = unique("order").replace('-', "_");
     let config = config(&database);
-    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, Default::default()).unwrap();
+    let mut sink =
+        MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, std::sync::Arc::new(diffstream::sinks::health::Health::new("mongodb")))
+            .unwrap();
     let row = |n: i64| count(7, n);
     sink.apply(10, &[(row(3), 1)]);
     settle(&mut sink);
@@ -129,7 +148,7 @@ fn rejected_documents_go_to_the_dead_letters() {
         .run()
         .unwrap();
     let config = config(&database);
-    let health = std::sync::Arc::new(diffstream::sinks::mongodb::MongoHealth::default());
+    let health = std::sync::Arc::new(diffstream::sinks::health::Health::new("mongodb"));
     let mut sink = MongoSink::open(&config, &[Output::UserEventCounts, Output::DeadLetters], 0, 1, health.clone()).unwrap();
     sink.apply(1, &[(count(1, 3), 1), (count(2, 10), 1)]);
     settle(&mut sink); // the rejection does not hold the time

@@ -46,7 +46,8 @@ pub fn main(uri: &str, docs: u64) -> anyhow::Result<()> {
         batch_size: 1000,
         max_flush_interval: crate::config::Duration::from_millis(0),
     };
-    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, Default::default())?;
+    let mut sink =
+        MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, std::sync::Arc::new(crate::sinks::health::Health::new("mongodb")))?;
     let changes: Vec<(Row, isize)> =
         (0..docs).map(|i| (Row::from(UserEventCount { user_id: Id::Num(i), event_count: (i % 97 + 1) as i64 }), 1)).collect();
     let start = Instant::now();

@@ -30,10 +30,11 @@ use timely::dataflow::ProbeHandle;
 use crate::codec;
 use crate::config::kafka::{KafkaConnection, KafkaOutput};
 use crate::config::MongoOutput;
+use crate::sinks::health::Health;
 use crate::sinks::jsonl::runs::{Merged, Runs};
 use crate::sinks::jsonl::{self, JsonlSink, SnapshotRow};
 use crate::sinks::kafka::KafkaSink;
-use crate::sinks::mongodb::{MongoHealth, MongoSink};
+use crate::sinks::mongodb::MongoSink;
 use crate::sinks::{self, Fanout, Route, SharedSink, Tally, TallySink};
 use crate::sources::{InputSpec, Record, Source};
 
@@ -205,7 +206,7 @@ impl Plan {
 }
 
 /// Process-wide counters, shared by the workers of one process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     /// records read per input (indexed like [`InputName::ALL`])
     pub records_in: [AtomicU64; 3],
@@ -213,8 +214,22 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     /// rows and updates per output
     pub tally: Arc<Tally>,
-    /// MongoDB retries and rejections, over every worker's sink
-    pub mongo: Arc<MongoHealth>,
+    /// Kafka sinks' retries and trouble, over every worker's sink
+    pub kafka: Arc<Health>,
+    /// MongoDB sinks' retries, rejections and trouble, over every worker's sink
+    pub mongo: Arc<Health>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            records_in: Default::default(),
+            decode_errors: Default::default(),
+            tally: Default::default(),
+            kafka: Arc::new(Health::new("kafka")),
+            mongo: Arc::new(Health::new("mongodb")),
+        }
+    }
 }
 
 impl Counters {
@@ -389,7 +404,8 @@ fn run_worker(
         by_key.push(s.clone());
     }
     if let Some(k) = &plan.kafka_output {
-        let mut sink = KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers)?;
+        let mut sink =
+            KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers, counters.kafka.clone())?;
         // The Kafka sink knows what the crashed run wrote past its progress, key by key: it
         // writes the replayed times one by one (progress records keep naming consistent
         // snapshots), skipping only the times it wrote whole.

@@ -27,6 +27,7 @@ pub struct Monitor {
     ticks: u64,
     inputs: Vec<InputName>,
     live: crate::demo::LiveView,
+    kafka: bool,
     mongo: bool,
 }
 
@@ -43,6 +44,7 @@ impl Monitor {
             ticks: 0,
             inputs: plan.inputs.keys().copied().filter(|i| plan.dataflows.iter().any(|d| d.inputs().contains(i))).collect(),
             live: crate::demo::LiveView::new(plan),
+            kafka: plan.kafka_output.is_some(),
             mongo: plan.mongodb_output.is_some(),
         }
     }
@@ -70,12 +72,12 @@ impl Monitor {
             thousands(counters.decode_errors.load(Ordering::Relaxed)),
             now.duration_since(self.start).as_secs_f64(),
         );
-        let line = if self.mongo {
-            let h = &counters.mongo;
-            format!("{line} | mongodb retries {} rejected {}", h.retries.load(Ordering::Relaxed), h.rejected.load(Ordering::Relaxed))
-        } else {
-            line
-        };
+        let mut line = line;
+        for (on, health) in [(self.kafka, &counters.kafka), (self.mongo, &counters.mongo)] {
+            if on {
+                line = format!("{line} | {}", health.line());
+            }
+        }
         self.last = now;
         self.last_counts = counts;
         self.ticks += 1;

@@ -10,6 +10,7 @@
 //! runtime waits on — and that Kafka offset commits follow — means "written by every worker's
 //! sinks", not just "computed". Rows become JSON or BSON only inside the sinks, when written.
 
+pub mod health;
 pub mod jsonl;
 pub mod kafka;
 pub mod mongodb;

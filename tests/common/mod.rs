@@ -46,7 +46,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates topics on the test broker.
 pub fn create_topics(topics: &[String], partitions: i32) {
-    let conn = diffstream::config::kafka::KafkaConnection { bootstrap_servers: Some(kafka_bootstrap()), ..Default::default() };
+    create_topics_at(&kafka_bootstrap(), topics, partitions)
+}
+
+/// Creates topics on the broker at `bootstrap`.
+pub fn create_topics_at(bootstrap: &str, topics: &[String], partitions: i32) {
+    let conn = diffstream::config::kafka::KafkaConnection { bootstrap_servers: Some(bootstrap.to_string()), ..Default::default() };
     diffstream::sinks::kafka::create_topics(&conn, topics, partitions).expect("creating test topics");
 }
 
@@ -62,10 +67,15 @@ pub struct Consumed {
 
 /// Every record of `topic`, reading until nothing new arrives for `quiet`.
 pub fn read_topic(topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
+    read_topic_at(&kafka_bootstrap(), topic, quiet)
+}
+
+/// [`read_topic`] from the broker at `bootstrap`.
+pub fn read_topic_at(bootstrap: &str, topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -116,9 +126,10 @@ pub fn topic_state(topic: &str) -> Vec<String> {
     rows
 }
 
-/// Every document of a MongoDB collection without `_id` and `_time`, as JSON, sorted.
+/// Every document of a MongoDB collection without `_id` and `_time`, as JSON, sorted; BSON
+/// dates become the RFC 3339 strings (milliseconds, `Z`) that the JSON outputs hold.
 pub fn mongo_rows(db: &mongodb::sync::Database, collection: &str) -> Vec<serde_json::Value> {
-    use mongodb::bson::{doc, Document};
+    use mongodb::bson::{doc, Bson, Document};
     let mut out: Vec<serde_json::Value> = db
         .collection::<Document>(collection)
         .find(doc! {})
@@ -128,6 +139,12 @@ pub fn mongo_rows(db: &mongodb::sync::Database, collection: &str) -> Vec<serde_j
             let mut d = d.unwrap();
             d.remove("_id");
             d.remove("_time");
+            for (_, v) in d.iter_mut() {
+                if let Bson::DateTime(t) = v {
+                    let t = chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).expect("a date in range");
+                    *v = Bson::String(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+                }
+            }
             serde_json::to_value(&d).unwrap()
         })
         .collect();

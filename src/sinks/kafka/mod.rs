@@ -20,14 +20,17 @@
 //! progress records of times `≤ t`, and applies the records whose `diffstream.time` is `≤ t`.
 //!
 //! Retries and errors: the producer is idempotent, so librdkafka's own retries never duplicate
-//! or reorder. A record that still fails (after `message.timeout.ms`) is sent again by the sink
-//! and counted; nothing is dropped, and its time stays unreleased until it is written.
+//! or reorder. A record that still fails (after `message.timeout.ms`, or at once when the
+//! producer refuses it) is sent again by the sink with a backoff capped at 10 s, and counted;
+//! nothing is dropped, and its time stays unreleased until it is written. Meanwhile — and while
+//! records wait longer than [`super::health::STALLED`] for their acknowledgement, as they do
+//! when the broker stops answering — the sink shows as unhealthy, with the reason.
 //!
 //! Restart: [`KafkaSink::written_through`] reads the progress records back; the runtime skips
 //! the times every worker wrote and rewrites the rest of the replayed ones as one
 //! ([`crate::sinks::Resuming`]), so no key goes back to an older row.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +47,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use dataflows::records::{DeadLetter, Position};
 use dataflows::{Output, Row};
 
+use super::health::{Backoff, Health, STALLED};
 use super::Sink;
 use crate::codec::OutputRow;
 use crate::config::kafka::{Envelope, KafkaConnection, KafkaOutput};
@@ -66,8 +70,8 @@ struct AckState {
     offsets: BTreeMap<Time, FastMap<(String, i32), i64>>,
     /// records that failed for good, to send again
     failed: Vec<Outgoing>,
-    /// delivery failures so far
-    errors: u64,
+    /// why the last one failed
+    last_error: Option<String>,
 }
 
 /// The producer's context: counts acknowledgements per logical time (on the producer's
@@ -92,8 +96,8 @@ impl ProducerContext for Acks {
                 *e = (*e).max(m.offset() + 1);
             }
             Err((e, m)) => {
-                tracing::warn!(error = %e, topic = m.topic(), "delivery failed; sending the record again");
-                state.errors += 1;
+                tracing::debug!(error = %e, topic = m.topic(), "delivery failed; sending the record again");
+                state.last_error = Some(format!("delivery to `{}` failed: {e}", m.topic()));
                 // Keep the record's headers (a dead letter's source and reason) for the resend;
                 // `send` adds the time header again.
                 let headers = m
@@ -123,8 +127,12 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Acks>,
     acks: Acks,
     config: KafkaOutput,
-    /// times produced, awaiting acknowledgement
-    sealed: BTreeSet<Time>,
+    /// times produced, awaiting acknowledgement, with when they were produced
+    sealed: BTreeMap<Time, std::time::Instant>,
+    /// when failed records may be sent again
+    backoff: Backoff,
+    /// shared by the process's Kafka sinks
+    health: Arc<Health>,
     dlq: BTreeMap<String, String>,
     /// this worker's global index: the key of its progress records
     worker: usize,
@@ -306,6 +314,7 @@ impl KafkaSink {
         dlq: BTreeMap<String, String>,
         worker: usize,
         workers: usize,
+        health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         if config.create_topics {
             let mut topics: Vec<String> = outputs.iter().map(|o| config.topic(o.as_str())).collect();
@@ -330,7 +339,9 @@ impl KafkaSink {
             acks,
             connection: conn.clone(),
             config: config.clone(),
-            sealed: BTreeSet::new(),
+            sealed: BTreeMap::new(),
+            backoff: Backoff::default(),
+            health,
             dlq,
             worker,
             workers,
@@ -419,8 +430,10 @@ impl KafkaSink {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
-                    tracing::error!(error = %e, topic = out.topic, "producing failed; will retry");
-                    self.acks.0.lock().expect("ack state").failed.push(out.clone());
+                    tracing::debug!(error = %e, topic = out.topic, "producing failed; will retry");
+                    let mut state = self.acks.0.lock().expect("ack state");
+                    state.last_error = Some(format!("producing to `{}` failed: {e}", out.topic));
+                    state.failed.push(out.clone());
                     return;
                 }
             }
@@ -486,16 +499,53 @@ impl KafkaSink {
         }
     }
 
-    /// Resends failed records; releases completed times in order, writing their progress records.
+    /// Resends failed records (once their backoff is over); releases completed times in order,
+    /// writing their progress records; keeps the health up to date.
     fn settle(&mut self) -> Option<Time> {
-        let failed = std::mem::take(&mut self.acks.0.lock().expect("ack state").failed);
-        for f in failed {
-            self.send(f);
+        let (failed, reason) = {
+            let mut state = self.acks.0.lock().expect("ack state");
+            match state.failed.is_empty() || !self.backoff.due() {
+                true => (Vec::new(), None),
+                false => (std::mem::take(&mut state.failed), state.last_error.take()),
+            }
+        };
+        if !failed.is_empty() {
+            self.health.retries.fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let wait = self.backoff.failed();
+            let reason = reason.unwrap_or_else(|| "delivery failed".into());
+            tracing::debug!(records = failed.len(), retry_in = ?wait, reason, "resending records");
+            self.health.trouble(self.worker, format!("{reason} ({} records resent)", failed.len()));
+            for f in failed {
+                self.send(f);
+            }
         }
-        while let Some(&t) = self.sealed.first() {
+        let waiting = self.settle_times();
+        match waiting {
+            Some((_, since)) if since.elapsed() >= STALLED => {
+                let n = self.acks.0.lock().expect("ack state").outstanding.values().sum::<usize>();
+                self.health
+                    .trouble(self.worker, format!("{n} records unacknowledged for {}s (broker not answering?)", since.elapsed().as_secs()));
+            }
+            // Healthy again once everything resent is acknowledged; healthy all along while
+            // nothing failed.
+            _ if !self.acks.0.lock().expect("ack state").failed.is_empty() => {}
+            None => {
+                self.backoff.succeeded();
+                self.health.ok(self.worker);
+            }
+            Some(_) if self.backoff.is_fresh() => self.health.ok(self.worker),
+            Some(_) => {}
+        }
+        waiting.map(|(t, _)| t)
+    }
+
+    /// Releases the completed times in order, writing their progress records; returns the
+    /// first time still waiting and since when it waits.
+    fn settle_times(&mut self) -> Option<(Time, std::time::Instant)> {
+        while let Some((&t, &since)) = self.sealed.first_key_value() {
             let mut state = self.acks.0.lock().expect("ack state");
             if state.outstanding.get(&t).is_some_and(|n| *n > 0) {
-                return Some(t);
+                return Some((t, since));
             }
             state.outstanding.remove(&t);
             let offsets = state.offsets.remove(&t).unwrap_or_default();
@@ -538,7 +588,7 @@ impl Sink for KafkaSink {
         for r in records {
             self.send(r);
         }
-        self.sealed.insert(time);
+        self.sealed.insert(time, std::time::Instant::now());
         self.settle();
     }
 

@@ -2,7 +2,8 @@
 //!
 //! A document's `_id` is the row's key (an embedded document such as `{"user_id": 42}`), so
 //! the same row always lands on the same document; it holds the row's fields and `_time`, the
-//! logical time of its last change. For every key a logical time changed, the sink writes one
+//! logical time of its last change. Times (`window_start`, `window_end`, an alert's
+//! `timestamp`, in `_id` too) are BSON dates, so range queries, TTL indexes and charts work. For every key a logical time changed, the sink writes one
 //! operation: a replace-with-upsert of the new row, or a delete when the key was retracted —
 //! a burst of changes to one key within a time is one write. Both are conditional on the
 //! stored `_time` being older, so replaying after a crash can never move a document backwards:
@@ -22,14 +23,15 @@
 //!
 //! Retries and errors: a transient failure (server down, network, not primary, …) is retried
 //! with backoff from 100 ms to 10 s, forever, and counted; the time stays unacknowledged
-//! meanwhile. A permanent failure of one document (too large, failed validation) is logged and
+//! meanwhile, and the sink shows as unhealthy with the error (as it does when a write has
+//! waited more than [`super::health::STALLED`] for a server that stopped answering). A permanent failure of one document (too large, failed validation) is logged and
 //! recorded in the `dead_letters` collection with the row, and does not hold the time.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use dataflows::ops::FastMap;
 use dataflows::Time;
@@ -40,18 +42,10 @@ use mongodb::{IndexModel, Namespace};
 
 use dataflows::{Output, Row};
 
+use super::health::{Backoff, Health, STALLED};
 use super::Sink;
 use crate::codec::OutputRow;
 use crate::config::MongoOutput;
-
-/// Counters a run can show, shared by every worker's sink in a process.
-#[derive(Debug, Default)]
-pub struct MongoHealth {
-    /// failed attempts that were retried
-    pub retries: AtomicU64,
-    /// documents that could not be written and went to dead letters
-    pub rejected: AtomicU64,
-}
 
 struct Job {
     times: Vec<Time>,
@@ -62,36 +56,55 @@ struct Job {
 pub struct MongoSink {
     config: MongoOutput,
     jobs: Sender<Job>,
-    /// times sent and not yet written
-    pending: Arc<Mutex<BTreeSet<Time>>>,
+    /// times sent and not yet written, with when they were first sent
+    pending: Arc<Mutex<BTreeMap<Time, std::time::Instant>>>,
+    /// this worker's global index
+    worker: usize,
     progress: mongodb::sync::Collection<Document>,
-    /// changed keys not yet sent: (output, key) → (time of the change, row after it)
-    buffer: FastMap<(Output, String), (Time, Option<Row>)>,
+    /// changed keys not yet sent: (output, key) → (time of the change, the row after it and
+    /// `true`, or the retracted row and `false`)
+    buffer: FastMap<(Output, String), (Time, (Row, bool))>,
     /// times in `buffer`
     buffered: Vec<Time>,
     /// when the oldest buffered change arrived
     since: Option<std::time::Instant>,
-    /// health counters
-    pub health: Arc<MongoHealth>,
+    /// health, shared by the process's MongoDB sinks
+    pub health: Arc<Health>,
 }
 
 /// Where every worker records the latest time it wrote whole.
 const PROGRESS: &str = "diffstream_progress";
 
-/// A row's JSON as a BSON document.
-fn document(json: &str) -> Document {
+/// A row's key or whole row (`json`) as a BSON document, its times as BSON dates (what range
+/// queries, TTL indexes and charts expect; JSON outputs spell them as RFC 3339 strings).
+fn document(json: &str, row: &Row) -> Document {
     let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    mongodb::bson::to_document(&value).unwrap_or_default()
+    let mut doc = mongodb::bson::to_document(&value).unwrap_or_default();
+    crate::codec::time_fields(row, |field, ms| {
+        if let Some(v) = doc.get_mut(field) {
+            *v = Bson::DateTime(mongodb::bson::DateTime::from_millis(ms));
+        }
+    });
+    doc
 }
 
 fn is_duplicate_key(code: i32) -> bool {
     code == 11000
 }
 
+/// Whether a bulk write's failure is retried (the server, not the documents, is the problem).
+fn is_transient(e: &mongodb::error::Error) -> bool {
+    match &*e.kind {
+        ErrorKind::BulkWrite(b) => !b.write_concern_errors.is_empty(),
+        ErrorKind::Write(WriteFailure::WriteError(we)) => !is_duplicate_key(we.code),
+        _ => true,
+    }
+}
+
 impl MongoSink {
     /// Connects (with the URI from the configured environment variable), creates the indexes
     /// and starts the writer thread; retries and rejections are counted in `health`.
-    pub fn open(config: &MongoOutput, outputs: &[Output], worker: usize, workers: usize, health: Arc<MongoHealth>) -> anyhow::Result<Self> {
+    pub fn open(config: &MongoOutput, outputs: &[Output], worker: usize, workers: usize, health: Arc<Health>) -> anyhow::Result<Self> {
         let uri = std::env::var(&config.uri_env).map_err(|_| {
             anyhow::anyhow!("the MongoDB URI comes from ${}, which is not set; export it (e.g. mongodb://localhost:27017)", config.uri_env)
         })?;
@@ -115,14 +128,14 @@ impl MongoSink {
         let progress = db.collection::<Document>(PROGRESS);
         let record = progress.clone();
         let (jobs, receive) = channel::<Job>();
-        let pending = Arc::new(Mutex::new(BTreeSet::new()));
+        let pending = Arc::new(Mutex::new(BTreeMap::new()));
         let (p, h, dead) =
             (pending.clone(), health.clone(), Namespace::new(&config.database, config.collection(Output::DeadLetters.as_str())));
         let batch = config.batch_size.max(1);
         std::thread::Builder::new().name("mongodb-sink".into()).spawn(move || {
             for job in receive {
                 for chunk in job.models.chunks(batch) {
-                    write(&client, chunk, &h, &dead);
+                    write(&client, chunk, &h, worker, &dead);
                 }
                 if let Some(&last) = job.times.iter().max() {
                     let id = format!("worker-{worker}");
@@ -136,12 +149,16 @@ impl MongoSink {
                 for t in job.times {
                     pending.remove(&t);
                 }
+                if pending.is_empty() {
+                    h.ok(worker);
+                }
             }
         })?;
         Ok(MongoSink {
             config: config.clone(),
             jobs,
             pending,
+            worker,
             progress,
             buffer: FastMap::default(),
             buffered: Vec::new(),
@@ -184,25 +201,25 @@ impl MongoSink {
             || self.since.is_some_and(|s| s.elapsed() >= self.config.max_flush_interval.std())
     }
 
-    fn models(&self, changed: FastMap<(Output, String), (Time, Option<Row>)>) -> Vec<WriteModel> {
+    fn models(&self, changed: FastMap<(Output, String), (Time, (Row, bool))>) -> Vec<WriteModel> {
         changed
             .into_iter()
-            .map(|((output, key), (time, after))| {
+            .map(|((output, key), (time, change))| {
                 let t = time as i64;
                 let ns = Namespace::new(&self.config.database, self.config.collection(output.as_str()));
-                let id = Bson::Document(document(&key));
+                let id = Bson::Document(document(&key, &change.0));
                 // Matches the document only while its stored time is older than this one (every
                 // document the sink writes has `_time`). A plain conjunction keeps the `_id`
                 // index usable on servers that do not plan `$or` well.
                 let filter = doc! { "_id": id.clone(), "_time": { "$lt": t } };
-                match after {
-                    Some(row) => {
+                match change {
+                    (row, true) => {
                         let mut replacement = doc! { "_id": id };
-                        replacement.extend(document(&row.row()));
+                        replacement.extend(document(&row.row(), &row));
                         replacement.insert("_time", t);
                         ReplaceOneModel::builder().namespace(ns).filter(filter).replacement(replacement).upsert(true).build().into()
                     }
-                    None => DeleteOneModel::builder().namespace(ns).filter(filter).build().into(),
+                    (_, false) => DeleteOneModel::builder().namespace(ns).filter(filter).build().into(),
                 }
             })
             .collect()
@@ -210,10 +227,14 @@ impl MongoSink {
 }
 
 /// Writes one bulk, retrying transient failures until it succeeds.
-fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &MongoHealth, dead: &Namespace) {
-    let mut backoff = Duration::from_millis(100);
+fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &Health, worker: usize, dead: &Namespace) {
+    let mut backoff = Backoff::default();
     loop {
-        match client.bulk_write(models.to_vec()).ordered(false).run() {
+        let result = client.bulk_write(models.to_vec()).ordered(false).run();
+        if !matches!(&result, Err(e) if is_transient(e)) {
+            health.ok(worker);
+        }
+        match result {
             Ok(_) => return,
             Err(e) => match &*e.kind {
                 ErrorKind::BulkWrite(b) if b.write_concern_errors.is_empty() => {
@@ -239,9 +260,10 @@ fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &MongoHe
                 ErrorKind::Write(WriteFailure::WriteError(we)) if is_duplicate_key(we.code) => return,
                 _ => {
                     health.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e.kind, retry_in = ?backoff, "MongoDB write failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    health.trouble(worker, format!("write failed: {}", e.kind));
+                    let wait = backoff.failed();
+                    tracing::debug!(error = %e.kind, retry_in = ?wait, "MongoDB write failed; retrying");
+                    std::thread::sleep(wait);
                 }
             },
         }
@@ -254,17 +276,20 @@ impl Sink for MongoSink {
             return;
         }
         // Times arrive in order, so a later change of a key replaces an earlier one.
-        let mut after: FastMap<(Output, String), Option<Row>> = FastMap::default();
+        let mut after: FastMap<(Output, String), (Row, bool)> = FastMap::default();
         for (row, diff) in updates {
-            let e = after.entry((row.output(), row.key())).or_default();
-            if *diff > 0 {
-                *e = Some(row.clone());
+            match after.entry((row.output(), row.key())) {
+                Entry::Occupied(mut e) if *diff > 0 => *e.get_mut() = (row.clone(), true),
+                Entry::Occupied(_) => {}
+                Entry::Vacant(e) => {
+                    e.insert((row.clone(), *diff > 0));
+                }
             }
         }
         for (key, row) in after {
             self.buffer.insert(key, (time, row));
         }
-        self.pending.lock().expect("pending").insert(time);
+        self.pending.lock().expect("pending").entry(time).or_insert_with(std::time::Instant::now);
         self.buffered.push(time);
         self.since.get_or_insert_with(std::time::Instant::now);
         if self.due() {
@@ -276,6 +301,10 @@ impl Sink for MongoSink {
         if self.due() {
             self.flush();
         }
-        self.pending.lock().expect("pending").first().copied()
+        let oldest = self.pending.lock().expect("pending").first_key_value().map(|(t, since)| (*t, since.elapsed()));
+        if let Some((_, waited)) = oldest.filter(|(_, w)| *w >= STALLED) {
+            self.health.trouble(self.worker, format!("writes unacknowledged for {}s (server not answering?)", waited.as_secs()));
+        }
+        oldest.map(|(t, _)| t)
     }
 }
