@@ -131,6 +131,10 @@ pub struct GenArgs {
     /// Number of distinct users (users and clicks).
     #[arg(long, value_name = "U", default_value_t = 1000)]
     pub users: u64,
+    /// Sensors: copies of the twelve locations, each with its own 1000 sensors
+    /// (`plant-a/line-1@site-3`): more keys and more open windows.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub sites: u64,
     /// Where to write: stdout (default) or kafka.
     #[arg(long, value_name = "WHERE", default_value = "stdout")]
     pub to: String,
@@ -187,6 +191,10 @@ pub struct BenchArgs {
     /// Distinct users of the clicks jobs, one job per figure.
     #[arg(long, value_name = "U,U", value_delimiter = ',', default_values_t = [10_000u64, 1_000_000])]
     pub users: Vec<u64>,
+    /// Sensor jobs, one per figure: copies of the twelve locations (72 keys each; about 1.5
+    /// open windows per key). `1,10,1000` measures 1, ~1 000 and ~100 000 open windows.
+    #[arg(long, value_name = "N,N", value_delimiter = ',', default_values_t = [1u64])]
+    pub sites: Vec<u64>,
     /// Records per batch in the engine runs (the baseline advances its watermark per
     /// batch of the same size). The default is `run`'s.
     #[arg(long, value_name = "N", default_value_t = 10_000)]

@@ -240,7 +240,7 @@ pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r > 0.0)) {
         bail!("--rate must be a positive number of records per second");
     }
-    let spec = GeneratorSpec { kind, count: args.count.map(|c| c + args.from), seed: args.seed, users: args.users };
+    let spec = GeneratorSpec { kind, count: args.count.map(|c| c + args.from), seed: args.seed, users: args.users, sites: args.sites };
     match args.to.as_str() {
         "stdout" => {}
         "kafka" => {

@@ -78,7 +78,7 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
     let topic = unique("clicks");
     crate::sinks::kafka::create_topics(&conn, std::slice::from_ref(&topic), 3)?;
     eprintln!("producing {events} clicks to {topic}…");
-    let spec = GeneratorSpec { kind: InputName::Clicks, count: Some(events), seed: 4, users: 1000 };
+    let spec = GeneratorSpec { kind: InputName::Clicks, count: Some(events), seed: 4, users: 1000, sites: 1 };
     let p = producer(bootstrap)?;
     for i in 0..events {
         send(&p, &topic, &i.to_le_bytes(), &spec.line(i));

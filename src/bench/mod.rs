@@ -8,7 +8,9 @@
 //! `bench` invocation; it prints events/s, ratios and peak memory, and checks that the
 //! engine's files equal the baseline's byte for byte (a benchmark of wrong results is no
 //! benchmark). Jobs: clicks (`user_event_counts` + `user_activity` over users and clicks) at
-//! 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`).
+//! 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`); `--sites 10,1000`
+//! adds sensor jobs with 720 and 72 000 keys (about 1 000 and 100 000 open windows), the same
+//! readings spread over more windows.
 //!
 //! `--soak` runs 10× more input at a constant number of keys through the same path in this
 //! process and prints the RSS at each tenth of the input: flat means bounded memory.
@@ -34,11 +36,11 @@ use crate::sources::generator::GeneratorSpec;
 use crate::sources::{InputSpec, SourceSpec};
 
 /// Writes `count` generated records of `kind` to `path` (kept when already there).
-fn generate(path: &Path, kind: InputName, count: u64, seed: u64, users: u64) -> anyhow::Result<()> {
+fn generate(path: &Path, kind: InputName, count: u64, seed: u64, users: u64, sites: u64) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let spec = GeneratorSpec { kind, count: Some(count), seed, users };
+    let spec = GeneratorSpec { kind, count: Some(count), seed, users, sites };
     let tmp = path.with_extension("tmp");
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
     for i in 0..count {
@@ -140,21 +142,28 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     for &users in &args.users {
         let (u, c) = (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")));
         eprintln!("generating {} …", c.display());
-        generate(&u, InputName::Users, users + n / 20, 1, users)?;
-        generate(&c, InputName::Clicks, n, 2, users)?;
+        generate(&u, InputName::Users, users + n / 20, 1, users, 1)?;
+        generate(&c, InputName::Clicks, n, 2, users, 1)?;
         let out = dir.join(format!("out-clicks-{users}"));
         let base = vec!["baseline".into(), "clicks".into(), path(&u), path(&c), path(&out.join("plain"))];
         let mut run: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
         run.extend(["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))]);
         jobs.push((format!("clicks, {users} users"), base, run, out));
     }
-    let sensors = dir.join(format!("sensors-{n}.jsonl"));
-    eprintln!("generating {} …", sensors.display());
-    generate(&sensors, InputName::Sensors, n, 3, 1000)?;
-    let out = dir.join("out-sensors");
-    let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
-    let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
-    jobs.push(("sensors".into(), base, run, out));
+    for &sites in &args.sites {
+        // 72 keys (type, location) per site; with 1-minute windows and 30 s of lateness about
+        // 1.5 windows per key are open at a time.
+        let (sensors, name) = match sites {
+            1 => (dir.join(format!("sensors-{n}.jsonl")), "sensors".to_string()),
+            _ => (dir.join(format!("sensors-{sites}-{n}.jsonl")), format!("sensors, {} keys", 72 * sites)),
+        };
+        eprintln!("generating {} …", sensors.display());
+        generate(&sensors, InputName::Sensors, n, 3, 1000, sites)?;
+        let out = dir.join(format!("out-sensors-{sites}"));
+        let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
+        let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
+        jobs.push((name, base, run, out));
+    }
 
     for (name, base, run, out) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
         let plain = measure(&base)?;
@@ -213,7 +222,7 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     let users = args.users.first().copied().unwrap_or(10_000);
     let out = tempfile_dir()?;
     let generator = |kind, count, seed| InputSpec {
-        source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users }),
+        source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users, sites: 1 }),
         rate: None,
     };
     let jobs = [

@@ -100,7 +100,7 @@ impl InputSpec {
             InputConfig::Stdin {} => InputSpec { source: SourceSpec::Stdin, rate: None },
             InputConfig::Kafka(input) => InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None },
             InputConfig::Generator { count, rate, seed, users } => InputSpec {
-                source: SourceSpec::Generator(generator::GeneratorSpec { kind: name, count: *count, seed: *seed, users: *users }),
+                source: SourceSpec::Generator(generator::GeneratorSpec { kind: name, count: *count, seed: *seed, users: *users, sites: 1 }),
                 rate: *rate,
             },
         }

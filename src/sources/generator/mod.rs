@@ -7,8 +7,8 @@
 //! - clicks: five event kinds (page_view 50%, click 25%, add_to_cart 12%, search 8%,
 //!   purchase 5%), users drawn with a skew towards low ids, one in eleven without a profile.
 //!   `event_timestamp` is `YYYY-MM-DD HH:MM:SS`.
-//! - sensors: 1000 sensors of six types in twelve locations, one reading per sensor per
-//!   second of event time; ~5% anomalies (status `anomaly`, most out of range), ~1% out of range
+//! - sensors: 1000 sensors of six types in twelve locations (`sites` copies of them, for more
+//!   keys: `plant-a/line-1@site-3`), one reading per millisecond of event time; ~5% anomalies (status `anomaly`, most out of range), ~1% out of range
 //!   with status `normal`; 30% arrive up to 5 s out of order and 0.1% 45–90 s late (beyond the
 //!   default 30 s lateness). `timestamp` is RFC 3339 with milliseconds.
 //!
@@ -38,6 +38,9 @@ pub struct GeneratorSpec {
     pub seed: u64,
     /// number of distinct users
     pub users: u64,
+    /// sensors: copies of the twelve locations and their 1000 sensors (more sites, more keys
+    /// and open windows); 1 is the plain set
+    pub sites: u64,
 }
 
 /// The sensor types and their normal ranges (the dataflow's defaults).
@@ -103,7 +106,7 @@ impl GeneratorSpec {
         match self.kind {
             InputName::Users => self.user(i, &mut rng),
             InputName::Clicks => self.click(i, &mut rng),
-            InputName::Sensors => sensor(i, &mut rng),
+            InputName::Sensors => sensor(i, self.sites.max(1), &mut rng),
         }
         .into_bytes()
     }
@@ -145,10 +148,11 @@ impl GeneratorSpec {
     }
 }
 
-fn sensor(i: u64, rng: &mut Rng) -> String {
-    let sid = i % SENSORS;
+fn sensor(i: u64, sites: u64, rng: &mut Rng) -> String {
+    let sid = i % (SENSORS * sites);
     let (ty, lo, hi) = SENSOR_TYPES[(sid % 6) as usize];
-    let location = LOCATIONS[((sid / 6) % 12) as usize];
+    let location = LOCATIONS[(((sid % SENSORS) / 6) % 12) as usize];
+    let location = if sites > 1 { format!("{location}@site-{}", sid / SENSORS) } else { location.to_string() };
     let width = hi - lo;
     let roll = rng.below(1000);
     let (value, status) = if roll < 50 {
@@ -221,7 +225,7 @@ mod tests {
     #[test]
     fn generated_records_decode_and_repeat() {
         for kind in InputName::ALL {
-            let spec = GeneratorSpec { kind, count: Some(2000), seed: 7, users: 100 };
+            let spec = GeneratorSpec { kind, count: Some(2000), seed: 7, users: 100, sites: 1 };
             for i in 0..2000 {
                 let line = spec.line(i);
                 assert_eq!(line, spec.line(i), "deterministic");
