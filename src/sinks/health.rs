@@ -4,8 +4,8 @@
 //! A sink is *unhealthy* while a write keeps failing (the reason is the last error) or while
 //! its oldest unacknowledged write has waited longer than [`STALLED`] (a broker or server
 //! that stopped answering: librdkafka and the MongoDB driver keep waiting for it without an
-//! error). The first trouble of a worker is logged at `warn` with the reason, the recovery at
-//! `info` with how long it lasted; the status line shows the oldest trouble. Retries back off,
+//! error). The first trouble of a worker is logged at `warn` with the reason, and so is the
+//! recovery, with how long it lasted (who saw the one must see the other); the status line shows the oldest trouble. Retries back off,
 //! capped at [`MAX_BACKOFF`], so a write that fails for good costs a few attempts a minute,
 //! not a busy loop.
 
@@ -56,7 +56,7 @@ impl Health {
     /// `worker`'s writes go through again.
     pub fn ok(&self, worker: usize) {
         if let Some((since, _)) = self.trouble.lock().expect("health").remove(&worker) {
-            tracing::info!(sink = self.sink, worker, after = ?since.elapsed(), "sink healthy again");
+            tracing::warn!(sink = self.sink, worker, after = ?since.elapsed(), "sink healthy again");
         }
     }
 
