@@ -257,6 +257,71 @@ fn kill_and_restart_gives_the_offline_result() {
     assert_topics_equal_offline(&out, &offline(&s));
 }
 
+/// Checkpoints every second; killed once a checkpoint holds the first half, more input while
+/// down: the restart loads the checkpoint, reads only the input after it (a fraction of what it
+/// would read from the beginning) and ends equal to the offline run. A broker with retention
+/// would have deleted that early input by then; Tansu keeps everything, so the test counts what
+/// the restart read instead.
+#[test]
+fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
+    let counts = [("users", 200u64), ("clicks", 3000), ("sensors", 3000)];
+    let s = Setup::with_input("checkpoint", &counts, 2);
+    let out = unique("checkpoint-out");
+    let group = unique("g");
+    let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 50\n");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let (head, rest) = text.split_once("[kafka]").unwrap();
+    std::fs::write(&cfg, format!("{head}checkpoint_interval = \"1s\"\nstatus_interval = \"100ms\"\n[kafka]{rest}")).unwrap();
+    let first_cfg = s.dir.path().join("first.toml");
+    std::fs::write(&first_cfg, std::fs::read_to_string(&cfg).unwrap().replace("stop_when_idle = \"4s\"\n", "")).unwrap();
+
+    produce(&s.prefix, 0, &counts);
+    let mut engine =
+        Command::new(bin()).args(["run", "--config", first_cfg.to_str().unwrap(), "-w", "2", "-q"]).stderr(Stdio::null()).spawn().unwrap();
+    // Wait for the first half in the outputs, then for two more checkpoints (one holds it all).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while clicks_counted(&out) < 3000 {
+        assert!(std::time::Instant::now() < deadline, "the first half was not counted in 90 s");
+        assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
+    }
+    let checkpoints = s.dir.path().join("state").join(&group).join("checkpoints");
+    let complete = || -> Vec<u64> {
+        let mut times: Vec<u64> = std::fs::read_dir(&checkpoints)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        times.retain(|t| (0..2).all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}.bin")).exists()));
+        times.sort();
+        times
+    };
+    let seen = std::time::Instant::now();
+    let before = complete().last().copied();
+    while complete().last().copied() == before || seen.elapsed() < std::time::Duration::from_millis(2500) {
+        assert!(seen.elapsed() < std::time::Duration::from_secs(30), "no new checkpoint in 30 s: {:?}", complete());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(complete().len() <= 3, "old checkpoints are removed: {:?}", complete());
+    engine.kill().unwrap(); // SIGKILL: no flush, no final commit
+    engine.wait().unwrap();
+
+    produce(&s.prefix, 1, &counts);
+    let restart = Command::new(bin()).args(["run", "--config", cfg.to_str().unwrap(), "-w", "2", "--log-level", "info"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&restart.stderr);
+    assert!(restart.status.success(), "{stderr}");
+    assert!(stderr.contains("restarting from a checkpoint"), "the restart did not load a checkpoint:\n{stderr}");
+    // The last status line counts what this run read, per input.
+    let last = stderr.lines().rev().find(|l| l.starts_with("users ")).expect("a status line");
+    let read: u64 = last
+        .split(" | ")
+        .next()
+        .unwrap()
+        .split(", ")
+        .map(|part| part.split(' ').nth(1).unwrap().replace(',', "").parse::<u64>().unwrap())
+        .sum();
+    let total: u64 = counts.iter().map(|(_, n)| 2 * n).sum();
+    assert!(read < total * 3 / 4, "the restart read {read} of {total} records: it did not start from the checkpoint ({last})");
+    assert_topics_equal_offline(&out, &offline(&s));
+}
+
 fn one_input_config(dir: &Path, topic: &str, out_prefix: &str, input_extra: &str) -> std::path::PathBuf {
     let text = format!(
         "dataflows = [\"user_event_counts\"]\n{}[kafka]\nbootstrap_servers = \"{}\"\n[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\n{input_extra}[output.kafka]\ntopic_prefix = \"{out_prefix}.\"\n",

@@ -7,6 +7,7 @@
 //!
 //! Logical time is a batch number ([`Time`]); every collection has `isize` diffs.
 
+pub mod checkpoint;
 pub mod ops;
 pub mod output;
 pub mod records;
@@ -133,6 +134,8 @@ impl fmt::Display for Dataflow {
 pub struct Params {
     /// for `sensor_metrics`
     pub sensors: SensorParams,
+    /// keep what a checkpoint needs at the multiples of this many logical times
+    pub checkpoint_every: Option<Time>,
 }
 
 /// The input collections; those no selected dataflow reads may be `None`.
@@ -144,6 +147,8 @@ pub struct Inputs<'s> {
     pub clicks: Option<Coll<'s, Click>>,
     /// readings with their raw bytes (kept for late ones' dead letters)
     pub sensors: Option<Coll<'s, (Reading, Raw)>>,
+    /// the sensor dataflow's state from a checkpoint
+    pub restored_sensors: Option<sensor_metrics::Restored<'s>>,
 }
 
 /// The output collections of the selected dataflows.
@@ -163,6 +168,8 @@ pub struct Outputs<'s> {
     pub dead_letters: Option<Coll<'s, DeadLetter>>,
     /// the sensor watermark, when `sensor_metrics` runs
     pub watermark: Option<Watermark>,
+    /// with checkpoints, when `sensor_metrics` runs: its state at each checkpoint time
+    pub open_readings: Option<sensor_metrics::OpenReadingsLog>,
 }
 
 /// Builds the selected dataflows over shared inputs. Each input is read once, and the click
@@ -188,11 +195,12 @@ pub fn build<'s>(selected: &[Dataflow], inputs: Inputs<'s>, params: &Params) -> 
     }
     if has(Dataflow::SensorMetrics) {
         let sensors = inputs.sensors.expect(&input(InputName::Sensors));
-        let s = sensor_metrics::sensor_metrics(sensors, &params.sensors);
+        let s = sensor_metrics::sensor_metrics(sensors, inputs.restored_sensors, &params.sensors, params.checkpoint_every);
         out.sensor_window_metrics = Some(s.window_metrics);
         out.anomaly_alerts = Some(s.alerts);
         out.dead_letters = Some(s.late);
         out.watermark = Some(s.watermark);
+        out.open_readings = s.open_readings;
     }
     out
 }

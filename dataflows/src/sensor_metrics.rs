@@ -126,6 +126,30 @@ impl Watermark {
     }
 }
 
+/// A restart from a checkpoint: the readings of the windows that were open at the checkpoint
+/// time, inserted at that time (with it as their batch), and the watermark then. They skip
+/// lateness and alerts (both were decided before the checkpoint), count towards the watermark,
+/// and fill only the windows that were still open.
+pub struct Restored<'s> {
+    /// the readings, at the checkpoint time
+    pub readings: Coll<'s, Reading>,
+    /// the watermark at the checkpoint time: windows ending at or before it were final
+    pub watermark: Millis,
+}
+
+/// The readings a checkpoint keeps: those with a window still open, and the greatest event
+/// time so far (the watermark plus the allowed lateness).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenReadings {
+    /// greatest event time of any reading
+    pub max: Option<Millis>,
+    /// accepted readings with a window still open
+    pub readings: Vec<Reading>,
+}
+
+/// A worker's states of [`OpenReadings`] at checkpoint times, shared with the runtime.
+pub type OpenReadingsLog = Rc<std::cell::RefCell<crate::checkpoint::Snapshots<OpenReadings>>>;
+
 /// What `sensor_metrics` produces.
 pub struct SensorOutputs<'s> {
     /// `sensor_window_metrics`
@@ -136,6 +160,8 @@ pub struct SensorOutputs<'s> {
     pub late: Coll<'s, DeadLetter>,
     /// the watermark, for observation
     pub watermark: Watermark,
+    /// with checkpoints: this worker's open-window readings at each checkpoint time
+    pub open_readings: Option<OpenReadingsLog>,
 }
 
 /// Maximum event time per batch (or per logical time, as the windows keep it), with the
@@ -170,15 +196,28 @@ fn least(frontier: &MutableAntichain<Time>) -> Option<Time> {
 }
 
 /// Builds the dataflow. `readings` carries each reading with its raw bytes, which are kept only
-/// until lateness is decided.
-pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorParams) -> SensorOutputs<'s> {
+/// until lateness is decided. `restored` is a checkpoint's state; with `checkpoint_every`, the
+/// readings that a checkpoint needs are kept at its multiples ([`SensorOutputs::open_readings`]).
+pub fn sensor_metrics<'s>(
+    readings: Coll<'s, (Reading, Raw)>,
+    restored: Option<Restored<'s>>,
+    params: &SensorParams,
+    checkpoint_every: Option<Time>,
+) -> SensorOutputs<'s> {
     let watermark = Watermark::default();
+    let (restored, floor) = match restored {
+        Some(r) => (Some(r.readings), r.watermark),
+        None => (None, Millis::MIN),
+    };
+    let with_restored = match &restored {
+        Some(r) => readings.clone().concat(r.clone().map(|r| (r, Raw::default()))),
+        None => readings.clone(),
+    };
 
     // The greatest event time of each input batch in each container, at its time, sent to
     // every worker as `(batch, max)`.
-    let maxima = readings
+    let maxima = with_restored
         .inner
-        .clone()
         .unary(Pipeline, "EventTimeMax", |_cap, _info| {
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
@@ -261,7 +300,12 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
         Classified::Accepted(_) => unreachable!("split off above"),
     });
     let accepted: Coll<'s, Reading> = accepted.as_collection();
+    let accepted = match restored {
+        Some(r) => accepted.concat(r),
+        None => accepted,
+    };
     let alerts: Coll<'s, AnomalyAlert> = alerts.as_collection();
+    let open_readings = checkpoint_every.map(|every| keep_open_readings(accepted.clone(), params, every));
 
     let window_params = params.clone();
     let wm = watermark.clone();
@@ -287,7 +331,9 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
                     for (r, diff) in records {
                         debug_assert!(diff > 0, "sensor readings are append-only");
                         let group = windows.group(r.sensor_type, r.location);
-                        for start in p.window_starts(r.timestamp) {
+                        // (Readings restored from a checkpoint may also lie in windows that were
+                        // final then; every other reading's windows are all open.)
+                        for start in p.window_starts(r.timestamp).filter(|s| s + p.size_ms > floor) {
                             windows.add(start, group, r.value.0, r.anomaly, diff as u64);
                         }
                     }
@@ -326,7 +372,49 @@ pub fn sensor_metrics<'s>(readings: Coll<'s, (Reading, Raw)>, params: &SensorPar
         .container::<Vec<(WindowMetric, Time, isize)>>()
         .as_collection();
 
-    SensorOutputs { window_metrics, alerts, late: late.as_collection(), watermark }
+    SensorOutputs { window_metrics, alerts, late: late.as_collection(), watermark, open_readings }
+}
+
+/// Keeps the accepted readings that still have an open window (indexed by their newest
+/// window's end, so pruning costs what closes) and the greatest event time, and records them
+/// at every checkpoint time this worker passes.
+fn keep_open_readings<'s>(accepted: Coll<'s, Reading>, params: &SensorParams, every: Time) -> OpenReadingsLog {
+    let log: OpenReadingsLog = Rc::new(std::cell::RefCell::new(crate::checkpoint::Snapshots::new(every)));
+    let out = log.clone();
+    let p = params.clone();
+    accepted.inner.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "OpenReadings",
+        move |_cap, _info| {
+            let mut pending: Stash<Reading> = BTreeMap::new();
+            let mut kept: BTreeMap<Millis, Vec<Reading>> = BTreeMap::new();
+            let mut max: Option<Millis> = None;
+            move |(input, frontier), output| {
+                stash_by_time(input, &mut pending, output.output_index());
+                let state =
+                    |kept: &BTreeMap<Millis, Vec<Reading>>, max| OpenReadings { max, readings: kept.values().flatten().cloned().collect() };
+                while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
+                    let (t, (_cap, records)) = pending.pop_first().expect("checked");
+                    log.borrow_mut().passed(t, || state(&kept, max));
+                    for (r, _) in records {
+                        max = max.max(Some(r.timestamp));
+                        let newest_end = p.window_starts(r.timestamp).last().map_or(Millis::MIN, |s| s + p.size_ms);
+                        kept.entry(newest_end).or_default().push(r);
+                    }
+                    if let Some(w) = max.map(|m| m - p.allowed_lateness_ms) {
+                        while kept.first_key_value().is_some_and(|(end, _)| *end <= w) {
+                            kept.pop_first();
+                        }
+                    }
+                }
+                match frontier.frontier().iter().min() {
+                    Some(&bound) => log.borrow_mut().passed(bound, || state(&kept, max)),
+                    None => log.borrow_mut().passed(Time::MAX, || state(&kept, max)),
+                }
+            }
+        },
+    );
+    out
 }
 
 /// Reads `(batch, max)` pairs into `maxima`, keyed by batch, or with `by_batch == false` by

@@ -59,7 +59,7 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
             let (ui, u) = scope.new_collection();
             let (ci, c) = scope.new_collection();
             let (si, s) = scope.new_collection();
-            let out = build(&Dataflow::ALL, Inputs { users: Some(u), clicks: Some(c), sensors: Some(s) }, &params);
+            let out = build(&Dataflow::ALL, Inputs { users: Some(u), clicks: Some(c), sensors: Some(s), restored_sensors: None }, &params);
             capture(out.user_event_counts.unwrap(), &c1, &probe);
             capture(out.event_type_counts.unwrap(), &c2, &probe);
             capture(out.user_activity.unwrap(), &c3, &probe);
@@ -154,7 +154,10 @@ fn script() -> Script {
 }
 
 fn params() -> Params {
-    Params { sensors: SensorParams { size_ms: 10_000, slide_ms: 10_000, allowed_lateness_ms: 5_000, ..SensorParams::default() } }
+    Params {
+        sensors: SensorParams { size_ms: 10_000, slide_ms: 10_000, allowed_lateness_ms: 5_000, ..SensorParams::default() },
+        checkpoint_every: None,
+    }
 }
 
 fn check(workers: usize) {

@@ -72,11 +72,38 @@ pub struct RuntimeConfig {
     /// the `group_id` of the first Kafka input. Delete it together with the consumer groups to
     /// start over.
     pub state_dir: Option<PathBuf>,
+    /// How often a run that reads Kafka checkpoints its dataflows' state (with the input offsets
+    /// of that time) under `state_dir/checkpoints`, so that a restart reads only the input after
+    /// the latest checkpoint. `0s` turns checkpoints off. Default `10s`.
+    pub checkpoint_interval: Duration,
+    /// What a restart starts from: `"checkpoint"` (the latest complete checkpoint, else the
+    /// beginning) or `"replay"` (read every input again from where it began, ignoring
+    /// checkpoints: the input must still be there). Default `"checkpoint"`.
+    pub restart: Restart,
+}
+
+/// What a streaming run's restart starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// the latest complete checkpoint
+    #[default]
+    Checkpoint,
+    /// the beginning of every input
+    Replay,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: 1, batch_size: 10_000, max_inflight: 4, status_interval: Duration::from_millis(1000), state_dir: None }
+        RuntimeConfig {
+            workers: 1,
+            batch_size: 10_000,
+            max_inflight: 4,
+            status_interval: Duration::from_millis(1000),
+            state_dir: None,
+            checkpoint_interval: Duration::from_millis(10_000),
+            restart: Restart::Checkpoint,
+        }
     }
 }
 
@@ -336,7 +363,7 @@ impl Config {
 
     /// The dataflow parameters this config describes.
     pub fn params(&self, file: &str) -> Result<Params, ConfigError> {
-        Ok(Params { sensors: self.sensor_params(file)? })
+        Ok(Params { sensors: self.sensor_params(file)?, checkpoint_every: None })
     }
 
     fn sensor_params(&self, file: &str) -> Result<SensorParams, ConfigError> {

@@ -11,6 +11,7 @@
 //! (every window becomes final), and the workers' snapshot shares are gathered on the first
 //! worker, which writes the snapshot files.
 
+pub mod checkpoint;
 pub mod reclock;
 pub mod status;
 
@@ -137,8 +138,13 @@ pub struct Plan {
     pub kafka_output: Option<KafkaOutputPlan>,
     /// also keep every output in MongoDB
     pub mongodb_output: Option<MongoOutput>,
-    /// where a streaming run keeps its durable state (the bindings of times to offsets)
+    /// where a streaming run keeps its durable state (the bindings of times to offsets, the
+    /// checkpoints)
     pub state_dir: Option<PathBuf>,
+    /// how often a streaming run checkpoints (`None`: never)
+    pub checkpoint_interval: Option<Duration>,
+    /// a restart ignores checkpoints and reads every input from where it began
+    pub replay_on_restart: bool,
 }
 
 /// The Kafka output of a plan.
@@ -172,6 +178,8 @@ impl Plan {
             kafka_output: None,
             mongodb_output: None,
             state_dir: None,
+            checkpoint_interval: None,
+            replay_on_restart: false,
         }
     }
 
@@ -267,6 +275,10 @@ struct Sessions {
     dead: InputSession<Time, DeadLetter, isize>,
     /// streams: how far ahead of its logical time (the clock's milliseconds) a reading may be
     max_future_ms: Option<i64>,
+    /// with checkpoints: the inputs read so far, compacted
+    compactor: Option<checkpoint::Compactor>,
+    /// after a restart from a checkpoint: its open-window readings
+    restored_sensors: Option<InputSession<Time, dataflows::records::Reading, isize>>,
 }
 
 impl Sessions {
@@ -276,11 +288,17 @@ impl Sessions {
         let Record { position, bytes, key } = record;
         let result = match input {
             InputName::Users => codec::decode_user(bytes, position.clone()).map(|u| {
+                if let Some(c) = &mut self.compactor {
+                    c.user(&u);
+                }
                 if let Some(s) = &mut self.users {
                     s.insert(u)
                 }
             }),
             InputName::Clicks => codec::decode_click(bytes).map(|c| {
+                if let Some(k) = &mut self.compactor {
+                    k.click(&c, 1);
+                }
                 if let Some(s) = &mut self.clicks {
                     s.insert(c)
                 }
@@ -312,6 +330,31 @@ impl Sessions {
         }
     }
 
+    /// Inserts a checkpoint's part at its time (the current one).
+    fn restore(&mut self, part: &checkpoint::Part) {
+        for (c, n) in &part.inputs.clicks {
+            if let Some(k) = &mut self.compactor {
+                k.click(c, *n);
+            }
+            if let Some(s) = &mut self.clicks {
+                s.update(c.clone(), *n);
+            }
+        }
+        for u in &part.inputs.users {
+            if let Some(c) = &mut self.compactor {
+                c.user(u);
+            }
+            if let Some(s) = &mut self.users {
+                s.insert(u.clone());
+            }
+        }
+        if let (Some(s), Some(open)) = (&mut self.restored_sensors, &part.sensors) {
+            for r in &open.readings {
+                s.insert(dataflows::records::Reading { batch: part.time, ..r.clone() });
+            }
+        }
+    }
+
     fn advance_to(&mut self, t: Time) {
         macro_rules! adv {
             ($s:expr) => {
@@ -326,6 +369,9 @@ impl Sessions {
             adv!(s);
         }
         if let Some(s) = &mut self.sensors {
+            adv!(s);
+        }
+        if let Some(s) = &mut self.restored_sensors {
             adv!(s);
         }
         adv!(self.dead);
@@ -357,9 +403,22 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Re
         (None, true) => anyhow::bail!("a streaming run needs a state directory (`[runtime] state_dir`)"),
         (_, false) => reclock::Bindings::default(),
     };
-    let (plan, bindings) = (Arc::new(plan), Arc::new(bindings));
-    let guards = timely::execute(config, move |worker| run_worker(worker, &plan, &bindings, &counters).map_err(|e| format!("{e:#}")))
-        .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
+    // After a crash, the latest complete checkpoint (unless asked to replay from the beginning):
+    // the bindings before it are not read again.
+    let mut bindings = bindings;
+    let definition = format!("dataflows {:?}, sensor parameters {:?}", plan.dataflows, plan.params.sensors);
+    let restored = match (&plan.state_dir, streaming && plan.checkpoint_interval.is_some() && !plan.replay_on_restart) {
+        (Some(d), true) => checkpoint::latest(d, plan.cluster.workers * plan.cluster.processes.max(1), &definition)?,
+        _ => None,
+    };
+    if let Some(parts) = &restored {
+        bindings.resume_after(parts[0].time, parts.iter().flat_map(|p| &p.offsets));
+    }
+    let (plan, bindings, restored, definition) = (Arc::new(plan), Arc::new(bindings), Arc::new(restored), Arc::new(definition));
+    let guards = timely::execute(config, move |worker| {
+        run_worker(worker, &plan, &bindings, (&restored, &definition), &counters).map_err(|e| format!("{e:#}"))
+    })
+    .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
     for result in guards.join() {
         match result {
@@ -376,6 +435,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     plan: &Plan,
     bindings: &reclock::Bindings,
+    (restored, definition): (&Option<Vec<checkpoint::Part>>, &str),
     counters: &Counters,
 ) -> anyhow::Result<Option<Report>> {
     let start = Instant::now();
@@ -424,13 +484,27 @@ fn run_worker(
 
     let needs = |i: InputName| plan.dataflows.iter().any(|d| d.inputs().contains(&i));
     let selected = plan.dataflows.clone();
-    let params = plan.params.clone();
-    let (mut sessions, probe, watermark) = worker.dataflow::<Time, _, _>(|scope| {
+    let mut params = plan.params.clone();
+    // Checkpoints: a streaming run keeps its compacted state at the multiples of the interval.
+    let checkpoint_every = plan.checkpoint_interval.filter(|_| streaming && plan.state_dir.is_some()).map(|d| d.as_millis() as Time);
+    params.checkpoint_every = checkpoint_every;
+    let mine = restored.as_ref().map(|parts| &parts[index]);
+    // The watermark then: from the greatest event time of all workers' parts.
+    let restored_watermark = restored.as_ref().and_then(|parts| parts.iter().filter_map(|p| p.sensors.as_ref()?.max).max());
+    let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
+    let (mut sessions, probe, watermark, open_readings) = worker.dataflow::<Time, _, _>(|scope| {
         let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
         let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
         let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
+        let (restored_in, restored_sensors) = restore_sensors
+            .then(|| {
+                let (input, readings) = scope.new_collection();
+                let watermark = restored_watermark.map_or(i64::MIN, |m| m - params.sensors.allowed_lateness_ms);
+                (input, dataflows::sensor_metrics::Restored { readings, watermark })
+            })
+            .unzip();
         let (dead_in, dead) = scope.new_collection::<DeadLetter, isize>();
-        let outs = dataflows::build(&selected, Inputs { users, clicks, sensors }, &params);
+        let outs = dataflows::build(&selected, Inputs { users, clicks, sensors, restored_sensors }, &params);
         fn rows<'s, R: Into<Row> + Clone + 'static>(c: Option<Coll<'s, R>>) -> Option<Coll<'s, Row>> {
             c.map(|c| c.map(Into::into))
         }
@@ -456,7 +530,16 @@ fn run_worker(
         }
         sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);
         let max_future_ms = streaming.then_some(params.sensors.max_future_ms);
-        (Sessions { users: users_in, clicks: clicks_in, sensors: sensors_in, dead: dead_in, max_future_ms }, probe, outs.watermark)
+        let sessions = Sessions {
+            users: users_in,
+            clicks: clicks_in,
+            sensors: sensors_in,
+            dead: dead_in,
+            max_future_ms,
+            compactor: checkpoint_every.map(|_| checkpoint::Compactor::default()),
+            restored_sensors: restored_in,
+        };
+        (sessions, probe, outs.watermark, outs.open_readings)
     });
 
     let mut inputs = Vec::new();
@@ -490,6 +573,17 @@ fn run_worker(
     let mut recent: VecDeque<Time> = VecDeque::new();
     let replay_times: std::collections::BTreeSet<Time> = inputs.iter().flat_map(|i| i.source.replay_times()).collect();
     let mut interrupted = false;
+    // This worker's inputs at each checkpoint time, with every partition's offset then.
+    let mut input_log = checkpoint_every.map(dataflows::checkpoint::Snapshots::<(checkpoint::Compacted, Vec<reclock::Bound>)>::new);
+    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut last_checkpoint: Option<Time> = None;
+    if let Some(part) = mine {
+        epoch = part.time;
+        sessions.advance_to(part.time);
+        sessions.restore(part);
+        offsets.extend(part.offsets.iter().map(|b| ((b.topic.clone(), b.partition), b.next)));
+        last_checkpoint = Some(part.time);
+    }
     for &t in &replay_times {
         epoch = t;
         sessions.advance_to(t);
@@ -578,8 +672,15 @@ fn run_worker(
         if let Some(r) = &mut reclock {
             let bounds: Vec<reclock::Bound> = inputs.iter_mut().flat_map(|i| i.source.bounds()).collect();
             r.bind(epoch, &bounds)?;
+            offsets.extend(bounds.into_iter().map(|b| ((b.topic, b.partition), b.next)));
         }
         epoch = if streaming { (epoch + 1).max(now_ms()) } else { epoch + 1 };
+        if let (Some(log), Some(compactor)) = (&mut input_log, &sessions.compactor) {
+            let bounds = || {
+                offsets.iter().map(|((topic, partition), next)| reclock::Bound { topic: topic.clone(), partition: *partition, next: *next })
+            };
+            log.passed(epoch, || (compactor.state(), bounds().collect()));
+        }
         sessions.advance_to(epoch);
         worker.step();
         if streaming && !read_any {
@@ -597,6 +698,10 @@ fn run_worker(
         let frontier = probe.with_frontier(|f| f.first().copied());
         for input in &mut inputs {
             input.source.acknowledged(frontier);
+        }
+        if let (Some(every), Some(dir), Some(log)) = (checkpoint_every, &plan.state_dir, &mut input_log) {
+            let writer = checkpoint::Writer { every, dir, worker: index, workers: peers, definition };
+            last_checkpoint = writer.maybe(frontier, last_checkpoint, log, open_readings.as_ref())?.or(last_checkpoint);
         }
         tick(&jsonl, epoch, false);
     }

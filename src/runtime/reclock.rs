@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use dataflows::Time;
 
 /// One partition's next offset after a time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bound {
     /// topic
     pub topic: String,
@@ -39,9 +39,27 @@ pub struct Bindings {
     by_partition: HashMap<(String, i32), Vec<(Time, i64)>>,
     /// the greatest bound time of any partition
     pub last: Option<Time>,
+    /// after a checkpoint: where each partition it had read goes on
+    from: HashMap<(String, i32), i64>,
 }
 
 impl Bindings {
+    /// A restart from a checkpoint at `time`: only the bindings after it are read again, each
+    /// partition from its offset in `offsets` (the checkpoint's).
+    pub fn resume_after<'a>(&mut self, time: Time, offsets: impl IntoIterator<Item = &'a Bound>) {
+        for v in self.by_partition.values_mut() {
+            v.retain(|(t, _)| *t > time);
+        }
+        for b in offsets {
+            self.from.insert((b.topic.clone(), b.partition), b.next);
+        }
+    }
+
+    /// Where a checkpoint says a partition goes on, if it had been read.
+    pub fn resumes_at(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.from.get(&(topic.to_string(), partition)).copied()
+    }
+
     /// The bindings of one partition, oldest first.
     pub fn of(&self, topic: &str, partition: i32) -> Vec<(Time, i64)> {
         self.by_partition.get(&(topic.to_string(), partition)).cloned().unwrap_or_default()

@@ -139,14 +139,18 @@ impl KafkaSource {
                 let mut bounds = VecDeque::new();
                 let (from, start_at, durable) = match (c, s) {
                     // ours: read again from where the input began, in the bound slices
+                    // (after a checkpoint: from its offset, in the slices bound after it)
                     (_, Some(s)) => {
-                        bounds.extend(bindings.of(&topic, partition).into_iter().filter(|&(_, next)| next > s));
+                        let checkpointed = bindings.resumes_at(&topic, partition);
+                        let from = checkpointed.map_or(s, |o| o.max(s));
+                        bounds.extend(bindings.of(&topic, partition).into_iter().filter(|&(_, next)| next > from));
                         match c {
                             // an older run's commit without bindings: one slice, below every live time
-                            Some(c) if c > s && bounds.is_empty() => bounds.push_back((1, c)),
+                            Some(c) if c > from && bounds.is_empty() && checkpointed.is_none() => bounds.push_back((1, c)),
                             _ => {}
                         }
-                        (Offset::Offset(s), Some(s), true)
+                        tracing::debug!(topic, partition, from, checkpointed = checkpointed.is_some(), "reading again from");
+                        (Offset::Offset(from), Some(s), true)
                     }
                     // committed by someone else: begin there, nothing to rebuild
                     (Some(c), None) => (Offset::Offset(c), Some(c), false),

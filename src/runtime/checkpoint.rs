@@ -1,0 +1,331 @@
+//! Checkpoints of a streaming run: the dataflows' state at a time every sink acknowledged,
+//! with the input offsets of that time, so a restart reads only the input after it.
+//!
+//! The state is what the operators need, not the input history: clicks as counts per
+//! `(user, event kind)`, profiles as each user's latest version, and for the sensor dataflow
+//! the readings of the windows still open with the greatest event time (see
+//! [`dataflows::sensor_metrics::OpenReadings`]). Checkpoint times are the multiples of
+//! `[runtime] checkpoint_interval` in clock milliseconds, so every worker of every process takes
+//! its part at the same time without talking ([`dataflows::checkpoint::Snapshots`]); each writes
+//! it once the sinks' probe has passed the time, as
+//! `<state_dir>/checkpoints/<time>/worker-<i>.bin` (bincode, written to a temporary file,
+//! synced, renamed). A checkpoint is complete when every worker's file is there; the two latest
+//! complete ones are kept.
+//!
+//! A restart loads the latest complete checkpoint: each worker inserts its part at the
+//! checkpoint time, every partition is read from the checkpoint's offset (the bindings after
+//! it are replayed as before), and the sinks resume from their own progress as before. A
+//! checkpoint written by another worker layout, or for other dataflows or parameters, is
+//! refused with a message saying what to do; `[runtime] restart = "replay"` ignores
+//! checkpoints and reads every input again from where it began. Processes of a cluster find
+//! each other's files only in a shared state directory; without one, a restart replays.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use dataflows::checkpoint::Snapshots;
+use dataflows::ops::FastMap;
+use dataflows::records::{Click, Id, User};
+use dataflows::sensor_metrics::{OpenReadings, OpenReadingsLog};
+use dataflows::Time;
+use serde::{Deserialize, Serialize};
+
+use super::reclock::Bound;
+
+/// One worker's part of a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// the checkpoint time
+    pub time: Time,
+    /// this worker's global index
+    pub worker: usize,
+    /// how many workers the run had
+    pub workers: usize,
+    /// the dataflows and their parameters, as text: a restart must run the same
+    pub definition: String,
+    /// the next offset, at the checkpoint time, of every partition this worker had read
+    pub offsets: Vec<Bound>,
+    /// the worker's inputs, compacted
+    pub inputs: Compacted,
+    /// the sensor dataflow's part, when it runs
+    pub sensors: Option<OpenReadings>,
+}
+
+/// A worker's inputs with everything no operator needs compacted away.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Compacted {
+    /// clicks per (user, event kind), as one click of each with its count
+    pub clicks: Vec<(Click, isize)>,
+    /// each user's latest profile version this worker read
+    pub users: Vec<User>,
+}
+
+/// The compacted inputs as a worker reads them.
+#[derive(Default)]
+pub struct Compactor {
+    clicks: FastMap<(Id, String), isize>,
+    users: FastMap<Id, User>,
+}
+
+impl Compactor {
+    /// Counts a click.
+    pub fn click(&mut self, c: &Click, diff: isize) {
+        *self.clicks.entry((c.user_id.clone(), c.event.clone())).or_insert(0) += diff;
+    }
+    /// Keeps a profile version if it is the user's latest.
+    pub fn user(&mut self, u: &User) {
+        match self.users.get_mut(&u.user_id) {
+            Some(current) if current.position >= u.position => {}
+            Some(current) => *current = u.clone(),
+            None => {
+                self.users.insert(u.user_id.clone(), u.clone());
+            }
+        }
+    }
+    /// What a checkpoint holds of it.
+    pub fn state(&self) -> Compacted {
+        Compacted {
+            clicks: self
+                .clicks
+                .iter()
+                .filter(|(_, n)| **n != 0)
+                .map(|((user_id, event), n)| (Click { user_id: user_id.clone(), event: event.clone(), event_time: 0 }, *n))
+                .collect(),
+            users: self.users.values().cloned().collect(),
+        }
+    }
+}
+
+/// Writes a worker's parts of checkpoints.
+pub struct Writer<'a> {
+    /// checkpoint times are its multiples
+    pub every: Time,
+    /// the state directory
+    pub dir: &'a Path,
+    /// this worker's global index
+    pub worker: usize,
+    /// how many workers the run has
+    pub workers: usize,
+    /// the dataflows and their parameters, as text
+    pub definition: &'a str,
+}
+
+impl Writer<'_> {
+    /// Writes this worker's part of the latest checkpoint time after `last` that every sink
+    /// has acknowledged (the probe's `frontier` is past it), once every part of this worker has
+    /// its state for that time; returns the time written.
+    pub fn maybe(
+        &self,
+        frontier: Option<Time>,
+        last: Option<Time>,
+        inputs: &mut Snapshots<(Compacted, Vec<Bound>)>,
+        sensors: Option<&OpenReadingsLog>,
+    ) -> anyhow::Result<Option<Time>> {
+        let Some(passed) = frontier else { return Ok(None) };
+        let Some(time) = Snapshots::<()>::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed) else { return Ok(None) };
+        let Some(state) = inputs.at(time) else { return Ok(None) };
+        let open = match sensors {
+            Some(log) => match log.borrow().at(time) {
+                Some(s) => Some((*s).clone()),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let (compacted, offsets) = &*state;
+        let part = Part {
+            time,
+            worker: self.worker,
+            workers: self.workers,
+            definition: self.definition.to_string(),
+            offsets: offsets.clone(),
+            inputs: compacted.clone(),
+            sensors: open,
+        };
+        let path = write(self.dir, &part).map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", self.dir.display()))?;
+        inputs.forget_through(time);
+        if let Some(log) = sensors {
+            log.borrow_mut().forget_through(time);
+        }
+        if self.worker == 0 {
+            prune(self.dir, 2).map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", self.dir.display()))?;
+        }
+        tracing::debug!(time, path = %path.display(), "checkpoint written");
+        Ok(Some(time))
+    }
+}
+
+fn dir_of(state: &Path) -> PathBuf {
+    state.join("checkpoints")
+}
+
+fn part_path(state: &Path, time: Time, worker: usize) -> PathBuf {
+    dir_of(state).join(time.to_string()).join(format!("worker-{worker}.bin"))
+}
+
+/// Writes a worker's part durably (temporary file, sync, rename, sync of the directory).
+pub fn write(state: &Path, part: &Part) -> io::Result<PathBuf> {
+    let path = part_path(state, part.time, part.worker);
+    let dir = path.parent().expect("a checkpoint file has a directory");
+    std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    let tmp = path.with_extension("tmp");
+    let bytes = bincode::serialize(part).map_err(io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// The times that have a directory, with the workers whose part is there and the layout they
+/// say they had.
+fn listing(state: &Path) -> io::Result<BTreeMap<Time, (BTreeSet<usize>, PathBuf)>> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir_of(state)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let Some(time) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Time>().ok()) else { continue };
+        let mut workers = BTreeSet::new();
+        for f in std::fs::read_dir(&path)? {
+            let name = f?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(w) = name.strip_prefix("worker-").and_then(|n| n.strip_suffix(".bin")).and_then(|n| n.parse().ok()) {
+                workers.insert(w);
+            }
+        }
+        out.insert(time, (workers, path));
+    }
+    Ok(out)
+}
+
+/// The latest complete checkpoint under `state` — every part of its layout present — with all
+/// its parts, checked against this run's layout and definition. `Ok(None)`: none.
+pub fn latest(state: &Path, workers: usize, definition: &str) -> anyhow::Result<Option<Vec<Part>>> {
+    for (time, (present, dir)) in listing(state)?.into_iter().rev() {
+        let Some(&any) = present.iter().next() else { continue };
+        let first = read(&dir.join(format!("worker-{any}.bin")))?;
+        if !(0..first.workers).all(|w| present.contains(&w)) {
+            continue; // not complete (a crash while writing it, or another process's share)
+        }
+        if first.workers != workers {
+            anyhow::bail!(
+                "the checkpoint in {} was written by {} workers and this run has {workers}: run with the same -w/-n as before, \
+                 or set `[runtime] restart = \"replay\"` to rebuild the state from the input (it must still be there)",
+                dir.display(),
+                first.workers
+            );
+        }
+        if first.definition != definition {
+            anyhow::bail!(
+                "the checkpoint in {} is of other dataflows or parameters ({}); this run is {definition}: run the same \
+                 dataflows, or set `[runtime] restart = \"replay\"` to rebuild the state from the input, or use another state_dir",
+                dir.display(),
+                first.definition
+            );
+        }
+        let parts = (0..workers).map(|w| read(&dir.join(format!("worker-{w}.bin")))).collect::<anyhow::Result<Vec<_>>>()?;
+        tracing::info!(time, dir = %dir.display(), "restarting from a checkpoint");
+        return Ok(Some(parts));
+    }
+    Ok(None)
+}
+
+fn read(path: &Path) -> anyhow::Result<Part> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading the checkpoint {}: {e}", path.display()))?;
+    bincode::deserialize(&bytes).map_err(|e| {
+        anyhow::anyhow!("the checkpoint {} cannot be read ({e}); remove its directory to fall back to the one before", path.display())
+    })
+}
+
+/// Removes every checkpoint but the `keep` latest complete ones, and incomplete ones older
+/// than those. Only the first worker of a process calls it.
+pub fn prune(state: &Path, keep: usize) -> io::Result<()> {
+    let listing = listing(state)?;
+    let complete: Vec<Time> = listing
+        .iter()
+        .filter(|(_, (present, dir))| {
+            present
+                .iter()
+                .next()
+                .and_then(|w| read(&dir.join(format!("worker-{w}.bin"))).ok())
+                .is_some_and(|p| (0..p.workers).all(|w| present.contains(&w)))
+        })
+        .map(|(t, _)| *t)
+        .collect();
+    let Some(&oldest_kept) = complete.iter().rev().nth(keep.saturating_sub(1)) else { return Ok(()) };
+    for (t, (_, dir)) in listing {
+        if t < oldest_kept {
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(time: Time, worker: usize, workers: usize) -> Part {
+        Part { time, worker, workers, definition: "d".into(), ..Part::default() }
+    }
+
+    #[test]
+    fn the_latest_complete_checkpoint_is_loaded_and_another_layout_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        assert!(latest(state, 2, "d").unwrap().is_none());
+        for w in 0..2 {
+            write(state, &part(10, w, 2)).unwrap();
+        }
+        write(state, &part(20, 0, 2)).unwrap(); // worker 1 never wrote its part of 20
+        let parts = latest(state, 2, "d").unwrap().unwrap();
+        assert_eq!(parts.iter().map(|p| (p.time, p.worker)).collect::<Vec<_>>(), [(10, 0), (10, 1)]);
+        let e = latest(state, 4, "d").unwrap_err().to_string();
+        assert!(e.contains("written by 2 workers and this run has 4") && e.contains("restart = \"replay\""), "{e}");
+        let e = latest(state, 2, "other").unwrap_err().to_string();
+        assert!(e.contains("other dataflows or parameters"), "{e}");
+        for t in [30, 40] {
+            for w in 0..2 {
+                write(state, &part(t, w, 2)).unwrap();
+            }
+        }
+        prune(state, 2).unwrap();
+        assert_eq!(listing(state).unwrap().keys().copied().collect::<Vec<_>>(), [30, 40]);
+    }
+
+    #[test]
+    fn compacted_clicks_and_profiles_keep_what_the_operators_need() {
+        use dataflows::records::Position;
+        let mut c = Compactor::default();
+        let click = |u: u64, e: &str| Click { user_id: Id::Num(u), event: e.into(), event_time: 5 };
+        for (u, e) in [(1, "click"), (1, "click"), (2, "search"), (1, "search")] {
+            c.click(&click(u, e), 1);
+        }
+        let user = |n: &str, line: u64| User {
+            user_id: Id::Num(1),
+            name: n.into(),
+            email: "e".into(),
+            event_time: 0,
+            position: Position::Line(line),
+        };
+        c.user(&user("new", 7));
+        c.user(&user("old", 3));
+        let mut s = c.state();
+        s.clicks.sort();
+        let counts: Vec<(u64, &str, isize)> = s
+            .clicks
+            .iter()
+            .map(|(c, n)| match &c.user_id {
+                Id::Num(u) => (*u, c.event.as_str(), *n),
+                Id::Str(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(counts, [(1, "click", 2), (1, "search", 1), (2, "search", 1)]);
+        assert_eq!(s.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["new"]);
+    }
+}
