@@ -269,9 +269,11 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
     let out = unique("checkpoint-out");
     let group = unique("g");
     let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 50\n");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let (head, rest) = text.split_once("[kafka]").unwrap();
-    std::fs::write(&cfg, format!("{head}checkpoint_interval = \"1s\"\nstatus_interval = \"100ms\"\n[kafka]{rest}")).unwrap();
+    std::fs::write(
+        &cfg,
+        with_runtime(&std::fs::read_to_string(&cfg).unwrap(), "checkpoint_interval = \"1s\"\nstatus_interval = \"100ms\"\n"),
+    )
+    .unwrap();
     let first_cfg = s.dir.path().join("first.toml");
     std::fs::write(&first_cfg, std::fs::read_to_string(&cfg).unwrap().replace("stop_when_idle = \"4s\"\n", "")).unwrap();
 
@@ -320,6 +322,13 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
     let total: u64 = counts.iter().map(|(_, n)| 2 * n).sum();
     assert!(read < total * 3 / 4, "the restart read {read} of {total} records: it did not start from the checkpoint ({last})");
     assert_topics_equal_offline(&out, &offline(&s));
+}
+
+/// A config's text with `lines` added to its `[runtime]` table (the first table of
+/// [`kafka_config`]'s files).
+fn with_runtime(text: &str, lines: &str) -> String {
+    let (head, rest) = text.split_once("[kafka]").expect("a [kafka] table");
+    format!("{head}{lines}[kafka]{rest}")
 }
 
 fn one_input_config(dir: &Path, topic: &str, out_prefix: &str, input_extra: &str) -> std::path::PathBuf {
@@ -592,6 +601,8 @@ fn ten_kill_points_never_move_outputs_back() {
     let out = unique("kills-out");
     let group = unique("g");
     let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 40\n");
+    // Checkpoints every second: most restarts load one, and replay only what came after it.
+    std::fs::write(&cfg, with_runtime(&std::fs::read_to_string(&cfg).unwrap(), "checkpoint_interval = \"1s\"\n")).unwrap();
     let text =
         std::fs::read_to_string(&cfg).unwrap() + &format!("[output.mongodb]\ndatabase = \"{database}\"\nmax_flush_interval = \"20ms\"\n");
     std::fs::write(&cfg, &text).unwrap();
@@ -647,9 +658,10 @@ fn ten_kill_points_never_move_outputs_back() {
     for chunk in 0..CHUNKS - 1 {
         produce(&s.prefix, chunk, &counts);
         malformed(chunk);
+        let log = std::fs::File::create(s.dir.path().join(format!("run-{chunk}.log"))).unwrap();
         let mut engine = Command::new(bin())
-            .args(["run", "--config", killed_cfg.to_str().unwrap(), "-w", "2", "-q"])
-            .stderr(Stdio::null())
+            .args(["run", "--config", killed_cfg.to_str().unwrap(), "-w", "2", "-q", "--log-level", "info"])
+            .stderr(log)
             .spawn()
             .unwrap();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -661,6 +673,10 @@ fn ten_kill_points_never_move_outputs_back() {
     }
     produce(&s.prefix, CHUNKS - 1, &counts);
     malformed(CHUNKS - 1);
+    let from_checkpoints = (0..CHUNKS - 1)
+        .filter(|c| std::fs::read_to_string(s.dir.path().join(format!("run-{c}.log"))).unwrap().contains("restarting from a checkpoint"))
+        .count();
+    eprintln!("{from_checkpoints} of {} killed runs restarted from a checkpoint", CHUNKS - 1);
     diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let w = topic_watcher.join().unwrap();
