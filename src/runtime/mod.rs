@@ -619,7 +619,8 @@ fn run_worker(
     }
     if streaming {
         replayed.set(!interrupted);
-        epoch = now_ms().max(bindings.last.map_or(0, |l| l + 1));
+        // Above every bound time and a checkpoint's (which may be later than the last binding).
+        epoch = now_ms().max(bindings.last.map_or(0, |l| l + 1)).max(epoch + 1);
         sessions.advance_to(epoch);
     }
     loop {
@@ -666,6 +667,13 @@ fn run_worker(
         batch_no += 1;
         if batch_no % batches_per_time != 0 {
             worker.step();
+            continue;
+        }
+        if streaming && !read_any && now_ms() <= epoch {
+            // Nothing arrived and the clock has not passed the current time: stay at it, so
+            // logical time follows the clock instead of running ahead of it by one per loop.
+            worker.step_or_park(Some(Duration::from_millis(1)));
+            tick(&jsonl, epoch, false);
             continue;
         }
         recent.push_back(epoch);
