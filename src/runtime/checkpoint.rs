@@ -111,11 +111,43 @@ pub struct Writer<'a> {
     pub definition: &'a str,
 }
 
+/// The offsets as a checkpoint lists them.
+pub fn bounds(offsets: &BTreeMap<(String, i32), i64>) -> Vec<Bound> {
+    offsets.iter().map(|((topic, partition), next)| Bound { topic: topic.clone(), partition: *partition, next: *next }).collect()
+}
+
+/// A worker's checkpointing: its compacted inputs at checkpoint times, and the last time it
+/// wrote (or restarted from).
+pub struct Local<'a> {
+    writer: Writer<'a>,
+    /// the compacted inputs and the partitions' offsets at each checkpoint time passed
+    pub inputs: Snapshots<(Compacted, Vec<Bound>)>,
+    /// the last checkpoint time written or restarted from
+    pub last: Option<Time>,
+}
+
+impl<'a> Local<'a> {
+    /// Nothing taken yet.
+    pub fn new(writer: Writer<'a>) -> Self {
+        Local { inputs: Snapshots::new(writer.every), writer, last: None }
+    }
+
+    /// Writes this worker's part of the latest checkpoint time after the last one that every
+    /// sink has acknowledged (the probe's `frontier` is past it), once every part of this worker
+    /// has its state for that time.
+    pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<()> {
+        if let Some(t) = self.writer.maybe(frontier, self.last, &mut self.inputs, sensors)? {
+            self.last = Some(t);
+        }
+        Ok(())
+    }
+}
+
 impl Writer<'_> {
     /// Writes this worker's part of the latest checkpoint time after `last` that every sink
     /// has acknowledged (the probe's `frontier` is past it), once every part of this worker has
     /// its state for that time; returns the time written.
-    pub fn maybe(
+    fn maybe(
         &self,
         frontier: Option<Time>,
         last: Option<Time>,

@@ -574,15 +574,18 @@ fn run_worker(
     let replay_times: std::collections::BTreeSet<Time> = inputs.iter().flat_map(|i| i.source.replay_times()).collect();
     let mut interrupted = false;
     // This worker's inputs at each checkpoint time, with every partition's offset then.
-    let mut input_log = checkpoint_every.map(dataflows::checkpoint::Snapshots::<(checkpoint::Compacted, Vec<reclock::Bound>)>::new);
+    let mut checkpoints = checkpoint_every
+        .zip(plan.state_dir.as_deref())
+        .map(|(every, dir)| checkpoint::Local::new(checkpoint::Writer { every, dir, worker: index, workers: peers, definition }));
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut last_checkpoint: Option<Time> = None;
     if let Some(part) = mine {
         epoch = part.time;
         sessions.advance_to(part.time);
         sessions.restore(part);
         offsets.extend(part.offsets.iter().map(|b| ((b.topic.clone(), b.partition), b.next)));
-        last_checkpoint = Some(part.time);
+        if let Some(c) = &mut checkpoints {
+            c.last = Some(part.time);
+        }
     }
     for &t in &replay_times {
         epoch = t;
@@ -683,11 +686,8 @@ fn run_worker(
             offsets.extend(bounds.into_iter().map(|b| ((b.topic, b.partition), b.next)));
         }
         epoch = if streaming { (epoch + 1).max(now_ms()) } else { epoch + 1 };
-        if let (Some(log), Some(compactor)) = (&mut input_log, &sessions.compactor) {
-            let bounds = || {
-                offsets.iter().map(|((topic, partition), next)| reclock::Bound { topic: topic.clone(), partition: *partition, next: *next })
-            };
-            log.passed(epoch, || (compactor.state(), bounds().collect()));
+        if let (Some(c), Some(compactor)) = (&mut checkpoints, &sessions.compactor) {
+            c.inputs.passed(epoch, || (compactor.state(), checkpoint::bounds(&offsets)));
         }
         sessions.advance_to(epoch);
         worker.step();
@@ -707,15 +707,22 @@ fn run_worker(
         for input in &mut inputs {
             input.source.acknowledged(frontier);
         }
-        if let (Some(every), Some(dir), Some(log)) = (checkpoint_every, &plan.state_dir, &mut input_log) {
-            let writer = checkpoint::Writer { every, dir, worker: index, workers: peers, definition };
-            last_checkpoint = writer.maybe(frontier, last_checkpoint, log, open_readings.as_ref())?.or(last_checkpoint);
+        if let Some(c) = &mut checkpoints {
+            c.maybe(frontier, open_readings.as_ref())?;
         }
         tick(&jsonl, epoch, false);
+    }
+    // This worker's inputs are final now; other workers may still read, and checkpoints need
+    // every worker's part: it goes on writing its own as the probe passes checkpoint times.
+    if let (Some(c), Some(compactor)) = (&mut checkpoints, &sessions.compactor) {
+        c.inputs.passed(Time::MAX, || (compactor.state(), checkpoint::bounds(&offsets)));
     }
     drop(sessions);
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(1)));
+        if let Some(c) = &mut checkpoints {
+            c.maybe(probe.with_frontier(|f| f.first().copied()), open_readings.as_ref())?;
+        }
         tick(&jsonl, epoch, false);
     }
     for input in &mut inputs {
