@@ -209,34 +209,31 @@ pub fn sensor_metrics<'s>(
         Some(r) => (Some(r.readings), r.watermark),
         None => (None, Millis::MIN),
     };
-    let with_restored = match &restored {
-        Some(r) => readings.clone().concat(r.clone().map(|r| (r, Raw::default()))),
-        None => readings.clone(),
-    };
-
     // The greatest event time of each input batch in each container, at its time, sent to
-    // every worker as `(batch, max)`.
-    let maxima = with_restored
-        .inner
-        .unary(Pipeline, "EventTimeMax", |_cap, _info| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut per_batch: HashMap<(Time, u64), Millis> = HashMap::new();
-                    for container in data {
-                        for ((r, _), t, _) in container.iter() {
-                            let e = per_batch.entry((*t, r.batch)).or_insert(r.timestamp);
-                            *e = (*e).max(r.timestamp);
-                        }
+    // every worker as `(batch, max)`. The readings pass through the same operator (one
+    // consumer of the input: a second would make timely clone every reading with its bytes).
+    let (readings, maxima) = event_time_max(readings);
+    let maxima = match &restored {
+        Some(r) => {
+            let restored_maxima = r
+                .inner
+                .clone()
+                .unary(Pipeline, "RestoredEventTimeMax", |_cap, _info| {
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            let per_batch = batch_maxima(data.flat_map(|c| c.iter()).map(|(r, t, _)| (*t, r.batch, r.timestamp)));
+                            for ((t, b), m) in per_batch {
+                                output.session(&cap.delayed(&t, output.output_index())).give((b, m));
+                            }
+                        });
                     }
-                    for ((t, b), m) in per_batch {
-                        let cap = cap.delayed(&t, output.output_index());
-                        output.session(&cap).give((b, m));
-                    }
-                });
-            }
-        })
-        .container::<Vec<(u64, Millis)>>()
-        .broadcast();
+                })
+                .container::<Vec<(u64, Millis)>>();
+            timely::dataflow::operators::core::Concat::concat(maxima, restored_maxima)
+        }
+        None => maxima,
+    }
+    .broadcast();
 
     let classify_params = params.clone();
     let classified = readings
@@ -415,6 +412,49 @@ fn keep_open_readings<'s>(accepted: Coll<'s, Reading>, params: &SensorParams, ev
         },
     );
     out
+}
+
+/// The greatest event time per `(time, batch)` of `(time, batch, event time)` triples.
+fn batch_maxima(items: impl Iterator<Item = (Time, u64, Millis)>) -> HashMap<(Time, u64), Millis> {
+    let mut per_batch: HashMap<(Time, u64), Millis> = HashMap::new();
+    for (t, b, ts) in items {
+        let e = per_batch.entry((t, b)).or_insert(ts);
+        *e = (*e).max(ts);
+    }
+    per_batch
+}
+
+type RawReadings<'s> = timely::dataflow::Stream<'s, Time, Vec<((Reading, Raw), Time, isize)>>;
+
+/// Passes `readings` through unchanged (each container moved on, not copied) and, beside them,
+/// the greatest event time of each `(time, batch)` as `(batch, max)` at that time.
+fn event_time_max<'s>(
+    readings: Coll<'s, (Reading, Raw)>,
+) -> (Coll<'s, (Reading, Raw)>, timely::dataflow::Stream<'s, Time, Vec<(u64, Millis)>>) {
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+    use timely::dataflow::operators::generic::OutputBuilder;
+    let mut builder = OperatorBuilder::new("EventTimeMax".to_string(), readings.inner.scope());
+    let mut input = builder.new_input(readings.inner, Pipeline);
+    let (mut through, through_stream): (_, RawReadings<'s>) = builder.new_output();
+    let (maxima, maxima_stream) = builder.new_output::<Vec<(u64, Millis)>>();
+    let mut maxima = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(u64, Millis)>>>::from(maxima);
+    builder.build(move |_capabilities| {
+        move |_frontiers| {
+            let mut through = through.activate();
+            let mut maxima = maxima.activate();
+            input.for_each_stamp(|cap, data| {
+                for container in data {
+                    let per_batch = batch_maxima(container.iter().map(|((r, _), t, _)| (*t, r.batch, r.timestamp)));
+                    for ((t, b), m) in per_batch {
+                        maxima.session(&cap.delayed(&t, 1)).give((b, m));
+                    }
+                    through.give(&cap, container);
+                }
+            });
+        }
+    });
+    (through_stream.as_collection(), maxima_stream)
 }
 
 /// Reads `(batch, max)` pairs into `maxima`, keyed by batch, or with `by_batch == false` by
