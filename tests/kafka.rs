@@ -322,6 +322,13 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
     let total: u64 = counts.iter().map(|(_, n)| 2 * n).sum();
     assert!(read < total * 3 / 4, "the restart read {read} of {total} records: it did not start from the checkpoint ({last})");
     assert_topics_equal_offline(&out, &offline(&s));
+
+    // Once more with nothing new: a restart from a checkpoint writes nothing the sinks have.
+    let outputs = ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts"];
+    let records = || outputs.map(|o| read_topic(&format!("{out}.{o}"), std::time::Duration::from_secs(2)).len());
+    let before = records();
+    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
+    assert_eq!(records(), before, "records per output topic after a restart with no new input");
 }
 
 /// A config's text with `lines` added to its `[runtime]` table (the first table of

@@ -463,18 +463,22 @@ fn run_worker(
     if let (Some(s), false) = (&jsonl, gather) {
         by_key.push(s.clone());
     }
+    // A checkpoint is written only once every sink has acknowledged its time: after a restart
+    // from one, every sink has written at least that far (its own progress may say less, when
+    // nothing changed in between), so the restored state is not written again.
+    let checkpointed = restored.as_ref().map(|parts| parts[index].time);
     if let Some(k) = &plan.kafka_output {
         let mut sink =
             KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers, counters.kafka.clone())?;
         // The Kafka sink knows what the crashed run wrote past its progress, key by key: it
         // writes the replayed times one by one (progress records keep naming consistent
         // snapshots), skipping only the times it wrote whole.
-        let written = if streaming { sink.resume()? } else { None };
+        let written = if streaming { sink.resume()?.max(checkpointed) } else { None };
         by_key.push(external(sink, (streaming, written, written.unwrap_or(0), replayed.clone())));
     }
     if let Some(m) = &plan.mongodb_output {
         let sink = MongoSink::open(m, &outputs, index, peers, counters.mongo.clone())?;
-        let written = if streaming { sink.written_through()? } else { None };
+        let written = if streaming { sink.written_through()?.max(checkpointed) } else { None };
         by_key.push(external(sink, resume(written)));
     }
     let first_sink: Option<SharedSink> = gather.then(|| match &jsonl {
