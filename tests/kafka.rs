@@ -291,7 +291,7 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
         let mut times: Vec<u64> = std::fs::read_dir(&checkpoints)
             .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
             .unwrap_or_default();
-        times.retain(|t| (0..2).all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}.bin")).exists()));
+        times.retain(|t| (0..2).all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
         times.sort();
         times
     };

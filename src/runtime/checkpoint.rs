@@ -8,7 +8,7 @@
 //! `[runtime] checkpoint_interval` in clock milliseconds, so every worker of every process takes
 //! its part at the same time without talking ([`dataflows::checkpoint::Snapshots`]); each writes
 //! it once the sinks' probe has passed the time, as
-//! `<state_dir>/checkpoints/<time>/worker-<i>.bin` (bincode, written to a temporary file,
+//! `<state_dir>/checkpoints/<time>/worker-<i>-of-<n>.bin` (bincode, written to a temporary file,
 //! synced, renamed). A checkpoint is complete when every worker's file is there; the two latest
 //! complete ones are kept.
 //!
@@ -191,13 +191,13 @@ fn dir_of(state: &Path) -> PathBuf {
     state.join("checkpoints")
 }
 
-fn part_path(state: &Path, time: Time, worker: usize) -> PathBuf {
-    dir_of(state).join(time.to_string()).join(format!("worker-{worker}.bin"))
+fn part_path(state: &Path, time: Time, worker: usize, workers: usize) -> PathBuf {
+    dir_of(state).join(time.to_string()).join(format!("worker-{worker}-of-{workers}.bin"))
 }
 
 /// Writes a worker's part durably (temporary file, sync, rename, sync of the directory).
 pub fn write(state: &Path, part: &Part) -> io::Result<PathBuf> {
-    let path = part_path(state, part.time, part.worker);
+    let path = part_path(state, part.time, part.worker, part.workers);
     let dir = path.parent().expect("a checkpoint file has a directory");
     std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
     let tmp = path.with_extension("tmp");
@@ -210,9 +210,21 @@ pub fn write(state: &Path, part: &Part) -> io::Result<PathBuf> {
     Ok(path)
 }
 
-/// The times that have a directory, with the workers whose part is there and the layout they
-/// say they had.
-fn listing(state: &Path) -> io::Result<BTreeMap<Time, (BTreeSet<usize>, PathBuf)>> {
+/// One checkpoint time's directory: the layouts its parts were written by, and which workers'
+/// parts of each are there (the file names say; nothing is read).
+struct Listed {
+    dir: PathBuf,
+    parts: BTreeMap<usize, BTreeSet<usize>>,
+}
+
+impl Listed {
+    /// The layout whose every part is there.
+    fn complete(&self) -> Option<usize> {
+        self.parts.iter().find(|(n, present)| (0..**n).all(|w| present.contains(&w))).map(|(n, _)| *n)
+    }
+}
+
+fn listing(state: &Path) -> io::Result<BTreeMap<Time, Listed>> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir_of(state)) {
         Ok(e) => e,
@@ -222,15 +234,18 @@ fn listing(state: &Path) -> io::Result<BTreeMap<Time, (BTreeSet<usize>, PathBuf)
     for entry in entries {
         let path = entry?.path();
         let Some(time) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Time>().ok()) else { continue };
-        let mut workers = BTreeSet::new();
+        let mut parts: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         for f in std::fs::read_dir(&path)? {
             let name = f?.file_name();
             let name = name.to_string_lossy();
-            if let Some(w) = name.strip_prefix("worker-").and_then(|n| n.strip_suffix(".bin")).and_then(|n| n.parse().ok()) {
-                workers.insert(w);
+            let Some((w, n)) = name.strip_prefix("worker-").and_then(|n| n.strip_suffix(".bin")).and_then(|n| n.split_once("-of-")) else {
+                continue;
+            };
+            if let (Ok(w), Ok(n)) = (w.parse(), n.parse()) {
+                parts.entry(n).or_default().insert(w);
             }
         }
-        out.insert(time, (workers, path));
+        out.insert(time, Listed { dir: path, parts });
     }
     Ok(out)
 }
@@ -238,33 +253,28 @@ fn listing(state: &Path) -> io::Result<BTreeMap<Time, (BTreeSet<usize>, PathBuf)
 /// The latest complete checkpoint under `state` — every part of its layout present — with all
 /// its parts, checked against this run's layout and definition. `Ok(None)`: none.
 pub fn latest(state: &Path, workers: usize, definition: &str) -> anyhow::Result<Option<Vec<Part>>> {
-    for (time, (present, dir)) in listing(state)?.into_iter().rev() {
-        let Some(&any) = present.iter().next() else { continue };
-        let first = read(&dir.join(format!("worker-{any}.bin")))?;
-        if !(0..first.workers).all(|w| present.contains(&w)) {
-            continue; // not complete (a crash while writing it, or another process's share)
-        }
-        if first.workers != workers {
-            anyhow::bail!(
-                "the checkpoint in {} was written by {} workers and this run has {workers}: run with the same -w/-n as before, \
-                 or set `[runtime] restart = \"replay\"` to rebuild the state from the input (it must still be there)",
-                dir.display(),
-                first.workers
-            );
-        }
-        if first.definition != definition {
-            anyhow::bail!(
-                "the checkpoint in {} is of other dataflows or parameters ({}); this run is {definition}: run the same \
-                 dataflows, or set `[runtime] restart = \"replay\"` to rebuild the state from the input, or use another state_dir",
-                dir.display(),
-                first.definition
-            );
-        }
-        let parts = (0..workers).map(|w| read(&dir.join(format!("worker-{w}.bin")))).collect::<anyhow::Result<Vec<_>>>()?;
-        tracing::info!(time, dir = %dir.display(), "restarting from a checkpoint");
-        return Ok(Some(parts));
+    let Some((time, listed, n)) = listing(state)?.into_iter().rev().find_map(|(t, l)| l.complete().map(|n| (t, l, n))) else {
+        return Ok(None);
+    };
+    let dir = &listed.dir;
+    if n != workers {
+        anyhow::bail!(
+            "the checkpoint in {} was written by {n} workers and this run has {workers}: run with the same -w/-n as before, \
+             or set `[runtime] restart = \"replay\"` to rebuild the state from the input (it must still be there)",
+            dir.display()
+        );
     }
-    Ok(None)
+    let parts = (0..n).map(|w| read(&part_path(state, time, w, n))).collect::<anyhow::Result<Vec<_>>>()?;
+    if parts[0].definition != definition {
+        anyhow::bail!(
+            "the checkpoint in {} is of other dataflows or parameters ({}); this run is {definition}: run the same \
+             dataflows, or set `[runtime] restart = \"replay\"` to rebuild the state from the input, or use another state_dir",
+            dir.display(),
+            parts[0].definition
+        );
+    }
+    tracing::info!(time, dir = %dir.display(), "restarting from a checkpoint");
+    Ok(Some(parts))
 }
 
 fn read(path: &Path) -> anyhow::Result<Part> {
@@ -274,25 +284,15 @@ fn read(path: &Path) -> anyhow::Result<Part> {
     })
 }
 
-/// Removes every checkpoint but the `keep` latest complete ones, and incomplete ones older
-/// than those. Only the first worker of a process calls it.
+/// Removes every checkpoint older than the `keep` latest complete ones (complete or not).
+/// Only the first worker calls it; it reads no checkpoint, only their names.
 pub fn prune(state: &Path, keep: usize) -> io::Result<()> {
     let listing = listing(state)?;
-    let complete: Vec<Time> = listing
-        .iter()
-        .filter(|(_, (present, dir))| {
-            present
-                .iter()
-                .next()
-                .and_then(|w| read(&dir.join(format!("worker-{w}.bin"))).ok())
-                .is_some_and(|p| (0..p.workers).all(|w| present.contains(&w)))
-        })
-        .map(|(t, _)| *t)
-        .collect();
+    let complete: Vec<Time> = listing.iter().filter(|(_, l)| l.complete().is_some()).map(|(t, _)| *t).collect();
     let Some(&oldest_kept) = complete.iter().rev().nth(keep.saturating_sub(1)) else { return Ok(()) };
-    for (t, (_, dir)) in listing {
+    for (t, l) in listing {
         if t < oldest_kept {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(&l.dir)?;
         }
     }
     Ok(())
