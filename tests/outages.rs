@@ -61,35 +61,31 @@ impl Drop for Own {
     }
 }
 
+/// Starts `$var` (a server binary the test script installs) with `args`, waiting for `port`.
+fn own(var: &str, what: &str, args: &[&str], port: u16) -> Own {
+    let bin = std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} names the {what} binary: run the tests with scripts/test.sh, which installs it"));
+    let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_port(what, port);
+    Own { child, port }
+}
+
 /// A SecantusDB on disk under `path`, so it can be stopped and started again.
 fn own_mongodb(path: &Path, port: u16) -> Own {
-    let bin = std::env::var("DIFFSTREAM_SECANTUS")
-        .expect("DIFFSTREAM_SECANTUS names the SecantusDB server binary: run the tests with scripts/test.sh, which installs it");
-    let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port("SecantusDB", port);
-    Own { child, port }
+    let port_arg = port.to_string();
+    own("DIFFSTREAM_SECANTUS", "SecantusDB", &["--host", "127.0.0.1", "--port", &port_arg, "--storage-path", path.to_str().unwrap()], port)
 }
 
 /// A Tansu broker in memory on a free port.
 fn own_broker() -> Own {
-    let bin = std::env::var("DIFFSTREAM_TANSU")
-        .expect("DIFFSTREAM_TANSU names the Tansu broker binary: run the tests with scripts/test.sh, which installs it");
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port("Tansu", port);
-    Own { child, port }
+    own(
+        "DIFFSTREAM_TANSU",
+        "Tansu",
+        &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"],
+        port,
+    )
 }
 
 fn committed(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {

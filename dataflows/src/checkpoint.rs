@@ -12,6 +12,12 @@ use std::rc::Rc;
 
 use crate::Time;
 
+/// The greatest checkpoint time (a multiple of `every`) below `bound`, if any is at least `from`.
+pub fn checkpoint_in(every: Time, from: Time, bound: Time) -> Option<Time> {
+    let m = bound.checked_sub(1)? / every * every;
+    (m >= from).then_some(m)
+}
+
 /// A part's states at the checkpoint times it passed and no checkpoint was written for yet.
 pub struct Snapshots<S> {
     every: Time,
@@ -27,12 +33,6 @@ impl<S> Snapshots<S> {
         Snapshots { every: every.max(1), applied_below: None, taken: BTreeMap::new() }
     }
 
-    /// The greatest checkpoint time below `bound`, if any is at least `from`.
-    pub fn checkpoint_in(every: Time, from: Time, bound: Time) -> Option<Time> {
-        let m = bound.checked_sub(1)? / every * every;
-        (m >= from).then_some(m)
-    }
-
     /// Every time below `bound` has been applied, and none at or above it: when the span since
     /// the last call holds a checkpoint time, `state()` is kept for it (and for every earlier
     /// checkpoint time of the span: the state did not change in between).
@@ -42,7 +42,7 @@ impl<S> Snapshots<S> {
             self.applied_below = Some(from.max(bound));
             return;
         }
-        if Self::checkpoint_in(self.every, from, bound).is_some() {
+        if checkpoint_in(self.every, from, bound).is_some() {
             self.taken.insert((from, bound), Rc::new(state()));
         }
         self.applied_below = Some(bound);
@@ -77,7 +77,7 @@ mod tests {
         s.forget_through(30);
         assert_eq!(s.at(10), None);
         assert_eq!(s.at(40).as_deref(), Some(&"as of 20, 30 and 40"));
-        assert_eq!(Snapshots::<()>::checkpoint_in(10, 3, 45), Some(40));
-        assert_eq!(Snapshots::<()>::checkpoint_in(10, 41, 45), None);
+        assert_eq!(super::checkpoint_in(10, 3, 45), Some(40));
+        assert_eq!(super::checkpoint_in(10, 41, 45), None);
     }
 }

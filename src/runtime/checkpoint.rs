@@ -111,25 +111,43 @@ pub struct Writer<'a> {
     pub definition: &'a str,
 }
 
-/// The offsets as a checkpoint lists them.
-pub fn bounds(offsets: &BTreeMap<(String, i32), i64>) -> Vec<Bound> {
-    offsets.iter().map(|((topic, partition), next)| Bound { topic: topic.clone(), partition: *partition, next: *next }).collect()
-}
-
-/// A worker's checkpointing: its compacted inputs at checkpoint times, and the last time it
-/// wrote (or restarted from).
+/// A worker's checkpointing: its compacted inputs at checkpoint times, where its partitions
+/// stand, and the last time it wrote (or restarted from).
 pub struct Local<'a> {
     writer: Writer<'a>,
     /// the compacted inputs and the partitions' offsets at each checkpoint time passed
-    pub inputs: Snapshots<(Compacted, Vec<Bound>)>,
+    inputs: Snapshots<(Compacted, Vec<Bound>)>,
+    /// the next offset of every partition this worker has read
+    offsets: BTreeMap<(String, i32), i64>,
     /// the last checkpoint time written or restarted from
-    pub last: Option<Time>,
+    last: Option<Time>,
 }
 
 impl<'a> Local<'a> {
     /// Nothing taken yet.
     pub fn new(writer: Writer<'a>) -> Self {
-        Local { inputs: Snapshots::new(writer.every), writer, last: None }
+        Local { inputs: Snapshots::new(writer.every), writer, offsets: BTreeMap::new(), last: None }
+    }
+
+    /// The run restarted from `part`: its offsets are where the partitions stand.
+    pub fn restored(&mut self, part: &Part) {
+        self.bound(part.offsets.iter().cloned());
+        self.last = Some(part.time);
+    }
+
+    /// Partitions read on to these offsets (as bound to a time).
+    pub fn bound(&mut self, bounds: impl IntoIterator<Item = Bound>) {
+        self.offsets.extend(bounds.into_iter().map(|b| ((b.topic, b.partition), b.next)));
+    }
+
+    /// Every input time below `bound` is in `compactor`, and none at or above it.
+    pub fn passed(&mut self, bound: Time, compactor: &Compactor) {
+        let offsets = &self.offsets;
+        self.inputs.passed(bound, || {
+            let bounds =
+                offsets.iter().map(|((topic, partition), next)| Bound { topic: topic.clone(), partition: *partition, next: *next });
+            (compactor.state(), bounds.collect())
+        });
     }
 
     /// Writes this worker's part of the latest checkpoint time after the last one that every
@@ -155,7 +173,7 @@ impl Writer<'_> {
         sensors: Option<&OpenReadingsLog>,
     ) -> anyhow::Result<Option<Time>> {
         let Some(passed) = frontier else { return Ok(None) };
-        let Some(time) = Snapshots::<()>::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed) else { return Ok(None) };
+        let Some(time) = dataflows::checkpoint::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed) else { return Ok(None) };
         let Some(state) = inputs.at(time) else { return Ok(None) };
         let open = match sensors {
             Some(log) => match log.borrow().at(time) {

@@ -581,14 +581,12 @@ fn run_worker(
     let mut checkpoints = checkpoint_every
         .zip(plan.state_dir.as_deref())
         .map(|(every, dir)| checkpoint::Local::new(checkpoint::Writer { every, dir, worker: index, workers: peers, definition }));
-    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     if let Some(part) = mine {
         epoch = part.time;
         sessions.advance_to(part.time);
         sessions.restore(part);
-        offsets.extend(part.offsets.iter().map(|b| ((b.topic.clone(), b.partition), b.next)));
         if let Some(c) = &mut checkpoints {
-            c.last = Some(part.time);
+            c.restored(part);
         }
     }
     for &t in &replay_times {
@@ -687,11 +685,13 @@ fn run_worker(
         if let Some(r) = &mut reclock {
             let bounds: Vec<reclock::Bound> = inputs.iter_mut().flat_map(|i| i.source.bounds()).collect();
             r.bind(epoch, &bounds)?;
-            offsets.extend(bounds.into_iter().map(|b| ((b.topic, b.partition), b.next)));
+            if let Some(c) = &mut checkpoints {
+                c.bound(bounds);
+            }
         }
         epoch = if streaming { (epoch + 1).max(now_ms()) } else { epoch + 1 };
         if let (Some(c), Some(compactor)) = (&mut checkpoints, &sessions.compactor) {
-            c.inputs.passed(epoch, || (compactor.state(), checkpoint::bounds(&offsets)));
+            c.passed(epoch, compactor);
         }
         sessions.advance_to(epoch);
         worker.step();
@@ -719,7 +719,7 @@ fn run_worker(
     // This worker's inputs are final now; other workers may still read, and checkpoints need
     // every worker's part: it goes on writing its own as the probe passes checkpoint times.
     if let (Some(c), Some(compactor)) = (&mut checkpoints, &sessions.compactor) {
-        c.inputs.passed(Time::MAX, || (compactor.state(), checkpoint::bounds(&offsets)));
+        c.passed(Time::MAX, compactor);
     }
     drop(sessions);
     while !probe.done() {

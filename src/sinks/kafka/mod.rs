@@ -520,6 +520,7 @@ impl KafkaSink {
             }
         }
         let waiting = self.settle_times();
+        let failing = !self.acks.0.lock().expect("ack state").failed.is_empty();
         match waiting {
             Some((_, since)) if since.elapsed() >= STALLED => {
                 let n = self.acks.0.lock().expect("ack state").outstanding.values().sum::<usize>();
@@ -528,7 +529,7 @@ impl KafkaSink {
             }
             // Healthy again once everything resent is acknowledged; healthy all along while
             // nothing failed.
-            _ if !self.acks.0.lock().expect("ack state").failed.is_empty() => {}
+            _ if failing => {}
             None => {
                 self.backoff.succeeded();
                 self.health.ok(self.worker);

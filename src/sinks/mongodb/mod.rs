@@ -3,7 +3,8 @@
 //! A document's `_id` is the row's key (an embedded document such as `{"user_id": 42}`), so
 //! the same row always lands on the same document; it holds the row's fields and `_time`, the
 //! logical time of its last change. Times (`window_start`, `window_end`, an alert's
-//! `timestamp`, in `_id` too) are BSON dates, so range queries, TTL indexes and charts work. For every key a logical time changed, the sink writes one
+//! `timestamp`, in `_id` too) are BSON dates, so range queries, TTL indexes and charts work.
+//! For every key a logical time changed, the sink writes one
 //! operation: a replace-with-upsert of the new row, or a delete when the key was retracted —
 //! a burst of changes to one key within a time is one write. Both are conditional on the
 //! stored `_time` being older, so replaying after a crash can never move a document backwards:
@@ -24,7 +25,8 @@
 //! Retries and errors: a transient failure (server down, network, not primary, …) is retried
 //! with backoff from 100 ms to 10 s, forever, and counted; the time stays unacknowledged
 //! meanwhile, and the sink shows as unhealthy with the error (as it does when a write has
-//! waited more than [`super::health::STALLED`] for a server that stopped answering). A permanent failure of one document (too large, failed validation) is logged and
+//! waited more than [`super::health::STALLED`] for a server that stopped answering). A
+//! permanent failure of one document (too large, failed validation) is logged and
 //! recorded in the `dead_letters` collection with the row, and does not hold the time.
 
 use std::collections::hash_map::Entry;
@@ -230,19 +232,18 @@ impl MongoSink {
 fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &Health, worker: usize, dead: &Namespace) {
     let mut backoff = Backoff::default();
     loop {
-        let result = client.bulk_write(models.to_vec()).ordered(false).run();
-        if !matches!(&result, Err(e) if is_transient(e)) {
-            health.ok(worker);
-        }
-        match result {
-            Ok(_) => return,
-            Err(e) => match &*e.kind {
-                ErrorKind::BulkWrite(b) if b.write_concern_errors.is_empty() => {
-                    // Per-document failures: a duplicate key means a newer document is there.
-                    for (i, we) in &b.write_errors {
-                        if is_duplicate_key(we.code) {
-                            continue;
-                        }
+        let e = match client.bulk_write(models.to_vec()).ordered(false).run() {
+            Ok(_) => {
+                health.ok(worker);
+                return;
+            }
+            Err(e) if is_transient(&e) => e,
+            Err(e) => {
+                // The documents, not the server: per-document failures, where a duplicate key
+                // means a newer document is there.
+                health.ok(worker);
+                if let ErrorKind::BulkWrite(b) = &*e.kind {
+                    for (i, we) in b.write_errors.iter().filter(|(_, we)| !is_duplicate_key(we.code)) {
                         health.rejected.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(code = we.code, message = we.message, "MongoDB rejected a document; it goes to the dead letters");
                         let row = match &models[*i] {
@@ -255,18 +256,15 @@ fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &Health,
                             mongodb::options::InsertOneModel::builder().namespace(dead.clone()).document(letter).build().into();
                         let _ = client.bulk_write([model]).run();
                     }
-                    return;
                 }
-                ErrorKind::Write(WriteFailure::WriteError(we)) if is_duplicate_key(we.code) => return,
-                _ => {
-                    health.retries.fetch_add(1, Ordering::Relaxed);
-                    health.trouble(worker, format!("write failed: {}", e.kind));
-                    let wait = backoff.failed();
-                    tracing::debug!(error = %e.kind, retry_in = ?wait, "MongoDB write failed; retrying");
-                    std::thread::sleep(wait);
-                }
-            },
-        }
+                return;
+            }
+        };
+        health.retries.fetch_add(1, Ordering::Relaxed);
+        health.trouble(worker, format!("write failed: {}", e.kind));
+        let wait = backoff.failed();
+        tracing::debug!(error = %e.kind, retry_in = ?wait, "MongoDB write failed; retrying");
+        std::thread::sleep(wait);
     }
 }
 
