@@ -608,8 +608,8 @@ fn ten_kill_points_never_move_outputs_back() {
     let out = unique("kills-out");
     let group = unique("g");
     let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 40\n");
-    // Checkpoints on, every second; how many killed runs found one to restart from is printed
-    // (in two runs: none, see the session 5 note — the kills come early in each run).
+    // Checkpoints on, every second: a third of the kills come just after a checkpoint, and
+    // every later run must restart from a checkpoint.
     std::fs::write(&cfg, with_runtime(&std::fs::read_to_string(&cfg).unwrap(), "checkpoint_interval = \"1s\"\n")).unwrap();
     let text =
         std::fs::read_to_string(&cfg).unwrap() + &format!("[output.mongodb]\ndatabase = \"{database}\"\nmax_flush_interval = \"20ms\"\n");
@@ -657,33 +657,70 @@ fn ten_kill_points_never_move_outputs_back() {
         producer.send(rdkafka::producer::BaseRecord::to(&topic).key(&key).payload("{broken")).unwrap();
         rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(10)).unwrap();
     };
-    // A seed printed so a failing order of kill points can be run again.
+    // A seed printed so a failing order of kill points can be run again. Three kinds of kill
+    // point, in turn: during start-up (the sinks resuming, the state being rebuilt); just after
+    // the run began reading live (its sinks writing the new chunk, past the last commit); and
+    // just after a new checkpoint is complete, so that the next runs restart from checkpoints.
     let mut seed = std::env::var("KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("kill points: KILL_SEED={seed}");
+    let checkpoints = s.dir.path().join("state").join(&group).join("checkpoints");
+    let latest_complete = || -> Option<u64> {
+        let entries = std::fs::read_dir(&checkpoints).ok()?;
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| (0..2).all(|w| e.path().join(format!("worker-{w}-of-2.bin")).exists()))
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .max()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(60), "no {what} within 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let mut first_checkpoint_kill = None;
     for chunk in 0..CHUNKS - 1 {
         produce(&s.prefix, chunk, &counts);
         malformed(chunk);
-        let log = std::fs::File::create(s.dir.path().join(format!("run-{chunk}.log"))).unwrap();
+        let log_path = s.dir.path().join(format!("run-{chunk}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let before = latest_complete();
         let mut engine = Command::new(bin())
             .args(["run", "--config", killed_cfg.to_str().unwrap(), "-w", "2", "-q", "--log-level", "info"])
             .stderr(log)
             .spawn()
             .unwrap();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let wait = std::time::Duration::from_millis(300 + (seed >> 33) % 3000);
-        std::thread::sleep(wait);
+        let jitter = std::time::Duration::from_millis((seed >> 33) % 300);
+        match chunk % 3 {
+            0 => std::thread::sleep(std::time::Duration::from_millis(300) + jitter * 3),
+            1 => wait_for("live reading", &|| std::fs::read_to_string(&log_path).unwrap().contains("reading the inputs live")),
+            _ => {
+                wait_for("new complete checkpoint", &|| latest_complete() > before);
+                first_checkpoint_kill.get_or_insert(chunk);
+            }
+        }
+        if chunk % 3 != 0 {
+            std::thread::sleep(jitter);
+        }
         assert!(engine.try_wait().unwrap().is_none(), "the engine exited by itself");
         engine.kill().unwrap(); // SIGKILL: no flush, no final commit
         engine.wait().unwrap();
     }
     produce(&s.prefix, CHUNKS - 1, &counts);
     malformed(CHUNKS - 1);
-    let from_checkpoints = (0..CHUNKS - 1)
-        .filter(|c| std::fs::read_to_string(s.dir.path().join(format!("run-{c}.log"))).unwrap().contains("restarting from a checkpoint"))
-        .count();
+    let restarted_from_checkpoint =
+        |c: u64| std::fs::read_to_string(s.dir.path().join(format!("run-{c}.log"))).unwrap().contains("restarting from a checkpoint");
+    let from_checkpoints = (0..CHUNKS - 1).filter(|&c| restarted_from_checkpoint(c)).count();
+    let first = first_checkpoint_kill.expect("a kill after a checkpoint");
+    assert!(
+        (first + 1..CHUNKS - 1).all(restarted_from_checkpoint),
+        "every run after a kill that followed a complete checkpoint restarts from one"
+    );
     eprintln!("{from_checkpoints} of {} killed runs restarted from a checkpoint", CHUNKS - 1);
     diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

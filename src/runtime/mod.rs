@@ -627,6 +627,7 @@ fn run_worker(
         // Above every bound time and a checkpoint's (which may be later than the last binding).
         epoch = now_ms().max(bindings.last.map_or(0, |l| l + 1)).max(epoch + 1);
         sessions.advance_to(epoch);
+        tracing::info!(worker = index, from = epoch, "reading the inputs live");
     }
     loop {
         let stopped = interrupted || STOP.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| start.elapsed() >= d);
