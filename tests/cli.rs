@@ -176,3 +176,48 @@ fn demo_runs_offline_and_writes_outputs() {
     }
     assert!(!snap["user_event_counts"].is_empty());
 }
+
+/// In a file, a reading dated after the run began (year 9999, or two hours from now) is a dead
+/// letter with reason `future` and leaves the watermark alone: the readings after it are not
+/// late, at 1 and 2 workers. Before the guard the 9999 reading made every later one late.
+#[test]
+fn a_file_reading_from_the_future_is_a_dead_letter_and_leaves_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let reading = |ts: &str, value: f64| {
+        format!(r#"{{"sensor_id":"s-1","sensor_type":"temperature","value":{value},"location":"lab","timestamp":"{ts}","status":"ok"}}"#)
+    };
+    let mut lines = vec![reading("9999-12-31T00:00:00Z", 20.0), reading(&diffstream::codec::format_time(now_ms + 2 * 3_600_000), 20.0)];
+    // Historical readings a day ago with a two-hour gap: nothing here is in the future.
+    let day_ago = now_ms - 86_400_000;
+    lines.extend((0..5).map(|i| reading(&diffstream::codec::format_time(day_ago + i * 1000), 20.0 + i as f64)));
+    lines.extend((0..5).map(|i| reading(&diffstream::codec::format_time(day_ago + 7_200_000 + i * 1000), 20.0)));
+    let file = dir.path().join("sensors.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    for workers in ["1", "2"] {
+        let out = dir.path().join(format!("out-{workers}"));
+        diffstream(&[
+            "run",
+            "sensor_metrics",
+            "--input",
+            &format!("sensors={}", file.display()),
+            "--batch-size",
+            "1",
+            "-w",
+            workers,
+            "-q",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]);
+        let snap = snapshots(&out);
+        let dead: Vec<serde_json::Value> = snap["dead_letters"].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+        assert_eq!(reasons.len(), 2, "-w {workers}: two dead letters: {reasons:?}");
+        assert!(reasons.iter().all(|r| r.starts_with("future")), "-w {workers}: {reasons:?}");
+        let counted: u64 = snap["sensor_window_metrics"]
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 10, "-w {workers}: every reading but the two from the future counts");
+    }
+}

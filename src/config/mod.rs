@@ -251,8 +251,9 @@ pub struct SensorConfig {
     pub slide: Option<Duration>,
     /// How far behind the greatest event time seen a reading may arrive. Default `30s`.
     pub allowed_lateness: Duration,
-    /// Streams (Kafka): how far ahead of the clock a reading's event time may be; one further
-    /// ahead is a dead letter with reason `future` and does not move the watermark. Default `1h`.
+    /// How far ahead of the clock a reading's event time may be (for a stream the clock when
+    /// the record was read, for a file the clock when the run began); one further ahead is a
+    /// dead letter with reason `future` and does not move the watermark. Default `1h`.
     pub max_future: Duration,
     /// Normal ranges per sensor type, `type = { min = …, max = … }`, inclusive; they replace
     /// the default for that type (temperature 15–25, humidity 40–60, pressure 1000–1020,

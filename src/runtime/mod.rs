@@ -273,8 +273,11 @@ struct Sessions {
     clicks: Option<InputSession<Time, dataflows::records::Click, isize>>,
     sensors: Option<InputSession<Time, (dataflows::records::Reading, Raw), isize>>,
     dead: InputSession<Time, DeadLetter, isize>,
-    /// streams: how far ahead of its logical time (the clock's milliseconds) a reading may be
-    max_future_ms: Option<i64>,
+    /// how far ahead of its reference a reading's event time may be
+    max_future_ms: i64,
+    /// a file's reference: the clock when the run began (`None`: a stream, whose reference is
+    /// its logical time, the clock's milliseconds when it was read)
+    file_clock_ms: Option<i64>,
     /// with checkpoints: the inputs read so far, compacted
     compactor: Option<checkpoint::Compactor>,
     /// after a restart from a checkpoint: its open-window readings
@@ -307,14 +310,19 @@ impl Sessions {
             // A stream's batch is its logical time, the clock's milliseconds when it was read
             // (the same after a restart): a reading dated far ahead of it lies, and must not move
             // the watermark.
-            InputName::Sensors => codec::decode_reading(bytes, position.clone()).and_then(|r| match self.max_future_ms {
-                Some(m) if r.timestamp > batch as i64 + m => Err(format!(
-                    "future: event time {} is more than {} s ahead of the clock ({})",
-                    codec::format_time(r.timestamp),
-                    m / 1000,
-                    codec::format_time(batch as i64)
-                )),
-                _ => {
+            InputName::Sensors => codec::decode_reading(bytes, position.clone()).and_then(|r| {
+                let (clock, when) = match self.file_clock_ms {
+                    Some(c) => (c, "when the run began"),
+                    None => (batch as i64, "when it was read"),
+                };
+                if r.timestamp > clock.saturating_add(self.max_future_ms) {
+                    Err(format!(
+                        "future: event time {} is more than {} s ahead of the clock {when} ({})",
+                        codec::format_time(r.timestamp),
+                        self.max_future_ms / 1000,
+                        codec::format_time(clock)
+                    ))
+                } else {
                     if let Some(s) = &mut self.sensors {
                         let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
                         s.insert((dataflows::records::Reading { batch, ..r }, raw));
@@ -415,8 +423,10 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Re
         bindings.resume_after(parts[0].time, parts.iter().flat_map(|p| &p.offsets));
     }
     let (plan, bindings, restored, definition) = (Arc::new(plan), Arc::new(bindings), Arc::new(restored), Arc::new(definition));
+    // One clock reading per process, the same for all its workers.
+    let began_ms = now_ms() as i64;
     let guards = timely::execute(config, move |worker| {
-        run_worker(worker, &plan, &bindings, (&restored, &definition), &counters).map_err(|e| format!("{e:#}"))
+        run_worker(worker, &plan, &bindings, (&restored, &definition), began_ms, &counters).map_err(|e| format!("{e:#}"))
     })
     .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
@@ -436,6 +446,7 @@ fn run_worker(
     plan: &Plan,
     bindings: &reclock::Bindings,
     (restored, definition): (&Option<Vec<checkpoint::Part>>, &str),
+    run_began_ms: i64,
     counters: &Counters,
 ) -> anyhow::Result<Option<Report>> {
     let start = Instant::now();
@@ -533,13 +544,18 @@ fn run_worker(
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
         }
         sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);
-        let max_future_ms = streaming.then_some(params.sensors.max_future_ms);
+        // A file has no clock of its own, and a watermark-relative rule would drop every
+        // reading after a legitimate gap in historical data: its readings are judged against
+        // the clock when the run began (no event can have happened after it).
+        let file_clock_ms = (!streaming).then_some(run_began_ms);
+        let max_future_ms = params.sensors.max_future_ms;
         let sessions = Sessions {
             users: users_in,
             clicks: clicks_in,
             sensors: sensors_in,
             dead: dead_in,
             max_future_ms,
+            file_clock_ms,
             compactor: checkpoint_every.map(|_| checkpoint::Compactor::default()),
             restored_sensors: restored_in,
         };
