@@ -55,8 +55,9 @@ pub struct SensorParams {
     pub allowed_lateness_ms: i64,
     /// Inclusive normal range per sensor type; types not listed only alert when flagged.
     pub normal_ranges: Vec<(String, f64, f64)>,
-    /// How far ahead of a stream's logical time (its clock) a reading's event time may be; a
-    /// reading further ahead is a dead letter (`future`) and never moves the watermark.
+    /// How far ahead of the clock a reading's event time may be (a stream's logical time, or
+    /// when a file's run began); a reading further ahead is a dead letter (`future`), decided
+    /// by the runtime before the dataflow, and never moves the watermark.
     pub max_future_ms: i64,
 }
 
