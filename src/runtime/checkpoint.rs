@@ -121,12 +121,46 @@ pub struct Local<'a> {
     offsets: BTreeMap<(String, i32), i64>,
     /// the last checkpoint time written or restarted from
     last: Option<Time>,
+    /// the thread that writes the parts, started with the first
+    background: Option<Background>,
+}
+
+/// A thread of its own serialises, syncs and renames a worker's parts (and on the first worker
+/// prunes old checkpoints), so that a large state does not stall the worker on every
+/// interval. One part may wait while another is written; a third waits for the first.
+struct Background {
+    parts: std::sync::mpsc::SyncSender<Part>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Background {
+    fn start(dir: &Path, worker: usize) -> anyhow::Result<Self> {
+        let (parts, rx) = std::sync::mpsc::sync_channel::<Part>(1);
+        let dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new().name(format!("checkpoint-{worker}")).spawn(move || {
+            for part in rx {
+                let path = write(&dir, &part).map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", dir.display()))?;
+                if worker == 0 {
+                    prune(&dir, 2).map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", dir.display()))?;
+                }
+                tracing::debug!(time = part.time, path = %path.display(), "checkpoint written");
+            }
+            Ok(())
+        })?;
+        Ok(Background { parts, thread })
+    }
+
+    /// Waits for every part handed over, and says why the thread stopped if it failed.
+    fn finish(self) -> anyhow::Result<()> {
+        drop(self.parts);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
+    }
 }
 
 impl<'a> Local<'a> {
     /// Nothing taken yet.
     pub fn new(writer: Writer<'a>) -> Self {
-        Local { inputs: Snapshots::new(writer.every), writer, offsets: BTreeMap::new(), last: None }
+        Local { inputs: Snapshots::new(writer.every), writer, offsets: BTreeMap::new(), last: None, background: None }
     }
 
     /// The run restarted from `part`: its offsets are where the partitions stand.
@@ -150,58 +184,65 @@ impl<'a> Local<'a> {
         });
     }
 
-    /// Writes this worker's part of the latest checkpoint time after the last one that every
-    /// sink has acknowledged (the probe's `frontier` is past it), once every part of this worker
-    /// has its state for that time.
+    /// Hands this worker's part of the latest checkpoint time after the last one that every
+    /// sink has acknowledged (the probe's `frontier` is past it) to the writing thread, once
+    /// every part of this worker has its state for that time.
     pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<()> {
-        if let Some(t) = self.writer.maybe(frontier, self.last, &mut self.inputs, sensors)? {
-            self.last = Some(t);
+        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(()) };
+        self.last = Some(part.time);
+        if self.background.is_none() {
+            self.background = Some(Background::start(self.writer.dir, self.writer.worker)?);
+        }
+        let background = self.background.as_ref().expect("started");
+        if background.parts.send(part).is_err() {
+            // The thread stopped: it failed, and says why.
+            return self.finish();
         }
         Ok(())
+    }
+
+    /// Waits until every part handed over is written.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        match self.background.take() {
+            Some(b) => b.finish(),
+            None => Ok(()),
+        }
     }
 }
 
 impl Writer<'_> {
-    /// Writes this worker's part of the latest checkpoint time after `last` that every sink
-    /// has acknowledged (the probe's `frontier` is past it), once every part of this worker has
-    /// its state for that time; returns the time written.
-    fn maybe(
+    /// This worker's part of the latest checkpoint time after `last` that every sink has
+    /// acknowledged (the probe's `frontier` is past it), once every part of this worker has its
+    /// state for that time. The states through that time are forgotten: the part takes them
+    /// (copying only what a later time still shares).
+    fn take(
         &self,
         frontier: Option<Time>,
         last: Option<Time>,
         inputs: &mut Snapshots<(Compacted, Vec<Bound>)>,
         sensors: Option<&OpenReadingsLog>,
-    ) -> anyhow::Result<Option<Time>> {
-        let Some(passed) = frontier else { return Ok(None) };
-        let Some(time) = dataflows::checkpoint::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed) else { return Ok(None) };
-        let Some(state) = inputs.at(time) else { return Ok(None) };
+    ) -> Option<Part> {
+        let passed = frontier?;
+        let time = dataflows::checkpoint::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed)?;
+        let state = inputs.at(time)?;
         let open = match sensors {
-            Some(log) => match log.borrow().at(time) {
-                Some(s) => Some((*s).clone()),
-                None => return Ok(None),
-            },
+            Some(log) => Some(log.borrow().at(time)?),
             None => None,
         };
-        let (compacted, offsets) = &*state;
-        let part = Part {
-            time,
-            worker: self.worker,
-            workers: self.workers,
-            definition: self.definition.to_string(),
-            offsets: offsets.clone(),
-            inputs: compacted.clone(),
-            sensors: open,
-        };
-        let path = write(self.dir, &part).map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", self.dir.display()))?;
         inputs.forget_through(time);
         if let Some(log) = sensors {
             log.borrow_mut().forget_through(time);
         }
-        if self.worker == 0 {
-            prune(self.dir, 2).map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", self.dir.display()))?;
-        }
-        tracing::debug!(time, path = %path.display(), "checkpoint written");
-        Ok(Some(time))
+        let (compacted, offsets) = std::rc::Rc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone());
+        Some(Part {
+            time,
+            worker: self.worker,
+            workers: self.workers,
+            definition: self.definition.to_string(),
+            offsets,
+            inputs: compacted,
+            sensors: open.map(|s| std::rc::Rc::try_unwrap(s).unwrap_or_else(|shared| (*shared).clone())),
+        })
     }
 }
 

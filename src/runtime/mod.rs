@@ -746,6 +746,9 @@ fn run_worker(
         }
         tick(&jsonl, epoch, false);
     }
+    if let Some(c) = &mut checkpoints {
+        c.finish()?;
+    }
     for input in &mut inputs {
         input.source.acknowledged(None);
     }
