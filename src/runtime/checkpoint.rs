@@ -139,11 +139,12 @@ impl Background {
         let dir = dir.to_path_buf();
         let thread = std::thread::Builder::new().name(format!("checkpoint-{worker}")).spawn(move || {
             for part in rx {
+                let began = std::time::Instant::now();
                 let path = write(&dir, &part).map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", dir.display()))?;
                 if worker == 0 {
                     prune(&dir, 2).map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", dir.display()))?;
                 }
-                tracing::debug!(time = part.time, path = %path.display(), "checkpoint written");
+                tracing::debug!(time = part.time, path = %path.display(), took = ?began.elapsed(), "checkpoint written");
             }
             Ok(())
         })?;
