@@ -181,6 +181,37 @@ pub fn stash_by_time<D, P>(
     });
 }
 
+/// Like [`Stash`], but keeping the containers as they came: for large records, moving each one
+/// into a per-time vector (and growing it) costs more than the operator's work on it.
+pub type ContainerStash<D> = std::collections::BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Vec<(D, Time, isize)>>)>;
+
+/// [`stash_by_time`] for a [`ContainerStash`]: a container whose updates share one time (an
+/// input batch's always do) is stashed whole; another is split by time.
+pub fn stash_containers_by_time<D, P>(
+    input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
+    stash: &mut ContainerStash<D>,
+    port: usize,
+) where
+    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(D, Time, isize)>>>,
+{
+    input.for_each_stamp(|cap, data| {
+        for batch in data {
+            let Some(t) = batch.first().map(|(_, t, _)| *t) else { continue };
+            if batch.iter().all(|(_, u, _)| *u == t) {
+                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push(std::mem::take(batch));
+                continue;
+            }
+            let mut by_time: std::collections::BTreeMap<Time, Vec<(D, Time, isize)>> = Default::default();
+            for update in batch.drain(..) {
+                by_time.entry(update.1).or_default().push(update);
+            }
+            for (t, updates) in by_time {
+                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push(updates);
+            }
+        }
+    });
+}
+
 /// An equi-join for a totally ordered time that keeps each key's current values in a hash map
 /// instead of two arrangements: each completed time, in order, emits for every key it changed
 /// `ΔA·B + A·ΔB + ΔA·ΔB` — exactly the updates differential's `join` would produce — then

@@ -6,7 +6,7 @@
 //! sensors ────────┴─▶ ClassifyLateness ◀──────────────────────┘              │
 //!                       │ accepted               │ late ─▶ dead letters      │
 //!                       ├─▶ alerts ─▶ anomaly_alerts                         │
-//!                       └─▶ exchange(type, location) ─▶ Windows ◀────────────┘ ─▶ sensor_window_metrics
+//!                       └─▶ PreAggregate ─▶ exchange(type, location) ─▶ Windows ◀┘ ─▶ sensor_window_metrics
 //! ```
 //!
 //! Time: every input batch `b` (a reading's [`Reading::batch`]; a logical time holds one or
@@ -40,7 +40,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::OkErr;
 use timely::progress::frontier::MutableAntichain;
 
-use crate::ops::{stash_by_time, FastMap, Stash};
+use crate::ops::{stash_by_time, stash_containers_by_time, ContainerStash, FastMap, Stash};
 use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
 use crate::{Coll, Time};
 
@@ -241,10 +241,10 @@ pub fn sensor_metrics<'s>(
         .inner
         .binary_frontier(maxima.clone(), Pipeline, Pipeline, "ClassifyLateness", |_cap, _info| {
             let p = classify_params;
-            let mut pending: Stash<(Reading, Raw)> = BTreeMap::new();
+            let mut pending: ContainerStash<(Reading, Raw)> = BTreeMap::new();
             let mut maxima = Maxima::default();
             move |(input, _frontier), (max_input, max_frontier), output| {
-                stash_by_time(input, &mut pending, output.output_index());
+                stash_containers_by_time(input, &mut pending, output.output_index());
                 read_maxima(max_input, &mut maxima, true);
                 // A time can be judged once the maxima of all its batches and of every earlier
                 // one are known: once the maxima's frontier has passed it.
@@ -255,7 +255,7 @@ pub fn sensor_metrics<'s>(
                     }
                     let (t, (cap, records)) = entry.remove_entry();
                     let mut session = output.session(&cap);
-                    for ((reading, raw), diff) in records {
+                    for ((reading, raw), _, diff) in records.into_iter().flatten() {
                         let w = maxima.max_before(reading.batch).map(|m| m - p.allowed_lateness_ms);
                         if p.is_late(reading.timestamp, w) {
                             let dead = DeadLetter {
@@ -305,14 +305,18 @@ pub fn sensor_metrics<'s>(
     let alerts: Coll<'s, AnomalyAlert> = alerts.as_collection();
     let open_readings = checkpoint_every.map(|every| keep_open_readings(accepted.clone(), params, every));
 
+    // Each worker folds its accepted readings of a container into one partial aggregate per
+    // (time, type, location, window) before the exchange: the windows' worker gets a few
+    // partials per batch instead of every reading with its strings (and merges them exactly:
+    // `ExactSum`s add associatively, min and max are order-free).
+    let partials = pre_aggregate(accepted, params, floor);
     let window_params = params.clone();
     let wm = watermark.clone();
-    let exchange = Exchange::new(|(r, _t, _d): &(Reading, Time, isize)| (&r.sensor_type, &r.location).hashed());
-    let window_metrics = accepted
-        .inner
+    let exchange = Exchange::new(|(w, _t, _d): &(Partial, Time, isize)| (&w.sensor_type, &w.location).hashed());
+    let window_metrics = partials
         .binary_frontier(maxima, exchange, Pipeline, "Windows", move |_cap, _info| {
             let p = window_params;
-            let mut pending: Stash<Reading> = BTreeMap::new();
+            let mut pending: Stash<Partial> = BTreeMap::new();
             let mut maxima = Maxima::default();
             let mut windows = Windows::default();
             move |(input, frontier), (max_input, max_frontier), output| {
@@ -326,20 +330,16 @@ pub fn sensor_metrics<'s>(
                 let closed = |t: &Time| done.is_none_or(|d| *t < d);
                 while pending.first_key_value().is_some_and(|(t, _)| closed(t)) {
                     let (t, (cap, records)) = pending.pop_first().expect("checked");
-                    for (r, diff) in records {
-                        debug_assert!(diff > 0, "sensor readings are append-only");
-                        let group = windows.group(r.sensor_type, r.location);
-                        // (Readings restored from a checkpoint may also lie in windows that were
-                        // final then; every other reading's windows are all open.)
-                        for start in p.window_starts(r.timestamp).filter(|s| s + p.size_ms > floor) {
-                            windows.add(start, group, r.value.0, r.anomaly, diff as u64);
-                        }
+                    for (w, diff) in records {
+                        debug_assert_eq!(diff, 1, "partials are inserted once");
+                        let group = windows.groups.get(&w.sensor_type, &w.location);
+                        windows.merge(w.start, group, &w.agg);
                     }
                     // Each window the batch touched: retract its old row, insert the new one.
                     let mut session = output.session(&cap);
                     for (start, group) in windows.touched.drain(..) {
                         let slot = windows.open.get_mut(&start).and_then(|g| g.get_mut(&group)).expect("a touched window is open");
-                        let (ty, loc) = &windows.names[group as usize];
+                        let (ty, loc) = &windows.groups.names[group as usize];
                         if let Some(Some(old)) = slot.before.take() {
                             session.give((old.row(ty, loc, start, p.size_ms), t, -1));
                         }
@@ -371,6 +371,44 @@ pub fn sensor_metrics<'s>(
         .as_collection();
 
     SensorOutputs { window_metrics, alerts, late: late.as_collection(), watermark, open_readings }
+}
+
+/// Accepted readings folded into one [`Partial`] per (time, sensor type, location, window
+/// start) once the time is complete on this worker; windows that were final at a restored
+/// checkpoint (ending at or before `floor`) are left out, a no-op for every reading but
+/// restored ones.
+fn pre_aggregate<'s>(
+    accepted: Coll<'s, Reading>,
+    params: &SensorParams,
+    floor: Millis,
+) -> timely::dataflow::Stream<'s, Time, Vec<(Partial, Time, isize)>> {
+    let p = params.clone();
+    accepted.inner.unary_frontier(Pipeline, "PreAggregate", move |_cap, _info| {
+        let mut groups = Groups::default();
+        let mut open: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, FastMap<(u32, Millis), Agg>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                for container in data {
+                    for (r, t, diff) in container.drain(..) {
+                        debug_assert!(diff > 0, "sensor readings are append-only");
+                        let folded = &mut open.entry(t).or_insert_with(|| (cap.delayed(&t, 0), FastMap::default())).1;
+                        let group = groups.get(&r.sensor_type, &r.location);
+                        for start in p.window_starts(r.timestamp).filter(|s| s + p.size_ms > floor) {
+                            folded.entry((group, start)).or_default().add(r.value.0, r.anomaly, diff as u64);
+                        }
+                    }
+                }
+            });
+            while open.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
+                let (t, (cap, folded)) = open.pop_first().expect("checked");
+                let mut session = output.session(&cap);
+                for ((group, start), agg) in folded {
+                    let (sensor_type, location) = &groups.names[group as usize];
+                    session.give((Partial { sensor_type: sensor_type.clone(), location: location.clone(), start, agg }, t, 1));
+                }
+            }
+        }
+    })
 }
 
 /// Keeps the accepted readings that still have an open window (indexed by their newest
@@ -485,39 +523,55 @@ enum Classified {
     Late(DeadLetter),
 }
 
+/// Group numbers of (sensor type, location) pairs seen, so that the hot path hashes borrowed
+/// strings and allocates only for a new pair.
+#[derive(Default)]
+struct Groups {
+    numbers: FastMap<String, FastMap<String, u32>>,
+    /// (sensor type, location) of each group number
+    names: Vec<(String, String)>,
+}
+
+impl Groups {
+    fn get(&mut self, sensor_type: &str, location: &str) -> u32 {
+        if let Some(g) = self.numbers.get(sensor_type).and_then(|l| l.get(location)) {
+            return *g;
+        }
+        let g = self.names.len() as u32;
+        self.names.push((sensor_type.to_string(), location.to_string()));
+        self.numbers.entry(sensor_type.to_string()).or_default().insert(location.to_string(), g);
+        g
+    }
+}
+
 /// Open windows, indexed by window start, then by (sensor type, location) group.
 #[derive(Default)]
 struct Windows {
     /// window start → group → aggregate
     open: BTreeMap<Millis, FastMap<u32, Slot>>,
-    /// group numbers of (sensor type, location) pairs seen, so that the hot path hashes
-    /// borrowed strings and allocates only for a new pair
-    groups: FastMap<String, FastMap<String, u32>>,
-    /// (sensor type, location) of each group number
-    names: Vec<(String, String)>,
+    groups: Groups,
     /// windows the current batch changed, each once
     touched: Vec<(Millis, u32)>,
 }
 
 impl Windows {
-    fn group(&mut self, sensor_type: String, location: String) -> u32 {
-        if let Some(g) = self.groups.get(sensor_type.as_str()).and_then(|l| l.get(location.as_str())) {
-            return *g;
-        }
-        let g = self.names.len() as u32;
-        self.names.push((sensor_type.clone(), location.clone()));
-        self.groups.entry(sensor_type).or_default().insert(location, g);
-        g
-    }
-
-    fn add(&mut self, start: Millis, group: u32, value: f64, anomaly: bool, n: u64) {
+    fn merge(&mut self, start: Millis, group: u32, part: &Agg) {
         let slot = self.open.entry(start).or_default().entry(group).or_default();
         if slot.before.is_none() {
             slot.before = Some((slot.agg.count > 0).then_some(slot.agg));
             self.touched.push((start, group));
         }
-        slot.agg.add(value, anomaly, n);
+        slot.agg.merge(part);
     }
+}
+
+/// Part of one window's aggregate: what one worker's container of accepted readings adds to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Partial {
+    sensor_type: String,
+    location: String,
+    start: Millis,
+    agg: Agg,
 }
 
 /// One open window: its aggregate, and while a batch changes it, the aggregate before the
@@ -529,7 +583,7 @@ struct Slot {
 }
 
 /// Running aggregate of one window.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Agg {
     count: u64,
     sum: ExactSum,
@@ -553,6 +607,20 @@ impl Agg {
             self.anomalies += u64::from(anomaly);
         }
     }
+    fn merge(&mut self, other: &Agg) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.count += other.count;
+        self.sum.merge(other.sum);
+        self.anomalies += other.anomalies;
+    }
     fn row(&self, sensor_type: &str, location: &str, start: Millis, size_ms: i64) -> WindowMetric {
         WindowMetric {
             sensor_type: sensor_type.to_string(),
@@ -573,7 +641,7 @@ impl Agg {
 /// reading) and added as a 128-bit integer, which is associative where float addition is not.
 /// Terms beyond ±2⁶² saturate; decoding keeps readings within ±10⁹ (`out_of_range`), so a
 /// window's sum stays exact up to 9·10⁹ readings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExactSum(i128);
 
 impl ExactSum {
@@ -582,6 +650,11 @@ impl ExactSum {
     /// Adds a term.
     pub fn add(&mut self, v: f64) {
         self.0 = self.0.saturating_add((v * Self::SCALE).round() as i128);
+    }
+
+    /// Adds another sum's terms.
+    pub fn merge(&mut self, other: ExactSum) {
+        self.0 = self.0.saturating_add(other.0);
     }
 
     /// The sum, rounded once to the nearest `f64`.
