@@ -308,12 +308,29 @@ where
 }
 
 /// Adds `changes` to the multiset `values`, dropping what cancels.
-fn apply<V: Eq>(values: &mut Vec<(V, isize)>, changes: Vec<(V, isize)>) {
+fn apply<V: Eq>(values: &mut Vec<(V, isize)>, mut changes: Vec<(V, isize)>) {
+    // Retractions first, so that an update's `+new` takes the slot its `-old` emptied.
+    changes.sort_by_key(|(_, r)| *r > 0);
     for (v, r) in changes {
-        match values.iter_mut().find(|(x, _)| *x == v) {
-            Some(e) => e.1 += r,
-            None => values.push((v, r)),
-        }
+        multiset_add(values, v, r);
     }
     values.retain(|(_, r)| *r != 0);
+}
+
+/// Adds `diff` copies of `value` to the small multiset `values` (a key's current values), keeping
+/// it as small as it can be: a value whose count fell to zero leaves its slot to the next new
+/// value, so an update's `-old`, `+new` leave one element, and the first few slots are
+/// allocated one at a time (`Vec`'s growth would allocate four at once: at millions of keys,
+/// most of the memory). Zero counts stay until the caller drops them.
+pub fn multiset_add<V: Eq>(values: &mut Vec<(V, isize)>, value: V, diff: isize) {
+    if let Some(e) = values.iter_mut().find(|(x, _)| *x == value) {
+        e.1 += diff;
+    } else if let Some(e) = values.iter_mut().find(|(_, r)| *r == 0) {
+        *e = (value, diff);
+    } else {
+        if values.len() == values.capacity() && values.len() < 4 {
+            values.reserve_exact(1);
+        }
+        values.push((value, diff));
+    }
 }

@@ -134,10 +134,11 @@ impl Sink for JsonlSink {
                 self.error = Some(e);
             }
         }
-        // Insertions first: a key's `+new` then finds its entry still there when `-old` empties
-        // it of the old row, so a change neither frees nor reallocates the entry.
-        let (adds, retractions): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d > 0);
-        for (row, diff) in adds.into_iter().chain(retractions) {
+        // Retractions first: a key's `-old` leaves its slot at count zero and `+new` takes it,
+        // so a change neither frees nor reallocates the entry (nor grows it to four rows).
+        let (retractions, adds): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d < 0);
+        let mut emptied = Vec::new();
+        for (row, diff) in retractions.into_iter().chain(adds) {
             if let Some(runs) = self.append.as_mut().filter(|_| row.output().append_only()) {
                 let encoded = SnapshotRow { output: row.output(), key: row.key(), row: row.row(), count: diff };
                 if let Err(e) = runs.push(encoded) {
@@ -148,17 +149,17 @@ impl Sink for JsonlSink {
             }
             let hash = row.key_hash();
             let rows = self.state.entry(hash).or_default();
-            match rows.iter().position(|(r, _)| *r == row) {
-                Some(i) => {
-                    rows[i].1 += diff;
-                    if rows[i].1 == 0 {
-                        rows.swap_remove(i);
-                        if rows.is_empty() {
-                            self.state.remove(&hash);
-                        }
-                    }
+            dataflows::ops::multiset_add(rows, row, diff);
+            if rows.iter().any(|(_, n)| *n == 0) {
+                emptied.push(hash);
+            }
+        }
+        for hash in emptied {
+            if let Some(rows) = self.state.get_mut(&hash) {
+                rows.retain(|(_, n)| *n != 0);
+                if rows.is_empty() {
+                    self.state.remove(&hash);
                 }
-                None => rows.push((row, diff)),
             }
         }
     }
