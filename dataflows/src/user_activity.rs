@@ -1,9 +1,9 @@
 //! `user_activity`: each user's latest profile joined with their click count.
 //!
 //! ```text
-//! users ──latest_local──exchange(user_id)──LatestProfiles──(user_id, (name, email))──┐
-//!                                                             join_total ──▶ user_activity
-//! clicks ──clicks_per_user─────────────────────────────────────────────────┘  {user_id, name, email, event_count}
+//! users ──latest_local──exchange(user_id)──┐
+//!                                          LatestProfileJoin ──▶ user_activity
+//! clicks ──per-user counts──exchange(user_id)──┘  {user_id, name, email, event_count}
 //! ```
 //!
 //! "Latest" is the profile version with the highest source position (line in a file, offset in
@@ -12,9 +12,10 @@
 //! retracts the old row and inserts the new one; clicks that arrive before the profile are
 //! counted and join when it arrives.
 //!
-//! The profiles are an upsert input: `LatestProfiles` keeps only each user's latest version
-//! (position, name, e-mail), so superseded versions are dropped as soon as they are outranked
-//! and state grows with the number of users, not of profile updates.
+//! The profiles are an upsert input: `LatestProfileJoin` keeps only each user's latest version
+//! (position, name, e-mail) beside their count, in one map, so superseded versions are dropped
+//! as soon as they are outranked and state grows with the number of users, not of profile
+//! updates.
 
 use std::collections::BTreeMap;
 
@@ -22,38 +23,101 @@ use differential_dataflow::{AsCollection, Hashable};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::ops::{stash_by_time, FastMap, JoinTotal, LatestLocal, Stash};
+use crate::ops::{multiset_apply, stash_by_time, FastMap, LatestLocal, Stash};
 use crate::records::{Id, Position, User, UserActivity};
 use crate::{Coll, Time};
 
-/// Each user's latest `(name, email)`: a new latest version retracts the previous row.
-pub fn latest_profiles<'s>(users: Coll<'s, User>) -> Coll<'s, (Id, (String, String))> {
-    let exchange = Exchange::new(|(u, _, _): &(User, Time, isize)| u.user_id.hashed());
+/// A user's state in [`user_activity`]: the latest profile version and the current click
+/// counts (one value at a consistent time).
+#[derive(Default)]
+struct Joined {
+    profile: Option<(Position, String, String)>,
+    counts: Vec<(isize, isize)>,
+}
+
+/// The `user_activity` output: each user's latest profile joined with their click count, in
+/// one operator and one map keyed by user (exchanged by user id), so that a profile is kept
+/// once — not once to pick the latest version and again in a join's state. Each completed
+/// time, in order, retracts the rows of every user it changed and inserts the new ones (none
+/// when a newer version changed nothing).
+pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> Coll<'s, UserActivity> {
+    let left = Exchange::new(|(u, _, _): &(User, Time, isize)| u.user_id.hashed());
+    let right = Exchange::new(|((k, _), _, _): &((Id, isize), Time, isize)| k.hashed());
     users
         .latest_local(|u: &User| u.user_id.clone(), |u: &User| u.position.clone())
         .inner
-        .unary_frontier(exchange, "LatestProfiles", |_cap, _info| {
-            let mut pending: Stash<User> = BTreeMap::new();
-            let mut latest: FastMap<Id, (Position, String, String)> = FastMap::default();
-            move |(input, frontier), output| {
-                stash_by_time(input, &mut pending, output.output_index());
-                while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
-                    let (t, (cap, versions)) = pending.pop_first().expect("checked");
-                    let mut session = output.session(&cap);
+        .binary_frontier(per_user.inner, left, right, "LatestProfileJoin", |_cap, _info| {
+            let mut profiles: Stash<User> = BTreeMap::new();
+            let mut counts: Stash<(Id, isize)> = BTreeMap::new();
+            let mut state: FastMap<Id, Joined> = FastMap::default();
+            move |(in1, f1), (in2, f2), output| {
+                stash_by_time(in1, &mut profiles, output.output_index());
+                stash_by_time(in2, &mut counts, output.output_index());
+                loop {
+                    let next = match (profiles.keys().next(), counts.keys().next()) {
+                        (Some(a), Some(b)) => *a.min(b),
+                        (Some(a), None) => *a,
+                        (None, Some(b)) => *b,
+                        (None, None) => break,
+                    };
+                    if f1.less_equal(&next) || f2.less_equal(&next) {
+                        break;
+                    }
+                    let (cap1, versions) = profiles.remove(&next).map_or((None, Vec::new()), |(c, d)| (Some(c), d));
+                    let (cap2, changes) = counts.remove(&next).map_or((None, Vec::new()), |(c, d)| (Some(c), d));
+                    let cap = cap1.or(cap2).expect("a pending time has a capability");
+                    let mut by_user: FastMap<Id, (Option<User>, Vec<(isize, isize)>)> = FastMap::default();
                     for (u, diff) in versions {
                         debug_assert!(diff > 0, "profiles are insert-only");
-                        let newer = |(p, ..): &(Position, String, String)| u.position > *p;
-                        match latest.get_mut(&u.user_id) {
-                            Some(current) if newer(current) => {
-                                let (_, name, email) = std::mem::replace(current, (u.position, u.name.clone(), u.email.clone()));
-                                session.give(((u.user_id.clone(), (name, email)), t, -1));
-                                session.give(((u.user_id, (u.name, u.email)), t, 1));
+                        let newest = &mut by_user.entry(u.user_id.clone()).or_default().0;
+                        if newest.as_ref().is_none_or(|n| u.position > n.position) {
+                            *newest = Some(u);
+                        }
+                    }
+                    for ((k, n), diff) in changes {
+                        by_user.entry(k).or_default().1.push((n, diff));
+                    }
+                    let mut session = output.session(&cap);
+                    for (user_id, (newest, count_changes)) in by_user {
+                        let joined = state.entry(user_id.clone()).or_default();
+                        let newer = newest.filter(|u| joined.profile.as_ref().is_none_or(|(p, ..)| u.position > *p));
+                        if newer.is_none() && count_changes.is_empty() {
+                            continue;
+                        }
+                        let old_profile = match &newer {
+                            Some(_) => joined.profile.take(),
+                            None => joined.profile.clone(),
+                        };
+                        let old_counts = joined.counts.clone();
+                        multiset_apply(&mut joined.counts, count_changes);
+                        if let Some(u) = newer {
+                            joined.profile = Some((u.position, u.name, u.email));
+                        }
+                        let same_profile = match (&old_profile, &joined.profile) {
+                            (Some((_, n1, e1)), Some((_, n2, e2))) => n1 == n2 && e1 == e2,
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        if !(same_profile && old_counts == joined.counts) {
+                            let row = |(_, name, email): &(Position, String, String), n: isize| UserActivity {
+                                user_id: user_id.clone(),
+                                name: name.clone(),
+                                email: email.clone(),
+                                event_count: n as i64,
+                            };
+                            if let Some(p) = &old_profile {
+                                for (n, r) in &old_counts {
+                                    session.give((row(p, *n), next, -r));
+                                }
                             }
-                            Some(_) => {}
-                            None => {
-                                latest.insert(u.user_id.clone(), (u.position, u.name.clone(), u.email.clone()));
-                                session.give(((u.user_id, (u.name, u.email)), t, 1));
+                            if let Some(p) = &joined.profile {
+                                for (n, r) in &joined.counts {
+                                    session.give((row(p, *n), next, *r));
+                                }
                             }
+                        }
+                        if joined.profile.is_none() && joined.counts.is_empty() {
+                            state.remove(&user_id);
                         }
                     }
                 }
@@ -61,14 +125,4 @@ pub fn latest_profiles<'s>(users: Coll<'s, User>) -> Coll<'s, (Id, (String, Stri
         })
         .container::<Vec<_>>()
         .as_collection()
-}
-
-/// The `user_activity` output.
-pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> Coll<'s, UserActivity> {
-    latest_profiles(users).join_total(per_user).map(|(user_id, ((name, email), n))| UserActivity {
-        user_id,
-        name,
-        email,
-        event_count: n as i64,
-    })
 }
