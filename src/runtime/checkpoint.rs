@@ -188,8 +188,9 @@ impl<'a> Local<'a> {
     /// Hands this worker's part of the latest checkpoint time after the last one that every
     /// sink has acknowledged (the probe's `frontier` is past it) to the writing thread, once
     /// every part of this worker has its state for that time.
-    pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<()> {
-        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(()) };
+    /// Returns whether it handed one over.
+    pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<bool> {
+        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(false) };
         self.last = Some(part.time);
         if self.background.is_none() {
             self.background = Some(Background::start(self.writer.dir, self.writer.worker)?);
@@ -197,9 +198,9 @@ impl<'a> Local<'a> {
         let background = self.background.as_ref().expect("started");
         if background.parts.send(part).is_err() {
             // The thread stopped: it failed, and says why.
-            return self.finish();
+            self.finish()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Waits until every part handed over is written.
@@ -308,6 +309,11 @@ fn listing(state: &Path) -> io::Result<BTreeMap<Time, Listed>> {
         out.insert(time, Listed { dir: path, parts });
     }
     Ok(out)
+}
+
+/// The time of the latest complete checkpoint under `state`, if any.
+pub fn latest_complete(state: &Path) -> io::Result<Option<Time>> {
+    Ok(listing(state)?.into_iter().rev().find(|(_, l)| l.complete().is_some()).map(|(t, _)| t))
 }
 
 /// The latest complete checkpoint under `state` — every part of its layout present — with all

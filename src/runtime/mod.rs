@@ -729,7 +729,13 @@ fn run_worker(
             input.source.acknowledged(frontier);
         }
         if let Some(c) = &mut checkpoints {
-            c.maybe(frontier, open_readings.as_ref())?;
+            // Each interval, the bindings through the latest complete checkpoint are compacted.
+            if c.maybe(frontier, open_readings.as_ref())? {
+                let dir = plan.state_dir.as_deref().expect("checkpoints need a state directory");
+                if let (Some(r), Some(done)) = (&mut reclock, checkpoint::latest_complete(dir)?) {
+                    r.compact_through(done)?;
+                }
+            }
         }
         tick(&jsonl, epoch, false);
     }

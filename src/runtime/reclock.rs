@@ -150,6 +150,41 @@ impl Reclock {
         Ok(Reclock { file, path, line: String::new() })
     }
 
+    /// Drops the lines a restart no longer needs once a checkpoint at `time` is complete: of
+    /// the bindings at or before it, each partition keeps only its latest (so a replay from the
+    /// beginning reads everything up to it at that one time, whose outputs the sinks already
+    /// have); the later ones stay. The log is rewritten (temporary file, sync, rename), so it
+    /// grows with the time since the last checkpoint, not with the run's age.
+    pub fn compact_through(&mut self, time: Time) -> io::Result<()> {
+        let err = |e: io::Error| io::Error::new(e.kind(), format!("compacting {}: {e}", self.path.display()));
+        let mut text = Vec::new();
+        File::open(&self.path).and_then(|mut f| f.read_to_end(&mut text)).map_err(err)?;
+        let mut latest: HashMap<(String, i32), (Time, &[u8])> = HashMap::new();
+        let mut after: Vec<&[u8]> = Vec::new();
+        for line in text.split_inclusive(|&b| b == b'\n').filter(|l| l.ends_with(b"\n")) {
+            let Some((t, topic, partition, _)) = parse(&line[..line.len() - 1]) else { continue };
+            if t > time {
+                after.push(line);
+            } else if latest.get(&(topic.clone(), partition)).is_none_or(|(u, _)| *u <= t) {
+                latest.insert((topic, partition), (t, line));
+            }
+        }
+        let mut kept: Vec<(Time, &[u8])> = latest.into_values().collect();
+        kept.sort_unstable();
+        let tmp = self.path.with_extension("compacting");
+        let mut out = File::create(&tmp).map_err(err)?;
+        for line in kept.iter().map(|(_, l)| *l).chain(after) {
+            out.write_all(line).map_err(err)?;
+        }
+        out.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        self.file = OpenOptions::new().append(true).read(true).open(&self.path).map_err(err)?;
+        Ok(())
+    }
+
     /// Makes `bounds` at `time` durable: when this returns, a restart reads them.
     pub fn bind(&mut self, time: Time, bounds: &[Bound]) -> io::Result<()> {
         if bounds.is_empty() {
@@ -203,6 +238,27 @@ mod tests {
         assert_eq!(loaded.of("clicks", 1), vec![(7, 3), (12, 4)]);
         assert_eq!(loaded.last, Some(12));
         assert_eq!(by_time(&loaded).len(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_each_partitions_latest_binding_through_a_checkpoint_and_all_after() {
+        let dir = std::env::temp_dir().join(format!("diffstream-reclock-compact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = Reclock::open(&dir, 0).unwrap();
+        let b = |p: i32, next: i64| Bound { topic: "clicks".into(), partition: p, next };
+        r.bind(1, &[b(0, 5), b(1, 2)]).unwrap();
+        r.bind(2, &[b(0, 9)]).unwrap();
+        r.bind(4, &[b(0, 12), b(1, 7)]).unwrap();
+        r.bind(6, &[b(1, 8)]).unwrap();
+        r.compact_through(3).unwrap();
+        // appends go on after the rewrite
+        r.bind(8, &[b(0, 20)]).unwrap();
+        let loaded = load(&dir).unwrap();
+        assert_eq!(loaded.of("clicks", 0), vec![(2, 9), (4, 12), (8, 20)]);
+        assert_eq!(loaded.of("clicks", 1), vec![(1, 2), (4, 7), (6, 8)]);
+        let lines = std::fs::read_to_string(dir.join("bindings/worker-0.log")).unwrap().lines().count();
+        assert_eq!(lines, 6, "two lines at or before the checkpoint, four after");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
