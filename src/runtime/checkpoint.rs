@@ -9,19 +9,21 @@
 //! its part at the same time without talking ([`dataflows::checkpoint::Snapshots`]); each writes
 //! it once the sinks' probe has passed the time, as
 //! `<state_dir>/checkpoints/<time>/worker-<i>-of-<n>.bin` (bincode, written to a temporary file,
-//! synced, renamed). A checkpoint is complete when every worker's file is there; the two latest
-//! complete ones are kept.
+//! synced, renamed, on a thread of the worker's own). Each process keeps its parts of the
+//! [`KEEP`] latest checkpoints it has whole.
 //!
-//! A restart loads the latest complete checkpoint: each worker inserts its part at the
-//! checkpoint time, every partition is read from the checkpoint's offset (the bindings after
-//! it are replayed as before), and the sinks resume from their own progress as before. A
-//! checkpoint written by another worker layout, or for other dataflows or parameters, is
-//! refused with a message saying what to do; `[runtime] restart = "replay"` ignores
-//! checkpoints and reads every input again from where it began. Processes of a cluster find
-//! each other's files only in a shared state directory; without one, a restart replays.
+//! A restart uses the latest checkpoint time at which every process's own state directory
+//! (shared or not) holds all its workers' parts ([`local_times`], agreed on through the
+//! dataflow by the runtime): each worker inserts its part at the checkpoint time, every
+//! partition is read from the checkpoint's offset (the bindings after it are replayed as
+//! before), and the sinks resume from their own progress as before. A checkpoint written by
+//! another worker layout, or for other dataflows or parameters, is refused with a message
+//! saying what to do; `[runtime] restart = "replay"` ignores checkpoints and reads every input
+//! again from where it began.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dataflows::checkpoint::Snapshots;
@@ -97,6 +99,9 @@ impl Compactor {
     }
 }
 
+/// How many checkpoints each process keeps its parts of.
+pub const KEEP: usize = 4;
+
 /// Writes a worker's parts of checkpoints.
 pub struct Writer<'a> {
     /// checkpoint times are its multiples
@@ -107,6 +112,8 @@ pub struct Writer<'a> {
     pub worker: usize,
     /// how many workers the run has
     pub workers: usize,
+    /// this process's workers (global indices)
+    pub mine: Range<usize>,
     /// the dataflows and their parameters, as text
     pub definition: &'a str,
 }
@@ -134,15 +141,17 @@ struct Background {
 }
 
 impl Background {
-    fn start(dir: &Path, worker: usize) -> anyhow::Result<Self> {
+    fn start(dir: &Path, worker: usize, workers: usize, mine: Range<usize>) -> anyhow::Result<Self> {
         let (parts, rx) = std::sync::mpsc::sync_channel::<Part>(1);
         let dir = dir.to_path_buf();
+        let pruner = mine.start == worker;
         let thread = std::thread::Builder::new().name(format!("checkpoint-{worker}")).spawn(move || {
             for part in rx {
                 let began = std::time::Instant::now();
                 let path = write(&dir, &part).map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", dir.display()))?;
-                if worker == 0 {
-                    prune(&dir, 2).map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", dir.display()))?;
+                if pruner {
+                    prune(&dir, KEEP, workers, &mine)
+                        .map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", dir.display()))?;
                 }
                 tracing::debug!(time = part.time, path = %path.display(), took = ?began.elapsed(), "checkpoint written");
             }
@@ -193,7 +202,8 @@ impl<'a> Local<'a> {
         let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(false) };
         self.last = Some(part.time);
         if self.background.is_none() {
-            self.background = Some(Background::start(self.writer.dir, self.writer.worker)?);
+            let w = &self.writer;
+            self.background = Some(Background::start(w.dir, w.worker, w.workers, w.mine.clone())?);
         }
         let background = self.background.as_ref().expect("started");
         if background.parts.send(part).is_err() {
@@ -279,6 +289,11 @@ struct Listed {
 }
 
 impl Listed {
+    /// Whether the parts of workers `mine` of layout `workers` are there.
+    fn has(&self, workers: usize, mine: &Range<usize>) -> bool {
+        self.parts.get(&workers).is_some_and(|present| mine.clone().all(|w| present.contains(&w)))
+    }
+
     /// The layout whose every part is there.
     fn complete(&self) -> Option<usize> {
         self.parts.iter().find(|(n, present)| (0..**n).all(|w| present.contains(&w))).map(|(n, _)| *n)
@@ -311,36 +326,43 @@ fn listing(state: &Path) -> io::Result<BTreeMap<Time, Listed>> {
     Ok(out)
 }
 
-/// The time of the latest complete checkpoint under `state`, if any.
-pub fn latest_complete(state: &Path) -> io::Result<Option<Time>> {
-    Ok(listing(state)?.into_iter().rev().find(|(_, l)| l.complete().is_some()).map(|(t, _)| t))
+/// The time of the latest checkpoint under `state` whose parts of workers `mine` (of a run of
+/// `workers`) are all there, if any.
+pub fn latest_complete(state: &Path, workers: usize, mine: &Range<usize>) -> io::Result<Option<Time>> {
+    Ok(listing(state)?.into_iter().rev().find(|(_, l)| l.has(workers, mine)).map(|(t, _)| t))
 }
 
-/// The latest complete checkpoint under `state` — every part of its layout present — with all
-/// its parts, checked against this run's layout and definition. `Ok(None)`: none.
-pub fn latest(state: &Path, workers: usize, definition: &str) -> anyhow::Result<Option<Vec<Part>>> {
-    let Some((time, listed, n)) = listing(state)?.into_iter().rev().find_map(|(t, l)| l.complete().map(|n| (t, l, n))) else {
-        return Ok(None);
-    };
-    let dir = &listed.dir;
-    if n != workers {
+/// The checkpoint times under `state` at which every part of workers `mine` (this process's,
+/// of a run of `workers`) is there, oldest first. Each process looks in its own state
+/// directory (shared or not); the processes then agree on the latest time all of them have.
+/// A later checkpoint written whole by another number of workers is refused with a message.
+pub fn local_times(state: &Path, workers: usize, mine: &Range<usize>) -> anyhow::Result<Vec<Time>> {
+    let listing = listing(state)?;
+    let times: Vec<Time> = listing.iter().filter(|(_, l)| l.has(workers, mine)).map(|(t, _)| *t).collect();
+    let other = listing.iter().rev().find_map(|(t, l)| l.complete().filter(|n| *n != workers).map(|n| (*t, n, &l.dir)));
+    if let Some((t, n, dir)) = other.filter(|(t, ..)| times.last().is_none_or(|last| t > last)) {
         anyhow::bail!(
-            "the checkpoint in {} was written by {n} workers and this run has {workers}: run with the same -w/-n as before, \
-             or set `[runtime] restart = \"replay\"` to rebuild the state from the input (it must still be there)",
+            "the checkpoint in {} (time {t}) was written by {n} workers and this run has {workers}: run with the same -w/-n as \
+             before, or set `[runtime] restart = \"replay\"` to rebuild the state from the input (it must still be there)",
             dir.display()
         );
     }
-    let parts = (0..n).map(|w| read(&part_path(state, time, w, n))).collect::<anyhow::Result<Vec<_>>>()?;
-    if parts[0].definition != definition {
+    Ok(times)
+}
+
+/// Worker `worker`'s part of the checkpoint at `time`, checked against this run's definition.
+pub fn load(state: &Path, time: Time, worker: usize, workers: usize, definition: &str) -> anyhow::Result<Part> {
+    let path = part_path(state, time, worker, workers);
+    let part = read(&path)?;
+    if part.definition != definition {
         anyhow::bail!(
-            "the checkpoint in {} is of other dataflows or parameters ({}); this run is {definition}: run the same \
+            "the checkpoint {} is of other dataflows or parameters ({}); this run is {definition}: run the same \
              dataflows, or set `[runtime] restart = \"replay\"` to rebuild the state from the input, or use another state_dir",
-            dir.display(),
-            parts[0].definition
+            path.display(),
+            part.definition
         );
     }
-    tracing::info!(time, dir = %dir.display(), "restarting from a checkpoint");
-    Ok(Some(parts))
+    Ok(part)
 }
 
 fn read(path: &Path) -> anyhow::Result<Part> {
@@ -350,16 +372,30 @@ fn read(path: &Path) -> anyhow::Result<Part> {
     })
 }
 
-/// Removes every checkpoint older than the `keep` latest complete ones (complete or not).
-/// Only the first worker calls it; it reads no checkpoint, only their names.
-pub fn prune(state: &Path, keep: usize) -> io::Result<()> {
+/// Removes this process's parts (workers `mine` of `workers`) of every checkpoint older than
+/// the `keep` latest at which it has all of them, and each checkpoint directory left empty.
+/// The first worker of each process calls it; it reads no checkpoint, only their names. (A
+/// process may be a checkpoint or two ahead of another when it crashes: each keeps a few.)
+pub fn prune(state: &Path, keep: usize, workers: usize, mine: &Range<usize>) -> io::Result<()> {
     let listing = listing(state)?;
-    let complete: Vec<Time> = listing.iter().filter(|(_, l)| l.complete().is_some()).map(|(t, _)| *t).collect();
+    let complete: Vec<Time> = listing.iter().filter(|(_, l)| l.has(workers, mine)).map(|(t, _)| *t).collect();
     let Some(&oldest_kept) = complete.iter().rev().nth(keep.saturating_sub(1)) else { return Ok(()) };
-    for (t, l) in listing {
-        if t < oldest_kept {
-            std::fs::remove_dir_all(&l.dir)?;
+    for (t, l) in listing.range(..oldest_kept) {
+        for (n, present) in &l.parts {
+            for w in present.iter().filter(|w| *n != workers || mine.contains(w)) {
+                match std::fs::remove_file(part_path(state, *t, *w, *n)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
         }
+        for f in std::fs::read_dir(&l.dir)?.flatten() {
+            if f.path().extension().is_some_and(|e| e == "tmp") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        // (another process's parts may still be in it)
+        let _ = std::fs::remove_dir(&l.dir);
     }
     Ok(())
 }
@@ -373,26 +409,34 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_complete_checkpoint_is_loaded_and_another_layout_refused() {
+    fn each_process_finds_its_own_parts_and_another_layout_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path();
-        assert!(latest(state, 2, "d").unwrap().is_none());
+        let (all, first, second) = (0..2, 0..1, 1..2);
+        assert!(local_times(state, 2, &all).unwrap().is_empty());
         for w in 0..2 {
             write(state, &part(10, w, 2)).unwrap();
         }
         write(state, &part(20, 0, 2)).unwrap(); // worker 1 never wrote its part of 20
-        let parts = latest(state, 2, "d").unwrap().unwrap();
-        assert_eq!(parts.iter().map(|p| (p.time, p.worker)).collect::<Vec<_>>(), [(10, 0), (10, 1)]);
-        let e = latest(state, 4, "d").unwrap_err().to_string();
+        assert_eq!(local_times(state, 2, &all).unwrap(), [10]);
+        // processes of one worker each, with or without a shared directory: the first has 20 too
+        assert_eq!(local_times(state, 2, &first).unwrap(), [10, 20]);
+        assert_eq!(local_times(state, 2, &second).unwrap(), [10]);
+        assert_eq!(load(state, 10, 1, 2, "d").unwrap().worker, 1);
+        let e = local_times(state, 4, &(0..4)).unwrap_err().to_string();
         assert!(e.contains("written by 2 workers and this run has 4") && e.contains("restart = \"replay\""), "{e}");
-        let e = latest(state, 2, "other").unwrap_err().to_string();
+        let e = load(state, 10, 0, 2, "other").unwrap_err().to_string();
         assert!(e.contains("other dataflows or parameters"), "{e}");
         for t in [30, 40] {
             for w in 0..2 {
                 write(state, &part(t, w, 2)).unwrap();
             }
         }
-        prune(state, 2).unwrap();
+        // Each process removes only its own parts; a directory goes once both have.
+        prune(state, 2, 2, &first).unwrap();
+        assert_eq!(local_times(state, 2, &first).unwrap(), [30, 40]);
+        assert_eq!(local_times(state, 2, &second).unwrap(), [10, 30, 40]);
+        prune(state, 2, 2, &second).unwrap();
         assert_eq!(listing(state).unwrap().keys().copied().collect::<Vec<_>>(), [30, 40]);
     }
 

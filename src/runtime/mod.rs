@@ -60,6 +60,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Workers in all processes.
+    pub fn all_workers(&self) -> usize {
+        self.workers * self.processes.max(1)
+    }
+
+    /// The global indices of this process's workers.
+    pub fn mine(&self) -> std::ops::Range<usize> {
+        self.process * self.workers..(self.process + 1) * self.workers
+    }
+
     /// One process with `workers` threads.
     pub fn local(workers: usize) -> Self {
         Cluster { workers, processes: 1, process: 0, hosts: Vec::new() }
@@ -411,22 +421,19 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Re
         (None, true) => anyhow::bail!("a streaming run needs a state directory (`[runtime] state_dir`)"),
         (_, false) => reclock::Bindings::default(),
     };
-    // After a crash, the latest complete checkpoint (unless asked to replay from the beginning):
-    // the bindings before it are not read again.
-    let mut bindings = bindings;
+    // After a crash, the checkpoints this process has all its parts of (unless asked to replay
+    // from the beginning); the workers agree on the latest one every process has.
     let definition = format!("dataflows {:?}, sensor parameters {:?}", plan.dataflows, plan.params.sensors);
-    let restored = match (&plan.state_dir, streaming && plan.checkpoint_interval.is_some() && !plan.replay_on_restart) {
-        (Some(d), true) => checkpoint::latest(d, plan.cluster.workers * plan.cluster.processes.max(1), &definition)?,
+    let checkpoint_times = match (&plan.state_dir, streaming && plan.checkpoint_interval.is_some() && !plan.replay_on_restart) {
+        (Some(d), true) => Some(checkpoint::local_times(d, plan.cluster.all_workers(), &plan.cluster.mine())?),
         _ => None,
     };
-    if let Some(parts) = &restored {
-        bindings.resume_after(parts[0].time, parts.iter().flat_map(|p| &p.offsets));
-    }
-    let (plan, bindings, restored, definition) = (Arc::new(plan), Arc::new(bindings), Arc::new(restored), Arc::new(definition));
+    let (plan, bindings, checkpoint_times, definition) =
+        (Arc::new(plan), Arc::new(bindings), Arc::new(checkpoint_times), Arc::new(definition));
     // One clock reading per process, the same for all its workers.
     let began_ms = now_ms() as i64;
     let guards = timely::execute(config, move |worker| {
-        run_worker(worker, &plan, &bindings, (&restored, &definition), began_ms, &counters).map_err(|e| format!("{e:#}"))
+        run_worker(worker, &plan, &bindings, (&checkpoint_times, &definition), began_ms, &counters).map_err(|e| format!("{e:#}"))
     })
     .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
@@ -445,13 +452,32 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     plan: &Plan,
     bindings: &reclock::Bindings,
-    (restored, definition): (&Option<Vec<checkpoint::Part>>, &str),
+    (checkpoint_times, definition): (&Option<Vec<Time>>, &str),
     run_began_ms: i64,
     counters: &Counters,
 ) -> anyhow::Result<Option<Report>> {
     let start = Instant::now();
     let index = worker.index();
     let peers = worker.peers();
+    // The latest checkpoint every process has its parts of: each worker loads its own, and only
+    // the bindings after it are replayed.
+    let mut restored: Option<checkpoint::Part> = None;
+    let mut restored_watermark = None;
+    let mut bindings = std::borrow::Cow::Borrowed(bindings);
+    if let (Some(times), Some(dir)) = (checkpoint_times, plan.state_dir.as_deref()) {
+        let everyone = all_gather(worker, times.clone());
+        if let Some(&time) = times.iter().rev().find(|t| everyone.iter().all(|o| o.contains(t))) {
+            let part = checkpoint::load(dir, time, index, peers, definition)?;
+            if index == 0 {
+                tracing::info!(time, dir = %dir.display(), "restarting from a checkpoint");
+            }
+            bindings.to_mut().resume_after(time, &part.offsets);
+            // The greatest event time of any part: the watermark then.
+            restored_watermark = all_gather(worker, part.sensors.as_ref().and_then(|s| s.max)).into_iter().flatten().max();
+            restored = Some(part);
+        }
+    }
+    let bindings: &reclock::Bindings = &bindings;
     let first = index == 0;
     let outputs = plan.outputs();
     let streaming = plan.inputs.values().any(InputSpec::is_stream);
@@ -477,7 +503,7 @@ fn run_worker(
     // A checkpoint is written only once every sink has acknowledged its time: after a restart
     // from one, every sink has written at least that far (its own progress may say less, when
     // nothing changed in between), so the restored state is not written again.
-    let checkpointed = restored.as_ref().map(|parts| parts[index].time);
+    let checkpointed = restored.as_ref().map(|part| part.time);
     if let Some(k) = &plan.kafka_output {
         let mut sink =
             KafkaSink::open(&k.connection, &k.output, &outputs, k.dead_letter_topics.clone(), index, peers, counters.kafka.clone())?;
@@ -503,9 +529,8 @@ fn run_worker(
     // Checkpoints: a streaming run keeps its compacted state at the multiples of the interval.
     let checkpoint_every = plan.checkpoint_interval.filter(|_| streaming && plan.state_dir.is_some()).map(|d| d.as_millis() as Time);
     params.checkpoint_every = checkpoint_every;
-    let mine = restored.as_ref().map(|parts| &parts[index]);
+    let mine = restored.as_ref();
     // The watermark then: from the greatest event time of all workers' parts.
-    let restored_watermark = restored.as_ref().and_then(|parts| parts.iter().filter_map(|p| p.sensors.as_ref()?.max).max());
     let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
     let (mut sessions, probe, watermark, open_readings) = worker.dataflow::<Time, _, _>(|scope| {
         let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
@@ -594,9 +619,10 @@ fn run_worker(
     let replay_times: std::collections::BTreeSet<Time> = inputs.iter().flat_map(|i| i.source.replay_times()).collect();
     let mut interrupted = false;
     // This worker's inputs at each checkpoint time, with every partition's offset then.
-    let mut checkpoints = checkpoint_every
-        .zip(plan.state_dir.as_deref())
-        .map(|(every, dir)| checkpoint::Local::new(checkpoint::Writer { every, dir, worker: index, workers: peers, definition }));
+    let mut checkpoints = checkpoint_every.zip(plan.state_dir.as_deref()).map(|(every, dir)| {
+        let mine = plan.cluster.mine();
+        checkpoint::Local::new(checkpoint::Writer { every, dir, worker: index, workers: peers, mine, definition })
+    });
     if let Some(part) = mine {
         epoch = part.time;
         sessions.advance_to(part.time);
@@ -732,7 +758,8 @@ fn run_worker(
             // Each interval, the bindings through the latest complete checkpoint are compacted.
             if c.maybe(frontier, open_readings.as_ref())? {
                 let dir = plan.state_dir.as_deref().expect("checkpoints need a state directory");
-                if let (Some(r), Some(done)) = (&mut reclock, checkpoint::latest_complete(dir)?) {
+                let done = checkpoint::latest_complete(dir, peers, &plan.cluster.mine())?;
+                if let (Some(r), Some(done)) = (&mut reclock, done) {
                     r.compact_through(done)?;
                 }
             }
@@ -791,6 +818,31 @@ fn external<S: sinks::Sink + 'static>(sink: S, resume: (bool, Option<Time>, Time
         (true, after, until, complete) => Rc::new(RefCell::new(sinks::Resuming::new(sink, after, until, complete))),
         (false, ..) => Rc::new(RefCell::new(sink)),
     }
+}
+
+/// Every worker's `value`, in worker order, through a small dataflow of its own run to
+/// completion (so it works across processes). Every worker must call it at the same point.
+fn all_gather<D: timely::ExchangeData + Clone>(worker: &mut timely::worker::Worker, value: D) -> Vec<D> {
+    use timely::dataflow::operators::vec::input::Input as _;
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Inspect, Probe};
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let into = got.clone();
+    let index = worker.index();
+    let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<(usize, D)>();
+        let probe = ProbeHandle::new();
+        stream.broadcast().inspect(move |x| into.borrow_mut().push(x.clone())).probe_with(&probe);
+        (input, probe)
+    });
+    input.send((index, value));
+    drop(input);
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+    let mut all = got.take();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, d)| d).collect()
 }
 
 /// Sends every worker's `rows` (in snapshot order) to the first worker through a dataflow of
