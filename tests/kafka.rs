@@ -687,13 +687,24 @@ fn state_at(log: &[(String, Option<Vec<u8>>, Option<Vec<u8>>, u64)], topic: &str
 
 /// A clicks topic's bindings in a state directory: partition → time → next offset (read here,
 /// not with the engine's code).
-fn read_bindings(state: &Path) -> BTreeMap<i32, BTreeMap<u64, i64>> {
+/// The clicks topic's bindings `partition → time → next offset`, from the runs' debug logs
+/// (every binding is logged once it is durable: the bindings logs themselves are compacted at
+/// checkpoints, so they no longer hold the whole history).
+fn read_bindings(logs: &[std::path::PathBuf]) -> BTreeMap<i32, BTreeMap<u64, i64>> {
     let mut out: BTreeMap<i32, BTreeMap<u64, i64>> = BTreeMap::new();
-    for entry in std::fs::read_dir(state.join("bindings")).unwrap() {
-        for line in std::fs::read_to_string(entry.unwrap().path()).unwrap().lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            if f.len() == 4 && f[1].ends_with(".clicks") {
-                out.entry(f[2].parse().unwrap()).or_default().insert(f[0].parse().unwrap(), f[3].parse().unwrap());
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap().lines().filter(|l| l.contains(" bound ")) {
+            let field = |name: &str| {
+                let v = line.split(' ').find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?;
+                Some(v.trim_matches('"').to_string())
+            };
+            // (a killed run's last line may be torn)
+            let (Some(topic), Some(partition), Some(time), Some(next)) = (field("topic"), field("partition"), field("time"), field("next"))
+            else {
+                continue;
+            };
+            if let (true, Ok(p), Ok(t), Ok(n)) = (topic.ends_with(".clicks"), partition.parse(), time.parse(), next.parse()) {
+                out.entry(p).or_default().insert(t, n);
             }
         }
     }
@@ -797,7 +808,7 @@ fn ten_kill_points_never_move_outputs_back() {
         let log = std::fs::File::create(&log_path).unwrap();
         let before = latest_complete();
         let mut engine = Command::new(bin())
-            .args(["run", "--config", killed_cfg.to_str().unwrap(), "-w", "2", "-q", "--log-level", "info"])
+            .args(["run", "--config", killed_cfg.to_str().unwrap(), "-w", "2", "-q", "--log-level", "debug"])
             .stderr(log)
             .spawn()
             .unwrap();
@@ -829,7 +840,13 @@ fn ten_kill_points_never_move_outputs_back() {
         "every run after a kill that followed a complete checkpoint restarts from one"
     );
     eprintln!("{from_checkpoints} of {} killed runs restarted from a checkpoint", CHUNKS - 1);
-    diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
+    let last_log = s.dir.path().join("run-last.log");
+    let last = Command::new(bin())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q", "--log-level", "debug"])
+        .stderr(std::fs::File::create(&last_log).unwrap())
+        .status()
+        .unwrap();
+    assert!(last.success(), "{}", std::fs::read_to_string(&last_log).unwrap());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let w = topic_watcher.join().unwrap();
     let mongo_back = mongo_watcher.join().unwrap();
@@ -840,7 +857,8 @@ fn ten_kill_points_never_move_outputs_back() {
     // time: per-user and per-kind counts recomputed naively from the clicks topic and the
     // bindings logs, key by key.
     let clicks = read_topic(&format!("{}.clicks", s.prefix), std::time::Duration::from_secs(3));
-    let bindings = read_bindings(&s.dir.path().join("state").join(&group));
+    let logs: Vec<_> = (0..CHUNKS - 1).map(|c| s.dir.path().join(format!("run-{c}.log"))).chain([last_log]).collect();
+    let bindings = read_bindings(&logs);
     let mut latest: BTreeMap<u64, u64> = BTreeMap::new();
     let mut checked = std::collections::BTreeSet::new();
     for (topic, _, value, _) in &w.log {

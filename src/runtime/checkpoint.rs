@@ -311,7 +311,13 @@ fn listing(state: &Path) -> io::Result<BTreeMap<Time, Listed>> {
         let path = entry?.path();
         let Some(time) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Time>().ok()) else { continue };
         let mut parts: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-        for f in std::fs::read_dir(&path)? {
+        // (the writer thread may be removing it: an old checkpoint, as good as gone)
+        let files = match std::fs::read_dir(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for f in files {
             let name = f?.file_name();
             let name = name.to_string_lossy();
             let Some((w, n)) = name.strip_prefix("worker-").and_then(|n| n.strip_suffix(".bin")).and_then(|n| n.split_once("-of-")) else {
@@ -389,7 +395,7 @@ pub fn prune(state: &Path, keep: usize, workers: usize, mine: &Range<usize>) -> 
                 }
             }
         }
-        for f in std::fs::read_dir(&l.dir)?.flatten() {
+        for f in std::fs::read_dir(&l.dir).into_iter().flatten().flatten() {
             if f.path().extension().is_some_and(|e| e == "tmp") {
                 let _ = std::fs::remove_file(f.path());
             }

@@ -198,7 +198,12 @@ impl Reclock {
         self.file
             .write_all(self.line.as_bytes())
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display())))
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display())))?;
+        // (the logs are compacted at checkpoints; a debug log keeps every binding)
+        for b in bounds {
+            tracing::debug!(time, topic = b.topic.as_str(), partition = b.partition, next = b.next, "bound");
+        }
+        Ok(())
     }
 }
 
