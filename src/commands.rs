@@ -216,7 +216,8 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
 /// Runs a plan and prints its summary.
 pub fn execute(plan: Plan) -> anyhow::Result<()> {
     let quiet = plan.display == Display::Quiet;
-    if let Some(report) = runtime::run(plan)? {
+    let observer = (!quiet).then(|| Box::new(crate::status::Monitor::new(&plan)) as Box<dyn runtime::Observer>);
+    if let Some(report) = runtime::run_with(plan, Default::default(), observer)? {
         if !quiet {
             print_report(&report);
         }

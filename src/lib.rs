@@ -12,3 +12,4 @@ pub mod reference;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod status;

@@ -259,7 +259,7 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
             marks
         });
         let start = Instant::now();
-        runtime::run_with(plan, counters)?;
+        runtime::run_with(plan, counters, None)?;
         done.store(true, Ordering::Relaxed);
         let marks = sampler.join().expect("the sampler thread");
         let (lo, hi) = marks.iter().fold((f64::MAX, 0f64), |(lo, hi), m| (lo.min(*m), hi.max(*m)));

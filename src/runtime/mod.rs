@@ -13,7 +13,6 @@
 
 pub mod checkpoint;
 pub mod reclock;
-pub mod status;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -404,14 +403,39 @@ struct OpenInput {
     done: bool,
 }
 
+/// What an [`Observer`] sees each time the first worker looks up from its work.
+#[derive(Clone, Copy)]
+pub struct Tick<'a> {
+    /// the first worker's rows, when it keeps them all (`Display::Live`)
+    pub rows: Option<&'a JsonlSink>,
+    /// the run's counters
+    pub counters: &'a Counters,
+    /// the sensor watermark as the first worker knows it
+    pub watermark: Option<dataflows::records::Millis>,
+    /// the first worker's logical time
+    pub time: Time,
+    /// the run has ended (the last call)
+    pub done: bool,
+}
+
+/// Something that watches a run from its first worker (a status line, a live view): the
+/// commands attach it; the runtime knows nothing of what it draws. Called often: an observer
+/// decides itself when to act.
+pub trait Observer: Send {
+    /// See [`Tick`].
+    fn tick(&mut self, tick: &Tick<'_>);
+}
+
 /// Runs a plan to its end. Returns the first worker's report in the first process, `None`
 /// in other processes.
 pub fn run(plan: Plan) -> anyhow::Result<Option<Report>> {
-    run_with(plan, Arc::default())
+    run_with(plan, Arc::default(), None)
 }
 
-/// [`run`], counting into `counters`, which another thread may watch.
-pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Report>> {
+/// [`run`], counting into `counters`, which another thread may watch, with `observer` on the
+/// first worker.
+pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Observer>>) -> anyhow::Result<Option<Report>> {
+    let observer = Arc::new(std::sync::Mutex::new(observer));
     let config = plan.cluster.timely_config().map_err(anyhow::Error::msg)?;
     // A stream's times are bound to its offsets durably, so a restart reads the input again at
     // the same times; the bindings of earlier runs are read once per process.
@@ -433,7 +457,9 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>) -> anyhow::Result<Option<Re
     // One clock reading per process, the same for all its workers.
     let began_ms = now_ms() as i64;
     let guards = timely::execute(config, move |worker| {
-        run_worker(worker, &plan, &bindings, (&checkpoint_times, &definition), began_ms, &counters).map_err(|e| format!("{e:#}"))
+        // The first worker takes the observer.
+        let observer = if worker.index() == 0 { observer.lock().ok().and_then(|mut o| o.take()) } else { None };
+        run_worker(worker, &plan, &bindings, (&checkpoint_times, &definition), began_ms, &counters, observer).map_err(|e| format!("{e:#}"))
     })
     .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
@@ -455,6 +481,7 @@ fn run_worker(
     (checkpoint_times, definition): (&Option<Vec<Time>>, &str),
     run_began_ms: i64,
     counters: &Counters,
+    mut observer: Option<Box<dyn Observer>>,
 ) -> anyhow::Result<Option<Report>> {
     let start = Instant::now();
     let index = worker.index();
@@ -600,11 +627,11 @@ fn run_worker(
         }
     }
 
-    let mut monitor = (first && plan.display != Display::Quiet).then(|| status::Monitor::new(plan, start));
     let mut tick = |sink: &Option<Rc<RefCell<JsonlSink>>>, epoch: Time, done: bool| {
-        if let Some(m) = &mut monitor {
+        if let Some(o) = &mut observer {
             let sink = sink.as_ref().map(|s| s.borrow());
-            m.tick(sink.as_deref(), counters, watermark.as_ref().and_then(|w| w.get()), epoch, done);
+            let watermark = watermark.as_ref().and_then(|w| w.get());
+            o.tick(&Tick { rows: sink.as_deref(), counters, watermark, time: epoch, done });
         }
     };
 

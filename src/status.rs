@@ -1,20 +1,19 @@
-//! What the first worker shows while a run goes: a status line on stderr (records in per
-//! input and their rate, the watermark, dead letters, the logical time), or the demo's live
-//! view. On a terminal the status line rewrites itself; otherwise a line is printed every ten
+//! What a run shows while it goes, as an observer the commands attach to the runtime
+//! ([`crate::runtime::Observer`]): a status line on stderr (records in per input and their rate,
+//! the watermark, dead letters, the logical time, the sinks' health), or the demo's live view.
+//! On a terminal the status line rewrites itself; otherwise a line is printed every ten
 //! intervals, so logs stay readable.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dataflows::records::Millis;
-use dataflows::{InputName, Time};
+use dataflows::InputName;
 
 use dataflows::Output;
 
-use super::{Counters, Display, Plan};
 use crate::codec::format_time;
-use crate::sinks::jsonl::JsonlSink;
+use crate::runtime::{Display, Observer, Plan, Tick};
 
 /// Refreshes the display of the first worker.
 pub struct Monitor {
@@ -32,8 +31,9 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor for `plan`, whose run started at `start`.
-    pub fn new(plan: &Plan, start: Instant) -> Self {
+    /// A monitor for `plan`, whose run starts now.
+    pub fn new(plan: &Plan) -> Self {
+        let start = Instant::now();
         Monitor {
             display: plan.display,
             interval: plan.display_interval,
@@ -48,10 +48,12 @@ impl Monitor {
             mongo: plan.mongodb_output.is_some(),
         }
     }
+}
 
-    /// Called often; draws when the interval has passed, and always when `done`. `sink` is the
-    /// first worker's, which holds every row when the live view is on.
-    pub fn tick(&mut self, sink: Option<&JsonlSink>, counters: &Counters, watermark: Option<Millis>, epoch: Time, done: bool) {
+impl Observer for Monitor {
+    /// Draws when the interval has passed, and always at the end.
+    fn tick(&mut self, t: &Tick<'_>) {
+        let Tick { rows: sink, counters, watermark, time: epoch, done } = *t;
         let now = Instant::now();
         if !done && now.duration_since(self.last) < self.interval {
             return;
