@@ -102,6 +102,57 @@ impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
     }
 }
 
+/// Counts per key for a totally ordered time, kept in a hash map instead of an arrangement:
+/// updates are exchanged by key, and each completed time, in order, adds up every key's diffs
+/// and emits `-(key, old)` `+(key, new)` for each key whose count changed — the updates
+/// differential's `count_total` produces — holding one count per key and no history. Suits
+/// counters fed by [`AggregateLocal`], which has already summed each batch's diffs per key.
+pub trait CountMap<'s, K> {
+    /// See the trait's documentation.
+    fn count_map(self) -> Coll<'s, (K, isize)>;
+}
+
+impl<'s, K> CountMap<'s, K> for Coll<'s, K>
+where
+    K: timely::ExchangeData + Clone + Hash + Eq + differential_dataflow::Hashable,
+{
+    fn count_map(self) -> Coll<'s, (K, isize)> {
+        use timely::dataflow::channels::pact::Exchange;
+        let exchange = Exchange::new(|(k, _, _): &(K, Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+        self.inner
+            .unary_frontier(exchange, "CountMap", |_cap, _info| {
+                let mut pending: Stash<K> = Default::default();
+                let mut counts: FastMap<K, isize> = FastMap::default();
+                move |(input, frontier), output| {
+                    stash_by_time(input, &mut pending, output.output_index());
+                    while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
+                        let (t, (cap, updates)) = pending.pop_first().expect("checked");
+                        let mut deltas: FastMap<K, isize> = FastMap::default();
+                        for (k, r) in updates {
+                            *deltas.entry(k).or_insert(0) += r;
+                        }
+                        let mut session = output.session(&cap);
+                        for (k, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
+                            let old = counts.get(&k).copied().unwrap_or(0);
+                            let new = old + delta;
+                            if old != 0 {
+                                session.give(((k.clone(), old), t, -1));
+                            }
+                            if new != 0 {
+                                session.give(((k.clone(), new), t, 1));
+                                counts.insert(k, new);
+                            } else {
+                                counts.remove(&k);
+                            }
+                        }
+                    }
+                }
+            })
+            .container::<Vec<_>>()
+            .as_collection()
+    }
+}
+
 /// Keep, per key and logical time, only the record that ranks highest among those this worker
 /// holds, before anything is exchanged.
 ///

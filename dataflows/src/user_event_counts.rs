@@ -13,9 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use differential_dataflow::operators::CountTotal;
-
-use crate::ops::AggregateLocal;
+use crate::ops::{AggregateLocal, CountMap};
 use crate::records::{Click, EventTypeCount, Id, UserEventCount};
 use crate::Coll;
 
@@ -30,7 +28,7 @@ pub enum ClickKey {
 
 /// Clicks per user and per event kind.
 pub fn click_counts<'s>(clicks: Coll<'s, Click>) -> Coll<'s, (ClickKey, isize)> {
-    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_total()
+    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map()
 }
 
 /// Clicks per user as `(user_id, count)`; shared with `user_activity`.
