@@ -1,13 +1,14 @@
 //! `user_event_counts`: how many clicks each user made, and how many of each event kind.
 //!
 //! ```text
-//! clicks ──aggregate_local(user, kind)──count_total──┬─▶ user_event_counts {user_id, event_count}
-//!                                                    └─▶ event_type_counts {event, count}
+//! clicks ──aggregate_local(user, kind)──count_map──┬─▶ user_event_counts {user_id, event_count}
+//!                                                  └─▶ event_type_counts {event, count}
 //! ```
 //!
-//! Both counts share one pass over the clicks and one arrangement, keyed by [`ClickKey`].
-//! `count_total` (differential's count for a totally ordered time) emits each changed count
-//! without keeping an output arrangement or replaying history.
+//! Both counts share one pass over the clicks and one map of counts, keyed by [`ClickKey`].
+//! `count_map` ([`crate::ops::CountMap`]: the updates of differential's `count_total`, from a
+//! hash map of current counts instead of an arrangement) emits each changed count without
+//! keeping history.
 //! Both outputs are exact and incremental: a batch of clicks retracts each affected count and
 //! inserts the new one, at the batch's logical time.
 
