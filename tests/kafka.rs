@@ -287,14 +287,7 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
         assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
     }
     let checkpoints = s.dir.path().join("state").join(&group).join("checkpoints");
-    let complete = || -> Vec<u64> {
-        let mut times: Vec<u64> = std::fs::read_dir(&checkpoints)
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        times.retain(|t| (0..2).all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
-        times.sort();
-        times
-    };
+    let complete = || checkpoint_times(&checkpoints, 0..2);
     let seen = std::time::Instant::now();
     let before = complete().last().copied();
     while complete().last().copied() == before || seen.elapsed() < std::time::Duration::from_millis(2500) {
@@ -393,14 +386,7 @@ fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
             .unwrap()
     };
     // The checkpoint times at which process `p`'s own directory holds its part.
-    let parts = |p: usize| -> Vec<u64> {
-        let dir = own(p).join("checkpoints");
-        let mut times: Vec<u64> =
-            std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
-        times.retain(|t| dir.join(t.to_string()).join(format!("worker-{p}-of-2.bin")).exists());
-        times.sort();
-        times
-    };
+    let parts = |p: usize| checkpoint_times(&own(p).join("checkpoints"), p..p + 1);
 
     produce(&s.prefix, 0, &counts);
     let mut first: Vec<_> = (0..2).map(|p| spawn(p, true)).collect();
@@ -436,6 +422,16 @@ fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
         .collect();
     assert!(logs[0].contains("restarting from a checkpoint"), "the restart did not load a checkpoint:\n{}", logs[0]);
     assert_topics_equal_offline(&out, &offline(&s));
+}
+
+/// The checkpoint times under `checkpoints` (of a run of two workers) at which the parts of
+/// `workers` are all there, oldest first.
+fn checkpoint_times(checkpoints: &Path, workers: std::ops::Range<usize>) -> Vec<u64> {
+    let mut times: Vec<u64> =
+        std::fs::read_dir(checkpoints).map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
+    times.retain(|t| workers.clone().all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
+    times.sort();
+    times
 }
 
 /// A config's text with `lines` added to its `[runtime]` table (the first table of
@@ -785,14 +781,7 @@ fn ten_kill_points_never_move_outputs_back() {
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("kill points: KILL_SEED={seed}");
     let checkpoints = s.dir.path().join("state").join(&group).join("checkpoints");
-    let latest_complete = || -> Option<u64> {
-        let entries = std::fs::read_dir(&checkpoints).ok()?;
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| (0..2).all(|w| e.path().join(format!("worker-{w}-of-2.bin")).exists()))
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .max()
-    };
+    let latest_complete = || checkpoint_times(&checkpoints, 0..2).last().copied();
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let start = std::time::Instant::now();
         while !done() {
