@@ -84,29 +84,33 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                         if newer.is_none() && count_changes.is_empty() {
                             continue;
                         }
-                        let old_profile = match &newer {
-                            Some(_) => joined.profile.take(),
-                            None => joined.profile.clone(),
+                        // The state before this time: what was replaced, else what still is
+                        // (a count change alone clones no profile).
+                        let replaced = newer.map(|u| joined.profile.replace((u.position, u.name, u.email)));
+                        let changed_counts = (!count_changes.is_empty()).then(|| {
+                            let old = joined.counts.clone();
+                            multiset_apply(&mut joined.counts, count_changes);
+                            old
+                        });
+                        let old_profile = match &replaced {
+                            Some(old) => old.as_ref(),
+                            None => joined.profile.as_ref(),
                         };
-                        let old_counts = joined.counts.clone();
-                        multiset_apply(&mut joined.counts, count_changes);
-                        if let Some(u) = newer {
-                            joined.profile = Some((u.position, u.name, u.email));
-                        }
-                        let same_profile = match (&old_profile, &joined.profile) {
+                        let old_counts = changed_counts.as_deref().unwrap_or(&joined.counts);
+                        let same_profile = match (old_profile, &joined.profile) {
                             (Some((_, n1, e1)), Some((_, n2, e2))) => n1 == n2 && e1 == e2,
                             (None, None) => true,
                             _ => false,
                         };
-                        if !(same_profile && old_counts == joined.counts) {
+                        if !(same_profile && old_counts == joined.counts.as_slice()) {
                             let row = |(_, name, email): &(Position, String, String), n: isize| UserActivity {
                                 user_id: user_id.clone(),
                                 name: name.clone(),
                                 email: email.clone(),
                                 event_count: n as i64,
                             };
-                            if let Some(p) = &old_profile {
-                                for (n, r) in &old_counts {
+                            if let Some(p) = old_profile {
+                                for (n, r) in old_counts {
                                     session.give((row(p, *n), next, -r));
                                 }
                             }
