@@ -130,6 +130,8 @@ pub struct Local<'a> {
     last: Option<Time>,
     /// the thread that writes the parts, started with the first
     background: Option<Background>,
+    /// the latest complete checkpoint time [`Local::newly_complete`] returned
+    reported: Time,
 }
 
 /// A thread of its own serialises, syncs and renames a worker's parts (and on the first worker
@@ -138,6 +140,8 @@ pub struct Local<'a> {
 struct Background {
     parts: std::sync::mpsc::SyncSender<Part>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    /// the latest checkpoint time this process has whole, as the thread last listed (0: none)
+    complete: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Background {
@@ -145,6 +149,8 @@ impl Background {
         let (parts, rx) = std::sync::mpsc::sync_channel::<Part>(1);
         let dir = dir.to_path_buf();
         let pruner = mine.start == worker;
+        let complete = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = complete.clone();
         let thread = std::thread::Builder::new().name(format!("checkpoint-{worker}")).spawn(move || {
             for part in rx {
                 let began = std::time::Instant::now();
@@ -153,11 +159,14 @@ impl Background {
                     prune(&dir, KEEP, workers, &mine)
                         .map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", dir.display()))?;
                 }
+                if let Some(t) = latest_complete(&dir, workers, &mine)? {
+                    seen.fetch_max(t, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::debug!(time = part.time, path = %path.display(), took = ?began.elapsed(), "checkpoint written");
             }
             Ok(())
         })?;
-        Ok(Background { parts, thread })
+        Ok(Background { parts, thread, complete })
     }
 
     /// Waits for every part handed over, and says why the thread stopped if it failed.
@@ -170,7 +179,7 @@ impl Background {
 impl<'a> Local<'a> {
     /// Nothing taken yet.
     pub fn new(writer: Writer<'a>) -> Self {
-        Local { inputs: Snapshots::new(writer.every), writer, offsets: BTreeMap::new(), last: None, background: None }
+        Local { inputs: Snapshots::new(writer.every), writer, offsets: BTreeMap::new(), last: None, background: None, reported: 0 }
     }
 
     /// The run restarted from `part`: its offsets are where the partitions stand.
@@ -197,9 +206,8 @@ impl<'a> Local<'a> {
     /// Hands this worker's part of the latest checkpoint time after the last one that every
     /// sink has acknowledged (the probe's `frontier` is past it) to the writing thread, once
     /// every part of this worker has its state for that time.
-    /// Returns whether it handed one over.
-    pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<bool> {
-        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(false) };
+    pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<()> {
+        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(()) };
         self.last = Some(part.time);
         if self.background.is_none() {
             let w = &self.writer;
@@ -210,7 +218,17 @@ impl<'a> Local<'a> {
             // The thread stopped: it failed, and says why.
             self.finish()?;
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// The latest checkpoint time this process has whole, once, when it is later than the last
+    /// one returned (the writing thread lists the directory; the worker only reads a number).
+    pub fn newly_complete(&mut self) -> Option<Time> {
+        let t = self.background.as_ref()?.complete.load(std::sync::atomic::Ordering::Relaxed);
+        (t > self.reported).then(|| {
+            self.reported = t;
+            t
+        })
     }
 
     /// Waits until every part handed over is written.
@@ -334,7 +352,7 @@ fn listing(state: &Path) -> io::Result<BTreeMap<Time, Listed>> {
 
 /// The time of the latest checkpoint under `state` whose parts of workers `mine` (of a run of
 /// `workers`) are all there, if any.
-pub fn latest_complete(state: &Path, workers: usize, mine: &Range<usize>) -> io::Result<Option<Time>> {
+fn latest_complete(state: &Path, workers: usize, mine: &Range<usize>) -> io::Result<Option<Time>> {
     Ok(listing(state)?.into_iter().rev().find(|(_, l)| l.has(workers, mine)).map(|(t, _)| t))
 }
 

@@ -782,13 +782,10 @@ fn run_worker(
             input.source.acknowledged(frontier);
         }
         if let Some(c) = &mut checkpoints {
-            // Each interval, the bindings through the latest complete checkpoint are compacted.
-            if c.maybe(frontier, open_readings.as_ref())? {
-                let dir = plan.state_dir.as_deref().expect("checkpoints need a state directory");
-                let done = checkpoint::latest_complete(dir, peers, &plan.cluster.mine())?;
-                if let (Some(r), Some(done)) = (&mut reclock, done) {
-                    r.compact_through(done)?;
-                }
+            c.maybe(frontier, open_readings.as_ref())?;
+            // The bindings through the latest checkpoint this process has whole are compacted.
+            if let (Some(r), Some(done)) = (&mut reclock, c.newly_complete()) {
+                r.compact_through(done)?;
             }
         }
         tick(&jsonl, epoch, false);
