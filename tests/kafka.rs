@@ -354,6 +354,11 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
 /// checkpoint both have, reads only what came after, and ends equal to the offline run.
 /// Before, such a cluster found no complete checkpoint (every part in one directory) and
 /// replayed from the beginning.
+///
+/// While the cluster is down, retention removes every record the first run read (see
+/// [`lose_early_records`]), and the groups' committed offsets go with the recreated topics, as
+/// when Kafka expires them: the restart goes by the checkpoint alone, and reads none of them.
+/// Before, a restart whose groups had no offsets read every partition from its earliest record.
 #[test]
 fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
     let counts = [("users", 200u64), ("clicks", 3000), ("sensors", 3000)];
@@ -409,7 +414,12 @@ fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
         "the directories are not shared"
     );
 
+    // Retention while it is down: the records both checkpoints hold are gone.
+    let gone: Vec<_> = counts.iter().map(|(kind, _)| lose_early_records(&format!("{}.{kind}", s.prefix))).collect();
     produce(&s.prefix, 1, &counts);
+    for ((kind, n), early) in counts.iter().zip(&gone) {
+        assert_offsets_kept(&format!("{}.{kind}", s.prefix), early, *n);
+    }
     let restarted: Vec<_> = (0..2).map(|p| spawn(p, false)).collect();
     let logs: Vec<String> = restarted
         .into_iter()
@@ -421,7 +431,78 @@ fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
         })
         .collect();
     assert!(logs[0].contains("restarting from a checkpoint"), "the restart did not load a checkpoint:\n{}", logs[0]);
+    assert!(logs.iter().all(|l| l.contains("the group's offsets are gone")), "the recreated topics kept the groups' offsets:\n{logs:?}");
     assert_topics_equal_offline(&out, &offline(&s));
+    for (kind, _) in counts {
+        let dlq = read_topic(&format!("{}.{kind}.dlq", s.prefix), std::time::Duration::from_secs(1));
+        let read: Vec<String> = dlq
+            .iter()
+            .filter(|r| r.value.as_deref() == Some(GONE))
+            .map(|r| {
+                let h = |k: &str| String::from_utf8_lossy(&r.headers[&format!("diffstream.source.{k}")]).into_owned();
+                format!("partition {} offset {}", h("partition"), h("offset"))
+            })
+            .collect();
+        assert!(read.is_empty(), "{kind}: the restart read records retention had removed (it held {:?}): {read:?}", gone);
+    }
+}
+
+/// What stands in for a record retention removed.
+const GONE: &[u8] = b"\xff removed by retention";
+
+/// Retention, as far as the test broker allows. Tansu removes no records (its memory engine has
+/// no retention, and DeleteRecords panics a broker task), so the topic is deleted and created
+/// again with every record it held replaced, offset for offset, by bytes that are no record
+/// ([`GONE`]). A run that read any of them would lack their counts and dead-letter them.
+/// Returns how many records each partition held.
+fn lose_early_records(topic: &str) -> BTreeMap<i32, i64> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let held = read_topic(topic, std::time::Duration::from_secs(2));
+    let mut ends: BTreeMap<i32, i64> = (0..3).map(|p| (p, 0)).collect();
+    for r in &held {
+        let end = ends.get_mut(&r.partition).unwrap();
+        assert_eq!(r.offset, *end, "{topic}: offsets without gaps");
+        *end += 1;
+    }
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(15)));
+    for r in diffstream::sinks::kafka::block_on(admin.delete_topics(&[topic], &opts)).unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+    }
+    create_topics(&[topic.to_string()], 3);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for (p, n) in &ends {
+        for _ in 0..*n {
+            let mut record = BaseRecord::<(), [u8]>::to(topic).partition(*p).payload(GONE);
+            while let Err((e, back)) = producer.send(record) {
+                assert!(matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
+                producer.poll(std::time::Duration::from_millis(10));
+                record = back;
+            }
+            producer.poll(std::time::Duration::ZERO);
+        }
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    ends
+}
+
+/// The recreated topic holds, after the stand-ins of the `early` records, the records produced
+/// since at the offsets they would have had: `later` of them in all, none of them a stand-in.
+fn assert_offsets_kept(topic: &str, early: &BTreeMap<i32, i64>, later: u64) {
+    let now = read_topic(topic, std::time::Duration::from_secs(2));
+    let mut fresh = 0;
+    for r in &now {
+        let is_gone = r.value.as_deref() == Some(GONE);
+        assert_eq!(is_gone, r.offset < early[&r.partition], "{topic}: partition {} offset {}", r.partition, r.offset);
+        fresh += u64::from(!is_gone);
+    }
+    assert_eq!(fresh, later, "{topic}: the records produced after the retention");
 }
 
 /// The checkpoint times under `checkpoints` (of a run of two workers) at which the parts of

@@ -269,7 +269,8 @@ fn read_progress(
     Ok(latest)
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// Runs a future (an rdkafka admin call) to its end on this thread.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {

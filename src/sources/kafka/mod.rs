@@ -20,6 +20,9 @@
 //! Records polled for a later time, or past the last binding, wait in their partition's queue
 //! (a partition with many waiting is paused). A partition committed by an older run without
 //! bindings is read up to its committed offset at time 1, below anything a sink still writes.
+//! After a checkpoint, each partition is read from the checkpoint's offset, not from where the
+//! input began; that holds when the groups' offsets are gone too (expired while the engine was
+//! down): the checkpoint alone says where a partition goes on.
 //!
 //! Errors: poll errors (broker down, …) are logged and retried by librdkafka; the source just
 //! reads nothing meanwhile. A topic that does not exist is an error at start-up.
@@ -137,11 +140,11 @@ impl KafkaSource {
                 let s = started.get(&(topic.clone(), partition)).copied();
                 tracing::debug!(topic, partition, committed = ?c, started = ?s, "committed offsets");
                 let mut bounds = VecDeque::new();
+                let checkpointed = bindings.resumes_at(&topic, partition);
                 let (from, start_at, durable) = match (c, s) {
                     // ours: read again from where the input began, in the bound slices
                     // (after a checkpoint: from its offset, in the slices bound after it)
                     (_, Some(s)) => {
-                        let checkpointed = bindings.resumes_at(&topic, partition);
                         let from = checkpointed.map_or(s, |o| o.max(s));
                         bounds.extend(bindings.of(&topic, partition).into_iter().filter(|&(_, next)| next > from));
                         match c {
@@ -151,6 +154,22 @@ impl KafkaSource {
                         }
                         tracing::debug!(topic, partition, from, checkpointed = checkpointed.is_some(), "reading again from");
                         (Offset::Offset(from), Some(s), true)
+                    }
+                    // The groups' offsets are gone (Kafka expires a group's offsets after
+                    // `offsets.retention.minutes`, 7 days by default, when it has no member)
+                    // but a checkpoint says where this partition goes on: there, in the slices
+                    // bound after it; the input's start is forgotten (a replay begins there).
+                    (_, None) if checkpointed.is_some() => {
+                        let from = checkpointed.expect("checked");
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            from,
+                            group = input.group_id,
+                            "the group's offsets are gone (expired?); going on from the checkpoint's offset"
+                        );
+                        bounds.extend(bindings.of(&topic, partition).into_iter().filter(|&(_, next)| next > from));
+                        (Offset::Offset(from), Some(from), false)
                     }
                     // committed by someone else: begin there, nothing to rebuild
                     (Some(c), None) => (Offset::Offset(c), Some(c), false),
