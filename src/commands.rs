@@ -138,6 +138,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         kafka_output: kafka_output(&config, &inputs),
         mongodb_output: config.output.mongodb.clone(),
         state_dir: state_dir(&config, &inputs),
+        state_topic: config.runtime.state_topic.clone().map(|t| (config.kafka.clone(), t)),
         checkpoint_interval: Some(config.runtime.checkpoint_interval.std()).filter(|d| !d.is_zero()),
         replay_on_restart: config.runtime.restart == crate::config::Restart::Replay,
     })
@@ -208,6 +209,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         kafka_output: None,
         mongodb_output: None,
         state_dir: None,
+        state_topic: None,
         checkpoint_interval: None,
         replay_on_restart: false,
     })

@@ -259,21 +259,40 @@ fn kill_and_restart_gives_the_offline_result() {
 
 /// Checkpoints every second; killed once a checkpoint holds the first half, more input while
 /// down: the restart loads the checkpoint, reads only the input after it (a fraction of what it
-/// would read from the beginning) and ends equal to the offline run. A broker with retention
-/// would have deleted that early input by then; Tansu keeps everything, so the test counts what
-/// the restart read instead.
+/// would read from the beginning) and ends equal to the offline run. The test counts what
+/// the restart read (the cluster test below also removes the early input).
 #[test]
 fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
+    restart_from_a_checkpoint(false);
+}
+
+/// [`a_restart_from_a_checkpoint_reads_only_what_came_after`] with `[runtime] state_topic`, and
+/// the state directory removed before every restart, as when the engine comes back on another
+/// host: each restart rebuilds it from the topic, loads the checkpoint, replays the bindings
+/// after it (no record written twice) and ends equal to the offline run.
+#[test]
+fn a_state_topic_brings_the_state_to_a_new_host() {
+    restart_from_a_checkpoint(true);
+}
+
+fn restart_from_a_checkpoint(state_topic: bool) {
     let counts = [("users", 200u64), ("clicks", 3000), ("sensors", 3000)];
     let s = Setup::with_input("checkpoint", &counts, 2);
     let out = unique("checkpoint-out");
     let group = unique("g");
     let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 50\n");
-    std::fs::write(
-        &cfg,
-        with_runtime(&std::fs::read_to_string(&cfg).unwrap(), "checkpoint_interval = \"1s\"\nstatus_interval = \"100ms\"\n"),
-    )
-    .unwrap();
+    let mut runtime = "checkpoint_interval = \"1s\"\nstatus_interval = \"100ms\"\n".to_string();
+    if state_topic {
+        runtime.push_str(&format!("state_topic = \"{}\"\n", unique("state")));
+    }
+    std::fs::write(&cfg, with_runtime(&std::fs::read_to_string(&cfg).unwrap(), &runtime)).unwrap();
+    let state = s.dir.path().join("state").join(&group);
+    // (a new host: nothing of the state directory is left)
+    let new_host = || {
+        if state_topic {
+            std::fs::remove_dir_all(&state).unwrap();
+        }
+    };
     let first_cfg = s.dir.path().join("first.toml");
     std::fs::write(&first_cfg, std::fs::read_to_string(&cfg).unwrap().replace("stop_when_idle = \"4s\"\n", "")).unwrap();
 
@@ -301,6 +320,7 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
     engine.wait().unwrap();
 
     produce(&s.prefix, 1, &counts);
+    new_host();
     let restart = Command::new(bin()).args(["run", "--config", cfg.to_str().unwrap(), "-w", "2", "--log-level", "info"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&restart.stderr);
     assert!(restart.status.success(), "{stderr}");
@@ -322,6 +342,7 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
     let outputs = ["user_event_counts", "event_type_counts", "user_activity", "sensor_window_metrics", "anomaly_alerts"];
     let records = || outputs.map(|o| read_topic(&format!("{out}.{o}"), std::time::Duration::from_secs(2)).len());
     let before = records();
+    new_host();
     diffstream(&["run", "--config", cfg.to_str().unwrap(), "-w", "2", "-q"]);
     assert_eq!(records(), before, "records per output topic after a restart with no new input");
 
@@ -344,6 +365,7 @@ fn a_restart_from_a_checkpoint_reads_only_what_came_after() {
     // up to the kept bindings is read at their times, which the sinks already have.
     let replay = s.dir.path().join("replay.toml");
     std::fs::write(&replay, with_runtime(&std::fs::read_to_string(&cfg).unwrap(), "restart = \"replay\"\n")).unwrap();
+    new_host();
     diffstream(&["run", "--config", replay.to_str().unwrap(), "-w", "2", "-q"]);
     assert_eq!(records(), before, "records per output topic after a replay with no new input");
     assert_topics_equal_offline(&out, &offline(&s));

@@ -72,6 +72,13 @@ pub struct RuntimeConfig {
     /// the `group_id` of the first Kafka input. Delete it together with the consumer groups to
     /// start over.
     pub state_dir: Option<PathBuf>,
+    /// A Kafka topic (on `[kafka]`'s cluster) that also keeps the state, for clusters whose
+    /// hosts come and go: every binding and checkpoint part written under `state_dir` is also
+    /// written to it and waited for, and at start-up each process rebuilds its `state_dir` from
+    /// it — a process on a new host, or whose disk was lost, restarts as if its directory had
+    /// been there. One partition, compacted; created when missing. Each process then needs a
+    /// `state_dir` of its own. Default: none (the state directory alone).
+    pub state_topic: Option<String>,
     /// How often a run that reads Kafka checkpoints its dataflows' state (with the input offsets
     /// of that time) under `state_dir/checkpoints`, so that a restart reads only the input after
     /// the latest checkpoint. `0s` turns checkpoints off. Default `10s`.
@@ -101,6 +108,7 @@ impl Default for RuntimeConfig {
             max_inflight: 4,
             status_interval: Duration::from_millis(1000),
             state_dir: None,
+            state_topic: None,
             checkpoint_interval: Duration::from_millis(10_000),
             restart: Restart::Checkpoint,
         }

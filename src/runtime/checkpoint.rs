@@ -19,12 +19,14 @@
 //! before), and the sinks resume from their own progress as before. A checkpoint written by
 //! another worker layout, or for other dataflows or parameters, is refused with a message
 //! saying what to do; `[runtime] restart = "replay"` ignores checkpoints and reads every input
-//! again from where it began.
+//! again from where it began. With a state topic, each part also goes there once its file is
+//! written, and pruning removes it there too ([`super::state_topic`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dataflows::checkpoint::Snapshots;
 use dataflows::ops::FastMap;
@@ -34,6 +36,7 @@ use dataflows::Time;
 use serde::{Deserialize, Serialize};
 
 use super::reclock::Bound;
+use super::state_topic::StateTopic;
 
 /// One worker's part of a checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -116,6 +119,8 @@ pub struct Writer<'a> {
     pub mine: Range<usize>,
     /// the dataflows and their parameters, as text
     pub definition: &'a str,
+    /// the state topic every part also goes to, if any
+    pub mirror: Option<Arc<StateTopic>>,
 }
 
 /// A worker's checkpointing: its compacted inputs at checkpoint times, where its partitions
@@ -145,7 +150,7 @@ struct Background {
 }
 
 impl Background {
-    fn start(dir: &Path, worker: usize, workers: usize, mine: Range<usize>) -> anyhow::Result<Self> {
+    fn start(dir: &Path, worker: usize, workers: usize, mine: Range<usize>, mirror: Option<Arc<StateTopic>>) -> anyhow::Result<Self> {
         let (parts, rx) = std::sync::mpsc::sync_channel::<Part>(1);
         let dir = dir.to_path_buf();
         let pruner = mine.start == worker;
@@ -154,10 +159,21 @@ impl Background {
         let thread = std::thread::Builder::new().name(format!("checkpoint-{worker}")).spawn(move || {
             for part in rx {
                 let began = std::time::Instant::now();
-                let path = write(&dir, &part).map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", dir.display()))?;
+                let bytes = bincode::serialize(&part)?;
+                let path = write_encoded(&dir, part.time, part.worker, part.workers, &bytes)
+                    .map_err(|e| anyhow::anyhow!("writing a checkpoint under {}: {e}", dir.display()))?;
+                if let Some(m) = &mirror {
+                    m.put_part(part.time, part.worker, part.workers, &bytes)?;
+                }
+                drop(bytes);
                 if pruner {
-                    prune(&dir, KEEP, workers, &mine)
+                    let removed = prune(&dir, KEEP, workers, &mine)
                         .map_err(|e| anyhow::anyhow!("removing old checkpoints under {}: {e}", dir.display()))?;
+                    if let Some(m) = &mirror {
+                        for (t, w, n, len) in removed {
+                            m.remove_part(t, w, n, len)?;
+                        }
+                    }
                 }
                 if let Some(t) = latest_complete(&dir, workers, &mine)? {
                     seen.fetch_max(t, std::sync::atomic::Ordering::Relaxed);
@@ -211,7 +227,7 @@ impl<'a> Local<'a> {
         self.last = Some(part.time);
         if self.background.is_none() {
             let w = &self.writer;
-            self.background = Some(Background::start(w.dir, w.worker, w.workers, w.mine.clone())?);
+            self.background = Some(Background::start(w.dir, w.worker, w.workers, w.mine.clone(), w.mirror.clone())?);
         }
         let background = self.background.as_ref().expect("started");
         if background.parts.send(part).is_err() {
@@ -286,13 +302,18 @@ fn part_path(state: &Path, time: Time, worker: usize, workers: usize) -> PathBuf
 
 /// Writes a worker's part durably (temporary file, sync, rename, sync of the directory).
 pub fn write(state: &Path, part: &Part) -> io::Result<PathBuf> {
-    let path = part_path(state, part.time, part.worker, part.workers);
+    let bytes = bincode::serialize(part).map_err(io::Error::other)?;
+    write_encoded(state, part.time, part.worker, part.workers, &bytes)
+}
+
+/// [`write`] of a part already encoded.
+pub fn write_encoded(state: &Path, time: Time, worker: usize, workers: usize, bytes: &[u8]) -> io::Result<PathBuf> {
+    let path = part_path(state, time, worker, workers);
     let dir = path.parent().expect("a checkpoint file has a directory");
     std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
     let tmp = path.with_extension("tmp");
-    let bytes = bincode::serialize(part).map_err(io::Error::other)?;
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
@@ -400,16 +421,21 @@ fn read(path: &Path) -> anyhow::Result<Part> {
 /// the `keep` latest at which it has all of them, and each checkpoint directory left empty.
 /// The first worker of each process calls it; it reads no checkpoint, only their names. (A
 /// process may be a checkpoint or two ahead of another when it crashes: each keeps a few.)
-pub fn prune(state: &Path, keep: usize, workers: usize, mine: &Range<usize>) -> io::Result<()> {
+/// Returns the parts removed: time, worker, workers and size.
+pub fn prune(state: &Path, keep: usize, workers: usize, mine: &Range<usize>) -> io::Result<Vec<(Time, usize, usize, u64)>> {
     let listing = listing(state)?;
     let complete: Vec<Time> = listing.iter().filter(|(_, l)| l.has(workers, mine)).map(|(t, _)| *t).collect();
-    let Some(&oldest_kept) = complete.iter().rev().nth(keep.saturating_sub(1)) else { return Ok(()) };
+    let mut removed = Vec::new();
+    let Some(&oldest_kept) = complete.iter().rev().nth(keep.saturating_sub(1)) else { return Ok(removed) };
     for (t, l) in listing.range(..oldest_kept) {
         for (n, present) in &l.parts {
             for w in present.iter().filter(|w| *n != workers || mine.contains(w)) {
-                match std::fs::remove_file(part_path(state, *t, *w, *n)) {
+                let path = part_path(state, *t, *w, *n);
+                let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+                    Err(_) => {}
+                    Ok(()) => removed.push((*t, *w, *n, len)),
                 }
             }
         }
@@ -421,7 +447,7 @@ pub fn prune(state: &Path, keep: usize, workers: usize, mine: &Range<usize>) -> 
         // (another process's parts may still be in it)
         let _ = std::fs::remove_dir(&l.dir);
     }
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod reclock;
+pub mod state_topic;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -150,6 +151,8 @@ pub struct Plan {
     /// where a streaming run keeps its durable state (the bindings of times to offsets, the
     /// checkpoints)
     pub state_dir: Option<PathBuf>,
+    /// a Kafka topic that also keeps that state, and the cluster it is on
+    pub state_topic: Option<(KafkaConnection, String)>,
     /// how often a streaming run checkpoints (`None`: never)
     pub checkpoint_interval: Option<Duration>,
     /// a restart ignores checkpoints and reads every input from where it began
@@ -187,6 +190,7 @@ impl Plan {
             kafka_output: None,
             mongodb_output: None,
             state_dir: None,
+            state_topic: None,
             checkpoint_interval: None,
             replay_on_restart: false,
         }
@@ -440,6 +444,15 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Ob
     // A stream's times are bound to its offsets durably, so a restart reads the input again at
     // the same times; the bindings of earlier runs are read once per process.
     let streaming = plan.inputs.values().any(InputSpec::is_stream);
+    // With a state topic, the state directory is first rebuilt from it.
+    let mirror = match (&plan.state_topic, &plan.state_dir, streaming) {
+        (Some((conn, topic)), Some(dir), true) => {
+            let t = state_topic::StateTopic::open(conn, topic)?;
+            t.restore(dir, plan.cluster.all_workers(), &plan.cluster.mine())?;
+            Some(Arc::new(t))
+        }
+        _ => None,
+    };
     let bindings = match (&plan.state_dir, streaming) {
         (Some(d), true) => reclock::load(d)?,
         (None, true) => anyhow::bail!("a streaming run needs a state directory (`[runtime] state_dir`)"),
@@ -459,7 +472,8 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Ob
     let guards = timely::execute(config, move |worker| {
         // The first worker takes the observer.
         let observer = if worker.index() == 0 { observer.lock().ok().and_then(|mut o| o.take()) } else { None };
-        run_worker(worker, &plan, &bindings, (&checkpoint_times, &definition), began_ms, &counters, observer).map_err(|e| format!("{e:#}"))
+        let state = (&*checkpoint_times, definition.as_str(), mirror.clone());
+        run_worker(worker, &plan, &bindings, state, began_ms, &counters, observer).map_err(|e| format!("{e:#}"))
     })
     .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
@@ -478,7 +492,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     plan: &Plan,
     bindings: &reclock::Bindings,
-    (checkpoint_times, definition): (&Option<Vec<Time>>, &str),
+    (checkpoint_times, definition, mirror): (&Option<Vec<Time>>, &str, Option<Arc<state_topic::StateTopic>>),
     run_began_ms: i64,
     counters: &Counters,
     mut observer: Option<Box<dyn Observer>>,
@@ -509,7 +523,8 @@ fn run_worker(
     let outputs = plan.outputs();
     let streaming = plan.inputs.values().any(InputSpec::is_stream);
     // External sinks go on from their own progress after a restart (`sinks::Resuming`).
-    let mut reclock = plan.state_dir.as_deref().filter(|_| streaming).map(|d| reclock::Reclock::open(d, index)).transpose()?;
+    let mut reclock =
+        plan.state_dir.as_deref().filter(|_| streaming).map(|d| reclock::Reclock::open(d, index, mirror.clone())).transpose()?;
     let replayed = Rc::new(std::cell::Cell::new(false));
     let resume = |after: Option<Time>| (streaming, after, bindings.last.unwrap_or(0), replayed.clone());
     // Every worker writes its share of every output (routed by key). The current rows are kept
@@ -648,7 +663,7 @@ fn run_worker(
     // This worker's inputs at each checkpoint time, with every partition's offset then.
     let mut checkpoints = checkpoint_every.zip(plan.state_dir.as_deref()).map(|(every, dir)| {
         let mine = plan.cluster.mine();
-        checkpoint::Local::new(checkpoint::Writer { every, dir, worker: index, workers: peers, mine, definition })
+        checkpoint::Local::new(checkpoint::Writer { every, dir, worker: index, workers: peers, mine, definition, mirror: mirror.clone() })
     });
     if let Some(part) = mine {
         epoch = part.time;

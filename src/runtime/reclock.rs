@@ -18,8 +18,11 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dataflows::Time;
+
+use super::state_topic::StateTopic;
 
 /// One partition's next offset after a time.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,6 +74,9 @@ pub struct Reclock {
     file: File,
     path: PathBuf,
     line: String,
+    index: usize,
+    /// the state topic every binding also goes to, if any
+    mirror: Option<Arc<StateTopic>>,
 }
 
 fn dir_of(state: &Path) -> PathBuf {
@@ -123,8 +129,9 @@ fn parse(line: &[u8]) -> Option<(Time, String, i32, i64)> {
 }
 
 impl Reclock {
-    /// Opens worker `index`'s log under `state` for appending.
-    pub fn open(state: &Path, index: usize) -> io::Result<Reclock> {
+    /// Opens worker `index`'s log under `state` for appending; every binding also goes to
+    /// `mirror`.
+    pub fn open(state: &Path, index: usize, mirror: Option<Arc<StateTopic>>) -> io::Result<Reclock> {
         let dir = dir_of(state);
         std::fs::create_dir_all(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("creating the state directory {}: {e}", dir.display())))?;
@@ -147,7 +154,7 @@ impl Reclock {
         if whole < len {
             file.set_len(whole)?;
         }
-        Ok(Reclock { file, path, line: String::new() })
+        Ok(Reclock { file, path, line: String::new(), index, mirror })
     }
 
     /// Drops the lines a restart no longer needs once a checkpoint at `time` is complete: of
@@ -161,12 +168,24 @@ impl Reclock {
         File::open(&self.path).and_then(|mut f| f.read_to_end(&mut text)).map_err(err)?;
         let mut latest: HashMap<(String, i32), (Time, &[u8])> = HashMap::new();
         let mut after: Vec<&[u8]> = Vec::new();
+        let mut dropped = Vec::new();
         for line in text.split_inclusive(|&b| b == b'\n').filter(|l| l.ends_with(b"\n")) {
             let Some((t, topic, partition, _)) = parse(&line[..line.len() - 1]) else { continue };
             if t > time {
                 after.push(line);
-            } else if latest.get(&(topic.clone(), partition)).is_none_or(|(u, _)| *u <= t) {
-                latest.insert((topic, partition), (t, line));
+            } else {
+                match latest.get(&(topic.clone(), partition)) {
+                    Some((u, _)) if *u > t => dropped.push((t, topic, partition)),
+                    Some((u, _)) => {
+                        if *u < t {
+                            dropped.push((*u, topic.clone(), partition));
+                        }
+                        latest.insert((topic, partition), (t, line));
+                    }
+                    None => {
+                        latest.insert((topic, partition), (t, line));
+                    }
+                }
             }
         }
         let mut kept: Vec<(Time, &[u8])> = latest.into_values().collect();
@@ -182,6 +201,9 @@ impl Reclock {
             File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
         }
         self.file = OpenOptions::new().append(true).read(true).open(&self.path).map_err(err)?;
+        if let Some(m) = &self.mirror {
+            m.unbind(self.index, &dropped)?;
+        }
         Ok(())
     }
 
@@ -199,6 +221,9 @@ impl Reclock {
             .write_all(self.line.as_bytes())
             .and_then(|()| self.file.sync_data())
             .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display())))?;
+        if let Some(m) = &self.mirror {
+            m.bind(self.index, time, bounds)?;
+        }
         // (the logs are compacted at checkpoints; a debug log keeps every binding)
         for b in bounds {
             tracing::debug!(time, topic = b.topic.as_str(), partition = b.partition, next = b.next, "bound");
@@ -227,17 +252,17 @@ mod tests {
     fn bindings_survive_a_torn_line_and_are_keyed_by_partition() {
         let dir = std::env::temp_dir().join(format!("diffstream-reclock-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut a = Reclock::open(&dir, 0).unwrap();
+        let mut a = Reclock::open(&dir, 0, None).unwrap();
         a.bind(5, &[Bound { topic: "clicks".into(), partition: 0, next: 10 }]).unwrap();
         a.bind(9, &[Bound { topic: "clicks".into(), partition: 0, next: 12 }]).unwrap();
-        let mut b = Reclock::open(&dir, 1).unwrap();
+        let mut b = Reclock::open(&dir, 1, None).unwrap();
         b.bind(7, &[Bound { topic: "clicks".into(), partition: 1, next: 3 }]).unwrap();
         // a crash mid-append
         std::fs::OpenOptions::new().append(true).open(dir.join("bindings/worker-1.log")).unwrap().write_all(b"11 clicks 1").unwrap();
         let loaded = load(&dir).unwrap();
         assert_eq!(loaded.of("clicks", 1), vec![(7, 3)]);
         // reopening cuts the torn line; the next binding is whole
-        Reclock::open(&dir, 1).unwrap().bind(12, &[Bound { topic: "clicks".into(), partition: 1, next: 4 }]).unwrap();
+        Reclock::open(&dir, 1, None).unwrap().bind(12, &[Bound { topic: "clicks".into(), partition: 1, next: 4 }]).unwrap();
         let loaded = load(&dir).unwrap();
         assert_eq!(loaded.of("clicks", 0), vec![(5, 10), (9, 12)]);
         assert_eq!(loaded.of("clicks", 1), vec![(7, 3), (12, 4)]);
@@ -250,7 +275,7 @@ mod tests {
     fn compaction_keeps_each_partitions_latest_binding_through_a_checkpoint_and_all_after() {
         let dir = std::env::temp_dir().join(format!("diffstream-reclock-compact-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut r = Reclock::open(&dir, 0).unwrap();
+        let mut r = Reclock::open(&dir, 0, None).unwrap();
         let b = |p: i32, next: i64| Bound { topic: "clicks".into(), partition: p, next };
         r.bind(1, &[b(0, 5), b(1, 2)]).unwrap();
         r.bind(2, &[b(0, 9)]).unwrap();
