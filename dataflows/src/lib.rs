@@ -12,6 +12,7 @@ pub mod ops;
 pub mod output;
 pub mod records;
 pub mod sensor_metrics;
+pub mod sql;
 pub mod user_activity;
 pub mod user_event_counts;
 

@@ -1,0 +1,20 @@
+//! Dataflows written as SQL views, compiled to differential operators.
+//!
+//! `CREATE VIEW name AS SELECT …;` statements are parsed by the `sqlparser` crate
+//! ([`plan::compile`]), their names resolved and types checked against a [`plan::Catalog`] of
+//! inputs and earlier views, and planned as a tree of operators ([`plan::Plan`]): filters and
+//! maps on the worker that holds a row, reduces (GROUP BY with COUNT, COUNT(DISTINCT), SUM,
+//! MIN, MAX, AVG; HAVING) and equi-joins (inner and left) exchanged and arranged by key, UNION
+//! ALL, subqueries in FROM, views over views. [`render::render`] builds the operators. A row
+//! whose expression fails is an error of its view, not of the run.
+//!
+//! Not yet: windows (TUMBLE/HOP), string functions beyond lower/upper/length/trim, timestamp
+//! functions, and running views from the engine's configs (issue 9).
+
+pub mod eval;
+pub mod plan;
+pub mod render;
+pub mod value;
+
+pub use plan::{compile, Catalog, Column, SqlError, View};
+pub use value::{SqlRow, Type, Value};

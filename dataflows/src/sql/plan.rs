@@ -1,0 +1,1080 @@
+//! From the parser's syntax tree to a plan of differential operators, with names resolved and
+//! types checked. Anything outside the supported subset is an error naming the line and column,
+//! what is not supported and what to write instead.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use sqlparser::ast::{
+    self, BinaryOperator, CastKind, DataType, Expr as Ast, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, JoinConstraint,
+    JoinOperator, ObjectNamePart, SelectItem, SetExpr, SetOperator, SetQuantifier, Spanned, Statement, TableFactor, UnaryOperator,
+};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+use super::value::{Type, Value};
+
+/// A query the compiler refuses: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqlError {
+    /// 1-based line (0: unknown)
+    pub line: u64,
+    /// 1-based column (0: unknown)
+    pub column: u64,
+    /// what is wrong, and what to write instead
+    pub message: String,
+}
+
+impl fmt::Display for SqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+    }
+}
+
+impl std::error::Error for SqlError {}
+
+fn error_at(node: &impl Spanned, message: impl Into<String>) -> SqlError {
+    let start = node.span().start;
+    SqlError { line: start.line, column: start.column, message: message.into() }
+}
+
+/// A scalar expression over the columns of one row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// the i-th column
+    Column(usize),
+    /// a constant
+    Literal(Value),
+    /// a binary operator
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// NOT
+    Not(Box<Expr>),
+    /// unary minus
+    Neg(Box<Expr>),
+    /// IS NULL (or, negated, IS NOT NULL)
+    IsNull(Box<Expr>, bool),
+    /// CASE WHEN … THEN … ELSE … END (a CASE with an operand is rewritten to this form)
+    Case(Vec<(Expr, Expr)>, Box<Expr>),
+    /// CAST(e AS type)
+    Cast(Box<Expr>, Type),
+    /// a function of the supported set
+    Call(Func, Vec<Expr>),
+    /// e [NOT] IN (list)
+    InList(Box<Expr>, Vec<Expr>, bool),
+}
+
+/// Binary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Concat,
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+    And,
+    Or,
+}
+
+/// Scalar functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Func {
+    Lower,
+    Upper,
+    Length,
+    Trim,
+    Abs,
+    Round,
+    Floor,
+    Ceil,
+    Coalesce,
+}
+
+/// Aggregate functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum AggFunc {
+    CountStar,
+    Count,
+    CountDistinct,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+/// One aggregate of a reduce: its function and argument (over the input row).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    /// the function
+    pub func: AggFunc,
+    /// the argument (`Literal(Null)` for COUNT(*))
+    pub arg: Expr,
+    /// the argument's type
+    pub arg_type: Type,
+}
+
+/// A plan: a tree of operators, each giving rows of a known arity.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// an input's rows
+    Source(String),
+    /// an earlier view's rows
+    View(String),
+    /// rows for which the predicate is TRUE
+    Filter(Box<Plan>, Expr),
+    /// each row mapped to these expressions
+    Map(Box<Plan>, Vec<Expr>),
+    /// group by `keys`; each group gives `keys ++ aggregates`. With no keys, one row even of
+    /// no input (SQL's global aggregate).
+    Reduce {
+        /// the input
+        input: Box<Plan>,
+        /// the grouping expressions
+        keys: Vec<Expr>,
+        /// the aggregates
+        aggs: Vec<Aggregate>,
+    },
+    /// an equi-join: `left ++ right` for equal keys (a NULL key matches nothing); a left join
+    /// also keeps unmatched left rows with NULLs for the right's `right_arity` columns
+    Join {
+        /// the left input
+        left: Box<Plan>,
+        /// the right input
+        right: Box<Plan>,
+        /// key expressions over the left's rows
+        left_keys: Vec<Expr>,
+        /// key expressions over the right's rows
+        right_keys: Vec<Expr>,
+        /// keep unmatched left rows
+        outer: bool,
+        /// columns of the right input
+        right_arity: usize,
+    },
+    /// UNION ALL
+    Union(Vec<Plan>),
+}
+
+/// A column of a source or view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// its name
+    pub name: String,
+    /// its type
+    pub ty: Type,
+}
+
+/// A compiled view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    /// its name
+    pub name: String,
+    /// its columns
+    pub columns: Vec<Column>,
+    /// the columns that key its rows (the GROUP BY columns; else every column)
+    pub key: Vec<usize>,
+    /// how its rows are computed
+    pub plan: Plan,
+}
+
+/// The relations a query may read: inputs and the views compiled before it.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    relations: BTreeMap<String, (Vec<Column>, bool)>,
+}
+
+impl Catalog {
+    /// Adds an input.
+    pub fn add_source(&mut self, name: &str, columns: Vec<Column>) {
+        self.relations.insert(name.to_ascii_lowercase(), (columns, true));
+    }
+}
+
+/// Compiles every `CREATE VIEW` of `text` in order (a view may read the ones before it); each
+/// compiled view is added to `catalog`.
+pub fn compile(text: &str, catalog: &mut Catalog) -> Result<Vec<View>, SqlError> {
+    let statements = Parser::parse_sql(&GenericDialect {}, text).map_err(|e| parse_error(&e.to_string()))?;
+    let mut views = Vec::new();
+    for statement in statements {
+        let Statement::CreateView(cv) = &statement else {
+            return Err(error_at(&statement, "only `CREATE VIEW name AS SELECT …;` statements are supported in a view file"));
+        };
+        let name = object_name(&cv.name).ok_or_else(|| error_at(&cv.name, "a view name is one plain identifier"))?;
+        if catalog.relations.contains_key(&name) {
+            return Err(error_at(&cv.name, format!("`{name}` is already an input or a view: give the view another name")));
+        }
+        let (plan, mut columns, key) = plan_query(&cv.query, catalog)?;
+        if !cv.columns.is_empty() {
+            if cv.columns.len() != columns.len() {
+                return Err(error_at(&cv.name, format!("{} column names for {} columns", cv.columns.len(), columns.len())));
+            }
+            for (c, def) in columns.iter_mut().zip(&cv.columns) {
+                c.name = def.name.value.to_ascii_lowercase();
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &columns {
+            if !seen.insert(c.name.clone()) {
+                return Err(error_at(&*cv.query, format!("two columns are named `{}`: give one an alias with AS", c.name)));
+            }
+        }
+        catalog.relations.insert(name.clone(), (columns.clone(), false));
+        views.push(View { name, columns, key, plan });
+    }
+    Ok(views)
+}
+
+/// sqlparser's messages end with "at Line: L, Column: C".
+fn parse_error(message: &str) -> SqlError {
+    let mut line = 0;
+    let mut column = 0;
+    if let Some((_, rest)) = message.rsplit_once("Line: ") {
+        let mut parts = rest.split(", Column: ");
+        line = parts.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        column = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+    }
+    let text = message.split(" at Line: ").next().unwrap_or(message).trim_start_matches("sql parser error: ");
+    SqlError { line, column, message: format!("syntax error: {text}") }
+}
+
+fn object_name(name: &ast::ObjectName) -> Option<String> {
+    match &name.0[..] {
+        [ObjectNamePart::Identifier(i)] => Some(i.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// The columns in scope while planning one SELECT: qualifier (table or alias), name, type.
+#[derive(Clone, Debug, Default)]
+struct Scope {
+    columns: Vec<(Option<String>, String, Type)>,
+}
+
+impl Scope {
+    fn of(qualifier: &str, columns: &[Column]) -> Scope {
+        Scope { columns: columns.iter().map(|c| (Some(qualifier.to_string()), c.name.clone(), c.ty)).collect() }
+    }
+
+    fn join(&self, other: &Scope) -> Scope {
+        Scope { columns: self.columns.iter().chain(&other.columns).cloned().collect() }
+    }
+
+    fn resolve(&self, node: &Ast, qualifier: Option<&str>, name: &str) -> Result<(usize, Type), SqlError> {
+        let found: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| {
+                let (q, n, _) = &self.columns[i];
+                n == name && qualifier.is_none_or(|want| q.as_deref() == Some(want))
+            })
+            .collect();
+        match found[..] {
+            [i] => Ok((i, self.columns[i].2)),
+            [] => {
+                let known: Vec<String> =
+                    self.columns.iter().map(|(q, n, _)| q.as_ref().map_or(n.clone(), |q| format!("{q}.{n}"))).collect();
+                let full = qualifier.map_or(name.to_string(), |q| format!("{q}.{name}"));
+                Err(error_at(node, format!("unknown column `{full}`; the columns here are {}", known.join(", "))))
+            }
+            _ => Err(error_at(node, format!("column `{name}` is ambiguous: qualify it with its table, as t.{name}"))),
+        }
+    }
+}
+
+type Planned = (Plan, Vec<Column>, Vec<usize>);
+
+fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<Planned, SqlError> {
+    if query.with.is_some() {
+        return Err(error_at(query, "WITH is not supported: write each step as a view of its own"));
+    }
+    if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return Err(error_at(query, "ORDER BY and LIMIT are not supported in a view (a view's rows have no order)"));
+    }
+    plan_set_expr(&query.body, catalog)
+}
+
+fn plan_set_expr(body: &SetExpr, catalog: &Catalog) -> Result<Planned, SqlError> {
+    match body {
+        SetExpr::Select(select) => plan_select(select, catalog),
+        SetExpr::Query(q) => plan_query(q, catalog),
+        SetExpr::SetOperation { op: SetOperator::Union, set_quantifier: SetQuantifier::All, left, right } => {
+            let (lp, lc, _) = plan_set_expr(left, catalog)?;
+            let (rp, rc, _) = plan_set_expr(right, catalog)?;
+            if lc.len() != rc.len() || lc.iter().zip(&rc).any(|(a, b)| !a.ty.accepts(b.ty)) {
+                let show = |c: &[Column]| c.iter().map(|c| c.ty.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(error_at(
+                    &**right,
+                    format!("UNION ALL of ({}) and ({}): both sides need the same column types", show(&lc), show(&rc)),
+                ));
+            }
+            let key = (0..lc.len()).collect();
+            let columns = lc
+                .iter()
+                .zip(&rc)
+                .map(|(a, b)| Column { name: a.name.clone(), ty: if a.ty == Type::Null { b.ty } else { a.ty } })
+                .collect();
+            let plan = match lp {
+                Plan::Union(mut parts) => {
+                    parts.push(rp);
+                    Plan::Union(parts)
+                }
+                lp => Plan::Union(vec![lp, rp]),
+            };
+            Ok((plan, columns, key))
+        }
+        SetExpr::SetOperation { .. } => {
+            Err(error_at(body, "only UNION ALL is supported (UNION, INTERSECT and EXCEPT are not): write UNION ALL"))
+        }
+        other => Err(error_at(other, "only SELECT queries are supported here")),
+    }
+}
+
+fn plan_from(factor: &TableFactor, catalog: &Catalog) -> Result<(Plan, Scope), SqlError> {
+    match factor {
+        TableFactor::Table { name, alias, args: None, .. } => {
+            let n = object_name(name).ok_or_else(|| error_at(name, "a table name is one plain identifier"))?;
+            let (columns, source) = catalog.relations.get(&n).ok_or_else(|| {
+                let known: Vec<&String> = catalog.relations.keys().collect();
+                error_at(
+                    name,
+                    format!("unknown input or view `{n}`; known: {}", known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                )
+            })?;
+            let q = alias.as_ref().map_or(n.clone(), |a| a.name.value.to_ascii_lowercase());
+            let plan = if *source { Plan::Source(n) } else { Plan::View(n) };
+            Ok((plan, Scope::of(&q, columns)))
+        }
+        TableFactor::Derived { subquery, alias, lateral: false, .. } => {
+            let (plan, columns, _) = plan_query(subquery, catalog)?;
+            let q = alias.as_ref().map(|a| a.name.value.to_ascii_lowercase());
+            let scope = Scope { columns: columns.iter().map(|c| (q.clone(), c.name.clone(), c.ty)).collect() };
+            Ok((plan, scope))
+        }
+        other => Err(error_at(other, "only inputs, views and subqueries can be read in FROM")),
+    }
+}
+
+fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlError> {
+    if select.distinct.is_some() {
+        return Err(error_at(select, "SELECT DISTINCT is not supported: write GROUP BY over the columns"));
+    }
+    let (mut plan, scope) =
+        match &select.from[..] {
+            [] => return Err(error_at(select, "a view reads FROM an input or a view")),
+            [from] => {
+                let (mut plan, mut scope) = plan_from(&from.relation, catalog)?;
+                for join in &from.joins {
+                    let (rplan, rscope) = plan_from(&join.relation, catalog)?;
+                    let (constraint, outer) = match &join.join_operator {
+                        JoinOperator::Join(c) | JoinOperator::Inner(c) => (c, false),
+                        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (c, true),
+                        _ => return Err(error_at(&join.relation, "only [INNER] JOIN and LEFT JOIN … ON are supported")),
+                    };
+                    let JoinConstraint::On(on) = constraint else {
+                        return Err(error_at(&join.relation, "a join needs ON a.x = b.y (USING and NATURAL are not supported)"));
+                    };
+                    let both = scope.join(&rscope);
+                    let left_n = scope.columns.len();
+                    let mut left_keys = Vec::new();
+                    let mut right_keys = Vec::new();
+                    let mut rest = Vec::new();
+                    for conjunct in conjuncts(on) {
+                        let eq = match conjunct {
+                            Ast::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                                let (l, lt) = plan_expr(left, &both)?;
+                                let (r, rt) = plan_expr(right, &both)?;
+                                let side = |e: &Expr| {
+                                    let cols = columns_of(e);
+                                    if cols.iter().all(|&c| c < left_n) && !cols.is_empty() {
+                                        Some(false)
+                                    } else if cols.iter().all(|&c| c >= left_n) && !cols.is_empty() {
+                                        Some(true)
+                                    } else {
+                                        None
+                                    }
+                                };
+                                match (side(&l), side(&r)) {
+                                    (Some(false), Some(true)) => Some((l, r, lt, rt)),
+                                    (Some(true), Some(false)) => Some((r, l, rt, lt)),
+                                    _ => None,
+                                }
+                            }
+                            _ => None,
+                        };
+                        match eq {
+                            Some((l, r, lt, rt)) => {
+                                if !(lt.accepts(rt) || lt.numeric() && rt.numeric()) {
+                                    return Err(error_at(conjunct, format!("join keys of types {lt} and {rt} never match: CAST one side")));
+                                }
+                                left_keys.push(l);
+                                right_keys.push(shift(&r, left_n));
+                            }
+                            None if outer => return Err(error_at(
+                                conjunct,
+                                "a LEFT JOIN's ON may only hold equalities of a left and a right column (filter in WHERE or a subquery)",
+                            )),
+                            None => rest.push(plan_predicate(conjunct, &both)?),
+                        }
+                    }
+                    if left_keys.is_empty() {
+                        return Err(error_at(
+                            on,
+                            "a join needs at least one equality of a left and a right column (cross joins are not supported)",
+                        ));
+                    }
+                    plan = Plan::Join {
+                        left: Box::new(plan),
+                        right: Box::new(rplan),
+                        left_keys,
+                        right_keys,
+                        outer,
+                        right_arity: rscope.columns.len(),
+                    };
+                    for p in rest {
+                        plan = Plan::Filter(Box::new(plan), p);
+                    }
+                    scope = both;
+                }
+                (plan, scope)
+            }
+            [_, second, ..] => return Err(error_at(&second.relation, "comma joins are not supported: write JOIN … ON")),
+        };
+    if let Some(w) = &select.selection {
+        plan = Plan::Filter(Box::new(plan), plan_predicate(w, &scope)?);
+    }
+    let group_by: Vec<&Ast> = match &select.group_by {
+        GroupByExpr::Expressions(e, m) if m.is_empty() => e.iter().collect(),
+        other => return Err(error_at(other, "only GROUP BY of expressions is supported")),
+    };
+    let mut aggregates: Vec<&ast::Function> = Vec::new();
+    for item in &select.projection {
+        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+            find_aggregates(e, &mut aggregates)?;
+        }
+    }
+    if let Some(h) = &select.having {
+        find_aggregates(h, &mut aggregates)?;
+    }
+    let aggregating = !group_by.is_empty() || !aggregates.is_empty();
+    if let (Some(h), false) = (&select.having, aggregating) {
+        return Err(error_at(h, "HAVING needs GROUP BY or an aggregate: write WHERE"));
+    }
+    // The projection's expressions, over `scope` or, when aggregating, over the reduce's rows.
+    let mut exprs = Vec::new();
+    let mut columns = Vec::new();
+    let mut key = Vec::new();
+    if aggregating {
+        let mut keys = Vec::new();
+        for g in &group_by {
+            keys.push(plan_expr(g, &scope)?);
+        }
+        let mut aggs = Vec::new();
+        for f in &aggregates {
+            aggs.push(plan_aggregate(f, &scope)?);
+        }
+        let post = PostAggregate { group_by: &group_by, keys: &keys, aggregates: &aggregates, aggs: &aggs, scope: &scope };
+        for item in &select.projection {
+            let (e, name) = match item {
+                SelectItem::UnnamedExpr(e) => (e, default_name(e)),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, alias.value.to_ascii_lowercase()),
+                other => return Err(error_at(other, "SELECT * cannot be used with GROUP BY: name the grouped columns")),
+            };
+            let (expr, ty) = post.plan(e)?;
+            if let Expr::Column(c) = expr {
+                if c < keys.len() {
+                    key.push(exprs.len());
+                }
+            }
+            exprs.push(expr);
+            columns.push(Column { name, ty });
+        }
+        if group_by.len() > key.len() {
+            return Err(error_at(group_by[0], "every GROUP BY expression must be selected (it keys the view's rows)"));
+        }
+        plan = Plan::Reduce { input: Box::new(plan), keys: keys.iter().map(|(e, _)| e.clone()).collect(), aggs: aggs.clone() };
+        if let Some(h) = &select.having {
+            let (p, ty) = post.plan(h)?;
+            if !Type::Bool.accepts(ty) {
+                return Err(error_at(h, format!("HAVING needs a bool, not {ty}")));
+            }
+            plan = Plan::Filter(Box::new(plan), p);
+        }
+    } else {
+        for item in &select.projection {
+            match item {
+                SelectItem::UnnamedExpr(e) => {
+                    let (expr, ty) = plan_expr(e, &scope)?;
+                    exprs.push(expr);
+                    columns.push(Column { name: default_name(e), ty });
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    let (expr, ty) = plan_expr(expr, &scope)?;
+                    exprs.push(expr);
+                    columns.push(Column { name: alias.value.to_ascii_lowercase(), ty });
+                }
+                SelectItem::Wildcard(_) => {
+                    for (i, (_, n, t)) in scope.columns.iter().enumerate() {
+                        exprs.push(Expr::Column(i));
+                        columns.push(Column { name: n.clone(), ty: *t });
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    let q = match kind {
+                        ast::SelectItemQualifiedWildcardKind::ObjectName(n) => object_name(n),
+                        _ => None,
+                    }
+                    .ok_or_else(|| error_at(item, "write t.* with a table name"))?;
+                    for (i, (qq, n, t)) in scope.columns.iter().enumerate() {
+                        if qq.as_deref() == Some(q.as_str()) {
+                            exprs.push(Expr::Column(i));
+                            columns.push(Column { name: n.clone(), ty: *t });
+                        }
+                    }
+                }
+                other => return Err(error_at(other, "this SELECT item is not supported")),
+            }
+        }
+        key = (0..exprs.len()).collect();
+    }
+    let identity = exprs.len() == columns_in(&plan, &scope) && exprs.iter().enumerate().all(|(i, e)| *e == Expr::Column(i));
+    if !identity {
+        plan = Plan::Map(Box::new(plan), exprs);
+    }
+    Ok((plan, columns, key))
+}
+
+/// The arity of a plan's rows, where the scope does not say it (after a reduce).
+fn columns_in(plan: &Plan, scope: &Scope) -> usize {
+    match plan {
+        Plan::Reduce { keys, aggs, .. } => keys.len() + aggs.len(),
+        Plan::Filter(p, _) => columns_in(p, scope),
+        _ => scope.columns.len(),
+    }
+}
+
+fn default_name(e: &Ast) -> String {
+    match e {
+        Ast::Identifier(i) => i.value.to_ascii_lowercase(),
+        Ast::CompoundIdentifier(parts) => parts.last().map_or_else(String::new, |i| i.value.to_ascii_lowercase()),
+        Ast::Function(f) => f.name.to_string().to_ascii_lowercase(),
+        other => other.to_string().to_ascii_lowercase(),
+    }
+}
+
+fn conjuncts(e: &Ast) -> Vec<&Ast> {
+    match e {
+        Ast::BinaryOp { left, op: BinaryOperator::And, right } => {
+            let mut v = conjuncts(left);
+            v.extend(conjuncts(right));
+            v
+        }
+        Ast::Nested(inner) => conjuncts(inner),
+        other => vec![other],
+    }
+}
+
+fn columns_of(e: &Expr) -> Vec<usize> {
+    let mut out = Vec::new();
+    visit(e, &mut |x| {
+        if let Expr::Column(c) = x {
+            out.push(*c);
+        }
+    });
+    out
+}
+
+fn visit(e: &Expr, f: &mut impl FnMut(&Expr)) {
+    f(e);
+    match e {
+        Expr::Column(_) | Expr::Literal(_) => {}
+        Expr::Binary(_, a, b) => {
+            visit(a, f);
+            visit(b, f);
+        }
+        Expr::Not(a) | Expr::Neg(a) | Expr::IsNull(a, _) | Expr::Cast(a, _) => visit(a, f),
+        Expr::Case(arms, other) => {
+            for (c, r) in arms {
+                visit(c, f);
+                visit(r, f);
+            }
+            visit(other, f);
+        }
+        Expr::Call(_, args) => args.iter().for_each(|a| visit(a, f)),
+        Expr::InList(a, list, _) => {
+            visit(a, f);
+            list.iter().for_each(|x| visit(x, f));
+        }
+    }
+}
+
+/// `e` over the right input's own columns, given it was planned over `left ++ right`.
+fn shift(e: &Expr, by: usize) -> Expr {
+    match e {
+        Expr::Column(c) => Expr::Column(c - by),
+        Expr::Literal(v) => Expr::Literal(v.clone()),
+        Expr::Binary(op, a, b) => Expr::Binary(*op, Box::new(shift(a, by)), Box::new(shift(b, by))),
+        Expr::Not(a) => Expr::Not(Box::new(shift(a, by))),
+        Expr::Neg(a) => Expr::Neg(Box::new(shift(a, by))),
+        Expr::IsNull(a, n) => Expr::IsNull(Box::new(shift(a, by)), *n),
+        Expr::Cast(a, t) => Expr::Cast(Box::new(shift(a, by)), *t),
+        Expr::Case(arms, o) => Expr::Case(arms.iter().map(|(c, r)| (shift(c, by), shift(r, by))).collect(), Box::new(shift(o, by))),
+        Expr::Call(f, args) => Expr::Call(*f, args.iter().map(|a| shift(a, by)).collect()),
+        Expr::InList(a, l, n) => Expr::InList(Box::new(shift(a, by)), l.iter().map(|x| shift(x, by)).collect(), *n),
+    }
+}
+
+fn aggregate_func(f: &ast::Function) -> Option<&'static str> {
+    let name = f.name.to_string().to_ascii_lowercase();
+    ["count", "sum", "min", "max", "avg"].into_iter().find(|n| *n == name)
+}
+
+fn find_aggregates<'a>(e: &'a Ast, out: &mut Vec<&'a ast::Function>) -> Result<(), SqlError> {
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match e {
+            Ast::Function(f) if aggregate_func(f).is_some() => {
+                let text = f.to_string();
+                if !out.iter().any(|g| g.to_string() == text) {
+                    out.push(f);
+                }
+            }
+            Ast::Function(f) => {
+                if let FunctionArguments::List(list) = &f.args {
+                    for a in &list.args {
+                        if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
+                            stack.push(x);
+                        }
+                    }
+                }
+            }
+            Ast::BinaryOp { left, right, .. } => {
+                stack.push(left);
+                stack.push(right);
+            }
+            Ast::UnaryOp { expr, .. } | Ast::Nested(expr) | Ast::IsNull(expr) | Ast::IsNotNull(expr) | Ast::Cast { expr, .. } => {
+                stack.push(expr)
+            }
+            Ast::Case { operand, conditions, else_result, .. } => {
+                stack.extend(operand.as_deref());
+                for c in conditions {
+                    stack.push(&c.condition);
+                    stack.push(&c.result);
+                }
+                stack.extend(else_result.as_deref());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn function_args(f: &ast::Function) -> Result<(Vec<&Ast>, bool, bool), SqlError> {
+    match &f.args {
+        FunctionArguments::List(list) => {
+            let distinct = matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct));
+            let mut args = Vec::new();
+            let mut star = false;
+            for a in &list.args {
+                match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => args.push(e),
+                    FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => star = true,
+                    other => return Err(error_at(other, "only plain arguments are supported")),
+                }
+            }
+            Ok((args, star, distinct))
+        }
+        FunctionArguments::None => Ok((Vec::new(), false, false)),
+        FunctionArguments::Subquery(_) => Err(error_at(f, "subqueries as arguments are not supported")),
+    }
+}
+
+fn plan_aggregate(f: &ast::Function, scope: &Scope) -> Result<Aggregate, SqlError> {
+    let name = aggregate_func(f).expect("an aggregate");
+    if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
+        return Err(error_at(f, "FILTER, OVER and WITHIN GROUP are not supported: filter in WHERE or a subquery"));
+    }
+    let (args, star, distinct) = function_args(f)?;
+    if star {
+        if name != "count" || !args.is_empty() {
+            return Err(error_at(f, "only COUNT takes *"));
+        }
+        return Ok(Aggregate { func: AggFunc::CountStar, arg: Expr::Literal(Value::Null), arg_type: Type::Null });
+    }
+    let [arg] = args[..] else { return Err(error_at(f, format!("{name} takes one argument"))) };
+    let (arg, ty) = plan_expr(arg, scope)?;
+    let func = match (name, distinct) {
+        ("count", false) => AggFunc::Count,
+        ("count", true) => AggFunc::CountDistinct,
+        (_, true) => return Err(error_at(f, "DISTINCT is supported in COUNT only")),
+        ("sum", _) => AggFunc::Sum,
+        ("min", _) => AggFunc::Min,
+        ("max", _) => AggFunc::Max,
+        _ => AggFunc::Avg,
+    };
+    if matches!(func, AggFunc::Sum | AggFunc::Avg) && !ty.numeric() {
+        return Err(error_at(f, format!("{name} needs a number, not {ty}")));
+    }
+    Ok(Aggregate { func, arg, arg_type: ty })
+}
+
+/// The type an aggregate gives.
+pub fn aggregate_type(a: &Aggregate) -> Type {
+    match a.func {
+        AggFunc::CountStar | AggFunc::Count | AggFunc::CountDistinct => Type::Int,
+        AggFunc::Avg => Type::Float,
+        AggFunc::Sum | AggFunc::Min | AggFunc::Max => a.arg_type,
+    }
+}
+
+/// Plans expressions after a GROUP BY: group expressions and aggregates are the reduce's columns;
+/// any other column is an error.
+struct PostAggregate<'a> {
+    group_by: &'a [&'a Ast],
+    keys: &'a [(Expr, Type)],
+    aggregates: &'a [&'a ast::Function],
+    aggs: &'a [Aggregate],
+    scope: &'a Scope,
+}
+
+impl PostAggregate<'_> {
+    fn plan(&self, e: &Ast) -> Result<(Expr, Type), SqlError> {
+        let text = e.to_string();
+        if let Some(i) = self.group_by.iter().position(|g| g.to_string() == text) {
+            return Ok((Expr::Column(i), self.keys[i].1));
+        }
+        // a column that is a GROUP BY column under another spelling (t.x vs x)
+        if let Ast::Identifier(_) | Ast::CompoundIdentifier(_) = e {
+            let (planned, ty) = plan_expr(e, self.scope)?;
+            if let Some(i) = self.keys.iter().position(|(k, _)| *k == planned) {
+                return Ok((Expr::Column(i), ty));
+            }
+            return Err(error_at(e, format!("column `{text}` must appear in GROUP BY or be used in an aggregate")));
+        }
+        if let Ast::Function(f) = e {
+            if let Some(j) = self.aggregates.iter().position(|g| g.to_string() == f.to_string()) {
+                return Ok((Expr::Column(self.keys.len() + j), aggregate_type(&self.aggs[j])));
+            }
+        }
+        plan_expr_with(e, self.scope, &|x| self.plan(x))
+    }
+}
+
+fn plan_predicate(e: &Ast, scope: &Scope) -> Result<Expr, SqlError> {
+    let (p, ty) = plan_expr(e, scope)?;
+    if !Type::Bool.accepts(ty) {
+        return Err(error_at(e, format!("a condition needs a bool, not {ty}")));
+    }
+    Ok(p)
+}
+
+fn plan_expr(e: &Ast, scope: &Scope) -> Result<(Expr, Type), SqlError> {
+    plan_expr_with(e, scope, &|x| plan_expr(x, scope))
+}
+
+/// Plans `e`, its subexpressions through `sub` (the post-aggregate planner resolves them
+/// against the reduce's columns).
+type Typed = Result<(Expr, Type), SqlError>;
+
+fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed {
+    Ok(match e {
+        Ast::Identifier(i) => {
+            let (c, t) = scope.resolve(e, None, &i.value.to_ascii_lowercase())?;
+            (Expr::Column(c), t)
+        }
+        Ast::CompoundIdentifier(parts) => match &parts[..] {
+            [q, n] => {
+                let (c, t) = scope.resolve(e, Some(&q.value.to_ascii_lowercase()), &n.value.to_ascii_lowercase())?;
+                (Expr::Column(c), t)
+            }
+            _ => return Err(error_at(e, "write a column as name or table.name")),
+        },
+        Ast::Nested(inner) => sub(inner)?,
+        Ast::Value(v) => {
+            let value = match &v.value {
+                ast::Value::Number(n, _) => match n.parse::<i64>() {
+                    Ok(i) => Value::Int(i),
+                    Err(_) => Value::Float(n.parse().map_err(|_| error_at(e, format!("`{n}` is not a number")))?),
+                },
+                ast::Value::SingleQuotedString(s) => Value::Text(s.clone()),
+                ast::Value::Boolean(b) => Value::Bool(*b),
+                ast::Value::Null => Value::Null,
+                _ => return Err(error_at(e, "only numbers, 'text', TRUE, FALSE and NULL are supported as literals")),
+            };
+            let ty = value_type(&value);
+            (Expr::Literal(value), ty)
+        }
+        Ast::TypedString(ts) if matches!(ts.data_type, DataType::Timestamp(..)) => {
+            let text = match &ts.value.value {
+                ast::Value::SingleQuotedString(s) => s.clone(),
+                _ => return Err(error_at(e, "write TIMESTAMP '2026-01-01 00:00:00'")),
+            };
+            let ms = super::eval::parse_timestamp(&text)
+                .ok_or_else(|| error_at(e, format!("`{text}` is not a timestamp: write '2026-01-01 00:00:00'")))?;
+            (Expr::Literal(Value::Timestamp(ms)), Type::Timestamp)
+        }
+        Ast::UnaryOp { op, expr } => {
+            let (a, t) = sub(expr)?;
+            match op {
+                UnaryOperator::Not if Type::Bool.accepts(t) => (Expr::Not(Box::new(a)), Type::Bool),
+                UnaryOperator::Minus if t.numeric() => (Expr::Neg(Box::new(a)), t),
+                UnaryOperator::Plus if t.numeric() => (a, t),
+                _ => return Err(error_at(e, format!("{op} does not apply to {t}"))),
+            }
+        }
+        Ast::BinaryOp { left, op, right } => {
+            let (a, at) = sub(left)?;
+            let (b, bt) = sub(right)?;
+            let bin = match op {
+                BinaryOperator::Plus => BinOp::Add,
+                BinaryOperator::Minus => BinOp::Sub,
+                BinaryOperator::Multiply => BinOp::Mul,
+                BinaryOperator::Divide => BinOp::Div,
+                BinaryOperator::Modulo => BinOp::Mod,
+                BinaryOperator::StringConcat => BinOp::Concat,
+                BinaryOperator::Eq => BinOp::Eq,
+                BinaryOperator::NotEq => BinOp::NotEq,
+                BinaryOperator::Lt => BinOp::Lt,
+                BinaryOperator::LtEq => BinOp::LtEq,
+                BinaryOperator::Gt => BinOp::Gt,
+                BinaryOperator::GtEq => BinOp::GtEq,
+                BinaryOperator::And => BinOp::And,
+                BinaryOperator::Or => BinOp::Or,
+                other => return Err(error_at(e, format!("the operator {other} is not supported"))),
+            };
+            let ty = binary_type(bin, at, bt).ok_or_else(|| error_at(e, format!("type mismatch: {at} {op} {bt} (CAST one side)")))?;
+            (Expr::Binary(bin, Box::new(a), Box::new(b)), ty)
+        }
+        Ast::IsNull(a) => (Expr::IsNull(Box::new(sub(a)?.0), false), Type::Bool),
+        Ast::IsNotNull(a) => (Expr::IsNull(Box::new(sub(a)?.0), true), Type::Bool),
+        Ast::In { expr, target: ast::InTarget::List(list), negated, .. } => {
+            let (a, at) = sub(expr)?;
+            let mut items = Vec::new();
+            for x in list {
+                let (b, bt) = sub(x)?;
+                if binary_type(BinOp::Eq, at, bt).is_none() {
+                    return Err(error_at(x, format!("type mismatch: {at} IN (… {bt} …)")));
+                }
+                items.push(b);
+            }
+            (Expr::InList(Box::new(a), items, *negated), Type::Bool)
+        }
+        Ast::Case { operand, conditions, else_result, .. } => {
+            let operand = operand.as_deref().map(sub).transpose()?;
+            let mut arms = Vec::new();
+            let mut ty = Type::Null;
+            for c in conditions {
+                let (cond, ct) = sub(&c.condition)?;
+                let cond = match &operand {
+                    Some((o, ot)) => {
+                        binary_type(BinOp::Eq, *ot, ct)
+                            .ok_or_else(|| error_at(&c.condition, format!("type mismatch: CASE {ot} WHEN {ct}")))?;
+                        Expr::Binary(BinOp::Eq, Box::new(o.clone()), Box::new(cond))
+                    }
+                    None if Type::Bool.accepts(ct) => cond,
+                    None => return Err(error_at(&c.condition, format!("WHEN needs a bool, not {ct}"))),
+                };
+                let (r, rt) = sub(&c.result)?;
+                ty = unify(ty, rt).ok_or_else(|| error_at(&c.result, format!("CASE results of types {ty} and {rt}: CAST one")))?;
+                arms.push((cond, (r, rt)));
+            }
+            let other = match else_result {
+                Some(x) => {
+                    let (r, rt) = sub(x)?;
+                    ty = unify(ty, rt).ok_or_else(|| error_at(&**x, format!("CASE results of types {ty} and {rt}: CAST one")))?;
+                    (r, rt)
+                }
+                None => (Expr::Literal(Value::Null), Type::Null),
+            };
+            let arms = arms.into_iter().map(|(c, (r, rt))| (c, coerce(r, rt, ty))).collect();
+            let other = coerce(other.0, other.1, ty);
+            (Expr::Case(arms, Box::new(other)), ty)
+        }
+        Ast::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr, data_type, format: None, .. } => {
+            let to = cast_type(data_type)
+                .ok_or_else(|| error_at(e, format!("CAST to {data_type} is not supported: int, float, text, bool or timestamp")))?;
+            (Expr::Cast(Box::new(sub(expr)?.0), to), to)
+        }
+        Ast::Floor { expr, .. } => {
+            let (a, t) = sub(expr)?;
+            numeric_arg(e, t)?;
+            (Expr::Call(Func::Floor, vec![a]), t)
+        }
+        Ast::Ceil { expr, .. } => {
+            let (a, t) = sub(expr)?;
+            numeric_arg(e, t)?;
+            (Expr::Call(Func::Ceil, vec![a]), t)
+        }
+        Ast::Trim { expr, trim_where: None, trim_what: None, trim_characters: None } => {
+            let (a, t) = sub(expr)?;
+            text_arg(e, t)?;
+            (Expr::Call(Func::Trim, vec![a]), Type::Text)
+        }
+        Ast::Function(f) if aggregate_func(f).is_some() => {
+            return Err(error_at(e, "an aggregate is not allowed here (in WHERE, GROUP BY or a join's ON): filter after it with HAVING"))
+        }
+        Ast::Function(f) => {
+            let (args, star, _) = function_args(f)?;
+            if star {
+                return Err(error_at(e, "only COUNT takes *"));
+            }
+            let planned: Vec<(Expr, Type)> = args.iter().map(|a| sub(a)).collect::<Result<_, _>>()?;
+            let name = f.name.to_string().to_ascii_lowercase();
+            let one = |want: &str| -> Result<Type, SqlError> {
+                match &planned[..] {
+                    [(_, t)] => Ok(*t),
+                    _ => Err(error_at(e, format!("{name} takes one {want}"))),
+                }
+            };
+            let (func, ty) = match name.as_str() {
+                "lower" | "upper" | "trim" => {
+                    text_arg(e, one("text")?)?;
+                    (if name == "lower" { Func::Lower } else if name == "upper" { Func::Upper } else { Func::Trim }, Type::Text)
+                }
+                "length" | "char_length" => {
+                    text_arg(e, one("text")?)?;
+                    (Func::Length, Type::Int)
+                }
+                "abs" | "floor" | "ceil" | "ceiling" => {
+                    let t = one("number")?;
+                    numeric_arg(e, t)?;
+                    (
+                        match name.as_str() {
+                            "abs" => Func::Abs,
+                            "floor" => Func::Floor,
+                            _ => Func::Ceil,
+                        },
+                        t,
+                    )
+                }
+                "round" => {
+                    let t = one("number")?;
+                    numeric_arg(e, t)?;
+                    (Func::Round, t)
+                }
+                "coalesce" => {
+                    let mut ty = Type::Null;
+                    for (i, (_, t)) in planned.iter().enumerate() {
+                        ty = unify(ty, *t).ok_or_else(|| error_at(args[i], format!("COALESCE of {ty} and {t}: CAST one")))?;
+                    }
+                    if planned.is_empty() {
+                        return Err(error_at(e, "COALESCE takes at least one argument"));
+                    }
+                    let args = planned.into_iter().map(|(x, t)| coerce(x, t, ty)).collect();
+                    return Ok((Expr::Call(Func::Coalesce, args), ty));
+                }
+                _ => {
+                    return Err(error_at(
+                        e,
+                        format!("the function {name} is not supported; supported: lower, upper, length, trim, abs, round, floor, ceil, coalesce, and the aggregates count, sum, min, max, avg"),
+                    ))
+                }
+            };
+            (Expr::Call(func, planned.into_iter().map(|(x, _)| x).collect()), ty)
+        }
+        other => return Err(error_at(other, format!("`{other}` is not supported in a view"))),
+    })
+}
+
+fn numeric_arg(e: &Ast, t: Type) -> Result<(), SqlError> {
+    if t.numeric() {
+        Ok(())
+    } else {
+        Err(error_at(e, format!("needs a number, not {t}")))
+    }
+}
+
+fn text_arg(e: &Ast, t: Type) -> Result<(), SqlError> {
+    if Type::Text.accepts(t) {
+        Ok(())
+    } else {
+        Err(error_at(e, format!("needs text, not {t} (CAST it AS text)")))
+    }
+}
+
+fn value_type(v: &Value) -> Type {
+    match v {
+        Value::Null => Type::Null,
+        Value::Bool(_) => Type::Bool,
+        Value::Int(_) => Type::Int,
+        Value::Float(_) => Type::Float,
+        Value::Text(_) => Type::Text,
+        Value::Timestamp(_) => Type::Timestamp,
+    }
+}
+
+fn cast_type(t: &DataType) -> Option<Type> {
+    Type::parse(&t.to_string().split('(').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// `e` of type `from` as a value of `to` (an int where a float is expected is cast).
+fn coerce(e: Expr, from: Type, to: Type) -> Expr {
+    if from == Type::Int && to == Type::Float {
+        Expr::Cast(Box::new(e), Type::Float)
+    } else {
+        e
+    }
+}
+
+/// The common type of two branches (int widens to float).
+fn unify(a: Type, b: Type) -> Option<Type> {
+    match (a, b) {
+        (Type::Null, t) | (t, Type::Null) => Some(t),
+        (a, b) if a == b => Some(a),
+        (Type::Int, Type::Float) | (Type::Float, Type::Int) => Some(Type::Float),
+        _ => None,
+    }
+}
+
+/// The type of `a op b`, if they fit.
+pub fn binary_type(op: BinOp, a: Type, b: Type) -> Option<Type> {
+    use BinOp::*;
+    match op {
+        Add | Sub | Mul | Div | Mod if a.numeric() && b.numeric() => unify(a, b).map(|t| if t == Type::Null { Type::Int } else { t }),
+        Concat if Type::Text.accepts(a) && Type::Text.accepts(b) => Some(Type::Text),
+        Eq | NotEq | Lt | LtEq | Gt | GtEq if unify(a, b).is_some() => Some(Type::Bool),
+        And | Or if Type::Bool.accepts(a) && Type::Bool.accepts(b) => Some(Type::Bool),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn go(p: &Plan, depth: usize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let pad = "  ".repeat(depth);
+            match p {
+                Plan::Source(n) => writeln!(f, "{pad}Source {n}"),
+                Plan::View(n) => writeln!(f, "{pad}View {n}"),
+                Plan::Filter(i, e) => {
+                    writeln!(f, "{pad}Filter {e:?}")?;
+                    go(i, depth + 1, f)
+                }
+                Plan::Map(i, es) => {
+                    writeln!(f, "{pad}Map {es:?}")?;
+                    go(i, depth + 1, f)
+                }
+                Plan::Reduce { input, keys, aggs } => {
+                    let a: Vec<String> = aggs.iter().map(|a| format!("{:?}({:?})", a.func, a.arg)).collect();
+                    writeln!(f, "{pad}Reduce (exchange and arrange by {keys:?}) {}", a.join(", "))?;
+                    go(input, depth + 1, f)
+                }
+                Plan::Join { left, right, left_keys, right_keys, outer, .. } => {
+                    let kind = if *outer { "LeftJoin" } else { "Join" };
+                    writeln!(f, "{pad}{kind} (exchange and arrange both sides by {left_keys:?} = {right_keys:?})")?;
+                    go(left, depth + 1, f)?;
+                    go(right, depth + 1, f)
+                }
+                Plan::Union(parts) => {
+                    writeln!(f, "{pad}UnionAll")?;
+                    parts.iter().try_for_each(|p| go(p, depth + 1, f))
+                }
+            }
+        }
+        go(self, 0, f)
+    }
+}

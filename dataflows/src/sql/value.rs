@@ -1,0 +1,166 @@
+//! SQL values and types: what a row of a compiled view holds.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+/// A column's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Type {
+    /// true or false
+    Bool,
+    /// 64-bit integer
+    Int,
+    /// 64-bit float
+    Float,
+    /// UTF-8 text
+    Text,
+    /// milliseconds since the Unix epoch, UTC
+    Timestamp,
+    /// the type of a bare NULL (fits any column)
+    Null,
+}
+
+impl Type {
+    /// The type's name in configs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Type::Bool => "bool",
+            Type::Int => "int",
+            Type::Float => "float",
+            Type::Text => "text",
+            Type::Timestamp => "timestamp",
+            Type::Null => "null",
+        }
+    }
+
+    /// A config's type name.
+    pub fn parse(s: &str) -> Option<Type> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "bool" | "boolean" => Type::Bool,
+            "int" | "integer" | "bigint" => Type::Int,
+            "float" | "double" | "real" => Type::Float,
+            "text" | "string" | "varchar" => Type::Text,
+            "timestamp" => Type::Timestamp,
+            _ => return None,
+        })
+    }
+
+    /// Whether a value of `other` may stand where this type is expected (NULL fits anywhere).
+    pub fn accepts(self, other: Type) -> bool {
+        self == other || other == Type::Null || self == Type::Null
+    }
+
+    /// Numeric: int or float.
+    pub fn numeric(self) -> bool {
+        matches!(self, Type::Int | Type::Float | Type::Null)
+    }
+}
+
+impl fmt::Display for Type {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One value of a row. Floats are ordered and compared by `f64::total_cmp` (so rows are keys).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Value {
+    /// SQL NULL
+    Null,
+    /// a bool
+    Bool(bool),
+    /// an int
+    Int(i64),
+    /// a float
+    Float(f64),
+    /// text
+    Text(String),
+    /// a timestamp, in milliseconds since the epoch
+    Timestamp(i64),
+}
+
+impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::Float(_) => 3,
+            Value::Text(_) => 4,
+            Value::Timestamp(_) => 5,
+        }
+    }
+
+    /// Whether this is NULL.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The value as a float, for numbers.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+            (Value::Text(a), Value::Text(b)) => a.cmp(b),
+            (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.rank().hash(state);
+        match self {
+            Value::Null => {}
+            Value::Bool(b) => b.hash(state),
+            Value::Int(i) | Value::Timestamp(i) => i.hash(state),
+            Value::Float(f) => f.to_bits().hash(state),
+            Value::Text(s) => s.hash(state),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x:?}"),
+            Value::Text(s) => write!(f, "'{}'", s.replace('\'', "''")),
+            Value::Timestamp(t) => write!(f, "TIMESTAMP {t}"),
+        }
+    }
+}
+
+/// A row of a source or view.
+pub type SqlRow = Vec<Value>;

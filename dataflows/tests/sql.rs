@@ -1,0 +1,423 @@
+//! SQL views compiled to differential operators, checked against a naive evaluator at every
+//! logical time, at 1 and 4 workers; and the compiler's refusals.
+//!
+//! The reference shares nothing with the compiler: random queries are drawn as a small spec
+//! ([`Query`]) that prints itself as SQL for the compiler and is evaluated by plain loops over
+//! the inputs' rows at each time ([`Query::naive`]), from scratch.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use dataflows::sql::{compile, render::render, Catalog, Column, SqlRow, Type, Value};
+use dataflows::{Coll, Time};
+use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::input::Input;
+use proptest::prelude::*;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::ProbeHandle;
+
+/// Input `a(k int, x int, s text)`: x may be NULL. Input `b(k int, y int)`.
+fn catalog() -> Catalog {
+    let col = |n: &str, ty| Column { name: n.into(), ty };
+    let mut c = Catalog::default();
+    c.add_source("a", vec![col("k", Type::Int), col("x", Type::Int), col("s", Type::Text)]);
+    c.add_source("b", vec![col("k", Type::Int), col("y", Type::Int)]);
+    c
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct A {
+    k: i64,
+    x: Option<i64>,
+    s: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct B {
+    k: i64,
+    y: i64,
+}
+
+/// What a test view computes; `sql()` is its text, `naive()` its rows from scratch.
+#[derive(Clone, Debug)]
+enum Query {
+    /// SELECT k, x * m + c AS v, s FROM a WHERE x > w
+    FilterMap { m: i64, c: i64, w: i64 },
+    /// SELECT k, COUNT(*), COUNT(x), SUM(x), MIN(x), MAX(x), COUNT(DISTINCT s) FROM a
+    /// [WHERE x > w] GROUP BY k HAVING COUNT(*) > h
+    Group { w: Option<i64>, h: i64 },
+    /// SELECT COUNT(*) AS n, SUM(x) AS sx, AVG(x) AS ax FROM a WHERE s = 'p'
+    Global,
+    /// SELECT a.k, a.x, b.y FROM a [LEFT] JOIN b ON a.k = b.k [WHERE b.y > w]
+    Join { left: bool, w: Option<i64> },
+    /// SELECT a.s, COUNT(*) AS n, SUM(b.y) AS sy FROM a JOIN b ON a.k = b.k GROUP BY a.s
+    JoinGroup,
+    /// SELECT a.k AS ak, b.k AS bk FROM a [LEFT] JOIN b ON a.x = b.y: a NULL x matches nothing
+    JoinOnNullable { left: bool },
+    /// SELECT k, x FROM a UNION ALL SELECT k, y FROM b
+    Union,
+    /// a view over a view: v1 = per-k counts of b, then SELECT k, n * 2 AS twice FROM v1 WHERE n > h
+    Stacked { h: i64 },
+    /// SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > w THEN 'big' ELSE 'small' END AS size,
+    /// COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)
+    Scalars { w: i64 },
+}
+
+impl Query {
+    fn sql(&self) -> String {
+        let body = match self {
+            Query::FilterMap { m, c, w } => format!("SELECT k, x * {m} + {c} AS v, s FROM a WHERE x > {w}"),
+            Query::Group { w, h } => format!(
+                "SELECT k, COUNT(*) AS n, COUNT(x) AS nx, SUM(x) AS sx, MIN(x) AS mn, MAX(x) AS mx, COUNT(DISTINCT s) AS ds \
+                 FROM a {} GROUP BY k HAVING COUNT(*) > {h}",
+                w.map_or(String::new(), |w| format!("WHERE x > {w}"))
+            ),
+            Query::Global => "SELECT COUNT(*) AS n, SUM(x) AS sx, AVG(x) AS ax FROM a WHERE s = 'p'".into(),
+            Query::Join { left, w } => format!(
+                "SELECT a.k, a.x, b.y FROM a {} JOIN b ON a.k = b.k{}",
+                if *left { "LEFT" } else { "" },
+                w.map_or(String::new(), |w| format!(" WHERE b.y > {w}"))
+            ),
+            Query::JoinGroup => "SELECT a.s, COUNT(*) AS n, SUM(b.y) AS sy FROM a JOIN b ON a.k = b.k GROUP BY a.s".into(),
+            Query::JoinOnNullable { left } => {
+                format!("SELECT a.k AS ak, b.k AS bk FROM a {} JOIN b ON a.x = b.y", if *left { "LEFT" } else { "INNER" })
+            }
+            Query::Union => "SELECT k, x FROM a UNION ALL SELECT k, y FROM b".into(),
+            Query::Stacked { h } => {
+                return format!(
+                    "CREATE VIEW v1 AS SELECT k, COUNT(*) AS n FROM b GROUP BY k;\n\
+                     CREATE VIEW out AS SELECT k, n * 2 AS twice FROM v1 WHERE n > {h};"
+                )
+            }
+            Query::Scalars { w } => format!(
+                "SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > {w} THEN 'big' ELSE 'small' END AS size, \
+                 COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)"
+            ),
+        };
+        format!("CREATE VIEW out AS\n  {body};")
+    }
+
+    /// The view's rows over `a` and `b`, recomputed from scratch, sorted.
+    fn naive(&self, a: &[A], b: &[B]) -> Vec<SqlRow> {
+        use Value::{Float, Int, Null, Text};
+        let opt = |x: Option<i64>| x.map_or(Null, Int);
+        let mut rows: Vec<SqlRow> = match self {
+            Query::FilterMap { m, c, w } => a
+                .iter()
+                .filter(|r| r.x.is_some_and(|x| x > *w))
+                .map(|r| vec![Int(r.k), Int(r.x.unwrap() * m + c), Text(r.s.clone())])
+                .collect(),
+            Query::Group { w, h } => {
+                let mut groups: BTreeMap<i64, Vec<&A>> = BTreeMap::new();
+                for r in a.iter().filter(|r| w.is_none_or(|w| r.x.is_some_and(|x| x > w))) {
+                    groups.entry(r.k).or_default().push(r);
+                }
+                groups
+                    .into_iter()
+                    .filter(|(_, g)| g.len() as i64 > *h)
+                    .map(|(k, g)| {
+                        let xs: Vec<i64> = g.iter().filter_map(|r| r.x).collect();
+                        let mut ss: Vec<&String> = g.iter().map(|r| &r.s).collect();
+                        ss.sort();
+                        ss.dedup();
+                        vec![
+                            Int(k),
+                            Int(g.len() as i64),
+                            Int(xs.len() as i64),
+                            if xs.is_empty() { Null } else { Int(xs.iter().sum()) },
+                            opt(xs.iter().min().copied()),
+                            opt(xs.iter().max().copied()),
+                            Int(ss.len() as i64),
+                        ]
+                    })
+                    .collect()
+            }
+            Query::Global => {
+                let p: Vec<&A> = a.iter().filter(|r| r.s == "p").collect();
+                let xs: Vec<i64> = p.iter().filter_map(|r| r.x).collect();
+                let sum: i64 = xs.iter().sum();
+                vec![vec![
+                    Int(p.len() as i64),
+                    if xs.is_empty() { Null } else { Int(sum) },
+                    if xs.is_empty() { Null } else { Float(sum as f64 / xs.len() as f64) },
+                ]]
+            }
+            Query::Join { left, w } => {
+                let mut out = Vec::new();
+                for r in a {
+                    let matches: Vec<&B> = b.iter().filter(|q| q.k == r.k).collect();
+                    for q in &matches {
+                        if w.is_none_or(|w| q.y > w) {
+                            out.push(vec![Int(r.k), opt(r.x), Int(q.y)]);
+                        }
+                    }
+                    // (WHERE b.y > w is NULL, so not TRUE, for a NULL b.y)
+                    if *left && matches.is_empty() && w.is_none() {
+                        out.push(vec![Int(r.k), opt(r.x), Null]);
+                    }
+                }
+                out
+            }
+            Query::JoinGroup => {
+                let mut groups: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+                for r in a {
+                    for q in b.iter().filter(|q| q.k == r.k) {
+                        let g = groups.entry(r.s.clone()).or_default();
+                        g.0 += 1;
+                        g.1 += q.y;
+                    }
+                }
+                groups.into_iter().map(|(s, (n, sy))| vec![Text(s), Int(n), Int(sy)]).collect()
+            }
+            Query::JoinOnNullable { left } => {
+                let mut out = Vec::new();
+                for r in a {
+                    let matches: Vec<&B> = b.iter().filter(|q| r.x == Some(q.y)).collect();
+                    out.extend(matches.iter().map(|q| vec![Int(r.k), Int(q.k)]));
+                    if *left && matches.is_empty() {
+                        out.push(vec![Int(r.k), Null]);
+                    }
+                }
+                out
+            }
+            Query::Union => a.iter().map(|r| vec![Int(r.k), opt(r.x)]).chain(b.iter().map(|q| vec![Int(q.k), Int(q.y)])).collect(),
+            Query::Stacked { h } => {
+                let mut n: BTreeMap<i64, i64> = BTreeMap::new();
+                for q in b {
+                    *n.entry(q.k).or_default() += 1;
+                }
+                n.into_iter().filter(|(_, n)| n > h).map(|(k, n)| vec![Int(k), Int(n * 2)]).collect()
+            }
+            Query::Scalars { w } => a
+                .iter()
+                .filter(|r| [0, 2, 3].contains(&r.k))
+                .map(|r| {
+                    let size = match r.x {
+                        None => "none",
+                        Some(x) if x > *w => "big",
+                        Some(_) => "small",
+                    };
+                    vec![
+                        Int(r.k),
+                        Text(size.into()),
+                        Int(r.x.unwrap_or(-1)),
+                        Text(format!("{}!", r.s.to_uppercase().to_lowercase())),
+                        Int(r.s.chars().count() as i64),
+                    ]
+                })
+                .collect(),
+        };
+        rows.sort();
+        rows
+    }
+}
+
+/// One input change: a row of `a` or `b`, inserted (+1) or removed (-1), at a time.
+#[derive(Clone, Debug)]
+enum Change {
+    A(Time, A, isize),
+    B(Time, B, isize),
+}
+
+fn a_row(r: &A) -> SqlRow {
+    vec![Value::Int(r.k), r.x.map_or(Value::Null, Value::Int), Value::Text(r.s.clone())]
+}
+
+fn b_row(r: &B) -> SqlRow {
+    vec![Value::Int(r.k), Value::Int(r.y)]
+}
+
+type Update = (SqlRow, Time, isize);
+type Updates = Arc<Mutex<Vec<Update>>>;
+
+/// Runs view `out` of `sql` over the changes on `workers` workers: its updates, and the row
+/// errors of every view.
+fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update>, Vec<(String, String)>) {
+    let views = compile(sql, &mut catalog()).unwrap_or_else(|e| panic!("{sql}\n{e}"));
+    let out: Updates = Default::default();
+    let errors: Arc<Mutex<Vec<(String, String)>>> = Default::default();
+    let (o, e) = (out.clone(), errors.clone());
+    let changes = Arc::new(changes.to_vec());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let probe = ProbeHandle::new();
+        let (views, o, e) = (views.clone(), o.clone(), e.clone());
+        let (mut ai, mut bi) = worker.dataflow::<Time, _, _>(|scope| {
+            let (ai, a): (_, Coll<'_, SqlRow>) = scope.new_collection();
+            let (bi, b): (_, Coll<'_, SqlRow>) = scope.new_collection();
+            let sources = BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
+            let rendered = render(&views, &sources);
+            for r in rendered.values() {
+                let e = e.clone();
+                r.errors
+                    .clone()
+                    .inspect(move |((view, reason, _), _, _)| e.lock().unwrap().push((view.clone(), reason.clone())))
+                    .inner
+                    .probe_with(&probe);
+            }
+            rendered["out"].rows.clone().inspect(move |(d, t, r)| o.lock().unwrap().push((d.clone(), *t, *r))).inner.probe_with(&probe);
+            (ai, bi)
+        });
+        for t in 0..=last {
+            // every worker inserts its share, so rows start on every worker
+            for (_, c) in changes.iter().enumerate().filter(|(i, _)| i % worker.peers() == worker.index()) {
+                match c {
+                    Change::A(ct, r, d) if *ct == t => ai.update(a_row(r), *d),
+                    Change::B(ct, r, d) if *ct == t => bi.update(b_row(r), *d),
+                    _ => {}
+                }
+            }
+            ai.advance_to(t + 1);
+            bi.advance_to(t + 1);
+            ai.flush();
+            bi.flush();
+            worker.step_while(|| probe.less_than(&(t + 1)));
+        }
+    })
+    .unwrap();
+    let mut updates = std::mem::take(&mut *out.lock().unwrap());
+    consolidate_updates(&mut updates);
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
+    (updates, errors)
+}
+
+/// The rows at `t`, from the updates.
+fn at(updates: &[Update], t: Time) -> Vec<SqlRow> {
+    let mut acc: BTreeMap<&SqlRow, isize> = BTreeMap::new();
+    for (d, _, r) in updates.iter().filter(|(_, ut, _)| *ut <= t) {
+        *acc.entry(d).or_default() += r;
+    }
+    let mut rows = Vec::new();
+    for (d, n) in acc {
+        assert!(n >= 0, "a negative count for {d:?} at {t}");
+        rows.extend(std::iter::repeat_n(d.clone(), n as usize));
+    }
+    rows
+}
+
+fn query() -> impl Strategy<Value = Query> {
+    let small = -3i64..8;
+    prop_oneof![
+        (-2i64..3, -5i64..5, small.clone()).prop_map(|(m, c, w)| Query::FilterMap { m, c, w }),
+        (proptest::option::of(small.clone()), 0i64..3).prop_map(|(w, h)| Query::Group { w, h }),
+        Just(Query::Global),
+        (any::<bool>(), proptest::option::of(small.clone())).prop_map(|(left, w)| Query::Join { left, w }),
+        Just(Query::JoinGroup),
+        any::<bool>().prop_map(|left| Query::JoinOnNullable { left }),
+        Just(Query::Union),
+        (0i64..3).prop_map(|h| Query::Stacked { h }),
+        small.prop_map(|w| Query::Scalars { w }),
+    ]
+}
+
+/// Changes over times 0..4: inserts, and removals of rows inserted before.
+fn changes() -> impl Strategy<Value = Vec<Change>> {
+    let a = (0i64..4, proptest::option::weighted(0.8, 0i64..6), prop_oneof![Just("p"), Just("q"), Just("Rr")]).prop_map(|(k, x, s)| A {
+        k,
+        x,
+        s: s.to_string(),
+    });
+    let b = (0i64..4, 0i64..6).prop_map(|(k, y)| B { k, y });
+    let step = prop_oneof![(0u64..4, a).prop_map(|(t, r)| (t, Some(r), None)), (0u64..4, b).prop_map(|(t, r)| (t, None, Some(r))),];
+    (proptest::collection::vec(step, 0..40), proptest::collection::vec(any::<bool>(), 40)).prop_map(|(steps, removals)| {
+        let mut out = Vec::new();
+        for (i, (t, a, b)) in steps.into_iter().enumerate() {
+            if let Some(a) = a {
+                out.push(Change::A(t, a.clone(), 1));
+                if removals[i] && t < 3 {
+                    out.push(Change::A(t + 1, a, -1));
+                }
+            }
+            if let Some(b) = b {
+                out.push(Change::B(t, b.clone(), 1));
+                if removals[i] && t < 3 {
+                    out.push(Change::B(t + 1, b, -1));
+                }
+            }
+        }
+        out
+    })
+}
+
+/// The inputs' rows at `t`.
+fn inputs_at(changes: &[Change], t: Time) -> (Vec<A>, Vec<B>) {
+    let mut a: BTreeMap<A, isize> = BTreeMap::new();
+    let mut b: BTreeMap<B, isize> = BTreeMap::new();
+    for c in changes {
+        match c {
+            Change::A(ct, r, d) if *ct <= t => *a.entry(r.clone()).or_default() += d,
+            Change::B(ct, r, d) if *ct <= t => *b.entry(r.clone()).or_default() += d,
+            _ => {}
+        }
+    }
+    (expand(a), expand(b))
+}
+
+fn expand<R: Clone>(m: BTreeMap<R, isize>) -> Vec<R> {
+    m.into_iter().flat_map(|(r, n)| std::iter::repeat_n(r, n.max(0) as usize)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+
+    /// Every view's rows at every time equal the naive evaluator's, at 1 and 4 workers.
+    #[test]
+    fn compiled_views_equal_the_naive_evaluator_at_every_time(q in query(), changes in changes()) {
+        let sql = q.sql();
+        for workers in [1, 4] {
+            let (updates, errors) = run(&sql, &changes, 4, workers);
+            prop_assert!(errors.is_empty(), "row errors: {errors:?}");
+            for t in 0..=4 {
+                let (a, b) = inputs_at(&changes, t);
+                prop_assert_eq!(at(&updates, t), q.naive(&a, &b), "{} at time {} on {} workers", sql, t, workers);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_row_error_is_a_dead_letter_of_its_view_and_the_rest_go_on() {
+    let sql = "CREATE VIEW out AS SELECT k, 100 / x AS q FROM a;";
+    let changes = vec![
+        Change::A(0, A { k: 1, x: Some(4), s: "p".into() }, 1),
+        Change::A(0, A { k: 2, x: Some(0), s: "p".into() }, 1),
+        Change::A(1, A { k: 3, x: None, s: "q".into() }, 1),
+    ];
+    let (updates, errors) = run(sql, &changes, 1, 2);
+    assert_eq!(at(&updates, 1), vec![vec![Value::Int(1), Value::Int(25)], vec![Value::Int(3), Value::Null]]);
+    assert_eq!(errors, vec![("out".to_string(), "division by zero".to_string())]);
+}
+
+fn refusal(sql: &str) -> String {
+    let e = compile(sql, &mut catalog()).expect_err(sql);
+    format!("{e}")
+}
+
+#[test]
+fn queries_outside_the_subset_are_refused_with_the_place_and_what_to_write() {
+    let e = refusal("CREATE VIEW out AS\n  SELECT k FROM a ORDER BY k;");
+    assert!(e.starts_with("line 2, column 3: ORDER BY"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, nope FROM a;");
+    assert!(e.contains("line 1, column 30") && e.contains("unknown column `nope`") && e.contains("a.k, a.x, a.s"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, s + 1 AS z FROM a;");
+    assert!(e.contains("type mismatch: text + int") && e.contains("CAST"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, x FROM a GROUP BY k;");
+    assert!(e.contains("`x` must appear in GROUP BY"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT a.k FROM a, b;");
+    assert!(e.contains("comma joins are not supported: write JOIN … ON"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k FROM a WHERE x >;");
+    assert!(e.starts_with("line 1, column") && e.contains("syntax error"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k FROM missing;");
+    assert!(e.contains("unknown input or view `missing`"), "{e}");
+    let e = refusal("SELECT 1;");
+    assert!(e.contains("only `CREATE VIEW"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, regexp_replace(s, 'a', 'b') AS r FROM a;");
+    assert!(e.contains("regexp_replace is not supported; supported:"), "{e}");
+}
+
+#[test]
+fn explain_names_the_operators_and_their_exchange_keys() {
+    let views = compile(&Query::JoinGroup.sql(), &mut catalog()).unwrap();
+    let text = views[0].plan.to_string();
+    assert!(text.contains("Reduce (exchange and arrange by") && text.contains("Join (exchange and arrange both sides by"), "{text}");
+    assert_eq!(views[0].key, vec![0], "keyed by the GROUP BY column");
+}
