@@ -61,6 +61,8 @@ enum Query {
     /// SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > w THEN 'big' ELSE 'small' END AS size,
     /// COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)
     Scalars { w: i64 },
+    /// string functions over s, and timestamps made of x
+    Strings { from: i64, len: i64 },
 }
 
 impl Query {
@@ -92,6 +94,11 @@ impl Query {
             Query::Scalars { w } => format!(
                 "SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > {w} THEN 'big' ELSE 'small' END AS size, \
                  COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)"
+            ),
+            Query::Strings { from, len } => format!(
+                "SELECT k, SUBSTRING(s FROM {from} FOR {len}) AS a1, SPLIT_PART(s || '-x-' || s, '-', 2) AS a2, \
+                 POSITION('r' IN s) AS a3, STRPOS(s, 'q') AS a4, CONCAT(s, NULL, k) AS a5, SUBSTR(s, {from}) AS a6, \
+                 DATE_TRUNC('minute', CAST(x * 37000 AS timestamp)) AS t1, EXTRACT(SECOND FROM CAST(x * 37000 AS timestamp)) AS t2 FROM a"
             ),
         };
         format!("CREATE VIEW out AS\n  {body};")
@@ -206,6 +213,28 @@ impl Query {
                     ]
                 })
                 .collect(),
+            Query::Strings { from, len } => a
+                .iter()
+                .map(|r| {
+                    let chars: Vec<char> = r.s.chars().collect();
+                    let pick = |lo: i64, hi: i64| -> String {
+                        (0..chars.len() as i64).filter(|i| *i >= lo && *i < hi).map(|i| chars[i as usize]).collect()
+                    };
+                    let pos = |n: &str| r.s.find(n).map_or(0, |b| r.s[..b].chars().count() as i64 + 1);
+                    let t = r.x.map(|x| x * 37000);
+                    vec![
+                        Int(r.k),
+                        Text(pick(from - 1, from - 1 + len)),
+                        Text("x".into()),
+                        Int(pos("r")),
+                        Int(pos("q")),
+                        Text(format!("{}{}", r.s, r.k)),
+                        Text(pick(from - 1, i64::MAX)),
+                        t.map_or(Null, |t| Value::Timestamp(t - t % 60_000)),
+                        t.map_or(Null, |t| Int(t % 60_000 / 1000)),
+                    ]
+                })
+                .collect(),
         };
         rows.sort();
         rows
@@ -306,6 +335,7 @@ fn query() -> impl Strategy<Value = Query> {
         Just(Query::Union),
         (0i64..3).prop_map(|h| Query::Stacked { h }),
         small.prop_map(|w| Query::Scalars { w }),
+        (-1i64..4, 0i64..3).prop_map(|(from, len)| Query::Strings { from, len }),
     ]
 }
 
@@ -385,6 +415,41 @@ fn a_row_error_is_a_dead_letter_of_its_view_and_the_rest_go_on() {
     let (updates, errors) = run(sql, &changes, 1, 2);
     assert_eq!(at(&updates, 1), vec![vec![Value::Int(1), Value::Int(25)], vec![Value::Int(3), Value::Null]]);
     assert_eq!(errors, vec![("out".to_string(), "division by zero".to_string())]);
+}
+
+/// One row of literals through a view.
+fn one_row(select: &str) -> SqlRow {
+    let sql = format!("CREATE VIEW out AS SELECT {select} FROM a;");
+    let (updates, errors) = run(&sql, &[Change::A(0, A { k: 1, x: Some(2), s: "p".into() }, 1)], 0, 1);
+    assert!(errors.is_empty(), "{errors:?}");
+    at(&updates, 0).pop().expect("a row")
+}
+
+#[test]
+fn timestamp_functions_on_calendar_dates() {
+    let t = "TIMESTAMP '2024-02-29 13:45:10.250'";
+    let row = one_row(&format!(
+        "{t} AS t, DATE_TRUNC('month', {t}) AS m, DATE_TRUNC('year', {t}) AS y, DATE_TRUNC('day', {t}) AS d, \
+         EXTRACT(YEAR FROM {t}) AS ey, EXTRACT(MONTH FROM {t}) AS em, EXTRACT(DAY FROM {t}) AS ed, EXTRACT(HOUR FROM {t}) AS eh, \
+         EXTRACT(EPOCH FROM {t}) AS ee, EXTRACT(SECOND FROM CAST('1969-12-31 23:59:59' AS timestamp)) AS before_1970"
+    ));
+    use Value::{Float, Int, Timestamp};
+    // (the figures are Python's datetime's)
+    assert_eq!(
+        row,
+        vec![
+            Timestamp(1_709_214_310_250),
+            Timestamp(1_706_745_600_000),
+            Timestamp(1_704_067_200_000),
+            Timestamp(1_709_164_800_000),
+            Int(2024),
+            Int(2),
+            Int(29),
+            Int(13),
+            Float(1_709_214_310.25),
+            Int(59),
+        ]
+    );
 }
 
 fn refusal(sql: &str) -> String {

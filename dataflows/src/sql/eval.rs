@@ -3,7 +3,7 @@
 //! that does not parse, division by zero, an integer overflow) gets an error, which makes it a
 //! dead letter of its view.
 
-use super::plan::{BinOp, Expr, Func};
+use super::plan::{BinOp, Expr, Func, TimeUnit};
 use super::value::{Type, Value};
 
 /// Evaluates `e` on `row`.
@@ -69,6 +69,54 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
             }
             Value::Null
         }
+        Expr::Call(Func::Concat, args) => {
+            let mut out = String::new();
+            for a in args {
+                match eval(a, row)? {
+                    Value::Null => {}
+                    Value::Text(s) => out.push_str(&s),
+                    v => out.push_str(&match cast(v, Type::Text)? {
+                        Value::Text(s) => s,
+                        _ => unreachable!("a cast to text gives text"),
+                    }),
+                }
+            }
+            Value::Text(out)
+        }
+        Expr::Call(f @ (Func::Substring | Func::SplitPart | Func::Position), args) => {
+            let values: Vec<Value> = args.iter().map(|a| eval(a, row)).collect::<Result<_, _>>()?;
+            if values.iter().any(Value::is_null) {
+                return Ok(Value::Null);
+            }
+            match (f, &values[..]) {
+                (Func::Substring, [Value::Text(s), Value::Int(from), rest @ ..]) => {
+                    // SQL: characters from `from` (1-based; before 1 counts against the length)
+                    let len = match rest {
+                        [Value::Int(l)] if *l < 0 => return Err("a negative SUBSTRING length".into()),
+                        [Value::Int(l)] => Some(*l),
+                        _ => None,
+                    };
+                    let start = from - 1;
+                    let end = len.map(|l| start.saturating_add(l));
+                    let chars = s.chars().enumerate().filter(|(i, _)| {
+                        let i = *i as i64;
+                        i >= start && end.is_none_or(|e| i < e)
+                    });
+                    Value::Text(chars.map(|(_, c)| c).collect())
+                }
+                (Func::SplitPart, [Value::Text(s), Value::Text(d), Value::Int(n)]) => {
+                    if *n <= 0 {
+                        return Err(format!("SPLIT_PART's field {n} is not positive"));
+                    }
+                    let part = if d.is_empty() { (*n == 1).then_some(s.as_str()) } else { s.split(d.as_str()).nth(*n as usize - 1) };
+                    Value::Text(part.unwrap_or("").to_string())
+                }
+                (Func::Position, [Value::Text(needle), Value::Text(hay)]) => {
+                    Value::Int(hay.find(needle.as_str()).map_or(0, |b| hay[..b].chars().count() as i64 + 1))
+                }
+                _ => return Err(format!("{f:?} of {values:?}")),
+            }
+        }
         Expr::Call(f, args) => {
             let v = eval(&args[0], row)?;
             match (f, v) {
@@ -83,6 +131,9 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
                 (Func::Round, Value::Float(x)) => Value::Float(x.round()),
                 (Func::Floor, Value::Float(x)) => Value::Float(x.floor()),
                 (Func::Ceil, Value::Float(x)) => Value::Float(x.ceil()),
+                (Func::DateTrunc(unit), Value::Timestamp(t)) => Value::Timestamp(truncate(t, *unit)),
+                (Func::Extract(TimeUnit::Epoch), Value::Timestamp(t)) => Value::Float(t as f64 / 1000.0),
+                (Func::Extract(unit), Value::Timestamp(t)) => Value::Int(extract(t, *unit)),
                 (f, v) => return Err(format!("{f:?} of {v}")),
             }
         }
@@ -195,6 +246,58 @@ pub fn cast(v: Value, to: Type) -> Result<Value, String> {
     })
 }
 
+/// The civil date of a day number (days since 1970-01-01): year, month, day.
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn truncate(t: i64, unit: TimeUnit) -> i64 {
+    let unit_ms = |ms: i64| t.div_euclid(ms) * ms;
+    match unit {
+        TimeUnit::Second => unit_ms(1000),
+        TimeUnit::Minute => unit_ms(60_000),
+        TimeUnit::Hour => unit_ms(3_600_000),
+        TimeUnit::Day | TimeUnit::Epoch => unit_ms(DAY_MS),
+        TimeUnit::Month | TimeUnit::Year => {
+            let (y, m, _) = civil(t.div_euclid(DAY_MS));
+            days_from_civil(y, if unit == TimeUnit::Year { 1 } else { m }, 1) * DAY_MS
+        }
+    }
+}
+
+fn extract(t: i64, unit: TimeUnit) -> i64 {
+    let (y, m, d) = civil(t.div_euclid(DAY_MS));
+    let in_day = t.rem_euclid(DAY_MS);
+    match unit {
+        TimeUnit::Year => y,
+        TimeUnit::Month => m,
+        TimeUnit::Day => d,
+        TimeUnit::Hour => in_day / 3_600_000,
+        TimeUnit::Minute => in_day / 60_000 % 60,
+        TimeUnit::Second => in_day / 1000 % 60,
+        TimeUnit::Epoch => t / 1000,
+    }
+}
+
 /// `YYYY-MM-DD[ T]HH:MM:SS[.fff]` (UTC, optional `Z`) as milliseconds since the epoch.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim().trim_end_matches('Z');
@@ -211,12 +314,7 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         return None;
     }
     let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    // days from civil (Howard Hinnant's algorithm)
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    // (Howard Hinnant's days-from-civil)
+    let days = days_from_civil(y, m, day);
     Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
 }

@@ -96,6 +96,46 @@ pub enum Func {
     Floor,
     Ceil,
     Coalesce,
+    /// SUBSTRING(text, from [, for]), 1-based
+    Substring,
+    /// SPLIT_PART(text, delimiter, n), 1-based
+    SplitPart,
+    /// POSITION(needle IN text), STRPOS(text, needle): 1-based, 0 when absent
+    Position,
+    /// CONCAT(a, b, …): NULLs are skipped
+    Concat,
+    /// DATE_TRUNC('unit', timestamp)
+    DateTrunc(TimeUnit),
+    /// EXTRACT(unit FROM timestamp); `Epoch` gives seconds as a float
+    Extract(TimeUnit),
+}
+
+/// Units of DATE_TRUNC and EXTRACT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum TimeUnit {
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    Epoch,
+}
+
+impl TimeUnit {
+    fn parse(s: &str) -> Option<TimeUnit> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "year" => TimeUnit::Year,
+            "month" => TimeUnit::Month,
+            "day" => TimeUnit::Day,
+            "hour" => TimeUnit::Hour,
+            "minute" => TimeUnit::Minute,
+            "second" => TimeUnit::Second,
+            "epoch" => TimeUnit::Epoch,
+            _ => return None,
+        })
+    }
 }
 
 /// Aggregate functions.
@@ -915,6 +955,39 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
             text_arg(e, t)?;
             (Expr::Call(Func::Trim, vec![a]), Type::Text)
         }
+        Ast::Substring { expr, substring_from, substring_for, .. } => {
+            let (a, t) = sub(expr)?;
+            text_arg(e, t)?;
+            let mut args = vec![a];
+            for x in [substring_from, substring_for].into_iter().flatten() {
+                let (b, bt) = sub(x)?;
+                if !Type::Int.accepts(bt) {
+                    return Err(error_at(&**x, format!("SUBSTRING's positions are ints, not {bt}")));
+                }
+                args.push(b);
+            }
+            if args.len() < 2 {
+                return Err(error_at(e, "write SUBSTRING(text FROM start [FOR length])"));
+            }
+            (Expr::Call(Func::Substring, args), Type::Text)
+        }
+        Ast::Position { expr, r#in } => {
+            let (needle, nt) = sub(expr)?;
+            let (hay, ht) = sub(r#in)?;
+            text_arg(e, nt)?;
+            text_arg(e, ht)?;
+            (Expr::Call(Func::Position, vec![needle, hay]), Type::Int)
+        }
+        Ast::Extract { field, expr, .. } => {
+            let unit = TimeUnit::parse(&field.to_string()).ok_or_else(|| {
+                error_at(e, format!("EXTRACT of {field} is not supported: year, month, day, hour, minute, second or epoch"))
+            })?;
+            let (a, t) = sub(expr)?;
+            if !Type::Timestamp.accepts(t) {
+                return Err(error_at(e, format!("EXTRACT needs a timestamp, not {t}")));
+            }
+            (Expr::Call(Func::Extract(unit), vec![a]), if unit == TimeUnit::Epoch { Type::Float } else { Type::Int })
+        }
         Ast::Function(f) if aggregate_func(f).is_some() => {
             return Err(error_at(e, "an aggregate is not allowed here (in WHERE, GROUP BY or a join's ON): filter after it with HAVING"))
         }
@@ -957,6 +1030,46 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
                     numeric_arg(e, t)?;
                     (Func::Round, t)
                 }
+                "substring" | "substr" => {
+                    let ok = matches!(&planned[..], [(_, t), (_, f), ..] if Type::Text.accepts(*t) && Type::Int.accepts(*f))
+                        && planned.len() <= 3
+                        && planned.get(2).is_none_or(|(_, l)| Type::Int.accepts(*l));
+                    if !ok {
+                        return Err(error_at(e, "write SUBSTRING(text, start [, length]) with int positions"));
+                    }
+                    (Func::Substring, Type::Text)
+                }
+                "split_part" => {
+                    let ok = matches!(&planned[..], [(_, t), (_, d), (_, n)] if Type::Text.accepts(*t) && Type::Text.accepts(*d) && Type::Int.accepts(*n));
+                    if !ok {
+                        return Err(error_at(e, "write SPLIT_PART(text, delimiter, n) with an int n"));
+                    }
+                    (Func::SplitPart, Type::Text)
+                }
+                "strpos" => {
+                    let ok = matches!(&planned[..], [(_, t), (_, n)] if Type::Text.accepts(*t) && Type::Text.accepts(*n));
+                    if !ok {
+                        return Err(error_at(e, "write STRPOS(text, needle)"));
+                    }
+                    let mut planned = planned;
+                    planned.swap(0, 1);
+                    return Ok((Expr::Call(Func::Position, planned.into_iter().map(|(x, _)| x).collect()), Type::Int));
+                }
+                "concat" => (Func::Concat, Type::Text),
+                "date_trunc" => {
+                    let unit = match args.first() {
+                        Some(Ast::Value(v)) => match &v.value {
+                            ast::Value::SingleQuotedString(u) => TimeUnit::parse(u).filter(|u| *u != TimeUnit::Epoch),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                    .ok_or_else(|| error_at(e, "write DATE_TRUNC('year' | 'month' | 'day' | 'hour' | 'minute' | 'second', timestamp)"))?;
+                    match &planned[..] {
+                        [_, (x, t)] if Type::Timestamp.accepts(*t) => return Ok((Expr::Call(Func::DateTrunc(unit), vec![x.clone()]), Type::Timestamp)),
+                        _ => return Err(error_at(e, "DATE_TRUNC's second argument is a timestamp")),
+                    }
+                }
                 "coalesce" => {
                     let mut ty = Type::Null;
                     for (i, (_, t)) in planned.iter().enumerate() {
@@ -971,7 +1084,10 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
                 _ => {
                     return Err(error_at(
                         e,
-                        format!("the function {name} is not supported; supported: lower, upper, length, trim, abs, round, floor, ceil, coalesce, and the aggregates count, sum, min, max, avg"),
+                        format!(
+                            "the function {name} is not supported; supported: lower, upper, length, trim, substring, split_part, position, strpos, \
+                             concat, abs, round, floor, ceil, coalesce, date_trunc, extract, and the aggregates count, sum, min, max, avg"
+                        ),
                     ))
                 }
             };
