@@ -234,6 +234,31 @@ pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
     Ok(Click { user_id: c.user_id.0, event: c.event.into_owned(), event_time: c.event_timestamp.0 })
 }
 
+/// Decodes a record of a SQL input by its columns: a column missing from the record is a
+/// `missing_field` dead letter (JSON `null` is SQL NULL), a value of another type `wrong_type`.
+/// Integers fit int and float columns; timestamps are the spellings the engine accepts, or
+/// milliseconds since the epoch.
+pub fn decode_sql(raw: &[u8], columns: &[dataflows::sql::Column]) -> Result<dataflows::sql::SqlRow, String> {
+    use dataflows::sql::{Type, Value};
+    let object: serde_json::Map<String, serde_json::Value> = parse(raw)?;
+    let mut row = Vec::with_capacity(columns.len());
+    for c in columns {
+        let v = object.get(&c.name).ok_or_else(|| format!("missing_field: {}", c.name))?;
+        let wrong = || format!("wrong_type: {} is not {} ({v})", c.name, c.ty);
+        row.push(match (c.ty, v) {
+            (_, serde_json::Value::Null) => Value::Null,
+            (Type::Int, serde_json::Value::Number(n)) => Value::Int(n.as_i64().ok_or_else(wrong)?),
+            (Type::Float, serde_json::Value::Number(n)) => Value::Float(n.as_f64().ok_or_else(wrong)?),
+            (Type::Text, serde_json::Value::String(s)) => Value::Text(s.clone()),
+            (Type::Bool, serde_json::Value::Bool(b)) => Value::Bool(*b),
+            (Type::Timestamp, serde_json::Value::String(s)) => Value::Timestamp(parse_time_str(s).map_err(|_| wrong())?),
+            (Type::Timestamp, serde_json::Value::Number(n)) => Value::Timestamp(n.as_i64().ok_or_else(wrong)?),
+            _ => return Err(wrong()),
+        });
+    }
+    Ok(row)
+}
+
 /// Decodes a sensor reading.
 pub fn decode_reading(raw: &[u8], position: Position) -> Result<Reading, String> {
     let r: ReadingJson = parse(raw)?;
@@ -343,7 +368,45 @@ pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
             each("window_end", w.window_end);
         }
         Row::AnomalyAlert(a) => each("timestamp", a.timestamp),
+        Row::View(r) => dataflows::sql::registry::with_view(r.view, |v| {
+            for ((name, _), value) in v.columns.iter().zip(&r.values) {
+                if let dataflows::sql::Value::Timestamp(ms) = value {
+                    each(name, *ms);
+                }
+            }
+        }),
         Row::UserEventCount(_) | Row::EventTypeCount(_) | Row::UserActivity(_) | Row::DeadLetter(_) => {}
+    }
+}
+
+/// A SQL value as JSON: timestamps as RFC 3339 with milliseconds, like every output's times.
+fn value_json(v: &dataflows::sql::Value) -> serde_json::Value {
+    use dataflows::sql::Value;
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => (*b).into(),
+        Value::Int(i) => (*i).into(),
+        Value::Float(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::Text(s) => s.as_str().into(),
+        Value::Timestamp(ms) => format_time(*ms).into(),
+    }
+}
+
+/// A view's row is keyed by its key columns (the GROUP BY columns, else all of them).
+impl OutputRow for dataflows::output::ViewRow {
+    fn key(&self) -> String {
+        dataflows::sql::registry::with_view(self.view, |v| {
+            let map: serde_json::Map<String, serde_json::Value> =
+                v.key.iter().map(|&k| (v.columns[k].0.to_string(), value_json(&self.values[k]))).collect();
+            serde_json::Value::Object(map).to_string()
+        })
+    }
+    fn row(&self) -> String {
+        dataflows::sql::registry::with_view(self.view, |v| {
+            let map: serde_json::Map<String, serde_json::Value> =
+                v.columns.iter().zip(&self.values).map(|((n, _), x)| (n.to_string(), value_json(x))).collect();
+            serde_json::Value::Object(map).to_string()
+        })
     }
 }
 
@@ -361,6 +424,7 @@ impl Encoded for Row {
             Row::WindowMetric(r) => &**r,
             Row::AnomalyAlert(r) => &**r,
             Row::DeadLetter(r) => &**r,
+            Row::View(r) => &**r,
         }
     }
 }

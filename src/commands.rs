@@ -53,6 +53,36 @@ fn dataflows(names: &[String], source: &str) -> anyhow::Result<Vec<Dataflow>> {
     Ok(out)
 }
 
+/// The config's SQL inputs and views, compiled: every input with `columns` is a table the
+/// views may read; the views of each `views` file are compiled in order. Errors name the file,
+/// line and column. `outputs` is left empty for the caller.
+fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyhow::Result<Option<runtime::SqlPipeline>> {
+    let mut catalog = dataflows::sql::Catalog::default();
+    let mut tables = Vec::new();
+    for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
+        let columns = input.schema().map_err(|(i, m)| anyhow::anyhow!("`inputs.{name}.columns[{i}]`: {m}"))?;
+        catalog.add_source(name, columns.clone());
+        tables.push((InputName::Table(dataflows::sql::registry::table(name)), columns));
+    }
+    if config.views.is_empty() {
+        return Ok(None);
+    }
+    let base = config_path.and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
+    let mut views = Vec::new();
+    for path in &config.views {
+        let path = base.join(path);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read it ({e}); fix `views` in the config", path.display()))?;
+        let compiled = dataflows::sql::compile(&text, &mut catalog).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for v in &compiled {
+            let columns: Vec<(String, dataflows::sql::Type)> = v.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
+            dataflows::sql::registry::view(&v.name, &columns, &v.key);
+        }
+        views.extend(compiled);
+    }
+    Ok(Some(runtime::SqlPipeline { tables, views, outputs: Vec::new() }))
+}
+
 /// Records per input that a logical time holds, by default, when the inputs are neither
 /// streams nor rate-limited and a per-user dataflow runs.
 pub const RECORDS_PER_TIME: u64 = 100_000;
@@ -63,12 +93,26 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         Some(path) => (Config::load(path)?, path.display().to_string()),
         None => (Config::default(), "(no config file)".to_string()),
     };
-    let selected = if args.dataflows.is_empty() {
-        dataflows(&config.dataflows, &format!("{file}: `dataflows`"))?
+    let sql = compile_views(&config, args.config.as_deref())?;
+    let (names, source) = if args.dataflows.is_empty() {
+        (&config.dataflows, format!("{file}: `dataflows`"))
     } else {
-        dataflows(&args.dataflows, "command line")?
+        (&args.dataflows, "command line".to_string())
     };
-    if selected.is_empty() {
+    let (builtin, views): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|n| n.parse::<Dataflow>().is_ok() || sql.as_ref().is_none_or(|s| !s.views.iter().any(|v| &v.name == *n)));
+    let selected = dataflows(&builtin.into_iter().cloned().collect::<Vec<_>>(), &source).map_err(|e| match &sql {
+        Some(s) => {
+            let names: Vec<&str> = s.views.iter().map(|v| v.name.as_str()).collect();
+            anyhow::anyhow!("{e}; the views are {}", names.join(", "))
+        }
+        None => e,
+    })?;
+    let sql = sql.map(|mut s| {
+        s.outputs = views.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect();
+        std::sync::Arc::new(s)
+    });
+    if selected.is_empty() && sql.as_ref().is_none_or(|s| s.outputs.is_empty()) {
         bail!(
             "name at least one dataflow, e.g. `diffstream run user_event_counts --input clicks=clicks.jsonl`, \
              or list them as `dataflows = [...]` in a --config file; the dataflows are user_event_counts, user_activity, sensor_metrics"
@@ -82,8 +126,9 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         let Some((name, path)) = binding.split_once('=') else {
             bail!("--input {binding}: write NAME=PATH, e.g. --input clicks=clicks.jsonl");
         };
+        let columns = config.inputs.get(name).map(|c| c.columns().to_vec()).unwrap_or_default();
         let name: InputName = name.parse().map_err(|e: String| anyhow::anyhow!("--input {binding}: {e}"))?;
-        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None });
+        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns });
     }
     for d in &selected {
         for i in d.inputs() {
@@ -123,6 +168,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         None => (RECORDS_PER_TIME / batch_size as u64).max(1),
     };
     Ok(Plan {
+        sql,
         params: config.params(&file)?,
         inputs: specs,
         batches_per_time,
@@ -193,6 +239,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(Plan {
+        sql: None,
         dataflows: dataflows(&config.dataflows, file)?,
         inputs,
         params: config.params(file)?,
@@ -229,8 +276,10 @@ pub fn execute(plan: Plan) -> anyhow::Result<()> {
 
 fn print_report(r: &Report) {
     let mut err = std::io::stderr().lock();
-    let read: Vec<String> =
-        InputName::ALL.iter().filter(|i| r.records_in[**i as usize] > 0).map(|i| format!("{i} {}", r.records_in[*i as usize])).collect();
+    let read: Vec<String> = (0..r.records_in.len())
+        .filter(|i| r.records_in[*i] > 0)
+        .filter_map(|i| Some(format!("{} {}", InputName::from_index(i)?, r.records_in[i])))
+        .collect();
     let _ =
         writeln!(err, "done in {:.2}s: read {}", r.elapsed.as_secs_f64(), if read.is_empty() { "nothing".into() } else { read.join(", ") });
     for (name, rows) in &r.rows {

@@ -45,6 +45,8 @@ impl Reference {
             key: None,
         };
         match input {
+            // (the reference recomputes the built-in dataflows; SQL views have their own)
+            InputName::Table(_) => {}
             InputName::Users => {
                 for &(n, raw) in lines {
                     match codec::decode_user(raw, Position::Line(n)) {

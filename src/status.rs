@@ -22,7 +22,7 @@ pub struct Monitor {
     tty: bool,
     start: Instant,
     last: Instant,
-    last_counts: [u64; 3],
+    last_counts: Vec<u64>,
     ticks: u64,
     inputs: Vec<InputName>,
     live: crate::demo::LiveView,
@@ -40,9 +40,9 @@ impl Monitor {
             tty: std::io::stderr().is_terminal(),
             start,
             last: start,
-            last_counts: [0; 3],
+            last_counts: vec![0; dataflows::InputName::MAX],
             ticks: 0,
-            inputs: plan.inputs.keys().copied().filter(|i| plan.dataflows.iter().any(|d| d.inputs().contains(i))).collect(),
+            inputs: plan.inputs.keys().copied().filter(|i| plan.needs(*i)).collect(),
             live: crate::demo::LiveView::new(plan),
             kafka: plan.kafka_output.is_some(),
             mongo: plan.mongodb_output.is_some(),
@@ -62,8 +62,8 @@ impl Observer for Monitor {
         let counts = counters.snapshot();
         let mut parts = Vec::new();
         for &i in &self.inputs {
-            let n = counts[i as usize];
-            let rate = (n - self.last_counts[i as usize]) as f64 / secs;
+            let n = counts[i.index()];
+            let rate = (n - self.last_counts[i.index()]) as f64 / secs;
             parts.push(format!("{i} {} ({}/s)", thousands(n), thousands(rate as u64)));
         }
         let wm = watermark.map_or("-".to_string(), format_time);

@@ -51,17 +51,38 @@ pub enum InputName {
     Clicks,
     /// sensor readings
     Sensors,
+    /// an input of SQL views, by its number in [`sql::registry`]
+    Table(u8),
 }
 
 impl InputName {
-    /// All inputs.
+    /// The built-in inputs.
     pub const ALL: [InputName; 3] = [InputName::Users, InputName::Clicks, InputName::Sensors];
+    /// How many inputs a run may have (built-in and SQL), for counters indexed by [`InputName::index`].
+    pub const MAX: usize = 3 + sql::registry::MAX;
     /// The input's name in configs and dead letters.
     pub fn as_str(self) -> &'static str {
         match self {
             InputName::Users => "users",
             InputName::Clicks => "clicks",
             InputName::Sensors => "sensors",
+            InputName::Table(i) => sql::registry::table_name(i),
+        }
+    }
+    /// A dense index: the built-ins first, then the tables.
+    pub fn index(self) -> usize {
+        match self {
+            InputName::Users => 0,
+            InputName::Clicks => 1,
+            InputName::Sensors => 2,
+            InputName::Table(i) => 3 + i as usize,
+        }
+    }
+    /// The input of [`InputName::index`] `i`, if there is one.
+    pub fn from_index(i: usize) -> Option<InputName> {
+        match i {
+            0..=2 => Some(InputName::ALL[i]),
+            _ => (i - 3 < sql::registry::MAX && sql::registry::table_name((i - 3) as u8) != "?").then(|| InputName::Table((i - 3) as u8)),
         }
     }
 }
@@ -72,7 +93,8 @@ impl FromStr for InputName {
         InputName::ALL
             .into_iter()
             .find(|i| i.as_str() == s)
-            .ok_or_else(|| format!("unknown input `{s}`; the inputs are users, clicks, sensors"))
+            .or_else(|| sql::registry::find_table(s).map(InputName::Table))
+            .ok_or_else(|| format!("unknown input `{s}`; the inputs are users, clicks, sensors, and those given `columns` for SQL views"))
     }
 }
 

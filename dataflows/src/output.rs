@@ -28,6 +28,8 @@ pub enum Output {
     AnomalyAlerts,
     /// records the engine could not use (append-only)
     DeadLetters,
+    /// a SQL view, by its number in [`crate::sql::registry`]
+    View(u8),
 }
 
 impl Output {
@@ -50,8 +52,20 @@ impl Output {
             Output::SensorWindowMetrics => "sensor_window_metrics",
             Output::AnomalyAlerts => "anomaly_alerts",
             Output::DeadLetters => "dead_letters",
+            Output::View(i) => crate::sql::registry::view_name(i),
         }
     }
+
+    /// A dense index: the built-ins first, then the views.
+    pub fn index(self) -> usize {
+        match self {
+            Output::View(i) => Output::ALL.len() + i as usize,
+            o => Output::ALL.iter().position(|x| *x == o).expect("a built-in output"),
+        }
+    }
+
+    /// How many outputs a run may have, for counters indexed by [`Output::index`].
+    pub const MAX: usize = 6 + crate::sql::registry::MAX;
 
     /// Whether rows are only ever inserted (never retracted or updated): such outputs can be
     /// streamed out as their times close instead of being held as state.
@@ -63,10 +77,12 @@ impl Output {
 impl FromStr for Output {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Output::ALL.into_iter().find(|o| o.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Output::ALL.iter().map(|o| o.as_str()).collect();
-            format!("unknown output `{s}`; the outputs are {}", names.join(", "))
-        })
+        Output::ALL.into_iter().find(|o| o.as_str() == s).or_else(|| crate::sql::registry::find_view(s).map(Output::View)).ok_or_else(
+            || {
+                let names: Vec<&str> = Output::ALL.iter().map(|o| o.as_str()).collect();
+                format!("unknown output `{s}`; the outputs are {}", names.join(", "))
+            },
+        )
     }
 }
 
@@ -92,6 +108,17 @@ pub enum Row {
     AnomalyAlert(Box<AnomalyAlert>),
     /// a row of `dead_letters`
     DeadLetter(Box<DeadLetter>),
+    /// a row of a SQL view
+    View(Box<ViewRow>),
+}
+
+/// A row of a SQL view: its values, in the view's column order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ViewRow {
+    /// the view, by its number in [`crate::sql::registry`]
+    pub view: u8,
+    /// the values
+    pub values: crate::sql::SqlRow,
 }
 
 impl Row {
@@ -104,6 +131,7 @@ impl Row {
             Row::WindowMetric(_) => Output::SensorWindowMetrics,
             Row::AnomalyAlert(_) => Output::AnomalyAlerts,
             Row::DeadLetter(_) => Output::DeadLetters,
+            Row::View(r) => Output::View(r.view),
         }
     }
 
@@ -118,6 +146,7 @@ impl Row {
             Row::WindowMetric(r) => (&r.sensor_type, &r.location, r.window_start).hash(h),
             Row::AnomalyAlert(r) => (&r.sensor_id, r.timestamp).hash(h),
             Row::DeadLetter(r) => (&r.input, &r.position).hash(h),
+            Row::View(r) => crate::sql::registry::with_view(r.view, |v| v.key.iter().for_each(|&k| r.values[k].hash(h))),
         }
     }
 

@@ -46,6 +46,7 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], l
 fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<&str>) -> Plan {
     let group = unique("group");
     let input = KafkaInput {
+        columns: Vec::new(),
         topics: vec![topic.to_string()],
         group_id: group.clone(),
         start: "earliest".into(),

@@ -109,6 +109,9 @@ impl Start {
 pub struct KafkaInput {
     /// Topics to read; every partition of each is read by exactly one worker.
     pub topics: Vec<String>,
+    /// For SQL views: the records' columns, in order, as `"name type"` (see file inputs).
+    #[serde(default)]
+    pub columns: Vec<String>,
     /// Consumer group for committed offsets. Default `diffstream`.
     #[serde(default = "default_group")]
     pub group_id: String,

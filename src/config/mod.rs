@@ -31,9 +31,15 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Dataflows to run when the command line names none:
-    /// `user_event_counts`, `user_activity`, `sensor_metrics`.
+    /// `user_event_counts`, `user_activity`, `sensor_metrics`, or views of the `views` files.
     #[serde(default)]
     pub dataflows: Vec<String>,
+    /// SQL files of views (`CREATE VIEW name AS SELECT …;`, several per file), compiled in
+    /// order: a view may read the inputs that have `columns` and the views before it.
+    /// `dataflows` names the views written as outputs. Relative paths are relative to the
+    /// config file's folder.
+    #[serde(default)]
+    pub views: Vec<PathBuf>,
     /// Workers and batching.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -115,6 +121,33 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl InputConfig {
+    /// The `columns` it declares (none: a built-in input).
+    pub fn columns(&self) -> &[String] {
+        match self {
+            InputConfig::File { columns, .. } | InputConfig::Stdin { columns } => columns,
+            InputConfig::Kafka(k) => &k.columns,
+            InputConfig::Generator { .. } => &[],
+        }
+    }
+
+    /// The declared columns, parsed; `Err((index, message))`.
+    pub fn schema(&self) -> Result<Vec<dataflows::sql::Column>, (usize, String)> {
+        let mut out: Vec<dataflows::sql::Column> = Vec::new();
+        for (i, c) in self.columns().iter().enumerate() {
+            let (name, ty) = c.trim().split_once(char::is_whitespace).ok_or((i, format!("`{c}`: write \"name type\", e.g. \"id int\"")))?;
+            let ty = dataflows::sql::Type::parse(ty.trim())
+                .ok_or((i, format!("`{c}`: the type `{}` is not one of int, float, text, bool, timestamp", ty.trim())))?;
+            let name = name.to_ascii_lowercase();
+            if out.iter().any(|x| x.name == name) {
+                return Err((i, format!("`{name}` is declared twice")));
+            }
+            out.push(dataflows::sql::Column { name, ty });
+        }
+        Ok(out)
+    }
+}
+
 /// Where one input's records come from.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -126,9 +159,17 @@ pub enum InputConfig {
         /// Replay at most this many records per second (default: as fast as possible).
         #[serde(default)]
         rate: Option<f64>,
+        /// For SQL views: the records' columns, in order, as `"name type"` (types: int,
+        /// float, text, bool, timestamp), e.g. `["id int", "product text"]`.
+        #[serde(default)]
+        columns: Vec<String>,
     },
     /// JSON Lines on standard input (read by the first worker).
-    Stdin {},
+    Stdin {
+        /// For SQL views: the records' columns (see `File`).
+        #[serde(default)]
+        columns: Vec<String>,
+    },
     /// Kafka topics (see `[kafka]` for the connection).
     Kafka(kafka::KafkaInput),
     /// The built-in synthetic generator for this input (see `diffstream gen`).
@@ -330,15 +371,20 @@ impl Config {
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let err = |key: &str, message: String| ConfigError { file: file.to_string(), key: key.to_string(), message };
-        for (i, d) in self.dataflows.iter().enumerate() {
+        // (with `views`, a name may be a view's: checked once they are compiled)
+        for (i, d) in self.dataflows.iter().enumerate().filter(|_| self.views.is_empty()) {
             d.parse::<Dataflow>().map_err(|e| err(&format!("dataflows[{i}]"), e))?;
         }
         for (name, input) in &self.inputs {
             let key = format!("inputs.{name}");
-            name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table")))?;
+            if input.columns().is_empty() {
+                name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table, or give it `columns` for SQL views")))?;
+            } else {
+                input.schema().map_err(|(i, m)| err(&format!("{key}.columns[{i}]"), m))?;
+            }
             let rate = match input {
                 InputConfig::File { rate, .. } | InputConfig::Generator { rate, .. } => *rate,
-                InputConfig::Stdin {} => None,
+                InputConfig::Stdin { .. } => None,
                 InputConfig::Kafka(k) => {
                     k.validate().map_err(|(sub, m)| err(&format!("{key}.{sub}"), m))?;
                     None

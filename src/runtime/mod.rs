@@ -121,6 +121,8 @@ pub enum Display {
 pub struct Plan {
     /// which dataflows
     pub dataflows: Vec<Dataflow>,
+    /// SQL views, when the config has any
+    pub sql: Option<Arc<SqlPipeline>>,
     /// where each needed input comes from
     pub inputs: BTreeMap<InputName, InputSpec>,
     /// dataflow parameters
@@ -159,6 +161,18 @@ pub struct Plan {
     pub replay_on_restart: bool,
 }
 
+/// The SQL views of a plan: the columns of the inputs they read, every compiled view (in the
+/// order they may read each other), and the views written as outputs.
+#[derive(Clone, Debug)]
+pub struct SqlPipeline {
+    /// the SQL inputs and their columns
+    pub tables: Vec<(InputName, Vec<dataflows::sql::Column>)>,
+    /// the compiled views
+    pub views: Vec<dataflows::sql::View>,
+    /// the views written, as outputs
+    pub outputs: Vec<Output>,
+}
+
 /// The Kafka output of a plan.
 #[derive(Clone, Debug)]
 pub struct KafkaOutputPlan {
@@ -176,6 +190,7 @@ impl Plan {
     pub fn embedded(dataflows: Vec<Dataflow>, inputs: BTreeMap<InputName, InputSpec>, workers: usize, batch_size: usize) -> Plan {
         Plan {
             dataflows,
+            sql: None,
             inputs,
             params: Params::default(),
             output_dir: None,
@@ -199,10 +214,16 @@ impl Plan {
     /// The outputs this plan writes (dead letters last).
     pub fn outputs(&self) -> Vec<Output> {
         let mut out: Vec<Output> = self.dataflows.iter().flat_map(|d| d.outputs()).copied().collect();
+        out.extend(self.sql.iter().flat_map(|s| s.outputs.iter().copied()));
         out.sort();
         out.dedup();
         out.push(Output::DeadLetters);
         out
+    }
+
+    /// Whether input `i` is read: by a dataflow, or as a SQL input.
+    pub fn needs(&self, i: InputName) -> bool {
+        self.dataflows.iter().any(|d| d.inputs().contains(&i)) || self.sql.as_ref().is_some_and(|s| s.tables.iter().any(|(t, _)| *t == i))
     }
 
     /// Whether the current rows are kept at all: for a snapshot directory or the live view.
@@ -229,8 +250,8 @@ impl Plan {
 /// Process-wide counters, shared by the workers of one process.
 #[derive(Debug)]
 pub struct Counters {
-    /// records read per input (indexed like [`InputName::ALL`])
-    pub records_in: [AtomicU64; 3],
+    /// records read per input (indexed by [`InputName::index`])
+    pub records_in: [AtomicU64; InputName::MAX],
     /// records that failed to decode
     pub decode_errors: AtomicU64,
     /// rows and updates per output
@@ -244,7 +265,7 @@ pub struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            records_in: Default::default(),
+            records_in: std::array::from_fn(|_| AtomicU64::new(0)),
             decode_errors: Default::default(),
             tally: Default::default(),
             kafka: Arc::new(Health::new("kafka")),
@@ -255,19 +276,19 @@ impl Default for Counters {
 
 impl Counters {
     fn input(&self, name: InputName) -> &AtomicU64 {
-        &self.records_in[name as usize]
+        &self.records_in[name.index()]
     }
     /// Records read so far by this process, per input.
-    pub fn snapshot(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.records_in[i].load(Ordering::Relaxed))
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.records_in.iter().map(|n| n.load(Ordering::Relaxed)).collect()
     }
 }
 
 /// What a finished run reports (from the first worker of the first process).
 #[derive(Debug, Default)]
 pub struct Report {
-    /// records read by this process, per input
-    pub records_in: [u64; 3],
+    /// records read by this process, per input (indexed by [`InputName::index`])
+    pub records_in: Vec<u64>,
     /// dead letters in total
     pub dead_letters: u64,
     /// rows per output at the end (of every process when a snapshot was kept, else of this one)
@@ -295,6 +316,27 @@ struct Sessions {
     compactor: Option<checkpoint::Compactor>,
     /// after a restart from a checkpoint: its open-window readings
     restored_sensors: Option<InputSession<Time, dataflows::records::Reading, isize>>,
+    /// the SQL inputs: their columns and sessions
+    tables: BTreeMap<InputName, TableSession>,
+}
+
+/// A SQL input's columns and session.
+type TableSession = (Vec<dataflows::sql::Column>, InputSession<Time, dataflows::sql::SqlRow, isize>);
+
+/// A row a view's expression failed on, as a dead letter of the view: the row as the raw
+/// bytes, and (the row does not carry its source position yet) a position that is a hash of
+/// the row, so that distinct rows are distinct dead letters.
+fn view_error(view: &str, reason: String, row: &dataflows::sql::SqlRow) -> DeadLetter {
+    use std::hash::BuildHasher;
+    let hash = dataflows::ops::FixedHasher::default().hash_one(row);
+    let text: Vec<String> = row.iter().map(ToString::to_string).collect();
+    DeadLetter {
+        input: format!("view {view}"),
+        position: dataflows::records::Position::Index(hash),
+        reason,
+        raw: format!("({})", text.join(", ")).into_bytes(),
+        key: None,
+    }
 }
 
 impl Sessions {
@@ -343,6 +385,10 @@ impl Sessions {
                     Ok(())
                 }
             }),
+            InputName::Table(_) => match self.tables.get_mut(&input) {
+                Some((columns, session)) => codec::decode_sql(bytes, columns).map(|row| session.insert(row)),
+                None => Ok(()),
+            },
         };
         if let Err(reason) = result {
             counters.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -393,6 +439,9 @@ impl Sessions {
             adv!(s);
         }
         if let Some(s) = &mut self.restored_sensors {
+            adv!(s);
+        }
+        for (_, s) in self.tables.values_mut() {
             adv!(s);
         }
         adv!(self.dead);
@@ -460,7 +509,8 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Ob
     };
     // After a crash, the checkpoints this process has all its parts of (unless asked to replay
     // from the beginning); the workers agree on the latest one every process has.
-    let definition = format!("dataflows {:?}, sensor parameters {:?}", plan.dataflows, plan.params.sensors);
+    let views: Vec<String> = plan.sql.iter().flat_map(|s| s.views.iter().map(|v| format!("{}: {:?}", v.name, v.plan))).collect();
+    let definition = format!("dataflows {:?}, sensor parameters {:?}, views {views:?}", plan.dataflows, plan.params.sensors);
     let checkpoint_times = match (&plan.state_dir, streaming && plan.checkpoint_interval.is_some() && !plan.replay_on_restart) {
         (Some(d), true) => Some(checkpoint::local_times(d, plan.cluster.all_workers(), &plan.cluster.mine())?),
         _ => None,
@@ -565,7 +615,7 @@ fn run_worker(
         None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
     });
 
-    let needs = |i: InputName| plan.dataflows.iter().any(|d| d.inputs().contains(&i));
+    let needs = |i: InputName| plan.needs(i);
     let selected = plan.dataflows.clone();
     let mut params = plan.params.clone();
     // Checkpoints: a streaming run keeps its compacted state at the multiples of the interval.
@@ -587,6 +637,28 @@ fn run_worker(
             .unzip();
         let (dead_in, dead) = scope.new_collection::<DeadLetter, isize>();
         let outs = dataflows::build(&selected, Inputs { users, clicks, sensors, restored_sensors }, &params);
+        // SQL views over their inputs; a row whose expression failed is a dead letter of its view.
+        let mut tables = BTreeMap::new();
+        let mut view_rows = Vec::new();
+        let mut view_errors = Vec::new();
+        if let Some(sql) = &plan.sql {
+            let mut sources = BTreeMap::new();
+            for (name, columns) in &sql.tables {
+                let (input, rows) = scope.new_collection::<dataflows::sql::SqlRow, isize>();
+                tables.insert(*name, (columns.clone(), input));
+                sources.insert(name.as_str().to_string(), rows);
+            }
+            let rendered = dataflows::sql::render::render(&sql.views, &sources);
+            for output in &sql.outputs {
+                let Output::View(id) = *output else { continue };
+                let r = &rendered[output.as_str()];
+                view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow { view: id, values }))));
+            }
+            for r in rendered.values() {
+                view_errors.push(r.errors.clone().map(|(view, reason, row)| view_error(&view, reason, &row)));
+            }
+        }
+        let dead = differential_dataflow::collection::concatenate(scope, std::iter::once(dead).chain(view_errors));
         fn rows<'s, R: Into<Row> + Clone + 'static>(c: Option<Coll<'s, R>>) -> Option<Coll<'s, Row>> {
             c.map(|c| c.map(Into::into))
         }
@@ -604,6 +676,7 @@ fn run_worker(
         ]
         .into_iter()
         .flatten()
+        .chain(view_rows)
         .collect();
         let all = differential_dataflow::collection::concatenate(scope, all);
         let probe = ProbeHandle::new();
@@ -625,6 +698,7 @@ fn run_worker(
             file_clock_ms,
             compactor: checkpoint_every.map(|_| checkpoint::Compactor::default()),
             restored_sensors: restored_in,
+            tables,
         };
         (sessions, probe, outs.watermark, outs.open_readings)
     });

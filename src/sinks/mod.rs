@@ -249,16 +249,22 @@ fn consolidate(updates: Vec<(Row, isize)>) -> Vec<(Row, isize)> {
 
 /// Rows and updates per output, added up over the workers of this process: what the status
 /// line and the report show when no snapshot is kept.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tally {
-    rows: [AtomicI64; Output::ALL.len()],
+    rows: [AtomicI64; Output::MAX],
     updates: AtomicU64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally { rows: std::array::from_fn(|_| AtomicI64::new(0)), updates: AtomicU64::new(0) }
+    }
 }
 
 impl Tally {
     /// Current rows of `output` held by this process's workers.
     pub fn rows(&self, output: Output) -> i64 {
-        self.rows[output as usize].load(Ordering::Relaxed)
+        self.rows[output.index()].load(Ordering::Relaxed)
     }
     /// Updates applied so far by this process's workers.
     pub fn updates(&self) -> u64 {
@@ -271,9 +277,9 @@ pub struct TallySink(pub std::sync::Arc<Tally>);
 
 impl Sink for TallySink {
     fn apply(&mut self, _time: Time, updates: &[(Row, isize)]) {
-        let mut rows = [0i64; Output::ALL.len()];
+        let mut rows = [0i64; Output::MAX];
         for (r, d) in updates {
-            rows[r.output() as usize] += *d as i64;
+            rows[r.output().index()] += *d as i64;
         }
         for (o, n) in rows.into_iter().enumerate().filter(|(_, n)| *n != 0) {
             self.0.rows[o].fetch_add(n, Ordering::Relaxed);

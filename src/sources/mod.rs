@@ -94,10 +94,10 @@ impl InputSpec {
     /// From an input's config table.
     pub fn from_config(name: InputName, config: &InputConfig, kafka: &KafkaConnection) -> InputSpec {
         match config {
-            InputConfig::File { path, rate } => {
+            InputConfig::File { path, rate, .. } => {
                 InputSpec { source: if path.as_os_str() == "-" { SourceSpec::Stdin } else { SourceSpec::File(path.clone()) }, rate: *rate }
             }
-            InputConfig::Stdin {} => InputSpec { source: SourceSpec::Stdin, rate: None },
+            InputConfig::Stdin { .. } => InputSpec { source: SourceSpec::Stdin, rate: None },
             InputConfig::Kafka(input) => InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None },
             InputConfig::Generator { count, rate, seed, users } => InputSpec {
                 source: SourceSpec::Generator(generator::GeneratorSpec { kind: name, count: *count, seed: *seed, users: *users, sites: 1 }),

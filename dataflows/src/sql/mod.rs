@@ -13,6 +13,7 @@
 
 pub mod eval;
 pub mod plan;
+pub mod registry;
 pub mod render;
 pub mod value;
 

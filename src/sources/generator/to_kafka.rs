@@ -67,6 +67,7 @@ fn key_and_kind(kind: InputName, line: &[u8]) -> (Vec<u8>, String) {
         InputName::Users => ("user_id", None),
         InputName::Clicks => ("user_id", Some("event")),
         InputName::Sensors => ("sensor_id", Some("sensor_type")),
+        InputName::Table(_) => ("", None),
     };
     let k = match &v[key] {
         serde_json::Value::String(s) => s.clone(),

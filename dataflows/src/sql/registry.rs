@@ -1,0 +1,83 @@
+//! The process's SQL inputs (tables) and views, by number: [`crate::InputName::Table`] and
+//! [`crate::Output::View`] carry only the number, so that they stay `Copy` and small. Every
+//! process of a cluster registers the same config in the same order, so numbers agree.
+
+use std::sync::RwLock;
+
+use super::value::Type;
+
+/// A registered view: what its rows are.
+#[derive(Clone, Debug)]
+pub struct ViewInfo {
+    /// its name
+    pub name: &'static str,
+    /// its columns, in order
+    pub columns: Vec<(&'static str, Type)>,
+    /// the columns that key its rows
+    pub key: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Registry {
+    tables: Vec<&'static str>,
+    views: Vec<ViewInfo>,
+}
+
+static REGISTRY: RwLock<Registry> = RwLock::new(Registry { tables: Vec::new(), views: Vec::new() });
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+/// How many tables or views a process may have.
+pub const MAX: usize = 64;
+
+/// The number of table `name`, registering it once.
+pub fn table(name: &str) -> u8 {
+    let mut r = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = r.tables.iter().position(|t| *t == name) {
+        return i as u8;
+    }
+    assert!(r.tables.len() < MAX, "more than {MAX} SQL inputs");
+    r.tables.push(leak(name));
+    (r.tables.len() - 1) as u8
+}
+
+/// Table `i`'s name.
+pub fn table_name(i: u8) -> &'static str {
+    REGISTRY.read().unwrap_or_else(|p| p.into_inner()).tables.get(i as usize).copied().unwrap_or("?")
+}
+
+/// The registered table of this name.
+pub fn find_table(name: &str) -> Option<u8> {
+    REGISTRY.read().unwrap_or_else(|p| p.into_inner()).tables.iter().position(|t| *t == name).map(|i| i as u8)
+}
+
+/// The number of view `name` with these columns and key, registering it once (a view
+/// registered again replaces its columns: the same config compiles the same).
+pub fn view(name: &str, columns: &[(String, Type)], key: &[usize]) -> u8 {
+    let mut r = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+    let info = ViewInfo { name: leak(name), columns: columns.iter().map(|(n, t)| (leak(n), *t)).collect(), key: key.to_vec() };
+    if let Some(i) = r.views.iter().position(|v| v.name == name) {
+        r.views[i] = info;
+        return i as u8;
+    }
+    assert!(r.views.len() < MAX, "more than {MAX} SQL views");
+    r.views.push(info);
+    (r.views.len() - 1) as u8
+}
+
+/// View `i`'s name.
+pub fn view_name(i: u8) -> &'static str {
+    REGISTRY.read().unwrap_or_else(|p| p.into_inner()).views.get(i as usize).map_or("?", |v| v.name)
+}
+
+/// The registered view of this name.
+pub fn find_view(name: &str) -> Option<u8> {
+    REGISTRY.read().unwrap_or_else(|p| p.into_inner()).views.iter().position(|v| v.name == name).map(|i| i as u8)
+}
+
+/// Calls `f` with view `i`.
+pub fn with_view<R>(i: u8, f: impl FnOnce(&ViewInfo) -> R) -> R {
+    f(&REGISTRY.read().unwrap_or_else(|p| p.into_inner()).views[i as usize])
+}

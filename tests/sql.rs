@@ -1,0 +1,230 @@
+//! Pipelines written as SQL views, run by the binary from a config: the snapshots equal a plain
+//! recomputation of the same file (written here, sharing no code with the engine) at 1, 2 and
+//! 4 workers; bad records and rows whose expressions fail are dead letters with their reason,
+//! and the run goes on; a bad view file is refused with its file, line and column.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::{bin, snapshots};
+
+/// Order applications (the Quix Streams example's records): `content` is "<product> <quantity>".
+const VIEWS: &str = "\
+-- the applications whose content parses; the others are dead letters of this view
+CREATE VIEW applications AS
+  SELECT id, lower(name) AS name, split_part(content, ' ', 1) AS product,
+         CAST(split_part(content, ' ', 2) AS int) AS quantity
+  FROM inputs
+  WHERE subject <> 'spam';
+
+CREATE VIEW applications_per_product AS
+  SELECT product, COUNT(*) AS applications, SUM(quantity) AS quantity, MAX(quantity) AS largest
+  FROM applications
+  GROUP BY product
+  HAVING COUNT(*) > 1;
+
+-- products with their category, from a second input
+CREATE VIEW product_totals AS
+  SELECT a.product, c.category, SUM(a.quantity) AS quantity
+  FROM applications a JOIN catalog c ON a.product = c.product
+  GROUP BY a.product, c.category;
+";
+
+const CONFIG: &str = "\
+views = [\"apps.sql\"]
+dataflows = [\"applications\", \"applications_per_product\", \"product_totals\"]
+
+[inputs.inputs]
+kind = \"file\"
+path = \"inputs.jsonl\"
+columns = [\"id int\", \"name text\", \"subject text\", \"content text\"]
+
+[inputs.catalog]
+kind = \"file\"
+path = \"catalog.jsonl\"
+columns = [\"product text\", \"category text\"]
+";
+
+const PRODUCTS: [&str; 6] = ["widget", "gadget", "gizmo", "doohickey", "sprocket", "flange"];
+
+/// `n` input lines, deterministic; about one in twelve malformed in some way.
+fn inputs(n: u64) -> Vec<String> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            // skewed: low products far more often
+            let product = PRODUCTS[((r % 36) as f64).sqrt() as usize];
+            let quantity = (r >> 8) % 20;
+            let subject = if (r >> 16) % 10 == 0 { "spam" } else { "order" };
+            match (r >> 24) % 24 {
+                0 => format!("{{\"id\": {i}, \"name\": \"N{i}\", \"subject\": \"{subject}\", \"content\": \"{product}\"}}"),
+                1 => format!("{{\"id\": {i}, \"name\": \"N{i}\", \"subject\": \"{subject}\", \"content\": \"{product} many\"}}"),
+                2 => format!("{{\"id\": \"{i}\", \"name\": \"N{i}\", \"subject\": \"{subject}\", \"content\": \"{product} 1\"}}"),
+                3 => "{not json".to_string(),
+                _ => format!("{{\"id\": {i}, \"name\": \"N{i}\", \"subject\": \"{subject}\", \"content\": \"{product} {quantity}\"}}"),
+            }
+        })
+        .collect()
+}
+
+/// The expected snapshots, recomputed by plain loops over the lines: rows as JSON text, sorted.
+fn expected(lines: &[String]) -> BTreeMap<&'static str, Vec<String>> {
+    let mut apps: Vec<(i64, String, String, i64)> = Vec::new();
+    for line in lines {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(id), Some(name), Some(subject), Some(content)) =
+            (v["id"].as_i64(), v["name"].as_str(), v["subject"].as_str(), v["content"].as_str())
+        else {
+            continue;
+        };
+        if subject == "spam" {
+            continue;
+        }
+        let mut parts = content.split(' ');
+        let product = parts.next().unwrap_or("").to_string();
+        let Some(Ok(quantity)) = parts.next().map(str::parse::<i64>) else { continue };
+        apps.push((id, name.to_lowercase(), product, quantity));
+    }
+    let mut per: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for (_, _, p, q) in &apps {
+        let e = per.entry(p).or_default();
+        e.0 += 1;
+        e.1 += q;
+        e.2 = e.2.max(*q);
+    }
+    let category = |p: &str| if p.len() > 6 { "long" } else { "short" };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    BTreeMap::from([
+        (
+            "applications",
+            sorted(
+                apps.iter().map(|(i, n, p, q)| format!("{{\"id\":{i},\"name\":\"{n}\",\"product\":\"{p}\",\"quantity\":{q}}}")).collect(),
+            ),
+        ),
+        (
+            "applications_per_product",
+            sorted(
+                per.iter()
+                    .filter(|(_, (n, _, _))| *n > 1)
+                    .map(|(p, (n, q, m))| format!("{{\"product\":\"{p}\",\"applications\":{n},\"quantity\":{q},\"largest\":{m}}}"))
+                    .collect(),
+            ),
+        ),
+        (
+            "product_totals",
+            sorted(
+                per.iter()
+                    .filter(|(p, _)| **p != "flange")
+                    .map(|(p, (_, q, _))| format!("{{\"product\":\"{p}\",\"category\":\"{}\",\"quantity\":{q}}}", category(p)))
+                    .collect(),
+            ),
+        ),
+    ])
+}
+
+fn setup(dir: &Path, lines: &[String]) {
+    std::fs::write(dir.join("apps.sql"), VIEWS).unwrap();
+    std::fs::write(dir.join("apps.toml"), CONFIG).unwrap();
+    std::fs::write(dir.join("inputs.jsonl"), lines.join("\n") + "\n").unwrap();
+    // every product but flange has a category
+    let catalog: Vec<String> = PRODUCTS[..5]
+        .iter()
+        .map(|p| format!("{{\"product\": \"{p}\", \"category\": \"{}\"}}", if p.len() > 6 { "long" } else { "short" }))
+        .collect();
+    std::fs::write(dir.join("catalog.jsonl"), catalog.join("\n") + "\n").unwrap();
+}
+
+fn run(dir: &Path, workers: &str, extra: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let out = dir.join(format!("out-{workers}"));
+    let mut args = vec!["run", "--config", "apps.toml", "--output-dir", out.to_str().unwrap(), "-w", workers, "-q"];
+    args.extend(extra);
+    let o = Command::new(bin()).current_dir(dir).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut s = snapshots(&out);
+    for rows in s.values_mut() {
+        rows.sort();
+    }
+    s
+}
+
+#[test]
+fn sql_views_equal_a_plain_recomputation_at_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = inputs(20_000);
+    setup(dir.path(), &lines);
+    let want = expected(&lines);
+    for workers in ["1", "2", "4"] {
+        // small batches: many logical times, so every view is updated many times on the way
+        let got = run(dir.path(), workers, &["--batch-size", "500"]);
+        for (view, rows) in &want {
+            assert!(rows.len() > 3, "{view}: a test with rows");
+            assert_eq!(&got[*view], rows, "{view} at -w {workers}");
+        }
+        // every malformed record and every row a view could not compute is a dead letter
+        let dead = &got["dead_letters"];
+        let reasons = |needle: &str| dead.iter().filter(|d| d.contains(needle)).count();
+        let kinds: Vec<u64> = lines
+            .iter()
+            .map(|l| {
+                if l.starts_with("{not") {
+                    3
+                } else if l.contains("\"id\": \"") {
+                    2
+                } else {
+                    9
+                }
+            })
+            .collect();
+        assert_eq!(reasons("invalid_json"), kinds.iter().filter(|k| **k == 3).count(), "-w {workers}");
+        assert_eq!(reasons("wrong_type: id is not int"), kinds.iter().filter(|k| **k == 2).count(), "-w {workers}");
+        assert!(dead.iter().any(|d| d.contains("\"input\":\"view applications\"") && d.contains("cannot cast 'many' to int")), "{dead:?}");
+        assert!(dead.iter().any(|d| d.contains("\"input\":\"view applications\"") && d.contains("cannot cast '' to int")), "{dead:?}");
+    }
+}
+
+#[test]
+fn bad_views_are_refused_with_the_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), &inputs(10));
+    let fails = |views: &str, dataflows: &str| {
+        std::fs::write(dir.path().join("apps.sql"), views).unwrap();
+        std::fs::write(
+            dir.path().join("apps.toml"),
+            CONFIG.replace("[\"applications\", \"applications_per_product\", \"product_totals\"]", dataflows),
+        )
+        .unwrap();
+        let o = Command::new(bin()).current_dir(dir.path()).args(["run", "--config", "apps.toml", "-q"]).output().unwrap();
+        assert!(!o.status.success(), "{views} should be refused");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = fails("CREATE VIEW v AS\n  SELECT id, nope FROM inputs;", "[\"v\"]");
+    assert!(e.contains("apps.sql: line 2, column 14: unknown column `nope`"), "{e}");
+    let e = fails("CREATE VIEW v AS SELECT id FROM inputs ORDER BY id;", "[\"v\"]");
+    assert!(e.contains("apps.sql: line 1") && e.contains("ORDER BY and LIMIT are not supported"), "{e}");
+    let e = fails("CREATE VIEW v AS SELECT id + name AS x FROM inputs;", "[\"v\"]");
+    assert!(e.contains("type mismatch: int + text"), "{e}");
+    let e = fails("CREATE VIEW v AS SELECT id FROM inputs;", "[\"w\"]");
+    assert!(e.contains("unknown dataflow `w`") && e.contains("the views are v"), "{e}");
+    std::fs::write(dir.path().join("apps.sql"), VIEWS).unwrap();
+    std::fs::write(
+        dir.path().join("apps.toml"),
+        CONFIG.replace("\"product text\", \"category text\"", "\"product text\", \"category txt\""),
+    )
+    .unwrap();
+    let o = Command::new(bin()).current_dir(dir.path()).args(["run", "--config", "apps.toml", "-q"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("inputs.catalog.columns[1]") && e.contains("`txt` is not one of int, float, text, bool, timestamp"), "{e}");
+}
