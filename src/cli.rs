@@ -44,6 +44,12 @@ pub enum Command {
     /// Needs no Kafka and no MongoDB. Stops on Ctrl-C or after --duration.
     #[command(disable_help_flag = true)]
     Demo(DemoArgs),
+    /// Print the plan of the config's SQL views: each view's columns and key, its operators,
+    /// which of them exchange and arrange rows, and by what.
+    ///
+    /// Example: diffstream explain --config configs/applications.toml applications_per_product
+    #[command(disable_help_flag = true)]
+    Explain(ExplainArgs),
     /// Show each Kafka input's partitions: committed offset, where the input began, end offset and lag.
     #[command(disable_help_flag = true)]
     Offsets(OffsetsArgs),
@@ -180,6 +186,19 @@ pub struct OffsetsArgs {
     /// The run's config file.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+}
+
+/// `diffstream explain`
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The config whose `views` files to compile.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Only these views (default: every view).
+    pub views: Vec<String>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 /// `diffstream bench`

@@ -21,6 +21,7 @@ fn main() {
         Command::Run(args) => commands::plan_run(args).and_then(commands::execute),
         Command::Demo(args) => commands::plan_demo(args).and_then(commands::execute),
         Command::Gen(args) => commands::gen(args),
+        Command::Explain(args) => diffstream::commands::explain(args),
         Command::Offsets(args) => diffstream::sources::kafka::print_offsets(&args.config),
         Command::Bench(args) => bench::main(args),
     };

@@ -228,3 +228,38 @@ fn bad_views_are_refused_with_the_file_line_and_column() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("inputs.catalog.columns[1]") && e.contains("`txt` is not one of int, float, text, bool, timestamp"), "{e}");
 }
+
+#[test]
+fn the_shipped_applications_pipeline_runs_and_explains() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .current_dir(root)
+        .args(["run", "--config", "configs/applications.toml", "--output-dir", out.path().to_str().unwrap(), "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = snapshots(out.path());
+    assert_eq!(
+        s["applications_per_product"],
+        [r#"{"product":"gadget","applications":2,"quantity":6}"#, r#"{"product":"widget","applications":2,"quantity":7}"#]
+    );
+    assert_eq!(s["applications"].len(), 4);
+    assert!(
+        s["dead_letters"].iter().all(|d| d.contains("\"input\":\"view applications\"")) && s["dead_letters"].len() == 2,
+        "{:?}",
+        s["dead_letters"]
+    );
+    let o = Command::new(bin())
+        .current_dir(root)
+        .args(["explain", "--config", "configs/applications.toml", "applications_per_product"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success()
+            && text.contains("Reduce: exchange and arrange by (#3); count(*), sum(#4)")
+            && !text.contains("view applications "),
+        "{text}"
+    );
+}

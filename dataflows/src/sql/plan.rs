@@ -1159,29 +1159,81 @@ pub fn binary_type(op: BinOp, a: Type, b: Type) -> Option<Type> {
     }
 }
 
+impl fmt::Display for Expr {
+    /// SQL-like, columns as `#i` (the i-th column of the operator's input).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |xs: &[Expr]| xs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        match self {
+            Expr::Column(c) => write!(f, "#{c}"),
+            Expr::Literal(v) => write!(f, "{v}"),
+            Expr::Binary(op, a, b) => {
+                let op = match op {
+                    BinOp::Add => "+",
+                    BinOp::Sub => "-",
+                    BinOp::Mul => "*",
+                    BinOp::Div => "/",
+                    BinOp::Mod => "%",
+                    BinOp::Concat => "||",
+                    BinOp::Eq => "=",
+                    BinOp::NotEq => "<>",
+                    BinOp::Lt => "<",
+                    BinOp::LtEq => "<=",
+                    BinOp::Gt => ">",
+                    BinOp::GtEq => ">=",
+                    BinOp::And => "AND",
+                    BinOp::Or => "OR",
+                };
+                write!(f, "({a} {op} {b})")
+            }
+            Expr::Not(a) => write!(f, "NOT {a}"),
+            Expr::Neg(a) => write!(f, "-{a}"),
+            Expr::IsNull(a, false) => write!(f, "{a} IS NULL"),
+            Expr::IsNull(a, true) => write!(f, "{a} IS NOT NULL"),
+            Expr::Case(arms, other) => {
+                write!(f, "CASE")?;
+                for (c, r) in arms {
+                    write!(f, " WHEN {c} THEN {r}")?;
+                }
+                write!(f, " ELSE {other} END")
+            }
+            Expr::Cast(a, t) => write!(f, "CAST({a} AS {t})"),
+            Expr::Call(func, args) => write!(f, "{}({})", format!("{func:?}").to_lowercase(), list(args)),
+            Expr::InList(a, xs, negated) => write!(f, "{a} {}IN ({})", if *negated { "NOT " } else { "" }, list(xs)),
+        }
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn go(p: &Plan, depth: usize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             let pad = "  ".repeat(depth);
+            let list = |xs: &[Expr]| xs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             match p {
                 Plan::Source(n) => writeln!(f, "{pad}Source {n}"),
                 Plan::View(n) => writeln!(f, "{pad}View {n}"),
                 Plan::Filter(i, e) => {
-                    writeln!(f, "{pad}Filter {e:?}")?;
+                    writeln!(f, "{pad}Filter {e}")?;
                     go(i, depth + 1, f)
                 }
                 Plan::Map(i, es) => {
-                    writeln!(f, "{pad}Map {es:?}")?;
+                    writeln!(f, "{pad}Map {}", list(es))?;
                     go(i, depth + 1, f)
                 }
                 Plan::Reduce { input, keys, aggs } => {
-                    let a: Vec<String> = aggs.iter().map(|a| format!("{:?}({:?})", a.func, a.arg)).collect();
-                    writeln!(f, "{pad}Reduce (exchange and arrange by {keys:?}) {}", a.join(", "))?;
+                    let a: Vec<String> = aggs
+                        .iter()
+                        .map(|a| match a.func {
+                            AggFunc::CountStar => "count(*)".to_string(),
+                            AggFunc::CountDistinct => format!("count(DISTINCT {})", a.arg),
+                            func => format!("{}({})", format!("{func:?}").to_lowercase(), a.arg),
+                        })
+                        .collect();
+                    writeln!(f, "{pad}Reduce: exchange and arrange by ({}); {}", list(keys), a.join(", "))?;
                     go(input, depth + 1, f)
                 }
                 Plan::Join { left, right, left_keys, right_keys, outer, .. } => {
                     let kind = if *outer { "LeftJoin" } else { "Join" };
-                    writeln!(f, "{pad}{kind} (exchange and arrange both sides by {left_keys:?} = {right_keys:?})")?;
+                    writeln!(f, "{pad}{kind}: exchange and arrange both sides by ({}) = ({})", list(left_keys), list(right_keys))?;
                     go(left, depth + 1, f)?;
                     go(right, depth + 1, f)
                 }
