@@ -63,6 +63,8 @@ enum Query {
     Scalars { w: i64 },
     /// string functions over s, and timestamps made of x
     Strings { from: i64, len: i64 },
+    /// per k and event-time window of t = x · 7 s: COUNT(*), SUM(x), over TUMBLE (no slide) or HOP
+    Windowed { size: i64, slide: Option<i64> },
 }
 
 impl Query {
@@ -95,6 +97,17 @@ impl Query {
                 "SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > {w} THEN 'big' ELSE 'small' END AS size, \
                  COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)"
             ),
+            Query::Windowed { size, slide } => {
+                let from = match slide {
+                    None => format!("TUMBLE(at, t, INTERVAL '{size}' SECOND)"),
+                    Some(slide) => format!("HOP(at, t, INTERVAL '{slide} seconds', INTERVAL '{size}' SECOND)"),
+                };
+                return format!(
+                    "CREATE VIEW at AS SELECT k, x, CAST(x * 7000 AS timestamp) AS t FROM a;\n\
+                     CREATE VIEW out AS SELECT k, window_start, window_end, COUNT(*) AS n, SUM(x) AS sx\n  \
+                     FROM {from} GROUP BY k, window_start, window_end;"
+                );
+            }
             Query::Strings { from, len } => format!(
                 "SELECT k, SUBSTRING(s FROM {from} FOR {len}) AS a1, SPLIT_PART(s || '-x-' || s, '-', 2) AS a2, \
                  POSITION('r' IN s) AS a3, STRPOS(s, 'q') AS a4, CONCAT(s, NULL, k) AS a5, SUBSTR(s, {from}) AS a6, \
@@ -213,6 +226,27 @@ impl Query {
                     ]
                 })
                 .collect(),
+            Query::Windowed { size, slide } => {
+                let (size, slide) = (size * 1000, slide.unwrap_or(*size) * 1000);
+                let mut groups: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
+                for r in a {
+                    let Some(x) = r.x else { continue };
+                    let t = x * 7000;
+                    let mut start = (t - size).div_euclid(slide) * slide;
+                    while start <= t {
+                        if t < start + size {
+                            let g = groups.entry((r.k, start)).or_default();
+                            g.0 += 1;
+                            g.1 += x;
+                        }
+                        start += slide;
+                    }
+                }
+                groups
+                    .into_iter()
+                    .map(|((k, s), (n, sx))| vec![Int(k), Value::Timestamp(s), Value::Timestamp(s + size), Int(n), Int(sx)])
+                    .collect()
+            }
             Query::Strings { from, len } => a
                 .iter()
                 .map(|r| {
@@ -336,6 +370,8 @@ fn query() -> impl Strategy<Value = Query> {
         (0i64..3).prop_map(|h| Query::Stacked { h }),
         small.prop_map(|w| Query::Scalars { w }),
         (-1i64..4, 0i64..3).prop_map(|(from, len)| Query::Strings { from, len }),
+        prop_oneof![Just((10, None)), Just((20, None)), Just((20, Some(5))), Just((30, Some(10))), Just((10, Some(10)))]
+            .prop_map(|(size, slide)| Query::Windowed { size, slide }),
     ]
 }
 
@@ -475,6 +511,14 @@ fn queries_outside_the_subset_are_refused_with_the_place_and_what_to_write() {
     assert!(e.contains("unknown input or view `missing`"), "{e}");
     let e = refusal("SELECT 1;");
     assert!(e.contains("only `CREATE VIEW"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k FROM TUMBLE(a, x, INTERVAL '1' MINUTE);");
+    assert!(e.contains("line 1, column 44") && e.contains("time column is int, not a timestamp"), "{e}");
+    let e = refusal(
+        "CREATE VIEW at AS SELECT k, CAST(x AS timestamp) AS t FROM a;\nCREATE VIEW out AS SELECT k FROM HOP(at, t, INTERVAL '7' SECOND, INTERVAL '1' MINUTE);",
+    );
+    assert!(e.starts_with("line 2") && e.contains("slide must divide its size"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k FROM SESSION(a, x, INTERVAL '1' MINUTE);");
+    assert!(e.contains("the table functions are TUMBLE and HOP"), "{e}");
     let e = refusal("CREATE VIEW out AS SELECT k, regexp_replace(s, 'a', 'b') AS r FROM a;");
     assert!(e.contains("regexp_replace is not supported; supported:"), "{e}");
 }

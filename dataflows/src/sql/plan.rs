@@ -201,6 +201,19 @@ pub enum Plan {
     },
     /// UNION ALL
     Union(Vec<Plan>),
+    /// each row once per event-time window holding its timestamp column `time` (a NULL time is
+    /// in none), with `window_start` and `window_end` appended: windows of `size` ms every
+    /// `slide` ms (TUMBLE: `slide == size`), aligned to the epoch
+    Window {
+        /// the input
+        input: Box<Plan>,
+        /// the timestamp column
+        time: usize,
+        /// window length, ms
+        size: i64,
+        /// distance between window starts, ms
+        slide: i64,
+    },
 }
 
 /// A column of a source or view.
@@ -379,16 +392,52 @@ fn plan_from(factor: &TableFactor, catalog: &Catalog) -> Result<(Plan, Scope), S
     match factor {
         TableFactor::Table { name, alias, args: None, .. } => {
             let n = object_name(name).ok_or_else(|| error_at(name, "a table name is one plain identifier"))?;
-            let (columns, source) = catalog.relations.get(&n).ok_or_else(|| {
-                let known: Vec<&String> = catalog.relations.keys().collect();
-                error_at(
-                    name,
-                    format!("unknown input or view `{n}`; known: {}", known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
-                )
-            })?;
+            let (plan, columns) = relation(&n, name, catalog)?;
             let q = alias.as_ref().map_or(n.clone(), |a| a.name.value.to_ascii_lowercase());
-            let plan = if *source { Plan::Source(n) } else { Plan::View(n) };
-            Ok((plan, Scope::of(&q, columns)))
+            Ok((plan, Scope::of(&q, &columns)))
+        }
+        TableFactor::Table { name, alias, args: Some(args), .. } => {
+            let function = object_name(name).unwrap_or_default();
+            let hop = match function.as_str() {
+                "tumble" => false,
+                "hop" => true,
+                _ => return Err(error_at(name, format!("`{function}(…)` is not supported in FROM; the table functions are TUMBLE and HOP"))),
+            };
+            let usage = if hop { "HOP(input, time_column, INTERVAL 'slide', INTERVAL 'size')" } else { "TUMBLE(input, time_column, INTERVAL 'size')" };
+            let exprs: Vec<&Ast> = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
+                    other => Err(error_at(other, format!("write {usage}"))),
+                })
+                .collect::<Result<_, _>>()?;
+            if exprs.len() != if hop { 4 } else { 3 } {
+                return Err(error_at(name, format!("write {usage}")));
+            }
+            let name_of = match exprs[0] {
+                Ast::Identifier(i) => i.value.to_ascii_lowercase(),
+                other => return Err(error_at(other, format!("the first argument is an input or a view: write {usage}"))),
+            };
+            let (input, columns) = relation(&name_of, exprs[0], catalog)?;
+            let inner = Scope::of(&name_of, &columns);
+            let (time, ty) = match plan_expr(exprs[1], &inner)? {
+                (Expr::Column(c), ty) => (c, ty),
+                _ => return Err(error_at(exprs[1], format!("the second argument is a timestamp column: write {usage}"))),
+            };
+            if ty != Type::Timestamp {
+                return Err(error_at(exprs[1], format!("the window's time column is {ty}, not a timestamp: CAST it in a view first")));
+            }
+            let size = interval_ms(exprs[exprs.len() - 1])?;
+            let slide = if hop { interval_ms(exprs[2])? } else { size };
+            if hop && (slide > size || size % slide != 0) {
+                return Err(error_at(exprs[2], "a HOP's slide must divide its size (e.g. slide 30 s, size 1 min)"));
+            }
+            let q = alias.as_ref().map_or(name_of, |a| a.name.value.to_ascii_lowercase());
+            let mut scope = Scope { columns: inner.columns.into_iter().map(|(_, n, t)| (Some(q.clone()), n, t)).collect() };
+            scope.columns.push((Some(q.clone()), "window_start".into(), Type::Timestamp));
+            scope.columns.push((Some(q), "window_end".into(), Type::Timestamp));
+            Ok((Plan::Window { input: Box::new(input), time, size, slide }, scope))
         }
         TableFactor::Derived { subquery, alias, lateral: false, .. } => {
             let (plan, columns, _) = plan_query(subquery, catalog)?;
@@ -398,6 +447,16 @@ fn plan_from(factor: &TableFactor, catalog: &Catalog) -> Result<(Plan, Scope), S
         }
         other => Err(error_at(other, "only inputs, views and subqueries can be read in FROM")),
     }
+}
+
+/// An input or earlier view by name.
+fn relation(n: &str, node: &impl Spanned, catalog: &Catalog) -> Result<(Plan, Vec<Column>), SqlError> {
+    let (columns, source) = catalog.relations.get(n).ok_or_else(|| {
+        let known: Vec<&str> = catalog.relations.keys().map(String::as_str).collect();
+        error_at(node, format!("unknown input or view `{n}`; known: {}", known.join(", ")))
+    })?;
+    let plan = if *source { Plan::Source(n.to_string()) } else { Plan::View(n.to_string()) };
+    Ok((plan, columns.clone()))
 }
 
 fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlError> {
@@ -587,6 +646,40 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlEr
         plan = Plan::Map(Box::new(plan), exprs);
     }
     Ok((plan, columns, key))
+}
+
+/// `INTERVAL '1' MINUTE` or `INTERVAL '90 seconds'`, in milliseconds.
+fn interval_ms(e: &Ast) -> Result<i64, SqlError> {
+    let fail = || error_at(e, "write a positive interval such as INTERVAL '1' MINUTE or INTERVAL '30 seconds'");
+    let Ast::Interval(i) = e else { return Err(fail()) };
+    let text = match &*i.value {
+        Ast::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) => s.clone(),
+            ast::Value::Number(n, _) => n.clone(),
+            _ => return Err(fail()),
+        },
+        _ => return Err(fail()),
+    };
+    let mut words = text.split_whitespace();
+    let n: f64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(fail)?;
+    let unit = match (&i.leading_field, words.next()) {
+        (Some(f), None) => f.to_string().to_ascii_lowercase(),
+        (None, Some(u)) => u.to_ascii_lowercase(),
+        _ => return Err(fail()),
+    };
+    let ms = match unit.trim_end_matches('s') {
+        "millisecond" => 1.0,
+        "second" => 1000.0,
+        "minute" => 60_000.0,
+        "hour" => 3_600_000.0,
+        "day" => 86_400_000.0,
+        _ => return Err(fail()),
+    };
+    let total = n * ms;
+    if !(total >= 1.0 && total.fract() == 0.0) {
+        return Err(fail());
+    }
+    Ok(total as i64)
 }
 
 /// The arity of a plan's rows, where the scope does not say it (after a reduce).
@@ -1236,6 +1329,11 @@ impl fmt::Display for Plan {
                     writeln!(f, "{pad}{kind}: exchange and arrange both sides by ({}) = ({})", list(left_keys), list(right_keys))?;
                     go(left, depth + 1, f)?;
                     go(right, depth + 1, f)
+                }
+                Plan::Window { input, time, size, slide } => {
+                    let kind = if size == slide { format!("Tumble {size} ms") } else { format!("Hop {slide} ms / {size} ms") };
+                    writeln!(f, "{pad}{kind} on #{time} (adds window_start, window_end)")?;
+                    go(input, depth + 1, f)
                 }
                 Plan::Union(parts) => {
                     writeln!(f, "{pad}UnionAll")?;

@@ -74,6 +74,19 @@ fn plan<'s>(
             });
             split(rows, view, errors)
         }
+        Plan::Window { input, time, size, slide } => {
+            let (time, size, slide) = (*time, *size, *slide);
+            plan(input, view, sources, views, errors).flat_map(move |row| {
+                let t = match row[time] {
+                    Value::Timestamp(t) => Some(t),
+                    _ => None,
+                };
+                // the windows [s, s + size) holding t, s a multiple of slide
+                let last = t.map(|t| t.div_euclid(slide) * slide);
+                let starts = last.into_iter().flat_map(move |last| (0..size / slide).map(move |i| last - i * slide));
+                starts.map(move |s| row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect::<SqlRow>()).collect::<Vec<_>>()
+            })
+        }
         Plan::Union(parts) => {
             let parts: Vec<Coll<'s, SqlRow>> = parts.iter().map(|q| plan(q, view, sources, views, errors)).collect();
             let scope = parts[0].scope();
