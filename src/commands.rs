@@ -60,9 +60,9 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
     let mut catalog = dataflows::sql::Catalog::default();
     let mut tables = Vec::new();
     for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
-        let columns = input.schema().map_err(|(i, m)| anyhow::anyhow!("`inputs.{name}.columns[{i}]`: {m}"))?;
+        let (columns, key) = input.schema().map_err(|(i, m)| anyhow::anyhow!("`inputs.{name}.columns[{i}]`: {m}"))?;
         catalog.add_source(name, columns.clone());
-        tables.push((InputName::Table(dataflows::sql::registry::table(name)), columns));
+        tables.push(runtime::SqlTable { name: InputName::Table(dataflows::sql::registry::table(name)), columns, key });
     }
     if config.views.is_empty() {
         return Ok(None);
@@ -75,6 +75,9 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
             .map_err(|e| anyhow::anyhow!("{}: cannot read it ({e}); fix `views` in the config", path.display()))?;
         let compiled = dataflows::sql::compile(&text, &mut catalog).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for v in &compiled {
+            if v.name.parse::<Dataflow>().is_ok() || dataflows::Output::ALL.iter().any(|o| o.as_str() == v.name) {
+                bail!("{}: the view `{}` has the name of a built-in dataflow or output: name it otherwise", path.display(), v.name);
+            }
             let columns: Vec<(String, dataflows::sql::Type)> = v.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
             dataflows::sql::registry::view(&v.name, &columns, &v.key);
         }
@@ -150,15 +153,22 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         );
     }
     let mut inputs: BTreeMap<InputName, InputConfig> = BTreeMap::new();
+    // An input that declares columns is a SQL input, whatever its name (`clicks` too).
+    let input_name = |name: &str| -> anyhow::Result<InputName> {
+        match config.inputs.get(name).filter(|c| !c.columns().is_empty()) {
+            Some(_) => Ok(InputName::Table(dataflows::sql::registry::table(name))),
+            None => name.parse().map_err(|e: String| anyhow::anyhow!(e)),
+        }
+    };
     for (name, input) in &config.inputs {
-        inputs.insert(name.parse().map_err(anyhow::Error::msg)?, input.clone());
+        inputs.insert(input_name(name)?, input.clone());
     }
     for binding in &args.inputs {
         let Some((name, path)) = binding.split_once('=') else {
             bail!("--input {binding}: write NAME=PATH, e.g. --input clicks=clicks.jsonl");
         };
         let columns = config.inputs.get(name).map(|c| c.columns().to_vec()).unwrap_or_default();
-        let name: InputName = name.parse().map_err(|e: String| anyhow::anyhow!("--input {binding}: {e}"))?;
+        let name = input_name(name).map_err(|e| anyhow::anyhow!("--input {binding}: {e}"))?;
         inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns });
     }
     for d in &selected {

@@ -153,6 +153,63 @@ where
     }
 }
 
+/// Upsert: of `(key, rank, row)` records (insert-only), each key's row of the highest rank —
+/// its latest version by source position — is the current one; a later version retracts the
+/// earlier row. Exchanged by key; each completed time, in order, keeps per key the best of its
+/// records and emits `-old +new` when that outranks the current version. Holds one version per
+/// key: superseded versions are gone.
+pub fn upsert<'s, K, R, D>(records: Coll<'s, (K, R, D)>) -> Coll<'s, D>
+where
+    K: timely::ExchangeData + Hash + Eq + differential_dataflow::Hashable,
+    R: timely::ExchangeData + Ord,
+    D: timely::ExchangeData + Clone,
+{
+    use timely::dataflow::channels::pact::Exchange;
+    let exchange = Exchange::new(|((k, _, _), _, _): &((K, R, D), Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+    records
+        .inner
+        .unary_frontier(exchange, "Upsert", |_cap, _info| {
+            let mut pending: Stash<(K, R, D)> = Default::default();
+            let mut current: FastMap<K, (R, D)> = FastMap::default();
+            move |(input, frontier), output| {
+                stash_by_time(input, &mut pending, output.output_index());
+                while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
+                    let (t, (cap, records)) = pending.pop_first().expect("checked");
+                    let mut best: FastMap<K, (R, D)> = FastMap::default();
+                    for ((k, rank, row), r) in records {
+                        debug_assert!(r > 0, "upsert inputs are insert-only");
+                        match best.entry(k) {
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert((rank, row));
+                            }
+                            std::collections::hash_map::Entry::Occupied(mut o) if rank > o.get().0 => {
+                                o.insert((rank, row));
+                            }
+                            std::collections::hash_map::Entry::Occupied(_) => {}
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for (k, (rank, row)) in best {
+                        match current.get_mut(&k) {
+                            Some((r, old)) if rank > *r => {
+                                session.give((std::mem::replace(old, row.clone()), t, -1));
+                                session.give((row, t, 1));
+                                *r = rank;
+                            }
+                            Some(_) => {}
+                            None => {
+                                session.give((row.clone(), t, 1));
+                                current.insert(k, (rank, row));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .container::<Vec<_>>()
+        .as_collection()
+}
+
 /// Keep, per key and logical time, only the record that ranks highest among those this worker
 /// holds, before anything is exchanged.
 ///

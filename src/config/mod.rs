@@ -131,11 +131,25 @@ impl InputConfig {
         }
     }
 
-    /// The declared columns, parsed; `Err((index, message))`.
-    pub fn schema(&self) -> Result<Vec<dataflows::sql::Column>, (usize, String)> {
+    /// The declared columns, parsed, and the primary key's columns (`"id int primary key"`:
+    /// an upsert input, whose latest version of a key by source position is its row);
+    /// `Err((index, message))`.
+    pub fn schema(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>), (usize, String)> {
         let mut out: Vec<dataflows::sql::Column> = Vec::new();
+        let mut key = Vec::new();
         for (i, c) in self.columns().iter().enumerate() {
-            let (name, ty) = c.trim().split_once(char::is_whitespace).ok_or((i, format!("`{c}`: write \"name type\", e.g. \"id int\"")))?;
+            let spec = c.trim();
+            let lower = spec.to_ascii_lowercase();
+            let spec = match lower.strip_suffix("primary key") {
+                Some(rest) => {
+                    key.push(i);
+                    &spec[..rest.trim_end().len()]
+                }
+                None => spec,
+            };
+            let (name, ty) = spec
+                .split_once(char::is_whitespace)
+                .ok_or((i, format!("`{c}`: write \"name type\", e.g. \"id int\" or \"id int primary key\"")))?;
             let ty = dataflows::sql::Type::parse(ty.trim())
                 .ok_or((i, format!("`{c}`: the type `{}` is not one of int, float, text, bool, timestamp", ty.trim())))?;
             let name = name.to_ascii_lowercase();
@@ -144,7 +158,7 @@ impl InputConfig {
             }
             out.push(dataflows::sql::Column { name, ty });
         }
-        Ok(out)
+        Ok((out, key))
     }
 }
 

@@ -165,12 +165,23 @@ pub struct Plan {
 /// order they may read each other), and the views written as outputs.
 #[derive(Clone, Debug)]
 pub struct SqlPipeline {
-    /// the SQL inputs and their columns
-    pub tables: Vec<(InputName, Vec<dataflows::sql::Column>)>,
+    /// the SQL inputs
+    pub tables: Vec<SqlTable>,
     /// the compiled views
     pub views: Vec<dataflows::sql::View>,
     /// the views written, as outputs
     pub outputs: Vec<Output>,
+}
+
+/// A SQL input.
+#[derive(Clone, Debug)]
+pub struct SqlTable {
+    /// its name
+    pub name: InputName,
+    /// its columns
+    pub columns: Vec<dataflows::sql::Column>,
+    /// its primary key's columns: an upsert input (none: every record is a row)
+    pub key: Vec<usize>,
 }
 
 /// The Kafka output of a plan.
@@ -223,7 +234,7 @@ impl Plan {
 
     /// Whether input `i` is read: by a dataflow, or as a SQL input.
     pub fn needs(&self, i: InputName) -> bool {
-        self.dataflows.iter().any(|d| d.inputs().contains(&i)) || self.sql.as_ref().is_some_and(|s| s.tables.iter().any(|(t, _)| *t == i))
+        self.dataflows.iter().any(|d| d.inputs().contains(&i)) || self.sql.as_ref().is_some_and(|s| s.tables.iter().any(|t| t.name == i))
     }
 
     /// Whether the current rows are kept at all: for a snapshot directory or the live view.
@@ -321,7 +332,7 @@ struct Sessions {
 }
 
 /// A SQL input's columns and session.
-type TableSession = (Vec<dataflows::sql::Column>, InputSession<Time, dataflows::sql::SqlRow, isize>);
+type TableSession = (Vec<dataflows::sql::Column>, InputSession<Time, (u64, dataflows::sql::SqlRow), isize>);
 
 /// A row a view's expression failed on, as a dead letter of the view: the row as the raw
 /// bytes, and (the row does not carry its source position yet) a position that is a hash of
@@ -386,7 +397,14 @@ impl Sessions {
                 }
             }),
             InputName::Table(_) => match self.tables.get_mut(&input) {
-                Some((columns, session)) => codec::decode_sql(bytes, columns).map(|row| session.insert(row)),
+                Some((columns, session)) => codec::decode_sql(bytes, columns).map(|row| {
+                    // the source position ranks an upsert input's versions of a key
+                    let rank = match &position {
+                        dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
+                        dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
+                    };
+                    session.insert((rank, row))
+                }),
                 None => Ok(()),
             },
         };
@@ -643,10 +661,19 @@ fn run_worker(
         let mut view_errors = Vec::new();
         if let Some(sql) = &plan.sql {
             let mut sources = BTreeMap::new();
-            for (name, columns) in &sql.tables {
-                let (input, rows) = scope.new_collection::<dataflows::sql::SqlRow, isize>();
-                tables.insert(*name, (columns.clone(), input));
-                sources.insert(name.as_str().to_string(), rows);
+            for t in &sql.tables {
+                let (input, ranked) = scope.new_collection::<(u64, dataflows::sql::SqlRow), isize>();
+                tables.insert(t.name, (t.columns.clone(), input));
+                // An upsert input's row per key is its latest version by source position.
+                let rows = if t.key.is_empty() {
+                    ranked.map(|(_, row)| row)
+                } else {
+                    let key = t.key.clone();
+                    dataflows::ops::upsert(
+                        ranked.map(move |(rank, row)| (key.iter().map(|&k| row[k].clone()).collect::<Vec<_>>(), rank, row)),
+                    )
+                };
+                sources.insert(t.name.as_str().to_string(), rows);
             }
             let rendered = dataflows::sql::render::render(&sql.views, &sources);
             for output in &sql.outputs {

@@ -401,9 +401,15 @@ fn plan_from(factor: &TableFactor, catalog: &Catalog) -> Result<(Plan, Scope), S
             let hop = match function.as_str() {
                 "tumble" => false,
                 "hop" => true,
-                _ => return Err(error_at(name, format!("`{function}(…)` is not supported in FROM; the table functions are TUMBLE and HOP"))),
+                _ => {
+                    return Err(error_at(name, format!("`{function}(…)` is not supported in FROM; the table functions are TUMBLE and HOP")))
+                }
             };
-            let usage = if hop { "HOP(input, time_column, INTERVAL 'slide', INTERVAL 'size')" } else { "TUMBLE(input, time_column, INTERVAL 'size')" };
+            let usage = if hop {
+                "HOP(input, time_column, INTERVAL 'slide', INTERVAL 'size')"
+            } else {
+                "TUMBLE(input, time_column, INTERVAL 'size')"
+            };
             let exprs: Vec<&Ast> = args
                 .args
                 .iter()

@@ -84,7 +84,9 @@ fn plan<'s>(
                 // the windows [s, s + size) holding t, s a multiple of slide
                 let last = t.map(|t| t.div_euclid(slide) * slide);
                 let starts = last.into_iter().flat_map(move |last| (0..size / slide).map(move |i| last - i * slide));
-                starts.map(move |s| row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect::<SqlRow>()).collect::<Vec<_>>()
+                starts
+                    .map(move |s| row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect::<SqlRow>())
+                    .collect::<Vec<_>>()
             })
         }
         Plan::Union(parts) => {
