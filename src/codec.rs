@@ -239,24 +239,74 @@ pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
 /// Integers fit int and float columns; timestamps are the spellings the engine accepts, or
 /// milliseconds since the epoch.
 pub fn decode_sql(raw: &[u8], columns: &[dataflows::sql::Column]) -> Result<dataflows::sql::SqlRow, String> {
-    use dataflows::sql::{Type, Value};
-    let object: serde_json::Map<String, serde_json::Value> = parse(raw)?;
-    let mut row = Vec::with_capacity(columns.len());
-    for c in columns {
-        let v = object.get(&c.name).ok_or_else(|| format!("missing_field: {}", c.name))?;
-        let wrong = || format!("wrong_type: {} is not {} ({v})", c.name, c.ty);
-        row.push(match (c.ty, v) {
-            (_, serde_json::Value::Null) => Value::Null,
-            (Type::Int, serde_json::Value::Number(n)) => Value::Int(n.as_i64().ok_or_else(wrong)?),
-            (Type::Float, serde_json::Value::Number(n)) => Value::Float(n.as_f64().ok_or_else(wrong)?),
-            (Type::Text, serde_json::Value::String(s)) => Value::Text(s.clone()),
-            (Type::Bool, serde_json::Value::Bool(b)) => Value::Bool(*b),
-            (Type::Timestamp, serde_json::Value::String(s)) => Value::Timestamp(parse_time_str(s).map_err(|_| wrong())?),
-            (Type::Timestamp, serde_json::Value::Number(n)) => Value::Timestamp(n.as_i64().ok_or_else(wrong)?),
-            _ => return Err(wrong()),
-        });
-    }
+    let text = std::str::from_utf8(raw).map_err(|e| format!("not_utf8: invalid byte at offset {}", e.valid_up_to()))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let row = serde::de::DeserializeSeed::deserialize(SqlRowSeed(columns), &mut de).map_err(|e| {
+        let msg = e.to_string();
+        match msg.split_once(" at line ") {
+            // (our own messages, which already say what kind they are)
+            Some((m, _)) if m.starts_with("missing_field") || m.starts_with("wrong_type") => m.to_string(),
+            _ => classify(text, &e),
+        }
+    })?;
+    de.end().map_err(|e| classify(text, &e))?;
     Ok(row)
+}
+
+/// Decodes a record's declared columns straight into values, skipping the other fields (no
+/// map of the record is built).
+struct SqlRowSeed<'a>(&'a [dataflows::sql::Column]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for SqlRowSeed<'_> {
+    type Value = dataflows::sql::SqlRow;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
+    type Value = dataflows::sql::SqlRow;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut row: Vec<Option<dataflows::sql::Value>> = vec![None; self.0.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.0.iter().position(|c| c.name == *key) {
+                Some(i) => {
+                    let c = &self.0[i];
+                    let v: serde_json::Value = map.next_value()?;
+                    row[i] = Some(sql_value(c, v).map_err(A::Error::custom)?);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        row.into_iter().zip(self.0).map(|(v, c)| v.ok_or_else(|| A::Error::custom(format!("missing_field: {}", c.name)))).collect()
+    }
+}
+
+/// A JSON value as column `c`'s value: `null` is NULL; another type is `wrong_type`.
+fn sql_value(c: &dataflows::sql::Column, v: serde_json::Value) -> Result<dataflows::sql::Value, String> {
+    use dataflows::sql::{Type, Value};
+    let wrong = |v: &serde_json::Value| format!("wrong_type: {} is not {} ({v})", c.name, c.ty);
+    Ok(match (c.ty, v) {
+        (_, serde_json::Value::Null) => Value::Null,
+        (Type::Int, serde_json::Value::Number(n)) => Value::Int(n.as_i64().ok_or_else(|| wrong(&serde_json::Value::Number(n)))?),
+        (Type::Float, serde_json::Value::Number(n)) => Value::Float(n.as_f64().ok_or_else(|| wrong(&serde_json::Value::Number(n)))?),
+        (Type::Text, serde_json::Value::String(s)) => Value::Text(s),
+        (Type::Bool, serde_json::Value::Bool(b)) => Value::Bool(b),
+        (Type::Timestamp, serde_json::Value::String(s)) => match parse_time_str(&s) {
+            Ok(t) => Value::Timestamp(t),
+            Err(_) => return Err(wrong(&serde_json::Value::String(s))),
+        },
+        (Type::Timestamp, serde_json::Value::Number(n)) => {
+            Value::Timestamp(n.as_i64().ok_or_else(|| wrong(&serde_json::Value::Number(n)))?)
+        }
+        (_, v) => return Err(wrong(&v)),
+    })
 }
 
 /// Decodes a sensor reading.

@@ -201,7 +201,9 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
     // rows — larger logical times carry far fewer intermediate changes. Window metrics change a
     // few rows per batch, and a larger time only holds more readings while lateness is judged.
     let paced = specs.values().any(|i| i.is_stream() || i.rate.is_some());
-    let per_user = selected.iter().any(|d| matches!(d, Dataflow::UserEventCounts | Dataflow::UserActivity));
+    // (SQL views judge no lateness yet, so they take the larger times too)
+    let per_user = selected.iter().any(|d| matches!(d, Dataflow::UserEventCounts | Dataflow::UserActivity))
+        || sql.as_ref().is_some_and(|s| !s.outputs.is_empty());
     let batches_per_time = match args.batches_per_time {
         Some(0) => bail!("--batches-per-time must be at least 1"),
         Some(n) => n,

@@ -130,9 +130,13 @@ fn plan<'s>(
             let grouped = split(rows, view, errors);
             let global = matches!(p, Plan::Reduce { keys, .. } if keys.is_empty());
             let aggs = aggs.clone();
-            let folded = grouped.reduce(move |_key, group: &[(&SqlRow, isize)], out: &mut Vec<(Result<SqlRow, String>, isize)>| {
-                out.push((aggregate(&aggs, group), 1));
-            });
+            let folded = if aggs.iter().all(accumulable) {
+                accumulate(grouped, aggs)
+            } else {
+                grouped.reduce(move |_key, group: &[(&SqlRow, isize)], out: &mut Vec<(Result<SqlRow, String>, isize)>| {
+                    out.push((aggregate(&aggs, group), 1));
+                })
+            };
             let folded = split(
                 folded.map(|(k, r)| match r {
                     Ok(a) => Ok(k.into_iter().chain(a).collect::<SqlRow>()),
@@ -154,6 +158,141 @@ fn plan<'s>(
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
+}
+
+/// Whether an aggregate is a sum of per-row numbers (exact, in any order): counts, and SUM and
+/// AVG of ints. Those need no group's rows, only running sums.
+fn accumulable(a: &Aggregate) -> bool {
+    match a.func {
+        AggFunc::CountStar | AggFunc::Count => true,
+        AggFunc::Sum | AggFunc::Avg => a.arg_type == Type::Int,
+        AggFunc::CountDistinct | AggFunc::Min | AggFunc::Max => false,
+    }
+}
+
+/// Per group, the running sums of accumulable aggregates: slot 0 counts the group's rows, then
+/// COUNT(x) one slot (non-NULL xs), SUM and AVG two (the sum, the non-NULL count).
+fn deltas(aggs: &[Aggregate], args: &SqlRow, r: isize, acc: &mut [i128]) {
+    let r = r as i128;
+    acc[0] += r;
+    let mut slot = 1;
+    for (a, v) in aggs.iter().zip(args) {
+        match (a.func, v) {
+            (AggFunc::CountStar, _) => {}
+            (AggFunc::Count, v) => {
+                acc[slot] += if v.is_null() { 0 } else { r };
+                slot += 1;
+            }
+            (_, v) => {
+                if let Value::Int(i) = v {
+                    acc[slot] += *i as i128 * r;
+                    acc[slot + 1] += r;
+                }
+                slot += 2;
+            }
+        }
+    }
+}
+
+fn slots(aggs: &[Aggregate]) -> usize {
+    1 + aggs
+        .iter()
+        .map(|a| usize::from(a.func == AggFunc::Count) + 2 * usize::from(matches!(a.func, AggFunc::Sum | AggFunc::Avg)))
+        .sum::<usize>()
+}
+
+/// The aggregates' values from a group's sums.
+fn finish(aggs: &[Aggregate], acc: &[i128]) -> Result<SqlRow, String> {
+    let mut out = Vec::with_capacity(aggs.len());
+    let mut slot = 1;
+    for a in aggs {
+        out.push(match a.func {
+            AggFunc::CountStar => Value::Int(acc[0] as i64),
+            AggFunc::Count => {
+                slot += 1;
+                Value::Int(acc[slot - 1] as i64)
+            }
+            func => {
+                let (sum, n) = (acc[slot], acc[slot + 1]);
+                slot += 2;
+                match (func, n) {
+                    (_, 0) => Value::Null,
+                    (AggFunc::Sum, _) => Value::Int(i64::try_from(sum).map_err(|_| "integer overflow in SUM")?),
+                    _ => Value::Float(sum as f64 / n as f64),
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// A reduce of accumulable aggregates without arrangements: each worker adds up its updates'
+/// sums per group and time, the partial sums are exchanged by group, and each completed time, in
+/// order, updates every touched group's sums and emits `-old +new` for its row. Holds one set
+/// of sums per group, not the group's rows.
+fn accumulate<'s>(grouped: Coll<'s, (SqlRow, SqlRow)>, aggs: Vec<Aggregate>) -> Coll<'s, (SqlRow, Result<SqlRow, String>)> {
+    use crate::ops::{stash_by_time, FastMap, Stash};
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::channels::pact::{Exchange, Pipeline};
+    use timely::dataflow::operators::generic::operator::Operator;
+    let n = slots(&aggs);
+    let local_aggs = aggs.clone();
+    let mut sums: FastMap<(SqlRow, crate::Time), Vec<i128>> = FastMap::default();
+    let partial = grouped
+        .inner
+        .unary(Pipeline, "AccumulateLocal", move |_cap, _info| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for ((k, args), t, r) in batch.drain(..) {
+                            deltas(&local_aggs, &args, r, sums.entry((k, t)).or_insert_with(|| vec![0; n]));
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for ((k, t), acc) in sums.drain() {
+                        session.give(((k, acc), t, 1isize));
+                    }
+                });
+            }
+        })
+        .container::<Vec<_>>();
+    let exchange =
+        Exchange::new(|((k, _), _, _): &((SqlRow, Vec<i128>), crate::Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+    partial
+        .unary_frontier(exchange, "Accumulate", move |_cap, _info| {
+            let mut pending: Stash<(SqlRow, Vec<i128>)> = Default::default();
+            let mut state: FastMap<SqlRow, Vec<i128>> = FastMap::default();
+            move |(input, frontier), output| {
+                stash_by_time(input, &mut pending, output.output_index());
+                while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
+                    let (t, (cap, partials)) = pending.pop_first().expect("checked");
+                    let mut delta: FastMap<SqlRow, Vec<i128>> = FastMap::default();
+                    for ((k, acc), r) in partials {
+                        let d = delta.entry(k).or_insert_with(|| vec![0; n]);
+                        for (x, y) in d.iter_mut().zip(acc) {
+                            *x += y * r as i128;
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for (k, d) in delta.into_iter().filter(|(_, d)| d.iter().any(|x| *x != 0)) {
+                        let old = state.remove(&k);
+                        if let Some(old) = &old {
+                            session.give(((k.clone(), finish(&aggs, old)), t, -1));
+                        }
+                        let mut new = old.unwrap_or_else(|| vec![0; n]);
+                        for (x, y) in new.iter_mut().zip(d) {
+                            *x += y;
+                        }
+                        if new[0] > 0 {
+                            session.give(((k.clone(), finish(&aggs, &new)), t, 1));
+                            state.insert(k, new);
+                        }
+                    }
+                }
+            }
+        })
+        .container::<Vec<_>>()
+        .as_collection()
 }
 
 /// The aggregates of one group, given as its rows' argument tuples with their counts.
