@@ -65,6 +65,8 @@ enum Query {
     Strings { from: i64, len: i64 },
     /// per k and event-time window of t = x · 7 s: COUNT(*), SUM(x), over TUMBLE (no slide) or HOP
     Windowed { size: i64, slide: Option<i64> },
+    /// a join with a VALUES table (int and float limits: a float column)
+    ValuesJoin,
 }
 
 impl Query {
@@ -97,6 +99,9 @@ impl Query {
                 "SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > {w} THEN 'big' ELSE 'small' END AS size, \
                  COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)"
             ),
+            Query::ValuesJoin => "SELECT a.k, r.label, r.lim, a.x FROM a JOIN (VALUES (0, 'zero', 1.5), (1, 'one', 2), (3, 'three', 0.5)) \
+                 AS r(k, label, lim) ON a.k = r.k WHERE a.x > r.lim"
+                .into(),
             Query::Windowed { size, slide } => {
                 let from = match slide {
                     None => format!("TUMBLE(at, t, INTERVAL '{size}' SECOND)"),
@@ -226,6 +231,18 @@ impl Query {
                     ]
                 })
                 .collect(),
+            Query::ValuesJoin => {
+                let table = [(0, "zero", 1.5), (1, "one", 2.0), (3, "three", 0.5)];
+                let mut out = Vec::new();
+                for r in a {
+                    for (k, label, lim) in table.iter().filter(|(k, _, _)| *k == r.k) {
+                        if r.x.is_some_and(|x| x as f64 > *lim) {
+                            out.push(vec![Int(*k), Text(label.to_string()), Float(*lim), opt(r.x)]);
+                        }
+                    }
+                }
+                out
+            }
             Query::Windowed { size, slide } => {
                 let (size, slide) = (size * 1000, slide.unwrap_or(*size) * 1000);
                 let mut groups: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
@@ -367,6 +384,7 @@ fn query() -> impl Strategy<Value = Query> {
         Just(Query::JoinGroup),
         any::<bool>().prop_map(|left| Query::JoinOnNullable { left }),
         Just(Query::Union),
+        Just(Query::ValuesJoin),
         (0i64..3).prop_map(|h| Query::Stacked { h }),
         small.prop_map(|w| Query::Scalars { w }),
         (-1i64..4, 0i64..3).prop_map(|(from, len)| Query::Strings { from, len }),

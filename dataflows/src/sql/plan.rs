@@ -169,6 +169,8 @@ pub enum Plan {
     Source(String),
     /// an earlier view's rows
     View(String),
+    /// constant rows (`VALUES`), present from the first time on
+    Constant(Vec<Vec<Value>>),
     /// rows for which the predicate is TRUE
     Filter(Box<Plan>, Expr),
     /// each row mapped to these expressions
@@ -381,6 +383,40 @@ fn plan_set_expr(body: &SetExpr, catalog: &Catalog) -> Result<Planned, SqlError>
             };
             Ok((plan, columns, key))
         }
+        SetExpr::Values(values) => {
+            let empty = Scope::default();
+            let mut rows = Vec::new();
+            let mut types: Vec<Type> = Vec::new();
+            for row in &values.rows {
+                let mut out = Vec::new();
+                for (j, e) in row.content.iter().enumerate() {
+                    let (x, t) = plan_expr(e, &empty)?;
+                    let v = super::eval::eval(&x, &[]).map_err(|m| error_at(e, format!("{m} in VALUES")))?;
+                    match types.get_mut(j) {
+                        Some(have) => {
+                            *have = unify(*have, t).ok_or_else(|| error_at(e, format!("VALUES column {} mixes {have} and {t}", j + 1)))?
+                        }
+                        None => types.push(t),
+                    }
+                    out.push(v);
+                }
+                if rows.first().is_some_and(|r: &Vec<Value>| r.len() != out.len()) {
+                    return Err(error_at(&row.content[0], "every VALUES row needs the same number of values"));
+                }
+                rows.push(out);
+            }
+            // an int column with a float in it: its ints are floats
+            for row in &mut rows {
+                for (v, t) in row.iter_mut().zip(&types) {
+                    if let (Value::Int(i), Type::Float) = (&*v, t) {
+                        *v = Value::Float(*i as f64);
+                    }
+                }
+            }
+            let columns: Vec<Column> = types.iter().enumerate().map(|(j, t)| Column { name: format!("column{}", j + 1), ty: *t }).collect();
+            let key = (0..columns.len()).collect();
+            Ok((Plan::Constant(rows), columns, key))
+        }
         SetExpr::SetOperation { .. } => {
             Err(error_at(body, "only UNION ALL is supported (UNION, INTERSECT and EXCEPT are not): write UNION ALL"))
         }
@@ -446,8 +482,17 @@ fn plan_from(factor: &TableFactor, catalog: &Catalog) -> Result<(Plan, Scope), S
             Ok((Plan::Window { input: Box::new(input), time, size, slide }, scope))
         }
         TableFactor::Derived { subquery, alias, lateral: false, .. } => {
-            let (plan, columns, _) = plan_query(subquery, catalog)?;
+            let (plan, mut columns, _) = plan_query(subquery, catalog)?;
             let q = alias.as_ref().map(|a| a.name.value.to_ascii_lowercase());
+            // `AS t(a, b)` names the columns
+            if let Some(a) = alias.as_ref().filter(|a| !a.columns.is_empty()) {
+                if a.columns.len() != columns.len() {
+                    return Err(error_at(&**subquery, format!("{} column names for {} columns", a.columns.len(), columns.len())));
+                }
+                for (c, def) in columns.iter_mut().zip(&a.columns) {
+                    c.name = def.name.value.to_ascii_lowercase();
+                }
+            }
             let scope = Scope { columns: columns.iter().map(|c| (q.clone(), c.name.clone(), c.ty)).collect() };
             Ok((plan, scope))
         }
@@ -1310,6 +1355,7 @@ impl fmt::Display for Plan {
             match p {
                 Plan::Source(n) => writeln!(f, "{pad}Source {n}"),
                 Plan::View(n) => writeln!(f, "{pad}View {n}"),
+                Plan::Constant(rows) => writeln!(f, "{pad}Constant ({} rows)", rows.len()),
                 Plan::Filter(i, e) => {
                     writeln!(f, "{pad}Filter {e}")?;
                     go(i, depth + 1, f)

@@ -57,6 +57,11 @@ fn plan<'s>(
     match p {
         Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).clone(),
         Plan::View(n) => views[n].rows.clone(),
+        Plan::Constant(rows) => {
+            let scope = sources.values().next().or_else(|| views.values().next().map(|r| &r.rows)).expect("a view reads an input").scope();
+            let rows = if scope.index() == 0 { rows.clone() } else { Vec::new() };
+            scope.new_collection_from(rows).1
+        }
         Plan::Filter(input, predicate) => {
             let predicate = predicate.clone();
             let rows = plan(input, view, sources, views, errors).flat_map(move |row| match eval(&predicate, &row).and_then(truth) {
