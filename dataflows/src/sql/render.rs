@@ -261,8 +261,7 @@ fn accumulate<'s>(grouped: Coll<'s, (SqlRow, SqlRow)>, aggs: Vec<Aggregate>) -> 
             }
         })
         .container::<Vec<_>>();
-    let exchange =
-        Exchange::new(|((k, _), _, _): &((SqlRow, Vec<i128>), crate::Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+    let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Vec<i128>), crate::Time, isize)| differential_dataflow::Hashable::hashed(k));
     partial
         .unary_frontier(exchange, "Accumulate", move |_cap, _info| {
             let mut pending: Stash<(SqlRow, Vec<i128>)> = Default::default();
