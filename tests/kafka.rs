@@ -383,12 +383,28 @@ fn restart_from_a_checkpoint(state_topic: bool) {
 /// Before, a restart whose groups had no offsets read every partition from its earliest record.
 #[test]
 fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
+    two_processes_restart(false);
+}
+
+/// The same cluster with `[runtime] state_topic`, both processes restarted on new hosts (their
+/// state directories gone): each rebuilds its own from the topic and the restart goes on from the
+/// checkpoint, exactly.
+#[test]
+fn a_cluster_on_new_hosts_restarts_from_the_state_topic() {
+    two_processes_restart(true);
+}
+
+fn two_processes_restart(state_topic: bool) {
     let counts = [("users", 200u64), ("clicks", 3000), ("sensors", 3000)];
     let s = Setup::with_input("n2ck", &counts, 2);
     let out = unique("n2ck-out");
     let group = unique("g");
     let cfg = kafka_config(&s, &group, &out, "max_records_per_batch = 50\n");
-    let text = with_runtime(&std::fs::read_to_string(&cfg).unwrap(), "checkpoint_interval = \"1s\"\n");
+    let mut runtime = "checkpoint_interval = \"1s\"\n".to_string();
+    if state_topic {
+        runtime.push_str(&format!("state_topic = \"{}\"\n", unique("state")));
+    }
+    let text = with_runtime(&std::fs::read_to_string(&cfg).unwrap(), &runtime);
     let shared = s.dir.path().join("state").join(&group);
     let own = |p: usize| s.dir.path().join(format!("state-p{p}"));
     let config = |p: usize, killed: bool| {
@@ -442,6 +458,11 @@ fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
     for ((kind, n), early) in counts.iter().zip(&gone) {
         assert_offsets_kept(&format!("{}.{kind}", s.prefix), early, *n);
     }
+    if state_topic {
+        for p in 0..2 {
+            std::fs::remove_dir_all(own(p)).unwrap();
+        }
+    }
     let restarted: Vec<_> = (0..2).map(|p| spawn(p, false)).collect();
     let logs: Vec<String> = restarted
         .into_iter()
@@ -453,6 +474,9 @@ fn two_processes_with_their_own_state_dirs_restart_from_a_checkpoint() {
         })
         .collect();
     assert!(logs[0].contains("restarting from a checkpoint"), "the restart did not load a checkpoint:\n{}", logs[0]);
+    if state_topic {
+        assert!(logs.iter().all(|l| l.contains("state restored from the state topic")), "{logs:?}");
+    }
     assert!(logs.iter().all(|l| l.contains("the group's offsets are gone")), "the recreated topics kept the groups' offsets:\n{logs:?}");
     assert_topics_equal_offline(&out, &offline(&s));
     for (kind, _) in counts {
