@@ -199,6 +199,40 @@ fn sql_views_equal_a_plain_recomputation_at_every_layout() {
     }
 }
 
+/// Two processes of one worker each (`-n 2`): the views' rows are exchanged between them and the
+/// first process writes the same snapshots as one process does.
+#[test]
+fn sql_views_on_two_processes_equal_the_plain_recomputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = inputs(5_000);
+    setup(dir.path(), &lines);
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(dir.path().join("hosts.txt"), format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(), port())).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            let out = format!("cluster{p}");
+            Command::new(bin())
+                .current_dir(dir.path())
+                .args(["run", "--config", "apps.toml", "--output-dir", &out, "-q", "--batch-size", "500"])
+                .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", "hosts.txt"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut got = snapshots(&dir.path().join("cluster0"));
+    for rows in got.values_mut() {
+        rows.sort();
+    }
+    for (view, rows) in expected(&lines) {
+        assert_eq!(got[view], rows, "{view} at -n 2");
+    }
+}
+
 #[test]
 fn bad_views_are_refused_with_the_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
