@@ -113,10 +113,10 @@ fn plan<'s>(
             // A NULL key matches nothing.
             let no_null = |(k, _): &(SqlRow, SqlRow)| !k.iter().any(Value::is_null);
             let r = r.filter(no_null);
-            let matched = l.clone().filter(no_null).join_map(r.clone(), |_, a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
             if !*outer {
-                return matched;
+                return hash_join(l.filter(no_null), r);
             }
+            let matched = l.clone().filter(no_null).join_map(r.clone(), |_, a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
             let n = *right_arity;
             let right_keys = r.map(|(k, _)| k).distinct();
             let unmatched = l.clone().filter(no_null).antijoin(right_keys).concat(l.filter(move |kv| !no_null(kv)));
@@ -290,6 +290,69 @@ fn accumulate<'s>(grouped: Coll<'s, (SqlRow, SqlRow)>, aggs: Vec<Aggregate>) -> 
                         if new[0] > 0 {
                             session.give(((k.clone(), finish(&aggs, &new)), t, 1));
                             state.insert(k, new);
+                        }
+                    }
+                }
+            }
+        })
+        .container::<Vec<_>>()
+        .as_collection()
+}
+
+/// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
+/// rows (a multiset, no history); each completed time, in order, emits
+/// `ΔL ⋈ R + L ⋈ ΔR + ΔL ⋈ ΔR` (rows `left ++ right`) and then applies the deltas.
+fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlRow)>) -> Coll<'s, SqlRow> {
+    use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::operators::generic::operator::Operator;
+    type Side = Vec<(SqlRow, isize)>;
+    let by_key = || Exchange::new(|((k, _), _, _): &((SqlRow, SqlRow), crate::Time, isize)| differential_dataflow::Hashable::hashed(k));
+    left.inner
+        .binary_frontier(right.inner, by_key(), by_key(), "HashJoin", |_cap, _info| {
+            let mut pending: [Stash<(SqlRow, SqlRow)>; 2] = Default::default();
+            let mut state: FastMap<SqlRow, (Side, Side)> = FastMap::default();
+            move |(l, lf), (r, rf), output| {
+                let port = output.output_index();
+                stash_by_time(l, &mut pending[0], port);
+                stash_by_time(r, &mut pending[1], port);
+                loop {
+                    let next = pending.iter().filter_map(|p| p.first_key_value().map(|(t, _)| *t)).min();
+                    let Some(t) = next.filter(|t| !lf.less_equal(t) && !rf.less_equal(t)) else { break };
+                    let mut deltas: FastMap<SqlRow, (Side, Side)> = FastMap::default();
+                    let mut cap = None;
+                    for (side, p) in pending.iter_mut().enumerate() {
+                        if let Some((c, updates)) = p.remove(&t) {
+                            cap = Some(c);
+                            for ((k, row), d) in updates {
+                                let e = deltas.entry(k).or_default();
+                                if side == 0 {
+                                    e.0.push((row, d))
+                                } else {
+                                    e.1.push((row, d))
+                                }
+                            }
+                        }
+                    }
+                    let cap = cap.expect("a time with updates");
+                    let mut session = output.session(&cap);
+                    let mut emit = |a: &Side, b: &Side| {
+                        for (x, n) in a {
+                            for (y, m) in b {
+                                session.give((x.iter().chain(y).cloned().collect::<SqlRow>(), t, n * m));
+                            }
+                        }
+                    };
+                    for (k, (dl, dr)) in deltas {
+                        let (cl, cr) = state.entry(k.clone()).or_default();
+                        emit(&dl, cr);
+                        emit(cl, &dr);
+                        emit(&dl, &dr);
+                        multiset_apply(cl, dl);
+                        multiset_apply(cr, dr);
+                        if cl.is_empty() && cr.is_empty() {
+                            state.remove(&k);
                         }
                     }
                 }
