@@ -1341,7 +1341,15 @@ impl fmt::Display for Expr {
                 write!(f, " ELSE {other} END")
             }
             Expr::Cast(a, t) => write!(f, "CAST({a} AS {t})"),
-            Expr::Call(func, args) => write!(f, "{}({})", format!("{func:?}").to_lowercase(), list(args)),
+            Expr::Call(func, args) => {
+                let name = match func {
+                    Func::SplitPart => "split_part".to_string(),
+                    Func::DateTrunc(u) => format!("date_trunc:{}", format!("{u:?}").to_lowercase()),
+                    Func::Extract(u) => format!("extract:{}", format!("{u:?}").to_lowercase()),
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                write!(f, "{name}({})", list(args))
+            }
             Expr::InList(a, xs, negated) => write!(f, "{a} {}IN ({})", if *negated { "NOT " } else { "" }, list(xs)),
         }
     }
