@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -88,17 +87,12 @@ fn worker_counts_agree_and_equal_the_reference() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn two_processes_equal_one() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path());
     let one = run(dir.path(), "single", &["-w", "2"]);
-    let hostfile = dir.path().join("hosts.txt");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let hostfile = common::hostfile(dir.path());
     let children: Vec<_> = (0..2)
         .map(|p| {
             let out = format!("cluster{p}");

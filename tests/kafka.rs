@@ -132,9 +132,7 @@ fn two_processes_equal_offline_run() {
     let s = setup("n2", &[]);
     let out = unique("n2out");
     let cfg = kafka_config(&s, &unique("g"), &out, "");
-    let hostfile = s.dir.path().join("hosts.txt");
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(0), port(1))).unwrap();
+    let hostfile = hostfile(s.dir.path());
     let children: Vec<_> = (0..2)
         .map(|p: usize| {
             Command::new(bin())
@@ -416,9 +414,7 @@ fn two_processes_restart(state_topic: bool) {
         std::fs::write(&path, t).unwrap();
         path
     };
-    let hostfile = s.dir.path().join("hosts.txt");
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(0), port(1))).unwrap();
+    let hostfile = hostfile(s.dir.path());
     let spawn = |p: usize, killed: bool| {
         Command::new(bin())
             .args(["run", "--config", config(p, killed).to_str().unwrap(), "-w", "1", "-n", "2", "-p", &p.to_string(), "-h"])

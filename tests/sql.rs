@@ -206,8 +206,7 @@ fn sql_views_on_two_processes_equal_the_plain_recomputation() {
     let dir = tempfile::tempdir().unwrap();
     let lines = inputs(5_000);
     setup(dir.path(), &lines);
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(dir.path().join("hosts.txt"), format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(), port())).unwrap();
+    common::hostfile(dir.path());
     let children: Vec<_> = (0..2)
         .map(|p| {
             let out = format!("cluster{p}");

@@ -59,7 +59,7 @@ impl InputName {
     /// The built-in inputs.
     pub const ALL: [InputName; 3] = [InputName::Users, InputName::Clicks, InputName::Sensors];
     /// How many inputs a run may have (built-in and SQL), for counters indexed by [`InputName::index`].
-    pub const MAX: usize = 3 + sql::registry::MAX;
+    pub const MAX: usize = InputName::ALL.len() + sql::registry::MAX;
     /// The input's name in configs and dead letters.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -65,7 +65,7 @@ impl Output {
     }
 
     /// How many outputs a run may have, for counters indexed by [`Output::index`].
-    pub const MAX: usize = 6 + crate::sql::registry::MAX;
+    pub const MAX: usize = Output::ALL.len() + crate::sql::registry::MAX;
 
     /// Whether rows are only ever inserted (never retracted or updated): such outputs can be
     /// streamed out as their times close instead of being held as state.

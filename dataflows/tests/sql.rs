@@ -325,7 +325,7 @@ fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update
             let (ai, a): (_, Coll<'_, SqlRow>) = scope.new_collection();
             let (bi, b): (_, Coll<'_, SqlRow>) = scope.new_collection();
             let sources = BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
-            let rendered = render(&views, &sources);
+            let rendered = render(scope, &views, &sources);
             for r in rendered.values() {
                 let e = e.clone();
                 r.errors

@@ -675,7 +675,7 @@ fn run_worker(
                 };
                 sources.insert(t.name.as_str().to_string(), rows);
             }
-            let rendered = dataflows::sql::render::render(&sql.views, &sources);
+            let rendered = dataflows::sql::render::render(scope, &sql.views, &sources);
             for output in &sql.outputs {
                 let Output::View(id) = *output else { continue };
                 let r = &rendered[output.as_str()];

@@ -38,6 +38,14 @@ pub fn kafka_bootstrap() -> String {
     })
 }
 
+/// A hostfile in `dir` for a two-process cluster on loopback (two free ports).
+pub fn hostfile(dir: &Path) -> PathBuf {
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = dir.join("hosts.txt");
+    std::fs::write(&path, format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(), port())).unwrap();
+    path
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();

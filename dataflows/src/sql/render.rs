@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use differential_dataflow::input::Input;
+use timely::dataflow::Scope;
 
 use super::eval::{cast, eval, truth};
 use super::plan::{AggFunc, Aggregate, Expr, Plan, View};
 use super::value::{SqlRow, Type, Value};
-use crate::Coll;
+use crate::{Coll, Time};
 
 /// A row an expression failed on: the view, the reason, the row.
 pub type RowError = (String, String, SqlRow);
@@ -23,17 +24,25 @@ pub struct Rendered<'s> {
     pub errors: Coll<'s, RowError>,
 }
 
-/// Renders `views` in order over the `sources`' rows (a view may read the ones before it).
-pub fn render<'s>(views: &[View], sources: &BTreeMap<String, Coll<'s, SqlRow>>) -> BTreeMap<String, Rendered<'s>> {
+/// Renders `views` in `scope`, in order, over the `sources`' rows (a view may read the ones
+/// before it).
+pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Coll<'s, SqlRow>>) -> BTreeMap<String, Rendered<'s>> {
     let mut done: BTreeMap<String, Rendered<'s>> = BTreeMap::new();
     for view in views {
         let mut errors = Vec::new();
-        let rows = plan(&view.plan, &view.name, sources, &done, &mut errors);
-        let any = sources.values().next().or_else(|| done.values().next().map(|r| &r.rows)).expect("a view reads something").clone();
-        let errors = differential_dataflow::collection::concatenate(any.scope(), errors);
+        let rows = plan(&view.plan, &view.name, (scope, sources, &done), &mut errors);
+        let errors = differential_dataflow::collection::concatenate(scope, errors);
         done.insert(view.name.clone(), Rendered { rows, errors });
     }
     done
+}
+
+/// The inputs a plan reads: the scope, the sources, the views rendered before.
+type Reads<'a, 's> = (Scope<'s, Time>, &'a BTreeMap<String, Coll<'s, SqlRow>>, &'a BTreeMap<String, Rendered<'s>>);
+
+/// `rows`, inserted once (by the first worker) at the first time.
+fn constant<'s, D: differential_dataflow::Data>(scope: Scope<'s, Time>, rows: Vec<D>) -> Coll<'s, D> {
+    scope.new_collection_from(if scope.index() == 0 { rows } else { Vec::new() }).1
 }
 
 /// Splits `rows` by `f`: `Ok` rows go on, `Err` reasons become errors of `view`.
@@ -47,24 +56,15 @@ fn split<'s, D: differential_dataflow::Data>(
     rows.flat_map(Result::ok)
 }
 
-fn plan<'s>(
-    p: &Plan,
-    view: &str,
-    sources: &BTreeMap<String, Coll<'s, SqlRow>>,
-    views: &BTreeMap<String, Rendered<'s>>,
-    errors: &mut Vec<Coll<'s, RowError>>,
-) -> Coll<'s, SqlRow> {
+fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
+    let (scope, sources, views) = reads;
     match p {
         Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).clone(),
         Plan::View(n) => views[n].rows.clone(),
-        Plan::Constant(rows) => {
-            let scope = sources.values().next().or_else(|| views.values().next().map(|r| &r.rows)).expect("a view reads an input").scope();
-            let rows = if scope.index() == 0 { rows.clone() } else { Vec::new() };
-            scope.new_collection_from(rows).1
-        }
+        Plan::Constant(rows) => constant(scope, rows.clone()),
         Plan::Filter(input, predicate) => {
             let predicate = predicate.clone();
-            let rows = plan(input, view, sources, views, errors).flat_map(move |row| match eval(&predicate, &row).and_then(truth) {
+            let rows = plan(input, view, reads, errors).flat_map(move |row| match eval(&predicate, &row).and_then(truth) {
                 Ok(Some(true)) => Some(Ok(row)),
                 Ok(_) => None,
                 Err(e) => Some(Err((e, row))),
@@ -73,7 +73,7 @@ fn plan<'s>(
         }
         Plan::Map(input, exprs) => {
             let exprs = exprs.clone();
-            let rows = plan(input, view, sources, views, errors).map(move |row| match exprs.iter().map(|e| eval(e, &row)).collect() {
+            let rows = plan(input, view, reads, errors).map(move |row| match exprs.iter().map(|e| eval(e, &row)).collect() {
                 Ok(out) => Ok(out),
                 Err(e) => Err((e, row)),
             });
@@ -81,7 +81,7 @@ fn plan<'s>(
         }
         Plan::Window { input, time, size, slide } => {
             let (time, size, slide) = (*time, *size, *slide);
-            plan(input, view, sources, views, errors).flat_map(move |row| {
+            plan(input, view, reads, errors).flat_map(move |row| {
                 let t = match row[time] {
                     Value::Timestamp(t) => Some(t),
                     _ => None,
@@ -95,8 +95,7 @@ fn plan<'s>(
             })
         }
         Plan::Union(parts) => {
-            let parts: Vec<Coll<'s, SqlRow>> = parts.iter().map(|q| plan(q, view, sources, views, errors)).collect();
-            let scope = parts[0].scope();
+            let parts: Vec<Coll<'s, SqlRow>> = parts.iter().map(|q| plan(q, view, reads, errors)).collect();
             differential_dataflow::collection::concatenate(scope, parts)
         }
         Plan::Join { left, right, left_keys, right_keys, outer, right_arity } => {
@@ -108,8 +107,8 @@ fn plan<'s>(
                 });
                 split(rows, view, errors)
             };
-            let l = keyed(plan(left, view, sources, views, errors), left_keys, errors);
-            let r = keyed(plan(right, view, sources, views, errors), right_keys, errors);
+            let l = keyed(plan(left, view, reads, errors), left_keys, errors);
+            let r = keyed(plan(right, view, reads, errors), right_keys, errors);
             // A NULL key matches nothing.
             let no_null = |(k, _): &(SqlRow, SqlRow)| !k.iter().any(Value::is_null);
             let r = r.filter(no_null);
@@ -123,8 +122,12 @@ fn plan<'s>(
             matched.concat(unmatched.map(move |(_, a)| a.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()))
         }
         Plan::Reduce { input, keys, aggs } => {
+            let global = keys.is_empty();
+            // SQL's global aggregate has a row even over no input: the empty group's, while no
+            // group exists.
+            let empty = global.then(|| aggregate(aggs, &[]).expect("the empty group's aggregates"));
             let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.clone(), aggs.iter().map(|a| a.arg.clone()).collect());
-            let rows = plan(input, view, sources, views, errors).map(move |row| {
+            let rows = plan(input, view, reads, errors).map(move |row| {
                 let k: Result<SqlRow, String> = keys.iter().map(|k| eval(k, &row)).collect();
                 let a: Result<SqlRow, String> = args.iter().map(|k| eval(k, &row)).collect();
                 match (k, a) {
@@ -133,7 +136,6 @@ fn plan<'s>(
                 }
             });
             let grouped = split(rows, view, errors);
-            let global = matches!(p, Plan::Reduce { keys, .. } if keys.is_empty());
             let aggs = aggs.clone();
             let folded = if aggs.iter().all(accumulable) {
                 accumulate(grouped, aggs)
@@ -150,16 +152,8 @@ fn plan<'s>(
                 view,
                 errors,
             );
-            if !global {
-                return folded;
-            }
-            // SQL's global aggregate has a row even over no input: the empty group's, while no
-            // group exists.
-            let Plan::Reduce { aggs, .. } = p else { unreachable!() };
-            let empty = aggregate(aggs, &[]).expect("the empty group's aggregates");
-            let scope = folded.scope();
-            let (_, one) = scope.new_collection_from(if scope.index() == 0 { vec![()] } else { vec![] });
-            let missing = one.concat(folded.clone().map(|_| ()).negate());
+            let Some(empty) = empty else { return folded };
+            let missing = constant(scope, vec![()]).concat(folded.clone().map(|_| ()).negate());
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
@@ -242,7 +236,7 @@ fn accumulate<'s>(grouped: Coll<'s, (SqlRow, SqlRow)>, aggs: Vec<Aggregate>) -> 
     use timely::dataflow::operators::generic::operator::Operator;
     let n = slots(&aggs);
     let local_aggs = aggs.clone();
-    let mut sums: FastMap<(SqlRow, crate::Time), Vec<i128>> = FastMap::default();
+    let mut sums: FastMap<(SqlRow, Time), Vec<i128>> = FastMap::default();
     let partial = grouped
         .inner
         .unary(Pipeline, "AccumulateLocal", move |_cap, _info| {
@@ -261,7 +255,7 @@ fn accumulate<'s>(grouped: Coll<'s, (SqlRow, SqlRow)>, aggs: Vec<Aggregate>) -> 
             }
         })
         .container::<Vec<_>>();
-    let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Vec<i128>), crate::Time, isize)| differential_dataflow::Hashable::hashed(k));
+    let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Vec<i128>), Time, isize)| differential_dataflow::Hashable::hashed(k));
     partial
         .unary_frontier(exchange, "Accumulate", move |_cap, _info| {
             let mut pending: Stash<(SqlRow, Vec<i128>)> = Default::default();
@@ -308,7 +302,7 @@ fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlR
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     type Side = Vec<(SqlRow, isize)>;
-    let by_key = || Exchange::new(|((k, _), _, _): &((SqlRow, SqlRow), crate::Time, isize)| differential_dataflow::Hashable::hashed(k));
+    let by_key = || Exchange::new(|((k, _), _, _): &((SqlRow, SqlRow), Time, isize)| differential_dataflow::Hashable::hashed(k));
     left.inner
         .binary_frontier(right.inner, by_key(), by_key(), "HashJoin", |_cap, _info| {
             let mut pending: [Stash<(SqlRow, SqlRow)>; 2] = Default::default();
