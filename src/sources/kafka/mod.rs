@@ -141,10 +141,10 @@ impl KafkaSource {
                 tracing::debug!(topic, partition, committed = ?c, started = ?s, "committed offsets");
                 let mut bounds = VecDeque::new();
                 let checkpointed = bindings.resumes_at(&topic, partition);
-                let (from, start_at, durable) = match (c, s) {
+                let (from, start_at, durable) = match (c, s, checkpointed) {
                     // ours: read again from where the input began, in the bound slices
                     // (after a checkpoint: from its offset, in the slices bound after it)
-                    (_, Some(s)) => {
+                    (_, Some(s), _) => {
                         let from = checkpointed.map_or(s, |o| o.max(s));
                         bounds.extend(bindings.of(&topic, partition).into_iter().filter(|&(_, next)| next > from));
                         match c {
@@ -159,8 +159,7 @@ impl KafkaSource {
                     // `offsets.retention.minutes`, 7 days by default, when it has no member)
                     // but a checkpoint says where this partition goes on: there, in the slices
                     // bound after it; the input's start is forgotten (a replay begins there).
-                    (_, None) if checkpointed.is_some() => {
-                        let from = checkpointed.expect("checked");
+                    (_, None, Some(from)) => {
                         tracing::warn!(
                             topic,
                             partition,
@@ -172,8 +171,8 @@ impl KafkaSource {
                         (Offset::Offset(from), Some(from), false)
                     }
                     // committed by someone else: begin there, nothing to rebuild
-                    (Some(c), None) => (Offset::Offset(c), Some(c), false),
-                    (None, None) => {
+                    (Some(c), None, None) => (Offset::Offset(c), Some(c), false),
+                    (None, None, None) => {
                         let s = if start == Start::Committed { Start::parse(&input.fallback).map_err(err)? } else { start.clone() };
                         match s {
                             Start::Earliest => {
