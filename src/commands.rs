@@ -61,8 +61,15 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
     let mut tables = Vec::new();
     for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
         let (columns, key) = input.schema().map_err(|(i, m)| anyhow::anyhow!("`inputs.{name}.columns[{i}]`: {m}"))?;
+        let column = input.event_time_column(&columns).map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
+        let event_time = input.event_time().zip(column).map(|(e, column)| runtime::EventTime {
+            column,
+            allowed_lateness_ms: e.allowed_lateness.millis(),
+            max_future_ms: e.max_future.millis(),
+            slides: Vec::new(),
+        });
         catalog.add_source(name, columns.clone());
-        tables.push(runtime::SqlTable { name: InputName::Table(dataflows::sql::registry::table(name)), columns, key });
+        tables.push(runtime::SqlTable { name: InputName::Table(dataflows::sql::registry::table(name)), columns, key, event_time });
     }
     if config.views.is_empty() {
         return Ok(None);
@@ -82,6 +89,14 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
             dataflows::sql::registry::view(&v.name, &columns, &v.key);
         }
         views.extend(compiled);
+    }
+    // Each event-time input's lateness rule follows the windows over it.
+    let shapes = tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect();
+    let slides = dataflows::sql::render::window_slides(&views, &shapes);
+    for t in &mut tables {
+        if let (Some(e), Some(s)) = (&mut t.event_time, slides.get(t.name.as_str())) {
+            e.slides = s.clone();
+        }
     }
     Ok(Some(runtime::SqlPipeline { tables, views, outputs: Vec::new() }))
 }
@@ -168,8 +183,9 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
             bail!("--input {binding}: write NAME=PATH, e.g. --input clicks=clicks.jsonl");
         };
         let columns = config.inputs.get(name).map(|c| c.columns().to_vec()).unwrap_or_default();
+        let event_time = config.inputs.get(name).and_then(|c| c.event_time().cloned());
         let name = input_name(name).map_err(|e| anyhow::anyhow!("--input {binding}: {e}"))?;
-        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns });
+        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns, event_time });
     }
     for d in &selected {
         for i in d.inputs() {

@@ -15,6 +15,7 @@ pub mod sensor_metrics;
 pub mod sql;
 pub mod user_activity;
 pub mod user_event_counts;
+pub mod watermark;
 
 use std::fmt;
 use std::str::FromStr;

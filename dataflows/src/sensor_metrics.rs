@@ -28,7 +28,7 @@
 //! the type's inclusive normal range: `high` above, `low` below, `flagged` otherwise.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
@@ -38,10 +38,10 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::OkErr;
-use timely::progress::frontier::MutableAntichain;
 
 use crate::ops::{stash_by_time, stash_containers_by_time, ContainerStash, FastMap, Stash};
 use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
+use crate::watermark::{batch_maxima, event_time_max, least, read_maxima, Maxima};
 use crate::{Coll, Time};
 
 /// Parameters of the sensor dataflow.
@@ -165,37 +165,6 @@ pub struct SensorOutputs<'s> {
     pub open_readings: Option<OpenReadingsLog>,
 }
 
-/// Maximum event time per batch (or per logical time, as the windows keep it), with the
-/// logical time each belongs to; those no longer needed are folded into one number.
-#[derive(Default)]
-struct Maxima {
-    base: Option<Millis>,
-    per_batch: BTreeMap<u64, (Time, Millis)>,
-}
-
-impl Maxima {
-    fn insert(&mut self, batch: u64, t: Time, m: Millis) {
-        let e = self.per_batch.entry(batch).or_insert((t, m));
-        e.1 = e.1.max(m);
-    }
-    /// Greatest event time over batches `< b`.
-    fn max_before(&self, b: u64) -> Option<Millis> {
-        self.per_batch.range(..b).map(|(_, (_, m))| *m).max().max(self.base)
-    }
-    /// Fold the batches of logical times `< t` into `base` (batches follow time order).
-    fn compact(&mut self, t: Time) {
-        while let Some(entry) = self.per_batch.first_entry().filter(|e| e.get().0 < t) {
-            let (_, m) = entry.remove();
-            self.base = self.base.max(Some(m));
-        }
-    }
-}
-
-/// The least time in a frontier of a totally ordered time; `None` when empty.
-fn least(frontier: &MutableAntichain<Time>) -> Option<Time> {
-    frontier.frontier().iter().min().copied()
-}
-
 /// Builds the dataflow. `readings` carries each reading with its raw bytes, which are kept only
 /// until lateness is decided. `restored` is a checkpoint's state; with `checkpoint_every`, the
 /// readings that a checkpoint needs are kept at its multiples ([`SensorOutputs::open_readings`]).
@@ -213,7 +182,7 @@ pub fn sensor_metrics<'s>(
     // The greatest event time of each input batch in each container, at its time, sent to
     // every worker as `(batch, max)`. The readings pass through the same operator (one
     // consumer of the input: a second would make timely clone every reading with its bytes).
-    let (readings, maxima) = event_time_max(readings);
+    let (readings, maxima) = event_time_max(readings, |(r, _): &(Reading, Raw)| (r.batch, r.timestamp));
     let maxima = match &restored {
         Some(r) => {
             let restored_maxima = r
@@ -453,68 +422,6 @@ fn keep_open_readings<'s>(accepted: Coll<'s, Reading>, params: &SensorParams, ev
     out
 }
 
-/// The greatest event time per `(time, batch)` of `(time, batch, event time)` triples.
-fn batch_maxima(items: impl Iterator<Item = (Time, u64, Millis)>) -> HashMap<(Time, u64), Millis> {
-    let mut per_batch: HashMap<(Time, u64), Millis> = HashMap::new();
-    for (t, b, ts) in items {
-        let e = per_batch.entry((t, b)).or_insert(ts);
-        *e = (*e).max(ts);
-    }
-    per_batch
-}
-
-type RawReadings<'s> = timely::dataflow::Stream<'s, Time, Vec<((Reading, Raw), Time, isize)>>;
-
-/// Passes `readings` through unchanged (each container moved on, not copied) and, beside them,
-/// the greatest event time of each `(time, batch)` as `(batch, max)` at that time.
-fn event_time_max<'s>(
-    readings: Coll<'s, (Reading, Raw)>,
-) -> (Coll<'s, (Reading, Raw)>, timely::dataflow::Stream<'s, Time, Vec<(u64, Millis)>>) {
-    use timely::container::CapacityContainerBuilder;
-    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-    use timely::dataflow::operators::generic::OutputBuilder;
-    let mut builder = OperatorBuilder::new("EventTimeMax".to_string(), readings.inner.scope());
-    let mut input = builder.new_input(readings.inner, Pipeline);
-    let (mut through, through_stream): (_, RawReadings<'s>) = builder.new_output();
-    let (maxima, maxima_stream) = builder.new_output::<Vec<(u64, Millis)>>();
-    let mut maxima = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(u64, Millis)>>>::from(maxima);
-    builder.build(move |_capabilities| {
-        move |_frontiers| {
-            let mut through = through.activate();
-            let mut maxima = maxima.activate();
-            input.for_each_stamp(|cap, data| {
-                for container in data {
-                    let per_batch = batch_maxima(container.iter().map(|((r, _), t, _)| (*t, r.batch, r.timestamp)));
-                    for ((t, b), m) in per_batch {
-                        maxima.session(&cap.delayed(&t, 1)).give((b, m));
-                    }
-                    through.give(&cap, container);
-                }
-            });
-        }
-    });
-    (through_stream.as_collection(), maxima_stream)
-}
-
-/// Reads `(batch, max)` pairs into `maxima`, keyed by batch, or with `by_batch == false` by
-/// logical time (all batches of a time folded together).
-fn read_maxima<P>(
-    input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(u64, Millis)>, P>,
-    maxima: &mut Maxima,
-    by_batch: bool,
-) where
-    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(u64, Millis)>>>,
-{
-    input.for_each_stamp(|cap, data| {
-        let t = *cap.least().expect("a stamp of a totally ordered time has a least element");
-        for container in data {
-            for (b, m) in container.drain(..) {
-                maxima.insert(if by_batch { b } else { t }, t, m);
-            }
-        }
-    });
-}
-
 /// What `ClassifyLateness` decides for each reading.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Classified {
@@ -650,6 +557,11 @@ impl ExactSum {
     /// Adds a term.
     pub fn add(&mut self, v: f64) {
         self.0 = self.0.saturating_add((v * Self::SCALE).round() as i128);
+    }
+
+    /// Adds `n` times the term `v` (`n` may be negative: a retraction).
+    pub fn add_times(&mut self, v: f64, n: i64) {
+        self.0 = self.0.saturating_add((v * Self::SCALE).round() as i128 * n as i128);
     }
 
     /// Adds another sum's terms.

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use dataflows::sql::{compile, render::render, Catalog, Column, SqlRow, Type, Value};
+use dataflows::sql::render::{render, Shape, Source};
+use dataflows::sql::{compile, Catalog, Column, SqlRow, Type, Value};
 use dataflows::{Coll, Time};
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::input::Input;
@@ -324,7 +325,9 @@ fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update
         let (mut ai, mut bi) = worker.dataflow::<Time, _, _>(|scope| {
             let (ai, a): (_, Coll<'_, SqlRow>) = scope.new_collection();
             let (bi, b): (_, Coll<'_, SqlRow>) = scope.new_collection();
-            let sources = BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
+            // both inputs have retractions: not monotone; no event time
+            let source = |rows, arity| Source { rows, shape: Shape { arity, event_time: None, monotone: false }, watermark: None };
+            let sources = BTreeMap::from([("a".to_string(), source(a, 3)), ("b".to_string(), source(b, 2))]);
             let rendered = render(scope, &views, &sources);
             for r in rendered.values() {
                 let e = e.clone();

@@ -112,6 +112,9 @@ pub struct KafkaInput {
     /// For SQL views: the records' columns, in order, as `"name type"` (see file inputs).
     #[serde(default)]
     pub columns: Vec<String>,
+    /// For SQL views: the event-time column (see file inputs).
+    #[serde(default)]
+    pub event_time: Option<super::EventTimeConfig>,
     /// Consumer group for committed offsets. Default `diffstream`.
     #[serde(default = "default_group")]
     pub group_id: String,

@@ -125,10 +125,40 @@ impl InputConfig {
     /// The `columns` it declares (none: a built-in input).
     pub fn columns(&self) -> &[String] {
         match self {
-            InputConfig::File { columns, .. } | InputConfig::Stdin { columns } => columns,
+            InputConfig::File { columns, .. } | InputConfig::Stdin { columns, .. } => columns,
             InputConfig::Kafka(k) => &k.columns,
             InputConfig::Generator { .. } => &[],
         }
+    }
+
+    /// The `event_time` it declares.
+    pub fn event_time(&self) -> Option<&EventTimeConfig> {
+        match self {
+            InputConfig::File { event_time, .. } | InputConfig::Stdin { event_time, .. } => event_time.as_ref(),
+            InputConfig::Kafka(k) => k.event_time.as_ref(),
+            InputConfig::Generator { .. } => None,
+        }
+    }
+
+    /// The event-time column's index, checked against the columns; `Err((key, message))`.
+    pub fn event_time_column(&self, columns: &[dataflows::sql::Column]) -> Result<Option<usize>, (String, String)> {
+        let Some(e) = self.event_time() else { return Ok(None) };
+        if columns.is_empty() {
+            return Err(("event_time".into(), "is for SQL inputs: declare the records' `columns` too".into()));
+        }
+        let name = e.column.to_ascii_lowercase();
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        let i = columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| ("event_time.column".to_string(), format!("`{}` is not one of the columns ({})", e.column, names.join(", "))))?;
+        if columns[i].ty != dataflows::sql::Type::Timestamp {
+            return Err((
+                "event_time.column".into(),
+                format!("`{name}` is {}, not a timestamp: declare it \"{name} timestamp\"", columns[i].ty),
+            ));
+        }
+        Ok(Some(i))
     }
 
     /// The declared columns, parsed, and the primary key's columns (`"id int primary key"`:
@@ -177,12 +207,18 @@ pub enum InputConfig {
         /// float, text, bool, timestamp), e.g. `["id int", "product text"]`.
         #[serde(default)]
         columns: Vec<String>,
+        /// For SQL views: the column that dates each record, and how late it may arrive.
+        #[serde(default)]
+        event_time: Option<EventTimeConfig>,
     },
     /// JSON Lines on standard input (read by the first worker).
     Stdin {
         /// For SQL views: the records' columns (see `File`).
         #[serde(default)]
         columns: Vec<String>,
+        /// For SQL views: the event-time column (see `File`).
+        #[serde(default)]
+        event_time: Option<EventTimeConfig>,
     },
     /// Kafka topics (see `[kafka]` for the connection).
     Kafka(kafka::KafkaInput),
@@ -337,6 +373,32 @@ impl Default for SensorConfig {
     }
 }
 
+/// An input's event time (`event_time = { column = "ts", allowed_lateness = "30s" }`): the
+/// watermark is the greatest event time read less the allowed lateness; a record that could
+/// only land in windows the watermark has passed is a dead letter (`late`), and one dated
+/// more than `max_future` ahead of the clock is one too (`future`) and does not move it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// The column, of type timestamp.
+    pub column: String,
+    /// How far behind the greatest event time seen a record may arrive. Default `0s`.
+    #[serde(default = "zero")]
+    pub allowed_lateness: Duration,
+    /// How far ahead of the clock a record may be dated (a stream's: when it was read; a
+    /// file's: when the run began). Default `1h`.
+    #[serde(default = "an_hour")]
+    pub max_future: Duration,
+}
+
+fn zero() -> Duration {
+    Duration::from_millis(0)
+}
+
+fn an_hour() -> Duration {
+    Duration::from_millis(3_600_000)
+}
+
 /// An inclusive range.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,7 +456,11 @@ impl Config {
             if input.columns().is_empty() {
                 name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table, or give it `columns` for SQL views")))?;
             } else {
-                input.schema().map_err(|(i, m)| err(&format!("{key}.columns[{i}]"), m))?;
+                let (columns, _) = input.schema().map_err(|(i, m)| err(&format!("{key}.columns[{i}]"), m))?;
+                input.event_time_column(&columns).map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
+            }
+            if input.columns().is_empty() && input.event_time().is_some() {
+                return Err(err(&format!("{key}.event_time"), "is for SQL inputs: declare the records' `columns` too".into()));
             }
             let rate = match input {
                 InputConfig::File { rate, .. } | InputConfig::Generator { rate, .. } => *rate,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use dataflows::records::{DeadLetter, Raw};
 use dataflows::{Coll, Dataflow, InputName, Inputs, Output, Params, Row, Time};
 use differential_dataflow::input::{Input, InputSession};
+use serde::{Deserialize, Serialize};
 use timely::dataflow::ProbeHandle;
 
 use crate::codec;
@@ -182,6 +183,43 @@ pub struct SqlTable {
     pub columns: Vec<dataflows::sql::Column>,
     /// its primary key's columns: an upsert input (none: every record is a row)
     pub key: Vec<usize>,
+    /// its event time, if it has one
+    pub event_time: Option<EventTime>,
+}
+
+impl SqlTable {
+    /// What the SQL planner knows of its rows.
+    pub fn shape(&self) -> dataflows::sql::render::Shape {
+        dataflows::sql::render::Shape {
+            arity: self.columns.len(),
+            event_time: self.event_time.as_ref().map(|e| e.column),
+            monotone: self.key.is_empty(),
+        }
+    }
+}
+
+/// A SQL input's event time.
+#[derive(Clone, Debug)]
+pub struct EventTime {
+    /// the timestamp column
+    pub column: usize,
+    /// how far behind the greatest event time a row may arrive
+    pub allowed_lateness_ms: i64,
+    /// how far ahead of the clock a row may be dated
+    pub max_future_ms: i64,
+    /// the slides of the windows over it (its lateness rule: [`dataflows::watermark::final_end`])
+    pub slides: Vec<i64>,
+}
+
+/// An event-time input's row until its lateness is decided: its rank (source position), input
+/// batch and event time, and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Timed {
+    batch: u64,
+    ts: dataflows::records::Millis,
+    rank: u64,
+    position: dataflows::records::Position,
+    raw: Raw,
 }
 
 /// The Kafka output of a plan.
@@ -332,7 +370,14 @@ struct Sessions {
 }
 
 /// A SQL input's columns and session.
-type TableSession = (Vec<dataflows::sql::Column>, InputSession<Time, (u64, dataflows::sql::SqlRow), isize>);
+type TableSession = (Vec<dataflows::sql::Column>, TableInput);
+
+/// A SQL input's session: rows ranked by source position, or with an event time, rows that
+/// keep their bytes until their lateness is decided.
+enum TableInput {
+    Rows(InputSession<Time, (u64, dataflows::sql::SqlRow), isize>),
+    Timed { column: usize, max_future_ms: i64, session: InputSession<Time, (Timed, dataflows::sql::SqlRow), isize> },
+}
 
 /// A row a view's expression failed on, as a dead letter of the view: the row as the raw
 /// bytes, and (the row does not carry its source position yet) a position that is a hash of
@@ -355,6 +400,25 @@ impl Sessions {
     /// a copy of its bytes.
     fn insert(&mut self, input: InputName, record: Record<'_>, batch: u64, counters: &Counters) {
         let Record { position, bytes, key } = record;
+        // A stream's batch is its logical time, the clock's milliseconds when it was read (the
+        // same after a restart): a record dated far ahead of it lies, and must not move the
+        // watermark.
+        let (clock, when) = match self.file_clock_ms {
+            Some(c) => (c, "when the run began"),
+            None => (batch as i64, "when it was read"),
+        };
+        let future = |ts: i64, max_future_ms: i64| {
+            if ts > clock.saturating_add(max_future_ms) {
+                Err(format!(
+                    "future: event time {} is more than {} s ahead of the clock {when} ({})",
+                    codec::format_time(ts),
+                    max_future_ms / 1000,
+                    codec::format_time(clock)
+                ))
+            } else {
+                Ok(())
+            }
+        };
         let result = match input {
             InputName::Users => codec::decode_user(bytes, position.clone()).map(|u| {
                 if let Some(c) = &mut self.compactor {
@@ -373,37 +437,33 @@ impl Sessions {
                 }
             }),
             // Readings keep their bytes until lateness is decided: a late one is a dead letter.
-            // A stream's batch is its logical time, the clock's milliseconds when it was read
-            // (the same after a restart): a reading dated far ahead of it lies, and must not move
-            // the watermark.
             InputName::Sensors => codec::decode_reading(bytes, position.clone()).and_then(|r| {
-                let (clock, when) = match self.file_clock_ms {
-                    Some(c) => (c, "when the run began"),
-                    None => (batch as i64, "when it was read"),
-                };
-                if r.timestamp > clock.saturating_add(self.max_future_ms) {
-                    Err(format!(
-                        "future: event time {} is more than {} s ahead of the clock {when} ({})",
-                        codec::format_time(r.timestamp),
-                        self.max_future_ms / 1000,
-                        codec::format_time(clock)
-                    ))
-                } else {
-                    if let Some(s) = &mut self.sensors {
-                        let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
-                        s.insert((dataflows::records::Reading { batch, ..r }, raw));
-                    }
-                    Ok(())
+                future(r.timestamp, self.max_future_ms)?;
+                if let Some(s) = &mut self.sensors {
+                    let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
+                    s.insert((dataflows::records::Reading { batch, ..r }, raw));
                 }
+                Ok(())
             }),
             InputName::Table(_) => match self.tables.get_mut(&input) {
-                Some((columns, session)) => codec::decode_sql(bytes, columns).map(|row| {
+                Some((columns, session)) => codec::decode_sql(bytes, columns).and_then(|row| {
                     // the source position ranks an upsert input's versions of a key
                     let rank = match &position {
                         dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
                         dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
                     };
-                    session.insert((rank, row))
+                    match session {
+                        TableInput::Rows(s) => s.insert((rank, row)),
+                        TableInput::Timed { column, max_future_ms, session } => {
+                            let dataflows::sql::Value::Timestamp(ts) = row[*column] else {
+                                return Err(format!("missing_field: the event time `{}` is null", columns[*column].name));
+                            };
+                            future(ts, *max_future_ms)?;
+                            let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
+                            session.insert((Timed { batch, ts, rank, position: position.clone(), raw }, row));
+                        }
+                    }
+                    Ok(())
                 }),
                 None => Ok(()),
             },
@@ -460,7 +520,14 @@ impl Sessions {
             adv!(s);
         }
         for (_, s) in self.tables.values_mut() {
-            adv!(s);
+            match s {
+                TableInput::Rows(s) => {
+                    adv!(s);
+                }
+                TableInput::Timed { session, .. } => {
+                    adv!(session);
+                }
+            }
         }
         adv!(self.dead);
     }
@@ -659,11 +726,39 @@ fn run_worker(
         let mut tables = BTreeMap::new();
         let mut view_rows = Vec::new();
         let mut view_errors = Vec::new();
+        let mut late_rows = Vec::new();
         if let Some(sql) = &plan.sql {
             let mut sources = BTreeMap::new();
             for t in &sql.tables {
-                let (input, ranked) = scope.new_collection::<(u64, dataflows::sql::SqlRow), isize>();
-                tables.insert(t.name, (t.columns.clone(), input));
+                let (ranked, watermark, session) = match &t.event_time {
+                    None => {
+                        let (input, ranked) = scope.new_collection::<(u64, dataflows::sql::SqlRow), isize>();
+                        (ranked, None, TableInput::Rows(input))
+                    }
+                    // Rows on time go on; late ones are dead letters with their bytes.
+                    Some(e) => {
+                        use timely::dataflow::operators::vec::Broadcast;
+                        let (input, timed) = scope.new_collection::<(Timed, dataflows::sql::SqlRow), isize>();
+                        let stamp = |(s, _): &(Timed, dataflows::sql::SqlRow)| (s.batch, s.ts);
+                        let (timed, maxima) = dataflows::watermark::event_time_max(timed, stamp);
+                        let maxima = maxima.broadcast();
+                        let slides = e.slides.clone();
+                        let final_end = move |ts| dataflows::watermark::final_end(&slides, ts);
+                        let (on_time, late) =
+                            dataflows::watermark::classify(timed, maxima.clone(), stamp, e.allowed_lateness_ms, final_end);
+                        let name = t.name.as_str().to_string();
+                        late_rows.push(late.map(move |(s, _)| DeadLetter {
+                            input: name.clone(),
+                            position: s.position,
+                            reason: "late".to_string(),
+                            raw: s.raw.bytes,
+                            key: s.raw.key,
+                        }));
+                        let session = TableInput::Timed { column: e.column, max_future_ms: e.max_future_ms, session: input };
+                        (on_time.map(|(s, row)| (s.rank, row)), Some((maxima, e.allowed_lateness_ms)), session)
+                    }
+                };
+                tables.insert(t.name, (t.columns.clone(), session));
                 // An upsert input's row per key is its latest version by source position.
                 let rows = if t.key.is_empty() {
                     ranked.map(|(_, row)| row)
@@ -673,7 +768,8 @@ fn run_worker(
                         ranked.map(move |(rank, row)| (key.iter().map(|&k| row[k].clone()).collect::<Vec<_>>(), rank, row)),
                     )
                 };
-                sources.insert(t.name.as_str().to_string(), rows);
+                let source = dataflows::sql::render::Source { rows, shape: t.shape(), watermark };
+                sources.insert(t.name.as_str().to_string(), source);
             }
             let rendered = dataflows::sql::render::render(scope, &sql.views, &sources);
             for output in &sql.outputs {
@@ -685,7 +781,7 @@ fn run_worker(
                 view_errors.push(r.errors.clone().map(|(view, reason, row)| view_error(&view, reason, &row)));
             }
         }
-        let dead = differential_dataflow::collection::concatenate(scope, std::iter::once(dead).chain(view_errors));
+        let dead = differential_dataflow::collection::concatenate(scope, std::iter::once(dead).chain(view_errors).chain(late_rows));
         fn rows<'s, R: Into<Row> + Clone + 'static>(c: Option<Coll<'s, R>>) -> Option<Coll<'s, Row>> {
             c.map(|c| c.map(Into::into))
         }

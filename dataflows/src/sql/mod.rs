@@ -4,15 +4,15 @@
 //! ([`plan::compile`]), their names resolved and types checked against a [`plan::Catalog`] of
 //! inputs and earlier views, and planned as a tree of operators ([`plan::Plan`]): filters and
 //! maps on the worker that holds a row, reduces (GROUP BY with COUNT, COUNT(DISTINCT), SUM,
-//! MIN, MAX, AVG; HAVING) and equi-joins (inner and left) exchanged and arranged by key, UNION
-//! ALL, subqueries in FROM, views over views. [`render::render`] builds the operators. A row
-//! whose expression fails is an error of its view, not of the run.
-//!
-//! Not yet: windows (TUMBLE/HOP), string functions beyond lower/upper/length/trim, timestamp
-//! functions, and running views from the engine's configs (issue 9).
+//! MIN, MAX, AVG; HAVING) in hash maps exchanged by key ([`reduce`]), equi-joins (inner and
+//! left), TUMBLE and HOP windows, UNION ALL, subqueries in FROM, views over views.
+//! [`render::render`] builds the operators. A row whose expression fails is an error of its
+//! view, not of the run. A windowed reduce over an input's event time drops each window once
+//! the input's watermark passes its end ([`crate::watermark`]).
 
 pub mod eval;
 pub mod plan;
+pub mod reduce;
 pub mod registry;
 pub mod render;
 pub mod value;

@@ -7,10 +7,35 @@ use std::collections::BTreeMap;
 use differential_dataflow::input::Input;
 use timely::dataflow::Scope;
 
-use super::eval::{cast, eval, truth};
-use super::plan::{AggFunc, Aggregate, Expr, Plan, View};
+use super::eval::{eval, truth};
+use super::plan::{AggFunc, Expr, Plan, View};
+use super::reduce::{reduce, Aggregates, Retire, FLOAT_SUM_LIMIT};
 use super::value::{SqlRow, Type, Value};
+use crate::records::Millis;
+use crate::watermark::MaximaStream;
 use crate::{Coll, Time};
+
+/// What the planner knows of an input's rows before any is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// its columns
+    pub arity: usize,
+    /// its event-time column, if it has one
+    pub event_time: Option<usize>,
+    /// no row is ever retracted (not an upsert input)
+    pub monotone: bool,
+}
+
+/// An input of the views: its rows, its shape and, with an event time, its maxima (broadcast)
+/// and allowed lateness: a windowed reduce over its event time drops final windows.
+pub struct Source<'s> {
+    /// its rows (for an event-time input, the rows that were not late)
+    pub rows: Coll<'s, SqlRow>,
+    /// what the planner knows of them
+    pub shape: Shape,
+    /// with an event time: its maxima and allowed lateness
+    pub watermark: Option<(MaximaStream<'s>, Millis)>,
+}
 
 /// A row an expression failed on: the view, the reason, the row.
 pub type RowError = (String, String, SqlRow);
@@ -26,19 +51,130 @@ pub struct Rendered<'s> {
 
 /// Renders `views` in `scope`, in order, over the `sources`' rows (a view may read the ones
 /// before it).
-pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Coll<'s, SqlRow>>) -> BTreeMap<String, Rendered<'s>> {
+pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Source<'s>>) -> BTreeMap<String, Rendered<'s>> {
+    let shapes: BTreeMap<String, Shape> = sources.iter().map(|(n, s)| (n.clone(), s.shape.clone())).collect();
+    let lineage = Lineage::new(&shapes, views);
     let mut done: BTreeMap<String, Rendered<'s>> = BTreeMap::new();
     for view in views {
         let mut errors = Vec::new();
-        let rows = plan(&view.plan, &view.name, (scope, sources, &done), &mut errors);
+        let rows = plan(&view.plan, &view.name, (scope, sources, &done, &lineage), &mut errors);
         let errors = differential_dataflow::collection::concatenate(scope, errors);
         done.insert(view.name.clone(), Rendered { rows, errors });
     }
     done
 }
 
-/// The inputs a plan reads: the scope, the sources, the views rendered before.
-type Reads<'a, 's> = (Scope<'s, Time>, &'a BTreeMap<String, Coll<'s, SqlRow>>, &'a BTreeMap<String, Rendered<'s>>);
+/// Per input, the slides of the windows over its event time (TUMBLE and HOP whose time column
+/// is the input's event-time column, through filters, projections and views): the input's
+/// lateness rule keeps rows out of windows that are final.
+pub fn window_slides(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeMap<String, Vec<i64>> {
+    let lineage = Lineage::new(shapes, views);
+    let mut out = BTreeMap::new();
+    for v in views {
+        lineage.windows(&v.plan, &mut out);
+    }
+    out
+}
+
+/// Where the columns of a plan's rows come from, looked up through views.
+struct Lineage<'a> {
+    sources: &'a BTreeMap<String, Shape>,
+    views: BTreeMap<&'a str, &'a Plan>,
+}
+
+impl<'a> Lineage<'a> {
+    fn new(sources: &'a BTreeMap<String, Shape>, views: &'a [View]) -> Self {
+        Lineage { sources, views: views.iter().map(|v| (v.name.as_str(), &v.plan)).collect() }
+    }
+
+    fn view(&self, name: &str) -> &'a Plan {
+        self.views.get(name).unwrap_or_else(|| panic!("the view `{name}` was not compiled"))
+    }
+
+    fn arity(&self, p: &Plan) -> usize {
+        match p {
+            Plan::Source(n) => self.sources[n].arity,
+            Plan::View(n) => self.arity(self.view(n)),
+            Plan::Constant(rows) => rows.first().map_or(0, Vec::len),
+            Plan::Filter(input, _) => self.arity(input),
+            Plan::Map(_, exprs) => exprs.len(),
+            Plan::Reduce { keys, aggs, .. } => keys.len() + aggs.len(),
+            Plan::Join { left, right_arity, .. } => self.arity(left) + right_arity,
+            Plan::Union(parts) => parts.first().map_or(0, |q| self.arity(q)),
+            Plan::Window { input, .. } => self.arity(input) + 2,
+        }
+    }
+
+    /// The column of `p`'s input that its column `col` copies, for plans that copy columns.
+    fn copied<'p>(&self, p: &'p Plan, col: usize) -> Option<(&'p Plan, usize)> {
+        match p {
+            Plan::Filter(input, _) => Some((input, col)),
+            Plan::Map(input, exprs) | Plan::Reduce { input, keys: exprs, .. } => match exprs.get(col) {
+                Some(Expr::Column(c)) => Some((input, *c)),
+                _ => None,
+            },
+            Plan::Window { input, .. } => (col < self.arity(input)).then_some((input, col)),
+            _ => None,
+        }
+    }
+
+    /// The input whose event-time column `p`'s column `col` is, copied unchanged.
+    fn event_time(&self, p: &Plan, col: usize) -> Option<&'a str> {
+        match p {
+            Plan::Source(n) => self.sources.get_key_value(n).filter(|(_, s)| s.event_time == Some(col)).map(|(n, _)| n.as_str()),
+            Plan::View(n) => self.event_time(self.view(n), col),
+            _ => self.copied(p, col).and_then(|(input, c)| self.event_time(input, c)),
+        }
+    }
+
+    /// `(input, to end)` when `p`'s column `col` is the start or end of a window over an
+    /// input's event time: adding `to end` to it gives the window's end.
+    fn window_bound(&self, p: &Plan, col: usize) -> Option<(&'a str, i64)> {
+        match p {
+            Plan::Window { input, time, size, .. } if col >= self.arity(input) => {
+                let source = self.event_time(input, *time)?;
+                Some((source, if col == self.arity(input) { *size } else { 0 }))
+            }
+            Plan::View(n) => self.window_bound(self.view(n), col),
+            _ => self.copied(p, col).and_then(|(input, c)| self.window_bound(input, c)),
+        }
+    }
+
+    /// Whether no update of `p` is a retraction.
+    fn monotone(&self, p: &Plan) -> bool {
+        match p {
+            Plan::Source(n) => self.sources[n].monotone,
+            Plan::View(n) => self.monotone(self.view(n)),
+            Plan::Constant(_) => true,
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => self.monotone(input),
+            Plan::Union(parts) => parts.iter().all(|q| self.monotone(q)),
+            Plan::Join { left, right, outer: false, .. } => self.monotone(left) && self.monotone(right),
+            Plan::Join { .. } | Plan::Reduce { .. } => false,
+        }
+    }
+
+    /// Adds the slide of every window in `p` over an input's event time to `out`.
+    fn windows(&self, p: &Plan, out: &mut BTreeMap<String, Vec<i64>>) {
+        match p {
+            Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Reduce { input, .. } => self.windows(input, out),
+            Plan::Window { input, time, slide, .. } => {
+                if let Some(source) = self.event_time(input, *time) {
+                    out.entry(source.to_string()).or_default().push(*slide);
+                }
+                self.windows(input, out);
+            }
+            Plan::Union(parts) => parts.iter().for_each(|q| self.windows(q, out)),
+            Plan::Join { left, right, .. } => {
+                self.windows(left, out);
+                self.windows(right, out);
+            }
+        }
+    }
+}
+
+/// The inputs a plan reads: the scope, the sources, the views rendered before, the lineage.
+type Reads<'a, 's> = (Scope<'s, Time>, &'a BTreeMap<String, Source<'s>>, &'a BTreeMap<String, Rendered<'s>>, &'a Lineage<'a>);
 
 /// `rows`, inserted once (by the first worker) at the first time.
 fn constant<'s, D: differential_dataflow::Data>(scope: Scope<'s, Time>, rows: Vec<D>) -> Coll<'s, D> {
@@ -57,9 +193,9 @@ fn split<'s, D: differential_dataflow::Data>(
 }
 
 fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
-    let (scope, sources, views) = reads;
+    let (scope, sources, views, lineage) = reads;
     match p {
-        Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).clone(),
+        Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).rows.clone(),
         Plan::View(n) => views[n].rows.clone(),
         Plan::Constant(rows) => constant(scope, rows.clone()),
         Plan::Filter(input, predicate) => {
@@ -122,30 +258,39 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             matched.concat(unmatched.map(move |(_, a)| a.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()))
         }
         Plan::Reduce { input, keys, aggs } => {
-            let global = keys.is_empty();
+            let spec = Aggregates { aggs: aggs.clone(), monotone: lineage.monotone(input) };
             // SQL's global aggregate has a row even over no input: the empty group's, while no
             // group exists.
-            let empty = global.then(|| aggregate(aggs, &[]).expect("the empty group's aggregates"));
+            let empty = keys.is_empty().then(|| spec.empty_row());
+            // A key that bounds a window over an input's event time: final windows are dropped.
+            let retire = keys.iter().enumerate().find_map(|(i, k)| {
+                let Expr::Column(c) = k else { return None };
+                let (source, to_end) = lineage.window_bound(input, *c)?;
+                let (maxima, lateness_ms) = sources[source].watermark.clone()?;
+                Some(Retire { column: i, to_end, maxima, lateness_ms })
+            });
             let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.clone(), aggs.iter().map(|a| a.arg.clone()).collect());
+            let float_sums: Vec<bool> =
+                aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
             let rows = plan(input, view, reads, errors).map(move |row| {
                 let k: Result<SqlRow, String> = keys.iter().map(|k| eval(k, &row)).collect();
                 let a: Result<SqlRow, String> = args.iter().map(|k| eval(k, &row)).collect();
+                let a = a.and_then(|a| {
+                    match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
+                        Some((v, _)) => {
+                            Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first"))
+                        }
+                        None => Ok(a),
+                    }
+                });
                 match (k, a) {
                     (Ok(k), Ok(a)) => Ok((k, a)),
                     (Err(e), _) | (_, Err(e)) => Err((e, row)),
                 }
             });
             let grouped = split(rows, view, errors);
-            let aggs = aggs.clone();
-            let folded = if aggs.iter().all(accumulable) {
-                accumulate(grouped, aggs)
-            } else {
-                grouped.reduce(move |_key, group: &[(&SqlRow, isize)], out: &mut Vec<(Result<SqlRow, String>, isize)>| {
-                    out.push((aggregate(&aggs, group), 1));
-                })
-            };
             let folded = split(
-                folded.map(|(k, r)| match r {
+                reduce(grouped, spec, retire).map(|(k, r)| match r {
                     Ok(a) => Ok(k.into_iter().chain(a).collect::<SqlRow>()),
                     Err(e) => Err((e, k)),
                 }),
@@ -157,140 +302,6 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
-}
-
-/// Whether an aggregate is a sum of per-row numbers (exact, in any order): counts, and SUM and
-/// AVG of ints. Those need no group's rows, only running sums.
-fn accumulable(a: &Aggregate) -> bool {
-    match a.func {
-        AggFunc::CountStar | AggFunc::Count => true,
-        AggFunc::Sum | AggFunc::Avg => a.arg_type == Type::Int,
-        AggFunc::CountDistinct | AggFunc::Min | AggFunc::Max => false,
-    }
-}
-
-/// Per group, the running sums of accumulable aggregates: slot 0 counts the group's rows, then
-/// COUNT(x) one slot (non-NULL xs), SUM and AVG two (the sum, the non-NULL count).
-fn deltas(aggs: &[Aggregate], args: &SqlRow, r: isize, acc: &mut [i128]) {
-    let r = r as i128;
-    acc[0] += r;
-    let mut slot = 1;
-    for (a, v) in aggs.iter().zip(args) {
-        match (a.func, v) {
-            (AggFunc::CountStar, _) => {}
-            (AggFunc::Count, v) => {
-                acc[slot] += if v.is_null() { 0 } else { r };
-                slot += 1;
-            }
-            (_, v) => {
-                if let Value::Int(i) = v {
-                    acc[slot] += *i as i128 * r;
-                    acc[slot + 1] += r;
-                }
-                slot += 2;
-            }
-        }
-    }
-}
-
-fn slots(aggs: &[Aggregate]) -> usize {
-    1 + aggs
-        .iter()
-        .map(|a| usize::from(a.func == AggFunc::Count) + 2 * usize::from(matches!(a.func, AggFunc::Sum | AggFunc::Avg)))
-        .sum::<usize>()
-}
-
-/// The aggregates' values from a group's sums.
-fn finish(aggs: &[Aggregate], acc: &[i128]) -> Result<SqlRow, String> {
-    let mut out = Vec::with_capacity(aggs.len());
-    let mut slot = 1;
-    for a in aggs {
-        out.push(match a.func {
-            AggFunc::CountStar => Value::Int(acc[0] as i64),
-            AggFunc::Count => {
-                slot += 1;
-                Value::Int(acc[slot - 1] as i64)
-            }
-            func => {
-                let (sum, n) = (acc[slot], acc[slot + 1]);
-                slot += 2;
-                match (func, n) {
-                    (_, 0) => Value::Null,
-                    (AggFunc::Sum, _) => Value::Int(i64::try_from(sum).map_err(|_| "integer overflow in SUM")?),
-                    _ => Value::Float(sum as f64 / n as f64),
-                }
-            }
-        });
-    }
-    Ok(out)
-}
-
-/// A reduce of accumulable aggregates without arrangements: each worker adds up its updates'
-/// sums per group and time, the partial sums are exchanged by group, and each completed time, in
-/// order, updates every touched group's sums and emits `-old +new` for its row. Holds one set
-/// of sums per group, not the group's rows.
-fn accumulate<'s>(grouped: Coll<'s, (SqlRow, SqlRow)>, aggs: Vec<Aggregate>) -> Coll<'s, (SqlRow, Result<SqlRow, String>)> {
-    use crate::ops::{stash_by_time, FastMap, Stash};
-    use differential_dataflow::AsCollection;
-    use timely::dataflow::channels::pact::{Exchange, Pipeline};
-    use timely::dataflow::operators::generic::operator::Operator;
-    let n = slots(&aggs);
-    let local_aggs = aggs.clone();
-    let mut sums: FastMap<(SqlRow, Time), Vec<i128>> = FastMap::default();
-    let partial = grouped
-        .inner
-        .unary(Pipeline, "AccumulateLocal", move |_cap, _info| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    for batch in data {
-                        for ((k, args), t, r) in batch.drain(..) {
-                            deltas(&local_aggs, &args, r, sums.entry((k, t)).or_insert_with(|| vec![0; n]));
-                        }
-                    }
-                    let mut session = output.session(&cap);
-                    for ((k, t), acc) in sums.drain() {
-                        session.give(((k, acc), t, 1isize));
-                    }
-                });
-            }
-        })
-        .container::<Vec<_>>();
-    let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Vec<i128>), Time, isize)| differential_dataflow::Hashable::hashed(k));
-    partial
-        .unary_frontier(exchange, "Accumulate", move |_cap, _info| {
-            let mut pending: Stash<(SqlRow, Vec<i128>)> = Default::default();
-            let mut state: FastMap<SqlRow, Vec<i128>> = FastMap::default();
-            move |(input, frontier), output| {
-                stash_by_time(input, &mut pending, output.output_index());
-                while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
-                    let (t, (cap, partials)) = pending.pop_first().expect("checked");
-                    let mut delta: FastMap<SqlRow, Vec<i128>> = FastMap::default();
-                    for ((k, acc), r) in partials {
-                        let d = delta.entry(k).or_insert_with(|| vec![0; n]);
-                        for (x, y) in d.iter_mut().zip(acc) {
-                            *x += y * r as i128;
-                        }
-                    }
-                    let mut session = output.session(&cap);
-                    for (k, d) in delta.into_iter().filter(|(_, d)| d.iter().any(|x| *x != 0)) {
-                        let old = state.remove(&k);
-                        if let Some(old) = &old {
-                            session.give(((k.clone(), finish(&aggs, old)), t, -1));
-                        }
-                        let mut new = old.unwrap_or_else(|| vec![0; n]);
-                        for (x, y) in new.iter_mut().zip(d) {
-                            *x += y;
-                        }
-                        if new[0] > 0 {
-                            session.give(((k.clone(), finish(&aggs, &new)), t, 1));
-                            state.insert(k, new);
-                        }
-                    }
-                }
-            }
-        })
-        .container::<Vec<_>>()
-        .as_collection()
 }
 
 /// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
@@ -354,46 +365,4 @@ fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlR
         })
         .container::<Vec<_>>()
         .as_collection()
-}
-
-/// The aggregates of one group, given as its rows' argument tuples with their counts.
-pub fn aggregate(aggs: &[Aggregate], group: &[(&SqlRow, isize)]) -> Result<SqlRow, String> {
-    let mut out = Vec::with_capacity(aggs.len());
-    for (j, a) in aggs.iter().enumerate() {
-        let values = group.iter().filter(|(r, n)| *n > 0 && !r[j].is_null()).map(|(r, n)| (&r[j], *n as i64));
-        out.push(match a.func {
-            AggFunc::CountStar => Value::Int(group.iter().map(|(_, n)| *n as i64).sum()),
-            AggFunc::Count => Value::Int(values.map(|(_, n)| n).sum()),
-            AggFunc::CountDistinct => {
-                let mut distinct: Vec<&Value> = values.map(|(v, _)| v).collect();
-                distinct.sort();
-                distinct.dedup();
-                Value::Int(distinct.len() as i64)
-            }
-            AggFunc::Min => values.map(|(v, _)| v).min().cloned().unwrap_or(Value::Null),
-            AggFunc::Max => values.map(|(v, _)| v).max().cloned().unwrap_or(Value::Null),
-            AggFunc::Sum | AggFunc::Avg => {
-                let values: Vec<(&Value, i64)> = values.collect();
-                if values.is_empty() {
-                    Value::Null
-                } else if a.arg_type == Type::Int && a.func == AggFunc::Sum {
-                    let mut sum: i64 = 0;
-                    for (v, n) in &values {
-                        let Value::Int(i) = v else { return Err(format!("SUM of {v}")) };
-                        sum = i.checked_mul(*n).and_then(|x| sum.checked_add(x)).ok_or("integer overflow in SUM")?;
-                    }
-                    Value::Int(sum)
-                } else {
-                    let sum: f64 = values.iter().map(|(v, n)| v.as_f64().unwrap_or(0.0) * *n as f64).sum();
-                    if a.func == AggFunc::Sum {
-                        Value::Float(sum)
-                    } else {
-                        let count: i64 = values.iter().map(|(_, n)| n).sum();
-                        cast(Value::Float(sum / count as f64), Type::Float)?
-                    }
-                }
-            }
-        });
-    }
-    Ok(out)
 }

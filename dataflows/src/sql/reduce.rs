@@ -1,0 +1,345 @@
+//! GROUP BY in hash maps, without arrangements: each worker folds its updates of a time into
+//! one partial [`Group`] per key, the partials are exchanged by key, and each completed time,
+//! in order, merges them into the key's running group and emits `-old +new` for its row.
+//!
+//! A group holds per aggregate only what the aggregate needs: a count, an exact sum and a
+//! count (SUM, AVG; floats as [`ExactSum`]s, so the result does not depend on the order rows
+//! arrive in, the worker count or the batching), the least or greatest value when the input
+//! only grows (MIN, MAX over a monotone plan), else the multiset of distinct values (MIN, MAX
+//! with retractions, COUNT(DISTINCT)).
+//!
+//! A windowed GROUP BY (a key that is `window_end` or `window_start` of a window over an
+//! input's event time) also reads that input's maxima: once the watermark passes a window's
+//! end its group is final and dropped, so memory holds only the open windows. The input's
+//! lateness rule keeps every later row out of final windows (`late` dead letters).
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::AsCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::Operator;
+
+use super::plan::{AggFunc, Aggregate};
+use super::value::{SqlRow, Type, Value};
+use crate::ops::{stash_by_time, FastMap, Stash};
+use crate::records::Millis;
+use crate::sensor_metrics::ExactSum;
+use crate::watermark::{least, read_maxima, Maxima, MaximaStream};
+use crate::{Coll, Time};
+
+/// A float summed by SUM or AVG must be below this in magnitude (its sum is exact).
+pub const FLOAT_SUM_LIMIT: f64 = 1e18;
+
+/// One aggregate's running state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Acc {
+    /// COUNT(*), COUNT(x): the (non-NULL) rows
+    Count(i64),
+    /// SUM, AVG of ints: the sum and the non-NULL count
+    Int(i128, i64),
+    /// SUM, AVG of floats
+    Float(ExactSum, i64),
+    /// MIN, MAX over an input that only grows
+    Extreme(Option<Value>),
+    /// MIN, MAX with retractions, COUNT(DISTINCT): each non-NULL value's count
+    Values(BTreeMap<Value, i64>),
+}
+
+/// The running state of one group: its row count and each aggregate's state. Partial groups
+/// (one worker's updates of one time) merge into it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Group {
+    rows: i64,
+    accs: Vec<Acc>,
+}
+
+/// The aggregates of a reduce, and whether its input only grows.
+#[derive(Clone, Debug)]
+pub struct Aggregates {
+    /// the aggregates, in order
+    pub aggs: Vec<Aggregate>,
+    /// no update of the input is a retraction (MIN and MAX keep one value)
+    pub monotone: bool,
+}
+
+impl Aggregates {
+    /// The aggregates of no rows (SQL's global aggregate over an empty input).
+    pub fn empty_row(&self) -> SqlRow {
+        self.finish(&self.empty()).expect("the aggregates of no rows")
+    }
+
+    fn empty(&self) -> Group {
+        let accs = self
+            .aggs
+            .iter()
+            .map(|a| match a.func {
+                AggFunc::CountStar | AggFunc::Count => Acc::Count(0),
+                AggFunc::Sum | AggFunc::Avg if a.arg_type == Type::Int => Acc::Int(0, 0),
+                AggFunc::Sum | AggFunc::Avg => Acc::Float(ExactSum::default(), 0),
+                AggFunc::Min | AggFunc::Max if self.monotone => Acc::Extreme(None),
+                AggFunc::Min | AggFunc::Max | AggFunc::CountDistinct => Acc::Values(BTreeMap::new()),
+            })
+            .collect();
+        Group { rows: 0, accs }
+    }
+
+    /// Adds `r` copies of a row whose aggregate arguments are `args`.
+    fn add(&self, g: &mut Group, args: &SqlRow, r: isize) {
+        let r = r as i64;
+        g.rows += r;
+        for ((a, acc), v) in self.aggs.iter().zip(&mut g.accs).zip(args) {
+            match acc {
+                Acc::Count(n) => *n += if a.func == AggFunc::CountStar || !v.is_null() { r } else { 0 },
+                Acc::Int(sum, n) => {
+                    if let Value::Int(i) = v {
+                        *sum += *i as i128 * r as i128;
+                        *n += r;
+                    }
+                }
+                Acc::Float(sum, n) => {
+                    if let Some(x) = v.as_f64() {
+                        sum.add_times(x, r);
+                        *n += r;
+                    }
+                }
+                Acc::Extreme(m) => {
+                    debug_assert!(r > 0, "a monotone input retracts nothing");
+                    if !v.is_null() {
+                        keep_extreme(m, v, a.func == AggFunc::Min);
+                    }
+                }
+                Acc::Values(values) => {
+                    if !v.is_null() {
+                        count_value(values, v.clone(), r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Merges a partial group into `g`.
+    fn merge(&self, g: &mut Group, part: Group) {
+        g.rows += part.rows;
+        for ((a, acc), p) in self.aggs.iter().zip(&mut g.accs).zip(part.accs) {
+            match (acc, p) {
+                (Acc::Count(n), Acc::Count(m)) => *n += m,
+                (Acc::Int(sum, n), Acc::Int(s, m)) => {
+                    *sum += s;
+                    *n += m;
+                }
+                (Acc::Float(sum, n), Acc::Float(s, m)) => {
+                    sum.merge(s);
+                    *n += m;
+                }
+                (Acc::Extreme(m), Acc::Extreme(p)) => {
+                    if let Some(v) = p {
+                        keep_extreme(m, &v, a.func == AggFunc::Min);
+                    }
+                }
+                (Acc::Values(values), Acc::Values(p)) => {
+                    for (v, n) in p {
+                        count_value(values, v, n);
+                    }
+                }
+                _ => unreachable!("partials of one reduce have the same aggregates"),
+            }
+        }
+    }
+
+    /// The aggregates' values.
+    fn finish(&self, g: &Group) -> Result<SqlRow, String> {
+        let mut out = Vec::with_capacity(self.aggs.len());
+        for (a, acc) in self.aggs.iter().zip(&g.accs) {
+            out.push(match acc {
+                Acc::Count(n) => Value::Int(*n),
+                Acc::Int(_, 0) | Acc::Float(_, 0) => Value::Null,
+                Acc::Int(sum, n) if a.func == AggFunc::Avg => Value::Float(*sum as f64 / *n as f64),
+                Acc::Int(sum, _) => Value::Int(i64::try_from(*sum).map_err(|_| "integer overflow in SUM")?),
+                Acc::Float(sum, n) if a.func == AggFunc::Avg => Value::Float(sum.value() / *n as f64),
+                Acc::Float(sum, _) => Value::Float(sum.value()),
+                Acc::Extreme(m) => m.clone().unwrap_or(Value::Null),
+                Acc::Values(values) => match a.func {
+                    AggFunc::CountDistinct => Value::Int(values.len() as i64),
+                    AggFunc::Min => values.keys().next().cloned().unwrap_or(Value::Null),
+                    _ => values.keys().next_back().cloned().unwrap_or(Value::Null),
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn keep_extreme(m: &mut Option<Value>, v: &Value, min: bool) {
+    let replace = match m {
+        None => true,
+        Some(old) => (min && v < old) || (!min && v > old),
+    };
+    if replace {
+        *m = Some(v.clone());
+    }
+}
+
+fn count_value(values: &mut BTreeMap<Value, i64>, v: Value, n: i64) {
+    use std::collections::btree_map::Entry;
+    match values.entry(v) {
+        Entry::Vacant(e) => {
+            e.insert(n);
+        }
+        Entry::Occupied(mut e) => {
+            *e.get_mut() += n;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// How a windowed reduce drops final windows: the group key column that bounds the window,
+/// what to add to it for the window's end, and the input's maxima and allowed lateness.
+pub struct Retire<'s> {
+    /// the key column
+    pub column: usize,
+    /// added to the column's timestamp: the window's end
+    pub to_end: i64,
+    /// the input's maxima, broadcast
+    pub maxima: MaximaStream<'s>,
+    /// the input's allowed lateness
+    pub lateness_ms: Millis,
+}
+
+/// The reduce: `(key, aggregate arguments)` rows to `(key, aggregates)` rows.
+pub fn reduce<'s>(
+    grouped: Coll<'s, (SqlRow, SqlRow)>,
+    spec: Aggregates,
+    retire: Option<Retire<'s>>,
+) -> Coll<'s, (SqlRow, Result<SqlRow, String>)> {
+    let local = spec.clone();
+    let mut partials: FastMap<(SqlRow, Time), Group> = FastMap::default();
+    let partial = grouped
+        .inner
+        .unary(Pipeline, "ReduceLocal", move |_cap, _info| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for ((k, args), t, r) in batch.drain(..) {
+                            local.add(partials.entry((k, t)).or_insert_with(|| local.empty()), &args, r);
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for ((k, t), g) in partials.drain() {
+                        session.give(((k, g), t, 1isize));
+                    }
+                });
+            }
+        })
+        .container::<Vec<_>>();
+    let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
+    let mut state = State { spec, groups: FastMap::default(), pending: Stash::new(), by_end: BTreeMap::new(), maxima: Maxima::default() };
+    let out = match retire {
+        None => partial.unary_frontier(exchange, "Reduce", move |_cap, _info| {
+            move |(input, frontier), output| {
+                stash_by_time(input, &mut state.pending, output.output_index());
+                for (cap, updates) in state.apply(least(frontier), None) {
+                    output.session(&cap).give_iterator(updates.into_iter());
+                }
+            }
+        }),
+        Some(r) => partial.binary_frontier(r.maxima, exchange, Pipeline, "WindowReduce", move |_cap, _info| {
+            move |(input, frontier), (max_input, max_frontier), output| {
+                stash_by_time(input, &mut state.pending, output.output_index());
+                read_maxima(max_input, &mut state.maxima, false);
+                let done = match (least(frontier), least(max_frontier)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                for (cap, updates) in state.apply(done, Some((r.column, r.to_end, r.lateness_ms))) {
+                    output.session(&cap).give_iterator(updates.into_iter());
+                }
+            }
+        }),
+    };
+    out.container::<Vec<_>>().as_collection()
+}
+
+/// The reduce's state on one worker.
+struct State {
+    spec: Aggregates,
+    groups: FastMap<SqlRow, Group>,
+    pending: Stash<(SqlRow, Group)>,
+    /// windowed: the keys of open windows by their end
+    by_end: BTreeMap<Millis, Vec<SqlRow>>,
+    /// windowed: the input's maxima by logical time
+    maxima: Maxima,
+}
+
+/// A reduce's output updates at one time.
+type Updates = Vec<((SqlRow, Result<SqlRow, String>), Time, isize)>;
+
+impl State {
+    /// Applies every pending time below `done` (all, when `None`), in order; windowed
+    /// (`(key column, to end, lateness)`), then drops the windows the watermark made final.
+    fn apply(
+        &mut self,
+        done: Option<Time>,
+        windowed: Option<(usize, i64, Millis)>,
+    ) -> Vec<(timely::dataflow::operators::Capability<Time>, Updates)> {
+        let mut out = Vec::new();
+        while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
+            let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
+            let mut session = Vec::new();
+            let mut touched: FastMap<SqlRow, Option<Result<SqlRow, String>>> = FastMap::default();
+            for ((k, part), r) in partials {
+                debug_assert_eq!(r, 1, "partials are inserted once");
+                if !self.groups.contains_key(&k) {
+                    if let Some((c, to_end, _)) = windowed {
+                        if let Value::Timestamp(s) = k[c] {
+                            self.by_end.entry(s + to_end).or_default().push(k.clone());
+                        }
+                    }
+                    self.groups.insert(k.clone(), self.spec.empty());
+                }
+                let g = self.groups.get_mut(&k).expect("inserted");
+                if !touched.contains_key(&k) {
+                    touched.insert(k.clone(), (g.rows > 0).then(|| self.spec.finish(g)));
+                }
+                self.spec.merge(g, part);
+            }
+            for (k, old) in touched {
+                let g = &self.groups[&k];
+                let new = (g.rows > 0).then(|| self.spec.finish(g));
+                if new.is_none() {
+                    self.groups.remove(&k);
+                }
+                if old == new {
+                    continue;
+                }
+                if let Some(old) = old {
+                    session.push(((k.clone(), old), t, -1));
+                }
+                if let Some(new) = new {
+                    session.push(((k, new), t, 1));
+                }
+            }
+            out.push((cap, session));
+        }
+        let Some((_, _, lateness)) = windowed else { return out };
+        match done {
+            Some(d) => {
+                if let Some(w) = self.maxima.max_before(d).map(|m| m - lateness) {
+                    while self.by_end.first_key_value().is_some_and(|(end, _)| *end <= w) {
+                        for k in self.by_end.pop_first().expect("checked").1 {
+                            self.groups.remove(&k);
+                        }
+                    }
+                }
+                self.maxima.compact(d);
+            }
+            None => {
+                self.groups.clear();
+                self.by_end.clear();
+            }
+        }
+        out
+    }
+}
