@@ -13,6 +13,7 @@
 //! end its group is final and dropped, so memory holds only the open windows. The input's
 //! lateness rule keeps every later row out of final windows (`late` dead letters).
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use differential_dataflow::AsCollection;
@@ -52,6 +53,9 @@ enum Acc {
 pub struct Group {
     rows: i64,
     accs: Vec<Acc>,
+    /// while a time changes it: its row before the time (`Some(None)`: it had none)
+    #[serde(skip)]
+    before: Option<Option<Result<SqlRow, String>>>,
 }
 
 /// The aggregates of a reduce, and whether its input only grows.
@@ -81,7 +85,7 @@ impl Aggregates {
                 AggFunc::Min | AggFunc::Max | AggFunc::CountDistinct => Acc::Values(BTreeMap::new()),
             })
             .collect();
-        Group { rows: 0, accs }
+        Group { rows: 0, accs, before: None }
     }
 
     /// Adds `r` copies of a row whose aggregate arguments are `args`.
@@ -288,25 +292,34 @@ impl State {
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
             let mut session = Vec::new();
-            let mut touched: FastMap<SqlRow, Option<Result<SqlRow, String>>> = FastMap::default();
+            let mut touched = Vec::new();
             for ((k, part), r) in partials {
                 debug_assert_eq!(r, 1, "partials are inserted once");
-                if !self.groups.contains_key(&k) {
-                    if let Some((c, to_end, _)) = windowed {
-                        if let Value::Timestamp(s) = k[c] {
-                            self.by_end.entry(s + to_end).or_default().push(k.clone());
+                let g = match self.groups.entry(k) {
+                    Entry::Occupied(e) => {
+                        if e.get().before.is_none() {
+                            touched.push(e.key().clone());
                         }
+                        e.into_mut()
                     }
-                    self.groups.insert(k.clone(), self.spec.empty());
-                }
-                let g = self.groups.get_mut(&k).expect("inserted");
-                if !touched.contains_key(&k) {
-                    touched.insert(k.clone(), (g.rows > 0).then(|| self.spec.finish(g)));
+                    Entry::Vacant(e) => {
+                        if let Some((c, to_end, _)) = windowed {
+                            if let Value::Timestamp(s) = e.key()[c] {
+                                self.by_end.entry(s + to_end).or_default().push(e.key().clone());
+                            }
+                        }
+                        touched.push(e.key().clone());
+                        e.insert(self.spec.empty())
+                    }
+                };
+                if g.before.is_none() {
+                    g.before = Some((g.rows > 0).then(|| self.spec.finish(g)));
                 }
                 self.spec.merge(g, part);
             }
-            for (k, old) in touched {
-                let g = &self.groups[&k];
+            for k in touched {
+                let g = self.groups.get_mut(&k).expect("a touched group");
+                let old = g.before.take().expect("a touched group's row before");
                 let new = (g.rows > 0).then(|| self.spec.finish(g));
                 if new.is_none() {
                     self.groups.remove(&k);

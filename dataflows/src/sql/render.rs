@@ -140,6 +140,30 @@ impl<'a> Lineage<'a> {
         }
     }
 
+    /// The rows of a plan that reads nothing but constants (`VALUES`, and filters and maps of
+    /// them), computed now; `None` for any other plan, or when an expression fails.
+    fn constant_rows(&self, p: &Plan) -> Option<Vec<SqlRow>> {
+        match p {
+            Plan::Constant(rows) => Some(rows.clone()),
+            Plan::View(n) => self.constant_rows(self.view(n)),
+            Plan::Filter(input, predicate) => {
+                let mut out = Vec::new();
+                for row in self.constant_rows(input)? {
+                    if eval(predicate, &row).and_then(truth).ok()?.unwrap_or(false) {
+                        out.push(row);
+                    }
+                }
+                Some(out)
+            }
+            Plan::Map(input, exprs) => self
+                .constant_rows(input)?
+                .iter()
+                .map(|row| exprs.iter().map(|e| eval(e, row)).collect::<Result<SqlRow, String>>().ok())
+                .collect(),
+            _ => None,
+        }
+    }
+
     /// Whether no update of `p` is a retraction.
     fn monotone(&self, p: &Plan) -> bool {
         match p {
@@ -181,15 +205,22 @@ fn constant<'s, D: differential_dataflow::Data>(scope: Scope<'s, Time>, rows: Ve
     scope.new_collection_from(if scope.index() == 0 { rows } else { Vec::new() }).1
 }
 
-/// Splits `rows` by `f`: `Ok` rows go on, `Err` reasons become errors of `view`.
+/// Splits `rows` by `f`: `Ok` rows go on, `Err` reasons become errors of `view`. (One
+/// consumer of `rows`: two would make timely clone every container.)
 fn split<'s, D: differential_dataflow::Data>(
     rows: Coll<'s, Result<D, (String, SqlRow)>>,
     view: &str,
     errors: &mut Vec<Coll<'s, RowError>>,
 ) -> Coll<'s, D> {
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::operators::OkErr;
     let view = view.to_string();
-    errors.push(rows.clone().flat_map(move |r| r.err().map(|(reason, row)| (view.clone(), reason, row))));
-    rows.flat_map(Result::ok)
+    let (ok, err) = rows.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(r, t, d)| match r {
+        Ok(row) => Ok((row, t, d)),
+        Err((reason, row)) => Err(((view.clone(), reason, row), t, d)),
+    });
+    errors.push(err.as_collection());
+    ok.as_collection()
 }
 
 fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
@@ -244,6 +275,22 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
                 split(rows, view, errors)
             };
             let l = keyed(plan(left, view, reads, errors), left_keys, errors);
+            // A join with constant rows (`VALUES`) looks each row up where it is: no exchange,
+            // no state.
+            if let Some(rows) = lineage.constant_rows(right) {
+                if let Some(table) = lookup_table(rows, right_keys) {
+                    let (outer, n) = (*outer, *right_arity);
+                    return l.flat_map(move |(k, row)| {
+                        let matches = if k.iter().any(Value::is_null) { None } else { table.get(&k) };
+                        let rows: Vec<SqlRow> = match matches {
+                            Some(found) => found.iter().map(|r| row.iter().chain(r).cloned().collect()).collect(),
+                            None if outer => vec![row.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()],
+                            None => Vec::new(),
+                        };
+                        rows
+                    });
+                }
+            }
             let r = keyed(plan(right, view, reads, errors), right_keys, errors);
             // A NULL key matches nothing.
             let no_null = |(k, _): &(SqlRow, SqlRow)| !k.iter().any(Value::is_null);
@@ -302,6 +349,19 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
+}
+
+/// Constant rows by their join key (a NULL key matches nothing); `None` when a key expression
+/// fails on one of them (the join then runs as any other, and reports it).
+fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<SqlRow, Vec<SqlRow>>> {
+    let mut table: crate::ops::FastMap<SqlRow, Vec<SqlRow>> = Default::default();
+    for row in rows {
+        let k = keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().ok()?;
+        if !k.iter().any(Value::is_null) {
+            table.entry(k).or_default().push(row);
+        }
+    }
+    Some(table)
 }
 
 /// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
