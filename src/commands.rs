@@ -93,6 +93,11 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
     // Each event-time input's lateness rule follows the windows over it.
     let shapes = tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect();
     let slides = dataflows::sql::render::window_slides(&views, &shapes);
+    let append_only = dataflows::sql::render::append_only_views(&views, &shapes);
+    for v in &views {
+        let id = dataflows::sql::registry::find_view(&v.name).expect("registered above");
+        dataflows::sql::registry::set_append_only(id, append_only.contains(&v.name));
+    }
     for t in &mut tables {
         if let (Some(e), Some(s)) = (&mut t.event_time, slides.get(t.name.as_str())) {
             e.slides = s.clone();
@@ -114,6 +119,25 @@ pub fn explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
         }
     }
     let mut out = std::io::stdout().lock();
+    for t in &sql.tables {
+        let Some(e) = &t.event_time else { continue };
+        let rule = if e.slides.is_empty() {
+            "a row whose event time is behind the watermark".to_string()
+        } else {
+            let slides: Vec<String> = e.slides.iter().map(|s| crate::config::Duration::from_millis(*s).to_string()).collect();
+            format!("a row that could only land in windows (slides {}) the watermark has passed", slides.join(", "))
+        };
+        writeln!(
+            out,
+            "input {}: event time `{}`; watermark = greatest event time read − {}, the same on every worker; {rule} is a `late` dead letter, and one dated more than {} ahead of the clock a `future` one, before any view sees it\n",
+            t.name.as_str(),
+            t.columns[e.column].name,
+            crate::config::Duration::from_millis(e.allowed_lateness_ms),
+            crate::config::Duration::from_millis(e.max_future_ms),
+        )?;
+    }
+    let shapes = sql.tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect();
+    let notes = dataflows::sql::render::physical_notes(&sql.views, &shapes);
     for v in sql.views.iter().filter(|v| args.views.is_empty() || args.views.contains(&v.name)) {
         let columns: Vec<String> = v.columns.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
         let key: Vec<&str> = v.key.iter().map(|&k| v.columns[k].name.as_str()).collect();
@@ -126,6 +150,9 @@ pub fn explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
         )?;
         for line in v.plan.to_string().lines() {
             writeln!(out, "  {line}")?;
+        }
+        for note in notes.get(&v.name).into_iter().flatten() {
+            writeln!(out, "  · {note}")?;
         }
         writeln!(out)?;
     }
@@ -217,9 +244,10 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
     // rows — larger logical times carry far fewer intermediate changes. Window metrics change a
     // few rows per batch, and a larger time only holds more readings while lateness is judged.
     let paced = specs.values().any(|i| i.is_stream() || i.rate.is_some());
-    // (SQL views judge no lateness yet, so they take the larger times too)
+    // SQL views take the larger times too, unless an input has an event time: like the window
+    // metrics, they then judge lateness per batch.
     let per_user = selected.iter().any(|d| matches!(d, Dataflow::UserEventCounts | Dataflow::UserActivity))
-        || sql.as_ref().is_some_and(|s| !s.outputs.is_empty());
+        || sql.as_ref().is_some_and(|s| !s.outputs.is_empty() && s.tables.iter().all(|t| t.event_time.is_none()));
     let batches_per_time = match args.batches_per_time {
         Some(0) => bail!("--batches-per-time must be at least 1"),
         Some(n) => n,

@@ -295,7 +295,7 @@ fn the_shipped_applications_pipeline_runs_and_explains() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success()
-            && text.contains("Reduce: exchange and arrange by (#3); count(*), sum(#4)")
+            && text.contains("Reduce: pre-aggregate on each worker, exchange by (#3), groups in a hash map; count(*), sum(#4)")
             && !text.contains("view applications "),
         "{text}"
     );

@@ -70,7 +70,10 @@ impl Output {
     /// Whether rows are only ever inserted (never retracted or updated): such outputs can be
     /// streamed out as their times close instead of being held as state.
     pub fn append_only(self) -> bool {
-        matches!(self, Output::AnomalyAlerts | Output::DeadLetters)
+        match self {
+            Output::View(i) => crate::sql::registry::append_only(i),
+            o => matches!(o, Output::AnomalyAlerts | Output::DeadLetters),
+        }
     }
 }
 

@@ -548,7 +548,7 @@ fn queries_outside_the_subset_are_refused_with_the_place_and_what_to_write() {
 fn explain_names_the_operators_and_their_exchange_keys() {
     let views = compile(&Query::JoinGroup.sql(), &mut catalog()).unwrap();
     let text = views[0].plan.to_string();
-    assert!(text.contains("Reduce: exchange and arrange by (#2); count(*), sum(#4)"), "{text}");
-    assert!(text.contains("Join: exchange and arrange both sides by (#0) = (#0)"), "{text}");
+    assert!(text.contains("Reduce: pre-aggregate on each worker, exchange by (#2), groups in a hash map; count(*), sum(#4)"), "{text}");
+    assert!(text.contains("Join: exchange and hash the current rows of both sides by (#0) = (#0)"), "{text}");
     assert_eq!(views[0].key, vec![0], "keyed by the GROUP BY column");
 }

@@ -21,7 +21,13 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
             (Some(false), Some(false)) => Value::Bool(false),
             _ => Value::Null,
         },
-        Expr::Binary(op, a, b) => binary(*op, eval(a, row)?, eval(b, row)?)?,
+        Expr::Binary(BinOp::Concat, a, b) => match (eval(a, row)?, eval(b, row)?) {
+            (Value::Null, _) | (_, Value::Null) => Value::Null,
+            (Value::Text(x), Value::Text(y)) => Value::Text(x + &y),
+            _ => return Err("|| needs text".into()),
+        },
+        // (columns and constants are compared where they are, not copied)
+        Expr::Binary(op, a, b) => binary(*op, &*operand(a, row)?, &*operand(b, row)?)?,
         Expr::Not(a) => match truth(eval(a, row)?)? {
             Some(b) => Value::Bool(!b),
             None => Value::Null,
@@ -48,7 +54,7 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
             }
             let mut null = false;
             for x in list {
-                match binary(BinOp::Eq, v.clone(), eval(x, row)?)? {
+                match binary(BinOp::Eq, &v, &*operand(x, row)?)? {
                     Value::Bool(true) => return Ok(Value::Bool(!negated)),
                     Value::Null => null = true,
                     _ => {}
@@ -149,13 +155,23 @@ pub fn truth(v: Value) -> Result<Option<bool>, String> {
     }
 }
 
-fn binary(op: BinOp, a: Value, b: Value) -> Result<Value, String> {
+/// An operand: a column or constant borrowed, anything else evaluated.
+fn operand<'a>(e: &'a Expr, row: &'a [Value]) -> Result<std::borrow::Cow<'a, Value>, String> {
+    use std::borrow::Cow;
+    Ok(match e {
+        Expr::Column(c) => Cow::Borrowed(&row[*c]),
+        Expr::Literal(v) => Cow::Borrowed(v),
+        e => Cow::Owned(eval(e, row)?),
+    })
+}
+
+fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
     use BinOp::*;
     if a.is_null() || b.is_null() {
         return Ok(Value::Null);
     }
     Ok(match op {
-        Add | Sub | Mul | Div | Mod => match (&a, &b) {
+        Add | Sub | Mul | Div | Mod => match (a, b) {
             (Value::Int(x), Value::Int(y)) => {
                 let (x, y) = (*x, *y);
                 let r = match op {
@@ -183,16 +199,13 @@ fn binary(op: BinOp, a: Value, b: Value) -> Result<Value, String> {
                 })
             }
         },
-        Concat => match (a, b) {
-            (Value::Text(x), Value::Text(y)) => Value::Text(x + &y),
-            _ => return Err("|| needs text".into()),
-        },
+        Concat => unreachable!("|| is evaluated by eval"),
         _ => {
-            let ord = match (&a, &b) {
+            let ord = match (a, b) {
                 (Value::Int(_), Value::Float(_)) | (Value::Float(_), Value::Int(_)) => {
                     a.as_f64().expect("a number").total_cmp(&b.as_f64().expect("a number"))
                 }
-                _ => a.cmp(&b),
+                _ => a.cmp(b),
             };
             Value::Bool(match op {
                 Eq => ord.is_eq(),

@@ -1381,12 +1381,17 @@ impl fmt::Display for Plan {
                             func => format!("{}({})", format!("{func:?}").to_lowercase(), a.arg),
                         })
                         .collect();
-                    writeln!(f, "{pad}Reduce: exchange and arrange by ({}); {}", list(keys), a.join(", "))?;
+                    writeln!(
+                        f,
+                        "{pad}Reduce: pre-aggregate on each worker, exchange by ({}), groups in a hash map; {}",
+                        list(keys),
+                        a.join(", ")
+                    )?;
                     go(input, depth + 1, f)
                 }
                 Plan::Join { left, right, left_keys, right_keys, outer, .. } => {
-                    let kind = if *outer { "LeftJoin" } else { "Join" };
-                    writeln!(f, "{pad}{kind}: exchange and arrange both sides by ({}) = ({})", list(left_keys), list(right_keys))?;
+                    let (kind, state) = if *outer { ("LeftJoin", "arrange") } else { ("Join", "hash the current rows of") };
+                    writeln!(f, "{pad}{kind}: exchange and {state} both sides by ({}) = ({})", list(left_keys), list(right_keys))?;
                     go(left, depth + 1, f)?;
                     go(right, depth + 1, f)
                 }

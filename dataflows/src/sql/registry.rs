@@ -77,6 +77,24 @@ pub fn find_view(name: &str) -> Option<u8> {
     REGISTRY.read().unwrap_or_else(|p| p.into_inner()).views.iter().position(|v| v.name == name).map(|i| i as u8)
 }
 
+/// The views whose rows are only ever inserted (a bit per view number).
+static APPEND_ONLY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Marks view `i` as append-only (its plan never retracts a row) or not.
+pub fn set_append_only(i: u8, yes: bool) {
+    let bit = 1u64 << i;
+    if yes {
+        APPEND_ONLY.fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        APPEND_ONLY.fetch_and(!bit, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether view `i` is append-only.
+pub fn append_only(i: u8) -> bool {
+    APPEND_ONLY.load(std::sync::atomic::Ordering::Relaxed) & (1u64 << i) != 0
+}
+
 /// Calls `f` with view `i`.
 pub fn with_view<R>(i: u8, f: impl FnOnce(&ViewInfo) -> R) -> R {
     f(&REGISTRY.read().unwrap_or_else(|p| p.into_inner()).views[i as usize])

@@ -76,6 +76,55 @@ pub fn window_slides(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeM
     out
 }
 
+/// The views whose rows are only ever inserted, never retracted: their outputs can be streamed
+/// out as their times close rather than held.
+pub fn append_only_views(views: &[View], shapes: &BTreeMap<String, Shape>) -> Vec<String> {
+    let lineage = Lineage::new(shapes, views);
+    views.iter().filter(|v| lineage.monotone(&v.plan)).map(|v| v.name.clone()).collect()
+}
+
+/// What the operators of each view do beyond its logical plan, for `explain`: joins with
+/// constant rows looked up in place, windows dropped at an input's watermark, append-only
+/// views.
+pub fn physical_notes(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeMap<String, Vec<String>> {
+    fn walk(l: &Lineage<'_>, p: &Plan, out: &mut Vec<String>) {
+        match p {
+            Plan::Join { left, right, outer, .. } => {
+                if l.constant_rows(right).is_some() {
+                    let kind = if *outer { "LeftJoin" } else { "Join" };
+                    out.push(format!("the {kind} reads constant rows: it looks each row up on its worker instead (no exchange, no state)"));
+                }
+                walk(l, left, out);
+                walk(l, right, out);
+            }
+            Plan::Reduce { input, keys, .. } => {
+                let bound = keys.iter().find_map(|k| match k {
+                    Expr::Column(c) => l.window_bound(input, *c),
+                    _ => None,
+                });
+                if let Some((source, _)) = bound {
+                    out.push(format!("the Reduce groups by windows over the event time of `{source}`: a window's group is final and dropped once that watermark passes its end"));
+                }
+                walk(l, input, out);
+            }
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => walk(l, input, out),
+            Plan::Union(parts) => parts.iter().for_each(|q| walk(l, q, out)),
+            Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
+        }
+    }
+    let lineage = Lineage::new(shapes, views);
+    let mut notes = BTreeMap::new();
+    for v in views {
+        let mut out = Vec::new();
+        walk(&lineage, &v.plan, &mut out);
+        if lineage.monotone(&v.plan) {
+            out.push("append-only (no row is ever retracted): its rows stream out as their times close".to_string());
+        }
+        notes.insert(v.name.clone(), out);
+    }
+    notes
+}
+
 /// Where the columns of a plan's rows come from, looked up through views.
 struct Lineage<'a> {
     sources: &'a BTreeMap<String, Shape>,
@@ -172,6 +221,8 @@ impl<'a> Lineage<'a> {
             Plan::Constant(_) => true,
             Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => self.monotone(input),
             Plan::Union(parts) => parts.iter().all(|q| self.monotone(q)),
+            // (a join with constant rows looks each row up once: it only ever inserts)
+            Plan::Join { left, right, .. } if self.constant_rows(right).is_some() => self.monotone(left),
             Plan::Join { left, right, outer: false, .. } => self.monotone(left) && self.monotone(right),
             Plan::Join { .. } | Plan::Reduce { .. } => false,
         }
@@ -319,22 +370,38 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.clone(), aggs.iter().map(|a| a.arg.clone()).collect());
             let float_sums: Vec<bool> =
                 aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
-            let rows = plan(input, view, reads, errors).map(move |row| {
-                let k: Result<SqlRow, String> = keys.iter().map(|k| eval(k, &row)).collect();
-                let a: Result<SqlRow, String> = args.iter().map(|k| eval(k, &row)).collect();
-                let a = a.and_then(|a| {
-                    match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
-                        Some((v, _)) => {
-                            Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first"))
-                        }
-                        None => Ok(a),
+            let group = move |row: &SqlRow| -> Result<(SqlRow, SqlRow), String> {
+                let k: SqlRow = keys.iter().map(|k| eval(k, row)).collect::<Result<_, _>>()?;
+                let a: SqlRow = args.iter().map(|k| eval(k, row)).collect::<Result<_, _>>()?;
+                match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
+                    Some((v, _)) => {
+                        Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first"))
                     }
-                });
-                match (k, a) {
-                    (Ok(k), Ok(a)) => Ok((k, a)),
-                    (Err(e), _) | (_, Err(e)) => Err((e, row)),
+                    None => Ok((k, a)),
                 }
-            });
+            };
+            let rows = match &**input {
+                // A reduce over a window groups each row once per window, its window_start and
+                // window_end set in place (the windowed rows are never built).
+                Plan::Window { input, time, size, slide } => {
+                    let (time, size, slide) = (*time, *size, *slide);
+                    plan(input, view, reads, errors).flat_map(move |mut row| {
+                        let Value::Timestamp(t) = row[time] else { return Vec::new() };
+                        let n = row.len();
+                        row.extend([Value::Null, Value::Null]);
+                        let last = t.div_euclid(slide) * slide;
+                        (0..size / slide)
+                            .map(|i| {
+                                let s = last - i * slide;
+                                row[n] = Value::Timestamp(s);
+                                row[n + 1] = Value::Timestamp(s + size);
+                                group(&row).map_err(|e| (e, row.clone()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                }
+                input => plan(input, view, reads, errors).map(move |row| group(&row).map_err(|e| (e, row))),
+            };
             let grouped = split(rows, view, errors);
             let folded = split(
                 reduce(grouped, spec, retire).map(|(k, r)| match r {
