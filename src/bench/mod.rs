@@ -111,6 +111,63 @@ fn same_files(a: &Path, b: &Path) -> anyhow::Result<Result<(), String>> {
     Ok(Ok(()))
 }
 
+/// Whether every file of `a` holds the same lines (in any order) as its namesake in `b`, after
+/// `renames` (`(file of a, file of b)`: a view's snapshot beside the built-in output it
+/// equals); names the first difference.
+fn same_rows(a: &Path, b: &Path, renames: &[(&str, &str)]) -> anyhow::Result<Result<(), String>> {
+    for entry in std::fs::read_dir(a)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        let theirs = renames.iter().find(|(x, _)| *x == name).map_or(name.as_str(), |(_, y)| *y);
+        let lines = |p: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect();
+            v.sort_unstable();
+            v
+        };
+        if lines(&a.join(&name)) != lines(&b.join(theirs)) {
+            return Ok(Err(format!("{name} and {theirs} differ")));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The per-user dataflows written as SQL views (what `tests/sql.rs` checks against them).
+const PER_USER_SQL: &str = "\
+CREATE VIEW sql_user_event_counts AS SELECT user_id, COUNT(*) AS event_count FROM clicks GROUP BY user_id;
+CREATE VIEW sql_event_type_counts AS SELECT event, COUNT(*) AS count FROM clicks GROUP BY event;
+CREATE VIEW sql_user_activity AS
+  SELECT u.user_id, u.name, u.email, c.event_count
+  FROM profiles u JOIN sql_user_event_counts c ON u.user_id = c.user_id;
+";
+
+/// The names of the per-user views' snapshots beside the built-in outputs they equal.
+const PER_USER_FILES: [(&str, &str); 3] = [
+    ("user_event_counts.jsonl", "sql_user_event_counts.jsonl"),
+    ("event_type_counts.jsonl", "sql_event_type_counts.jsonl"),
+    ("user_activity.jsonl", "sql_user_activity.jsonl"),
+];
+
+/// The shipped sensor views' snapshots beside the built-in outputs they equal.
+const SENSOR_FILES: [(&str, &str); 2] =
+    [("sensor_window_metrics.jsonl", "windowed_metrics.jsonl"), ("anomaly_alerts.jsonl", "sensor_alerts.jsonl")];
+
+/// Writes the SQL jobs' view files and configs into `dir`: the per-user views, and the
+/// shipped sensor pipeline (`dataflows/sensors.sql`, `configs/sensors.toml`).
+fn write_sql_configs(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::write(dir.join("per_user.sql"), PER_USER_SQL)?;
+    let per_user = dir.join("per_user.toml");
+    std::fs::write(
+        &per_user,
+        "views = [\"per_user.sql\"]\n\
+         dataflows = [\"sql_user_event_counts\", \"sql_event_type_counts\", \"sql_user_activity\"]\n\
+         [inputs.clicks]\nkind = \"file\"\npath = \"clicks.jsonl\"\ncolumns = [\"user_id int\", \"event text\"]\n\
+         [inputs.profiles]\nkind = \"file\"\npath = \"users.jsonl\"\ncolumns = [\"user_id int primary key\", \"name text\", \"email text\"]\n",
+    )?;
+    std::fs::write(dir.join("sensors.sql"), include_str!("../../dataflows/sensors.sql"))?;
+    let sensors = dir.join("sensors.toml");
+    std::fs::write(&sensors, include_str!("../../configs/sensors.toml").replace("../dataflows/sensors.sql", "sensors.sql"))?;
+    Ok((per_user, sensors))
+}
+
 /// Entry point.
 pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.measure.is_empty() {
@@ -138,7 +195,10 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs",
         "job", "plain ev/s", "MiB", "-w 1 ev/s", "MiB", "speed", "mem", "-w 2 ev/s", "MiB", "speed", "mem"
     );
-    let mut jobs: Vec<(String, Vec<String>, Vec<String>, PathBuf)> = Vec::new();
+    // (name, baseline, engine run, output folder, for a SQL job its files' names beside the plain ones)
+    type Job = (String, Vec<String>, Vec<String>, PathBuf, Option<&'static [(&'static str, &'static str)]>);
+    let mut jobs: Vec<Job> = Vec::new();
+    let (per_user, sensors_sql) = write_sql_configs(&dir)?;
     for &users in &args.users {
         let (u, c) = (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")));
         eprintln!("generating {} …", c.display());
@@ -147,8 +207,12 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         let out = dir.join(format!("out-clicks-{users}"));
         let base = vec!["baseline".into(), "clicks".into(), path(&u), path(&c), path(&out.join("plain"))];
         let mut run: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
-        run.extend(["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))]);
-        jobs.push((format!("clicks, {users} users"), base, run, out));
+        let bind = ["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))];
+        run.extend(bind.clone());
+        jobs.push((format!("clicks, {users} users"), base.clone(), run, out.clone(), None));
+        let mut sql = vec!["run".into(), "--config".into(), path(&per_user)];
+        sql.extend(bind.map(|b| b.replace("users=", "profiles=")));
+        jobs.push((format!("clicks as SQL, {users} users"), base, sql, out.join("sql"), Some(&PER_USER_FILES)));
     }
     for &sites in &args.sites {
         // 72 keys (type, location) per site; with 1-minute windows and 30 s of lateness about
@@ -162,11 +226,16 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         let out = dir.join(format!("out-sensors-{sites}"));
         let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
         let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
-        jobs.push((name, base, run, out));
+        jobs.push((name.clone(), base.clone(), run, out.clone(), None));
+        let sql = vec!["run".into(), "--config".into(), path(&sensors_sql), "--input".into(), format!("sensors={}", path(&sensors))];
+        jobs.push((name.replacen("sensors", "sensors as SQL", 1), base, sql, out.join("sql"), Some(&SENSOR_FILES)));
     }
 
-    for (name, base, run, out) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
+    for (name, base, run, out, renames) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
         let plain = measure(&base)?;
+        // (a SQL job's baseline writes beside the built-in job's, in the folder above)
+        let plain_dir =
+            if renames.is_some() { out.parent().expect("a SQL job's folder is in its job's").join("plain") } else { out.join("plain") };
         let mut cells = Vec::new();
         let mut verdict = Ok(());
         for w in [1, 2] {
@@ -183,7 +252,10 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
             ]);
             let m = measure(&a)?;
             if verdict.is_ok() {
-                verdict = same_files(&out.join("plain"), &dir)?;
+                verdict = match renames {
+                    Some(r) => same_rows(&plain_dir, &dir, r)?,
+                    None => same_files(&plain_dir, &dir)?,
+                };
             }
             cells.push(format!(
                 "{:>11.0} {:>9.1} {:>5.2}x {:>5.2}x",
