@@ -80,7 +80,12 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
         let path = base.join(path);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("{}: cannot read it ({e}); fix `views` in the config", path.display()))?;
-        let compiled = dataflows::sql::compile(&text, &mut catalog).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut compiled = dataflows::sql::compile(&text, &mut catalog).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for v in &mut compiled {
+            if let Some(names) = config.keys.get(&v.name) {
+                v.key = declared_key(v, names).map_err(|m| anyhow::anyhow!("{}: `keys.{}`: {m}", config_file(config_path), v.name))?;
+            }
+        }
         for v in &compiled {
             if v.name.parse::<Dataflow>().is_ok() || dataflows::Output::ALL.iter().any(|o| o.as_str() == v.name) {
                 bail!("{}: the view `{}` has the name of a built-in dataflow or output: name it otherwise", path.display(), v.name);
@@ -89,6 +94,10 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
             dataflows::sql::registry::view(&v.name, &columns, &v.key);
         }
         views.extend(compiled);
+    }
+    if let Some(name) = config.keys.keys().find(|k| !views.iter().any(|v| &v.name == *k)) {
+        let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+        bail!("{}: `keys.{name}`: there is no view `{name}`; the views are {}", config_file(config_path), names.join(", "));
     }
     // Each event-time input's lateness rule follows the windows over it.
     let shapes = tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect();
@@ -104,6 +113,25 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
         }
     }
     Ok(Some(runtime::SqlPipeline { tables, views, outputs: Vec::new() }))
+}
+
+fn config_file(path: Option<&std::path::Path>) -> String {
+    path.map_or_else(|| "(no config file)".to_string(), |p| p.display().to_string())
+}
+
+/// The columns of `v` that `names` (a config's `keys` entry) declare as its key.
+fn declared_key(v: &dataflows::sql::View, names: &[String]) -> Result<Vec<usize>, String> {
+    if names.is_empty() {
+        return Err("name at least one column".into());
+    }
+    let columns: Vec<&str> = v.columns.iter().map(|c| c.name.as_str()).collect();
+    names
+        .iter()
+        .map(|n| {
+            let n = n.to_ascii_lowercase();
+            columns.iter().position(|c| *c == n).ok_or_else(|| format!("`{n}` is not a column of `{}` ({})", v.name, columns.join(", ")))
+        })
+        .collect()
 }
 
 /// `diffstream explain`: the compiled views' plans.

@@ -451,3 +451,30 @@ fn the_sensor_dataflow_as_sql_equals_the_hand_built_one() {
         check(&got, "-n 2");
     }
 }
+
+/// A view without GROUP BY takes the key the config declares (`keys`), which `explain` shows
+/// and the sinks use; a key naming no column, or no view, is refused with the file and the fix.
+#[test]
+fn a_declared_key_keys_a_view_without_group_by() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), &inputs(200));
+    let write = |keys: &str| std::fs::write(dir.path().join("keyed.toml"), format!("keys = {{ {keys} }}\n{CONFIG}")).unwrap();
+    write("applications = [\"id\"]");
+    let o = Command::new(bin()).current_dir(dir.path()).args(["explain", "--config", "keyed.toml", "applications"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("keyed by (id);"), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    let got = run(dir.path(), "2", &["--config", "keyed.toml"]);
+    assert!(got["applications"].len() > 100);
+    for (keys, wanted) in [
+        (
+            "applications = [\"nope\"]",
+            "keyed.toml: `keys.applications`: `nope` is not a column of `applications` (id, name, product, quantity)",
+        ),
+        ("missing = [\"id\"]", "keyed.toml: `keys.missing`: there is no view `missing`; the views are applications"),
+    ] {
+        write(keys);
+        let o = Command::new(bin()).current_dir(dir.path()).args(["run", "--config", "keyed.toml", "-q"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(wanted), "{err}");
+    }
+}

@@ -40,6 +40,11 @@ pub struct Config {
     /// config file's folder.
     #[serde(default)]
     pub views: Vec<PathBuf>,
+    /// The columns that key a view's rows in the sinks (`keys = { processed = ["id"] }`),
+    /// for views without GROUP BY, which are otherwise keyed by all their columns. The
+    /// columns must identify a row: Kafka keys and MongoDB `_id`s are made of them.
+    #[serde(default)]
+    pub keys: BTreeMap<String, Vec<String>>,
     /// Workers and batching.
     #[serde(default)]
     pub runtime: RuntimeConfig,
