@@ -1097,6 +1097,9 @@ fn sql_views_from_kafka_into_kafka_and_mongodb_equal_the_offline_run() {
          FROM users u JOIN sql_user_event_counts c ON u.user_id = c.user_id;\n",
     )
     .unwrap();
+    // the shipped sensor pipeline, over the readings topic, with the offline run's lateness
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/sensors.sql");
+    std::fs::copy(shipped, s.dir.path().join("sensors.sql")).unwrap();
     let group = unique("g");
     let input = |kind: &str, columns: &str| {
         format!(
@@ -1108,12 +1111,18 @@ fn sql_views_from_kafka_into_kafka_and_mongodb_equal_the_offline_run() {
     std::fs::write(
         &cfg,
         format!(
-            "views = [\"per_user.sql\"]\ndataflows = [\"sql_user_event_counts\", \"sql_event_type_counts\", \"sql_user_activity\"]\n{}\
-             [kafka]\nbootstrap_servers = \"{}\"\n{}{}[output.kafka]\ntopic_prefix = \"{out}.\"\n[output.mongodb]\ndatabase = \"{database}\"\n",
+            "views = [\"per_user.sql\", \"sensors.sql\"]\n\
+             dataflows = [\"sql_user_event_counts\", \"sql_event_type_counts\", \"sql_user_activity\", \"windowed_metrics\", \"sensor_alerts\"]\n{}\
+             [kafka]\nbootstrap_servers = \"{}\"\n{}{}{}event_time = {{ column = \"timestamp\", allowed_lateness = \"120s\" }}\n\
+             [output.kafka]\ntopic_prefix = \"{out}.\"\n[output.mongodb]\ndatabase = \"{database}\"\n",
             state_dir(s.dir.path(), &group),
             kafka_bootstrap(),
             input("clicks", r#"["user_id int", "event text"]"#),
             input("users", r#"["user_id int primary key", "name text", "email text"]"#),
+            input(
+                "sensors",
+                r#"["sensor_id text", "sensor_type text", "value float", "location text", "timestamp timestamp", "status text"]"#
+            ),
         ),
     )
     .unwrap();
@@ -1124,6 +1133,8 @@ fn sql_views_from_kafka_into_kafka_and_mongodb_equal_the_offline_run() {
         ("sql_user_event_counts", "user_event_counts"),
         ("sql_event_type_counts", "event_type_counts"),
         ("sql_user_activity", "user_activity"),
+        ("windowed_metrics", "sensor_window_metrics"),
+        ("sensor_alerts", "anomaly_alerts"),
     ] {
         let mut want = offline[output].clone();
         want.sort();
