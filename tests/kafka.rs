@@ -132,22 +132,7 @@ fn two_processes_equal_offline_run() {
     let s = setup("n2", &[]);
     let out = unique("n2out");
     let cfg = kafka_config(&s, &unique("g"), &out, "");
-    let hostfile = hostfile(s.dir.path());
-    let children: Vec<_> = (0..2)
-        .map(|p: usize| {
-            Command::new(bin())
-                .args(["run", "--config", cfg.to_str().unwrap(), "-w", "1", "-n", "2", "-p", &p.to_string(), "-h"])
-                .arg(&hostfile)
-                .arg("-q")
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    common::two_processes(s.dir.path(), &["run", "--config", cfg.to_str().unwrap(), "-q"], false);
     assert_topics_equal_offline(&out, &offline(&s));
 }
 

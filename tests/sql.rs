@@ -206,27 +206,7 @@ fn sql_views_on_two_processes_equal_the_plain_recomputation() {
     let dir = tempfile::tempdir().unwrap();
     let lines = inputs(5_000);
     setup(dir.path(), &lines);
-    common::hostfile(dir.path());
-    let children: Vec<_> = (0..2)
-        .map(|p| {
-            let out = format!("cluster{p}");
-            Command::new(bin())
-                .current_dir(dir.path())
-                .args(["run", "--config", "apps.toml", "--output-dir", &out, "-q", "--batch-size", "500"])
-                .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", "hosts.txt"])
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    let mut got = snapshots(&dir.path().join("cluster0"));
-    for rows in got.values_mut() {
-        rows.sort();
-    }
+    let got = common::two_processes(dir.path(), &["run", "--config", "apps.toml", "-q", "--batch-size", "500"], true);
     for (view, rows) in expected(&lines) {
         assert_eq!(got[view], rows, "{view} at -n 2");
     }
@@ -428,26 +408,7 @@ fn the_sensor_dataflow_as_sql_equals_the_hand_built_one() {
         for workers in ["1", "2", "4"] {
             check(&run(d, workers, &["--config", "sensors.toml", "--batch-size", "1000"]), &format!("-w {workers}"));
         }
-        common::hostfile(d);
-        let children: Vec<_> = (0..2)
-            .map(|p| {
-                Command::new(bin())
-                    .current_dir(d)
-                    .args(["run", "--config", "sensors.toml", "--output-dir", &format!("cluster{p}"), "-q", "--batch-size", "1000"])
-                    .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", "hosts.txt"])
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for c in children {
-            let o = c.wait_with_output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        }
-        let mut got = snapshots(&d.join("cluster0"));
-        for rows in got.values_mut() {
-            rows.sort();
-        }
+        let got = common::two_processes(d, &["run", "--config", "sensors.toml", "-q", "--batch-size", "1000"], true);
         check(&got, "-n 2");
     }
 }

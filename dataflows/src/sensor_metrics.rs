@@ -39,9 +39,9 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::OkErr;
 
-use crate::ops::{stash_by_time, stash_containers_by_time, ContainerStash, FastMap, Stash};
+use crate::ops::{stash_by_time, FastMap, Stash};
 use crate::records::{AlertType, AnomalyAlert, DeadLetter, Millis, Raw, Reading, WindowMetric, F64};
-use crate::watermark::{batch_maxima, event_time_max, least, read_maxima, Maxima};
+use crate::watermark::{batch_maxima, event_time_max, judge, least, read_maxima, Maxima};
 use crate::{Coll, Time};
 
 /// Parameters of the sensor dataflow.
@@ -205,58 +205,35 @@ pub fn sensor_metrics<'s>(
     }
     .broadcast();
 
-    let classify_params = params.clone();
-    let classified = readings
-        .inner
-        .binary_frontier(maxima.clone(), Pipeline, Pipeline, "ClassifyLateness", |_cap, _info| {
-            let p = classify_params;
-            let mut pending: ContainerStash<(Reading, Raw)> = BTreeMap::new();
-            let mut maxima = Maxima::default();
-            move |(input, _frontier), (max_input, max_frontier), output| {
-                stash_containers_by_time(input, &mut pending, output.output_index());
-                read_maxima(max_input, &mut maxima, true);
-                // A time can be judged once the maxima of all its batches and of every earlier
-                // one are known: once the maxima's frontier has passed it.
-                let ready = least(max_frontier);
-                while let Some(entry) = pending.first_entry() {
-                    if matches!(ready, Some(r) if *entry.key() >= r) {
-                        break;
-                    }
-                    let (t, (cap, records)) = entry.remove_entry();
-                    let mut session = output.session(&cap);
-                    for ((reading, raw), _, diff) in records.into_iter().flatten() {
-                        let w = maxima.max_before(reading.batch).map(|m| m - p.allowed_lateness_ms);
-                        if p.is_late(reading.timestamp, w) {
-                            let dead = DeadLetter {
-                                input: "sensors".to_string(),
-                                position: reading.position,
-                                reason: "late".to_string(),
-                                raw: raw.bytes,
-                                key: raw.key,
-                            };
-                            session.give((Classified::Late(dead), t, diff));
-                            continue;
-                        }
-                        if let Some(alert_type) = p.alert_type(&reading) {
-                            let alert = AnomalyAlert {
-                                sensor_id: reading.sensor_id.clone(),
-                                sensor_type: reading.sensor_type.clone(),
-                                location: reading.location.clone(),
-                                value: reading.value,
-                                timestamp: reading.timestamp,
-                                alert_type,
-                            };
-                            session.give((Classified::Alert(alert), t, diff));
-                        }
-                        session.give((Classified::Accepted(reading), t, diff));
-                    }
-                }
-                if let Some(r) = ready {
-                    maxima.compact(r.min(pending.keys().next().copied().unwrap_or(r)));
-                }
-            }
-        })
-        .container::<Vec<(Classified, Time, isize)>>();
+    let p = params.clone();
+    let stamp = |(r, _): &(Reading, Raw)| (r.batch, r.timestamp);
+    let slide = params.slide_ms;
+    let oldest_end = move |ts| crate::watermark::final_end(&[slide], ts);
+    let classified = judge(readings, maxima.clone(), stamp, params.allowed_lateness_ms, oldest_end, move |(reading, raw), late, out| {
+        if late {
+            let dead = DeadLetter {
+                input: "sensors".to_string(),
+                position: reading.position,
+                reason: "late".to_string(),
+                raw: raw.bytes,
+                key: raw.key,
+            };
+            out.push(Classified::Late(dead));
+            return;
+        }
+        if let Some(alert_type) = p.alert_type(&reading) {
+            let alert = AnomalyAlert {
+                sensor_id: reading.sensor_id.clone(),
+                sensor_type: reading.sensor_type.clone(),
+                location: reading.location.clone(),
+                value: reading.value,
+                timestamp: reading.timestamp,
+                alert_type,
+            };
+            out.push(Classified::Alert(alert));
+        }
+        out.push(Classified::Accepted(reading));
+    });
     let (accepted, rest) = classified.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(c, t, r)| match c {
         Classified::Accepted(reading) => Ok((reading, t, r)),
         other => Err((other, t, r)),

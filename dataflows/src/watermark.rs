@@ -120,31 +120,35 @@ pub fn final_end(slides: &[i64], ts: Millis) -> Millis {
     slides.iter().map(|s| ts.div_euclid(*s) * s + s).min().unwrap_or(ts.saturating_add(1))
 }
 
-/// Splits `records` into those on time and those late: a record of batch `b` at event time
-/// `ts` (`stamp` gives both) is late when `final_end(ts) ≤ W(b−1)`, `W` the watermark from the
-/// broadcast `maxima` less `lateness_ms`. A time is judged once the maxima of all its batches
-/// are known.
-pub fn classify<'s, D>(
+/// Judges each of `records` once its time's maxima are known: a record of batch `b` at event
+/// time `ts` (`stamp` gives both) is late when `final_end(ts) ≤ W(b−1)`, `W` the watermark from
+/// the broadcast `maxima` less `lateness_ms`. `emit` turns a record and whether it is late into
+/// what goes on (at the record's time, with its diff).
+pub fn judge<'s, D, O>(
     records: Coll<'s, D>,
     maxima: MaximaStream<'s>,
     stamp: impl Fn(&D) -> (u64, Millis) + 'static,
     lateness_ms: Millis,
     final_end: impl Fn(Millis) -> Millis + 'static,
-) -> (Coll<'s, D>, Coll<'s, D>)
+    mut emit: impl FnMut(D, bool, &mut Vec<O>) + 'static,
+) -> timely::dataflow::Stream<'s, Time, Vec<(O, Time, isize)>>
 where
     D: differential_dataflow::Data,
+    O: differential_dataflow::Data,
 {
     use crate::ops::{stash_containers_by_time, ContainerStash};
     use timely::dataflow::operators::generic::operator::Operator;
-    use timely::dataflow::operators::OkErr;
-    let judged = records
+    records
         .inner
         .binary_frontier(maxima, Pipeline, Pipeline, "ClassifyLateness", move |_cap, _info| {
             let mut pending: ContainerStash<D> = BTreeMap::new();
             let mut maxima = Maxima::default();
+            let mut out = Vec::new();
             move |(input, _frontier), (max_input, max_frontier), output| {
                 stash_containers_by_time(input, &mut pending, output.output_index());
                 read_maxima(max_input, &mut maxima, true);
+                // A time can be judged once the maxima of all its batches and of every earlier
+                // one are known: once the maxima's frontier has passed it.
                 let ready = least(max_frontier);
                 while let Some(entry) = pending.first_entry() {
                     if matches!(ready, Some(r) if *entry.key() >= r) {
@@ -155,7 +159,8 @@ where
                     for (d, _, diff) in records.into_iter().flatten() {
                         let (b, ts) = stamp(&d);
                         let late = maxima.max_before(b).is_some_and(|m| final_end(ts) <= m - lateness_ms);
-                        session.give((if late { Err(d) } else { Ok(d) }, t, diff));
+                        emit(d, late, &mut out);
+                        session.give_iterator(out.drain(..).map(|o| (o, t, diff)));
                     }
                 }
                 if let Some(r) = ready {
@@ -163,7 +168,22 @@ where
                 }
             }
         })
-        .container::<Vec<(Result<D, D>, Time, isize)>>();
+        .container::<Vec<(O, Time, isize)>>()
+}
+
+/// [`judge`]d records split into those on time and those late.
+pub fn classify<'s, D>(
+    records: Coll<'s, D>,
+    maxima: MaximaStream<'s>,
+    stamp: impl Fn(&D) -> (u64, Millis) + 'static,
+    lateness_ms: Millis,
+    final_end: impl Fn(Millis) -> Millis + 'static,
+) -> (Coll<'s, D>, Coll<'s, D>)
+where
+    D: differential_dataflow::Data,
+{
+    use timely::dataflow::operators::OkErr;
+    let judged = judge(records, maxima, stamp, lateness_ms, final_end, |d, late, out| out.push(if late { Err(d) } else { Ok(d) }));
     let (on_time, late) = judged.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(d, t, r)| match d {
         Ok(d) => Ok((d, t, r)),
         Err(d) => Err((d, t, r)),

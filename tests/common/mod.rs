@@ -46,6 +46,35 @@ pub fn hostfile(dir: &Path) -> PathBuf {
     path
 }
 
+/// Runs `diffstream ARGS` as a two-process cluster on loopback (`-w 1 -n 2`, a fresh hostfile
+/// in `dir`), process `p` also given `--output-dir cluster<p>` when `outputs`; waits for both,
+/// which must succeed. Returns the first process's sorted snapshots (empty without outputs).
+pub fn two_processes(dir: &Path, args: &[&str], outputs: bool) -> BTreeMap<String, Vec<String>> {
+    let hosts = hostfile(dir);
+    let children: Vec<_> = (0..2)
+        .map(|p: usize| {
+            let mut c = Command::new(bin());
+            c.current_dir(dir).args(args).args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h"]).arg(&hosts);
+            if outputs {
+                c.args(["--output-dir", &format!("cluster{p}")]);
+            }
+            c.stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    if !outputs {
+        return BTreeMap::new();
+    }
+    let mut got = snapshots(&dir.join("cluster0"));
+    for rows in got.values_mut() {
+        rows.sort();
+    }
+    got
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
