@@ -439,3 +439,20 @@ fn a_declared_key_keys_a_view_without_group_by() {
         assert!(!o.status.success() && err.contains(wanted), "{err}");
     }
 }
+
+/// An event time that names no column, or a column that is not a timestamp, is refused with the
+/// file, the key and the fix.
+#[test]
+fn a_bad_event_time_is_refused_with_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sensors.toml")).unwrap();
+    for (column, wanted) in [
+        ("value", "bad.toml: `inputs.sensors.event_time.column`: `value` is float, not a timestamp: declare it \"value timestamp\""),
+        ("nope", "bad.toml: `inputs.sensors.event_time.column`: `nope` is not one of the columns (sensor_id, sensor_type, value, location, timestamp, status)"),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), config.replace("column = \"timestamp\"", &format!("column = \"{column}\""))).unwrap();
+        let o = Command::new(bin()).current_dir(dir.path()).args(["run", "--config", "bad.toml", "-q"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(wanted), "{err}");
+    }
+}
