@@ -99,20 +99,21 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
         let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
         bail!("{}: `keys.{name}`: there is no view `{name}`; the views are {}", config_file(config_path), names.join(", "));
     }
+    let mut sql = runtime::SqlPipeline { tables, views, outputs: Vec::new() };
     // Each event-time input's lateness rule follows the windows over it.
-    let shapes = tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect();
-    let slides = dataflows::sql::render::window_slides(&views, &shapes);
-    let append_only = dataflows::sql::render::append_only_views(&views, &shapes);
-    for v in &views {
+    let shapes = sql.shapes();
+    let slides = dataflows::sql::render::window_slides(&sql.views, &shapes);
+    let append_only = dataflows::sql::render::append_only_views(&sql.views, &shapes);
+    for v in &sql.views {
         let id = dataflows::sql::registry::find_view(&v.name).expect("registered above");
         dataflows::sql::registry::set_append_only(id, append_only.contains(&v.name));
     }
-    for t in &mut tables {
+    for t in &mut sql.tables {
         if let (Some(e), Some(s)) = (&mut t.event_time, slides.get(t.name.as_str())) {
             e.slides = s.clone();
         }
     }
-    Ok(Some(runtime::SqlPipeline { tables, views, outputs: Vec::new() }))
+    Ok(Some(sql))
 }
 
 fn config_file(path: Option<&std::path::Path>) -> String {
@@ -164,8 +165,7 @@ pub fn explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
             crate::config::Duration::from_millis(e.max_future_ms),
         )?;
     }
-    let shapes = sql.tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect();
-    let notes = dataflows::sql::render::physical_notes(&sql.views, &shapes);
+    let notes = dataflows::sql::render::physical_notes(&sql.views, &sql.shapes());
     for v in sql.views.iter().filter(|v| args.views.is_empty() || args.views.contains(&v.name)) {
         let columns: Vec<String> = v.columns.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
         let key: Vec<&str> = v.key.iter().map(|&k| v.columns[k].name.as_str()).collect();

@@ -187,6 +187,13 @@ pub struct SqlTable {
     pub event_time: Option<EventTime>,
 }
 
+impl SqlPipeline {
+    /// What the SQL planner knows of each input, by name.
+    pub fn shapes(&self) -> BTreeMap<String, dataflows::sql::render::Shape> {
+        self.tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect()
+    }
+}
+
 impl SqlTable {
     /// What the SQL planner knows of its rows.
     pub fn shape(&self) -> dataflows::sql::render::Shape {

@@ -185,12 +185,12 @@ fn keep_extreme(m: &mut Option<Value>, v: &Value, min: bool) {
 }
 
 fn count_value(values: &mut BTreeMap<Value, i64>, v: Value, n: i64) {
-    use std::collections::btree_map::Entry;
+    use std::collections::btree_map::Entry as ValueEntry;
     match values.entry(v) {
-        Entry::Vacant(e) => {
+        ValueEntry::Vacant(e) => {
             e.insert(n);
         }
-        Entry::Occupied(mut e) => {
+        ValueEntry::Occupied(mut e) => {
             *e.get_mut() += n;
             if *e.get() == 0 {
                 e.remove();
@@ -239,12 +239,14 @@ pub fn reduce<'s>(
         })
         .container::<Vec<_>>();
     let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
-    let mut state = State { spec, groups: FastMap::default(), pending: Stash::new(), by_end: BTreeMap::new(), maxima: Maxima::default() };
+    let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
+    let mut state =
+        State { spec, windowed, groups: FastMap::default(), pending: Stash::new(), by_end: BTreeMap::new(), maxima: Maxima::default() };
     let out = match retire {
         None => partial.unary_frontier(exchange, "Reduce", move |_cap, _info| {
             move |(input, frontier), output| {
                 stash_by_time(input, &mut state.pending, output.output_index());
-                for (cap, updates) in state.apply(least(frontier), None) {
+                for (cap, updates) in state.apply(least(frontier)) {
                     output.session(&cap).give_iterator(updates.into_iter());
                 }
             }
@@ -257,7 +259,7 @@ pub fn reduce<'s>(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                for (cap, updates) in state.apply(done, Some((r.column, r.to_end, r.lateness_ms))) {
+                for (cap, updates) in state.apply(done) {
                     output.session(&cap).give_iterator(updates.into_iter());
                 }
             }
@@ -269,6 +271,8 @@ pub fn reduce<'s>(
 /// The reduce's state on one worker.
 struct State {
     spec: Aggregates,
+    /// windowed: the key column bounding the window, what to add for its end, the lateness
+    windowed: Option<(usize, i64, Millis)>,
     groups: FastMap<SqlRow, Group>,
     pending: Stash<(SqlRow, Group)>,
     /// windowed: the keys of open windows by their end
@@ -281,13 +285,9 @@ struct State {
 type Updates = Vec<((SqlRow, Result<SqlRow, String>), Time, isize)>;
 
 impl State {
-    /// Applies every pending time below `done` (all, when `None`), in order; windowed
-    /// (`(key column, to end, lateness)`), then drops the windows the watermark made final.
-    fn apply(
-        &mut self,
-        done: Option<Time>,
-        windowed: Option<(usize, i64, Millis)>,
-    ) -> Vec<(timely::dataflow::operators::Capability<Time>, Updates)> {
+    /// Applies every pending time below `done` (all, when `None`), in order; windowed, then drops the windows the watermark made final.
+    fn apply(&mut self, done: Option<Time>) -> Vec<(timely::dataflow::operators::Capability<Time>, Updates)> {
+        let windowed = self.windowed;
         let mut out = Vec::new();
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");

@@ -300,15 +300,8 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
         Plan::Window { input, time, size, slide } => {
             let (time, size, slide) = (*time, *size, *slide);
             plan(input, view, reads, errors).flat_map(move |row| {
-                let t = match row[time] {
-                    Value::Timestamp(t) => Some(t),
-                    _ => None,
-                };
-                // the windows [s, s + size) holding t, s a multiple of slide
-                let last = t.map(|t| t.div_euclid(slide) * slide);
-                let starts = last.into_iter().flat_map(move |last| (0..size / slide).map(move |i| last - i * slide));
-                starts
-                    .map(move |s| row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect::<SqlRow>())
+                window_starts(&row[time], size, slide)
+                    .map(|s| row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect::<SqlRow>())
                     .collect::<Vec<_>>()
             })
         }
@@ -386,13 +379,12 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
                 Plan::Window { input, time, size, slide } => {
                     let (time, size, slide) = (*time, *size, *slide);
                     plan(input, view, reads, errors).flat_map(move |mut row| {
-                        let Value::Timestamp(t) = row[time] else { return Vec::new() };
+                        let starts: Vec<i64> = window_starts(&row[time], size, slide).collect();
                         let n = row.len();
                         row.extend([Value::Null, Value::Null]);
-                        let last = t.div_euclid(slide) * slide;
-                        (0..size / slide)
-                            .map(|i| {
-                                let s = last - i * slide;
+                        starts
+                            .into_iter()
+                            .map(|s| {
                                 row[n] = Value::Timestamp(s);
                                 row[n + 1] = Value::Timestamp(s + size);
                                 group(&row).map_err(|e| (e, row.clone()))
@@ -416,6 +408,16 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
+}
+
+/// The starts of the windows `[s, s + size)` holding timestamp `t` (`s` a multiple of
+/// `slide`), latest first; none for a NULL time.
+fn window_starts(t: &Value, size: i64, slide: i64) -> impl Iterator<Item = i64> {
+    let last = match t {
+        Value::Timestamp(t) => Some(t.div_euclid(slide) * slide),
+        _ => None,
+    };
+    last.into_iter().flat_map(move |last| (0..size / slide).map(move |i| last - i * slide))
 }
 
 /// Constant rows by their join key (a NULL key matches nothing); `None` when a key expression
