@@ -50,6 +50,12 @@ pub enum Command {
     /// Example: diffstream explain --config configs/applications.toml applications_per_product
     #[command(disable_help_flag = true)]
     Explain(ExplainArgs),
+    /// Show an output of a running engine (started with --http): its current rows, one JSON
+    /// object a line, then with --follow every change as it happens.
+    ///
+    /// Example: diffstream inspect user_event_counts --key 42 --follow
+    #[command(disable_help_flag = true)]
+    Inspect(InspectArgs),
     /// Show each Kafka input's partitions: committed offset, where the input began, end offset and lag.
     #[command(disable_help_flag = true)]
     Offsets(OffsetsArgs),
@@ -111,6 +117,14 @@ pub struct RunArgs {
     /// No status line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Serve the dashboard, the outputs' current rows, their changes (Server-Sent Events) and
+    /// Prometheus metrics over HTTP at this address, e.g. 127.0.0.1:9898 (`:0` picks a port;
+    /// default: the config's [http] listen, else off). Only loopback unless --http-allow-remote.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Let --http bind an address other machines can reach (the server has no authentication).
+    #[arg(long)]
+    pub http_allow_remote: bool,
     #[command(flatten)]
     pub timely: TimelyArgs,
 }
@@ -176,6 +190,12 @@ pub struct DemoArgs {
     /// Print the status line instead of the live view.
     #[arg(long)]
     pub plain: bool,
+    /// Where the dashboard is served (a free port if this one is taken).
+    #[arg(long, value_name = "HOST:PORT", default_value = crate::http::DEFAULT_ADDR)]
+    pub http: String,
+    /// Serve no dashboard.
+    #[arg(long)]
+    pub no_http: bool,
     #[command(flatten)]
     pub timely: TimelyArgs,
 }
@@ -186,6 +206,27 @@ pub struct OffsetsArgs {
     /// The run's config file.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+}
+
+/// `diffstream inspect`
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The output (default: list every output with its row count and changes/s).
+    #[arg(value_name = "OUTPUT")]
+    pub output: Option<String>,
+    /// Only this key's rows: the key's value (`42`, `alice`) or a JSON object of its fields.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// After the current rows, print every change, `{"time","diff","row"}`, until the run
+    /// ends or Ctrl-C.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow, also print `{"progress": T}` when times up to T are complete.
+    #[arg(long)]
+    pub progress: bool,
+    /// The engine's --http address.
+    #[arg(long, value_name = "HOST:PORT", default_value = crate::http::DEFAULT_ADDR)]
+    pub connect: String,
 }
 
 /// `diffstream explain`

@@ -11,6 +11,7 @@ use dataflows::{Dataflow, InputName};
 
 use crate::cli::{DemoArgs, GenArgs, RunArgs, TimelyArgs};
 use crate::config::{Config, InputConfig};
+use crate::http::HttpOptions;
 use crate::runtime::{self, Cluster, Display, KafkaOutputPlan, Plan, Report};
 use crate::sources::generator::GeneratorSpec;
 use crate::sources::InputSpec;
@@ -191,8 +192,16 @@ pub fn explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
 /// streams nor rate-limited and a per-user dataflow runs.
 pub const RECORDS_PER_TIME: u64 = 100_000;
 
+/// A resolved command line: the plan the runtime executes, and the observers to attach.
+pub struct Launch {
+    /// what to run
+    pub plan: Plan,
+    /// serve HTTP (on the first process) while it runs
+    pub http: Option<HttpOptions>,
+}
+
 /// Resolves `diffstream run` into a plan.
-pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
+pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
     let (config, file) = match &args.config {
         Some(path) => (Config::load(path)?, path.display().to_string()),
         None => (Config::default(), "(no config file)".to_string()),
@@ -282,7 +291,17 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         None if paced || !per_user => 1,
         None => (RECORDS_PER_TIME / batch_size as u64).max(1),
     };
-    Ok(Plan {
+    let http = match (&args.http, &config.http.listen) {
+        (Some(listen), _) => Some(HttpOptions { listen: listen.clone(), allow_remote: args.http_allow_remote }),
+        (None, Some(listen)) => {
+            Some(HttpOptions { listen: listen.clone(), allow_remote: args.http_allow_remote || config.http.allow_remote })
+        }
+        (None, None) => None,
+    };
+    if let Some(h) = &http {
+        h.resolve().with_context(|| format!("the HTTP server of {file}"))?;
+    }
+    let plan = Plan {
         sql,
         params: config.params(&file)?,
         inputs: specs,
@@ -304,7 +323,9 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Plan> {
         // its input again from where it began, at the bound times)
         checkpoint_interval: Some(config.runtime.checkpoint_interval.std()).filter(|d| !d.is_zero() && config.views.is_empty()),
         replay_on_restart: config.runtime.restart == crate::config::Restart::Replay,
-    })
+        observe_changes: http.is_some(),
+    };
+    Ok(Launch { plan, http })
 }
 
 /// Where a streaming run keeps its state: `[runtime] state_dir`, or the user's state directory
@@ -339,7 +360,7 @@ fn kafka_output(config: &Config, inputs: &BTreeMap<InputName, InputConfig>) -> O
 }
 
 /// Resolves `diffstream demo` into a plan.
-pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
+pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
     let file = "configs/demo.toml (embedded)";
     let config = Config::parse(DEMO_CONFIG, file)?;
     if !(args.rate > 0.0) {
@@ -355,7 +376,8 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
             Ok((name, spec))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Plan {
+    let http = (!args.no_http).then(|| HttpOptions { listen: args.http.clone(), allow_remote: false });
+    let plan = Plan {
         sql: None,
         dataflows: dataflows(&config.dataflows, file)?,
         inputs,
@@ -376,14 +398,41 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Plan> {
         state_topic: None,
         checkpoint_interval: None,
         replay_on_restart: false,
-    })
+        observe_changes: http.is_some(),
+    };
+    Ok(Launch { plan, http })
 }
 
-/// Runs a plan and prints its summary.
-pub fn execute(plan: Plan) -> anyhow::Result<()> {
+/// Runs a plan with its observers and prints its summary.
+pub fn execute(launch: Launch) -> anyhow::Result<()> {
+    let Launch { plan, http } = launch;
     let quiet = plan.display == Display::Quiet;
-    let observer = (!quiet).then(|| Box::new(crate::status::Monitor::new(&plan)) as Box<dyn runtime::Observer>);
-    if let Some(report) = runtime::run_with(plan, Default::default(), observer)? {
+    let counters = std::sync::Arc::new(runtime::Counters::default());
+    // The server runs on the first process; the others send it their rows through the dataflow.
+    let server = match http.filter(|_| plan.cluster.process == 0) {
+        Some(options) => {
+            let start = |o: &HttpOptions| crate::http::start(o, &plan, counters.clone());
+            let server = match start(&options) {
+                Ok(s) => s,
+                // The demo's default port may be taken: any free one will do.
+                Err(e) if options.listen == crate::http::DEFAULT_ADDR => {
+                    tracing::warn!("{e:#}; serving on a free port instead");
+                    start(&HttpOptions { listen: "127.0.0.1:0".into(), allow_remote: false })?
+                }
+                Err(e) => return Err(e),
+            };
+            eprintln!("dashboard: http://{}/  (rows: /outputs, changes: /outputs/NAME/subscribe, metrics: /metrics)", server.addr);
+            Some(server)
+        }
+        None => None,
+    };
+    let dashboard = server.as_ref().map(|s| format!("http://{}/", s.addr));
+    let monitor = (!quiet).then(|| Box::new(crate::status::Monitor::new(&plan, dashboard)) as Box<dyn runtime::Observer>);
+    let observer = match server {
+        Some(s) => Some(Box::new(s.observer.wrapping(monitor)) as Box<dyn runtime::Observer>),
+        None => monitor,
+    };
+    if let Some(report) = runtime::run_with(plan, counters, observer)? {
         if !quiet {
             print_report(&report);
         }

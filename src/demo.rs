@@ -29,18 +29,22 @@ const VIEWS: [(&str, &str, &[&str], usize); 6] = [
 pub struct LiveView {
     outputs: Vec<Output>,
     out_dir: String,
+    dashboard: Option<String>,
 }
 
 impl LiveView {
-    /// A view of `plan`'s outputs.
-    pub fn new(plan: &Plan) -> Self {
-        LiveView { outputs: plan.outputs(), out_dir: crate::commands::describe_dir(plan.output_dir.as_deref()) }
+    /// A view of `plan`'s outputs, naming the dashboard's address when one is served.
+    pub fn new(plan: &Plan, dashboard: Option<String>) -> Self {
+        LiveView { outputs: plan.outputs(), out_dir: crate::commands::describe_dir(plan.output_dir.as_deref()), dashboard }
     }
 
     /// Redraws the screen.
     pub fn draw(&self, sink: &JsonlSink, status: &str, done: bool) {
         let mut screen = String::from("\x1b[H\x1b[2J");
         let _ = writeln!(screen, "diffstream demo — exact, incremental outputs (Ctrl-C stops; files in {})", self.out_dir);
+        if let Some(d) = &self.dashboard {
+            let _ = writeln!(screen, "dashboard: {d}");
+        }
         let _ = writeln!(screen, "{status}\n");
         for (name, sort, cols, top) in VIEWS {
             let Ok(o) = name.parse::<Output>() else { continue };

@@ -8,6 +8,8 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod http;
+pub mod inspect;
 pub mod reference;
 pub mod runtime;
 pub mod sinks;

@@ -22,6 +22,7 @@ fn main() {
         Command::Demo(args) => commands::plan_demo(args).and_then(commands::execute),
         Command::Gen(args) => commands::gen(args),
         Command::Explain(args) => diffstream::commands::explain(args),
+        Command::Inspect(args) => diffstream::inspect::main(args),
         Command::Offsets(args) => diffstream::sources::kafka::print_offsets(&args.config),
         Command::Bench(args) => bench::main(args),
     };

@@ -31,8 +31,8 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor for `plan`, whose run starts now.
-    pub fn new(plan: &Plan) -> Self {
+    /// A monitor for `plan`, whose run starts now (the live view names `dashboard`).
+    pub fn new(plan: &Plan, dashboard: Option<String>) -> Self {
         let start = Instant::now();
         Monitor {
             display: plan.display,
@@ -43,7 +43,7 @@ impl Monitor {
             last_counts: vec![0; dataflows::InputName::MAX],
             ticks: 0,
             inputs: plan.inputs.keys().copied().filter(|i| plan.needs(*i)).collect(),
-            live: crate::demo::LiveView::new(plan),
+            live: crate::demo::LiveView::new(plan, dashboard),
             kafka: plan.kafka_output.is_some(),
             mongo: plan.mongodb_output.is_some(),
         }

@@ -60,6 +60,21 @@ pub struct Config {
     /// How to reach Kafka, for Kafka inputs and outputs.
     #[serde(default)]
     pub kafka: kafka::KafkaConnection,
+    /// The HTTP server (dashboard, current rows, subscriptions, metrics).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the engine's HTTP server, on the first process. `--http` wins.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve on, e.g. `"127.0.0.1:9898"`. Default: no server.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Allow an address other machines can reach (the server has no authentication). Default false.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// `[runtime]`

@@ -37,7 +37,7 @@ use crate::sinks::jsonl::runs::{Merged, Runs};
 use crate::sinks::jsonl::{self, JsonlSink, SnapshotRow};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongodb::MongoSink;
-use crate::sinks::{self, Fanout, Route, SharedSink, Tally, TallySink};
+use crate::sinks::{self, Fanout, Route, SharedSink, Sink, Tally, TallySink};
 use crate::sources::{InputSpec, Record, Source};
 
 fn now_ms() -> Time {
@@ -160,6 +160,10 @@ pub struct Plan {
     pub checkpoint_interval: Option<Duration>,
     /// a restart ignores checkpoints and reads every input from where it began
     pub replay_on_restart: bool,
+    /// every output change also reaches the first worker of all, for the observer's
+    /// [`Observer::changes`] sink there (the HTTP server's current rows and subscriptions);
+    /// every process's plan must say the same
+    pub observe_changes: bool,
 }
 
 /// The SQL views of a plan: the columns of the inputs they read, every compiled view (in the
@@ -264,6 +268,7 @@ impl Plan {
             state_topic: None,
             checkpoint_interval: None,
             replay_on_restart: false,
+            observe_changes: false,
         }
     }
 
@@ -569,6 +574,13 @@ pub struct Tick<'a> {
 pub trait Observer: Send {
     /// See [`Tick`].
     fn tick(&mut self, tick: &Tick<'_>);
+    /// With [`Plan::observe_changes`], the sink the first worker applies every output's changes
+    /// of the whole cluster to, a complete time at a time, in time order (they reach it through
+    /// the dataflow, routed like change files). Asked once, before the dataflow is built. The
+    /// sink holds its times' acknowledgement like any sink, so it must not wait on anyone.
+    fn changes(&mut self) -> Option<Box<dyn Sink>> {
+        None
+    }
 }
 
 /// Runs a plan to its end. Returns the first worker's report in the first process, `None`
@@ -702,6 +714,12 @@ fn run_worker(
         let written = if streaming { sink.written_through()?.max(checkpointed) } else { None };
         by_key.push(external(sink, resume(written)));
     }
+    // The observer's view of every change: on the first worker, an empty sink elsewhere (every
+    // worker builds the same operators).
+    let observed: Option<SharedSink> = plan.observe_changes.then(|| match observer.as_mut().and_then(|o| o.changes()) {
+        Some(s) => Rc::new(RefCell::new(s)) as SharedSink,
+        None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
+    });
     let first_sink: Option<SharedSink> = gather.then(|| match &jsonl {
         Some(s) => s.clone() as SharedSink,
         None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
@@ -811,6 +829,9 @@ fn run_worker(
         let all = differential_dataflow::collection::concatenate(scope, all);
         let probe = ProbeHandle::new();
         if let Some(s) = first_sink {
+            sinks::attach(all.clone(), s, Route::ToFirst, &probe);
+        }
+        if let Some(s) = observed {
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
         }
         sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);

@@ -49,6 +49,21 @@ pub trait Sink {
     fn advance(&mut self, _frontier: Option<Time>) {}
 }
 
+impl Sink for Box<dyn Sink> {
+    fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
+        (**self).apply(time, updates);
+    }
+    fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
+        (**self).apply_owned(time, updates);
+    }
+    fn unacknowledged(&mut self) -> Option<Time> {
+        (**self).unacknowledged()
+    }
+    fn advance(&mut self, frontier: Option<Time>) {
+        (**self).advance(frontier);
+    }
+}
+
 /// Several sinks as one: each gets every time (the last one owns the rows); a time is
 /// acknowledged when all have it.
 pub struct Fanout(pub Vec<SharedSink>);

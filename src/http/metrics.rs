@@ -1,0 +1,135 @@
+//! `GET /metrics`: the run's figures as Prometheus (OpenMetrics) text, through the
+//! `prometheus-client` crate. The registry is built anew from the current figures at each
+//! scrape (they live in the run's counters and the store, not in metric objects).
+//!
+//! Whose figures: rows, changes and dead letters are the whole cluster's (they reach the store
+//! through the dataflow); records in, decode errors and the sinks' health are this process's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::store::Store;
+use super::Live;
+
+type Labels = Vec<(String, String)>;
+
+fn label(name: &str, value: impl ToString) -> Labels {
+    vec![(name.to_string(), value.to_string())]
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn counters(registry: &mut Registry, name: &str, help: &str, values: impl IntoIterator<Item = (Labels, u64)>) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).inc_by(v);
+    }
+    registry.register(name, help, family);
+}
+
+fn gauges(registry: &mut Registry, name: &str, help: &str, values: impl IntoIterator<Item = (Labels, i64)>) {
+    let family = Family::<Labels, Gauge>::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).set(v);
+    }
+    registry.register(name, help, family);
+}
+
+/// The process's resident memory in bytes (Linux), 0 where unknown.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// The current figures, encoded.
+pub fn encode_text(store: &Store, live: &Live) -> String {
+    let mut r = Registry::default();
+    let c = &live.counters;
+    let counts = c.snapshot();
+    counters(
+        &mut r,
+        "diffstream_records_in",
+        "Records read, per input (this process)",
+        live.inputs.iter().map(|i| (label("input", i), counts[i.index()])),
+    );
+    counter(&mut r, "diffstream_decode_errors", "Records that failed to decode (this process)", c.decode_errors.load(Ordering::Relaxed));
+    {
+        let state = store.lock();
+        counters(
+            &mut r,
+            "diffstream_dead_letters",
+            "Dead letters by the kind of their reason (the whole cluster)",
+            state.dead_letters.iter().map(|(k, n)| (label("reason", k), *n)),
+        );
+        gauges(
+            &mut r,
+            "diffstream_output_rows",
+            "Current rows per output (append-only outputs: rows so far; the whole cluster)",
+            state.outputs.iter().map(|o| (label("output", o.output), o.count)),
+        );
+        counters(
+            &mut r,
+            "diffstream_output_changes",
+            "Updates applied per output (the whole cluster)",
+            state.outputs.iter().map(|o| (label("output", o.output), o.changes)),
+        );
+        let time = live.time.load(Ordering::Relaxed) as i64;
+        let closed = state.closed.map_or(-1, |t| t as i64);
+        gauge(&mut r, "diffstream_logical_time", "The first worker's logical time", time);
+        gauge(&mut r, "diffstream_closed_time", "Every logical time up to this one is complete in every output (-1: none yet)", closed);
+        gauge(&mut r, "diffstream_times_in_flight", "Logical times begun but not yet complete", (time - closed - 1).max(0));
+    }
+    let wm = live.watermark.load(Ordering::Relaxed);
+    if wm != i64::MIN {
+        gauges(
+            &mut r,
+            "diffstream_watermark_milliseconds",
+            "The watermark (greatest event time less the allowed lateness), ms since the epoch",
+            [(label("input", "sensors"), wm)],
+        );
+    }
+    let health: Vec<_> = [&c.kafka, &c.mongo].into_iter().filter(|h| live.sinks.contains(&h.sink)).collect();
+    counters(
+        &mut r,
+        "diffstream_sink_retries",
+        "Writes retried by the external sinks (this process)",
+        health.iter().map(|h| (label("sink", h.sink), h.retries.load(Ordering::Relaxed))),
+    );
+    counters(
+        &mut r,
+        "diffstream_sink_rejected",
+        "Documents an external sink rejected for good (this process)",
+        health.iter().map(|h| (label("sink", h.sink), h.rejected.load(Ordering::Relaxed))),
+    );
+    gauges(
+        &mut r,
+        "diffstream_sink_trouble_seconds",
+        "How long an external sink has been failing or waiting (0: healthy)",
+        health.iter().map(|h| (label("sink", h.sink), h.status().map_or(0, |(d, _)| d.as_secs() as i64))),
+    );
+    gauge(&mut r, "diffstream_subscribers", "Clients following an output now", live.subscribers.load(Ordering::Relaxed) as i64);
+    gauge(&mut r, "process_resident_memory_bytes", "Resident memory of this process", resident_bytes() as i64);
+    let uptime: Gauge<f64, AtomicU64> = Gauge::default();
+    uptime.set(live.started.elapsed().as_secs_f64());
+    r.register("diffstream_uptime_seconds", "Seconds since the run began", uptime);
+    let mut out = String::new();
+    encode(&mut out, &r).expect("metrics encode into a string");
+    out
+}

@@ -1,0 +1,351 @@
+//! The engine's HTTP server: an observer the commands attach (`--http ADDR`, or `[http]` in the
+//! config), on the first process only; the other processes' rows reach it through the
+//! dataflow ([`crate::runtime::Plan::observe_changes`]).
+//!
+//! - `GET /` — the dashboard (one page in the binary, charts drawn as SVG, no CDN)
+//! - `GET /outputs` — every output: rows, last time it changed, changes/s
+//! - `GET /outputs/NAME[?key=K]` — the current rows (all, or one key's) at the time it names
+//! - `GET /outputs/NAME/subscribe` — Server-Sent Events: a `snapshot` at a closed time, then
+//!   every later `change` (`{time, diff, row}`) in time order and a `progress` event as times
+//!   close; a client that falls behind gets `dropped` and is cut off
+//! - `GET /status` — the run's counters as JSON, for the dashboard's charts
+//! - `GET /metrics` — Prometheus (OpenMetrics) text
+//!
+//! Requests are served on threads of their own (at most [`MAX_CLIENTS`] at once); nothing the
+//! server does waits on the dataflow, and the dataflow never waits on a client.
+
+pub mod metrics;
+pub mod store;
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::runtime::{Counters, Observer, Plan, Tick};
+use crate::sinks::Sink;
+use store::{Store, StoreSink};
+
+/// Requests served at once; more are answered 503.
+pub const MAX_CLIENTS: usize = 64;
+
+/// The default address of `--http` and `diffstream inspect`.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9898";
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Where the server listens.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// the address (`127.0.0.1:0` picks a free port)
+    pub listen: String,
+    /// allow an address other than loopback
+    pub allow_remote: bool,
+}
+
+impl HttpOptions {
+    /// The address to bind, refusing one beyond this machine unless asked explicitly.
+    pub fn resolve(&self) -> anyhow::Result<SocketAddr> {
+        let addr = self
+            .listen
+            .to_socket_addrs()
+            .with_context(|| format!("--http {}: not an address to listen on; write host:port, e.g. {DEFAULT_ADDR}", self.listen))?
+            .next()
+            .with_context(|| format!("--http {}: the name resolves to no address", self.listen))?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            bail!(
+                "--http {}: that address is reachable from other machines, and the server has no authentication; \
+                 bind loopback ({DEFAULT_ADDR}) and tunnel to it, or pass --http-allow-remote (`allow_remote = true` \
+                 under [http]) to serve it anyway",
+                self.listen
+            );
+        }
+        Ok(addr)
+    }
+}
+
+/// What the first worker reports to the server at each look-up from its work.
+#[derive(Debug)]
+pub struct Live {
+    /// the first worker's logical time
+    pub time: AtomicU64,
+    /// the sensor watermark (`i64::MIN`: none yet)
+    pub watermark: AtomicI64,
+    /// the run's counters (this process's)
+    pub counters: Arc<Counters>,
+    /// when the run began
+    pub started: Instant,
+    /// subscribers connected now
+    pub subscribers: AtomicUsize,
+    /// the inputs the run reads
+    pub inputs: Vec<dataflows::InputName>,
+    /// the external sinks the run writes to: `kafka`, `mongodb`
+    pub sinks: Vec<&'static str>,
+}
+
+/// The observer that feeds the server: it keeps the [`Store`] (through [`Observer::changes`])
+/// and the [`Live`] figures, and hands every tick on to the observer it wraps (the status line).
+pub struct HttpObserver {
+    store: Arc<Store>,
+    live: Arc<Live>,
+    inner: Option<Box<dyn Observer>>,
+}
+
+impl Observer for HttpObserver {
+    fn tick(&mut self, tick: &Tick<'_>) {
+        self.live.time.store(tick.time, Ordering::Relaxed);
+        self.live.watermark.store(tick.watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
+        if let Some(o) = &mut self.inner {
+            o.tick(tick);
+        }
+    }
+    fn changes(&mut self) -> Option<Box<dyn Sink>> {
+        Some(Box::new(StoreSink(self.store.clone())))
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// where it listens
+    pub addr: SocketAddr,
+    /// the observer to attach to the run
+    pub observer: HttpObserver,
+}
+
+impl HttpObserver {
+    /// The observer, also handing every tick to `inner`.
+    pub fn wrapping(mut self, inner: Option<Box<dyn Observer>>) -> Self {
+        self.inner = inner;
+        self
+    }
+}
+
+/// Starts the server at `options` for a run of `plan` that counts into `counters`.
+pub fn start(options: &HttpOptions, plan: &Plan, counters: Arc<Counters>) -> anyhow::Result<Server> {
+    let addr = options.resolve()?;
+    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("--http {addr}: cannot listen there: {e}"))?;
+    let addr = server.server_addr().to_ip().context("the HTTP server listens on an IP address")?;
+    let store = Arc::new(Store::new(&plan.outputs()));
+    let sinks = [("kafka", plan.kafka_output.is_some()), ("mongodb", plan.mongodb_output.is_some())];
+    let live = Arc::new(Live {
+        time: AtomicU64::new(0),
+        watermark: AtomicI64::new(i64::MIN),
+        counters,
+        started: Instant::now(),
+        subscribers: AtomicUsize::new(0),
+        inputs: plan.inputs.keys().copied().filter(|i| plan.needs(*i)).collect(),
+        sinks: sinks.into_iter().filter(|(_, on)| *on).map(|(s, _)| s).collect(),
+    });
+    let (s, l) = (store.clone(), live.clone());
+    std::thread::Builder::new().name("http".into()).spawn(move || serve(server, s, l)).context("starting the HTTP thread")?;
+    Ok(Server { addr, observer: HttpObserver { store, live, inner: None } })
+}
+
+fn serve(server: tiny_http::Server, store: Arc<Store>, live: Arc<Live>) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    for request in server.incoming_requests() {
+        if busy.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            let _ = request.respond(json_response(503, error_json("too many clients at once; try again")));
+            continue;
+        }
+        busy.fetch_add(1, Ordering::Relaxed);
+        let (store, live, busy) = (store.clone(), live.clone(), busy.clone());
+        let spawned = std::thread::Builder::new().name("http-client".into()).spawn(move || {
+            handle(request, &store, &live);
+            busy.fetch_sub(1, Ordering::Relaxed);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("the HTTP server could not start a thread for a request: {e}");
+        }
+    }
+}
+
+type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+}
+
+fn response(status: u16, content_type: &str, body: String) -> Response {
+    tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", content_type))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    response(status, "application/json", body)
+}
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+fn handle(request: tiny_http::Request, store: &Store, live: &Live) {
+    if request.method() != &tiny_http::Method::Get {
+        let _ = request.respond(json_response(405, error_json("only GET is served")));
+        return;
+    }
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let param = |name: &str| {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
+        })
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let reply = match segments.as_slice() {
+        [] => response(200, "text/html; charset=utf-8", DASHBOARD.to_string()),
+        ["outputs"] => json_response(200, outputs_json(store)),
+        ["outputs", name] => match rows_json(store, name, param("key").as_deref()) {
+            Ok(body) => json_response(200, body),
+            Err(e) => json_response(404, error_json(&e)),
+        },
+        ["outputs", name, "subscribe"] => return subscribe(request, store, live, name, param("key").as_deref()),
+        ["status"] => json_response(200, status_json(store, live)),
+        ["metrics"] => response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics::encode_text(store, live)),
+        _ => json_response(
+            404,
+            error_json("not found; the server has /, /outputs, /outputs/NAME[?key=K], /outputs/NAME/subscribe, /status and /metrics"),
+        ),
+    };
+    let _ = request.respond(reply);
+}
+
+fn unknown_in(name: &str, state: &store::State) -> String {
+    let names: Vec<String> = state.outputs.iter().map(|o| o.output.to_string()).collect();
+    format!("no output `{name}` in this run; it has {}", names.join(", "))
+}
+
+fn outputs_json(store: &Store) -> String {
+    let state = store.lock();
+    let outputs: Vec<serde_json::Value> = state
+        .outputs
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "name": o.output.as_str(),
+                "rows": o.count,
+                "append_only": o.append_only,
+                "changes": o.changes,
+                "last_time": o.last_time,
+                "changes_per_sec": (o.changes_per_sec() * 10.0).round() / 10.0,
+            })
+        })
+        .collect();
+    serde_json::json!({ "time": state.closed, "done": state.done, "outputs": outputs }).to_string()
+}
+
+/// The output called `name` and a `?key=` as its key's JSON.
+fn find(state: &store::State, name: &str, key: Option<&str>) -> Result<(usize, Option<String>), String> {
+    let i = state.outputs.iter().position(|o| o.output.as_str() == name).ok_or_else(|| unknown_in(name, state))?;
+    let key = match (key, state.outputs[i].some_key()) {
+        (None, _) => None,
+        (Some(k), Some(sample)) => Some(normalize_key(k, sample)?),
+        // No row yet to learn the key's fields from: a JSON object is taken as it is.
+        (Some(k), None) => match serde_json::from_str::<serde_json::Value>(k) {
+            Ok(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
+            _ => return Err(format!("?key={k}: `{name}` has no rows yet to learn its key fields from; give the key as a JSON object")),
+        },
+    };
+    Ok((i, key))
+}
+
+/// The rows of `name` (only `key`'s, with one) at the last closed time.
+fn rows_json(store: &Store, name: &str, key: Option<&str>) -> Result<String, String> {
+    let state = store.lock();
+    let (i, key) = find(&state, name, key)?;
+    Ok(store::snapshot_json(&state.outputs[i], state.closed, key.as_deref()))
+}
+
+/// A `?key=` as the output's key JSON, in the field order of `sample` (a key of the output):
+/// a JSON object of the key fields, or for a one-field key just the value (`42`, `alice`).
+fn normalize_key(given: &str, sample: &str) -> Result<String, String> {
+    let sample: serde_json::Map<String, serde_json::Value> = serde_json::from_str(sample).map_err(|e| e.to_string())?;
+    let fields: Vec<&String> = sample.keys().collect();
+    let parsed: Option<serde_json::Value> = serde_json::from_str(given).ok();
+    let object = match parsed {
+        Some(serde_json::Value::Object(m)) => m,
+        other if fields.len() == 1 => {
+            // `42` is the number if the key's field holds numbers, else the text `42`
+            let value = match (other, &sample[fields[0]]) {
+                (Some(v @ serde_json::Value::Number(_)), serde_json::Value::Number(_)) => v,
+                (Some(v @ serde_json::Value::Bool(_)), serde_json::Value::Bool(_)) => v,
+                _ => serde_json::Value::String(given.to_string()),
+            };
+            std::iter::once((fields[0].clone(), value)).collect()
+        }
+        _ => {
+            return Err(format!(
+                "?key={given}: this output's key has the fields {}; give them as a JSON object, e.g. ?key={}",
+                fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "),
+                serde_json::Value::Object(sample.clone())
+            ))
+        }
+    };
+    let mut ordered = serde_json::Map::new();
+    for f in &fields {
+        let v = object.get(*f).ok_or_else(|| format!("?key={given}: the key field `{f}` is missing"))?;
+        ordered.insert((*f).clone(), v.clone());
+    }
+    Ok(serde_json::Value::Object(ordered).to_string())
+}
+
+fn status_json(store: &Store, live: &Live) -> String {
+    let counts = live.counters.snapshot();
+    let inputs: serde_json::Map<String, serde_json::Value> =
+        live.inputs.iter().map(|i| (i.to_string(), counts[i.index()].into())).collect();
+    let state = store.lock();
+    let wm = live.watermark.load(Ordering::Relaxed);
+    serde_json::json!({
+        "uptime_secs": live.started.elapsed().as_secs_f64(),
+        "time": live.time.load(Ordering::Relaxed),
+        "closed": state.closed,
+        "done": state.done,
+        "watermark": (wm != i64::MIN).then(|| crate::codec::format_time(wm)),
+        "records_in": inputs,
+        "decode_errors": live.counters.decode_errors.load(Ordering::Relaxed),
+        "dead_letters": state.dead_letters,
+        "resident_bytes": metrics::resident_bytes(),
+    })
+    .to_string()
+}
+
+/// Serves `GET /outputs/NAME/subscribe` on this thread until the client leaves, is dropped, or
+/// the run ends.
+fn subscribe(request: tiny_http::Request, store: &Store, live: &Live, name: &str, key: Option<&str>) {
+    let sub = {
+        let mut state = store.lock();
+        find(&state, name, key).map(|(i, key)| {
+            let output = state.outputs[i].output;
+            store.subscribe(&mut state, output, key).expect("the output is in the store")
+        })
+    };
+    let sub = match sub {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = request.respond(json_response(404, error_json(&e)));
+            return;
+        }
+    };
+    live.subscribers.fetch_add(1, Ordering::Relaxed);
+    let mut w = request.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+    let mut ok = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+    while ok {
+        match sub.take(Duration::from_secs(15)) {
+            Some(events) if events.is_empty() => ok = w.write_all(b": keep-alive\n\n").and_then(|_| w.flush()).is_ok(),
+            Some(events) => {
+                let ended = events.last().is_some_and(|e| e.starts_with("event: end") || e.starts_with("event: dropped"));
+                ok = events.iter().try_for_each(|e| w.write_all(e.as_bytes())).and_then(|_| w.flush()).is_ok() && !ended;
+            }
+            None => break,
+        }
+    }
+    sub.close();
+    live.subscribers.fetch_sub(1, Ordering::Relaxed);
+}
