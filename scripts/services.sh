@@ -2,7 +2,8 @@
 # Installs and starts the stand-in services the tests use, on loopback, when the environment
 # does not already name real ones:
 #   Kafka protocol: Tansu (crates.io `tansu`), when KAFKA_BOOTSTRAP is unset;
-#   MongoDB wire:   SecantusDB (PyPI `SecantusDB`), when MONGODB_URI is unset.
+#   MongoDB wire:   SecantusDB (PyPI `SecantusDB`), when MONGODB_URI is unset;
+#   a browser:      Debian's `chromium`, for the dashboard test, when missing.
 # Installs are cached under $DIFFSTREAM_TOOLS (default ~/.cache/diffstream/tools) and skipped
 # when present. Users with Docker get the real Apache Kafka and MongoDB from docker-compose.yml.
 #
@@ -24,6 +25,13 @@ log() { echo "services: $*" >&2; }
 
 install() {
   mkdir -p "$TOOLS"
+  if ! command -v chromium >/dev/null 2>&1; then
+    # the dashboard test loads the page in it, headless
+    log "installing chromium (Debian's package; about 1 min)"
+    if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo -n"; fi
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >&2 \
+      || log "could not install chromium; the dashboard test will fail until \`apt-get install chromium\` is run"
+  fi
   if [[ ! -x "$TANSU" ]]; then
     # also when KAFKA_BOOTSTRAP names a real broker: the frozen-broker test freezes one of its own
     log "installing tansu $TANSU_VERSION (a Kafka-protocol broker; 13-16 min on 2 cores, cached afterwards)"

@@ -125,6 +125,9 @@ pub struct RunArgs {
     /// Let --http bind an address other machines can reach (the server has no authentication).
     #[arg(long)]
     pub http_allow_remote: bool,
+    /// With --http, keep serving the final rows this many seconds after the run ends (Ctrl-C stops).
+    #[arg(long, value_name = "SECS")]
+    pub http_linger: Option<f64>,
     #[command(flatten)]
     pub timely: TimelyArgs,
 }
@@ -196,6 +199,9 @@ pub struct DemoArgs {
     /// Serve no dashboard.
     #[arg(long)]
     pub no_http: bool,
+    /// Keep serving the dashboard this many seconds after the demo ends (Ctrl-C stops).
+    #[arg(long, value_name = "SECS")]
+    pub http_linger: Option<f64>,
     #[command(flatten)]
     pub timely: TimelyArgs,
 }

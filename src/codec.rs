@@ -18,7 +18,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 use dataflows::records::{
     AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, User, UserActivity, UserEventCount, WindowMetric, F64,
 };
-use dataflows::Row;
+use dataflows::{Output, Row};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -407,6 +407,22 @@ impl OutputRow for Row {
     fn row(&self) -> String {
         self.encoded().row()
     }
+}
+
+/// The fields of `output`'s key, in the order its key JSON has them (an alert's key is the
+/// whole row).
+pub fn key_fields(output: Output) -> Vec<String> {
+    let names: &[&str] = match output {
+        Output::UserEventCounts | Output::UserActivity => &["user_id"],
+        Output::EventTypeCounts => &["event"],
+        Output::SensorWindowMetrics => &["sensor_type", "location", "window_start"],
+        Output::AnomalyAlerts => &["sensor_id", "sensor_type", "location", "value", "timestamp", "alert_type"],
+        Output::DeadLetters => &["input", "position"],
+        Output::View(i) => {
+            return dataflows::sql::registry::with_view(i, |v| v.key.iter().map(|&k| v.columns[k].0.to_string()).collect());
+        }
+    };
+    names.iter().map(|s| s.to_string()).collect()
 }
 
 /// Calls `each` with every field of `row` that holds a time (an RFC 3339 string in its JSON)

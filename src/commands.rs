@@ -198,6 +198,8 @@ pub struct Launch {
     pub plan: Plan,
     /// serve HTTP (on the first process) while it runs
     pub http: Option<HttpOptions>,
+    /// and this long after it ended
+    pub linger: Option<Duration>,
 }
 
 /// Resolves `diffstream run` into a plan.
@@ -325,7 +327,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         replay_on_restart: config.runtime.restart == crate::config::Restart::Replay,
         observe_changes: http.is_some(),
     };
-    Ok(Launch { plan, http })
+    Ok(Launch { plan, http, linger: args.http_linger.map(Duration::from_secs_f64) })
 }
 
 /// Where a streaming run keeps its state: `[runtime] state_dir`, or the user's state directory
@@ -400,12 +402,12 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
         replay_on_restart: false,
         observe_changes: http.is_some(),
     };
-    Ok(Launch { plan, http })
+    Ok(Launch { plan, http, linger: args.http_linger.map(Duration::from_secs_f64) })
 }
 
 /// Runs a plan with its observers and prints its summary.
 pub fn execute(launch: Launch) -> anyhow::Result<()> {
-    let Launch { plan, http } = launch;
+    let Launch { plan, http, linger } = launch;
     let quiet = plan.display == Display::Quiet;
     let counters = std::sync::Arc::new(runtime::Counters::default());
     // The server runs on the first process; the others send it their rows through the dataflow.
@@ -426,8 +428,9 @@ pub fn execute(launch: Launch) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let dashboard = server.as_ref().map(|s| format!("http://{}/", s.addr));
-    let monitor = (!quiet).then(|| Box::new(crate::status::Monitor::new(&plan, dashboard)) as Box<dyn runtime::Observer>);
+    let dashboard = server.as_ref().map(|s| (s.addr, s.observer.store()));
+    let address = dashboard.as_ref().map(|(a, _)| format!("http://{a}/"));
+    let monitor = (!quiet).then(|| Box::new(crate::status::Monitor::new(&plan, address)) as Box<dyn runtime::Observer>);
     let observer = match server {
         Some(s) => Some(Box::new(s.observer.wrapping(monitor)) as Box<dyn runtime::Observer>),
         None => monitor,
@@ -435,6 +438,17 @@ pub fn execute(launch: Launch) -> anyhow::Result<()> {
     if let Some(report) = runtime::run_with(plan, counters, observer)? {
         if !quiet {
             print_report(&report);
+        }
+    }
+    // The server says so once the outputs are written.
+    if let Some((_, store)) = &dashboard {
+        store.lock().finished = true;
+    }
+    if let (Some((addr, _)), Some(linger)) = (dashboard, linger) {
+        eprintln!("the run ended; serving its final rows at http://{addr}/ for {:.0} s (Ctrl-C stops)", linger.as_secs_f64());
+        let until = Instant::now() + linger;
+        while Instant::now() < until && !runtime::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     Ok(())

@@ -107,6 +107,13 @@ impl Observer for HttpObserver {
     }
 }
 
+impl HttpObserver {
+    /// The store it keeps.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+}
+
 /// A running server.
 pub struct Server {
     /// where it listens
@@ -237,21 +244,13 @@ fn outputs_json(store: &Store) -> String {
             })
         })
         .collect();
-    serde_json::json!({ "time": state.closed, "done": state.done, "outputs": outputs }).to_string()
+    serde_json::json!({ "time": state.closed, "done": state.finished, "outputs": outputs }).to_string()
 }
 
-/// The output called `name` and a `?key=` as its key's JSON.
-fn find(state: &store::State, name: &str, key: Option<&str>) -> Result<(usize, Option<String>), String> {
+/// The output called `name` and a `?key=` as its key's JSON spellings.
+fn find(state: &store::State, name: &str, key: Option<&str>) -> Result<(usize, Option<Vec<String>>), String> {
     let i = state.outputs.iter().position(|o| o.output.as_str() == name).ok_or_else(|| unknown_in(name, state))?;
-    let key = match (key, state.outputs[i].some_key()) {
-        (None, _) => None,
-        (Some(k), Some(sample)) => Some(normalize_key(k, sample)?),
-        // No row yet to learn the key's fields from: a JSON object is taken as it is.
-        (Some(k), None) => match serde_json::from_str::<serde_json::Value>(k) {
-            Ok(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
-            _ => return Err(format!("?key={k}: `{name}` has no rows yet to learn its key fields from; give the key as a JSON object")),
-        },
-    };
+    let key = key.map(|k| key_spellings(k, &crate::codec::key_fields(state.outputs[i].output))).transpose()?;
     Ok((i, key))
 }
 
@@ -262,37 +261,33 @@ fn rows_json(store: &Store, name: &str, key: Option<&str>) -> Result<String, Str
     Ok(store::snapshot_json(&state.outputs[i], state.closed, key.as_deref()))
 }
 
-/// A `?key=` as the output's key JSON, in the field order of `sample` (a key of the output):
-/// a JSON object of the key fields, or for a one-field key just the value (`42`, `alice`).
-fn normalize_key(given: &str, sample: &str) -> Result<String, String> {
-    let sample: serde_json::Map<String, serde_json::Value> = serde_json::from_str(sample).map_err(|e| e.to_string())?;
-    let fields: Vec<&String> = sample.keys().collect();
-    let parsed: Option<serde_json::Value> = serde_json::from_str(given).ok();
-    let object = match parsed {
-        Some(serde_json::Value::Object(m)) => m,
-        other if fields.len() == 1 => {
-            // `42` is the number if the key's field holds numbers, else the text `42`
-            let value = match (other, &sample[fields[0]]) {
-                (Some(v @ serde_json::Value::Number(_)), serde_json::Value::Number(_)) => v,
-                (Some(v @ serde_json::Value::Bool(_)), serde_json::Value::Bool(_)) => v,
-                _ => serde_json::Value::String(given.to_string()),
-            };
-            std::iter::once((fields[0].clone(), value)).collect()
+/// A `?key=` as the key JSON it may stand for, fields in the output's order: a JSON object of
+/// the key `fields`, or for a one-field key just the value — `42` may be the number or the
+/// text, `alice` is the text.
+fn key_spellings(given: &str, fields: &[String]) -> Result<Vec<String>, String> {
+    let object = |pairs: Vec<(String, serde_json::Value)>| serde_json::Value::Object(pairs.into_iter().collect()).to_string();
+    match serde_json::from_str::<serde_json::Value>(given) {
+        Ok(serde_json::Value::Object(m)) => {
+            let pairs = fields
+                .iter()
+                .map(|f| m.get(f).map(|v| (f.clone(), v.clone())).ok_or_else(|| format!("?key={given}: the key field `{f}` is missing")))
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(vec![object(pairs)])
         }
-        _ => {
-            return Err(format!(
-                "?key={given}: this output's key has the fields {}; give them as a JSON object, e.g. ?key={}",
-                fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "),
-                serde_json::Value::Object(sample.clone())
-            ))
+        parsed if fields.len() == 1 => {
+            let f = &fields[0];
+            let mut out = vec![object(vec![(f.clone(), serde_json::Value::String(given.to_string()))])];
+            if let Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) = parsed {
+                out.push(object(vec![(f.clone(), v)]));
+            }
+            Ok(out)
         }
-    };
-    let mut ordered = serde_json::Map::new();
-    for f in &fields {
-        let v = object.get(*f).ok_or_else(|| format!("?key={given}: the key field `{f}` is missing"))?;
-        ordered.insert((*f).clone(), v.clone());
+        _ => Err(format!(
+            "?key={given}: this output's key has the fields {}; give them as a JSON object, e.g. ?key={{\"{}\":…}}",
+            fields.join(", "),
+            fields.join("\":…,\"")
+        )),
     }
-    Ok(serde_json::Value::Object(ordered).to_string())
 }
 
 fn status_json(store: &Store, live: &Live) -> String {
@@ -305,7 +300,7 @@ fn status_json(store: &Store, live: &Live) -> String {
         "uptime_secs": live.started.elapsed().as_secs_f64(),
         "time": live.time.load(Ordering::Relaxed),
         "closed": state.closed,
-        "done": state.done,
+        "done": state.finished,
         "watermark": (wm != i64::MIN).then(|| crate::codec::format_time(wm)),
         "records_in": inputs,
         "decode_errors": live.counters.decode_errors.load(Ordering::Relaxed),

@@ -40,8 +40,12 @@ pub struct State {
     pub outputs: Vec<OutputState>,
     /// every time up to this one is complete (`None`: none yet)
     pub closed: Option<Time>,
-    /// the run has ended: nothing will change any more
+    /// the dataflow has ended: nothing will change any more
     pub done: bool,
+    /// the run has ended and written its outputs
+    pub finished: bool,
+    /// the last time a progress event announced
+    announced: Option<Time>,
     /// dead letters by the kind of their reason (`wrong_type`, `late`, …), the whole cluster's
     pub dead_letters: BTreeMap<String, u64>,
     subscribers: Vec<Arc<Subscriber>>,
@@ -95,23 +99,18 @@ impl OutputState {
     }
 
     /// The current rows as JSON objects (of an append-only output: the latest ones), sorted by
-    /// key; with `key`, only that key's.
-    pub fn rows(&self, key: Option<&str>) -> Vec<&str> {
+    /// key; with `key`, only the rows of those keys (the spellings one key may have).
+    pub fn rows(&self, key: Option<&[String]>) -> Vec<&str> {
         if self.append_only {
-            return self.tail.iter().filter(|(k, _)| key.is_none_or(|want| k == want)).map(|(_, r)| r.as_str()).collect();
+            return self.tail.iter().filter(|(k, _)| key.is_none_or(|want| want.contains(k))).map(|(_, r)| r.as_str()).collect();
         }
         fn rows(rs: &[(String, isize)]) -> impl Iterator<Item = &str> {
             rs.iter().flat_map(|(r, n)| std::iter::repeat_n(r.as_str(), (*n).max(0) as usize))
         }
         match key {
-            Some(k) => self.rows.get(k).map(|rs| rows(rs).collect()).unwrap_or_default(),
+            Some(ks) => ks.iter().filter_map(|k| self.rows.get(k)).flat_map(|rs| rows(rs)).collect(),
             None => self.rows.values().flat_map(|rs| rows(rs)).collect(),
         }
-    }
-
-    /// Some key of the output (its fields are those of every key).
-    pub fn some_key(&self) -> Option<&str> {
-        self.rows.keys().next().or_else(|| self.tail.front().map(|(k, _)| k)).map(String::as_str)
     }
 
     fn apply(&mut self, time: Time, changes: &[(String, String, isize)]) {
@@ -149,8 +148,8 @@ impl OutputState {
 /// One client following one output.
 pub struct Subscriber {
     output: Output,
-    /// only this key's changes (its JSON)
-    key: Option<String>,
+    /// only this key's changes (its JSON spellings)
+    key: Option<Vec<String>>,
     queue: Mutex<Queue>,
     ready: Condvar,
 }
@@ -233,7 +232,7 @@ impl Store {
     /// Follows `output` (only `key`'s rows, with one: the key's JSON): its first event is the
     /// snapshot at the last closed time, then every change after it in time order, and a
     /// progress event as times close.
-    pub fn subscribe(&self, state: &mut MutexGuard<'_, State>, output: Output, key: Option<String>) -> Option<Arc<Subscriber>> {
+    pub fn subscribe(&self, state: &mut MutexGuard<'_, State>, output: Output, key: Option<Vec<String>>) -> Option<Arc<Subscriber>> {
         let o = state.outputs.iter().find(|o| o.output == output)?;
         let snapshot = snapshot_json(o, state.closed, key.as_deref());
         let sub = Arc::new(Subscriber { output, key, queue: Mutex::default(), ready: Condvar::new() });
@@ -248,7 +247,7 @@ impl Store {
 }
 
 /// `{"output", "time", "rows"}` of `o` (only `key`'s rows, with one).
-pub fn snapshot_json(o: &OutputState, closed: Option<Time>, key: Option<&str>) -> String {
+pub fn snapshot_json(o: &OutputState, closed: Option<Time>, key: Option<&[String]>) -> String {
     let rows = o.rows(key);
     let mut s = String::with_capacity(64 + rows.iter().map(|r| r.len() + 1).sum::<usize>());
     s.push_str(&format!("{{\"output\":\"{}\",\"time\":{},\"count\":{},\"rows\":[", o.output, json_time(closed), o.count));
@@ -299,6 +298,8 @@ impl Sink for StoreSink {
             })
             .collect();
         let mut state = self.0.lock();
+        // A time is applied once it is complete: the rows are now those at `time`.
+        state.closed = state.closed.max(Some(time));
         for (kind, n) in dead {
             *state.dead_letters.entry(kind).or_default() += n;
         }
@@ -310,7 +311,7 @@ impl Sink for StoreSink {
         for sub in &state.subscribers {
             if let Some((_, evs)) = events.iter().find(|(o, _)| *o == sub.output) {
                 for (key, e) in evs {
-                    if sub.key.as_deref().is_none_or(|k| k == *key) {
+                    if sub.key.as_ref().is_none_or(|k| k.iter().any(|k| k == key)) {
                         sub.push(e.clone());
                     }
                 }
@@ -325,10 +326,11 @@ impl Sink for StoreSink {
             Some(f) => f.checked_sub(1),
             None => state.closed.max(state.outputs.iter().filter_map(|o| o.last_time).max()),
         };
-        if closed <= state.closed && frontier.is_some() {
+        state.closed = state.closed.max(closed);
+        let closed = state.closed;
+        if closed <= state.announced && frontier.is_some() {
             return;
         }
-        state.closed = closed;
         let due = state.changed_since_progress || state.last_progress.is_none_or(|t| t.elapsed() >= QUIET_PROGRESS);
         if frontier.is_none() && !state.done {
             state.done = true;
@@ -346,6 +348,7 @@ impl Sink for StoreSink {
             }
             state.changed_since_progress = false;
             state.last_progress = Some(Instant::now());
+            state.announced = closed;
         }
     }
 }
