@@ -8,3 +8,13 @@ db2.sensor_window_metrics.createIndex({ window_start: 1 });
 db2.anomaly_alerts.createIndex({ timestamp: 1 });
 db2.anomaly_alerts.createIndex({ sensor_id: 1, timestamp: 1 });
 db2.anomaly_alerts.createIndex({ alert_type: 1, timestamp: 1 });
+
+// The IoT pipeline's names, which configs/docker.toml writes the sensor outputs under.
+const iot = db.getSiblingDB("iot_analytics");
+for (const c of ["windowed_metrics", "anomaly_alerts"]) {
+  iot.createCollection(c);
+}
+iot.windowed_metrics.createIndex({ sensor_type: 1, location: 1 });
+iot.windowed_metrics.createIndex({ window_start: 1 });
+iot.anomaly_alerts.createIndex({ timestamp: 1 });
+iot.anomaly_alerts.createIndex({ sensor_id: 1, timestamp: 1 });

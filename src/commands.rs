@@ -303,6 +303,17 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
     if let Some(h) = &http {
         h.resolve().with_context(|| format!("the HTTP server of {file}"))?;
     }
+    if let Some(names) = config.output.mongodb.as_ref().and_then(|m| m.outputs.as_ref()) {
+        let known: Vec<String> = selected
+            .iter()
+            .flat_map(|d| d.outputs().iter().map(|o| o.to_string()))
+            .chain(sql.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_string())))
+            .chain(std::iter::once(dataflows::Output::DeadLetters.to_string()))
+            .collect();
+        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+            bail!("{file}: output.mongodb.outputs names `{bad}`, which this run does not write; its outputs are {}", known.join(", "));
+        }
+    }
     let plan = Plan {
         sql,
         params: config.params(&file)?,

@@ -81,6 +81,21 @@ fn compose_and_docker_config_agree() {
     for output in dataflows::Output::ALL.map(dataflows::Output::as_str) {
         assert!(init_js.contains(&format!("\"{output}\"")), "mongo-init.js does not create `{output}`");
     }
+    // The sensor outputs go to MongoDB under the IoT pipeline's names, from both processes.
+    let mongo = config.output.mongodb.as_ref().expect("docker.toml writes to MongoDB");
+    assert_eq!(mongo.database, "iot_analytics");
+    assert_eq!(mongo.collection("sensor_window_metrics"), "windowed_metrics");
+    assert_eq!(mongo.collection("anomaly_alerts"), "anomaly_alerts");
+    assert!(mongo.writes("sensor_window_metrics") && mongo.writes("anomaly_alerts") && !mongo.writes("user_activity"));
+    assert!(init_js.contains("getSiblingDB(\"iot_analytics\")") && init_js.contains("\"windowed_metrics\""));
+    for host in ["diffstream-0", "diffstream-1"] {
+        let uri = text(&services[host]["environment"][mongo.uri_env.as_str()]);
+        assert!(uri.starts_with("mongodb://mongodb:27017"), "{host} reaches the compose MongoDB, not {uri:?}");
+    }
+    // The dashboard: served by the first process, published on the host's loopback.
+    let listen = config.http.listen.clone().expect("docker.toml serves the dashboard");
+    let port = listen.rsplit(':').next().unwrap();
+    assert!(text(&services["diffstream-0"]["ports"]).contains(&format!("127.0.0.1:{port}:{port}")), "diffstream-0 publishes :{port}");
     let volumes = text(&services["mongodb"]["volumes"]);
     assert!(volumes.contains("./docker/mongo-init.js:/docker-entrypoint-initdb.d/"));
 }

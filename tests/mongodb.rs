@@ -33,6 +33,7 @@ fn config(database: &str) -> MongoOutput {
         database: database.to_string(),
         collections: BTreeMap::new(),
         indexes: None,
+        outputs: None,
         batch_size: 100,
         max_flush_interval: diffstream::config::Duration::from_millis(0),
     }
@@ -94,6 +95,47 @@ fn collections_equal_the_snapshots() {
     assert!(alert.get_datetime("timestamp").is_ok(), "an alert's timestamp is a BSON date: {alert}");
     let indexes = db.collection::<Document>("anomaly_alerts").list_index_names().run().unwrap();
     assert!(indexes.len() >= 4, "the alert indexes exist: {indexes:?}");
+}
+
+#[test]
+fn only_the_chosen_outputs_go_to_their_collections() {
+    // What configs/docker.toml does: the sensor outputs, under the IoT pipeline's names.
+    let dir = tempfile::tempdir().unwrap();
+    let database = unique("chosen").replace('-', "_");
+    let mut args: Vec<String> = vec!["run".into(), "user_event_counts".into(), "sensor_metrics".into()];
+    for (kind, count) in [("clicks", "500"), ("sensors", "2000")] {
+        let path = dir.path().join(format!("{kind}.jsonl"));
+        std::fs::write(&path, diffstream(&["gen", kind, "--count", count, "--seed", "4"]).stdout).unwrap();
+        args.extend(["--input".into(), format!("{kind}={}", path.display())]);
+    }
+    let cfg = dir.path().join("mongo.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[output.mongodb]\ndatabase = \"{database}\"\noutputs = [\"sensor_window_metrics\", \"anomaly_alerts\"]\n\
+             collections = {{ sensor_window_metrics = \"windowed_metrics\" }}\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    args.extend(["--config".into(), cfg.display().to_string(), "--output-dir".into(), out.display().to_string(), "-q".into()]);
+    diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let snap = snapshots(&out);
+    let db = mongodb::sync::Client::with_uri_str(uri()).unwrap().database(&database);
+    let mut want: Vec<serde_json::Value> = snap["sensor_window_metrics"].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(rows(&db, "windowed_metrics"), want);
+    assert_eq!(rows(&db, "anomaly_alerts").len(), snap["anomaly_alerts"].len());
+    let names = db.list_collection_names().run().unwrap();
+    assert!(!names.iter().any(|n| n == "user_event_counts" || n == "sensor_window_metrics"), "{names:?}");
+
+    // A name the run does not write is refused with the file and the key.
+    std::fs::write(&cfg, "[output.mongodb]\noutputs = [\"windowed_metrics\"]\n").unwrap();
+    args.truncate(args.len() - 5);
+    args.extend(["--config".into(), cfg.display().to_string(), "-q".into()]);
+    let refused = std::process::Command::new(bin()).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("mongo.toml") && err.contains("output.mongodb.outputs"), "{err}");
 }
 
 /// A `user_event_counts` row.

@@ -43,6 +43,7 @@ pub fn main(uri: &str, docs: u64) -> anyhow::Result<()> {
         database: database.clone(),
         collections: [("user_event_counts".to_string(), "sink".to_string())].into_iter().collect(),
         indexes: None,
+        outputs: None,
         batch_size: 1000,
         max_flush_interval: crate::config::Duration::from_millis(0),
     };

@@ -299,6 +299,9 @@ pub struct MongoOutput {
     /// Collection per output name, where it differs from the output's name.
     #[serde(default)]
     pub collections: BTreeMap<String, String>,
+    /// Only these outputs (names). Default: every output of the run.
+    #[serde(default)]
+    pub outputs: Option<Vec<String>>,
     /// Indexes per output name, each a list of fields (ascending). Default: what the IoT
     /// dashboards filter on — `anomaly_alerts`: timestamp, sensor_id+timestamp,
     /// alert_type+timestamp; `sensor_window_metrics`: sensor_type+location, window_start.
@@ -329,6 +332,10 @@ fn default_batch() -> usize {
 }
 
 impl MongoOutput {
+    /// Whether the output is written to MongoDB.
+    pub fn writes(&self, output: &str) -> bool {
+        self.outputs.as_ref().is_none_or(|o| o.iter().any(|x| x == output))
+    }
     /// The collection of an output.
     pub fn collection(&self, output: &str) -> String {
         self.collections.get(output).cloned().unwrap_or_else(|| output.to_string())

@@ -57,6 +57,8 @@ struct Job {
 /// Keeps every output in MongoDB.
 pub struct MongoSink {
     config: MongoOutput,
+    /// the outputs it writes (`[output.mongodb] outputs`, else all)
+    outputs: Vec<Output>,
     jobs: Sender<Job>,
     /// times sent and not yet written, with when they were first sent
     pending: Arc<Mutex<BTreeMap<Time, std::time::Instant>>>,
@@ -113,7 +115,8 @@ impl MongoSink {
         let client = mongodb::sync::Client::with_uri_str(&uri)
             .map_err(|e| anyhow::anyhow!("connecting to MongoDB (URI from ${}): {}", config.uri_env, e.kind))?;
         let db = client.database(&config.database);
-        for &o in outputs {
+        let outputs: Vec<Output> = outputs.iter().copied().filter(|o| config.writes(o.as_str())).collect();
+        for &o in &outputs {
             let name = o.as_str();
             let coll = db.collection::<Document>(&config.collection(name));
             for fields in config.indexes_of(name) {
@@ -158,6 +161,7 @@ impl MongoSink {
         })?;
         Ok(MongoSink {
             config: config.clone(),
+            outputs,
             jobs,
             pending,
             worker,
@@ -275,7 +279,7 @@ impl Sink for MongoSink {
         }
         // Times arrive in order, so a later change of a key replaces an earlier one.
         let mut after: FastMap<(Output, String), (Row, bool)> = FastMap::default();
-        for (row, diff) in updates {
+        for (row, diff) in updates.iter().filter(|(r, _)| self.outputs.contains(&r.output())) {
             match after.entry((row.output(), row.key())) {
                 Entry::Occupied(mut e) if *diff > 0 => *e.get_mut() = (row.clone(), true),
                 Entry::Occupied(_) => {}
