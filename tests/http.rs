@@ -481,3 +481,36 @@ fn the_first_process_serves_the_whole_cluster() {
     // Both processes' shares, through the dataflow.
     assert_eq!(rows(&get_json(&engine.addr, "/outputs/user_event_counts")), counts(&input));
 }
+
+#[test]
+fn metrics_show_each_kafka_partitions_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = common::kafka_bootstrap();
+    let topic = common::unique("lag") + ".clicks";
+    common::create_topics(std::slice::from_ref(&topic), 2);
+    common::diffstream(&["gen", "clicks", "--count", "400", "--to", "kafka", "--topic", &topic, "--bootstrap", &bootstrap]);
+    let state = dir.path().join("state");
+    let cfg = format!(
+        "dataflows = [\"user_event_counts\"]\n[runtime]\nstate_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+         [inputs.clicks]\nkind = \"kafka\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\nstop_when_idle = \"4s\"\n",
+        state.display(),
+        common::unique("g")
+    );
+    std::fs::write(dir.path().join("kafka.toml"), cfg).unwrap();
+    let engine = start(dir.path(), &["run", "--config", "kafka.toml", "--http", "127.0.0.1:0", "--http-linger", "60"]);
+    let started = Instant::now();
+    let lag = loop {
+        let metrics = parse_prometheus(&get(&engine.addr, "/metrics").1);
+        let lag: Vec<f64> = (0..2)
+            .filter_map(|p| metrics.get(&format!("diffstream_kafka_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}}")).copied())
+            .collect();
+        if metrics.get("diffstream_records_in_total{input=\"clicks\"}") == Some(&400.0) && lag.len() == 2 && lag.iter().all(|l| *l <= 1.0) {
+            break lag;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no lag of 0 for both partitions in 60 s:\n{metrics:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // Everything read is committed once written: nothing left (Tansu's end offset is the last
+    // record rather than one past it, hence at most 1).
+    assert!(lag.iter().all(|l| (0.0..=1.0).contains(l)), "{lag:?}");
+}

@@ -105,6 +105,15 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
             [(label("input", "sensors"), wm)],
         );
     }
+    let lag = crate::sources::kafka::lag();
+    if !lag.is_empty() {
+        gauges(
+            &mut r,
+            "diffstream_kafka_consumer_lag",
+            "Records in a partition past the group's committed offset (this process's partitions, librdkafka statistics every second)",
+            lag.into_iter().map(|((t, p), n)| (vec![("topic".to_string(), t), ("partition".to_string(), p.to_string())], n)),
+        );
+    }
     let health: Vec<_> = [&c.kafka, &c.mongo].into_iter().filter(|h| live.sinks.contains(&h.sink)).collect();
     counters(
         &mut r,

@@ -76,9 +76,38 @@ struct Parked {
     key: Option<Vec<u8>>,
 }
 
+/// Each partition's consumer lag (its end offset less the group's committed offset) as the
+/// consumers' librdkafka statistics last reported it, every second: for `/metrics`. One
+/// process's consumers report their own partitions.
+pub static LAG: std::sync::Mutex<BTreeMap<(String, i32), i64>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The partitions' lag, by (topic, partition).
+pub fn lag() -> BTreeMap<(String, i32), i64> {
+    LAG.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// The consumers' context: it keeps [`LAG`] from librdkafka's statistics.
+pub struct LagContext;
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut lag) = LAG.lock() else { return };
+        for (name, topic) in statistics.topics {
+            for (p, part) in topic.partitions {
+                // (-1 is librdkafka's internal partition; a lag of -1 is not known yet)
+                if p >= 0 && part.consumer_lag >= 0 {
+                    lag.insert((name.clone(), p), part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
 /// One worker's share of a Kafka input.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LagContext>,
     /// commits where the input began, under `<group_id>.start`
     starts: BaseConsumer,
     parts: Vec<Part>,
@@ -107,7 +136,10 @@ impl KafkaSource {
             // the worker polls without waiting, so a broker that holds fetches (Tansu holds
             // them for the whole wait) would only add latency
             .set("fetch.wait.max.ms", "10");
-        let consumer: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
+        config.set("statistics.interval.ms", "1000");
+        let consumer: BaseConsumer<LagContext> =
+            config.create_with_context(LagContext).map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
+        config.set("statistics.interval.ms", "0");
         config.set("group.id", format!("{}.start", input.group_id));
         let starts: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
 
@@ -339,8 +371,8 @@ impl KafkaSource {
 }
 
 /// A group's committed offsets for `query`, by (topic, partition).
-fn committed_offsets(
-    consumer: &BaseConsumer,
+fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     query: &TopicPartitionList,
     group: &str,
 ) -> io::Result<std::collections::HashMap<(String, i32), i64>> {
