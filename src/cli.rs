@@ -285,6 +285,10 @@ pub struct BenchArgs {
     /// documents with the same driver, against the server at this URI.
     #[arg(long, value_name = "URI")]
     pub mongodb: Option<String>,
+    /// Instead: the HTTP server's cost on the clicks and sensors jobs at -w 2: without it, with
+    /// it and no client, with a client that follows an output, and with one that reads slowly.
+    #[arg(long)]
+    pub http: bool,
     /// Records per second for the Kafka latency run.
     #[arg(long, value_name = "R", default_value_t = 2000.0)]
     pub latency_rate: f64,

@@ -453,7 +453,7 @@ pub fn execute(launch: Launch) -> anyhow::Result<()> {
     }
     // The server says so once the outputs are written.
     if let Some((_, store)) = &dashboard {
-        store.lock().finished = true;
+        store.finished.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     if let (Some((addr, _)), Some(linger)) = (dashboard, linger) {
         eprintln!("the run ended; serving its final rows at http://{addr}/ for {:.0} s (Ctrl-C stops)", linger.as_secs_f64());

@@ -502,7 +502,9 @@ fn metrics_show_each_kafka_partitions_lag() {
     let lag = loop {
         let metrics = parse_prometheus(&get(&engine.addr, "/metrics").1);
         let lag: Vec<f64> = (0..2)
-            .filter_map(|p| metrics.get(&format!("diffstream_kafka_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}}")).copied())
+            .filter_map(|p| {
+                metrics.get(&format!("diffstream_kafka_consumer_lag{{input=\"clicks\",topic=\"{topic}\",partition=\"{p}\"}}")).copied()
+            })
             .collect();
         if metrics.get("diffstream_records_in_total{input=\"clicks\"}") == Some(&400.0) && lag.len() == 2 && lag.iter().all(|l| *l <= 1.0) {
             break lag;

@@ -182,6 +182,9 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     if args.soak {
         return soak(args);
     }
+    if args.http {
+        return http_cost(args);
+    }
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join("diffstream-bench"),
@@ -280,6 +283,113 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes)");
     Ok(())
+}
+
+/// `--http`: each job at `-w 2` without the server, with it and no client, with a client
+/// that follows an output as fast as it can, and with one that reads 4 KiB every 20 ms (it
+/// falls behind and is dropped); best of three runs each, events/s and its ratio to no server.
+fn http_cost(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join("diffstream-bench"));
+    std::fs::create_dir_all(&dir)?;
+    let n = args.events;
+    let users = args.users.first().copied().unwrap_or(10_000);
+    let (u, c, s) =
+        (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")), dir.join(format!("sensors-{n}.jsonl")));
+    generate(&u, InputName::Users, users + n / 20, 1, users, 1)?;
+    generate(&c, InputName::Clicks, n, 2, users, 1)?;
+    generate(&s, InputName::Sensors, n, 3, 1000, 1)?;
+    let jobs = [
+        (
+            format!("clicks, {users} users"),
+            vec![
+                "user_event_counts".to_string(),
+                "user_activity".into(),
+                "--input".into(),
+                format!("users={}", path(&u)),
+                "--input".into(),
+                format!("clicks={}", path(&c)),
+            ],
+            "user_activity",
+        ),
+        (
+            "sensors".to_string(),
+            vec!["sensor_metrics".to_string(), "--input".into(), format!("sensors={}", path(&s))],
+            "sensor_window_metrics",
+        ),
+    ];
+    println!("the HTTP server's cost: whole `run` path at -w 2, {n} events, snapshot files on; best of 3 runs");
+    println!(
+        "{:<22} {:>12} | {:>12} {:>6} | {:>12} {:>6} | {:>12} {:>6}",
+        "job", "no server", "no client", "ratio", "following", "ratio", "slow client", "ratio"
+    );
+    for (name, job, followed) in jobs {
+        let mut cells = Vec::new();
+        let mut base = f64::NAN;
+        for client in [None, Some(None), Some(Some(false)), Some(Some(true))] {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let mut a: Vec<String> = vec!["run".into()];
+                a.extend(job.iter().cloned());
+                a.extend([
+                    "--output-dir".into(),
+                    path(&dir.join("out-http")),
+                    "--batch-size".into(),
+                    args.batch_size.to_string(),
+                    "-w".into(),
+                    "2".into(),
+                    "-q".into(),
+                ]);
+                let follower = match client {
+                    None => None,
+                    Some(slow) => {
+                        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+                        a.extend(["--http".into(), format!("127.0.0.1:{port}")]);
+                        slow.map(|slow| std::thread::spawn(move || follow(port, followed, slow)))
+                    }
+                };
+                best = best.min(measure(&a)?.seconds);
+                if let Some(f) = follower {
+                    let _ = f.join();
+                }
+            }
+            let rate = n as f64 / best;
+            if client.is_none() {
+                base = rate;
+                cells.push(format!("{rate:>12.0}"));
+            } else {
+                cells.push(format!("{rate:>12.0} {:>5.2}x", rate / base));
+            }
+        }
+        println!("{:<22} {}", name, cells.join(" | "));
+    }
+    println!("ratio = events/s ÷ events/s without the server");
+    Ok(())
+}
+
+/// Follows `output` on the server at `port` once it answers, reading as fast as it can or
+/// (`slow`) 4 KiB every 20 ms, until the run ends or the server drops it.
+fn follow(port: u16, output: &str, slow: bool) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return,
+        }
+    };
+    if write!(stream, "GET /outputs/{output}/subscribe HTTP/1.0\r\n\r\n").is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; if slow { 4096 } else { 1 << 16 }];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if slow {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 fn path(p: &Path) -> String {

@@ -70,32 +70,30 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
         live.inputs.iter().map(|i| (label("input", i), counts[i.index()])),
     );
     counter(&mut r, "diffstream_decode_errors", "Records that failed to decode (this process)", c.decode_errors.load(Ordering::Relaxed));
-    {
-        let state = store.lock();
-        counters(
-            &mut r,
-            "diffstream_dead_letters",
-            "Dead letters by the kind of their reason (the whole cluster)",
-            state.dead_letters.iter().map(|(k, n)| (label("reason", k), *n)),
-        );
-        gauges(
-            &mut r,
-            "diffstream_output_rows",
-            "Current rows per output (append-only outputs: rows so far; the whole cluster)",
-            state.outputs.iter().map(|o| (label("output", o.output), o.count)),
-        );
-        counters(
-            &mut r,
-            "diffstream_output_changes",
-            "Updates applied per output (the whole cluster)",
-            state.outputs.iter().map(|o| (label("output", o.output), o.changes)),
-        );
-        let time = live.time.load(Ordering::Relaxed) as i64;
-        let closed = state.closed.map_or(-1, |t| t as i64);
-        gauge(&mut r, "diffstream_logical_time", "The first worker's logical time", time);
-        gauge(&mut r, "diffstream_closed_time", "Every logical time up to this one is complete in every output (-1: none yet)", closed);
-        gauge(&mut r, "diffstream_times_in_flight", "Logical times begun but not yet complete", (time - closed - 1).max(0));
-    }
+    counters(
+        &mut r,
+        "diffstream_dead_letters",
+        "Dead letters by the kind of their reason (the whole cluster)",
+        store.dead_letters().iter().map(|(k, n)| (label("reason", k), *n)),
+    );
+    let (closed, summary) = store.summary();
+    gauges(
+        &mut r,
+        "diffstream_output_rows",
+        "Current rows per output (append-only outputs: rows so far; the whole cluster)",
+        summary.iter().map(|o| (label("output", o.output), o.rows)),
+    );
+    counters(
+        &mut r,
+        "diffstream_output_changes",
+        "Updates applied per output (the whole cluster)",
+        summary.iter().map(|o| (label("output", o.output), o.changes)),
+    );
+    let time = live.time.load(Ordering::Relaxed) as i64;
+    let closed = closed.map_or(-1, |t| t as i64);
+    gauge(&mut r, "diffstream_logical_time", "The first worker's logical time", time);
+    gauge(&mut r, "diffstream_closed_time", "Every logical time up to this one is complete in every output (-1: none yet)", closed);
+    gauge(&mut r, "diffstream_times_in_flight", "Logical times begun but not yet complete", (time - closed - 1).max(0));
     let wm = live.watermark.load(Ordering::Relaxed);
     if wm != i64::MIN {
         gauges(
@@ -105,13 +103,26 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
             [(label("input", "sensors"), wm)],
         );
     }
-    let lag = crate::sources::kafka::lag();
-    if !lag.is_empty() {
+    let offsets = live.kafka_offsets();
+    if !offsets.is_empty() {
+        let labels = |o: &crate::sources::kafka::PartitionOffsets| {
+            vec![
+                ("input".to_string(), o.input.clone()),
+                ("topic".to_string(), o.topic.clone()),
+                ("partition".to_string(), o.partition.to_string()),
+            ]
+        };
         gauges(
             &mut r,
             "diffstream_kafka_consumer_lag",
-            "Records in a partition past the group's committed offset (this process's partitions, librdkafka statistics every second)",
-            lag.into_iter().map(|((t, p), n)| (vec![("topic".to_string(), t), ("partition".to_string(), p.to_string())], n)),
+            "Records in an input partition past the group's committed offset, i.e. not yet written by every sink (asked of the brokers at most every 5 s)",
+            offsets.iter().map(|o| (labels(o), o.lag())),
+        );
+        gauges(
+            &mut r,
+            "diffstream_kafka_committed_offset",
+            "The group's committed offset per input partition (-1: none yet)",
+            offsets.iter().map(|o| (labels(o), o.committed.unwrap_or(-1))),
         );
     }
     let health: Vec<_> = [&c.kafka, &c.mongo].into_iter().filter(|h| live.sinks.contains(&h.sink)).collect();
@@ -133,7 +144,7 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
         "How long an external sink has been failing or waiting (0: healthy)",
         health.iter().map(|h| (label("sink", h.sink), h.status().map_or(0, |(d, _)| d.as_secs() as i64))),
     );
-    gauge(&mut r, "diffstream_subscribers", "Clients following an output now", live.subscribers.load(Ordering::Relaxed) as i64);
+    gauge(&mut r, "diffstream_subscribers", "Clients following an output now", store.subscribers() as i64);
     gauge(&mut r, "process_resident_memory_bytes", "Resident memory of this process", resident_bytes() as i64);
     let uptime: Gauge<f64, AtomicU64> = Gauge::default();
     uptime.set(live.started.elapsed().as_secs_f64());

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::runtime::{Counters, Observer, Plan, Tick};
+use crate::runtime::{ChangeSinks, Counters, Observer, Plan, Tick};
 use crate::sinks::Sink;
-use store::{Store, StoreSink};
+use store::Store;
 
 /// Requests served at once; more are answered 503.
 pub const MAX_CLIENTS: usize = 64;
@@ -84,6 +84,29 @@ pub struct Live {
     pub inputs: Vec<dataflows::InputName>,
     /// the external sinks the run writes to: `kafka`, `mongodb`
     pub sinks: Vec<&'static str>,
+    /// the Kafka inputs: (name, connection, input)
+    pub kafka: Vec<(String, crate::config::kafka::KafkaConnection, crate::config::kafka::KafkaInput)>,
+    /// their partitions' offsets as last asked, and when
+    pub offsets: std::sync::Mutex<Option<(Instant, Vec<crate::sources::kafka::PartitionOffsets>)>>,
+}
+
+impl Live {
+    /// Every Kafka input partition's offsets, asked of the brokers at most every 5 s (the
+    /// whole cluster's partitions: the group's commits are).
+    pub fn kafka_offsets(&self) -> Vec<crate::sources::kafka::PartitionOffsets> {
+        if self.kafka.is_empty() {
+            return Vec::new();
+        }
+        let mut cached = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.as_ref().is_none_or(|(at, _)| at.elapsed() >= Duration::from_secs(5)) {
+            let inputs = self.kafka.iter().map(|(n, c, k)| (n.as_str(), c, k));
+            match crate::sources::kafka::partition_offsets(inputs) {
+                Ok(o) => *cached = Some((Instant::now(), o)),
+                Err(e) => tracing::warn!("reading the Kafka inputs' offsets for /metrics: {e:#}"),
+            }
+        }
+        cached.as_ref().map(|(_, o)| o.clone()).unwrap_or_default()
+    }
 }
 
 /// The observer that feeds the server: it keeps the [`Store`] (through [`Observer::changes`])
@@ -102,8 +125,9 @@ impl Observer for HttpObserver {
             o.tick(tick);
         }
     }
-    fn changes(&mut self) -> Option<Box<dyn Sink>> {
-        Some(Box::new(StoreSink(self.store.clone())))
+    fn change_sinks(&self) -> Option<ChangeSinks> {
+        let store = self.store.clone();
+        Some(Arc::new(move |i| Box::new(store.sink(i)) as Box<dyn Sink>))
     }
 }
 
@@ -135,7 +159,7 @@ pub fn start(options: &HttpOptions, plan: &Plan, counters: Arc<Counters>) -> any
     let addr = options.resolve()?;
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("--http {addr}: cannot listen there: {e}"))?;
     let addr = server.server_addr().to_ip().context("the HTTP server listens on an IP address")?;
-    let store = Arc::new(Store::new(&plan.outputs()));
+    let store = Arc::new(Store::new(&plan.outputs(), plan.cluster.workers));
     let sinks = [("kafka", plan.kafka_output.is_some()), ("mongodb", plan.mongodb_output.is_some())];
     let live = Arc::new(Live {
         time: AtomicU64::new(0),
@@ -145,6 +169,16 @@ pub fn start(options: &HttpOptions, plan: &Plan, counters: Arc<Counters>) -> any
         subscribers: AtomicUsize::new(0),
         inputs: plan.inputs.keys().copied().filter(|i| plan.needs(*i)).collect(),
         sinks: sinks.into_iter().filter(|(_, on)| *on).map(|(s, _)| s).collect(),
+        kafka: plan
+            .inputs
+            .iter()
+            .filter(|(i, _)| plan.needs(**i))
+            .filter_map(|(i, spec)| match &spec.source {
+                crate::sources::SourceSpec::Kafka(k) => Some((i.to_string(), k.0.clone(), k.1.clone())),
+                _ => None,
+            })
+            .collect(),
+        offsets: std::sync::Mutex::new(None),
     });
     let (s, l) = (store.clone(), live.clone());
     std::thread::Builder::new().name("http".into()).spawn(move || serve(server, s, l)).context("starting the HTTP thread")?;
@@ -223,42 +257,41 @@ fn handle(request: tiny_http::Request, store: &Store, live: &Live) {
     let _ = request.respond(reply);
 }
 
-fn unknown_in(name: &str, state: &store::State) -> String {
-    let names: Vec<String> = state.outputs.iter().map(|o| o.output.to_string()).collect();
+fn unknown(name: &str, store: &Store) -> String {
+    let names: Vec<String> = store.outputs().iter().map(|o| o.to_string()).collect();
     format!("no output `{name}` in this run; it has {}", names.join(", "))
 }
 
 fn outputs_json(store: &Store) -> String {
-    let state = store.lock();
-    let outputs: Vec<serde_json::Value> = state
-        .outputs
+    let (time, summary) = store.summary();
+    let outputs: Vec<serde_json::Value> = summary
         .iter()
         .map(|o| {
             serde_json::json!({
                 "name": o.output.as_str(),
-                "rows": o.count,
+                "rows": o.rows,
                 "append_only": o.append_only,
                 "changes": o.changes,
                 "last_time": o.last_time,
-                "changes_per_sec": (o.changes_per_sec() * 10.0).round() / 10.0,
+                "changes_per_sec": (o.changes_per_sec * 10.0).round() / 10.0,
             })
         })
         .collect();
-    serde_json::json!({ "time": state.closed, "done": state.finished, "outputs": outputs }).to_string()
+    serde_json::json!({ "time": time, "done": store.finished.load(Ordering::Relaxed), "outputs": outputs }).to_string()
 }
 
 /// The output called `name` and a `?key=` as its key's JSON spellings.
-fn find(state: &store::State, name: &str, key: Option<&str>) -> Result<(usize, Option<Vec<String>>), String> {
-    let i = state.outputs.iter().position(|o| o.output.as_str() == name).ok_or_else(|| unknown_in(name, state))?;
-    let key = key.map(|k| key_spellings(k, &crate::codec::key_fields(state.outputs[i].output))).transpose()?;
+fn find(store: &Store, name: &str, key: Option<&str>) -> Result<(usize, Option<Vec<String>>), String> {
+    let i = store.outputs().iter().position(|o| o.as_str() == name).ok_or_else(|| unknown(name, store))?;
+    let key = key.map(|k| key_spellings(k, &crate::codec::key_fields(store.outputs()[i]))).transpose()?;
     Ok((i, key))
 }
 
 /// The rows of `name` (only `key`'s, with one) at the last closed time.
 fn rows_json(store: &Store, name: &str, key: Option<&str>) -> Result<String, String> {
-    let state = store.lock();
-    let (i, key) = find(&state, name, key)?;
-    Ok(store::snapshot_json(&state.outputs[i], state.closed, key.as_deref()))
+    let (i, key) = find(store, name, key)?;
+    let (time, count, rows) = store.rows(i, key.as_deref());
+    Ok(store::snapshot_json(store.outputs()[i], time, count, rows))
 }
 
 /// A `?key=` as the key JSON it may stand for, fields in the output's order: a JSON object of
@@ -294,17 +327,16 @@ fn status_json(store: &Store, live: &Live) -> String {
     let counts = live.counters.snapshot();
     let inputs: serde_json::Map<String, serde_json::Value> =
         live.inputs.iter().map(|i| (i.to_string(), counts[i.index()].into())).collect();
-    let state = store.lock();
     let wm = live.watermark.load(Ordering::Relaxed);
     serde_json::json!({
         "uptime_secs": live.started.elapsed().as_secs_f64(),
         "time": live.time.load(Ordering::Relaxed),
-        "closed": state.closed,
-        "done": state.finished,
+        "closed": store.time(),
+        "done": store.finished.load(Ordering::Relaxed),
         "watermark": (wm != i64::MIN).then(|| crate::codec::format_time(wm)),
         "records_in": inputs,
         "decode_errors": live.counters.decode_errors.load(Ordering::Relaxed),
-        "dead_letters": state.dead_letters,
+        "dead_letters": store.dead_letters(),
         "resident_bytes": metrics::resident_bytes(),
     })
     .to_string()
@@ -313,15 +345,8 @@ fn status_json(store: &Store, live: &Live) -> String {
 /// Serves `GET /outputs/NAME/subscribe` on this thread until the client leaves, is dropped, or
 /// the run ends.
 fn subscribe(request: tiny_http::Request, store: &Store, live: &Live, name: &str, key: Option<&str>) {
-    let sub = {
-        let mut state = store.lock();
-        find(&state, name, key).map(|(i, key)| {
-            let output = state.outputs[i].output;
-            store.subscribe(&mut state, output, key).expect("the output is in the store")
-        })
-    };
-    let sub = match sub {
-        Ok(s) => s,
+    let sub = match find(store, name, key) {
+        Ok((i, key)) => store.subscribe(i, key),
         Err(e) => {
             let _ = request.respond(json_response(404, error_json(&e)));
             return;
@@ -331,16 +356,22 @@ fn subscribe(request: tiny_http::Request, store: &Store, live: &Live, name: &str
     let mut w = request.into_writer();
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
     let mut ok = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+    let mut quiet_since = Instant::now();
     while ok {
-        match sub.take(Duration::from_secs(15)) {
-            Some(events) if events.is_empty() => ok = w.write_all(b": keep-alive\n\n").and_then(|_| w.flush()).is_ok(),
+        match store.next_events(&sub, Duration::from_millis(50)) {
+            Some(events) if events.is_empty() => {
+                if quiet_since.elapsed() >= Duration::from_secs(15) {
+                    ok = w.write_all(b": keep-alive\n\n").and_then(|_| w.flush()).is_ok();
+                    quiet_since = Instant::now();
+                }
+            }
             Some(events) => {
-                let ended = events.last().is_some_and(|e| e.starts_with("event: end") || e.starts_with("event: dropped"));
-                ok = events.iter().try_for_each(|e| w.write_all(e.as_bytes())).and_then(|_| w.flush()).is_ok() && !ended;
+                ok = events.iter().try_for_each(|e| w.write_all(e.as_bytes())).and_then(|_| w.flush()).is_ok();
+                quiet_since = Instant::now();
             }
             None => break,
         }
     }
-    sub.close();
+    store.unsubscribe(&sub);
     live.subscribers.fetch_sub(1, Ordering::Relaxed);
 }

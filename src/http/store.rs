@@ -1,24 +1,35 @@
-//! What the HTTP server shows: the current rows of every output — the whole cluster's, which
-//! reach the first worker through the dataflow — as of the last closed logical time, and the
-//! subscriptions that follow their changes.
+//! What the HTTP server shows: the current rows of every output — the whole cluster's — as of
+//! the last logical time every shard has closed, and the subscriptions that follow their
+//! changes.
 //!
-//! The first worker applies each complete time to [`StoreSink`], which encodes the rows to JSON
-//! outside the lock and then updates the [`Store`] and every subscriber's queue under it, so a
-//! reader always sees the rows of one closed time, never half a time. A subscriber's queue is
-//! bounded: a client that does not keep up is dropped (its queue is replaced by a `dropped`
-//! event), and the dataflow never waits for it. Append-only outputs (alerts, dead letters) are
-//! not state: the store keeps their latest [`APPEND_TAIL`] rows and how many there were.
+//! The rows are sharded by key over the first process's workers: in a single process each
+//! worker's sinks already get their share of every output by key, and a [`StoreSink`] beside
+//! them keeps it; in a cluster the rows are routed by key to the first process's workers. So no
+//! worker does the others' bookkeeping, and no row is encoded until someone asks: a change is
+//! encoded to JSON only for an output somebody follows, a lookup clones the rows it needs and
+//! encodes them outside the locks.
+//!
+//! Shards close times at different moments, so what a reader sees is cut at the time `V` that
+//! every shard has closed: a shard keeps the times it applied after `V` pending, and folds them
+//! into its rows once every shard has closed them (its own worker does, or a reader that holds
+//! every shard's lock). A reader therefore always sees the rows of one closed time, never half a
+//! time. A subscriber's changes are queued per time and handed out only up to `V`, in time
+//! order; its queue is bounded — a client that does not keep up is dropped (the queue is
+//! replaced by a `dropped` event), and the dataflow never waits for it. Append-only outputs
+//! (alerts, dead letters) are not state: each shard keeps its latest [`APPEND_TAIL`] rows.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use dataflows::ops::HashedMap;
 use dataflows::{Output, Row, Time};
 
 use crate::codec::OutputRow;
 use crate::sinks::Sink;
 
-/// Rows of an append-only output the store keeps (the latest ones).
+/// Rows of an append-only output the server shows (the latest ones).
 pub const APPEND_TAIL: usize = 1000;
 
 /// Events a subscriber may have waiting before it is dropped.
@@ -27,120 +38,112 @@ pub const SUBSCRIBER_BUFFER: usize = 100_000;
 /// How often a progress event is sent when times close without changes.
 const QUIET_PROGRESS: Duration = Duration::from_millis(250);
 
-/// The current rows of the outputs, shared by the first worker and the server's threads.
-#[derive(Default)]
-pub struct Store {
-    state: Mutex<State>,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The store's contents (under its lock).
-#[derive(Default)]
-pub struct State {
-    /// the outputs, in the plan's order
-    pub outputs: Vec<OutputState>,
-    /// every time up to this one is complete (`None`: none yet)
-    pub closed: Option<Time>,
-    /// the dataflow has ended: nothing will change any more
-    pub done: bool,
-    /// the run has ended and written its outputs
-    pub finished: bool,
-    /// the last time a progress event announced
-    announced: Option<Time>,
-    /// dead letters by the kind of their reason (`wrong_type`, `late`, …), the whole cluster's
-    pub dead_letters: BTreeMap<String, u64>,
-    subscribers: Vec<Arc<Subscriber>>,
-    changed_since_progress: bool,
-    last_progress: Option<Instant>,
+/// One server-sent event.
+pub fn sse(event: &str, data: &str) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
 }
 
-/// One output in the store.
-pub struct OutputState {
-    /// the output
-    pub output: Output,
-    /// rows are only ever inserted
-    pub append_only: bool,
-    /// key (JSON) → its rows (JSON) with their multiplicities; keyed outputs only
-    rows: BTreeMap<String, Vec<(String, isize)>>,
-    /// the latest rows of an append-only output: (key, row)
-    tail: VecDeque<(String, String)>,
-    /// current rows (for an append-only output: every row so far)
-    pub count: i64,
-    /// updates applied so far
-    pub changes: u64,
+/// A time as JSON (`null` before the first).
+pub fn json_time(t: Option<Time>) -> String {
+    t.map_or("null".to_string(), |t| t.to_string())
+}
+
+/// One output in one shard.
+#[derive(Default)]
+struct Part {
+    /// the hash of a key → that key's rows with their multiplicities (keyed outputs)
+    rows: HashedMap<Vec<(Row, isize)>>,
+    /// key JSON → key hash, built at the first lookup by key and kept from then on
+    by_key: Option<HashMap<String, u64>>,
+    /// the latest rows of an append-only output, with their times
+    tail: VecDeque<(Time, Row)>,
+    /// current rows (append-only: every row so far)
+    count: i64,
+    /// updates folded so far
+    changes: u64,
     /// the last time that changed it
-    pub last_time: Option<Time>,
-    /// (when, changes then) over the last seconds, for a rate
-    history: VecDeque<(Instant, u64)>,
+    last_time: Option<Time>,
 }
 
-impl OutputState {
-    fn new(output: Output) -> Self {
-        OutputState {
-            output,
-            append_only: output.append_only(),
-            rows: BTreeMap::new(),
-            tail: VecDeque::new(),
-            count: 0,
-            changes: 0,
-            last_time: None,
-            history: VecDeque::new(),
-        }
-    }
+/// One worker's share of every output.
+struct Shard {
+    parts: Vec<Part>,
+    /// applied times not yet closed by every shard
+    pending: BTreeMap<Time, Vec<(Row, isize)>>,
+}
 
-    /// Updates per second over about the last ten seconds.
-    pub fn changes_per_sec(&self) -> f64 {
-        let now = Instant::now();
-        match self.history.front() {
-            Some((t, n)) if now.duration_since(*t) > Duration::from_millis(100) => {
-                (self.changes - n) as f64 / now.duration_since(*t).as_secs_f64()
+impl Shard {
+    /// Folds the pending times before `below` into the rows.
+    fn fold(&mut self, outputs: &[Output], below: Time) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= below {
+                break;
             }
-            _ => 0.0,
-        }
-    }
-
-    /// The current rows as JSON objects (of an append-only output: the latest ones), sorted by
-    /// key; with `key`, only the rows of those keys (the spellings one key may have).
-    pub fn rows(&self, key: Option<&[String]>) -> Vec<&str> {
-        if self.append_only {
-            return self.tail.iter().filter(|(k, _)| key.is_none_or(|want| want.contains(k))).map(|(_, r)| r.as_str()).collect();
-        }
-        fn rows(rs: &[(String, isize)]) -> impl Iterator<Item = &str> {
-            rs.iter().flat_map(|(r, n)| std::iter::repeat_n(r.as_str(), (*n).max(0) as usize))
-        }
-        match key {
-            Some(ks) => ks.iter().filter_map(|k| self.rows.get(k)).flat_map(|rs| rows(rs)).collect(),
-            None => self.rows.values().flat_map(|rs| rows(rs)).collect(),
-        }
-    }
-
-    fn apply(&mut self, time: Time, changes: &[(String, String, isize)]) {
-        for (key, row, diff) in changes {
-            self.count += *diff as i64;
-            if self.append_only {
-                if *diff > 0 {
-                    self.tail.push_back((key.clone(), row.clone()));
-                    if self.tail.len() > APPEND_TAIL {
-                        self.tail.pop_front();
+            let (time, updates) = entry.remove_entry();
+            // Retractions first: a key's `-old` leaves its slot at count zero and `+new` takes it.
+            let (retractions, adds): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d < 0);
+            for (row, diff) in retractions.into_iter().chain(adds) {
+                let Some(i) = outputs.iter().position(|o| *o == row.output()) else { continue };
+                let part = &mut self.parts[i];
+                part.count += diff as i64;
+                part.changes += 1;
+                part.last_time = Some(time);
+                if outputs[i].append_only() {
+                    if diff > 0 {
+                        part.tail.push_back((time, row));
+                        if part.tail.len() > APPEND_TAIL {
+                            part.tail.pop_front();
+                        }
+                    }
+                    continue;
+                }
+                let hash = row.key_hash();
+                let key = part.by_key.as_ref().map(|_| row.key());
+                let rows = part.rows.entry(hash).or_default();
+                if rows.is_empty() {
+                    if let (Some(index), Some(k)) = (&mut part.by_key, &key) {
+                        index.insert(k.clone(), hash);
                     }
                 }
-                continue;
-            }
-            let rows = self.rows.entry(key.clone()).or_default();
-            match rows.iter_mut().find(|(r, _)| r == row) {
-                Some(e) => e.1 += diff,
-                None => rows.push((row.clone(), *diff)),
-            }
-            rows.retain(|(_, n)| *n != 0);
-            if rows.is_empty() {
-                self.rows.remove(key);
+                dataflows::ops::multiset_add(rows, row, diff);
+                if rows.iter().all(|(_, n)| *n == 0) {
+                    part.rows.remove(&hash);
+                    if let (Some(index), Some(k)) = (&mut part.by_key, &key) {
+                        index.remove(k);
+                    }
+                } else if diff > 0 {
+                    rows.retain(|(_, n)| *n != 0);
+                }
             }
         }
-        self.changes += changes.len() as u64;
-        self.last_time = Some(time);
-        let now = Instant::now();
-        self.history.push_back((now, self.changes));
-        while self.history.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(10)) {
-            self.history.pop_front();
+    }
+
+    /// Output `i`'s rows (only `key`'s, with one: the key's JSON spellings), cloned.
+    fn rows(&mut self, i: usize, append_only: bool, key: Option<&[String]>, out: &mut Vec<(Time, Row)>) {
+        let part = &mut self.parts[i];
+        if append_only {
+            out.extend(part.tail.iter().filter(|(_, r)| key.is_none_or(|ks| ks.contains(&r.key()))).cloned());
+            return;
+        }
+        let expand = |rs: &Vec<(Row, isize)>, out: &mut Vec<(Time, Row)>| {
+            for (r, n) in rs {
+                out.extend(std::iter::repeat_n(r, (*n).max(0) as usize).map(|r| (0, r.clone())));
+            }
+        };
+        let Some(ks) = key else {
+            part.rows.values().for_each(|rs| expand(rs, out));
+            return;
+        };
+        let rows = &part.rows;
+        let index = part.by_key.get_or_insert_with(|| rows.iter().filter_map(|(h, rs)| Some((rs.first()?.0.key(), *h))).collect());
+        for h in ks.iter().filter_map(|k| index.get(k)) {
+            if let Some(rs) = rows.get(h) {
+                expand(rs, out);
+            }
         }
     }
 }
@@ -154,104 +157,314 @@ pub struct Subscriber {
     ready: Condvar,
 }
 
-/// A subscriber's waiting events, each one `event: …\ndata: …\n\n` text.
 #[derive(Default)]
 struct Queue {
-    events: VecDeque<String>,
-    len: usize,
-    /// dropped for falling behind: the queue holds the last event only
+    /// the snapshot, until it is taken
+    snapshot: Option<String>,
+    /// change events with their times, each shard's in time order
+    events: Vec<(Time, String)>,
+    /// dropped for falling behind
     dropped: bool,
     /// the client went away
     gone: bool,
+    /// the last time a progress event announced, and when
+    announced: Option<Time>,
+    announced_at: Option<Instant>,
+    ended: bool,
 }
 
 impl Subscriber {
-    fn push(&self, event: String) {
+    fn live(&self) -> bool {
+        let q = lock(&self.queue);
+        !q.dropped && !q.gone
+    }
+
+    fn push(&self, time: Time, event: String) {
         let mut q = lock(&self.queue);
         if q.dropped || q.gone {
             return;
         }
-        q.len += 1;
-        if q.len > SUBSCRIBER_BUFFER {
-            q.events.clear();
+        if q.events.len() >= SUBSCRIBER_BUFFER {
+            q.events = Vec::new();
             q.dropped = true;
-            q.events.push_back(sse(
-                "dropped",
-                &format!("{{\"reason\":\"the client fell more than {SUBSCRIBER_BUFFER} events behind; subscribe again\"}}"),
-            ));
         } else {
-            q.events.push_back(event);
+            q.events.push((time, event));
         }
-        self.ready.notify_one();
-    }
-
-    /// Waits up to `wait` for events and takes them; `None` when there will be no more (the
-    /// subscriber was dropped or the run ended, and everything was taken).
-    pub fn take(&self, wait: Duration) -> Option<Vec<String>> {
-        let mut q = lock(&self.queue);
-        if q.events.is_empty() && !q.dropped {
-            q = self.ready.wait_timeout(q, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
-        }
-        let events: Vec<String> = q.events.drain(..).collect();
-        q.len = 0;
-        if events.is_empty() && (q.dropped || q.gone) {
-            return None;
-        }
-        if q.dropped {
-            q.gone = true;
-        }
-        Some(events)
-    }
-
-    /// The client went away: stop queueing for it.
-    pub fn close(&self) {
-        lock(&self.queue).gone = true;
+        // (no wake-up: the writer looks every 50 ms, and a change is handed out only once every
+        // shard has closed its time anyway)
     }
 }
 
-/// One server-sent event.
-pub fn sse(event: &str, data: &str) -> String {
-    format!("event: {event}\ndata: {data}\n\n")
+/// The figures of one output, the whole cluster's, at the store's time.
+pub struct OutputSummary {
+    /// the output
+    pub output: Output,
+    /// rows are only ever inserted
+    pub append_only: bool,
+    /// current rows (append-only: every row so far)
+    pub rows: i64,
+    /// updates so far
+    pub changes: u64,
+    /// the last time that changed it
+    pub last_time: Option<Time>,
+    /// updates per second over about the last ten seconds
+    pub changes_per_sec: f64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// The current rows of the outputs, shared by the first process's workers and the server.
+pub struct Store {
+    outputs: Vec<Output>,
+    shards: Vec<Mutex<Shard>>,
+    /// per shard: every time below this is closed (`u64::MAX`: the shard has ended)
+    below: Vec<AtomicU64>,
+    /// per shard: the greatest time it applied, plus one (0: none)
+    applied: Vec<AtomicU64>,
+    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+    /// dead letters by the kind of their reason (`wrong_type`, `late`, …), the whole cluster's
+    dead_letters: Mutex<BTreeMap<String, u64>>,
+    /// (when, changes then) per output, sampled at each summary, for rates
+    history: Mutex<VecDeque<(Instant, Vec<u64>)>>,
+    /// the run has ended and written its outputs
+    pub finished: AtomicBool,
 }
 
 impl Store {
-    /// A store for `outputs`.
-    pub fn new(outputs: &[Output]) -> Self {
-        Store { state: Mutex::new(State { outputs: outputs.iter().map(|o| OutputState::new(*o)).collect(), ..State::default() }) }
-    }
-
-    /// The store, locked: hold it only to copy what a response needs.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
-    /// Follows `output` (only `key`'s rows, with one: the key's JSON): its first event is the
-    /// snapshot at the last closed time, then every change after it in time order, and a
-    /// progress event as times close.
-    pub fn subscribe(&self, state: &mut MutexGuard<'_, State>, output: Output, key: Option<Vec<String>>) -> Option<Arc<Subscriber>> {
-        let o = state.outputs.iter().find(|o| o.output == output)?;
-        let snapshot = snapshot_json(o, state.closed, key.as_deref());
-        let sub = Arc::new(Subscriber { output, key, queue: Mutex::default(), ready: Condvar::new() });
-        sub.push(sse("snapshot", &snapshot));
-        if state.done {
-            sub.push(sse("end", &format!("{{\"time\":{}}}", json_time(state.closed))));
+    /// A store for `outputs` in `shards` shards.
+    pub fn new(outputs: &[Output], shards: usize) -> Self {
+        let shards = shards.max(1);
+        Store {
+            outputs: outputs.to_vec(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(Shard { parts: outputs.iter().map(|_| Part::default()).collect(), pending: BTreeMap::new() }))
+                .collect(),
+            below: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            subscribers: Mutex::default(),
+            dead_letters: Mutex::default(),
+            history: Mutex::default(),
+            finished: AtomicBool::new(false),
         }
-        state.subscribers.retain(|s| !lock(&s.queue).gone);
-        state.subscribers.push(sub.clone());
-        Some(sub)
+    }
+
+    /// The sink of shard `i`.
+    pub fn sink(self: &Arc<Self>, i: usize) -> StoreSink {
+        StoreSink { store: self.clone(), shard: i }
+    }
+
+    /// The outputs, in the plan's order.
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    /// Every time below this is closed in every shard, and whether every shard has ended.
+    fn frontier(&self) -> (Time, bool) {
+        let below = self.below.iter().map(|b| b.load(Ordering::Acquire)).min().unwrap_or(0);
+        (below, below == u64::MAX)
+    }
+
+    /// The last time every shard has closed (`None`: none yet); after the end, the last time
+    /// any shard applied.
+    pub fn time(&self) -> Option<Time> {
+        match self.frontier() {
+            (_, true) => self.applied.iter().map(|a| a.load(Ordering::Acquire)).max().and_then(|a| a.checked_sub(1)),
+            (below, false) => below.checked_sub(1),
+        }
+    }
+
+    /// Whether the dataflow has ended: nothing will change any more.
+    pub fn done(&self) -> bool {
+        self.frontier().1
+    }
+
+    /// Every shard locked, folded through the time they all closed, and that time.
+    fn cut(&self) -> (Vec<MutexGuard<'_, Shard>>, Option<Time>) {
+        let mut guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(lock).collect();
+        let (below, _) = self.frontier();
+        for g in &mut guards {
+            g.fold(&self.outputs, below);
+        }
+        (guards, self.time())
+    }
+
+    /// Dead letters by the kind of their reason.
+    pub fn dead_letters(&self) -> BTreeMap<String, u64> {
+        lock(&self.dead_letters).clone()
+    }
+
+    /// Every output's figures at one closed time, and that time.
+    pub fn summary(&self) -> (Option<Time>, Vec<OutputSummary>) {
+        let (guards, time) = self.cut();
+        let totals: Vec<(i64, u64, Option<Time>)> = (0..self.outputs.len())
+            .map(|i| {
+                guards.iter().fold((0, 0, None), |(n, c, t), g| {
+                    let p = &g.parts[i];
+                    (n + p.count, c + p.changes, t.max(p.last_time))
+                })
+            })
+            .collect();
+        drop(guards);
+        let now = Instant::now();
+        let changes: Vec<u64> = totals.iter().map(|t| t.1).collect();
+        let mut history = lock(&self.history);
+        history.push_back((now, changes.clone()));
+        while history.len() > 2 && history.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(10)) {
+            history.pop_front();
+        }
+        let (then, before) = history.front().cloned().expect("just pushed");
+        let secs = now.duration_since(then).as_secs_f64();
+        let outputs = self
+            .outputs
+            .iter()
+            .zip(totals)
+            .enumerate()
+            .map(|(i, (o, (rows, changes, last_time)))| OutputSummary {
+                output: *o,
+                append_only: o.append_only(),
+                rows,
+                changes,
+                last_time,
+                changes_per_sec: if secs > 0.1 { (changes - before[i]) as f64 / secs } else { 0.0 },
+            })
+            .collect();
+        (time, outputs)
+    }
+
+    /// Output `i`'s rows at one closed time (only `key`'s, with one: the key's JSON spellings),
+    /// with that time and the output's row count; an append-only output's latest rows.
+    pub fn rows(&self, i: usize, key: Option<&[String]>) -> (Option<Time>, i64, Vec<Row>) {
+        let (mut guards, time) = self.cut();
+        let append_only = self.outputs[i].append_only();
+        let mut rows = Vec::new();
+        for g in &mut guards {
+            g.rows(i, append_only, key, &mut rows);
+        }
+        let count = guards.iter().map(|g| g.parts[i].count).sum();
+        drop(guards);
+        if append_only && rows.len() > APPEND_TAIL {
+            rows.sort_by_key(|(t, _)| *t);
+            rows.drain(..rows.len() - APPEND_TAIL);
+        }
+        (time, count, rows.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Follows output `i` (only `key`'s rows, with one): the subscriber's first event is the
+    /// snapshot at a closed time, then every change after it in time order, with a progress
+    /// event as times close ([`Store::next_events`]).
+    pub fn subscribe(&self, i: usize, key: Option<Vec<String>>) -> Arc<Subscriber> {
+        let output = self.outputs[i];
+        let sub = Arc::new(Subscriber { output, key, queue: Mutex::default(), ready: Condvar::new() });
+        let (time, count, rows) = {
+            let (mut guards, time) = self.cut();
+            let append_only = output.append_only();
+            let mut rows = Vec::new();
+            for g in &mut guards {
+                g.rows(i, append_only, sub.key.as_deref(), &mut rows);
+                // Times applied after the cut are still pending: their changes come next.
+                for (t, updates) in &g.pending {
+                    for (row, diff) in updates.iter().filter(|(r, _)| r.output() == output) {
+                        if let Some(event) = change_event(&sub, *t, row, *diff) {
+                            lock(&sub.queue).events.push((*t, event));
+                        }
+                    }
+                }
+            }
+            let count = guards.iter().map(|g| g.parts[i].count).sum::<i64>();
+            let mut subs = lock(&self.subscribers);
+            subs.retain(|s| s.live());
+            subs.push(sub.clone());
+            (time, count, rows)
+        };
+        let mut rows = rows;
+        if output.append_only() && rows.len() > APPEND_TAIL {
+            rows.sort_by_key(|(t, _)| *t);
+            rows.drain(..rows.len() - APPEND_TAIL);
+        }
+        let snapshot = snapshot_json(output, time, count, rows.into_iter().map(|(_, r)| r).collect());
+        let mut q = lock(&sub.queue);
+        q.snapshot = Some(sse("snapshot", &snapshot));
+        q.announced = time;
+        drop(q);
+        sub
+    }
+
+    /// Waits up to `wait` for a subscriber's next events: the snapshot first, then the changes
+    /// of every time all shards have closed, in time order, a progress event when such a time
+    /// closes (at once after changes, else every 250 ms), and at the run's end `end`. `None`
+    /// once there will be no more.
+    pub fn next_events(&self, sub: &Subscriber, wait: Duration) -> Option<Vec<String>> {
+        let mut q = lock(&sub.queue);
+        if q.ended {
+            return None;
+        }
+        if let Some(s) = q.snapshot.take() {
+            return Some(vec![s]);
+        }
+        if q.dropped {
+            q.ended = true;
+            let why = format!("{{\"reason\":\"the client fell more than {SUBSCRIBER_BUFFER} events behind; subscribe again\"}}");
+            return Some(vec![sse("dropped", &why)]);
+        }
+        let (below, done) = self.frontier();
+        if !done && q.announced == below.checked_sub(1) {
+            q = sub.ready.wait_timeout(q, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        }
+        let (below, done) = self.frontier();
+        let mut ready: Vec<(Time, String)> = Vec::new();
+        let events = std::mem::take(&mut q.events);
+        for (t, e) in events {
+            if t < below {
+                ready.push((t, e));
+            } else {
+                q.events.push((t, e));
+            }
+        }
+        // Each shard's events are in time order; a stable sort merges them.
+        ready.sort_by_key(|(t, _)| *t);
+        let changed = !ready.is_empty();
+        let mut out: Vec<String> = ready.into_iter().map(|(_, e)| e).collect();
+        let closed = if done { self.time() } else { below.checked_sub(1) };
+        let quiet = q.announced_at.is_none_or(|t| t.elapsed() >= QUIET_PROGRESS);
+        if closed > q.announced && (changed || quiet || done) {
+            out.push(sse("progress", &format!("{{\"time\":{}}}", json_time(closed))));
+            q.announced = closed;
+            q.announced_at = Some(Instant::now());
+        }
+        if done && q.events.is_empty() {
+            out.push(sse("end", &format!("{{\"time\":{}}}", json_time(closed))));
+            q.ended = true;
+        }
+        Some(out)
+    }
+
+    /// A subscriber went away.
+    pub fn unsubscribe(&self, sub: &Subscriber) {
+        lock(&sub.queue).gone = true;
+        lock(&self.subscribers).retain(|s| s.live());
+    }
+
+    /// Subscribers following an output now.
+    pub fn subscribers(&self) -> usize {
+        lock(&self.subscribers).iter().filter(|s| s.live()).count()
     }
 }
 
-/// `{"output", "time", "rows"}` of `o` (only `key`'s rows, with one).
-pub fn snapshot_json(o: &OutputState, closed: Option<Time>, key: Option<&[String]>) -> String {
-    let rows = o.rows(key);
-    let mut s = String::with_capacity(64 + rows.iter().map(|r| r.len() + 1).sum::<usize>());
-    s.push_str(&format!("{{\"output\":\"{}\",\"time\":{},\"count\":{},\"rows\":[", o.output, json_time(closed), o.count));
-    for (i, r) in rows.iter().enumerate() {
+/// A change as a subscriber's event, if it follows the row's key.
+fn change_event(sub: &Subscriber, time: Time, row: &Row, diff: isize) -> Option<String> {
+    if let Some(ks) = &sub.key {
+        if !ks.contains(&row.key()) {
+            return None;
+        }
+    }
+    Some(sse("change", &format!("{{\"time\":{time},\"diff\":{diff},\"row\":{}}}", row.row())))
+}
+
+/// `{"output", "time", "count", "rows"}`: `rows` encoded, sorted by key.
+pub fn snapshot_json(output: Output, time: Option<Time>, count: i64, rows: Vec<Row>) -> String {
+    let mut encoded: Vec<(String, String)> = rows.iter().map(|r| (r.key(), r.row())).collect();
+    encoded.sort_unstable();
+    let mut s = String::with_capacity(64 + encoded.iter().map(|(_, r)| r.len() + 1).sum::<usize>());
+    s.push_str(&format!("{{\"output\":\"{output}\",\"time\":{},\"count\":{count},\"rows\":[", json_time(time)));
+    for (i, (_, r)) in encoded.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
@@ -261,94 +474,58 @@ pub fn snapshot_json(o: &OutputState, closed: Option<Time>, key: Option<&[String
     s
 }
 
-/// A time as JSON (`null` before the first).
-pub fn json_time(t: Option<Time>) -> String {
-    t.map_or("null".to_string(), |t| t.to_string())
+/// A worker's sink that keeps its shard of the [`Store`].
+pub struct StoreSink {
+    store: Arc<Store>,
+    shard: usize,
 }
-
-/// The first worker's sink that keeps the [`Store`].
-pub struct StoreSink(pub Arc<Store>);
 
 impl Sink for StoreSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
-        // Encoded outside the lock.
-        let mut by_output: BTreeMap<Output, Vec<(String, String, isize)>> = BTreeMap::new();
+        self.apply_owned(time, updates.to_vec());
+    }
+
+    fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
+        let store = &*self.store;
         let mut dead: BTreeMap<String, u64> = BTreeMap::new();
-        for (row, diff) in updates {
+        for (row, diff) in &updates {
             if let (Row::DeadLetter(d), true) = (row, *diff > 0) {
-                let kind = d.reason.split([':', ' ']).next().unwrap_or("").to_string();
-                *dead.entry(kind).or_default() += *diff as u64;
-            }
-            by_output.entry(row.output()).or_default().push((row.key(), row.row(), *diff));
-        }
-        // A key's retraction before its insertion: a client applying changes one by one never
-        // holds two rows of a key.
-        for changes in by_output.values_mut() {
-            changes.sort_unstable_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
-        }
-        // (key, event) of every change
-        let events: Vec<(Output, Vec<(&str, String)>)> = by_output
-            .iter()
-            .map(|(o, changes)| {
-                let events = changes
-                    .iter()
-                    .map(|(key, row, diff)| (key.as_str(), sse("change", &format!("{{\"time\":{time},\"diff\":{diff},\"row\":{row}}}"))))
-                    .collect();
-                (*o, events)
-            })
-            .collect();
-        let mut state = self.0.lock();
-        // A time is applied once it is complete: the rows are now those at `time`.
-        state.closed = state.closed.max(Some(time));
-        for (kind, n) in dead {
-            *state.dead_letters.entry(kind).or_default() += n;
-        }
-        for (output, changes) in &by_output {
-            if let Some(o) = state.outputs.iter_mut().find(|o| o.output == *output) {
-                o.apply(time, changes);
+                *dead.entry(d.reason.split([':', ' ']).next().unwrap_or("").to_string()).or_default() += *diff as u64;
             }
         }
-        for sub in &state.subscribers {
-            if let Some((_, evs)) = events.iter().find(|(o, _)| *o == sub.output) {
-                for (key, e) in evs {
-                    if sub.key.as_ref().is_none_or(|k| k.iter().any(|k| k == key)) {
-                        sub.push(e.clone());
-                    }
+        if !dead.is_empty() {
+            let mut all = lock(&store.dead_letters);
+            for (kind, n) in dead {
+                *all.entry(kind).or_default() += n;
+            }
+        }
+        let mut shard = lock(&store.shards[self.shard]);
+        // Under the shard's lock, so a new subscriber sees this time either pending or here.
+        let followers: Vec<Arc<Subscriber>> = lock(&store.subscribers).iter().filter(|s| s.live()).cloned().collect();
+        for sub in &followers {
+            // A key's retraction before its insertion: a client applying changes one by one
+            // never holds two rows of a key.
+            let mut mine: Vec<(&Row, isize)> = updates.iter().filter(|(r, _)| r.output() == sub.output).map(|(r, d)| (r, *d)).collect();
+            mine.sort_by_key(|(_, d)| *d);
+            for (row, diff) in mine {
+                if let Some(e) = change_event(sub, time, row, diff) {
+                    sub.push(time, e);
                 }
             }
         }
-        state.changed_since_progress = true;
+        shard.pending.entry(time).or_default().extend(updates);
+        store.applied[self.shard].fetch_max(time + 1, Ordering::AcqRel);
     }
 
     fn advance(&mut self, frontier: Option<Time>) {
-        let mut state = self.0.lock();
-        let closed = match frontier {
-            Some(f) => f.checked_sub(1),
-            None => state.closed.max(state.outputs.iter().filter_map(|o| o.last_time).max()),
-        };
-        state.closed = state.closed.max(closed);
-        let closed = state.closed;
-        if closed <= state.announced && frontier.is_some() {
-            return;
-        }
-        let due = state.changed_since_progress || state.last_progress.is_none_or(|t| t.elapsed() >= QUIET_PROGRESS);
-        if frontier.is_none() && !state.done {
-            state.done = true;
-            let end = sse("end", &format!("{{\"time\":{}}}", json_time(closed)));
-            for sub in &state.subscribers {
-                sub.push(sse("progress", &format!("{{\"time\":{}}}", json_time(closed))));
-                sub.push(end.clone());
+        let store = &*self.store;
+        store.below[self.shard].fetch_max(frontier.unwrap_or(u64::MAX), Ordering::AcqRel);
+        let (below, _) = store.frontier();
+        lock(&store.shards[self.shard]).fold(&store.outputs, below);
+        if frontier.is_none() {
+            for sub in lock(&store.subscribers).iter() {
+                sub.ready.notify_one();
             }
-            return;
-        }
-        if due {
-            let event = sse("progress", &format!("{{\"time\":{}}}", json_time(closed)));
-            for sub in &state.subscribers {
-                sub.push(event.clone());
-            }
-            state.changed_since_progress = false;
-            state.last_progress = Some(Instant::now());
-            state.announced = closed;
         }
     }
 }

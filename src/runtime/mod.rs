@@ -574,14 +574,18 @@ pub struct Tick<'a> {
 pub trait Observer: Send {
     /// See [`Tick`].
     fn tick(&mut self, tick: &Tick<'_>);
-    /// With [`Plan::observe_changes`], the sink the first worker applies every output's changes
-    /// of the whole cluster to, a complete time at a time, in time order (they reach it through
-    /// the dataflow, routed like change files). Asked once, before the dataflow is built. The
-    /// sink holds its times' acknowledgement like any sink, so it must not wait on anyone.
-    fn changes(&mut self) -> Option<Box<dyn Sink>> {
+    /// With [`Plan::observe_changes`], the sinks that see every output's changes of the whole
+    /// cluster, sharded by key over the first process's workers: worker `i` of the first
+    /// process applies its share to `make(i)`, a complete time at a time, in time order. Asked
+    /// once, before the workers start. The sinks hold their times' acknowledgement like any
+    /// sink, so they must not wait on anyone.
+    fn change_sinks(&self) -> Option<ChangeSinks> {
         None
     }
 }
+
+/// Makes the sink of worker `i` of the first process for [`Observer::change_sinks`].
+pub type ChangeSinks = Arc<dyn Fn(usize) -> Box<dyn Sink> + Send + Sync>;
 
 /// Runs a plan to its end. Returns the first worker's report in the first process, `None`
 /// in other processes.
@@ -592,6 +596,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Option<Report>> {
 /// [`run`], counting into `counters`, which another thread may watch, with `observer` on the
 /// first worker.
 pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Observer>>) -> anyhow::Result<Option<Report>> {
+    let change_sinks = observer.as_ref().and_then(|o| o.change_sinks()).filter(|_| plan.observe_changes);
     let observer = Arc::new(std::sync::Mutex::new(observer));
     let config = plan.cluster.timely_config().map_err(anyhow::Error::msg)?;
     // A stream's times are bound to its offsets durably, so a restart reads the input again at
@@ -627,7 +632,8 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Ob
         // The first worker takes the observer.
         let observer = if worker.index() == 0 { observer.lock().ok().and_then(|mut o| o.take()) } else { None };
         let state = (&*checkpoint_times, definition.as_str(), mirror.clone());
-        run_worker(worker, &plan, &bindings, state, began_ms, &counters, observer).map_err(|e| format!("{e:#}"))
+        let observers = (observer, change_sinks.clone());
+        run_worker(worker, &plan, &bindings, state, began_ms, &counters, observers).map_err(|e| format!("{e:#}"))
     })
     .map_err(|e| anyhow::anyhow!("starting the timely workers failed: {e}"))?;
     let mut report = None;
@@ -649,7 +655,7 @@ fn run_worker(
     (checkpoint_times, definition, mirror): (&Option<Vec<Time>>, &str, Option<Arc<state_topic::StateTopic>>),
     run_began_ms: i64,
     counters: &Counters,
-    mut observer: Option<Box<dyn Observer>>,
+    (mut observer, change_sinks): (Option<Box<dyn Observer>>, Option<ChangeSinks>),
 ) -> anyhow::Result<Option<Report>> {
     let start = Instant::now();
     let index = worker.index();
@@ -714,12 +720,20 @@ fn run_worker(
         let written = if streaming { sink.written_through()?.max(checkpointed) } else { None };
         by_key.push(external(sink, resume(written)));
     }
-    // The observer's view of every change: on the first worker, an empty sink elsewhere (every
-    // worker builds the same operators).
-    let observed: Option<SharedSink> = plan.observe_changes.then(|| match observer.as_mut().and_then(|o| o.changes()) {
-        Some(s) => Rc::new(RefCell::new(s)) as SharedSink,
-        None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
-    });
+    // The observer's view of every change, sharded by key over the first process's workers: in
+    // one process, beside this worker's other sinks; in a cluster, routed to the first
+    // process (every worker builds the same operators; the others' sink is empty).
+    let local_workers = plan.cluster.workers.max(1);
+    let mut observed: Option<SharedSink> = None;
+    if plan.observe_changes {
+        let mine = change_sinks.as_ref().filter(|_| index < local_workers && plan.cluster.process == 0).map(|make| make(index));
+        match (plan.cluster.processes > 1, mine) {
+            (false, Some(s)) => by_key.push(Rc::new(RefCell::new(s))),
+            (false, None) => {}
+            (true, Some(s)) => observed = Some(Rc::new(RefCell::new(s))),
+            (true, None) => observed = Some(Rc::new(RefCell::new(Fanout(Vec::new())))),
+        }
+    }
     let first_sink: Option<SharedSink> = gather.then(|| match &jsonl {
         Some(s) => s.clone() as SharedSink,
         None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
@@ -832,7 +846,7 @@ fn run_worker(
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
         }
         if let Some(s) = observed {
-            sinks::attach(all.clone(), s, Route::ToFirst, &probe);
+            sinks::attach(all.clone(), s, Route::FirstProcess(local_workers), &probe);
         }
         sinks::attach(all, Rc::new(RefCell::new(Fanout(by_key))), Route::ByKey, &probe);
         // A file has no clock of its own, and a watermark-relative rule would drop every

@@ -204,6 +204,8 @@ pub enum Route {
     ByKey,
     /// the first worker of all: for what must see every row in one place
     ToFirst,
+    /// by key over the first process's workers (this many): what process 0 must see whole
+    FirstProcess(usize),
 }
 
 /// Routes `rows` as `route` says and applies each complete time to `sink` there. `probe`
@@ -213,6 +215,7 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
     let exchange = Exchange::new(move |(r, _, _): &(Row, Time, isize)| match route {
         Route::ByKey => r.key_hash(),
         Route::ToFirst => 0,
+        Route::FirstProcess(workers) => r.key_hash() % workers as u64,
     });
     rows.inner
         .unary_frontier::<CapacityContainerBuilder<Vec<((), Time, isize)>>, _, _, _>(exchange, "Sink", move |_cap, info| {

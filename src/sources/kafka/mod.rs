@@ -76,38 +76,9 @@ struct Parked {
     key: Option<Vec<u8>>,
 }
 
-/// Each partition's consumer lag (its end offset less the group's committed offset) as the
-/// consumers' librdkafka statistics last reported it, every second: for `/metrics`. One
-/// process's consumers report their own partitions.
-pub static LAG: std::sync::Mutex<BTreeMap<(String, i32), i64>> = std::sync::Mutex::new(BTreeMap::new());
-
-/// The partitions' lag, by (topic, partition).
-pub fn lag() -> BTreeMap<(String, i32), i64> {
-    LAG.lock().map(|l| l.clone()).unwrap_or_default()
-}
-
-/// The consumers' context: it keeps [`LAG`] from librdkafka's statistics.
-pub struct LagContext;
-
-impl rdkafka::ClientContext for LagContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Ok(mut lag) = LAG.lock() else { return };
-        for (name, topic) in statistics.topics {
-            for (p, part) in topic.partitions {
-                // (-1 is librdkafka's internal partition; a lag of -1 is not known yet)
-                if p >= 0 && part.consumer_lag >= 0 {
-                    lag.insert((name.clone(), p), part.consumer_lag);
-                }
-            }
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for LagContext {}
-
 /// One worker's share of a Kafka input.
 pub struct KafkaSource {
-    consumer: BaseConsumer<LagContext>,
+    consumer: BaseConsumer,
     /// commits where the input began, under `<group_id>.start`
     starts: BaseConsumer,
     parts: Vec<Part>,
@@ -136,10 +107,7 @@ impl KafkaSource {
             // the worker polls without waiting, so a broker that holds fetches (Tansu holds
             // them for the whole wait) would only add latency
             .set("fetch.wait.max.ms", "10");
-        config.set("statistics.interval.ms", "1000");
-        let consumer: BaseConsumer<LagContext> =
-            config.create_with_context(LagContext).map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
-        config.set("statistics.interval.ms", "0");
+        let consumer: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
         config.set("group.id", format!("{}.start", input.group_id));
         let starts: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
 
@@ -371,8 +339,8 @@ impl KafkaSource {
 }
 
 /// A group's committed offsets for `query`, by (topic, partition).
-fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+fn committed_offsets(
+    consumer: &BaseConsumer,
     query: &TopicPartitionList,
     group: &str,
 ) -> io::Result<std::collections::HashMap<(String, i32), i64>> {
@@ -489,14 +457,37 @@ impl Source for KafkaSource {
     }
 }
 
-/// `diffstream offsets`: per partition of every Kafka input in the config, the committed
-/// offset, where the input began, the end offset and the lag.
-pub fn print_offsets(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(path)?;
-    println!("{:<10} {:<30} {:>9} {:>12} {:>12} {:>12} {:>10}", "input", "topic", "partition", "started", "committed", "end", "lag");
-    for (name, input) in &config.inputs {
-        let crate::config::InputConfig::Kafka(k) = input else { continue };
-        let mut c = config.kafka.client_config().map_err(anyhow::Error::msg)?;
+/// Where one partition of a Kafka input stands.
+#[derive(Clone, Debug)]
+pub struct PartitionOffsets {
+    /// the input's name
+    pub input: String,
+    /// the topic
+    pub topic: String,
+    /// the partition
+    pub partition: i32,
+    /// where the input began (committed under `<group_id>.start`)
+    pub started: Option<i64>,
+    /// the group's committed offset: what every sink has written
+    pub committed: Option<i64>,
+    /// the partition's end offset
+    pub end: i64,
+}
+
+impl PartitionOffsets {
+    /// Records past the committed offset (all of them with no commit yet).
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(0)).max(0)
+    }
+}
+
+/// Every partition of the Kafka `inputs` (name, connection, input), asked of the brokers.
+pub fn partition_offsets<'a>(
+    inputs: impl IntoIterator<Item = (&'a str, &'a KafkaConnection, &'a KafkaInput)>,
+) -> anyhow::Result<Vec<PartitionOffsets>> {
+    let mut out = Vec::new();
+    for (name, conn, k) in inputs {
+        let mut c = conn.client_config().map_err(anyhow::Error::msg)?;
         c.set("group.id", &k.group_id);
         let consumer: BaseConsumer = c.create()?;
         c.set("group.id", format!("{}.start", k.group_id));
@@ -513,15 +504,41 @@ pub fn print_offsets(path: &std::path::Path) -> anyhow::Result<()> {
             for p in 0..partitions {
                 let (_, end) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
                 let key = (topic.clone(), p);
-                let show = |o: Option<&i64>| o.map_or("-".to_string(), i64::to_string);
-                let lag = committed.get(&key).map_or("-".to_string(), |c| (end - c).max(0).to_string());
-                println!(
-                    "{name:<10} {topic:<30} {p:>9} {:>12} {:>12} {end:>12} {lag:>10}",
-                    show(started.get(&key)),
-                    show(committed.get(&key))
-                );
+                out.push(PartitionOffsets {
+                    input: name.to_string(),
+                    topic: topic.clone(),
+                    partition: p,
+                    started: started.get(&key).copied(),
+                    committed: committed.get(&key).copied(),
+                    end,
+                });
             }
         }
+    }
+    Ok(out)
+}
+
+/// `diffstream offsets`: per partition of every Kafka input in the config, the committed
+/// offset, where the input began, the end offset and the lag.
+pub fn print_offsets(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(path)?;
+    println!("{:<10} {:<30} {:>9} {:>12} {:>12} {:>12} {:>10}", "input", "topic", "partition", "started", "committed", "end", "lag");
+    let inputs = config.inputs.iter().filter_map(|(name, input)| match input {
+        crate::config::InputConfig::Kafka(k) => Some((name.as_str(), &config.kafka, k)),
+        _ => None,
+    });
+    for o in partition_offsets(inputs)? {
+        let show = |o: Option<i64>| o.map_or("-".to_string(), |o| o.to_string());
+        let lag = o.committed.map_or("-".to_string(), |_| o.lag().to_string());
+        println!(
+            "{:<10} {:<30} {:>9} {:>12} {:>12} {:>12} {lag:>10}",
+            o.input,
+            o.topic,
+            o.partition,
+            show(o.started),
+            show(o.committed),
+            o.end
+        );
     }
     Ok(())
 }
