@@ -319,20 +319,22 @@ fn http_cost(args: &BenchArgs) -> anyhow::Result<()> {
     ];
     println!("the HTTP server's cost: whole `run` path at -w 2, {n} events, snapshot files on; best of 3 runs");
     println!(
-        "{:<22} {:>12} | {:>12} {:>6} | {:>12} {:>6} | {:>12} {:>6}",
+        "{:<22} {:>12} | {:>12} {:>6} | {:>12} {:>6} | {:>12} {:>6} | snapshots",
         "job", "no server", "no client", "ratio", "following", "ratio", "slow client", "ratio"
     );
     for (name, job, followed) in jobs {
         let mut cells = Vec::new();
         let mut base = f64::NAN;
-        for client in [None, Some(None), Some(Some(false)), Some(Some(true))] {
+        let mut verdict = Ok(());
+        for (n_client, client) in [None, Some(None), Some(Some(false)), Some(Some(true))].into_iter().enumerate() {
             let mut best = f64::INFINITY;
+            let out = dir.join("out-http").join(n_client.to_string());
             for _ in 0..3 {
                 let mut a: Vec<String> = vec!["run".into()];
                 a.extend(job.iter().cloned());
                 a.extend([
                     "--output-dir".into(),
-                    path(&dir.join("out-http")),
+                    path(&out),
                     "--batch-size".into(),
                     args.batch_size.to_string(),
                     "-w".into(),
@@ -352,6 +354,9 @@ fn http_cost(args: &BenchArgs) -> anyhow::Result<()> {
                     let _ = f.join();
                 }
             }
+            if verdict.is_ok() && client.is_some() {
+                verdict = same_files(&dir.join("out-http").join("0"), &out)?;
+            }
             let rate = n as f64 / best;
             if client.is_none() {
                 base = rate;
@@ -360,9 +365,13 @@ fn http_cost(args: &BenchArgs) -> anyhow::Result<()> {
                 cells.push(format!("{rate:>12.0} {:>5.2}x", rate / base));
             }
         }
-        println!("{:<22} {}", name, cells.join(" | "));
+        let verdict = match verdict {
+            Ok(()) => "equal".to_string(),
+            Err(e) => format!("DIFFER: {e}"),
+        };
+        println!("{:<22} {} | {verdict}", name, cells.join(" | "));
     }
-    println!("ratio = events/s ÷ events/s without the server");
+    println!("ratio = events/s ÷ events/s without the server; snapshots: every run's files equal the run's without it");
     Ok(())
 }
 

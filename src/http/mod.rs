@@ -78,8 +78,6 @@ pub struct Live {
     pub counters: Arc<Counters>,
     /// when the run began
     pub started: Instant,
-    /// subscribers connected now
-    pub subscribers: AtomicUsize,
     /// the inputs the run reads
     pub inputs: Vec<dataflows::InputName>,
     /// the external sinks the run writes to: `kafka`, `mongodb`
@@ -166,7 +164,6 @@ pub fn start(options: &HttpOptions, plan: &Plan, counters: Arc<Counters>) -> any
         watermark: AtomicI64::new(i64::MIN),
         counters,
         started: Instant::now(),
-        subscribers: AtomicUsize::new(0),
         inputs: plan.inputs.keys().copied().filter(|i| plan.needs(*i)).collect(),
         sinks: sinks.into_iter().filter(|(_, on)| *on).map(|(s, _)| s).collect(),
         kafka: plan
@@ -246,7 +243,7 @@ fn handle(request: tiny_http::Request, store: &Store, live: &Live) {
             Ok(body) => json_response(200, body),
             Err(e) => json_response(404, error_json(&e)),
         },
-        ["outputs", name, "subscribe"] => return subscribe(request, store, live, name, param("key").as_deref()),
+        ["outputs", name, "subscribe"] => return subscribe(request, store, name, param("key").as_deref()),
         ["status"] => json_response(200, status_json(store, live)),
         ["metrics"] => response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics::encode_text(store, live)),
         _ => json_response(
@@ -344,7 +341,7 @@ fn status_json(store: &Store, live: &Live) -> String {
 
 /// Serves `GET /outputs/NAME/subscribe` on this thread until the client leaves, is dropped, or
 /// the run ends.
-fn subscribe(request: tiny_http::Request, store: &Store, live: &Live, name: &str, key: Option<&str>) {
+fn subscribe(request: tiny_http::Request, store: &Store, name: &str, key: Option<&str>) {
     let sub = match find(store, name, key) {
         Ok((i, key)) => store.subscribe(i, key),
         Err(e) => {
@@ -352,7 +349,6 @@ fn subscribe(request: tiny_http::Request, store: &Store, live: &Live, name: &str
             return;
         }
     };
-    live.subscribers.fetch_add(1, Ordering::Relaxed);
     let mut w = request.into_writer();
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
     let mut ok = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
@@ -373,5 +369,4 @@ fn subscribe(request: tiny_http::Request, store: &Store, live: &Live, name: &str
         }
     }
     store.unsubscribe(&sub);
-    live.subscribers.fetch_sub(1, Ordering::Relaxed);
 }

@@ -517,6 +517,16 @@ impl Sink for StoreSink {
         store.applied[self.shard].fetch_max(time + 1, Ordering::AcqRel);
     }
 
+    /// (Asked when the run has ended, for the snapshot: every time this shard applied is
+    /// complete, so all of it is folded.)
+    fn current_rows(&mut self) -> Option<Vec<(Row, isize)>> {
+        let store = &*self.store;
+        let mut shard = lock(&store.shards[self.shard]);
+        shard.fold(&store.outputs, u64::MAX);
+        let keyed = store.outputs.iter().enumerate().filter(|(_, o)| !o.append_only());
+        Some(keyed.flat_map(|(i, _)| shard.parts[i].rows.values().flatten().cloned().collect::<Vec<_>>()).collect())
+    }
+
     fn advance(&mut self, frontier: Option<Time>) {
         let store = &*self.store;
         store.below[self.shard].fetch_max(frontier.unwrap_or(u64::MAX), Ordering::AcqRel);

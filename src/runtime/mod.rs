@@ -160,9 +160,9 @@ pub struct Plan {
     pub checkpoint_interval: Option<Duration>,
     /// a restart ignores checkpoints and reads every input from where it began
     pub replay_on_restart: bool,
-    /// every output change also reaches the first worker of all, for the observer's
-    /// [`Observer::changes`] sink there (the HTTP server's current rows and subscriptions);
-    /// every process's plan must say the same
+    /// every output change also reaches the observer's [`Observer::change_sinks`] on the first
+    /// process's workers (the HTTP server's current rows and subscriptions); every process's
+    /// plan must say the same
     pub observe_changes: bool,
 }
 
@@ -694,8 +694,29 @@ fn run_worker(
     // Append-only rows go to sorted runs on disk, except where the live view reads them.
     let spill = plan.spill_dir();
     let append_spill = (plan.display != Display::Live).then(|| spill.join(format!("worker-{index}")));
+    // The observer's view of every change, sharded by key over the first process's workers: in
+    // one process, beside this worker's other sinks; in a cluster, routed to the first
+    // process (every worker builds the same operators; the others' sink is empty).
+    let local_workers = plan.cluster.workers.max(1);
+    let mut observed: Option<SharedSink> = None;
+    let mut beside: Option<SharedSink> = None;
+    if plan.observe_changes {
+        let mine = change_sinks.as_ref().filter(|_| index < local_workers && plan.cluster.process == 0).map(|make| make(index));
+        match (plan.cluster.processes > 1, mine) {
+            (false, Some(s)) => beside = Some(Rc::new(RefCell::new(s))),
+            (false, None) => {}
+            (true, Some(s)) => observed = Some(Rc::new(RefCell::new(s))),
+            (true, None) => observed = Some(Rc::new(RefCell::new(Fanout(Vec::new())))),
+        }
+    }
+    // Beside the snapshot share, an observer's sink that keeps the same share's current rows
+    // keeps them once: the snapshot takes them from it at the end.
+    let rows_beside = beside.as_ref().filter(|_| !gather).is_some_and(|s| s.borrow_mut().current_rows().is_some());
     let jsonl = (plan.keeps_rows() && (first || !gather))
-        .then(|| JsonlSink::new(if gather && plan.changes { plan.output_dir.as_deref() } else { None }, &outputs, append_spill))
+        .then(|| {
+            let changes_dir = if gather && plan.changes { plan.output_dir.as_deref() } else { None };
+            JsonlSink::new(changes_dir, &outputs, append_spill).map(|s| if rows_beside { s.without_keyed_rows() } else { s })
+        })
         .transpose()?
         .map(|s| Rc::new(RefCell::new(s)));
     let mut by_key: Vec<SharedSink> = vec![Rc::new(RefCell::new(TallySink(counters.tally.clone())))];
@@ -720,19 +741,8 @@ fn run_worker(
         let written = if streaming { sink.written_through()?.max(checkpointed) } else { None };
         by_key.push(external(sink, resume(written)));
     }
-    // The observer's view of every change, sharded by key over the first process's workers: in
-    // one process, beside this worker's other sinks; in a cluster, routed to the first
-    // process (every worker builds the same operators; the others' sink is empty).
-    let local_workers = plan.cluster.workers.max(1);
-    let mut observed: Option<SharedSink> = None;
-    if plan.observe_changes {
-        let mine = change_sinks.as_ref().filter(|_| index < local_workers && plan.cluster.process == 0).map(|make| make(index));
-        match (plan.cluster.processes > 1, mine) {
-            (false, Some(s)) => by_key.push(Rc::new(RefCell::new(s))),
-            (false, None) => {}
-            (true, Some(s)) => observed = Some(Rc::new(RefCell::new(s))),
-            (true, None) => observed = Some(Rc::new(RefCell::new(Fanout(Vec::new())))),
-        }
+    if let Some(s) = &beside {
+        by_key.push(s.clone());
     }
     let first_sink: Option<SharedSink> = gather.then(|| match &jsonl {
         Some(s) => s.clone() as SharedSink,
@@ -1068,7 +1078,8 @@ fn run_worker(
     // The snapshot: every worker's share leaves as one sorted merge and is gathered on the
     // first worker, which writes the files from a merge of what it received.
     let kept = plan.keeps_rows();
-    let share = jsonl.as_ref().map(|s| s.borrow_mut().finish()).transpose()?;
+    let kept_beside = beside.filter(|_| rows_beside).and_then(|s| s.borrow_mut().current_rows()).unwrap_or_default();
+    let share = jsonl.as_ref().map(|s| s.borrow_mut().finish_with(kept_beside)).transpose()?;
     let gathered = if kept { gather_on_first(worker, share, spill.join("gathered"))? } else { None };
     if !first {
         return Ok(None);

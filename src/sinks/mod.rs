@@ -47,6 +47,11 @@ pub trait Sink {
     }
     /// Every time before `frontier` was applied (`None`: every time).
     fn advance(&mut self, _frontier: Option<Time>) {}
+    /// For a sink that keeps its share's current rows of the keyed outputs (not append-only
+    /// ones): a copy of them, so that the snapshot need not keep them too.
+    fn current_rows(&mut self) -> Option<Vec<(Row, isize)>> {
+        None
+    }
 }
 
 impl Sink for Box<dyn Sink> {
@@ -61,6 +66,9 @@ impl Sink for Box<dyn Sink> {
     }
     fn advance(&mut self, frontier: Option<Time>) {
         (**self).advance(frontier);
+    }
+    fn current_rows(&mut self) -> Option<Vec<(Row, isize)>> {
+        (**self).current_rows()
     }
 }
 

@@ -57,6 +57,8 @@ pub struct JsonlSink {
     append: Option<Runs>,
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
+    /// keep the keyed outputs' rows (else another sink keeps them: [`JsonlSink::finish_with`])
+    keyed: bool,
 }
 
 impl JsonlSink {
@@ -74,7 +76,14 @@ impl JsonlSink {
             }
         }
         let append = spill_dir.map(|d| Runs::new(d, RUN_ROWS));
-        Ok(JsonlSink { state: HashedMap::default(), append, changes, error: None })
+        Ok(JsonlSink { state: HashedMap::default(), append, changes, error: None, keyed: true })
+    }
+
+    /// The same sink, keeping no rows of keyed outputs: another sink beside it keeps them and
+    /// hands them to [`JsonlSink::finish_with`].
+    pub fn without_keyed_rows(mut self) -> Self {
+        self.keyed = false;
+        self
     }
 
     /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
@@ -96,6 +105,11 @@ impl JsonlSink {
     /// Hands over every row, encoded, as one sorted merge, leaving the sink empty; reports
     /// any write error of the change or run files.
     pub fn finish(&mut self) -> io::Result<Merged> {
+        self.finish_with(Vec::new())
+    }
+
+    /// [`JsonlSink::finish`], with `kept`: the keyed rows another sink kept instead.
+    pub fn finish_with(&mut self, kept: Vec<(Row, isize)>) -> io::Result<Merged> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -103,7 +117,7 @@ impl JsonlSink {
             f.flush()?;
         }
         let mut runs = self.append.take().unwrap_or_else(Runs::in_memory);
-        for (r, count) in std::mem::take(&mut self.state).into_values().flatten() {
+        for (r, count) in std::mem::take(&mut self.state).into_values().flatten().chain(kept) {
             runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })?;
         }
         runs.merged()
@@ -124,7 +138,12 @@ impl JsonlSink {
 
 impl Sink for JsonlSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
-        self.apply_owned(time, updates.to_vec());
+        if self.keyed {
+            self.apply_owned(time, updates.to_vec());
+        } else {
+            let appended: Vec<(Row, isize)> = updates.iter().filter(|(r, _)| r.output().append_only()).cloned().collect();
+            self.apply_owned(time, appended);
+        }
     }
 
     fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
@@ -145,6 +164,9 @@ impl Sink for JsonlSink {
                     tracing::error!(error = %e, "spilling append-only rows failed");
                     self.error.get_or_insert(e);
                 }
+                continue;
+            }
+            if !self.keyed && !row.output().append_only() {
                 continue;
             }
             let hash = row.key_hash();
