@@ -24,6 +24,17 @@ struct Engine {
     stderr: Arc<Mutex<String>>,
 }
 
+impl Engine {
+    /// Waits until the server says the run ended and wrote its outputs.
+    fn wait_until_finished(&self, limit: Duration) {
+        let started = Instant::now();
+        while get_json(&self.addr, "/outputs")["done"] != true {
+            assert!(started.elapsed() < limit, "the run did not finish in {limit:?}:\n{}", self.stderr.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -300,11 +311,7 @@ fn a_client_that_reads_nothing_is_dropped_and_does_not_hold_the_run_up() {
         start(dir.path(), &[&args[..], &["-w", "2", "--output-dir", "out", "--http", "127.0.0.1:0", "--http-linger", "60"]].concat());
     let stalled = subscribe(&engine.addr, "/outputs/user_event_counts/subscribe");
     // The run finishes while the client reads nothing.
-    let started = Instant::now();
-    while get_json(&engine.addr, "/outputs")["done"] != true {
-        assert!(started.elapsed() < Duration::from_secs(300), "the run did not finish:\n{}", engine.stderr.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    engine.wait_until_finished(Duration::from_secs(300));
     let file: BTreeMap<String, isize> = std::fs::read_to_string(dir.path().join("out/user_event_counts.jsonl"))
         .unwrap()
         .lines()
@@ -382,11 +389,7 @@ fn the_dashboard_shows_the_demo_outputs_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["demo", "--duration", "4", "--plain", "-w", "2", "--output-dir", "out", "--http", "127.0.0.1:0", "--http-linger", "120"];
     let engine = start(dir.path(), &args);
-    let started = Instant::now();
-    while get_json(&engine.addr, "/outputs")["done"] != true {
-        assert!(started.elapsed() < Duration::from_secs(120), "the demo did not finish:\n{}", engine.stderr.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    engine.wait_until_finished(Duration::from_secs(120));
     let out = dir.path().join("out");
     let url = format!("http://{}/", engine.addr);
     let dom = chrome(&["--dump-dom"], &url);
@@ -424,7 +427,7 @@ fn the_dashboard_shows_the_demo_outputs_in_a_real_browser() {
         let n = snapshot(&out, o).len();
         let at = dom.find(&format!("data-output=\"{o}\"")).unwrap_or_else(|| panic!("{o} is not listed"));
         let cells = &dom[at..dom[at..].find("</tr>").unwrap() + at];
-        assert!(cells.contains(&format!(">{}<", group_thousands(n))), "{o}: {n} rows, the row says {cells}");
+        assert!(cells.contains(&format!(">{}<", diffstream::status::thousands(n as u64))), "{o}: {n} rows, the row says {cells}");
     }
     // Alerts: the latest ones, each one of the output's.
     let alerts = snapshot(&out, "anomaly_alerts");
@@ -441,18 +444,6 @@ fn the_dashboard_shows_the_demo_outputs_in_a_real_browser() {
     let shot = target.join("dashboard.png");
     chrome(&[&format!("--screenshot={}", shot.display())], &url);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot in {}", shot.display());
-}
-
-fn group_thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[test]
@@ -473,11 +464,7 @@ fn the_first_process_serves_the_whole_cluster() {
     let out = second.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("dashboard:"), "only the first process serves");
-    let started = Instant::now();
-    while get_json(&engine.addr, "/outputs")["done"] != true {
-        assert!(started.elapsed() < Duration::from_secs(120), "the run did not finish:\n{}", engine.stderr.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    engine.wait_until_finished(Duration::from_secs(120));
     // Both processes' shares, through the dataflow.
     assert_eq!(rows(&get_json(&engine.addr, "/outputs/user_event_counts")), counts(&input));
 }
