@@ -503,3 +503,30 @@ fn metrics_show_each_kafka_partitions_lag() {
     // record rather than one past it, hence at most 1).
     assert!(lag.iter().all(|l| (0.0..=1.0).contains(l)), "{lag:?}");
 }
+
+#[test]
+fn metrics_show_an_sql_inputs_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readings = common::diffstream(&["gen", "sensors", "--count", "20000", "--seed", "5"]).stdout;
+    std::fs::write(dir.path().join("readings.jsonl"), &readings).unwrap();
+    std::fs::copy(root.join("dataflows/sensors.sql"), dir.path().join("sensors.sql")).unwrap();
+    let config = std::fs::read_to_string(root.join("configs/sensors.toml")).unwrap().replace("../dataflows/sensors.sql", "sensors.sql");
+    std::fs::write(dir.path().join("sensors.toml"), config).unwrap();
+    let engine = start(dir.path(), &["run", "--config", "sensors.toml", "-w", "2", "--http", "127.0.0.1:0", "--http-linger", "60"]);
+    engine.wait_until_finished(Duration::from_secs(120));
+    // The reference: the greatest timestamp of the readings that decode and are not dated past
+    // the clock's hour ahead, less the 30 s of allowed lateness the config gives.
+    let horizon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + 3_600_000;
+    let newest = String::from_utf8(readings)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["sensor_id"].is_string() && v["value"].is_number() && v["status"].is_string())
+        .filter_map(|v| chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok().map(|t| t.timestamp_millis()))
+        .filter(|t| *t <= horizon)
+        .max()
+        .unwrap();
+    let metrics = parse_prometheus(&get(&engine.addr, "/metrics").1);
+    assert_eq!(metrics.get("diffstream_watermark_milliseconds{input=\"sensors\"}"), Some(&((newest - 30_000) as f64)), "{metrics:?}");
+}

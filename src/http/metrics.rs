@@ -94,13 +94,13 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
     gauge(&mut r, "diffstream_logical_time", "The first worker's logical time", time);
     gauge(&mut r, "diffstream_closed_time", "Every logical time up to this one is complete in every output (-1: none yet)", closed);
     gauge(&mut r, "diffstream_times_in_flight", "Logical times begun but not yet complete", (time - closed - 1).max(0));
-    let wm = live.watermark.load(Ordering::Relaxed);
-    if wm != i64::MIN {
+    let watermarks = live.watermarks();
+    if !watermarks.is_empty() {
         gauges(
             &mut r,
             "diffstream_watermark_milliseconds",
-            "The watermark (greatest event time less the allowed lateness), ms since the epoch",
-            [(label("input", "sensors"), wm)],
+            "The watermark per input (greatest event time read less the allowed lateness), ms since the epoch",
+            watermarks.into_iter().map(|(i, w)| (label("input", i), w)),
         );
     }
     let offsets = live.kafka_offsets();

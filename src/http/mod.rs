@@ -74,6 +74,8 @@ pub struct Live {
     pub time: AtomicU64,
     /// the sensor watermark (`i64::MIN`: none yet)
     pub watermark: AtomicI64,
+    /// each event-time SQL input's watermark
+    pub input_watermarks: std::sync::Mutex<Vec<(String, i64)>>,
     /// the run's counters (this process's)
     pub counters: Arc<Counters>,
     /// when the run began
@@ -89,6 +91,16 @@ pub struct Live {
 }
 
 impl Live {
+    /// Every input's watermark: the sensor dataflow's and each event-time SQL input's.
+    pub fn watermarks(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = self.input_watermarks.lock().map(|w| w.clone()).unwrap_or_default();
+        let wm = self.watermark.load(Ordering::Relaxed);
+        if wm != i64::MIN {
+            out.push(("sensors".to_string(), wm));
+        }
+        out
+    }
+
     /// Every Kafka input partition's offsets, asked of the brokers at most every 5 s (the
     /// whole cluster's partitions: the group's commits are).
     pub fn kafka_offsets(&self) -> Vec<crate::sources::kafka::PartitionOffsets> {
@@ -119,6 +131,10 @@ impl Observer for HttpObserver {
     fn tick(&mut self, tick: &Tick<'_>) {
         self.live.time.store(tick.time, Ordering::Relaxed);
         self.live.watermark.store(tick.watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
+        if let Ok(mut w) = self.live.input_watermarks.try_lock() {
+            w.clear();
+            w.extend(tick.input_watermarks.iter().filter_map(|(i, c)| Some((i.to_string(), c.get()?))));
+        }
         if let Some(o) = &mut self.inner {
             o.tick(tick);
         }
@@ -162,6 +178,7 @@ pub fn start(options: &HttpOptions, plan: &Plan, counters: Arc<Counters>) -> any
     let live = Arc::new(Live {
         time: AtomicU64::new(0),
         watermark: AtomicI64::new(i64::MIN),
+        input_watermarks: std::sync::Mutex::default(),
         counters,
         started: Instant::now(),
         inputs: plan.inputs.keys().copied().filter(|i| plan.needs(*i)).collect(),
@@ -330,7 +347,9 @@ fn status_json(store: &Store, live: &Live) -> String {
         "time": live.time.load(Ordering::Relaxed),
         "closed": store.time(),
         "done": store.finished.load(Ordering::Relaxed),
-        "watermark": (wm != i64::MIN).then(|| crate::codec::format_time(wm)),
+        "watermark": (wm != i64::MIN).then(|| crate::codec::format_time(wm))
+            .or_else(|| live.watermarks().iter().map(|(_, w)| *w).min().map(crate::codec::format_time)),
+        "watermarks": live.watermarks().into_iter().map(|(i, w)| (i, crate::codec::format_time(w).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
         "records_in": inputs,
         "decode_errors": live.counters.decode_errors.load(Ordering::Relaxed),
         "dead_letters": store.dead_letters(),

@@ -562,6 +562,9 @@ pub struct Tick<'a> {
     pub counters: &'a Counters,
     /// the sensor watermark as the first worker knows it
     pub watermark: Option<dataflows::records::Millis>,
+    /// each event-time SQL input's watermark as the first worker knows it (the greatest event
+    /// time read less its allowed lateness)
+    pub input_watermarks: &'a [(InputName, Rc<std::cell::Cell<Option<dataflows::records::Millis>>>)],
     /// the first worker's logical time
     pub time: Time,
     /// the run has ended (the last call)
@@ -758,7 +761,7 @@ fn run_worker(
     let mine = restored.as_ref();
     // The watermark then: from the greatest event time of all workers' parts.
     let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
-    let (mut sessions, probe, watermark, open_readings) = worker.dataflow::<Time, _, _>(|scope| {
+    let (mut sessions, probe, watermark, open_readings, input_watermarks) = worker.dataflow::<Time, _, _>(|scope| {
         let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
         let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
         let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
@@ -776,6 +779,7 @@ fn run_worker(
         let mut view_rows = Vec::new();
         let mut view_errors = Vec::new();
         let mut late_rows = Vec::new();
+        let mut input_watermarks: Vec<(InputName, Rc<std::cell::Cell<Option<dataflows::records::Millis>>>)> = Vec::new();
         if let Some(sql) = &plan.sql {
             let mut sources = BTreeMap::new();
             for t in &sql.tables {
@@ -791,6 +795,12 @@ fn run_worker(
                         let stamp = |(s, _): &(Timed, dataflows::sql::SqlRow)| (s.batch, s.ts);
                         let (timed, maxima) = dataflows::watermark::event_time_max(timed, stamp);
                         let maxima = maxima.broadcast();
+                        // What observers show: the greatest event time read less the lateness.
+                        let shown = Rc::new(std::cell::Cell::new(None::<dataflows::records::Millis>));
+                        let (into, lateness) = (shown.clone(), e.allowed_lateness_ms);
+                        use timely::dataflow::operators::Inspect;
+                        maxima.clone().inspect(move |(_, m)| into.set(Some(into.get().map_or(m - lateness, |w| w.max(m - lateness)))));
+                        input_watermarks.push((t.name, shown));
                         let slides = e.slides.clone();
                         let final_end = move |ts| dataflows::watermark::final_end(&slides, ts);
                         let (on_time, late) =
@@ -875,7 +885,7 @@ fn run_worker(
             restored_sensors: restored_in,
             tables,
         };
-        (sessions, probe, outs.watermark, outs.open_readings)
+        (sessions, probe, outs.watermark, outs.open_readings, input_watermarks)
     });
 
     let mut inputs = Vec::new();
@@ -895,7 +905,7 @@ fn run_worker(
         if let Some(o) = &mut observer {
             let sink = sink.as_ref().map(|s| s.borrow());
             let watermark = watermark.as_ref().and_then(|w| w.get());
-            o.tick(&Tick { rows: sink.as_deref(), counters, watermark, time: epoch, done });
+            o.tick(&Tick { rows: sink.as_deref(), counters, watermark, input_watermarks: &input_watermarks, time: epoch, done });
         }
     };
 
