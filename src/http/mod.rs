@@ -341,15 +341,15 @@ fn status_json(store: &Store, live: &Live) -> String {
     let counts = live.counters.snapshot();
     let inputs: serde_json::Map<String, serde_json::Value> =
         live.inputs.iter().map(|i| (i.to_string(), counts[i.index()].into())).collect();
-    let wm = live.watermark.load(Ordering::Relaxed);
+    let watermarks = live.watermarks();
     serde_json::json!({
         "uptime_secs": live.started.elapsed().as_secs_f64(),
         "time": live.time.load(Ordering::Relaxed),
         "closed": store.time(),
         "done": store.finished.load(Ordering::Relaxed),
-        "watermark": (wm != i64::MIN).then(|| crate::codec::format_time(wm))
-            .or_else(|| live.watermarks().iter().map(|(_, w)| *w).min().map(crate::codec::format_time)),
-        "watermarks": live.watermarks().into_iter().map(|(i, w)| (i, crate::codec::format_time(w).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
+        // the least of them: the event time every input's outputs are final up to
+        "watermark": watermarks.iter().map(|(_, w)| *w).min().map(crate::codec::format_time),
+        "watermarks": watermarks.into_iter().map(|(i, w)| (i, crate::codec::format_time(w).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
         "records_in": inputs,
         "decode_errors": live.counters.decode_errors.load(Ordering::Relaxed),
         "dead_letters": store.dead_letters(),

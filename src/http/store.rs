@@ -271,11 +271,6 @@ impl Store {
         }
     }
 
-    /// Whether the dataflow has ended: nothing will change any more.
-    pub fn done(&self) -> bool {
-        self.frontier().1
-    }
-
     /// Every shard locked, folded through the time they all closed, and that time.
     fn cut(&self) -> (Vec<MutexGuard<'_, Shard>>, Option<Time>) {
         let mut guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(lock).collect();
@@ -333,18 +328,29 @@ impl Store {
     /// with that time and the output's row count; an append-only output's latest rows.
     pub fn rows(&self, i: usize, key: Option<&[String]>) -> (Option<Time>, i64, Vec<Row>) {
         let (mut guards, time) = self.cut();
+        let (count, rows) = self.gather(&mut guards, i, key);
+        drop(guards);
+        (time, count, self.latest(i, rows))
+    }
+
+    /// Output `i`'s row count and rows (only `key`'s, with one) over the locked shards, with
+    /// the times of an append-only output's rows.
+    fn gather(&self, guards: &mut [MutexGuard<'_, Shard>], i: usize, key: Option<&[String]>) -> (i64, Vec<(Time, Row)>) {
         let append_only = self.outputs[i].append_only();
         let mut rows = Vec::new();
-        for g in &mut guards {
+        for g in guards.iter_mut() {
             g.rows(i, append_only, key, &mut rows);
         }
-        let count = guards.iter().map(|g| g.parts[i].count).sum();
-        drop(guards);
-        if append_only && rows.len() > APPEND_TAIL {
+        (guards.iter().map(|g| g.parts[i].count).sum(), rows)
+    }
+
+    /// The rows, of an append-only output only the latest [`APPEND_TAIL`] over all shards.
+    fn latest(&self, i: usize, mut rows: Vec<(Time, Row)>) -> Vec<Row> {
+        if self.outputs[i].append_only() && rows.len() > APPEND_TAIL {
             rows.sort_by_key(|(t, _)| *t);
             rows.drain(..rows.len() - APPEND_TAIL);
         }
-        (time, count, rows.into_iter().map(|(_, r)| r).collect())
+        rows.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Follows output `i` (only `key`'s rows, with one): the subscriber's first event is the
@@ -355,11 +361,9 @@ impl Store {
         let sub = Arc::new(Subscriber { output, key, queue: Mutex::default(), ready: Condvar::new() });
         let (time, count, rows) = {
             let (mut guards, time) = self.cut();
-            let append_only = output.append_only();
-            let mut rows = Vec::new();
-            for g in &mut guards {
-                g.rows(i, append_only, sub.key.as_deref(), &mut rows);
-                // Times applied after the cut are still pending: their changes come next.
+            let (count, rows) = self.gather(&mut guards, i, sub.key.as_deref());
+            // Times applied after the cut are still pending: their changes come next.
+            for g in &guards {
                 for (t, updates) in &g.pending {
                     for (row, diff) in updates.iter().filter(|(r, _)| r.output() == output) {
                         if let Some(event) = change_event(&sub, *t, row, *diff) {
@@ -368,18 +372,12 @@ impl Store {
                     }
                 }
             }
-            let count = guards.iter().map(|g| g.parts[i].count).sum::<i64>();
             let mut subs = lock(&self.subscribers);
             subs.retain(|s| s.live());
             subs.push(sub.clone());
             (time, count, rows)
         };
-        let mut rows = rows;
-        if output.append_only() && rows.len() > APPEND_TAIL {
-            rows.sort_by_key(|(t, _)| *t);
-            rows.drain(..rows.len() - APPEND_TAIL);
-        }
-        let snapshot = snapshot_json(output, time, count, rows.into_iter().map(|(_, r)| r).collect());
+        let snapshot = snapshot_json(output, time, count, self.latest(i, rows));
         let mut q = lock(&sub.queue);
         q.snapshot = Some(sse("snapshot", &snapshot));
         q.announced = time;
