@@ -253,8 +253,9 @@ pub fn decode_sql(raw: &[u8], columns: &[dataflows::sql::Column]) -> Result<data
     Ok(row)
 }
 
-/// Decodes a record's declared columns straight into values, skipping the other fields (no
-/// map of the record is built).
+/// Decodes a record's declared columns straight into values, each by its column's type: no
+/// map of the record and no `serde_json::Value` per column is built, and the other fields are
+/// skipped unparsed.
 struct SqlRowSeed<'a>(&'a [dataflows::sql::Column]);
 
 impl<'de> serde::de::DeserializeSeed<'de> for SqlRowSeed<'_> {
@@ -271,42 +272,110 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
-        let mut row: Vec<Option<dataflows::sql::Value>> = vec![None; self.0.len()];
+        let mut row = vec![dataflows::sql::Value::Null; self.0.len()];
+        // (a bit per declared column seen: one word, but for the rare wider input)
+        let mut seen = vec![0u64; self.0.len().div_ceil(64)];
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match self.0.iter().position(|c| c.name == *key) {
                 Some(i) => {
-                    let c = &self.0[i];
-                    let v: serde_json::Value = map.next_value()?;
-                    row[i] = Some(sql_value(c, v).map_err(A::Error::custom)?);
+                    row[i] = map.next_value_seed(ColumnSeed(&self.0[i]))?.map_err(A::Error::custom)?;
+                    seen[i / 64] |= 1 << (i % 64);
                 }
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
-        row.into_iter().zip(self.0).map(|(v, c)| v.ok_or_else(|| A::Error::custom(format!("missing_field: {}", c.name)))).collect()
+        match (0..self.0.len()).find(|i| seen[i / 64] & (1 << (i % 64)) == 0) {
+            Some(i) => Err(A::Error::custom(format!("missing_field: {}", self.0[i].name))),
+            None => Ok(row),
+        }
     }
 }
 
-/// A JSON value as column `c`'s value: `null` is NULL; another type is `wrong_type`.
-fn sql_value(c: &dataflows::sql::Column, v: serde_json::Value) -> Result<dataflows::sql::Value, String> {
-    use dataflows::sql::{Type, Value};
-    let wrong = |v: &serde_json::Value| format!("wrong_type: {} is not {} ({v})", c.name, c.ty);
-    Ok(match (c.ty, v) {
-        (_, serde_json::Value::Null) => Value::Null,
-        (Type::Int, serde_json::Value::Number(n)) => Value::Int(n.as_i64().ok_or_else(|| wrong(&serde_json::Value::Number(n)))?),
-        (Type::Float, serde_json::Value::Number(n)) => Value::Float(n.as_f64().ok_or_else(|| wrong(&serde_json::Value::Number(n)))?),
-        (Type::Text, serde_json::Value::String(s)) => Value::Text(s),
-        (Type::Bool, serde_json::Value::Bool(b)) => Value::Bool(b),
-        (Type::Timestamp, serde_json::Value::String(s)) => match parse_time_str(&s) {
-            Ok(t) => Value::Timestamp(t),
-            Err(_) => return Err(wrong(&serde_json::Value::String(s))),
-        },
-        (Type::Timestamp, serde_json::Value::Number(n)) => {
-            Value::Timestamp(n.as_i64().ok_or_else(|| wrong(&serde_json::Value::Number(n)))?)
+/// One JSON value as column `c`'s value, read by the column's type: `null` is NULL; a value of
+/// another type is `Err(wrong_type: …)`, which names the column, its type and the value.
+struct ColumnSeed<'a>(&'a dataflows::sql::Column);
+
+type ColumnValue = Result<dataflows::sql::Value, String>;
+
+impl ColumnSeed<'_> {
+    fn wrong(&self, shown: impl std::fmt::Display) -> ColumnValue {
+        Err(format!("wrong_type: {} is not {} ({shown})", self.0.name, self.0.ty))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ColumnSeed<'_> {
+    type Value = ColumnValue;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
+    type Value = ColumnValue;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a {} value", self.0.ty)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<ColumnValue, E> {
+        Ok(Ok(dataflows::sql::Value::Null))
+    }
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<ColumnValue, E> {
+        use dataflows::sql::{Type, Value};
+        Ok(match self.0.ty {
+            Type::Bool => Ok(Value::Bool(b)),
+            _ => self.wrong(b),
+        })
+    }
+    fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<ColumnValue, E> {
+        use dataflows::sql::{Type, Value};
+        Ok(match self.0.ty {
+            Type::Int => Ok(Value::Int(i)),
+            Type::Float => Ok(Value::Float(i as f64)),
+            Type::Timestamp => Ok(Value::Timestamp(i)),
+            _ => self.wrong(i),
+        })
+    }
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<ColumnValue, E> {
+        use dataflows::sql::Type;
+        match (self.0.ty, i64::try_from(u)) {
+            (Type::Float, _) => Ok(Ok(dataflows::sql::Value::Float(u as f64))),
+            (_, Ok(i)) => self.visit_i64(i),
+            (_, Err(_)) => Ok(self.wrong(u)),
         }
-        (_, v) => return Err(wrong(&v)),
-    })
+    }
+    fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<ColumnValue, E> {
+        use dataflows::sql::{Type, Value};
+        Ok(match self.0.ty {
+            Type::Float => Ok(Value::Float(x)),
+            _ => self.wrong(serde_json::Number::from_f64(x).map_or_else(|| x.to_string(), |n| n.to_string())),
+        })
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ColumnValue, E> {
+        use dataflows::sql::{Type, Value};
+        Ok(match self.0.ty {
+            Type::Text => Ok(Value::Text(s.into())),
+            Type::Timestamp => match parse_time_str(s) {
+                Ok(t) => Ok(Value::Timestamp(t)),
+                Err(_) => self.wrong(serde_json::Value::from(s)),
+            },
+            _ => self.wrong(serde_json::Value::from(s)),
+        })
+    }
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<ColumnValue, E> {
+        match self.0.ty {
+            dataflows::sql::Type::Text => Ok(Ok(dataflows::sql::Value::Text(s.into()))),
+            _ => self.visit_str(&s),
+        }
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ColumnValue, A::Error> {
+        let v: serde_json::Value = serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(self.wrong(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ColumnValue, A::Error> {
+        let v: serde_json::Value = serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(self.wrong(v))
+    }
 }
 
 /// Decodes a sensor reading.

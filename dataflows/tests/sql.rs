@@ -131,7 +131,7 @@ impl Query {
             Query::FilterMap { m, c, w } => a
                 .iter()
                 .filter(|r| r.x.is_some_and(|x| x > *w))
-                .map(|r| vec![Int(r.k), Int(r.x.unwrap() * m + c), Text(r.s.clone())])
+                .map(|r| vec![Int(r.k), Int(r.x.unwrap() * m + c), Text(r.s.as_str().into())])
                 .collect(),
             Query::Group { w, h } => {
                 let mut groups: BTreeMap<i64, Vec<&A>> = BTreeMap::new();
@@ -193,7 +193,7 @@ impl Query {
                         g.1 += q.y;
                     }
                 }
-                groups.into_iter().map(|(s, (n, sy))| vec![Text(s), Int(n), Int(sy)]).collect()
+                groups.into_iter().map(|(s, (n, sy))| vec![Text(s.into()), Int(n), Int(sy)]).collect()
             }
             Query::JoinOnNullable { left } => {
                 let mut out = Vec::new();
@@ -227,7 +227,7 @@ impl Query {
                         Int(r.k),
                         Text(size.into()),
                         Int(r.x.unwrap_or(-1)),
-                        Text(format!("{}!", r.s.to_uppercase().to_lowercase())),
+                        Text(format!("{}!", r.s.to_uppercase().to_lowercase()).into()),
                         Int(r.s.chars().count() as i64),
                     ]
                 })
@@ -238,7 +238,7 @@ impl Query {
                 for r in a {
                     for (k, label, lim) in table.iter().filter(|(k, _, _)| *k == r.k) {
                         if r.x.is_some_and(|x| x as f64 > *lim) {
-                            out.push(vec![Int(*k), Text(label.to_string()), Float(*lim), opt(r.x)]);
+                            out.push(vec![Int(*k), Text((*label).into()), Float(*lim), opt(r.x)]);
                         }
                     }
                 }
@@ -276,12 +276,12 @@ impl Query {
                     let t = r.x.map(|x| x * 37000);
                     vec![
                         Int(r.k),
-                        Text(pick(from - 1, from - 1 + len)),
+                        Text(pick(from - 1, from - 1 + len).into()),
                         Text("x".into()),
                         Int(pos("r")),
                         Int(pos("q")),
-                        Text(format!("{}{}", r.s, r.k)),
-                        Text(pick(from - 1, i64::MAX)),
+                        Text(format!("{}{}", r.s, r.k).into()),
+                        Text(pick(from - 1, i64::MAX).into()),
                         t.map_or(Null, |t| Value::Timestamp(t - t % 60_000)),
                         t.map_or(Null, |t| Int(t % 60_000 / 1000)),
                     ]
@@ -301,7 +301,7 @@ enum Change {
 }
 
 fn a_row(r: &A) -> SqlRow {
-    vec![Value::Int(r.k), r.x.map_or(Value::Null, Value::Int), Value::Text(r.s.clone())]
+    vec![Value::Int(r.k), r.x.map_or(Value::Null, Value::Int), Value::Text(r.s.as_str().into())]
 }
 
 fn b_row(r: &B) -> SqlRow {

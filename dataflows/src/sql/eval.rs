@@ -87,7 +87,7 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
                     }),
                 }
             }
-            Value::Text(out)
+            Value::Text(out.into())
         }
         Expr::Call(f @ (Func::Substring | Func::SplitPart | Func::Position), args) => {
             let values: Vec<Value> = args.iter().map(|a| eval(a, row)).collect::<Result<_, _>>()?;
@@ -115,7 +115,7 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
                         return Err(format!("SPLIT_PART's field {n} is not positive"));
                     }
                     let part = if d.is_empty() { (*n == 1).then_some(s.as_str()) } else { s.split(d.as_str()).nth(*n as usize - 1) };
-                    Value::Text(part.unwrap_or("").to_string())
+                    Value::Text(part.unwrap_or("").into())
                 }
                 (Func::Position, [Value::Text(needle), Value::Text(hay)]) => {
                     Value::Int(hay.find(needle.as_str()).map_or(0, |b| hay[..b].chars().count() as i64 + 1))
@@ -129,7 +129,7 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
                 (_, Value::Null) => Value::Null,
                 (Func::Lower, Value::Text(s)) => Value::Text(s.to_lowercase()),
                 (Func::Upper, Value::Text(s)) => Value::Text(s.to_uppercase()),
-                (Func::Trim, Value::Text(s)) => Value::Text(s.trim().to_string()),
+                (Func::Trim, Value::Text(s)) => Value::Text(s.trim().into()),
                 (Func::Length, Value::Text(s)) => Value::Int(s.chars().count() as i64),
                 (Func::Abs, Value::Int(i)) => Value::Int(i.checked_abs().ok_or("integer overflow")?),
                 (Func::Abs, Value::Float(x)) => Value::Float(x.abs()),
@@ -245,10 +245,10 @@ pub fn cast(v: Value, to: Type) -> Result<Value, String> {
         (Value::Bool(b), Type::Int) => Value::Int(i64::from(b)),
         (v, Type::Text) => Value::Text(match v {
             Value::Text(s) => s,
-            Value::Int(i) => i.to_string(),
-            Value::Float(x) => x.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Timestamp(t) => t.to_string(),
+            Value::Int(i) => i.to_string().into(),
+            Value::Float(x) => x.to_string().into(),
+            Value::Bool(b) => b.to_string().into(),
+            Value::Timestamp(t) => t.to_string().into(),
             Value::Null => unreachable!("handled above"),
         }),
         (v @ Value::Int(_), Type::Int)

@@ -985,7 +985,7 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
                     Ok(i) => Value::Int(i),
                     Err(_) => Value::Float(n.parse().map_err(|_| error_at(e, format!("`{n}` is not a number")))?),
                 },
-                ast::Value::SingleQuotedString(s) => Value::Text(s.clone()),
+                ast::Value::SingleQuotedString(s) => Value::Text(s.as_str().into()),
                 ast::Value::Boolean(b) => Value::Bool(*b),
                 ast::Value::Null => Value::Null,
                 _ => return Err(error_at(e, "only numbers, 'text', TRUE, FALSE and NULL are supported as literals")),

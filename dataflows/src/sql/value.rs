@@ -77,7 +77,7 @@ pub enum Value {
     /// a float
     Float(f64),
     /// text
-    Text(String),
+    Text(compact_str::CompactString),
     /// a timestamp, in milliseconds since the epoch
     Timestamp(i64),
 }
