@@ -474,6 +474,31 @@ fn a_row_error_is_a_dead_letter_of_its_view_and_the_rest_go_on() {
     assert_eq!(errors, vec![("out".to_string(), "division by zero".to_string())]);
 }
 
+#[test]
+fn a_row_error_in_a_group_key_or_an_aggregate_is_a_dead_letter_and_the_rest_go_on() {
+    let changes = vec![
+        Change::A(0, A { k: 1, x: Some(4), s: "p".into() }, 1),
+        Change::A(0, A { k: 2, x: Some(0), s: "p".into() }, 1),
+        Change::A(1, A { k: 3, x: None, s: "q".into() }, 1),
+        Change::A(1, A { k: 1, x: Some(5), s: "q".into() }, 1),
+    ];
+    let by_key = "CREATE VIEW out AS SELECT 100 / x AS q, COUNT(*) AS n FROM a GROUP BY 100 / x;";
+    for workers in [1, 2] {
+        let (updates, errors) = run(by_key, &changes, 1, workers);
+        assert_eq!(at(&updates, 0), vec![vec![Value::Int(25), Value::Int(1)]], "-w {workers}");
+        let want = vec![vec![Value::Null, Value::Int(1)], vec![Value::Int(20), Value::Int(1)], vec![Value::Int(25), Value::Int(1)]];
+        assert_eq!(at(&updates, 1), want, "-w {workers}");
+        assert_eq!(errors, vec![("out".to_string(), "division by zero".to_string())], "-w {workers}");
+    }
+    let in_sum = "CREATE VIEW out AS SELECT k, SUM(100 / x) AS t FROM a GROUP BY k;";
+    for workers in [1, 2] {
+        let (updates, errors) = run(in_sum, &changes, 1, workers);
+        let want = vec![vec![Value::Int(1), Value::Int(45)], vec![Value::Int(3), Value::Null]];
+        assert_eq!(at(&updates, 1), want, "-w {workers}");
+        assert_eq!(errors, vec![("out".to_string(), "division by zero".to_string())], "-w {workers}");
+    }
+}
+
 /// One row of literals through a view.
 fn one_row(select: &str) -> SqlRow {
     let sql = format!("CREATE VIEW out AS SELECT {select} FROM a;");

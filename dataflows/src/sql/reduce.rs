@@ -212,32 +212,95 @@ pub struct Retire<'s> {
     pub lateness_ms: Millis,
 }
 
-/// The reduce: `(key, aggregate arguments)` rows to `(key, aggregates)` rows.
-pub fn reduce<'s>(
-    grouped: Coll<'s, (SqlRow, SqlRow)>,
+/// How a reduce finds a row's group: `fill(row, key, args)` writes the row's group key and its
+/// aggregates' arguments into the (cleared) buffers, or says why it cannot; with `window`
+/// (`(time column, size, slide)`), each row is grouped once per window holding its time, its
+/// `window_start` and `window_end` appended in place (the windowed rows are never built).
+pub struct Grouping<F> {
+    /// the key and arguments of a row
+    pub fill: F,
+    /// a window in FROM under the reduce
+    pub window: Option<(usize, i64, i64)>,
+}
+
+/// The reduce: rows to `(key, aggregates)` rows, and the rows whose key or arguments failed
+/// (with the reason). Each worker first folds its rows of a time into one partial group per
+/// key, in place: the key is evaluated into a reused buffer and looked up by slice, so a row
+/// allocates nothing unless it starts a group.
+pub fn reduce<'s, F>(
+    rows: Coll<'s, SqlRow>,
+    grouping: Grouping<F>,
     spec: Aggregates,
     retire: Option<Retire<'s>>,
-) -> Coll<'s, (SqlRow, Result<SqlRow, String>)> {
+) -> (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>)
+where
+    F: Fn(&SqlRow, &mut SqlRow, &mut SqlRow) -> Result<(), String> + 'static,
+{
+    use timely::dataflow::operators::OkErr;
     let local = spec.clone();
-    let mut partials: FastMap<(SqlRow, Time), Group> = FastMap::default();
-    let partial = grouped
+    let Grouping { fill, window } = grouping;
+    let mut partials: FastMap<Time, FastMap<SqlRow, Group>> = FastMap::default();
+    let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
+    type Partial = Result<(SqlRow, Group), (String, SqlRow)>;
+    let folded = rows
         .inner
         .unary(Pipeline, "ReduceLocal", move |_cap, _info| {
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
+                    let mut failed: Vec<(Partial, Time, isize)> = Vec::new();
                     for batch in data {
-                        for ((k, args), t, r) in batch.drain(..) {
-                            local.add(partials.entry((k, t)).or_insert_with(|| local.empty()), &args, r);
+                        for (mut row, t, r) in batch.drain(..) {
+                            let groups = partials.entry(t).or_default();
+                            let mut fold = |row: &SqlRow| -> Result<(), String> {
+                                key.clear();
+                                args.clear();
+                                fill(row, &mut key, &mut args)?;
+                                match groups.get_mut(key.as_slice()) {
+                                    Some(g) => local.add(g, &args, r),
+                                    None => {
+                                        let mut g = local.empty();
+                                        local.add(&mut g, &args, r);
+                                        groups.insert(key.clone(), g);
+                                    }
+                                }
+                                Ok(())
+                            };
+                            match window {
+                                None => {
+                                    if let Err(e) = fold(&row) {
+                                        failed.push((Err((e, row)), t, r));
+                                    }
+                                }
+                                Some((time, size, slide)) => {
+                                    let n = row.len();
+                                    let starts = super::render::window_starts(&row[time], size, slide);
+                                    row.extend([Value::Null, Value::Null]);
+                                    for s in starts {
+                                        row[n] = Value::Timestamp(s);
+                                        row[n + 1] = Value::Timestamp(s + size);
+                                        if let Err(e) = fold(&row) {
+                                            failed.push((Err((e, row.clone())), t, r));
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                     let mut session = output.session(&cap);
-                    for ((k, t), g) in partials.drain() {
-                        session.give(((k, g), t, 1isize));
+                    for (t, groups) in partials.drain() {
+                        for (k, g) in groups {
+                            session.give((Ok((k, g)), t, 1isize));
+                        }
                     }
+                    session.give_iterator(failed.into_iter());
                 });
             }
         })
         .container::<Vec<_>>();
+    let (partial, errors) = folded.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(p, t, r)| match p {
+        Ok(kg) => Ok((kg, t, r)),
+        Err(e) => Err((e, t, r)),
+    });
     let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let mut state =
@@ -265,7 +328,7 @@ pub fn reduce<'s>(
             }
         }),
     };
-    out.container::<Vec<_>>().as_collection()
+    (out.container::<Vec<_>>().as_collection(), errors.as_collection())
 }
 
 /// The reduce's state on one worker.

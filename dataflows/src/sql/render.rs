@@ -9,7 +9,7 @@ use timely::dataflow::Scope;
 
 use super::eval::{eval, truth};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{reduce, Aggregates, Retire, FLOAT_SUM_LIMIT};
+use super::reduce::{reduce, Aggregates, Grouping, Retire, FLOAT_SUM_LIMIT};
 use super::value::{SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
@@ -363,40 +363,31 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.clone(), aggs.iter().map(|a| a.arg.clone()).collect());
             let float_sums: Vec<bool> =
                 aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
-            let group = move |row: &SqlRow| -> Result<(SqlRow, SqlRow), String> {
-                let k: SqlRow = keys.iter().map(|k| eval(k, row)).collect::<Result<_, _>>()?;
-                let a: SqlRow = args.iter().map(|k| eval(k, row)).collect::<Result<_, _>>()?;
+            let fill = move |row: &SqlRow, k: &mut SqlRow, a: &mut SqlRow| -> Result<(), String> {
+                for e in &keys {
+                    k.push(eval(e, row)?);
+                }
+                for e in &args {
+                    a.push(eval(e, row)?);
+                }
                 match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
                     Some((v, _)) => {
                         Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first"))
                     }
-                    None => Ok((k, a)),
+                    None => Ok(()),
                 }
             };
-            let rows = match &**input {
-                // A reduce over a window groups each row once per window, its window_start and
-                // window_end set in place (the windowed rows are never built).
-                Plan::Window { input, time, size, slide } => {
-                    let (time, size, slide) = (*time, *size, *slide);
-                    plan(input, view, reads, errors).flat_map(move |mut row| {
-                        let starts: Vec<i64> = window_starts(&row[time], size, slide).collect();
-                        let n = row.len();
-                        row.extend([Value::Null, Value::Null]);
-                        starts
-                            .into_iter()
-                            .map(|s| {
-                                row[n] = Value::Timestamp(s);
-                                row[n + 1] = Value::Timestamp(s + size);
-                                group(&row).map_err(|e| (e, row.clone()))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                }
-                input => plan(input, view, reads, errors).map(move |row| group(&row).map_err(|e| (e, row))),
+            // A reduce over a window groups each row once per window, its window_start and
+            // window_end set in place (the windowed rows are never built).
+            let (rows, window) = match &**input {
+                Plan::Window { input, time, size, slide } => (plan(input, view, reads, errors), Some((*time, *size, *slide))),
+                input => (plan(input, view, reads, errors), None),
             };
-            let grouped = split(rows, view, errors);
+            let (grouped, failed) = reduce(rows, Grouping { fill, window }, spec, retire);
+            let name = view.to_string();
+            errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
             let folded = split(
-                reduce(grouped, spec, retire).map(|(k, r)| match r {
+                grouped.map(|(k, r)| match r {
                     Ok(a) => Ok(k.into_iter().chain(a).collect::<SqlRow>()),
                     Err(e) => Err((e, k)),
                 }),
@@ -412,7 +403,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
 
 /// The starts of the windows `[s, s + size)` holding timestamp `t` (`s` a multiple of
 /// `slide`), latest first; none for a NULL time.
-fn window_starts(t: &Value, size: i64, slide: i64) -> impl Iterator<Item = i64> {
+pub(super) fn window_starts(t: &Value, size: i64, slide: i64) -> impl Iterator<Item = i64> {
     let last = match t {
         Value::Timestamp(t) => Some(t.div_euclid(slide) * slide),
         _ => None,
