@@ -430,6 +430,7 @@ fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<
 fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlRow)>) -> Coll<'s, SqlRow> {
     use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
     use differential_dataflow::AsCollection;
+    use std::collections::hash_map::Entry;
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     type Side = Vec<(SqlRow, isize)>;
@@ -470,14 +471,27 @@ fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlR
                         }
                     };
                     for (k, (dl, dr)) in deltas {
-                        let (cl, cr) = state.entry(k.clone()).or_default();
-                        emit(&dl, cr);
-                        emit(cl, &dr);
-                        emit(&dl, &dr);
-                        multiset_apply(cl, dl);
-                        multiset_apply(cr, dr);
-                        if cl.is_empty() && cr.is_empty() {
-                            state.remove(&k);
+                        // (the key moves into the state, or is dropped: no copy per time)
+                        let apply = |(cl, cr): &mut (Side, Side)| {
+                            emit(&dl, cr);
+                            emit(cl, &dr);
+                            emit(&dl, &dr);
+                            multiset_apply(cl, dl);
+                            multiset_apply(cr, dr);
+                            cl.is_empty() && cr.is_empty()
+                        };
+                        match state.entry(k) {
+                            Entry::Occupied(mut e) => {
+                                if apply(e.get_mut()) {
+                                    e.remove();
+                                }
+                            }
+                            Entry::Vacant(e) => {
+                                let mut sides = Default::default();
+                                if !apply(&mut sides) {
+                                    e.insert(sides);
+                                }
+                            }
                         }
                     }
                 }
