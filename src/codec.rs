@@ -16,7 +16,8 @@ use std::fmt;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 use dataflows::records::{
-    AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, User, UserActivity, UserEventCount, WindowMetric, F64,
+    AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, SharedText, User, UserActivity, UserEventCount,
+    WindowMetric, F64,
 };
 use dataflows::{Output, Row};
 use serde::de::{self, Deserializer, Visitor};
@@ -225,7 +226,13 @@ fn classify(text: &str, e: &serde_json::Error) -> String {
 /// Decodes a user profile version.
 pub fn decode_user(raw: &[u8], position: Position) -> Result<User, String> {
     let u: UserJson = parse(raw)?;
-    Ok(User { user_id: u.user_id.0, name: u.name.into_owned(), email: u.email.into_owned(), event_time: u.event_timestamp.0, position })
+    Ok(User {
+        user_id: u.user_id.0,
+        name: SharedText::from(&*u.name),
+        email: SharedText::from(&*u.email),
+        event_time: u.event_timestamp.0,
+        position,
+    })
 }
 
 /// Decodes a click.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use dataflows::ops::FastMap;
 
-use dataflows::records::{AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, UserActivity, UserEventCount, WindowMetric, F64};
+use dataflows::records::{
+    AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, SharedText, UserActivity, UserEventCount, WindowMetric, F64,
+};
 use dataflows::sensor_metrics::ExactSum;
 use dataflows::{Dataflow, InputName, SensorParams};
 
@@ -25,7 +27,7 @@ struct Window {
 /// The state of all three computations.
 #[derive(Default)]
 pub struct Reference {
-    profiles: FastMap<Id, (Position, String, String)>,
+    profiles: FastMap<Id, (Position, SharedText, SharedText)>,
     per_user: FastMap<Id, i64>,
     per_event: FastMap<String, i64>,
     windows: FastMap<(String, String, Millis), Window>,

@@ -10,6 +10,10 @@ use std::hash::{Hash, Hasher};
 /// Event time: milliseconds since 1970-01-01T00:00:00Z.
 pub type Millis = i64;
 
+/// Text shared by reference count: a profile's name and e-mail go into every output row of
+/// its user, `-old` and `+new` at every time the user's count changes, without a copy.
+pub type SharedText = std::sync::Arc<str>;
+
 /// A user identifier as the producer wrote it: a JSON integer or a JSON string.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Id {
@@ -71,9 +75,9 @@ pub struct User {
     /// who
     pub user_id: Id,
     /// display name in this version
-    pub name: String,
+    pub name: SharedText,
     /// e-mail address in this version
-    pub email: String,
+    pub email: SharedText,
     /// `event_timestamp`
     pub event_time: Millis,
     /// source position; the highest position of a user is its latest profile
@@ -163,9 +167,9 @@ pub struct UserActivity {
     /// key
     pub user_id: Id,
     /// from the latest profile
-    pub name: String,
+    pub name: SharedText,
     /// from the latest profile
-    pub email: String,
+    pub email: SharedText,
     /// number of clicks
     pub event_count: i64,
 }

@@ -24,14 +24,14 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::ops::{multiset_apply, stash_by_time, FastMap, LatestLocal, Stash};
-use crate::records::{Id, Position, User, UserActivity};
+use crate::records::{Id, Position, SharedText, User, UserActivity};
 use crate::{Coll, Time};
 
 /// A user's state in [`user_activity`]: the latest profile version and the current click
 /// counts (one value at a consistent time).
 #[derive(Default)]
 struct Joined {
-    profile: Option<(Position, String, String)>,
+    profile: Option<(Position, SharedText, SharedText)>,
     counts: Vec<(isize, isize)>,
 }
 
@@ -103,7 +103,7 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                             _ => false,
                         };
                         if !(same_profile && old_counts == joined.counts.as_slice()) {
-                            let row = |(_, name, email): &(Position, String, String), n: isize| UserActivity {
+                            let row = |(_, name, email): &(Position, SharedText, SharedText), n: isize| UserActivity {
                                 user_id: user_id.clone(),
                                 name: name.clone(),
                                 email: email.clone(),

@@ -98,7 +98,7 @@ fn click(user: u64, event: &str) -> Click {
 }
 
 fn user(id: u64, name: &str, line: u64) -> User {
-    User { user_id: Id::Num(id), name: name.into(), email: format!("{name}@x"), event_time: 0, position: Position::Line(line) }
+    User { user_id: Id::Num(id), name: name.into(), email: format!("{name}@x").into(), event_time: 0, position: Position::Line(line) }
 }
 
 fn reading(id: &str, ts_s: i64, value: f64, anomaly: bool, line: u64) -> Reading {
@@ -166,8 +166,12 @@ fn check(workers: usize) {
     assert_eq!(sorted(&cap.counts), vec![(uec(1, 2), 0, 1), (uec(2, 1), 0, 1), (uec(1, 2), 1, -1), (uec(1, 3), 1, 1)]);
     let etc = |e: &str, n: i64| EventTypeCount { event: e.into(), count: n };
     assert_eq!(sorted(&cap.kinds), vec![(etc("click", 1), 0, 1), (etc("view", 2), 0, 1), (etc("view", 2), 1, -1), (etc("view", 3), 1, 1)]);
-    let ua =
-        |u: u64, name: &str, n: i64| UserActivity { user_id: Id::Num(u), name: name.into(), email: format!("{name}@x"), event_count: n };
+    let ua = |u: u64, name: &str, n: i64| UserActivity {
+        user_id: Id::Num(u),
+        name: name.into(),
+        email: format!("{name}@x").into(),
+        event_count: n,
+    };
     // t1: the profile update and the new click change user 1 at once; t3: an older version
     // arriving late changes nothing, because the latest is the highest position.
     assert_eq!(

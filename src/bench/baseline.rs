@@ -11,7 +11,9 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use dataflows::ops::FastMap;
-use dataflows::records::{AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, UserActivity, UserEventCount, WindowMetric, F64};
+use dataflows::records::{
+    AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, SharedText, UserActivity, UserEventCount, WindowMetric, F64,
+};
 use dataflows::sensor_metrics::ExactSum;
 use dataflows::SensorParams;
 
@@ -58,7 +60,7 @@ fn encoded<R: OutputRow>(r: &R) -> (String, String) {
 
 /// `user_event_counts`, `event_type_counts` and `user_activity` (with the dead letters).
 pub fn clicks(users: &Path, clicks: &Path, out: &Path) -> io::Result<()> {
-    let mut profiles: FastMap<Id, (u64, String, String)> = FastMap::default();
+    let mut profiles: FastMap<Id, (u64, SharedText, SharedText)> = FastMap::default();
     let mut per_user: FastMap<Id, i64> = FastMap::default();
     let mut per_event: FastMap<String, i64> = FastMap::default();
     let mut dead_letters = Vec::new();

@@ -518,6 +518,6 @@ mod tests {
             })
             .collect();
         assert_eq!(counts, [(1, "click", 2), (1, "search", 1), (2, "search", 1)]);
-        assert_eq!(s.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(s.users.iter().map(|u| &*u.name).collect::<Vec<_>>(), ["new"]);
     }
 }
