@@ -280,20 +280,28 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
         let mut row = vec![dataflows::sql::Value::Null; self.0.len()];
-        // (a bit per declared column seen: one word, but for the rare wider input)
-        let mut seen = vec![0u64; self.0.len().div_ceil(64)];
+        // (which declared columns were seen: a word on the stack, and flags on the heap only
+        // for the columns past the 64th of a rare wider input)
+        let (mut seen, mut seen_past_64) = (0u64, vec![false; self.0.len().saturating_sub(64)]);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match self.0.iter().position(|c| c.name == *key) {
                 Some(i) => {
                     row[i] = map.next_value_seed(ColumnSeed(&self.0[i]))?.map_err(A::Error::custom)?;
-                    seen[i / 64] |= 1 << (i % 64);
+                    match i.checked_sub(64) {
+                        None => seen |= 1 << i,
+                        Some(j) => seen_past_64[j] = true,
+                    }
                 }
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
-        match (0..self.0.len()).find(|i| seen[i / 64] & (1 << (i % 64)) == 0) {
+        let missing = |i: usize| match i.checked_sub(64) {
+            None => seen & (1 << i) == 0,
+            Some(j) => !seen_past_64[j],
+        };
+        match (0..self.0.len()).find(|&i| missing(i)) {
             Some(i) => Err(A::Error::custom(format!("missing_field: {}", self.0[i].name))),
             None => Ok(row),
         }
@@ -738,6 +746,30 @@ impl OutputRow for DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_records_decode_by_column_type_and_name_what_is_missing_or_wrong() {
+        use dataflows::sql::{Column, Type, Value};
+        let col = |name: &str, ty| Column { name: name.to_string(), ty };
+        let cols = [col("id", Type::Int), col("x", Type::Float), col("s", Type::Text), col("t", Type::Timestamp), col("b", Type::Bool)];
+        let row = decode_sql(br#"{"s":"a","extra":[1,{"y":2}],"id":7,"x":3,"t":"2026-01-01 00:00:00","b":null}"#, &cols);
+        let want = vec![Value::Int(7), Value::Float(3.0), Value::Text("a".into()), Value::Timestamp(1_767_225_600_000), Value::Null];
+        assert_eq!(row, Ok(want));
+        assert_eq!(decode_sql(br#"{"id":1,"x":1,"s":"a","t":0}"#, &cols), Err("missing_field: b".to_string()));
+        assert_eq!(decode_sql(br#"{"id":1.5}"#, &cols), Err("wrong_type: id is not int (1.5)".to_string()));
+        assert_eq!(decode_sql(br#"{"id":"7"}"#, &cols), Err(r#"wrong_type: id is not int ("7")"#.to_string()));
+        assert_eq!(decode_sql(br#"{"s":{"k":[1]}}"#, &cols), Err(r#"wrong_type: s is not text ({"k":[1]})"#.to_string()));
+        assert_eq!(decode_sql(br#"{"t":"yesterday"}"#, &cols), Err(r#"wrong_type: t is not timestamp ("yesterday")"#.to_string()));
+        // Past 64 columns, a missing one is still named.
+        let wide: Vec<Column> = (0..70).map(|i| col(&format!("c{i}"), Type::Int)).collect();
+        let all = |skip: usize| {
+            let fields: Vec<String> = (0..70).filter(|&i| i != skip).map(|i| format!(r#""c{i}":{i}"#)).collect();
+            format!("{{{}}}", fields.join(","))
+        };
+        assert_eq!(decode_sql(all(99).as_bytes(), &wide).map(|r| r.len()), Ok(70));
+        assert_eq!(decode_sql(all(3).as_bytes(), &wide), Err("missing_field: c3".to_string()));
+        assert_eq!(decode_sql(all(66).as_bytes(), &wide), Err("missing_field: c66".to_string()));
+    }
 
     #[test]
     fn time_spellings() {
