@@ -34,7 +34,9 @@ pub enum Command {
     /// --input clicks=clicks.jsonl --output-dir out -w 2
     #[command(disable_help_flag = true)]
     Run(RunArgs),
-    /// Write synthetic users, clicks or sensor readings as JSON Lines to stdout.
+    /// Write synthetic records as JSON Lines to stdout (or a Kafka topic): the built-in
+    /// dataflows' users, clicks and sensors, or the shipped pipelines' transactions, sales and
+    /// inputs (order applications).
     ///
     /// Example: diffstream gen sensors --count 100000 --seed 7 > sensors.jsonl
     #[command(disable_help_flag = true)]
@@ -47,7 +49,7 @@ pub enum Command {
     /// Print the plan of the config's SQL views: each view's columns and key, its operators,
     /// which of them exchange and arrange rows, and by what.
     ///
-    /// Example: diffstream explain --config configs/applications.toml applications_per_product
+    /// Example: diffstream explain --config configs/applications.sample.toml applications_per_product
     #[command(disable_help_flag = true)]
     Explain(ExplainArgs),
     /// Show an output of a running engine (started with --http): its current rows, one JSON
@@ -135,7 +137,7 @@ pub struct RunArgs {
 /// `diffstream gen`
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// users, clicks or sensors.
+    /// users, clicks, sensors, transactions, sales or inputs.
     #[arg(value_name = "KIND")]
     pub kind: String,
     /// Number of records (default: until stopped).
@@ -151,7 +153,7 @@ pub struct GenArgs {
     /// Seed; the same seed gives the same records.
     #[arg(long, value_name = "S", default_value_t = 1)]
     pub seed: u64,
-    /// Number of distinct users (users and clicks).
+    /// Number of distinct users (users, clicks, transactions; customers of sales).
     #[arg(long, value_name = "U", default_value_t = 1000)]
     pub users: u64,
     /// Sensors: copies of the twelve locations, each with its own 1000 sensors
@@ -161,7 +163,8 @@ pub struct GenArgs {
     /// Where to write: stdout (default) or kafka.
     #[arg(long, value_name = "WHERE", default_value = "stdout")]
     pub to: String,
-    /// Kafka topic (with --to kafka); keys are user_id or sensor_id.
+    /// Kafka topic (with --to kafka); keys are user_id (users, clicks, transactions),
+    /// sensor_id, region (sales) or id (inputs).
     #[arg(long, value_name = "T")]
     pub topic: Option<String>,
     /// Kafka bootstrap servers (default: the config's [kafka], else $KAFKA_BOOTSTRAP, else localhost:9092).

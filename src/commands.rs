@@ -483,7 +483,7 @@ fn print_report(r: &Report) {
 
 /// `diffstream gen`: JSON Lines to stdout.
 pub fn gen(args: &GenArgs) -> anyhow::Result<()> {
-    let kind: InputName = args.kind.parse().map_err(anyhow::Error::msg)?;
+    let kind: crate::sources::generator::Kind = args.kind.parse().map_err(anyhow::Error::msg)?;
     if args.rate.is_some_and(|r| !(r > 0.0)) {
         bail!("--rate must be a positive number of records per second");
     }

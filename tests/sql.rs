@@ -252,7 +252,7 @@ fn the_shipped_applications_pipeline_runs_and_explains() {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(bin())
         .current_dir(root)
-        .args(["run", "--config", "configs/applications.toml", "--output-dir", out.path().to_str().unwrap(), "-q"])
+        .args(["run", "--config", "configs/applications.sample.toml", "--output-dir", out.path().to_str().unwrap(), "-q"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -269,7 +269,7 @@ fn the_shipped_applications_pipeline_runs_and_explains() {
     );
     let o = Command::new(bin())
         .current_dir(root)
-        .args(["explain", "--config", "configs/applications.toml", "applications_per_product"])
+        .args(["explain", "--config", "configs/applications.sample.toml", "applications_per_product"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);

@@ -567,6 +567,17 @@ fn queries_outside_the_subset_are_refused_with_the_place_and_what_to_write() {
     assert!(e.contains("the table functions are TUMBLE and HOP"), "{e}");
     let e = refusal("CREATE VIEW out AS SELECT k, regexp_replace(s, 'a', 'b') AS r FROM a;");
     assert!(e.contains("regexp_replace is not supported; supported:"), "{e}");
+    // top-N: ORDER BY … LIMIT points to ROW_NUMBER(), whose own misuses are named
+    let e = refusal("CREATE VIEW out AS SELECT k FROM a ORDER BY x DESC LIMIT 5;");
+    assert!(e.contains("ROW_NUMBER() OVER (PARTITION BY g ORDER BY x DESC) AS rank") && e.contains("WHERE rank <= N"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, RANK() OVER (PARTITION BY k ORDER BY x) AS r FROM a;");
+    assert!(e.contains("line 1, column 30") && e.contains("rank() OVER is not supported: the window function is ROW_NUMBER()"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, ROW_NUMBER() OVER (PARTITION BY k) AS r FROM a;");
+    assert!(e.contains("ROW_NUMBER() needs ORDER BY"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k, COUNT(*) AS n, ROW_NUMBER() OVER (ORDER BY k) AS r FROM a GROUP BY k;");
+    assert!(e.contains("a window function (OVER …) can only be a SELECT item of its own, in a SELECT without GROUP BY"), "{e}");
+    let e = refusal("CREATE VIEW out AS SELECT k FROM a WHERE ROW_NUMBER() OVER (ORDER BY x) < 3;");
+    assert!(e.contains("a window function (OVER …) can only be a SELECT item of its own"), "{e}");
 }
 
 #[test]

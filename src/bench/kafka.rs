@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::kafka::{KafkaConnection, KafkaInput, KafkaOutput};
 use crate::runtime::{self, KafkaOutputPlan, Plan};
-use crate::sources::generator::GeneratorSpec;
+use crate::sources::generator::{GeneratorSpec, Kind};
 use crate::sources::{InputSpec, SourceSpec};
 
 const IDLE: Duration = Duration::from_secs(2);
@@ -80,7 +80,7 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
     let topic = unique("clicks");
     crate::sinks::kafka::create_topics(&conn, std::slice::from_ref(&topic), 3)?;
     eprintln!("producing {events} clicks to {topic}…");
-    let spec = GeneratorSpec { kind: InputName::Clicks, count: Some(events), seed: 4, users: 1000, sites: 1 };
+    let spec = GeneratorSpec { kind: Kind::Clicks, count: Some(events), seed: 4, users: 1000, sites: 1 };
     let p = producer(bootstrap)?;
     for i in 0..events {
         send(&p, &topic, &i.to_le_bytes(), &spec.line(i));

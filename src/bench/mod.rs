@@ -40,7 +40,7 @@ fn generate(path: &Path, kind: InputName, count: u64, seed: u64, users: u64, sit
     if path.exists() {
         return Ok(());
     }
-    let spec = GeneratorSpec { kind, count: Some(count), seed, users, sites };
+    let spec = GeneratorSpec { kind: kind.into(), count: Some(count), seed, users, sites };
     let tmp = path.with_extension("tmp");
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
     for i in 0..count {
@@ -412,8 +412,8 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     let total = args.events * 10;
     let users = args.users.first().copied().unwrap_or(10_000);
     let out = tempfile_dir()?;
-    let generator = |kind, count, seed| InputSpec {
-        source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users, sites: 1 }),
+    let generator = |kind: InputName, count, seed| InputSpec {
+        source: SourceSpec::Generator(GeneratorSpec { kind: kind.into(), count: Some(count), seed, users, sites: 1 }),
         rate: None,
     };
     let jobs = [

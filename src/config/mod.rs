@@ -147,7 +147,7 @@ impl InputConfig {
         match self {
             InputConfig::File { columns, .. } | InputConfig::Stdin { columns, .. } => columns,
             InputConfig::Kafka(k) => &k.columns,
-            InputConfig::Generator { .. } => &[],
+            InputConfig::Generator { columns, .. } => columns,
         }
     }
 
@@ -156,7 +156,7 @@ impl InputConfig {
         match self {
             InputConfig::File { event_time, .. } | InputConfig::Stdin { event_time, .. } => event_time.as_ref(),
             InputConfig::Kafka(k) => k.event_time.as_ref(),
-            InputConfig::Generator { .. } => None,
+            InputConfig::Generator { event_time, .. } => event_time.as_ref(),
         }
     }
 
@@ -242,8 +242,12 @@ pub enum InputConfig {
     },
     /// Kafka topics (see `[kafka]` for the connection).
     Kafka(kafka::KafkaInput),
-    /// The built-in synthetic generator for this input (see `diffstream gen`).
+    /// A built-in synthetic generator (see `diffstream gen`).
     Generator {
+        /// Which one: users, clicks, sensors, transactions, sales or inputs. Default: the
+        /// input's name.
+        #[serde(default)]
+        generator: Option<String>,
         /// Stop after this many records (default: run until stopped).
         #[serde(default)]
         count: Option<u64>,
@@ -253,9 +257,16 @@ pub enum InputConfig {
         /// Seed; the same seed gives the same records. Default 1.
         #[serde(default = "one")]
         seed: u64,
-        /// Number of distinct users (users and clicks generators). Default 1000.
+        /// Number of distinct users (users, clicks and transactions; customers of sales).
+        /// Default 1000.
         #[serde(default = "thousand")]
         users: u64,
+        /// For SQL views: the records' columns (see `File`).
+        #[serde(default)]
+        columns: Vec<String>,
+        /// For SQL views: the event-time column (see `File`).
+        #[serde(default)]
+        event_time: Option<EventTimeConfig>,
     },
 }
 
@@ -488,6 +499,11 @@ impl Config {
             }
             if input.columns().is_empty() && input.event_time().is_some() {
                 return Err(err(&format!("{key}.event_time"), "is for SQL inputs: declare the records' `columns` too".into()));
+            }
+            if let InputConfig::Generator { generator, .. } = input {
+                generator.as_deref().unwrap_or(name).parse::<crate::sources::generator::Kind>().map_err(|e| {
+                    err(&format!("{key}.generator"), format!("{e}: name one with `generator = \"…\"`, or read a file or topic instead"))
+                })?;
             }
             let rate = match input {
                 InputConfig::File { rate, .. } | InputConfig::Generator { rate, .. } => *rate,

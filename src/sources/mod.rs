@@ -99,10 +99,14 @@ impl InputSpec {
             }
             InputConfig::Stdin { .. } => InputSpec { source: SourceSpec::Stdin, rate: None },
             InputConfig::Kafka(input) => InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None },
-            InputConfig::Generator { count, rate, seed, users } => InputSpec {
-                source: SourceSpec::Generator(generator::GeneratorSpec { kind: name, count: *count, seed: *seed, users: *users, sites: 1 }),
-                rate: *rate,
-            },
+            InputConfig::Generator { generator, count, rate, seed, users, .. } => {
+                // (the config's validation checked the name)
+                let kind = generator.as_deref().unwrap_or(name.as_str()).parse().unwrap_or(generator::Kind::from(name));
+                InputSpec {
+                    source: SourceSpec::Generator(generator::GeneratorSpec { kind, count: *count, seed: *seed, users: *users, sites: 1 }),
+                    rate: *rate,
+                }
+            }
         }
     }
 

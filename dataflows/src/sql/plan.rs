@@ -203,6 +203,16 @@ pub enum Plan {
     },
     /// UNION ALL
     Union(Vec<Plan>),
+    /// each row with its `ROW_NUMBER() OVER (PARTITION BY partition ORDER BY order)` appended
+    /// (an int from 1; rows equal in `order` are numbered in the order of their columns)
+    Rank {
+        /// the input
+        input: Box<Plan>,
+        /// the partitioning expressions
+        partition: Vec<Expr>,
+        /// the ordering within a partition
+        order: Vec<SortKey>,
+    },
     /// each row once per event-time window holding its timestamp column `time` (a NULL time is
     /// in none), with `window_start` and `window_end` appended: windows of `size` ms every
     /// `slide` ms (TUMBLE: `slide == size`), aligned to the epoch
@@ -216,6 +226,17 @@ pub enum Plan {
         /// distance between window starts, ms
         slide: i64,
     },
+}
+
+/// One `ORDER BY` term of a window function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SortKey {
+    /// what to order by
+    pub expr: Expr,
+    /// DESC
+    pub desc: bool,
+    /// NULLs before the other values (SQL's default: after them ascending, before descending)
+    pub nulls_first: bool,
 }
 
 /// A column of a source or view.
@@ -349,7 +370,11 @@ fn plan_query(query: &ast::Query, catalog: &Catalog) -> Result<Planned, SqlError
         return Err(error_at(query, "WITH is not supported: write each step as a view of its own"));
     }
     if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
-        return Err(error_at(query, "ORDER BY and LIMIT are not supported in a view (a view's rows have no order)"));
+        return Err(error_at(
+            query,
+            "ORDER BY and LIMIT are not supported in a view (a view's rows have no order); for the top N rows of each group, \
+             number them in a subquery, `ROW_NUMBER() OVER (PARTITION BY g ORDER BY x DESC) AS rank`, and keep `WHERE rank <= N`",
+        ));
     }
     plan_set_expr(&query.body, catalog)
 }
@@ -514,7 +539,7 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlEr
     if select.distinct.is_some() {
         return Err(error_at(select, "SELECT DISTINCT is not supported: write GROUP BY over the columns"));
     }
-    let (mut plan, scope) =
+    let (mut plan, mut scope) =
         match &select.from[..] {
             [] => return Err(error_at(select, "a view reads FROM an input or a view")),
             [from] => {
@@ -656,20 +681,40 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlEr
             plan = Plan::Filter(Box::new(plan), p);
         }
     } else {
+        // ROW_NUMBER() OVER (…): the rows numbered first, the number a column of the scope
+        let mut rank = None;
+        for item in &select.projection {
+            let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item else { continue };
+            let Ast::Function(f) = e else { continue };
+            if f.over.is_none() {
+                continue;
+            }
+            if rank.is_some() {
+                return Err(error_at(e, "one ROW_NUMBER() per SELECT: number the rows again in an outer query"));
+            }
+            let (partition, order) = plan_row_number(f, &scope)?;
+            rank = Some(scope.columns.len());
+            plan = Plan::Rank { input: Box::new(plan), partition, order };
+            scope.columns.push((None, String::new(), Type::Int));
+        }
+        let planned = |e: &Ast| match (e, rank) {
+            (Ast::Function(f), Some(r)) if f.over.is_some() => Ok((Expr::Column(r), Type::Int)),
+            _ => plan_expr(e, &scope),
+        };
         for item in &select.projection {
             match item {
                 SelectItem::UnnamedExpr(e) => {
-                    let (expr, ty) = plan_expr(e, &scope)?;
+                    let (expr, ty) = planned(e)?;
                     exprs.push(expr);
                     columns.push(Column { name: default_name(e), ty });
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
-                    let (expr, ty) = plan_expr(expr, &scope)?;
+                    let (expr, ty) = planned(expr)?;
                     exprs.push(expr);
                     columns.push(Column { name: alias.value.to_ascii_lowercase(), ty });
                 }
                 SelectItem::Wildcard(_) => {
-                    for (i, (_, n, t)) in scope.columns.iter().enumerate() {
+                    for (i, (_, n, t)) in scope.columns.iter().enumerate().filter(|(i, _)| Some(*i) != rank) {
                         exprs.push(Expr::Column(i));
                         columns.push(Column { name: n.clone(), ty: *t });
                     }
@@ -681,7 +726,7 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlEr
                     }
                     .ok_or_else(|| error_at(item, "write t.* with a table name"))?;
                     for (i, (qq, n, t)) in scope.columns.iter().enumerate() {
-                        if qq.as_deref() == Some(q.as_str()) {
+                        if qq.as_deref() == Some(q.as_str()) && Some(i) != rank {
                             exprs.push(Expr::Column(i));
                             columns.push(Column { name: n.clone(), ty: *t });
                         }
@@ -697,6 +742,39 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlEr
         plan = Plan::Map(Box::new(plan), exprs);
     }
     Ok((plan, columns, key))
+}
+
+/// `ROW_NUMBER() OVER (PARTITION BY … ORDER BY …)`: its partitioning and ordering.
+fn plan_row_number(f: &ast::Function, scope: &Scope) -> Result<(Vec<Expr>, Vec<SortKey>), SqlError> {
+    let name = f.name.to_string().to_ascii_lowercase();
+    if name != "row_number" {
+        return Err(error_at(f, format!("{name}() OVER is not supported: the window function is ROW_NUMBER()")));
+    }
+    let (args, star, _) = function_args(f)?;
+    if star || !args.is_empty() || f.filter.is_some() || !f.within_group.is_empty() {
+        return Err(error_at(f, "write ROW_NUMBER() OVER (PARTITION BY … ORDER BY …)"));
+    }
+    let Some(ast::WindowType::WindowSpec(spec)) = &f.over else {
+        return Err(error_at(f, "named windows are not supported: write OVER (PARTITION BY … ORDER BY …)"));
+    };
+    if spec.window_frame.is_some() {
+        return Err(error_at(f, "a window frame (ROWS/RANGE …) is not supported with ROW_NUMBER(): remove it"));
+    }
+    if spec.order_by.is_empty() {
+        return Err(error_at(f, "ROW_NUMBER() needs ORDER BY in its OVER (…): the numbering would depend on arrival order"));
+    }
+    let partition = spec.partition_by.iter().map(|e| plan_expr(e, scope).map(|(x, _)| x)).collect::<Result<_, _>>()?;
+    let mut order = Vec::new();
+    for o in &spec.order_by {
+        let desc = match &o.options.sort {
+            None | Some(ast::OrderBySort::Asc) => false,
+            Some(ast::OrderBySort::Desc) => true,
+            Some(ast::OrderBySort::Using(_)) => return Err(error_at(&o.expr, "ORDER BY … USING is not supported: write ASC or DESC")),
+        };
+        let (expr, _) = plan_expr(&o.expr, scope)?;
+        order.push(SortKey { expr, desc, nulls_first: o.options.nulls_first.unwrap_or(desc) });
+    }
+    Ok((partition, order))
 }
 
 /// `INTERVAL '1' MINUTE` or `INTERVAL '90 seconds'`, in milliseconds.
@@ -1132,6 +1210,12 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
             }
             (Expr::Call(Func::Extract(unit), vec![a]), if unit == TimeUnit::Epoch { Type::Float } else { Type::Int })
         }
+        Ast::Function(f) if f.over.is_some() => {
+            return Err(error_at(
+                e,
+                "a window function (OVER …) can only be a SELECT item of its own, in a SELECT without GROUP BY: number the rows of a grouped view or subquery",
+            ))
+        }
         Ast::Function(f) if aggregate_func(f).is_some() => {
             return Err(error_at(e, "an aggregate is not allowed here (in WHERE, GROUP BY or a join's ON): filter after it with HAVING"))
         }
@@ -1403,6 +1487,16 @@ impl fmt::Display for Plan {
                 Plan::Union(parts) => {
                     writeln!(f, "{pad}UnionAll")?;
                     parts.iter().try_for_each(|p| go(p, depth + 1, f))
+                }
+                Plan::Rank { input, partition, order } => {
+                    let order: Vec<String> = order.iter().map(|o| format!("{}{}", o.expr, if o.desc { " DESC" } else { "" })).collect();
+                    writeln!(
+                        f,
+                        "{pad}RowNumber: exchange and arrange by ({}); a changed partition is numbered again by ({}) (adds the number)",
+                        list(partition),
+                        order.join(", ")
+                    )?;
+                    go(input, depth + 1, f)
                 }
             }
         }

@@ -107,7 +107,7 @@ pub fn physical_notes(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTree
                 }
                 walk(l, input, out);
             }
-            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => walk(l, input, out),
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } | Plan::Rank { input, .. } => walk(l, input, out),
             Plan::Union(parts) => parts.iter().for_each(|q| walk(l, q, out)),
             Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
         }
@@ -151,6 +151,7 @@ impl<'a> Lineage<'a> {
             Plan::Join { left, right_arity, .. } => self.arity(left) + right_arity,
             Plan::Union(parts) => parts.first().map_or(0, |q| self.arity(q)),
             Plan::Window { input, .. } => self.arity(input) + 2,
+            Plan::Rank { input, .. } => self.arity(input) + 1,
         }
     }
 
@@ -162,7 +163,7 @@ impl<'a> Lineage<'a> {
                 Some(Expr::Column(c)) => Some((input, *c)),
                 _ => None,
             },
-            Plan::Window { input, .. } => (col < self.arity(input)).then_some((input, col)),
+            Plan::Window { input, .. } | Plan::Rank { input, .. } => (col < self.arity(input)).then_some((input, col)),
             _ => None,
         }
     }
@@ -224,7 +225,7 @@ impl<'a> Lineage<'a> {
             // (a join with constant rows looks each row up once: it only ever inserts)
             Plan::Join { left, right, .. } if self.constant_rows(right).is_some() => self.monotone(left),
             Plan::Join { left, right, outer: false, .. } => self.monotone(left) && self.monotone(right),
-            Plan::Join { .. } | Plan::Reduce { .. } => false,
+            Plan::Join { .. } | Plan::Reduce { .. } | Plan::Rank { .. } => false,
         }
     }
 
@@ -232,7 +233,9 @@ impl<'a> Lineage<'a> {
     fn windows(&self, p: &Plan, out: &mut BTreeMap<String, Vec<i64>>) {
         match p {
             Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
-            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Reduce { input, .. } => self.windows(input, out),
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Reduce { input, .. } | Plan::Rank { input, .. } => {
+                self.windows(input, out)
+            }
             Plan::Window { input, time, slide, .. } => {
                 if let Some(source) = self.event_time(input, *time) {
                     out.entry(source.to_string()).or_default().push(*slide);
@@ -308,6 +311,33 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
         Plan::Union(parts) => {
             let parts: Vec<Coll<'s, SqlRow>> = parts.iter().map(|q| plan(q, view, reads, errors)).collect();
             differential_dataflow::collection::concatenate(scope, parts)
+        }
+        Plan::Rank { input, partition, order } => {
+            let (partition, sort_by) = (partition.clone(), order.iter().map(|o| o.expr.clone()).collect::<Vec<_>>());
+            let keyed = plan(input, view, reads, errors).map(move |row| {
+                let key: Result<SqlRow, String> = partition.iter().map(|e| eval(e, &row)).collect();
+                let sort: Result<SqlRow, String> = sort_by.iter().map(|e| eval(e, &row)).collect();
+                match key.and_then(|k| sort.map(|s| (k, (s, row.clone())))) {
+                    Ok(keyed) => Ok(keyed),
+                    Err(e) => Err((e, row)),
+                }
+            });
+            let keyed = split(keyed, view, errors);
+            let order: Vec<(bool, bool)> = order.iter().map(|o| (o.desc, o.nulls_first)).collect();
+            // Each changed partition is numbered again from its current rows; differential emits
+            // only the numbered rows that changed.
+            keyed
+                .reduce(move |_, rows: &[(&(SqlRow, SqlRow), isize)], out: &mut Vec<(SqlRow, isize)>| {
+                    let mut all: Vec<&(SqlRow, SqlRow)> = Vec::new();
+                    for (r, n) in rows {
+                        all.extend(std::iter::repeat_n(*r, (*n).max(0) as usize));
+                    }
+                    all.sort_by(|a, b| sort_order(&a.0, &b.0, &order).then_with(|| a.1.cmp(&b.1)));
+                    for (i, (_, row)) in all.into_iter().enumerate() {
+                        out.push((row.iter().cloned().chain([Value::Int(i as i64 + 1)]).collect(), 1));
+                    }
+                })
+                .map(|(_, row)| row)
         }
         Plan::Join { left, right, left_keys, right_keys, outer, right_arity } => {
             let keyed = |rows: Coll<'s, SqlRow>, keys: &[Expr], errors: &mut Vec<Coll<'s, RowError>>| {
@@ -399,6 +429,27 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
+}
+
+/// SQL's order of two sort keys: each term ascending or descending (`desc`), NULLs first or
+/// last (`nulls_first`) either way.
+fn sort_order(a: &SqlRow, b: &SqlRow, order: &[(bool, bool)]) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    for ((x, y), &(desc, nulls_first)) in a.iter().zip(b).zip(order) {
+        let o = match (x.is_null(), y.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) if nulls_first => Ordering::Less,
+            (true, false) => Ordering::Greater,
+            (false, true) if nulls_first => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            (false, false) if desc => y.cmp(x),
+            (false, false) => x.cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
 }
 
 /// The starts of the windows `[s, s + size)` holding timestamp `t` (`s` a multiple of

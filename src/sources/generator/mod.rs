@@ -16,7 +16,11 @@
 
 use std::io;
 
+mod pipelines;
 pub mod to_kafka;
+
+use std::fmt;
+use std::str::FromStr;
 
 use dataflows::records::Position;
 use dataflows::InputName;
@@ -27,16 +31,90 @@ use crate::sources::{Batch, Record, Source};
 /// 2026-01-01T00:00:00Z
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
 
+/// The generators: the built-in dataflows' inputs, and those of the users' pipelines
+/// (`pipelines.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// user profiles
+    Users,
+    /// clickstream events
+    Clicks,
+    /// sensor readings
+    Sensors,
+    /// card transactions (`dataflows/transactions.sql`)
+    Transactions,
+    /// sales events (`dataflows/sales.sql`)
+    Sales,
+    /// order applications (`dataflows/applications.sql`)
+    Inputs,
+}
+
+impl Kind {
+    /// Every generator, in `--help` order.
+    pub const ALL: [Kind; 6] = [Kind::Users, Kind::Clicks, Kind::Sensors, Kind::Transactions, Kind::Sales, Kind::Inputs];
+
+    /// Its name, which is also the input it feeds by default.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Users => "users",
+            Kind::Clicks => "clicks",
+            Kind::Sensors => "sensors",
+            Kind::Transactions => "transactions",
+            Kind::Sales => "sales",
+            Kind::Inputs => "inputs",
+        }
+    }
+
+    /// The field a Kafka message's key is taken from, and the field its kind (for the
+    /// producer's summary) is.
+    pub fn key_and_kind_fields(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Kind::Users => ("user_id", None),
+            Kind::Clicks => ("user_id", Some("event")),
+            Kind::Sensors => ("sensor_id", Some("sensor_type")),
+            Kind::Transactions => ("user_id", Some("status")),
+            Kind::Sales => ("region", Some("category")),
+            Kind::Inputs => ("id", Some("subject")),
+        }
+    }
+}
+
+impl From<InputName> for Kind {
+    fn from(i: InputName) -> Kind {
+        match i {
+            InputName::Users => Kind::Users,
+            InputName::Clicks => Kind::Clicks,
+            _ => Kind::Sensors,
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("there is no generator `{s}`; the generators are {}", names.join(", "))
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to generate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GeneratorSpec {
-    /// users, clicks or sensors
-    pub kind: InputName,
+    /// which generator
+    pub kind: Kind,
     /// how many records, or unbounded
     pub count: Option<u64>,
     /// the seed
     pub seed: u64,
-    /// number of distinct users
+    /// number of distinct users (customers, for sales)
     pub users: u64,
     /// sensors: copies of the twelve locations and their 1000 sensors (more sites, more keys
     /// and open windows); 1 is the plain set
@@ -104,11 +182,12 @@ impl GeneratorSpec {
     pub fn line(&self, i: u64) -> Vec<u8> {
         let mut rng = Rng::new(self.seed, i);
         match self.kind {
-            InputName::Users => self.user(i, &mut rng),
-            InputName::Clicks => self.click(i, &mut rng),
-            InputName::Sensors => sensor(i, self.sites.max(1), &mut rng),
-            // (`gen` takes the built-in inputs only)
-            InputName::Table(_) => String::new(),
+            Kind::Users => self.user(i, &mut rng),
+            Kind::Clicks => self.click(i, &mut rng),
+            Kind::Sensors => sensor(i, self.sites.max(1), &mut rng),
+            Kind::Transactions => pipelines::transaction(i, self.users, &mut rng),
+            Kind::Sales => pipelines::sale(i, self.users, &mut rng),
+            Kind::Inputs => pipelines::application(i, &mut rng),
         }
         .into_bytes()
     }
@@ -226,16 +305,15 @@ mod tests {
 
     #[test]
     fn generated_records_decode_and_repeat() {
-        for kind in InputName::ALL {
+        for kind in [Kind::Users, Kind::Clicks, Kind::Sensors] {
             let spec = GeneratorSpec { kind, count: Some(2000), seed: 7, users: 100, sites: 1 };
             for i in 0..2000 {
                 let line = spec.line(i);
                 assert_eq!(line, spec.line(i), "deterministic");
                 let ok = match kind {
-                    InputName::Users => codec::decode_user(&line, Position::Index(i)).is_ok(),
-                    InputName::Clicks => codec::decode_click(&line).is_ok(),
-                    InputName::Sensors => codec::decode_reading(&line, Position::Index(i)).is_ok(),
-                    InputName::Table(_) => unreachable!("ALL holds the built-in inputs"),
+                    Kind::Users => codec::decode_user(&line, Position::Index(i)).is_ok(),
+                    Kind::Clicks => codec::decode_click(&line).is_ok(),
+                    _ => codec::decode_reading(&line, Position::Index(i)).is_ok(),
                 };
                 assert!(ok, "{kind} record {i} does not decode: {}", String::from_utf8_lossy(&line));
             }

@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dataflows::InputName;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::GeneratorSpec;
+use super::{GeneratorSpec, Kind};
 use crate::config::kafka::KafkaConnection;
 
 #[derive(Default)]
@@ -61,19 +60,14 @@ pub struct ToKafka<'a> {
     pub stop: &'a std::sync::atomic::AtomicBool,
 }
 
-fn key_and_kind(kind: InputName, line: &[u8]) -> (Vec<u8>, String) {
+fn key_and_kind(kind: Kind, line: &[u8]) -> (Vec<u8>, String) {
     let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
-    let (key, kind_field) = match kind {
-        InputName::Users => ("user_id", None),
-        InputName::Clicks => ("user_id", Some("event")),
-        InputName::Sensors => ("sensor_id", Some("sensor_type")),
-        InputName::Table(_) => ("", None),
-    };
+    let (key, kind_field) = kind.key_and_kind_fields();
     let k = match &v[key] {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let kind = kind_field.and_then(|f| v[f].as_str()).unwrap_or("profile").to_string();
+    let kind = kind_field.map_or("profile", |f| v[f].as_str().unwrap_or("unreadable")).to_string();
     (k.into_bytes(), kind)
 }
 
