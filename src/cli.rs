@@ -43,7 +43,8 @@ pub enum Command {
     Gen(GenArgs),
     /// The embedded default: all three dataflows on the built-in generators at a steady rate,
     /// with a live view of the outputs, writing snapshots and changes under ./demo-out.
-    /// Needs no Kafka and no MongoDB. Stops on Ctrl-C or after --duration.
+    /// Needs no Kafka and no MongoDB. Stops on Ctrl-C or after --duration. `demo transactions`
+    /// (or sales, applications) runs a shipped SQL pipeline the same way.
     #[command(disable_help_flag = true)]
     Demo(DemoArgs),
     /// Print the plan of the config's SQL views: each view's columns and key, its operators,
@@ -184,6 +185,10 @@ pub struct GenArgs {
 /// `diffstream demo`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// A shipped pipeline to run instead of the three built-in dataflows: transactions, sales or
+    /// applications (its SQL views on its input's generator).
+    #[arg(value_name = "PIPELINE")]
+    pub pipeline: Option<String>,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,

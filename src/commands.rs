@@ -58,6 +58,23 @@ fn dataflows(names: &[String], source: &str) -> anyhow::Result<Vec<Dataflow>> {
 /// views may read; the views of each `views` file are compiled in order. Errors name the file,
 /// line and column. `outputs` is left empty for the caller.
 fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyhow::Result<Option<runtime::SqlPipeline>> {
+    let base = config_path.and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
+    let mut files = Vec::new();
+    for path in &config.views {
+        let path = base.join(path);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read it ({e}); fix `views` in the config", path.display()))?;
+        files.push((path.display().to_string(), text));
+    }
+    compile_sql(config, config_path, &files)
+}
+
+/// [`compile_views`] of the views' texts, each with the name its errors give.
+fn compile_sql(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    files: &[(String, String)],
+) -> anyhow::Result<Option<runtime::SqlPipeline>> {
     let mut catalog = dataflows::sql::Catalog::default();
     let mut tables = Vec::new();
     for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
@@ -72,16 +89,12 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
         catalog.add_source(name, columns.clone());
         tables.push(runtime::SqlTable { name: InputName::Table(dataflows::sql::registry::table(name)), columns, key, event_time });
     }
-    if config.views.is_empty() {
+    if files.is_empty() {
         return Ok(None);
     }
-    let base = config_path.and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
     let mut views = Vec::new();
-    for path in &config.views {
-        let path = base.join(path);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read it ({e}); fix `views` in the config", path.display()))?;
-        let mut compiled = dataflows::sql::compile(&text, &mut catalog).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (path, text) in files {
+        let mut compiled = dataflows::sql::compile(text, &mut catalog).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         for v in &mut compiled {
             if let Some(names) = config.keys.get(&v.name) {
                 v.key = declared_key(v, names).map_err(|m| anyhow::anyhow!("{}: `keys.{}`: {m}", config_file(config_path), v.name))?;
@@ -89,7 +102,7 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
         }
         for v in &compiled {
             if v.name.parse::<Dataflow>().is_ok() || dataflows::Output::ALL.iter().any(|o| o.as_str() == v.name) {
-                bail!("{}: the view `{}` has the name of a built-in dataflow or output: name it otherwise", path.display(), v.name);
+                bail!("{path}: the view `{}` has the name of a built-in dataflow or output: name it otherwise", v.name);
             }
             let columns: Vec<(String, dataflows::sql::Type)> = v.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
             dataflows::sql::registry::view(&v.name, &columns, &v.key);
@@ -372,8 +385,19 @@ fn kafka_output(config: &Config, inputs: &BTreeMap<InputName, InputConfig>) -> O
     Some(KafkaOutputPlan { connection: config.kafka.clone(), output, dead_letter_topics })
 }
 
+/// The shipped pipelines `diffstream demo NAME` runs: name, config (it reads Kafka; the demo
+/// reads the input's generator instead) and views, compiled into the binary.
+pub const PIPELINES: [(&str, &str, &str); 3] = [
+    ("transactions", include_str!("../configs/transactions.toml"), include_str!("../dataflows/transactions.sql")),
+    ("sales", include_str!("../configs/sales.toml"), include_str!("../dataflows/sales.sql")),
+    ("applications", include_str!("../configs/applications.toml"), include_str!("../dataflows/applications.sql")),
+];
+
 /// Resolves `diffstream demo` into a plan.
 pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
+    if let Some(name) = &args.pipeline {
+        return plan_demo_pipeline(args, name);
+    }
     let file = "configs/demo.toml (embedded)";
     let config = Config::parse(DEMO_CONFIG, file)?;
     if !(args.rate > 0.0) {
@@ -389,10 +413,49 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
             Ok((name, spec))
         })
         .collect::<anyhow::Result<_>>()?;
+    demo_launch(args, &config, file, None, dataflows(&config.dataflows, file)?, inputs)
+}
+
+/// `diffstream demo NAME`: a shipped pipeline's views on its input's generator.
+fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
+    let Some((_, text, sql)) = PIPELINES.iter().find(|(n, _, _)| *n == name) else {
+        let names: Vec<&str> = PIPELINES.iter().map(|(n, _, _)| *n).collect();
+        bail!(
+            "there is no shipped pipeline `{name}`; the demo runs {} (or, without a name, the three built-in dataflows)",
+            names.join(", ")
+        );
+    };
+    if !(args.rate > 0.0) {
+        bail!("--rate must be a positive number of records per second");
+    }
+    let file = format!("configs/{name}.toml (embedded)");
+    let mut config = Config::parse(text, &file)?;
+    config.output = Default::default();
+    for input in config.inputs.values_mut() {
+        let (columns, event_time) = (input.columns().to_vec(), input.event_time().cloned());
+        *input = InputConfig::Generator { generator: None, count: None, rate: Some(args.rate), seed: 1, users: 1000, columns, event_time };
+    }
+    let mut pipeline = compile_sql(&config, None, &[(format!("dataflows/{name}.sql (embedded)"), sql.to_string())])?
+        .context("a shipped pipeline has views")?;
+    pipeline.outputs = config.dataflows.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect();
+    let inputs =
+        pipeline.tables.iter().map(|t| (t.name, InputSpec::from_config(t.name, &config.inputs[t.name.as_str()], &config.kafka))).collect();
+    demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), Vec::new(), inputs)
+}
+
+/// The demo's plan: the given dataflows or views on generators, with the live view and the dashboard.
+fn demo_launch(
+    args: &DemoArgs,
+    config: &Config,
+    file: &str,
+    sql: Option<std::sync::Arc<runtime::SqlPipeline>>,
+    dataflows: Vec<Dataflow>,
+    inputs: BTreeMap<InputName, InputSpec>,
+) -> anyhow::Result<Launch> {
     let http = (!args.no_http).then(|| HttpOptions { listen: args.http.clone(), allow_remote: false });
     let plan = Plan {
-        sql: None,
-        dataflows: dataflows(&config.dataflows, file)?,
+        sql,
+        dataflows,
         inputs,
         params: config.params(file)?,
         output_dir: Some(args.output_dir.clone()),

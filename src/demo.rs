@@ -28,6 +28,8 @@ const VIEWS: [(&str, &str, &[&str], usize); 6] = [
 /// Draws the live view.
 pub struct LiveView {
     outputs: Vec<Output>,
+    /// how each SQL view written is shown: sort column (descending) and columns
+    views: Vec<(String, String, Vec<String>)>,
     out_dir: String,
     dashboard: Option<String>,
 }
@@ -35,7 +37,13 @@ pub struct LiveView {
 impl LiveView {
     /// A view of `plan`'s outputs, naming the dashboard's address when one is served.
     pub fn new(plan: &Plan, dashboard: Option<String>) -> Self {
-        LiveView { outputs: plan.outputs(), out_dir: crate::commands::describe_dir(plan.output_dir.as_deref()), dashboard }
+        let mut views = Vec::new();
+        for s in plan.sql.iter() {
+            for v in s.views.iter().filter(|v| s.outputs.iter().any(|o| o.as_str() == v.name)) {
+                views.push((v.name.clone(), sort_column(v), v.columns.iter().take(8).map(|c| c.name.clone()).collect()));
+            }
+        }
+        LiveView { outputs: plan.outputs(), views, out_dir: crate::commands::describe_dir(plan.output_dir.as_deref()), dashboard }
     }
 
     /// Redraws the screen.
@@ -46,7 +54,10 @@ impl LiveView {
             let _ = writeln!(screen, "dashboard: {d}");
         }
         let _ = writeln!(screen, "{status}\n");
-        for (name, sort, cols, top) in VIEWS {
+        let sql = self.views.iter().map(|(n, s, c)| (n.as_str(), s.as_str(), c.iter().map(String::as_str).collect::<Vec<_>>(), 5));
+        let builtin = VIEWS.iter().filter(|(n, ..)| *n != "dead_letters").map(|(n, s, c, t)| (*n, *s, c.to_vec(), *t));
+        let dead = VIEWS.iter().filter(|(n, ..)| *n == "dead_letters").map(|(n, s, c, t)| (*n, *s, c.to_vec(), *t));
+        for (name, sort, cols, top) in builtin.chain(sql).chain(dead) {
             let Ok(o) = name.parse::<Output>() else { continue };
             if !self.outputs.contains(&o) {
                 continue;
@@ -77,6 +88,19 @@ impl LiveView {
         let _ = out.write_all(screen.as_bytes());
         let _ = out.flush();
     }
+}
+
+/// What a SQL view's live rows are sorted by, descending: the latest window first; else its
+/// first number that is not part of its key (a count, a total); else its first column.
+fn sort_column(v: &dataflows::sql::View) -> String {
+    use dataflows::sql::Type;
+    let numeric = |i: &usize| matches!(v.columns[*i].ty, Type::Int | Type::Float) && !v.key.contains(i);
+    v.columns
+        .iter()
+        .find(|c| c.name == "window_start")
+        .or_else(|| (0..v.columns.len()).find(numeric).map(|i| &v.columns[i]))
+        .or(v.columns.first())
+        .map_or_else(String::new, |c| c.name.clone())
 }
 
 fn cmp_desc(a: &Value, b: &Value) -> std::cmp::Ordering {

@@ -171,6 +171,36 @@ fn demo_runs_offline_and_writes_outputs() {
     assert!(!snap["user_event_counts"].is_empty());
 }
 
+/// `demo NAME` runs a shipped SQL pipeline on its input's generator, with no file around it
+/// (the config and views are in the binary); an unknown name is refused with the known ones.
+#[test]
+fn demo_runs_each_shipped_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    for (pipeline, outputs) in [
+        ("transactions", &["processed_transactions", "transaction_alerts", "user_statistics", "category_totals", "location_totals"][..]),
+        ("sales", &["sales_by_region", "sales_by_region_windowed", "category_trends", "top_products"][..]),
+        ("applications", &["applications", "applications_per_product"][..]),
+    ] {
+        let out = dir.path().join(pipeline);
+        let o = Command::new(bin())
+            .current_dir(dir.path())
+            .args(["demo", pipeline, "--duration", "2", "--plain", "--no-http", "--rate", "3000", "--output-dir", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{pipeline}: {}", String::from_utf8_lossy(&o.stderr));
+        let snap = snapshots(&out);
+        for o in outputs {
+            assert!(snap.get(*o).is_some_and(|rows| !rows.is_empty()), "{pipeline}: no rows of {o}");
+        }
+        assert!(snap["dead_letters"]
+            .iter()
+            .any(|d| d.contains(&format!("\"input\":\"{}\"", if pipeline == "applications" { "inputs" } else { pipeline }))));
+    }
+    let o = Command::new(bin()).args(["demo", "payroll", "--duration", "1", "--plain", "--no-http"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no shipped pipeline `payroll`; the demo runs transactions, sales, applications"), "{err}");
+}
+
 /// In a file, a reading dated after the run began (year 9999, or two hours from now) is a dead
 /// letter with reason `future` and leaves the watermark alone: the readings after it are not
 /// late, at 1 and 2 workers. Before the guard the 9999 reading made every later one late.
