@@ -56,6 +56,31 @@ fn compose_and_docker_config_agree() {
         }
     }
     assert_eq!(topics, 3);
+
+    // The users' pipelines (profile `pipelines`): each config's input topics are created and fed,
+    // and a service runs it with the broker and MongoDB of the compose file.
+    let feeders = text(&services["pipeline-producers"]["command"]);
+    for pipeline in ["transactions", "sales", "applications"] {
+        let config = Config::load(&root().join(format!("configs/{pipeline}.toml"))).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.kafka.bootstrap_servers.is_none(), "{pipeline}.toml takes the broker from KAFKA_BOOTSTRAP");
+        for (name, input) in &config.inputs {
+            let InputConfig::Kafka(k) = input else { panic!("{pipeline}.toml input `{name}` is not Kafka") };
+            for t in &k.topics {
+                assert!(init.split_whitespace().any(|w| w.trim_end_matches(';') == t), "kafka-init does not create topic `{t}`");
+                assert!(feeders.contains(&format!("--topic {t}")), "no producer writes topic `{t}`");
+            }
+        }
+        let service = &services[pipeline];
+        assert_eq!(text(&service["environment"]["KAFKA_BOOTSTRAP"]), bootstrap);
+        let command: Vec<String> = service["command"].as_sequence().expect("a list").iter().map(text).collect();
+        assert!(command.contains(&format!("/app/configs/{pipeline}.toml")), "{command:?}");
+        for v in &config.views {
+            let sql = root().join("configs").join(v);
+            assert!(sql.exists() && sql.starts_with(root()), "{}", sql.display());
+        }
+    }
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY dataflows/*.sql /app/dataflows/"), "the image holds the views the configs name");
     assert!(config.output.kafka.is_some(), "docker.toml writes its outputs to Kafka");
 
     // Two processes of two workers, each named in the hostfile in process order.

@@ -548,7 +548,8 @@ fn top_products_are_the_top_five_at_every_time() {
 // Through Kafka (and MongoDB)
 // ---------------------------------------------------------------------------------------
 
-/// The shipped config of `pipeline` on this test's broker: its topics renamed under `prefix`,
+/// The shipped config of `pipeline` on this test's broker (it reads KAFKA_BOOTSTRAP, as the
+/// shipped config does): its topics renamed under `prefix`,
 /// the run stopping when the input is idle, nothing late (Kafka batches records otherwise than
 /// a file; with nothing late every result is a function of the records alone), MongoDB output
 /// into `database`.
@@ -559,7 +560,6 @@ fn kafka_config(dir: &Path, pipeline: &str, prefix: &str, topics: &[&str], datab
     }
     let text = text
         .replace("\"../dataflows/", &format!("\"{}/dataflows/", root().display()))
-        .replace("bootstrap_servers = \"localhost:9092\"", &format!("bootstrap_servers = \"{}\"", kafka_bootstrap()))
         .replace("group_id = \"", &format!("stop_when_idle = \"4s\"\ngroup_id = \"{prefix}."))
         .replace("allowed_lateness = \"30s\"", "allowed_lateness = \"1h\"")
         .replace("allowed_lateness = \"10s\"", "allowed_lateness = \"1h\"")
