@@ -3,7 +3,8 @@
 //! plain `serde_json` and maps over the same lines, sharing no code with the engine (its
 //! decoding, lateness rule, SQL evaluation and sums are all re-done below).
 //!
-//! From files at 1 and 4 workers, every output and every dead letter; through the Kafka-protocol
+//! From files at 1 and 4 workers (and, for sales, two processes), every output and every dead
+//! letter; through the Kafka-protocol
 //! broker (KAFKA_BOOTSTRAP) with the shipped configs, every output topic and the dead-letter
 //! topic, and for transactions the MongoDB collections.
 
@@ -474,6 +475,12 @@ fn sales_equal_the_reference_at_1_and_4_workers() {
         }
         assert_eq!(dead_of(&got["dead_letters"], "sales"), dead, "dead letters at -w {workers}");
     }
+    // two processes: the windows' partials, the groups and the numbering cross between them
+    let got = two_processes(dir.path(), &["run", "--config", config.to_str().unwrap(), "-q", "--batch-size", &BATCH.to_string()], true);
+    for (view, rows) in &want {
+        assert_rows(&format!("{view} at -n 2"), &got[view], rows);
+    }
+    assert_eq!(dead_of(&got["dead_letters"], "sales"), dead, "dead letters at -n 2");
 }
 
 #[test]
