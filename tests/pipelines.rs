@@ -4,9 +4,8 @@
 //! decoding, lateness rule, SQL evaluation and sums are all re-done below).
 //!
 //! From files at 1 and 4 workers (and, for sales, two processes), every output and every dead
-//! letter; through the Kafka-protocol
-//! broker (KAFKA_BOOTSTRAP) with the shipped configs, every output topic and the dead-letter
-//! topic, and for transactions the MongoDB collections.
+//! letter; through the Kafka-protocol broker (KAFKA_BOOTSTRAP) with the shipped configs, every
+//! output topic and the dead-letter topic, and for transactions the MongoDB collections.
 
 mod common;
 
