@@ -486,15 +486,20 @@ fn metrics_show_each_kafka_partitions_lag() {
     std::fs::write(dir.path().join("kafka.toml"), cfg).unwrap();
     let engine = start(dir.path(), &["run", "--config", "kafka.toml", "--http", "127.0.0.1:0", "--http-linger", "60"]);
     let started = Instant::now();
-    let lag = loop {
+    let (lag, metrics) = loop {
         let metrics = parse_prometheus(&get(&engine.addr, "/metrics").1);
         let lag: Vec<f64> = (0..2)
             .filter_map(|p| {
                 metrics.get(&format!("diffstream_kafka_consumer_lag{{input=\"clicks\",topic=\"{topic}\",partition=\"{p}\"}}")).copied()
             })
             .collect();
-        if metrics.get("diffstream_records_in_total{input=\"clicks\"}") == Some(&400.0) && lag.len() == 2 && lag.iter().all(|l| *l <= 1.0) {
-            break lag;
+        let committed = metrics.get("diffstream_kafka_commit_latency_seconds_count").is_some_and(|n| *n >= 1.0);
+        if metrics.get("diffstream_records_in_total{input=\"clicks\"}") == Some(&400.0)
+            && lag.len() == 2
+            && lag.iter().all(|l| *l <= 1.0)
+            && committed
+        {
+            break (lag, metrics);
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no lag of 0 for both partitions in 60 s:\n{metrics:?}");
         std::thread::sleep(Duration::from_millis(300));
@@ -502,6 +507,17 @@ fn metrics_show_each_kafka_partitions_lag() {
     // Everything read is committed once written: nothing left (Tansu's end offset is the last
     // record rather than one past it, hence at most 1).
     assert!(lag.iter().all(|l| (0.0..=1.0).contains(l)), "{lag:?}");
+    // Records read per partition add up to the input, every partition had some; every batch
+    // read was acknowledged by the sinks and its offsets committed, each timed.
+    let read: Vec<f64> = (0..2)
+        .map(|p| metrics[&format!("diffstream_kafka_records_read_total{{input=\"clicks\",topic=\"{topic}\",partition=\"{p}\"}}")])
+        .collect();
+    assert!(read.iter().sum::<f64>() == 400.0 && read.iter().all(|n| *n > 0.0), "{read:?}");
+    for h in ["diffstream_sink_ack_latency_seconds", "diffstream_kafka_commit_latency_seconds"] {
+        let count = metrics[&format!("{h}_count")];
+        assert!(count >= 1.0 && metrics[&format!("{h}_bucket{{le=\"+Inf\"}}")] == count, "{h}: {metrics:?}");
+        assert!(metrics[&format!("{h}_sum")] / count < 30.0, "{h}: {metrics:?}");
+    }
 }
 
 #[test]

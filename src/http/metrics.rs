@@ -3,7 +3,8 @@
 //! scrape (they live in the run's counters and the store, not in metric objects).
 //!
 //! Whose figures: rows, changes and dead letters are the whole cluster's (they reach the store
-//! through the dataflow); records in, decode errors and the sinks' health are this process's.
+//! through the dataflow); records in (per input, and per Kafka partition), decode errors, the
+//! sinks' health and the Kafka latencies are this process's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -123,6 +124,27 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
             "diffstream_kafka_committed_offset",
             "The group's committed offset per input partition (-1: none yet)",
             offsets.iter().map(|o| (labels(o), o.committed.unwrap_or(-1))),
+        );
+    }
+    if !live.kafka.is_empty() {
+        let k = &c.kafka_inputs;
+        counters(
+            &mut r,
+            "diffstream_kafka_records_read",
+            "Records read per input partition (this process)",
+            k.read().into_iter().map(|((input, topic, partition), n)| {
+                (vec![("input".into(), input), ("topic".into(), topic), ("partition".into(), partition.to_string())], n)
+            }),
+        );
+        r.register(
+            "diffstream_sink_ack_latency_seconds",
+            "From reading a Kafka batch to every sink having written its logical time (this process)",
+            k.ack_latency.clone(),
+        );
+        r.register(
+            "diffstream_kafka_commit_latency_seconds",
+            "From committing the group's offsets to the broker confirming it (this process)",
+            k.commit_latency.clone(),
         );
     }
     let health: Vec<_> = [&c.kafka, &c.mongo].into_iter().filter(|h| live.sinks.contains(&h.sink)).collect();

@@ -321,6 +321,8 @@ pub struct Counters {
     pub kafka: Arc<Health>,
     /// MongoDB sinks' retries, rejections and trouble, over every worker's sink
     pub mongo: Arc<Health>,
+    /// Kafka inputs' records per partition, acknowledgement and commit latency
+    pub kafka_inputs: Arc<crate::sources::kafka::KafkaStats>,
 }
 
 impl Default for Counters {
@@ -331,6 +333,7 @@ impl Default for Counters {
             tally: Default::default(),
             kafka: Arc::new(Health::new("kafka")),
             mongo: Arc::new(Health::new("mongodb")),
+            kafka_inputs: Default::default(),
         }
     }
 }
@@ -893,7 +896,7 @@ fn run_worker(
         if needs(*name) {
             inputs.push(OpenInput {
                 name: *name,
-                source: spec.open(index, peers, plan.batch_size, bindings)?,
+                source: spec.open(*name, (index, peers, plan.batch_size), bindings, &counters.kafka_inputs)?,
                 rate: spec.rate,
                 batches: 0,
                 done: false,

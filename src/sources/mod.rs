@@ -110,9 +110,16 @@ impl InputSpec {
         }
     }
 
-    /// Opens this worker's share. `batch` is the number of records per batch across all workers;
-    /// `bindings` are an earlier run's, for a stream to read again at the same times.
-    pub fn open(&self, index: usize, peers: usize, batch: usize, bindings: &Bindings) -> io::Result<Box<dyn Source>> {
+    /// Opens this worker's share of input `name`. `batch` is the number of records per batch
+    /// across all workers; `bindings` are an earlier run's, for a stream to read again at the
+    /// same times; a Kafka input reports to `kafka_stats`.
+    pub fn open(
+        &self,
+        name: InputName,
+        (index, peers, batch): (usize, usize, usize),
+        bindings: &Bindings,
+        kafka_stats: &Arc<kafka::KafkaStats>,
+    ) -> io::Result<Box<dyn Source>> {
         Ok(match &self.source {
             SourceSpec::File(path) => {
                 let f = std::fs::File::open(path)
@@ -124,7 +131,7 @@ impl InputSpec {
             SourceSpec::Stdin => Box::new(file::Empty),
             SourceSpec::Memory(bytes) => Box::new(file::LineSource::new(io::Cursor::new(file::Shared(bytes.clone())), index, peers, batch)),
             SourceSpec::Generator(spec) => Box::new(generator::GeneratorSource::new(spec.clone(), index, peers, batch)),
-            SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(&k.0, &k.1, index, peers, bindings)?),
+            SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(&k.0, (name.as_str(), &k.1), index, peers, bindings, kafka_stats)?),
         })
     }
 

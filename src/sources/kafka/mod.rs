@@ -33,9 +33,12 @@ use std::time::{Duration, Instant};
 
 use dataflows::records::Position;
 use dataflows::Time;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Batch, Record, Source};
 use crate::config::kafka::{KafkaConnection, KafkaInput, Start};
@@ -77,8 +80,63 @@ struct Parked {
 }
 
 /// One worker's share of a Kafka input.
+/// What this process's Kafka inputs tell the metrics: records read per partition, how long a
+/// batch waits from being read to every sink having written its time, and how long the group's
+/// commits take.
+#[derive(Debug)]
+pub struct KafkaStats {
+    /// records read per (input, topic, partition)
+    read: Mutex<BTreeMap<(String, String, i32), u64>>,
+    /// seconds from reading a batch to the acknowledgement of its logical time by every sink
+    pub ack_latency: Histogram,
+    /// seconds from committing offsets to the broker confirming it
+    pub commit_latency: Histogram,
+}
+
+impl Default for KafkaStats {
+    fn default() -> Self {
+        // 1 ms to about 30 s
+        KafkaStats {
+            read: Mutex::default(),
+            ack_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            commit_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+}
+
+impl KafkaStats {
+    /// Records read so far per (input, topic, partition).
+    pub fn read(&self) -> Vec<((String, String, i32), u64)> {
+        self.read.lock().map(|r| r.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+    }
+}
+
+/// The consumer's context: times each commit until the broker confirms it (commits complete in
+/// order, on the worker's own polls).
+struct Timing {
+    stats: Arc<KafkaStats>,
+    commits: Mutex<VecDeque<Instant>>,
+}
+
+impl ClientContext for Timing {}
+
+impl ConsumerContext for Timing {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        let began = self.commits.lock().ok().and_then(|mut c| c.pop_front());
+        if let (Some(began), Ok(())) = (began, result) {
+            self.stats.commit_latency.observe(began.elapsed().as_secs_f64());
+        }
+    }
+}
+
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Timing>,
+    /// the input's name, for the metrics
+    input: String,
+    /// records handed on per part since the last batch ended
+    read: Vec<u64>,
+    /// when each logical time's batch was read, until every sink has written it
+    read_at: BTreeMap<Time, Instant>,
     /// commits where the input began, under `<group_id>.start`
     starts: BaseConsumer,
     parts: Vec<Part>,
@@ -94,8 +152,15 @@ fn err(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl KafkaSource {
-    /// Opens worker `index` of `peers`'s share of `input`.
-    pub fn open(conn: &KafkaConnection, input: &KafkaInput, index: usize, peers: usize, bindings: &Bindings) -> io::Result<Self> {
+    /// Opens worker `index` of `peers`'s share of `input` (named `name`), reporting to `stats`.
+    pub fn open(
+        conn: &KafkaConnection,
+        (name, input): (&str, &KafkaInput),
+        index: usize,
+        peers: usize,
+        bindings: &Bindings,
+        stats: &Arc<KafkaStats>,
+    ) -> io::Result<Self> {
         let mut config = conn.client_config().map_err(err)?;
         config
             .set("group.id", &input.group_id)
@@ -107,7 +172,9 @@ impl KafkaSource {
             // the worker polls without waiting, so a broker that holds fetches (Tansu holds
             // them for the whole wait) would only add latency
             .set("fetch.wait.max.ms", "10");
-        let consumer: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
+        let timing = Timing { stats: stats.clone(), commits: Mutex::default() };
+        let consumer: BaseConsumer<Timing> =
+            config.create_with_context(timing).map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
         config.set("group.id", format!("{}.start", input.group_id));
         let starts: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
 
@@ -219,6 +286,9 @@ impl KafkaSource {
         tracing::info!(worker = index, partitions = assignment.count(), "Kafka partitions assigned");
         let mut source = KafkaSource {
             consumer,
+            input: name.to_string(),
+            read: vec![0; parts.len()],
+            read_at: BTreeMap::new(),
             starts,
             parts,
             max: input.max_records_per_batch,
@@ -301,6 +371,7 @@ impl KafkaSource {
             part.next = Some(p.offset + 1);
             n += 1;
         }
+        self.read[i] += n as u64;
         n
     }
 
@@ -322,6 +393,10 @@ impl KafkaSource {
         Ok(())
     }
 
+    fn stats(&self) -> &KafkaStats {
+        &self.consumer.context().stats
+    }
+
     /// Commits `offsets` (next offset per part) to the group, for parts whose start is durable.
     fn commit(&self, offsets: &[Option<i64>], mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
@@ -331,16 +406,27 @@ impl KafkaSource {
             }
         }
         if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "committing offsets failed; the next acknowledgement commits them again");
+            let began = Instant::now();
+            let sync = matches!(mode, CommitMode::Sync);
+            if !sync {
+                if let Ok(mut c) = self.consumer.context().commits.lock() {
+                    c.push_back(began);
+                }
+            }
+            match self.consumer.commit(&tpl, mode) {
+                Err(e) => tracing::warn!(error = %e, "committing offsets failed; the next acknowledgement commits them again"),
+                // (a synchronous commit is confirmed when it returns; librdkafka calls back for
+                // asynchronous ones only)
+                Ok(()) if sync => self.stats().commit_latency.observe(began.elapsed().as_secs_f64()),
+                Ok(()) => {}
             }
         }
     }
 }
 
 /// A group's committed offsets for `query`, by (topic, partition).
-fn committed_offsets(
-    consumer: &BaseConsumer,
+fn committed_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     query: &TopicPartitionList,
     group: &str,
 ) -> io::Result<std::collections::HashMap<(String, i32), i64>> {
@@ -436,9 +522,21 @@ impl Source for KafkaSource {
 
     fn batch_done(&mut self, time: Time) {
         self.offsets_at.insert(time, self.parts.iter().map(|p| p.next).collect());
+        if self.read.iter().any(|n| *n > 0) {
+            self.read_at.entry(time).or_insert_with(Instant::now);
+            let stats = self.consumer.context().stats.clone();
+            let mut read = stats.read.lock().unwrap_or_else(|e| e.into_inner());
+            for (part, n) in self.parts.iter().zip(&mut self.read) {
+                *read.entry((self.input.clone(), part.topic.clone(), part.partition)).or_default() += std::mem::take(n);
+            }
+        }
     }
 
     fn acknowledged(&mut self, frontier: Option<Time>) {
+        while let Some(entry) = self.read_at.first_entry().filter(|e| frontier.is_none_or(|f| *e.key() < f)) {
+            let read = entry.remove();
+            self.stats().ack_latency.observe(read.elapsed().as_secs_f64());
+        }
         // Commit at most every 100 ms (and at the end): a commit per logical time would load
         // the group coordinator for nothing.
         if frontier.is_some() && self.last_commit.elapsed() < COMMIT_INTERVAL {
