@@ -13,6 +13,7 @@ pub mod output;
 pub mod records;
 pub mod sensor_metrics;
 pub mod sql;
+pub mod state;
 pub mod user_activity;
 pub mod user_event_counts;
 pub mod watermark;

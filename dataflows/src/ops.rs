@@ -108,17 +108,18 @@ impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
 /// differential's `count_total` produces — holding one count per key and no history. Suits
 /// counters fed by [`AggregateLocal`], which has already summed each batch's diffs per key.
 pub trait CountMap<'s, K> {
-    /// See the trait's documentation.
-    fn count_map(self) -> Coll<'s, (K, isize)>;
+    /// See the trait's documentation; `dataflow` names it in the state metrics.
+    fn count_map(self, dataflow: &str) -> Coll<'s, (K, isize)>;
 }
 
 impl<'s, K> CountMap<'s, K> for Coll<'s, K>
 where
     K: timely::ExchangeData + Clone + Hash + Eq + differential_dataflow::Hashable,
 {
-    fn count_map(self) -> Coll<'s, (K, isize)> {
+    fn count_map(self, dataflow: &str) -> Coll<'s, (K, isize)> {
         use timely::dataflow::channels::pact::Exchange;
         let exchange = Exchange::new(|(k, _, _): &(K, Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+        let size = crate::state::StateSize::new(dataflow, "CountMap");
         self.inner
             .unary_frontier(exchange, "CountMap", |_cap, _info| {
                 let mut pending: Stash<K> = Default::default();
@@ -145,6 +146,7 @@ where
                                 counts.remove(&k);
                             }
                         }
+                        size.set(counts.len());
                     }
                 }
             })
@@ -158,7 +160,7 @@ where
 /// earlier row. Exchanged by key; each completed time, in order, keeps per key the best of its
 /// records and emits `-old +new` when that outranks the current version. Holds one version per
 /// key: superseded versions are gone.
-pub fn upsert<'s, K, R, D>(records: Coll<'s, (K, R, D)>) -> Coll<'s, D>
+pub fn upsert<'s, K, R, D>(records: Coll<'s, (K, R, D)>, input: &str) -> Coll<'s, D>
 where
     K: timely::ExchangeData + Hash + Eq + differential_dataflow::Hashable,
     R: timely::ExchangeData + Ord,
@@ -166,6 +168,7 @@ where
 {
     use timely::dataflow::channels::pact::Exchange;
     let exchange = Exchange::new(|((k, _, _), _, _): &((K, R, D), Time, isize)| differential_dataflow::Hashable::hashed(k).into());
+    let size = crate::state::StateSize::new(input, "Upsert");
     records
         .inner
         .unary_frontier(exchange, "Upsert", |_cap, _info| {
@@ -203,6 +206,7 @@ where
                             }
                         }
                     }
+                    size.set(current.len());
                 }
             }
         })

@@ -259,6 +259,7 @@ pub fn sensor_metrics<'s>(
     let window_params = params.clone();
     let wm = watermark.clone();
     let exchange = Exchange::new(|(w, _t, _d): &(Partial, Time, isize)| (&w.sensor_type, &w.location).hashed());
+    let size = crate::state::StateSize::new("sensor_metrics", "Windows");
     let window_metrics = partials
         .binary_frontier(maxima, exchange, Pipeline, "Windows", move |_cap, _info| {
             let p = window_params;
@@ -311,6 +312,7 @@ pub fn sensor_metrics<'s>(
                         }
                     }
                 }
+                size.set(windows.open.values().map(|g| g.len()).sum());
             }
         })
         .container::<Vec<(WindowMetric, Time, isize)>>()

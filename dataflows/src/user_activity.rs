@@ -43,6 +43,7 @@ struct Joined {
 pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> Coll<'s, UserActivity> {
     let left = Exchange::new(|(u, _, _): &(User, Time, isize)| u.user_id.hashed());
     let right = Exchange::new(|((k, _), _, _): &((Id, isize), Time, isize)| k.hashed());
+    let size = crate::state::StateSize::new("user_activity", "LatestProfileJoin");
     users
         .latest_local(|u: &User| u.user_id.clone(), |u: &User| u.position.clone())
         .inner
@@ -124,6 +125,7 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                             state.remove(&user_id);
                         }
                     }
+                    size.set(state.len());
                 }
             }
         })

@@ -29,7 +29,7 @@ pub enum ClickKey {
 
 /// Clicks per user and per event kind.
 pub fn click_counts<'s>(clicks: Coll<'s, Click>) -> Coll<'s, (ClickKey, isize)> {
-    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map()
+    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map("user_event_counts")
 }
 
 /// Clicks per user as `(user_id, count)`; shared with `user_activity`.

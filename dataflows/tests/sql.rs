@@ -68,6 +68,9 @@ enum Query {
     Windowed { size: i64, slide: Option<i64> },
     /// a join with a VALUES table (int and float limits: a float column)
     ValuesJoin,
+    /// the top n rows of a per k by x descending (NULLs first), then s: ROW_NUMBER() in a
+    /// subquery, filtered by its number
+    TopN { n: i64 },
 }
 
 impl Query {
@@ -99,6 +102,10 @@ impl Query {
             Query::Scalars { w } => format!(
                 "SELECT k, CASE WHEN x IS NULL THEN 'none' WHEN x > {w} THEN 'big' ELSE 'small' END AS size, \
                  COALESCE(x, -1) AS x0, lower(upper(s)) || '!' AS t, length(s) AS n FROM a WHERE k IN (0, 2, 3)"
+            ),
+            Query::TopN { n } => format!(
+                "SELECT k, s, x, r FROM (SELECT k, s, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC, s) AS r FROM a) ranked \
+                 WHERE r <= {n}"
             ),
             Query::ValuesJoin => "SELECT a.k, r.label, r.lim, a.x FROM a JOIN (VALUES (0, 'zero', 1.5), (1, 'one', 2), (3, 'three', 0.5)) \
                  AS r(k, label, lim) ON a.k = r.k WHERE a.x > r.lim"
@@ -265,6 +272,26 @@ impl Query {
                     .map(|((k, s), (n, sx))| vec![Int(k), Value::Timestamp(s), Value::Timestamp(s + size), Int(n), Int(sx)])
                     .collect()
             }
+            Query::TopN { n } => {
+                let mut by_k: BTreeMap<i64, Vec<&A>> = BTreeMap::new();
+                for r in a {
+                    by_k.entry(r.k).or_default().push(r);
+                }
+                let mut out = Vec::new();
+                for (k, mut rows) in by_k {
+                    // x descending with NULLs first (SQL's default for DESC), then s ascending
+                    rows.sort_by(|p, q| match (p.x, q.x) {
+                        (None, None) => p.s.cmp(&q.s),
+                        (None, Some(_)) => std::cmp::Ordering::Less,
+                        (Some(_), None) => std::cmp::Ordering::Greater,
+                        (Some(px), Some(qx)) => qx.cmp(&px).then(p.s.cmp(&q.s)),
+                    });
+                    for (i, r) in rows.into_iter().enumerate().take(*n as usize) {
+                        out.push(vec![Int(k), Text(r.s.as_str().into()), opt(r.x), Int(i as i64 + 1)]);
+                    }
+                }
+                out
+            }
             Query::Strings { from, len } => a
                 .iter()
                 .map(|r| {
@@ -388,6 +415,7 @@ fn query() -> impl Strategy<Value = Query> {
         any::<bool>().prop_map(|left| Query::JoinOnNullable { left }),
         Just(Query::Union),
         Just(Query::ValuesJoin),
+        (0i64..4).prop_map(|n| Query::TopN { n }),
         (0i64..3).prop_map(|h| Query::Stacked { h }),
         small.prop_map(|w| Query::Scalars { w }),
         (-1i64..4, 0i64..3).prop_map(|(from, len)| Query::Strings { from, len }),

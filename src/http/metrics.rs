@@ -4,7 +4,7 @@
 //!
 //! Whose figures: rows, changes and dead letters are the whole cluster's (they reach the store
 //! through the dataflow); records in (per input, and per Kafka partition), decode errors, the
-//! sinks' health and the Kafka latencies are this process's.
+//! sinks' health, the Kafka latencies and the operators' state sizes are this process's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -165,6 +165,14 @@ pub fn encode_text(store: &Store, live: &Live) -> String {
         "diffstream_sink_trouble_seconds",
         "How long an external sink has been failing or waiting (0: healthy)",
         health.iter().map(|h| (label("sink", h.sink), h.status().map_or(0, |(d, _)| d.as_secs() as i64))),
+    );
+    gauges(
+        &mut r,
+        "diffstream_state_records",
+        "Records each stateful operator keeps between logical times: keys, rows or open windows (this process's workers)",
+        dataflows::state::sizes()
+            .into_iter()
+            .map(|((dataflow, operator), n)| (vec![("dataflow".into(), dataflow), ("operator".into(), operator.to_string())], n)),
     );
     gauge(&mut r, "diffstream_subscribers", "Clients following an output now", store.subscribers() as i64);
     gauge(&mut r, "process_resident_memory_bytes", "Resident memory of this process", resident_bytes() as i64);

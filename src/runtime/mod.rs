@@ -828,6 +828,7 @@ fn run_worker(
                     let key = t.key.clone();
                     dataflows::ops::upsert(
                         ranked.map(move |(rank, row)| (key.iter().map(|&k| row[k].clone()).collect::<Vec<_>>(), rank, row)),
+                        t.name.as_str(),
                     )
                 };
                 let source = dataflows::sql::render::Source { rows, shape: t.shape(), watermark };

@@ -228,6 +228,7 @@ pub struct Grouping<F> {
 /// key, in place: the key is evaluated into a reused buffer and looked up by slice, so a row
 /// allocates nothing unless it starts a group.
 pub fn reduce<'s, F>(
+    view: &str,
     rows: Coll<'s, SqlRow>,
     grouping: Grouping<F>,
     spec: Aggregates,
@@ -305,6 +306,7 @@ where
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let mut state =
         State { spec, windowed, groups: FastMap::default(), pending: Stash::new(), by_end: BTreeMap::new(), maxima: Maxima::default() };
+    let size = crate::state::StateSize::new(view, if retire.is_some() { "WindowReduce" } else { "Reduce" });
     let out = match retire {
         None => partial.unary_frontier(exchange, "Reduce", move |_cap, _info| {
             move |(input, frontier), output| {
@@ -312,6 +314,7 @@ where
                 for (cap, updates) in state.apply(least(frontier)) {
                     output.session(&cap).give_iterator(updates.into_iter());
                 }
+                size.set(state.groups.len());
             }
         }),
         Some(r) => partial.binary_frontier(r.maxima, exchange, Pipeline, "WindowReduce", move |_cap, _info| {
@@ -325,6 +328,7 @@ where
                 for (cap, updates) in state.apply(done) {
                     output.session(&cap).give_iterator(updates.into_iter());
                 }
+                size.set(state.groups.len());
             }
         }),
     };

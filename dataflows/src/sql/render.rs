@@ -370,7 +370,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             let no_null = |(k, _): &(SqlRow, SqlRow)| !k.iter().any(Value::is_null);
             let r = r.filter(no_null);
             if !*outer {
-                return hash_join(l.filter(no_null), r);
+                return hash_join(view, l.filter(no_null), r);
             }
             let matched = l.clone().filter(no_null).join_map(r.clone(), |_, a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
             let n = *right_arity;
@@ -413,7 +413,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
                 Plan::Window { input, time, size, slide } => (plan(input, view, reads, errors), Some((*time, *size, *slide))),
                 input => (plan(input, view, reads, errors), None),
             };
-            let (grouped, failed) = reduce(rows, Grouping { fill, window }, spec, retire);
+            let (grouped, failed) = reduce(view, rows, Grouping { fill, window }, spec, retire);
             let name = view.to_string();
             errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
             let folded = split(
@@ -478,7 +478,7 @@ fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<
 /// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
 /// rows (a multiset, no history); each completed time, in order, emits
 /// `ΔL ⋈ R + L ⋈ ΔR + ΔL ⋈ ΔR` (rows `left ++ right`) and then applies the deltas.
-fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlRow)>) -> Coll<'s, SqlRow> {
+fn hash_join<'s>(view: &str, left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlRow)>) -> Coll<'s, SqlRow> {
     use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
     use differential_dataflow::AsCollection;
     use std::collections::hash_map::Entry;
@@ -486,6 +486,8 @@ fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlR
     use timely::dataflow::operators::generic::operator::Operator;
     type Side = Vec<(SqlRow, isize)>;
     let by_key = || Exchange::new(|((k, _), _, _): &((SqlRow, SqlRow), Time, isize)| differential_dataflow::Hashable::hashed(k));
+    let size = crate::state::StateSize::new(view, "HashJoin");
+    let mut held = 0usize;
     left.inner
         .binary_frontier(right.inner, by_key(), by_key(), "HashJoin", |_cap, _info| {
             let mut pending: [Stash<(SqlRow, SqlRow)>; 2] = Default::default();
@@ -527,8 +529,10 @@ fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlR
                             emit(&dl, cr);
                             emit(cl, &dr);
                             emit(&dl, &dr);
+                            held -= cl.len() + cr.len();
                             multiset_apply(cl, dl);
                             multiset_apply(cr, dr);
+                            held += cl.len() + cr.len();
                             cl.is_empty() && cr.is_empty()
                         };
                         match state.entry(k) {
@@ -545,6 +549,7 @@ fn hash_join<'s>(left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlR
                             }
                         }
                     }
+                    size.set(held);
                 }
             }
         })
