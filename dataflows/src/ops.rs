@@ -272,11 +272,32 @@ impl<'s, D: Clone + 'static> LatestLocal<'s, D> for Coll<'s, D> {
 }
 
 /// Updates held per logical time, each time with a capability to emit at it.
-pub type Stash<D> = std::collections::BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<(D, isize)>)>;
+pub type Stash<D> = std::collections::BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Batches<D>)>;
+
+/// One time's updates in the containers they came in: stashing moves a container, not each
+/// update into a vector that grows (and is copied, and touches fresh pages) as a time fills.
+/// Iterates as `(data, diff)`.
+#[derive(Debug)]
+pub struct Batches<D>(Vec<Vec<(D, Time, isize)>>);
+
+impl<D> Default for Batches<D> {
+    fn default() -> Self {
+        Batches(Vec::new())
+    }
+}
+
+impl<D> IntoIterator for Batches<D> {
+    type Item = (D, isize);
+    type IntoIter = std::iter::Map<std::iter::Flatten<std::vec::IntoIter<Vec<(D, Time, isize)>>>, fn((D, Time, isize)) -> (D, isize)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten().map(|(d, _, r)| (d, r))
+    }
+}
 
 /// Moves everything `input` has into `stash`, by the time of each update, retaining a
 /// capability for output `port` at each new time. Operators that act on whole times (once the
-/// frontier has passed them) start with this.
+/// frontier has passed them) start with this. A container whose updates share one time (an
+/// input batch's always do) is stashed whole; another is split by time.
 pub fn stash_by_time<D, P>(
     input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
     stash: &mut Stash<D>,
@@ -286,8 +307,17 @@ pub fn stash_by_time<D, P>(
 {
     input.for_each_stamp(|cap, data| {
         for batch in data {
-            for (d, t, r) in batch.drain(..) {
-                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push((d, r));
+            let Some(t) = batch.first().map(|(_, t, _)| *t) else { continue };
+            if batch.iter().all(|(_, u, _)| *u == t) {
+                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Batches::default())).1 .0.push(std::mem::take(batch));
+                continue;
+            }
+            let mut by_time: std::collections::BTreeMap<Time, Vec<(D, Time, isize)>> = Default::default();
+            for update in batch.drain(..) {
+                by_time.entry(update.1).or_default().push(update);
+            }
+            for (t, updates) in by_time {
+                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Batches::default())).1 .0.push(updates);
             }
         }
     });

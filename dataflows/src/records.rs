@@ -162,7 +162,7 @@ pub struct EventTypeCount {
 }
 
 /// Output `user_activity`: a user's latest profile with their click count.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserActivity {
     /// key
     pub user_id: Id,
@@ -172,6 +172,19 @@ pub struct UserActivity {
     pub email: SharedText,
     /// number of clicks
     pub event_count: i64,
+}
+
+/// Equal fields, compared cheapest first: a user's `-old +new` rows nearly always differ in
+/// the count alone, and share their name and e-mail (the same `Arc`s), which then need no
+/// byte comparison.
+impl PartialEq for UserActivity {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &SharedText, b: &SharedText| std::sync::Arc::ptr_eq(a, b) || a == b;
+        self.event_count == other.event_count
+            && self.user_id == other.user_id
+            && same(&self.name, &other.name)
+            && same(&self.email, &other.email)
+    }
 }
 
 /// Output `sensor_window_metrics`: aggregates per sensor type, location and event-time window.

@@ -64,8 +64,8 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                     if f1.less_equal(&next) || f2.less_equal(&next) {
                         break;
                     }
-                    let (cap1, versions) = profiles.remove(&next).map_or((None, Vec::new()), |(c, d)| (Some(c), d));
-                    let (cap2, changes) = counts.remove(&next).map_or((None, Vec::new()), |(c, d)| (Some(c), d));
+                    let (cap1, versions) = profiles.remove(&next).map_or((None, Default::default()), |(c, d)| (Some(c), d));
+                    let (cap2, changes) = counts.remove(&next).map_or((None, Default::default()), |(c, d)| (Some(c), d));
                     let cap = cap1.or(cap2).expect("a pending time has a capability");
                     let mut by_user: FastMap<Id, (Option<User>, Vec<(isize, isize)>)> = FastMap::default();
                     for (u, diff) in versions {

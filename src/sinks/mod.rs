@@ -255,7 +255,7 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
 /// Adds up the diffs of equal rows and drops those that cancel. Rows are grouped by the hash
 /// of their key (cheap: key fields only) and compared whole only within a group, which is
 /// nearly always one key's `-old +new`.
-fn consolidate(updates: Vec<(Row, isize)>) -> Vec<(Row, isize)> {
+fn consolidate(updates: impl IntoIterator<Item = (Row, isize)>) -> Vec<(Row, isize)> {
     let mut hashed: Vec<(u64, Row, isize)> = updates.into_iter().map(|(r, d)| (r.key_hash(), r, d)).collect();
     hashed.sort_unstable_by_key(|(h, _, _)| *h);
     let mut out: Vec<(Row, isize)> = Vec::with_capacity(hashed.len());
