@@ -109,7 +109,7 @@ pub struct RunArgs {
     /// their own `max_records_per_batch` (a warning says so if both are given).
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// Batches per logical time for file inputs (default: about 100000 records per time when a
+    /// Batches per logical time for file inputs (default: about 200000 records per time when a
     /// per-user dataflow runs, else 1; streams and rate-limited inputs always take one). Results
     /// do not depend on it; change files show one step per logical time, so 1 gives the finest.
     #[arg(long, value_name = "N")]

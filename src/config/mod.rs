@@ -84,7 +84,7 @@ pub struct RuntimeConfig {
     /// Worker threads per process (timely's `-w`); the command line's `-w` wins. Default 1.
     pub workers: usize,
     /// Records per input per batch; the sensor watermark advances once per batch. A logical time
-    /// holds one batch, or, for files read by a per-user dataflow, about 100 000 records' worth
+    /// holds one batch, or, for files read by a per-user dataflow, about 200 000 records' worth
     /// (`--batches-per-time`). Default 10 000 (Spark's `maxOffsetsPerTrigger` plays a like role).
     pub batch_size: usize,
     /// Batches a source may run ahead of the outputs before it waits (at least one logical time).
