@@ -20,6 +20,16 @@ fn every_config_file_is_valid() {
     assert!(seen >= 2, "configs/ should hold the demo and an example config");
 }
 
+/// An unknown generator is named with the ones there are.
+#[test]
+fn an_unknown_generator_names_the_generators() {
+    let e = Config::parse("[inputs.payroll]\nkind = \"generator\"\ncolumns = [\"id int\"]\n", "t.toml").unwrap_err().to_string();
+    assert!(e.contains("there is no generator `payroll`; the generators are users, clicks, sensors, transactions, sales, inputs"), "{e}");
+    assert!(e.contains("generator = "), "{e}");
+    let ok = "[inputs.tx]\nkind = \"generator\"\ngenerator = \"transactions\"\ncolumns = [\"transaction_id text\"]\n";
+    Config::parse(ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn strictness() {
     for (text, key) in [
@@ -35,6 +45,9 @@ fn strictness() {
         ("[kafka.options]\n\"enable.auto.commit\" = \"true\"\n", "kafka.options.\"enable.auto.commit\""),
         ("[inputs.clicks]\nkind = \"kafka\"\ntopics = []\n", "inputs.clicks.topics"),
         ("[inputs.clicks]\nkind = \"kafka\"\ntopics = [\"c\"]\nstart = \"tomorrow\"\n", "inputs.clicks.start"),
+        // a generator input feeds the generator of its name, or the one it names
+        ("[inputs.payroll]\nkind = \"generator\"\ncolumns = [\"id int\"]\n", "inputs.payroll.generator"),
+        ("[inputs.t]\nkind = \"generator\"\ngenerator = \"transaction\"\ncolumns = [\"id int\"]\n", "inputs.t.generator"),
     ] {
         let e = Config::parse(text, "test.toml").expect_err(text).to_string();
         assert!(e.starts_with("test.toml: "), "{e}");
