@@ -616,3 +616,51 @@ fn explain_names_the_operators_and_their_exchange_keys() {
     assert!(text.contains("Join: exchange and hash the current rows of both sides by (#0) = (#0)"), "{text}");
     assert_eq!(views[0].key, vec![0], "keyed by the GROUP BY column");
 }
+
+/// Every stateful operator of a view reports what it keeps to the state metrics, by the view's
+/// name: a GROUP BY its groups, a join the rows of both sides, ROW_NUMBER the rows it numbers.
+#[test]
+fn each_stateful_operator_reports_what_it_keeps() {
+    let sql = "CREATE VIEW probe_groups AS SELECT k, COUNT(*) AS n FROM a GROUP BY k;\n\
+               CREATE VIEW probe_join AS SELECT a.k, b.y FROM a JOIN b ON a.k = b.k;\n\
+               CREATE VIEW probe_left AS SELECT a.k, b.y FROM a LEFT JOIN b ON a.k = b.k;\n\
+               CREATE VIEW probe_rank AS SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x) AS r FROM a;";
+    let views = compile(sql, &mut catalog()).unwrap();
+    let sizes = Arc::new(Mutex::new(BTreeMap::new()));
+    let seen = sizes.clone();
+    timely::execute(timely::Config::process(1), move |worker| {
+        let probe = ProbeHandle::new();
+        let views = views.clone();
+        let (mut ai, mut bi) = worker.dataflow::<Time, _, _>(|scope| {
+            let (ai, a): (_, Coll<'_, SqlRow>) = scope.new_collection();
+            let (bi, b): (_, Coll<'_, SqlRow>) = scope.new_collection();
+            let source = |rows, arity| Source { rows, shape: Shape { arity, event_time: None, monotone: false }, watermark: None };
+            let sources = BTreeMap::from([("a".to_string(), source(a, 3)), ("b".to_string(), source(b, 2))]);
+            for r in render(scope, &views, &sources).values() {
+                r.rows.clone().inner.probe_with(&probe);
+            }
+            (ai, bi)
+        });
+        // five rows of a over three keys, two of b over two keys (one of them in a)
+        for (k, x) in [(1, 1), (1, 2), (2, 5), (3, 1), (3, 4)] {
+            ai.update(vec![Value::Int(k), Value::Int(x), Value::Text("p".into())], 1);
+        }
+        for (k, y) in [(1, 10), (9, 90)] {
+            bi.update(vec![Value::Int(k), Value::Int(y)], 1);
+        }
+        ai.advance_to(1);
+        bi.advance_to(1);
+        ai.flush();
+        bi.flush();
+        worker.step_while(|| probe.less_than(&1));
+        // (read while the dataflow lives: its gauges go with it)
+        *seen.lock().unwrap() = dataflows::state::sizes();
+    })
+    .unwrap();
+    let sizes = sizes.lock().unwrap();
+    let of = |view: &str, op: &str| sizes.get(&(view.to_string(), op)).copied();
+    assert_eq!(of("probe_groups", "Reduce"), Some(3), "{sizes:?}");
+    assert_eq!(of("probe_join", "HashJoin"), Some(5 + 2), "{sizes:?}");
+    assert_eq!(of("probe_left", "LeftJoin"), Some(5 + 2), "{sizes:?}");
+    assert_eq!(of("probe_rank", "RowNumber"), Some(5), "{sizes:?}");
+}

@@ -322,7 +322,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
                     Err(e) => Err((e, row)),
                 }
             });
-            let keyed = split(keyed, view, errors);
+            let keyed = count_held(split(keyed, view, errors), view, "RowNumber");
             let order: Vec<(bool, bool)> = order.iter().map(|o| (o.desc, o.nulls_first)).collect();
             // Each changed partition is numbered again from its current rows; differential emits
             // only the numbered rows that changed.
@@ -372,6 +372,10 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             if !*outer {
                 return hash_join(view, l.filter(no_null), r);
             }
+            // (differential arranges both sides by key: their rows are what the join keeps,
+            // counted once per side though the left one is arranged for the matches and again
+            // for the unmatched)
+            let (l, r) = (count_held(l, view, "LeftJoin"), count_held(r, view, "LeftJoin"));
             let matched = l.clone().filter(no_null).join_map(r.clone(), |_, a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
             let n = *right_arity;
             let right_keys = r.map(|(k, _)| k).distinct();
@@ -429,6 +433,18 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             folded.concat(missing.map(move |()| empty.clone()))
         }
     }
+}
+
+/// `rows`, counted on their way into an arrangement: the net of their diffs is what it holds,
+/// reported to the state metrics as `operator` of `view` (one gauge per call and worker; calls
+/// with the same names add up).
+fn count_held<'s, D: differential_dataflow::Data>(rows: Coll<'s, D>, view: &str, operator: &'static str) -> Coll<'s, D> {
+    let size = crate::state::StateSize::new(view, operator);
+    let mut net: isize = 0;
+    rows.inspect_batch(move |_, updates| {
+        net += updates.iter().map(|(_, _, r)| *r).sum::<isize>();
+        size.set(net.max(0) as usize);
+    })
 }
 
 /// SQL's order of two sort keys: each term ascending or descending (`desc`), NULLs first or
