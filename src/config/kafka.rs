@@ -44,6 +44,26 @@ impl KafkaConnection {
         self.bootstrap_servers.clone().or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok()).unwrap_or_else(|| "localhost:9092".to_string())
     }
 
+    /// What to add to a Kafka error that says the brokers could not be reached (a timeout, a
+    /// transport failure): where the address came from and how to give another.
+    pub fn unreachable_hint(&self, error: &str) -> String {
+        let unreachable = ["Timed out", "TimedOut", "Transport", "AllBrokersDown", "Connection refused"].iter().any(|s| error.contains(s));
+        if !unreachable {
+            return String::new();
+        }
+        let from = if self.bootstrap_servers.is_some() {
+            "the config's `[kafka] bootstrap_servers`"
+        } else if std::env::var("KAFKA_BOOTSTRAP").is_ok() {
+            "$KAFKA_BOOTSTRAP"
+        } else {
+            "the default: neither `[kafka] bootstrap_servers` nor $KAFKA_BOOTSTRAP is set"
+        };
+        format!(
+            "; no broker answered at {} ({from}): start one (`docker compose up kafka` gives one on localhost:9094), or point `[kafka] bootstrap_servers` or KAFKA_BOOTSTRAP at yours",
+            self.bootstrap()
+        )
+    }
+
     /// Checks the options; `Err((key, message))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for key in self.options.keys() {

@@ -294,9 +294,11 @@ pub fn create_topics(conn: &KafkaConnection, topics: &[String], partitions: i32)
     let admin: AdminClient<DefaultClientContext> =
         conn.client_config().map_err(anyhow::Error::msg)?.create().map_err(|e| anyhow::anyhow!("Kafka admin client: {e}"))?;
     let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
-    let results =
-        block_on(admin.create_topics(&new, &opts)).map_err(|e| anyhow::anyhow!("creating topics on {}: {e}", conn.bootstrap()))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15))).request_timeout(Some(Duration::from_secs(15)));
+    let results = block_on(admin.create_topics(&new, &opts)).map_err(|e| {
+        let e = e.to_string();
+        anyhow::anyhow!("creating topics on {}: {e}{}", conn.bootstrap(), conn.unreachable_hint(&e))
+    })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

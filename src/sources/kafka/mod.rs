@@ -180,9 +180,10 @@ impl KafkaSource {
 
         let mut all = Vec::new();
         for topic in &input.topics {
-            let md = consumer
-                .fetch_metadata(Some(topic), TIMEOUT)
-                .map_err(|e| err(format!("reading metadata of topic `{topic}` from {}: {e}", conn.bootstrap())))?;
+            let md = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| {
+                let e = e.to_string();
+                err(format!("reading metadata of topic `{topic}` from {}: {e}{}", conn.bootstrap(), conn.unreachable_hint(&e)))
+            })?;
             let t = md.topics().iter().find(|t| t.name() == topic);
             let partitions = t.map_or(0, |t| if t.error().is_some() { 0 } else { t.partitions().len() });
             if partitions == 0 {
