@@ -245,3 +245,25 @@ fn a_file_reading_from_the_future_is_a_dead_letter_and_leaves_the_watermark() {
         assert_eq!(counted, 10, "-w {workers}: every reading but the two from the future counts");
     }
 }
+
+/// With no broker at the address, a Kafka run fails (it does not hang) and says where the
+/// address came from and how to give another.
+#[test]
+fn no_broker_at_the_address_is_an_error_that_says_how_to_point_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    // a port nothing listens on
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "dataflows = [\"user_event_counts\"]\n[kafka]\nbootstrap_servers = \"127.0.0.1:{port}\"\n\
+         [inputs.clicks]\nkind = \"kafka\"\ntopics = [\"clicks\"]\ngroup_id = \"g\"\n"
+    );
+    std::fs::write(dir.path().join("k.toml"), config).unwrap();
+    let o = Command::new(bin()).current_dir(dir.path()).args(["run", "--config", "k.toml", "-q"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("no broker answered at 127.0.0.1:{port} (the config's `[kafka] bootstrap_servers`)"))
+            && err.contains("KAFKA_BOOTSTRAP"),
+        "{err}"
+    );
+}
