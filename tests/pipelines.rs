@@ -577,6 +577,30 @@ fn kafka_config(dir: &Path, pipeline: &str, prefix: &str, topics: &[&str], datab
     path
 }
 
+/// Produces records `from..from + count` of generator `kind` to `topic`.
+fn produce(kind: &str, topic: &str, from: u64, count: u64) {
+    let (from, count, bootstrap) = (from.to_string(), count.to_string(), kafka_bootstrap());
+    let o = diffstream(&[
+        "gen",
+        kind,
+        "--from",
+        &from,
+        "--count",
+        &count,
+        "--seed",
+        "11",
+        "--users",
+        "300",
+        "--to",
+        "kafka",
+        "--topic",
+        topic,
+        "--bootstrap",
+        &bootstrap,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// Produces `count` records of generator `kind` to `topic` (3 partitions), runs the shipped
 /// config from it, and returns the lines produced.
 fn through_kafka(dir: &Path, pipeline: &str, kind: &str, count: &str, topics: &[&str], database: &str) -> (String, Vec<String>) {
@@ -703,4 +727,50 @@ fn applications_through_kafka() {
     assert_eq!(dead_letter_topic(&format!("{prefix}.InputsTopic.dlq")), dead_records(&dead, &lines));
     let view_errors = read_topic(&format!("{prefix}.applications-errors"), std::time::Duration::from_secs(3));
     assert_eq!(view_errors.len(), bad, "messages whose content is not a product and a quantity");
+}
+
+/// The sales views killed mid-run (SIGKILL: no flush, no commit), more sales produced while
+/// down, and restarted: it reads its input again at the times it bound it to (the views keep
+/// no checkpoint yet) and every output topic ends equal to the reference over all the sales —
+/// the running totals, the sliding windows and the numbered top five.
+#[test]
+fn sales_killed_and_restarted_equal_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unique("salesk").replace('-', "_");
+    let prefix = unique("sales-kill");
+    let input = format!("{prefix}.sales-events");
+    create_topics(std::slice::from_ref(&input), 3);
+    let (_, text) = generate(dir.path(), "sales", "6000");
+    let lines: Vec<&str> = text.lines().collect();
+    let config = kafka_config(dir.path(), "sales", &prefix, &["sales-events", "error-events"], &db);
+    let streaming = dir.path().join("streaming.toml");
+    let text_config = std::fs::read_to_string(&config).unwrap().replace("stop_when_idle = \"4s\"\n", "");
+    std::fs::write(&streaming, text_config.replace("[inputs.sales]\n", "[inputs.sales]\nmax_records_per_batch = 100\n")).unwrap();
+
+    produce("sales", &input, 0, 3000);
+    let mut engine = std::process::Command::new(bin())
+        .args(["run", "--config", streaming.to_str().unwrap(), "-w", "2", "-q"])
+        .env("MONGODB_URI", mongodb_uri())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while read_topic(&format!("{prefix}.sales.sales_by_region"), std::time::Duration::from_millis(500)).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first run wrote nothing in 60 s");
+        assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+
+    produce("sales", &input, 3000, 3000);
+    let o = std::process::Command::new(bin())
+        .args(["run", "--config", config.to_str().unwrap(), "-w", "2", "-q"])
+        .env("MONGODB_URI", mongodb_uri())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (want, _) = sales_reference(&lines, usize::MAX, i64::MAX / 4);
+    for (view, rows) in &want {
+        assert_rows(&format!("topic of {view} after the restart"), &topic_state(&format!("{prefix}.sales.{view}")), rows);
+    }
 }
