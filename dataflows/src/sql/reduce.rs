@@ -240,18 +240,23 @@ where
     use timely::dataflow::operators::OkErr;
     let local = spec.clone();
     let Grouping { fill, window } = grouping;
-    let mut partials: FastMap<Time, FastMap<SqlRow, Group>> = FastMap::default();
+    // A time's partial groups leave once the time is complete on this worker: a time of many
+    // batches sends one partial per group, not one per group and batch (the reduce could not
+    // complete the time earlier anyway).
+    type Groups = FastMap<SqlRow, Group>;
+    let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Groups)> = BTreeMap::new();
+    let mut spare: Groups = FastMap::default();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
     type Partial = Result<(SqlRow, Group), (String, SqlRow)>;
     let folded = rows
         .inner
-        .unary(Pipeline, "ReduceLocal", move |_cap, _info| {
-            move |input, output| {
+        .unary_frontier(Pipeline, "ReduceLocal", move |_cap, _info| {
+            move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let mut failed: Vec<(Partial, Time, isize)> = Vec::new();
                     for batch in data {
                         for (mut row, t, r) in batch.drain(..) {
-                            let groups = partials.entry(t).or_default();
+                            let groups = &mut partials.entry(t).or_insert_with(|| (cap.delayed(&t, 0), std::mem::take(&mut spare))).1;
                             let mut fold = |row: &SqlRow| -> Result<(), String> {
                                 key.clear();
                                 args.clear();
@@ -287,14 +292,14 @@ where
                             }
                         }
                     }
-                    let mut session = output.session(&cap);
-                    for (t, groups) in partials.drain() {
-                        for (k, g) in groups {
-                            session.give((Ok((k, g)), t, 1isize));
-                        }
-                    }
-                    session.give_iterator(failed.into_iter());
+                    output.session(&cap).give_iterator(failed.into_iter());
                 });
+                while partials.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
+                    let (t, (cap, mut groups)) = partials.pop_first().expect("checked");
+                    output.session(&cap).give_iterator(groups.drain().map(|(k, g)| (Ok((k, g)), t, 1isize)));
+                    // (the emptied map keeps its capacity for the next time)
+                    spare = groups;
+                }
             }
         })
         .container::<Vec<_>>();
