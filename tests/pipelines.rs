@@ -142,6 +142,18 @@ fn window_of(t: i64, size: i64) -> i64 {
     t.div_euclid(size) * size
 }
 
+/// A windowed row: its key column `by`, the window `[start, start + size)`, its figures.
+fn window_row<const N: usize>((by, v): (&str, &str), (start, size): (i64, i64), figures: [(&str, Value); N]) -> Value {
+    let mut row = serde_json::Map::new();
+    row.insert(by.into(), json!(v));
+    row.insert("window_start".into(), time_text(start));
+    row.insert("window_end".into(), time_text(start + size));
+    for (name, value) in figures {
+        row.insert(name.into(), value);
+    }
+    Value::Object(row)
+}
+
 fn transactions_reference(lines: &[&str], batch: usize, lateness: i64) -> (Outputs, Dead) {
     let columns = [
         ("transaction_id", Ty::Text),
@@ -223,13 +235,8 @@ fn transactions_reference(lines: &[&str], batch: usize, lateness: i64) -> (Outpu
         }));
     }
     for ((by, v, start), (n, sum)) in windows {
-        let mut row = serde_json::Map::new();
-        row.insert(by.into(), json!(v));
-        row.insert("window_start".into(), time_text(start));
-        row.insert("window_end".into(), time_text(start + MINUTE));
-        row.insert("transaction_count".into(), json!(n));
-        row.insert("total_amount_usd".into(), json!(sum.value()));
-        out.entry(format!("{by}_totals")).or_default().push(Value::Object(row));
+        let row = window_row((by, &v), (start, MINUTE), [("transaction_count", json!(n)), ("total_amount_usd", json!(sum.value()))]);
+        out.entry(format!("{by}_totals")).or_default().push(row);
     }
     (out, dead)
 }
@@ -282,14 +289,8 @@ fn sales_reference(lines: &[&str], batch: usize, lateness: i64) -> (Outputs, Dea
     }
     for ((view, v, start, size), (n, sum, units)) in hops {
         let by = if view == "category_trends" { "category" } else { "region" };
-        let mut row = serde_json::Map::new();
-        row.insert(by.into(), json!(v));
-        row.insert("window_start".into(), time_text(start));
-        row.insert("window_end".into(), time_text(start + size));
-        row.insert("orders".into(), json!(n));
-        row.insert("revenue".into(), json!(sum.value()));
-        row.insert("units".into(), json!(units));
-        out.entry(view.into()).or_default().push(Value::Object(row));
+        let row = window_row((by, &v), (start, size), [("orders", json!(n)), ("revenue", json!(sum.value())), ("units", json!(units))]);
+        out.entry(view.into()).or_default().push(row);
     }
     let mut by_region: BTreeMap<String, Vec<(f64, String, i64)>> = BTreeMap::new();
     for ((region, product), (sum, units)) in products {
@@ -437,6 +438,14 @@ fn run_files(dir: &Path, config: &Path, workers: &str, batch: &str) -> BTreeMap<
 
 const BATCH: usize = 1000;
 
+/// Every output of a run's snapshots, and its input's dead letters, equal the reference's.
+fn assert_run(got: &BTreeMap<String, Vec<String>>, want: &Outputs, input: &str, dead: &Dead, layout: &str) {
+    for (view, rows) in want {
+        assert_rows(&format!("{view} at {layout}"), &got[view], rows);
+    }
+    assert_eq!(&dead_of(&got["dead_letters"], input), dead, "dead letters at {layout}");
+}
+
 // ---------------------------------------------------------------------------------------
 // From files
 // ---------------------------------------------------------------------------------------
@@ -451,10 +460,7 @@ fn transactions_equal_the_reference_at_1_and_4_workers() {
     let config = file_config(dir.path(), "transactions", &file);
     for workers in ["1", "4"] {
         let got = run_files(dir.path(), &config, workers, &BATCH.to_string());
-        for (view, rows) in &want {
-            assert_rows(&format!("{view} at -w {workers}"), &got[view], rows);
-        }
-        assert_eq!(dead_of(&got["dead_letters"], "transactions"), dead, "dead letters at -w {workers}");
+        assert_run(&got, &want, "transactions", &dead, &format!("-w {workers}"));
     }
 }
 
@@ -469,17 +475,11 @@ fn sales_equal_the_reference_at_1_and_4_workers() {
     let config = file_config(dir.path(), "sales", &file);
     for workers in ["1", "4"] {
         let got = run_files(dir.path(), &config, workers, &BATCH.to_string());
-        for (view, rows) in &want {
-            assert_rows(&format!("{view} at -w {workers}"), &got[view], rows);
-        }
-        assert_eq!(dead_of(&got["dead_letters"], "sales"), dead, "dead letters at -w {workers}");
+        assert_run(&got, &want, "sales", &dead, &format!("-w {workers}"));
     }
     // two processes: the windows' partials, the groups and the numbering cross between them
     let got = two_processes(dir.path(), &["run", "--config", config.to_str().unwrap(), "-q", "--batch-size", &BATCH.to_string()], true);
-    for (view, rows) in &want {
-        assert_rows(&format!("{view} at -n 2"), &got[view], rows);
-    }
-    assert_eq!(dead_of(&got["dead_letters"], "sales"), dead, "dead letters at -n 2");
+    assert_run(&got, &want, "sales", &dead, "-n 2");
 }
 
 #[test]
@@ -492,10 +492,7 @@ fn applications_equal_the_reference_at_1_and_4_workers() {
     let config = file_config(dir.path(), "applications", &file);
     for workers in ["1", "4"] {
         let got = run_files(dir.path(), &config, workers, "500");
-        for (view, rows) in &want {
-            assert_rows(&format!("{view} at -w {workers}"), &got[view], rows);
-        }
-        assert_eq!(dead_of(&got["dead_letters"], "inputs"), dead, "dead letters at -w {workers}");
+        assert_run(&got, &want, "inputs", &dead, &format!("-w {workers}"));
         let view_errors = got["dead_letters"].iter().filter(|d| d.contains("\"input\":\"view applications\"")).count();
         assert_eq!(view_errors, bad, "messages whose content is not a product and a quantity, at -w {workers}");
     }
