@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Batch, Record, Source};
 use crate::config::kafka::{KafkaConnection, KafkaInput, Start};
@@ -89,7 +89,7 @@ pub struct KafkaStats {
     read: Mutex<BTreeMap<(String, String, i32), u64>>,
     /// seconds from reading a batch to the acknowledgement of its logical time by every sink
     pub ack_latency: Histogram,
-    /// seconds from committing offsets to the broker confirming it
+    /// seconds a commit of the group's offsets takes, to the broker's answer
     pub commit_latency: Histogram,
 }
 
@@ -111,26 +111,60 @@ impl KafkaStats {
     }
 }
 
-/// The consumer's context: times each commit until the broker confirms it (commits complete in
-/// order, on the worker's own polls).
-struct Timing {
-    stats: Arc<KafkaStats>,
-    commits: Mutex<VecDeque<Instant>>,
+/// Commits a source's offsets to its group on a thread of its own, synchronously and in order,
+/// so that the worker never waits for the broker and each commit is timed to the broker's
+/// answer (rust-rdkafka 0.39 does not call back for asynchronous commits: its issue 856). A
+/// commit that queued behind a slow one is skipped for the later one, which covers it. Dropping
+/// it waits for the last commit.
+struct Committer {
+    tx: Option<std::sync::mpsc::Sender<TopicPartitionList>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl ClientContext for Timing {}
+impl Committer {
+    fn start(consumer: BaseConsumer, stats: Arc<KafkaStats>) -> io::Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::channel::<TopicPartitionList>();
+        let thread = std::thread::Builder::new().name("kafka-commit".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let tpl = rx.try_iter().last().unwrap_or(first);
+                let began = Instant::now();
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => stats.commit_latency.observe(began.elapsed().as_secs_f64()),
+                    Err(e) => tracing::warn!(error = %e, "committing offsets failed; the next acknowledgement commits them again"),
+                }
+            }
+        })?;
+        Ok(Committer { tx: Some(tx), thread: Some(thread) })
+    }
 
-impl ConsumerContext for Timing {
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
-        let began = self.commits.lock().ok().and_then(|mut c| c.pop_front());
-        if let (Some(began), Ok(())) = (began, result) {
-            self.stats.commit_latency.observe(began.elapsed().as_secs_f64());
+    fn commit(&self, tpl: TopicPartitionList) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(tpl);
         }
     }
 }
 
+impl Committer {
+    /// Waits until every commit sent is done; later ones are not made.
+    fn finish(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 pub struct KafkaSource {
-    consumer: BaseConsumer<Timing>,
+    consumer: BaseConsumer,
+    /// commits the group's offsets
+    committer: Committer,
+    stats: Arc<KafkaStats>,
     /// the input's name, for the metrics
     input: String,
     /// records handed on per part since the last batch ended
@@ -172,9 +206,8 @@ impl KafkaSource {
             // the worker polls without waiting, so a broker that holds fetches (Tansu holds
             // them for the whole wait) would only add latency
             .set("fetch.wait.max.ms", "10");
-        let timing = Timing { stats: stats.clone(), commits: Mutex::default() };
-        let consumer: BaseConsumer<Timing> =
-            config.create_with_context(timing).map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
+        let consumer: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
+        let committer = Committer::start(config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?, stats.clone())?;
         config.set("group.id", format!("{}.start", input.group_id));
         let starts: BaseConsumer = config.create().map_err(|e| err(format!("creating a Kafka consumer: {e}")))?;
 
@@ -287,6 +320,8 @@ impl KafkaSource {
         tracing::info!(worker = index, partitions = assignment.count(), "Kafka partitions assigned");
         let mut source = KafkaSource {
             consumer,
+            committer,
+            stats: stats.clone(),
             input: name.to_string(),
             read: vec![0; parts.len()],
             read_at: BTreeMap::new(),
@@ -394,12 +429,8 @@ impl KafkaSource {
         Ok(())
     }
 
-    fn stats(&self) -> &KafkaStats {
-        &self.consumer.context().stats
-    }
-
     /// Commits `offsets` (next offset per part) to the group, for parts whose start is durable.
-    fn commit(&self, offsets: &[Option<i64>], mode: CommitMode) {
+    fn commit(&self, offsets: &[Option<i64>]) {
         let mut tpl = TopicPartitionList::new();
         for (part, next) in self.parts.iter().zip(offsets) {
             if let (Some(next), true) = (next, part.start_durable) {
@@ -407,20 +438,7 @@ impl KafkaSource {
             }
         }
         if tpl.count() > 0 {
-            let began = Instant::now();
-            let sync = matches!(mode, CommitMode::Sync);
-            if !sync {
-                if let Ok(mut c) = self.consumer.context().commits.lock() {
-                    c.push_back(began);
-                }
-            }
-            match self.consumer.commit(&tpl, mode) {
-                Err(e) => tracing::warn!(error = %e, "committing offsets failed; the next acknowledgement commits them again"),
-                // (a synchronous commit is confirmed when it returns; librdkafka calls back for
-                // asynchronous ones only)
-                Ok(()) if sync => self.stats().commit_latency.observe(began.elapsed().as_secs_f64()),
-                Ok(()) => {}
-            }
+            self.committer.commit(tpl);
         }
     }
 }
@@ -525,8 +543,7 @@ impl Source for KafkaSource {
         self.offsets_at.insert(time, self.parts.iter().map(|p| p.next).collect());
         if self.read.iter().any(|n| *n > 0) {
             self.read_at.entry(time).or_insert_with(Instant::now);
-            let stats = self.consumer.context().stats.clone();
-            let mut read = stats.read.lock().unwrap_or_else(|e| e.into_inner());
+            let mut read = self.stats.read.lock().unwrap_or_else(|e| e.into_inner());
             for (part, n) in self.parts.iter().zip(&mut self.read) {
                 *read.entry((self.input.clone(), part.topic.clone(), part.partition)).or_default() += std::mem::take(n);
             }
@@ -536,7 +553,7 @@ impl Source for KafkaSource {
     fn acknowledged(&mut self, frontier: Option<Time>) {
         while let Some(entry) = self.read_at.first_entry().filter(|e| frontier.is_none_or(|f| *e.key() < f)) {
             let read = entry.remove();
-            self.stats().ack_latency.observe(read.elapsed().as_secs_f64());
+            self.stats.ack_latency.observe(read.elapsed().as_secs_f64());
         }
         // Commit at most every 100 ms (and at the end): a commit per logical time would load
         // the group coordinator for nothing.
@@ -547,11 +564,14 @@ impl Source for KafkaSource {
         let done: Vec<Time> = self.offsets_at.keys().copied().filter(|t| frontier.is_none_or(|f| *t < f)).collect();
         if let Some(last) = done.last() {
             let offsets = self.offsets_at[last].clone();
-            let mode = if frontier.is_none() { CommitMode::Sync } else { CommitMode::Async };
-            self.commit(&offsets, mode);
+            self.commit(&offsets);
             for t in done {
                 self.offsets_at.remove(&t);
             }
+        }
+        if frontier.is_none() {
+            // the end: the last commit is made before the run goes on to write its outputs
+            self.committer.finish();
         }
     }
 }
