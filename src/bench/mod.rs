@@ -32,15 +32,15 @@ use dataflows::{Dataflow, InputName, SensorParams};
 
 use crate::cli::{BenchArgs, Cli};
 use crate::runtime::{self, Counters, Plan};
-use crate::sources::generator::GeneratorSpec;
+use crate::sources::generator::{GeneratorSpec, Kind};
 use crate::sources::{InputSpec, SourceSpec};
 
 /// Writes `count` generated records of `kind` to `path` (kept when already there).
-fn generate(path: &Path, kind: InputName, count: u64, seed: u64, users: u64, sites: u64) -> anyhow::Result<()> {
+fn generate(path: &Path, kind: Kind, count: u64, seed: u64, users: u64, sites: u64) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let spec = GeneratorSpec { kind: kind.into(), count: Some(count), seed, users, sites };
+    let spec = GeneratorSpec { kind, count: Some(count), seed, users, sites };
     let tmp = path.with_extension("tmp");
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
     for i in 0..count {
@@ -205,8 +205,8 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     for &users in &args.users {
         let (u, c) = (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")));
         eprintln!("generating {} …", c.display());
-        generate(&u, InputName::Users, users + n / 20, 1, users, 1)?;
-        generate(&c, InputName::Clicks, n, 2, users, 1)?;
+        generate(&u, Kind::Users, users + n / 20, 1, users, 1)?;
+        generate(&c, Kind::Clicks, n, 2, users, 1)?;
         let out = dir.join(format!("out-clicks-{users}"));
         let base = vec!["baseline".into(), "clicks".into(), path(&u), path(&c), path(&out.join("plain"))];
         let mut run: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
@@ -225,7 +225,7 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
             _ => (dir.join(format!("sensors-{sites}-{n}.jsonl")), format!("sensors, {} keys", 72 * sites)),
         };
         eprintln!("generating {} …", sensors.display());
-        generate(&sensors, InputName::Sensors, n, 3, 1000, sites)?;
+        generate(&sensors, Kind::Sensors, n, 3, 1000, sites)?;
         let out = dir.join(format!("out-sensors-{sites}"));
         let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
         let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
@@ -295,9 +295,9 @@ fn http_cost(args: &BenchArgs) -> anyhow::Result<()> {
     let users = args.users.first().copied().unwrap_or(10_000);
     let (u, c, s) =
         (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")), dir.join(format!("sensors-{n}.jsonl")));
-    generate(&u, InputName::Users, users + n / 20, 1, users, 1)?;
-    generate(&c, InputName::Clicks, n, 2, users, 1)?;
-    generate(&s, InputName::Sensors, n, 3, 1000, 1)?;
+    generate(&u, Kind::Users, users + n / 20, 1, users, 1)?;
+    generate(&c, Kind::Clicks, n, 2, users, 1)?;
+    generate(&s, Kind::Sensors, n, 3, 1000, 1)?;
     let jobs = [
         (
             format!("clicks, {users} users"),
@@ -412,16 +412,16 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     let total = args.events * 10;
     let users = args.users.first().copied().unwrap_or(10_000);
     let out = tempfile_dir()?;
-    let generator = |kind: InputName, count, seed| InputSpec {
-        source: SourceSpec::Generator(GeneratorSpec { kind: kind.into(), count: Some(count), seed, users, sites: 1 }),
+    let generator = |kind: Kind, count, seed| InputSpec {
+        source: SourceSpec::Generator(GeneratorSpec { kind, count: Some(count), seed, users, sites: 1 }),
         rate: None,
     };
     let jobs = [
         (
             Dataflow::UserEventCounts,
-            vec![(InputName::Users, generator(InputName::Users, users, 1)), (InputName::Clicks, generator(InputName::Clicks, total, 2))],
+            vec![(InputName::Users, generator(Kind::Users, users, 1)), (InputName::Clicks, generator(Kind::Clicks, total, 2))],
         ),
-        (Dataflow::SensorMetrics, vec![(InputName::Sensors, generator(InputName::Sensors, total, 3))]),
+        (Dataflow::SensorMetrics, vec![(InputName::Sensors, generator(Kind::Sensors, total, 3))]),
     ];
     println!("soak: {total} events per job (10 × --events), -w 2, snapshot files on; RSS at each tenth of the input");
     for (dataflow, inputs) in jobs {

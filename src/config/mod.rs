@@ -160,6 +160,15 @@ impl InputConfig {
         }
     }
 
+    /// A generator input's generator: the one it names, else the one of its own name (`name`);
+    /// `None` for other inputs.
+    pub fn generator(&self, name: &str) -> Option<Result<crate::sources::generator::Kind, String>> {
+        match self {
+            InputConfig::Generator { generator, .. } => Some(generator.as_deref().unwrap_or(name).parse()),
+            _ => None,
+        }
+    }
+
     /// The event-time column's index, checked against the columns; `Err((key, message))`.
     pub fn event_time_column(&self, columns: &[dataflows::sql::Column]) -> Result<Option<usize>, (String, String)> {
         let Some(e) = self.event_time() else { return Ok(None) };
@@ -500,10 +509,11 @@ impl Config {
             if input.columns().is_empty() && input.event_time().is_some() {
                 return Err(err(&format!("{key}.event_time"), "is for SQL inputs: declare the records' `columns` too".into()));
             }
-            if let InputConfig::Generator { generator, .. } = input {
-                generator.as_deref().unwrap_or(name).parse::<crate::sources::generator::Kind>().map_err(|e| {
-                    err(&format!("{key}.generator"), format!("{e}: name one with `generator = \"…\"`, or read a file or topic instead"))
-                })?;
+            if let Some(Err(e)) = input.generator(name) {
+                return Err(err(
+                    &format!("{key}.generator"),
+                    format!("{e}: name one with `generator = \"…\"`, or read a file or topic instead"),
+                ));
             }
             let rate = match input {
                 InputConfig::File { rate, .. } | InputConfig::Generator { rate, .. } => *rate,

@@ -99,9 +99,11 @@ impl InputSpec {
             }
             InputConfig::Stdin { .. } => InputSpec { source: SourceSpec::Stdin, rate: None },
             InputConfig::Kafka(input) => InputSpec { source: SourceSpec::Kafka(Box::new((kafka.clone(), input.clone()))), rate: None },
-            InputConfig::Generator { generator, count, rate, seed, users, .. } => {
-                // (the config's validation checked the name)
-                let kind = generator.as_deref().unwrap_or(name.as_str()).parse().unwrap_or(generator::Kind::from(name));
+            InputConfig::Generator { count, rate, seed, users, .. } => {
+                let kind = match config.generator(name.as_str()) {
+                    Some(Ok(kind)) => kind,
+                    _ => unreachable!("a config's generator inputs name generators: its validation checked them"),
+                };
                 InputSpec {
                     source: SourceSpec::Generator(generator::GeneratorSpec { kind, count: *count, seed: *seed, users: *users, sites: 1 }),
                     rate: *rate,

@@ -23,7 +23,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use dataflows::records::Position;
-use dataflows::InputName;
 
 use crate::codec::format_time;
 use crate::sources::{Batch, Record, Source};
@@ -75,16 +74,6 @@ impl Kind {
             Kind::Transactions => ("user_id", Some("status")),
             Kind::Sales => ("region", Some("category")),
             Kind::Inputs => ("id", Some("subject")),
-        }
-    }
-}
-
-impl From<InputName> for Kind {
-    fn from(i: InputName) -> Kind {
-        match i {
-            InputName::Users => Kind::Users,
-            InputName::Clicks => Kind::Clicks,
-            _ => Kind::Sensors,
         }
     }
 }

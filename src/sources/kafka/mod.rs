@@ -36,7 +36,7 @@ use dataflows::Time;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -444,8 +444,8 @@ impl KafkaSource {
 }
 
 /// A group's committed offsets for `query`, by (topic, partition).
-fn committed_offsets<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+fn committed_offsets(
+    consumer: &BaseConsumer,
     query: &TopicPartitionList,
     group: &str,
 ) -> io::Result<std::collections::HashMap<(String, i32), i64>> {
