@@ -28,8 +28,9 @@ const VIEWS: [(&str, &str, &[&str], usize); 6] = [
 /// Draws the live view.
 pub struct LiveView {
     outputs: Vec<Output>,
-    /// how each SQL view written is shown: sort column (descending) and columns
-    views: Vec<(String, String, Vec<String>)>,
+    /// what is shown, in order: output, sort column (descending), columns, rows — the
+    /// built-in outputs, then the SQL views written, then the dead letters
+    shown: Vec<(String, String, Vec<String>, usize)>,
     out_dir: String,
     dashboard: Option<String>,
 }
@@ -37,13 +38,17 @@ pub struct LiveView {
 impl LiveView {
     /// A view of `plan`'s outputs, naming the dashboard's address when one is served.
     pub fn new(plan: &Plan, dashboard: Option<String>) -> Self {
-        let mut views = Vec::new();
+        let owned =
+            |(n, s, c, t): &(&str, &str, &[&str], usize)| (n.to_string(), s.to_string(), c.iter().map(|c| c.to_string()).collect(), *t);
+        let (dead, builtin): (Vec<_>, Vec<_>) = VIEWS.iter().map(owned).partition(|(n, ..)| n == "dead_letters");
+        let mut shown = builtin;
         for s in plan.sql.iter() {
             for v in s.views.iter().filter(|v| s.outputs.iter().any(|o| o.as_str() == v.name)) {
-                views.push((v.name.clone(), sort_column(v), v.columns.iter().take(8).map(|c| c.name.clone()).collect()));
+                shown.push((v.name.clone(), sort_column(v), v.columns.iter().take(8).map(|c| c.name.clone()).collect(), 5));
             }
         }
-        LiveView { outputs: plan.outputs(), views, out_dir: crate::commands::describe_dir(plan.output_dir.as_deref()), dashboard }
+        shown.extend(dead);
+        LiveView { outputs: plan.outputs(), shown, out_dir: crate::commands::describe_dir(plan.output_dir.as_deref()), dashboard }
     }
 
     /// Redraws the screen.
@@ -54,19 +59,16 @@ impl LiveView {
             let _ = writeln!(screen, "dashboard: {d}");
         }
         let _ = writeln!(screen, "{status}\n");
-        let sql = self.views.iter().map(|(n, s, c)| (n.as_str(), s.as_str(), c.iter().map(String::as_str).collect::<Vec<_>>(), 5));
-        let builtin = VIEWS.iter().filter(|(n, ..)| *n != "dead_letters").map(|(n, s, c, t)| (*n, *s, c.to_vec(), *t));
-        let dead = VIEWS.iter().filter(|(n, ..)| *n == "dead_letters").map(|(n, s, c, t)| (*n, *s, c.to_vec(), *t));
-        for (name, sort, cols, top) in builtin.chain(sql).chain(dead) {
+        for (name, sort, cols, top) in &self.shown {
             let Ok(o) = name.parse::<Output>() else { continue };
             if !self.outputs.contains(&o) {
                 continue;
             }
             let mut rows: Vec<Value> = sink.rows(o).into_iter().filter_map(|(_, r, _)| serde_json::from_str(&r).ok()).collect();
-            rows.sort_by(|a, b| cmp_desc(&a[sort], &b[sort]));
+            rows.sort_by(|a, b| cmp_desc(&a[sort.as_str()], &b[sort.as_str()]));
             let _ = writeln!(screen, "\x1b[1m{name}\x1b[0m ({} rows)", rows.len());
             let mut table: Vec<Vec<String>> = vec![cols.iter().map(|c| c.to_string()).collect()];
-            table.extend(rows.iter().take(top).map(|r| cols.iter().map(|c| cell(&r[*c])).collect()));
+            table.extend(rows.iter().take(*top).map(|r| cols.iter().map(|c| cell(&r[c.as_str()])).collect()));
             let widths: Vec<usize> = (0..cols.len()).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
             for (n, row) in table.iter().enumerate() {
                 let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
