@@ -399,14 +399,14 @@ pub const PIPELINES: [(&str, &str, &str); 3] = [
 
 /// Resolves `diffstream demo` into a plan.
 pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
+    if !(args.rate > 0.0) {
+        bail!("--rate must be a positive number of records per second");
+    }
     if let Some(name) = &args.pipeline {
         return plan_demo_pipeline(args, name);
     }
     let file = "configs/demo.toml (embedded)";
     let config = Config::parse(DEMO_CONFIG, file)?;
-    if !(args.rate > 0.0) {
-        bail!("--rate must be a positive number of records per second");
-    }
     let inputs = config
         .inputs
         .iter()
@@ -429,9 +429,6 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
             names.join(", ")
         );
     };
-    if !(args.rate > 0.0) {
-        bail!("--rate must be a positive number of records per second");
-    }
     let file = format!("configs/{name}.toml (embedded)");
     let mut config = Config::parse(text, &file)?;
     config.output = Default::default();

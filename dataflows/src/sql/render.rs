@@ -317,9 +317,9 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             let keyed = plan(input, view, reads, errors).map(move |row| {
                 let key: Result<SqlRow, String> = partition.iter().map(|e| eval(e, &row)).collect();
                 let sort: Result<SqlRow, String> = sort_by.iter().map(|e| eval(e, &row)).collect();
-                match key.and_then(|k| sort.map(|s| (k, (s, row.clone())))) {
-                    Ok(keyed) => Ok(keyed),
-                    Err(e) => Err((e, row)),
+                match (key, sort) {
+                    (Ok(k), Ok(s)) => Ok((k, (s, row))),
+                    (Err(e), _) | (_, Err(e)) => Err((e, row)),
                 }
             });
             let keyed = count_held(split(keyed, view, errors), view, "RowNumber");
