@@ -351,7 +351,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         state_topic: config.runtime.state_topic.clone().map(|t| (config.kafka.clone(), t)),
         // (checkpoints do not hold the SQL views' state yet: a restart of a run with views reads
         // its input again from where it began, at the bound times)
-        checkpoint_interval: Some(config.runtime.checkpoint_interval.std()).filter(|d| !d.is_zero() && config.views.is_empty()),
+        checkpoint_interval: Some(config.runtime.checkpoint_interval.std()).filter(|d| !d.is_zero()),
         replay_on_restart: config.runtime.restart == crate::config::Restart::Replay,
         observe_changes: http.is_some(),
     };

@@ -727,11 +727,23 @@ fn applications_through_kafka() {
 }
 
 /// The sales views killed mid-run (SIGKILL: no flush, no commit), more sales produced while
-/// down, and restarted: it reads its input again at the times it bound it to (the views keep
-/// no checkpoint yet) and every output topic ends equal to the reference over all the sales —
-/// the running totals, the sliding windows and the numbered top five.
+/// down, and restarted with `restart = "replay"`: it reads its input again at the times it
+/// bound it to, and every output topic ends equal to the reference over all the sales — the
+/// running totals, the sliding windows and the numbered top five.
 #[test]
 fn sales_killed_and_restarted_equal_the_reference() {
+    sales_killed_and_restarted(false);
+}
+
+/// The same from a checkpoint: the views' input rows kept at checkpoint times (every sale, as
+/// the running totals need them all), inserted again at the checkpoint's time, and only the
+/// input after it read again.
+#[test]
+fn sales_restarted_from_a_checkpoint_equal_the_reference() {
+    sales_killed_and_restarted(true);
+}
+
+fn sales_killed_and_restarted(checkpoints: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = unique("salesk").replace('-', "_");
     let prefix = unique("sales-kill");
@@ -740,8 +752,11 @@ fn sales_killed_and_restarted_equal_the_reference() {
     let (_, text) = generate(dir.path(), "sales", "6000");
     let lines: Vec<&str> = text.lines().collect();
     let config = kafka_config(dir.path(), "sales", &prefix, &["sales-events", "error-events"], &db);
+    let restart = if checkpoints { "[runtime]\ncheckpoint_interval = \"300ms\"\n" } else { "[runtime]\nrestart = \"replay\"\n" };
+    let text_config = std::fs::read_to_string(&config).unwrap().replace("[runtime]\n", restart);
+    std::fs::write(&config, &text_config).unwrap();
     let streaming = dir.path().join("streaming.toml");
-    let text_config = std::fs::read_to_string(&config).unwrap().replace("stop_when_idle = \"4s\"\n", "");
+    let text_config = text_config.replace("stop_when_idle = \"4s\"\n", "");
     std::fs::write(&streaming, text_config.replace("[inputs.sales]\n", "[inputs.sales]\nmax_records_per_batch = 100\n")).unwrap();
 
     produce("sales", &input, 0, 3000);
@@ -756,16 +771,32 @@ fn sales_killed_and_restarted_equal_the_reference() {
         assert!(std::time::Instant::now() < deadline, "the first run wrote nothing in 60 s");
         assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
     }
+    // With checkpoints: two more after the first output, so the latest holds views' rows.
+    let checkpoints_dir = dir.path().join("state").join("checkpoints");
+    let complete = || -> Vec<u64> {
+        let mut times: Vec<u64> = std::fs::read_dir(&checkpoints_dir)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        times.retain(|t| (0..2).all(|w| checkpoints_dir.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
+        times
+    };
+    let before = complete().into_iter().max();
+    while checkpoints && complete().into_iter().filter(|t| Some(*t) > before).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoints of the views within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     engine.kill().unwrap();
     engine.wait().unwrap();
 
     produce("sales", &input, 3000, 3000);
     let o = std::process::Command::new(bin())
-        .args(["run", "--config", config.to_str().unwrap(), "-w", "2", "-q"])
+        .args(["run", "--config", config.to_str().unwrap(), "-w", "2", "-q", "--log-level", "info"])
         .env("MONGODB_URI", mongodb_uri())
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert_eq!(log.contains("restarting from a checkpoint"), checkpoints, "{log}");
     let (want, _) = sales_reference(&lines, usize::MAX, i64::MAX / 4);
     for (view, rows) in &want {
         assert_rows(&format!("topic of {view} after the restart"), &topic_state(&format!("{prefix}.sales.{view}")), rows);

@@ -664,3 +664,40 @@ fn each_stateful_operator_reports_what_it_keeps() {
     assert_eq!(of("probe_left", "LeftJoin"), Some(5 + 2), "{sizes:?}");
     assert_eq!(of("probe_rank", "RowNumber"), Some(5), "{sizes:?}");
 }
+
+/// A checkpoint forgets an event-time input's rows only when nothing will need them again:
+/// every view that reads the input is read by no other view and either keeps no state (an
+/// alert stream, a lookup in constant rows) or groups tumbling windows over its event time.
+#[test]
+fn a_checkpoint_forgets_only_rows_no_view_will_need_again() {
+    use dataflows::sql::render::forgettable_inputs;
+    let col = |n: &str, ty| Column { name: n.into(), ty };
+    let forgettable = |sql: &str| {
+        let mut c = Catalog::default();
+        c.add_source("e", vec![col("ts", Type::Timestamp), col("k", Type::Text), col("v", Type::Float)]);
+        c.add_source("p", vec![col("k", Type::Text), col("w", Type::Float)]);
+        let views = compile(sql, &mut c).unwrap();
+        let shapes: BTreeMap<String, Shape> = [
+            ("e".to_string(), Shape { arity: 3, event_time: Some(0), monotone: true }),
+            ("p".to_string(), Shape { arity: 2, event_time: None, monotone: true }),
+        ]
+        .into();
+        forgettable_inputs(&views, &shapes)
+    };
+    let windows = "CREATE VIEW per_minute AS SELECT k, window_start, window_end, COUNT(*) AS n, MAX(v) AS top \
+                   FROM TUMBLE(e, ts, INTERVAL '1' MINUTE) GROUP BY k, window_start, window_end;\n";
+    let alerts = "CREATE VIEW limits AS SELECT * FROM (VALUES ('a', 1.0)) AS l (k, lim);\n\
+                  CREATE VIEW alerts AS SELECT e.k, e.v FROM e JOIN limits ON e.k = limits.k WHERE e.v > limits.lim;\n";
+    let minute = BTreeMap::from([("e".to_string(), vec![60_000])]);
+    assert_eq!(forgettable(windows), minute);
+    assert_eq!(forgettable(&format!("{windows}{alerts}")), minute, "an alert stream needs no row again");
+    assert_eq!(forgettable(alerts), BTreeMap::from([("e".to_string(), vec![])]));
+    let total = "CREATE VIEW total AS SELECT k, SUM(v) AS s FROM e GROUP BY k;\n";
+    assert_eq!(forgettable(&format!("{windows}{total}")), BTreeMap::new(), "a running total needs every row");
+    let hop = "CREATE VIEW sliding AS SELECT k, window_start, window_end, COUNT(*) AS n FROM HOP(e, ts, INTERVAL '30' SECOND, INTERVAL '1' MINUTE) GROUP BY k, window_start, window_end;\n";
+    assert_eq!(forgettable(hop), BTreeMap::new(), "a row of a sliding window would rebuild a final one in part");
+    let over = "CREATE VIEW busiest AS SELECT k, MAX(n) AS most FROM per_minute GROUP BY k;\n";
+    assert_eq!(forgettable(&format!("{windows}{over}")), BTreeMap::new(), "a view over the windows keeps the final ones");
+    let joined = "CREATE VIEW enriched AS SELECT e.k, e.v, p.w FROM e JOIN p ON e.k = p.k;\n";
+    assert_eq!(forgettable(joined), BTreeMap::new(), "a join keeps the rows");
+}

@@ -32,6 +32,7 @@ use dataflows::checkpoint::Snapshots;
 use dataflows::ops::FastMap;
 use dataflows::records::{Click, Id, User};
 use dataflows::sensor_metrics::{OpenReadings, OpenReadingsLog};
+use dataflows::sql::keep::{KeptRows, KeptRowsLog};
 use dataflows::Time;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,21 @@ pub struct Part {
     pub inputs: Compacted,
     /// the sensor dataflow's part, when it runs
     pub sensors: Option<OpenReadings>,
+    /// the rows of each SQL input the views need, by input name
+    pub tables: Vec<(String, KeptRows)>,
+}
+
+/// A part as written before SQL inputs were kept (read, so that such a checkpoint still
+/// restarts a run of the built-in dataflows).
+#[derive(Deserialize)]
+struct PartWithoutTables {
+    time: Time,
+    worker: usize,
+    workers: usize,
+    definition: String,
+    offsets: Vec<Bound>,
+    inputs: Compacted,
+    sensors: Option<OpenReadings>,
 }
 
 /// A worker's inputs with everything no operator needs compacted away.
@@ -222,8 +238,13 @@ impl<'a> Local<'a> {
     /// Hands this worker's part of the latest checkpoint time after the last one that every
     /// sink has acknowledged (the probe's `frontier` is past it) to the writing thread, once
     /// every part of this worker has its state for that time.
-    pub fn maybe(&mut self, frontier: Option<Time>, sensors: Option<&OpenReadingsLog>) -> anyhow::Result<()> {
-        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors) else { return Ok(()) };
+    pub fn maybe(
+        &mut self,
+        frontier: Option<Time>,
+        sensors: Option<&OpenReadingsLog>,
+        tables: &[(String, KeptRowsLog)],
+    ) -> anyhow::Result<()> {
+        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors, tables) else { return Ok(()) };
         self.last = Some(part.time);
         if self.background.is_none() {
             let w = &self.writer;
@@ -267,6 +288,7 @@ impl Writer<'_> {
         last: Option<Time>,
         inputs: &mut Snapshots<(Compacted, Vec<Bound>)>,
         sensors: Option<&OpenReadingsLog>,
+        tables: &[(String, KeptRowsLog)],
     ) -> Option<Part> {
         let passed = frontier?;
         let time = dataflows::checkpoint::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed)?;
@@ -275,10 +297,19 @@ impl Writer<'_> {
             Some(log) => Some(log.borrow().at(time)?),
             None => None,
         };
+        let mut kept = Vec::with_capacity(tables.len());
+        for (name, log) in tables {
+            kept.push((name.clone(), log.borrow().at(time)?));
+        }
         inputs.forget_through(time);
         if let Some(log) = sensors {
             log.borrow_mut().forget_through(time);
         }
+        for (_, log) in tables {
+            log.borrow_mut().forget_through(time);
+        }
+        let tables =
+            kept.into_iter().map(|(name, rows)| (name, std::rc::Rc::try_unwrap(rows).unwrap_or_else(|shared| (*shared).clone()))).collect();
         let (compacted, offsets) = std::rc::Rc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone());
         Some(Part {
             time,
@@ -288,6 +319,7 @@ impl Writer<'_> {
             offsets,
             inputs: compacted,
             sensors: open.map(|s| std::rc::Rc::try_unwrap(s).unwrap_or_else(|shared| (*shared).clone())),
+            tables,
         })
     }
 }
@@ -412,9 +444,16 @@ pub fn load(state: &Path, time: Time, worker: usize, workers: usize, definition:
 
 fn read(path: &Path) -> anyhow::Result<Part> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading the checkpoint {}: {e}", path.display()))?;
-    bincode::deserialize(&bytes).map_err(|e| {
-        anyhow::anyhow!("the checkpoint {} cannot be read ({e}); remove its directory to fall back to the one before", path.display())
-    })
+    bincode::deserialize(&bytes)
+        .or_else(|e| {
+            // (written before SQL inputs were kept: it has none)
+            let old: PartWithoutTables = bincode::deserialize(&bytes).map_err(|_| e)?;
+            let PartWithoutTables { time, worker, workers, definition, offsets, inputs, sensors } = old;
+            Ok(Part { time, worker, workers, definition, offsets, inputs, sensors, tables: Vec::new() })
+        })
+        .map_err(|e: bincode::Error| {
+            anyhow::anyhow!("the checkpoint {} cannot be read ({e}); remove its directory to fall back to the one before", path.display())
+        })
 }
 
 /// Removes this process's parts (workers `mine` of `workers`) of every checkpoint older than

@@ -513,6 +513,23 @@ impl Sessions {
                 s.insert(dataflows::records::Reading { batch: part.time, ..r.clone() });
             }
         }
+        // A SQL input's rows go in as if read at the checkpoint time: an event-time input's
+        // through its lateness rule, which accepts them all (no earlier batch), and they carry
+        // the watermark on (the newest row is always kept).
+        for (name, kept) in &part.tables {
+            let Some((_, session)) = self.tables.iter_mut().find(|(n, _)| n.as_str() == name).map(|(_, s)| s) else { continue };
+            for (rank, row, n) in &kept.rows {
+                match session {
+                    TableInput::Rows(s) => s.update((*rank, row.clone()), *n),
+                    TableInput::Timed { column, session, .. } => {
+                        let dataflows::sql::Value::Timestamp(ts) = row[*column] else { continue };
+                        let position = dataflows::records::Position::Index(*rank);
+                        let timed = Timed { batch: part.time, ts, rank: *rank, position, raw: Raw::default() };
+                        session.update((timed, row.clone()), *n);
+                    }
+                }
+            }
+        }
     }
 
     fn advance_to(&mut self, t: Time) {
@@ -764,7 +781,7 @@ fn run_worker(
     let mine = restored.as_ref();
     // The watermark then: from the greatest event time of all workers' parts.
     let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
-    let (mut sessions, probe, watermark, open_readings, input_watermarks) = worker.dataflow::<Time, _, _>(|scope| {
+    let (mut sessions, probe, watermark, (open_readings, kept_rows), input_watermarks) = worker.dataflow::<Time, _, _>(|scope| {
         let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
         let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
         let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
@@ -783,8 +800,10 @@ fn run_worker(
         let mut view_errors = Vec::new();
         let mut late_rows = Vec::new();
         let mut input_watermarks: Vec<(InputName, Rc<std::cell::Cell<Option<dataflows::records::Millis>>>)> = Vec::new();
+        let mut kept_rows = Vec::new();
         if let Some(sql) = &plan.sql {
             let mut sources = BTreeMap::new();
+            let forgettable = dataflows::sql::render::forgettable_inputs(&sql.views, &sql.shapes());
             for t in &sql.tables {
                 let (ranked, watermark, session) = match &t.event_time {
                     None => {
@@ -821,6 +840,16 @@ fn run_worker(
                     }
                 };
                 tables.insert(t.name, (t.columns.clone(), session));
+                // With checkpoints: the rows the views need, kept at checkpoint times.
+                if let Some(every) = checkpoint_every {
+                    use dataflows::sql::keep::{keep_rows, Forget};
+                    let forget = t.event_time.as_ref().zip(forgettable.get(t.name.as_str())).map(|(e, sizes)| Forget {
+                        column: e.column,
+                        sizes: sizes.clone(),
+                        lateness_ms: e.allowed_lateness_ms,
+                    });
+                    kept_rows.push((t.name.as_str().to_string(), keep_rows(ranked.clone(), t.key.clone(), forget, every)));
+                }
                 // An upsert input's row per key is its latest version by source position.
                 let rows = if t.key.is_empty() {
                     ranked.map(|(_, row)| row)
@@ -889,7 +918,7 @@ fn run_worker(
             restored_sensors: restored_in,
             tables,
         };
-        (sessions, probe, outs.watermark, outs.open_readings, input_watermarks)
+        (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks)
     });
 
     let mut inputs = Vec::new();
@@ -1060,7 +1089,7 @@ fn run_worker(
             input.source.acknowledged(frontier);
         }
         if let Some(c) = &mut checkpoints {
-            c.maybe(frontier, open_readings.as_ref())?;
+            c.maybe(frontier, open_readings.as_ref(), &kept_rows)?;
             // The bindings through the latest checkpoint this process has whole are compacted.
             if let (Some(r), Some(done)) = (&mut reclock, c.newly_complete()) {
                 r.compact_through(done)?;
@@ -1077,7 +1106,7 @@ fn run_worker(
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(1)));
         if let Some(c) = &mut checkpoints {
-            c.maybe(probe.with_frontier(|f| f.first().copied()), open_readings.as_ref())?;
+            c.maybe(probe.with_frontier(|f| f.first().copied()), open_readings.as_ref(), &kept_rows)?;
         }
         tick(&jsonl, epoch, false);
     }

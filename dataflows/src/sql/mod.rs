@@ -11,6 +11,7 @@
 //! the input's watermark passes its end ([`crate::watermark`]).
 
 pub mod eval;
+pub mod keep;
 pub mod plan;
 pub mod reduce;
 pub mod registry;

@@ -76,6 +76,64 @@ pub fn window_slides(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeM
     out
 }
 
+/// Per event-time input whose rows a checkpoint may forget, the sizes of the tumbling windows
+/// over its event time that its rows are grouped in (empty: none): a row is forgotten once the
+/// watermark passes the end of its window (of the row itself, with no window), because no
+/// state of the run will ever need it again. That holds when every view that reads the input
+/// is read by no other view and is either stateless over it (filters, maps, windows, unions,
+/// lookups in constant rows: an alert stream) or a GROUP BY on a tumbling window over its
+/// event time of such rows (with filters and maps above): a final window is dropped and not
+/// recomputed. Any other read (a running total, a join, a view over the view, a sliding window
+/// whose row would recreate a final window in part) keeps every row.
+pub fn forgettable_inputs(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeMap<String, Vec<i64>> {
+    let lineage = Lineage::new(shapes, views);
+    let mut read_by_views = std::collections::BTreeSet::new();
+    for v in views {
+        lineage.views_read(&v.plan, &mut read_by_views);
+    }
+    let mut out: BTreeMap<String, Vec<i64>> =
+        shapes.iter().filter(|(_, s)| s.event_time.is_some()).map(|(n, _)| (n.clone(), Vec::new())).collect();
+    let mut kept = std::collections::BTreeSet::new();
+    for v in views {
+        let mut sources = Vec::new();
+        lineage.sources_read(&v.plan, &mut sources);
+        let leaf = !read_by_views.contains(v.name.as_str());
+        let mut top = &v.plan;
+        while let Plan::Filter(input, _) | Plan::Map(input, _) = top {
+            top = input;
+        }
+        let windowed = match top {
+            Plan::Reduce { input, keys, .. } if lineage.stateless(input) => keys.iter().find_map(|k| match k {
+                Expr::Column(c) => lineage.window_bound(input, *c).map(|(source, _)| source),
+                _ => None,
+            }),
+            _ => None,
+        };
+        for s in sources {
+            let forgettable = leaf
+                && match windowed {
+                    Some(source) => {
+                        source == s
+                            && lineage.tumbling_sizes(top, s).is_some_and(|sizes| {
+                                out.entry(s.to_string()).or_default().extend(sizes);
+                                true
+                            })
+                    }
+                    None => lineage.stateless(&v.plan),
+                };
+            if !forgettable {
+                kept.insert(s.to_string());
+            }
+        }
+    }
+    out.retain(|n, _| !kept.contains(n));
+    for sizes in out.values_mut() {
+        sizes.sort_unstable();
+        sizes.dedup();
+    }
+    out
+}
+
 /// The views whose rows are only ever inserted, never retracted: their outputs can be streamed
 /// out as their times close rather than held.
 pub fn append_only_views(views: &[View], shapes: &BTreeMap<String, Shape>) -> Vec<String> {
@@ -226,6 +284,85 @@ impl<'a> Lineage<'a> {
             Plan::Join { left, right, .. } if self.constant_rows(right).is_some() => self.monotone(left),
             Plan::Join { left, right, outer: false, .. } => self.monotone(left) && self.monotone(right),
             Plan::Join { .. } | Plan::Reduce { .. } | Plan::Rank { .. } => false,
+        }
+    }
+
+    /// The views `p` reads (not through them).
+    fn views_read(&self, p: &'a Plan, out: &mut std::collections::BTreeSet<&'a str>) {
+        match p {
+            Plan::View(n) => {
+                out.insert(n.as_str());
+            }
+            Plan::Source(_) | Plan::Constant(_) => {}
+            Plan::Filter(input, _)
+            | Plan::Map(input, _)
+            | Plan::Reduce { input, .. }
+            | Plan::Rank { input, .. }
+            | Plan::Window { input, .. } => self.views_read(input, out),
+            Plan::Union(parts) => parts.iter().for_each(|q| self.views_read(q, out)),
+            Plan::Join { left, right, .. } => {
+                self.views_read(left, out);
+                self.views_read(right, out);
+            }
+        }
+    }
+
+    /// The inputs `p` reads itself (not through views).
+    fn sources_read(&self, p: &'a Plan, out: &mut Vec<&'a str>) {
+        match p {
+            Plan::Source(n) => out.push(n.as_str()),
+            Plan::View(_) | Plan::Constant(_) => {}
+            Plan::Filter(input, _)
+            | Plan::Map(input, _)
+            | Plan::Reduce { input, .. }
+            | Plan::Rank { input, .. }
+            | Plan::Window { input, .. } => self.sources_read(input, out),
+            Plan::Union(parts) => parts.iter().for_each(|q| self.sources_read(q, out)),
+            Plan::Join { left, right, .. } => {
+                self.sources_read(left, out);
+                self.sources_read(right, out);
+            }
+        }
+    }
+
+    /// `p` keeps no state: filters, maps, windows and unions of inputs, and lookups in constant rows.
+    fn stateless(&self, p: &Plan) -> bool {
+        match p {
+            Plan::Source(_) | Plan::Constant(_) => true,
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => self.stateless(input),
+            Plan::Union(parts) => parts.iter().all(|q| self.stateless(q)),
+            Plan::Join { left, right, .. } => self.constant_rows(right).is_some() && self.stateless(left),
+            Plan::View(_) | Plan::Reduce { .. } | Plan::Rank { .. } => false,
+        }
+    }
+
+    /// The sizes of the windows in `p` over `source`'s event time when they all tumble (`None`
+    /// when one slides, or windows another column).
+    fn tumbling_sizes(&self, p: &Plan, source: &str) -> Option<Vec<i64>> {
+        let mut sizes = Vec::new();
+        let mut ok = true;
+        self.each_window(p, &mut |input, time, size, slide| {
+            ok &= size == slide && self.event_time(input, time) == Some(source);
+            sizes.push(size);
+        });
+        ok.then_some(sizes)
+    }
+
+    fn each_window(&self, p: &Plan, f: &mut impl FnMut(&Plan, usize, i64, i64)) {
+        match p {
+            Plan::Window { input, time, size, slide } => {
+                f(input, *time, *size, *slide);
+                self.each_window(input, f);
+            }
+            Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
+            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Reduce { input, .. } | Plan::Rank { input, .. } => {
+                self.each_window(input, f)
+            }
+            Plan::Union(parts) => parts.iter().for_each(|q| self.each_window(q, f)),
+            Plan::Join { left, right, .. } => {
+                self.each_window(left, f);
+                self.each_window(right, f);
+            }
         }
     }
 
