@@ -179,6 +179,22 @@ pub fn explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
             crate::config::Duration::from_millis(e.max_future_ms),
         )?;
     }
+    // What a checkpoint keeps of each input (runtime/checkpoint.rs, dataflows/src/sql/keep.rs).
+    let forgettable = dataflows::sql::render::forgettable_inputs(&sql.views, &sql.shapes());
+    for t in &sql.tables {
+        let keeps = match forgettable.get(t.name.as_str()) {
+            _ if !t.key.is_empty() => "each key's latest version".to_string(),
+            Some(sizes) if sizes.is_empty() => {
+                "its rows until the watermark passes them (only stateless views read it: none needs a row again)".to_string()
+            }
+            Some(sizes) => {
+                let sizes: Vec<String> = sizes.iter().map(|s| crate::config::Duration::from_millis(*s).to_string()).collect();
+                format!("its rows until the watermark passes the end of their tumbling window ({}): then they are final", sizes.join(", "))
+            }
+            None => "every distinct row with its count (a view reads it that may need any row again)".to_string(),
+        };
+        writeln!(out, "input {}: a checkpoint keeps {keeps}\n", t.name.as_str())?;
+    }
     let notes = dataflows::sql::render::physical_notes(&sql.views, &sql.shapes());
     for v in sql.views.iter().filter(|v| args.views.is_empty() || args.views.contains(&v.name)) {
         let columns: Vec<String> = v.columns.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();

@@ -802,3 +802,147 @@ fn sales_killed_and_restarted(checkpoints: bool) {
         assert_rows(&format!("topic of {view} after the restart"), &topic_state(&format!("{prefix}.sales.{view}")), rows);
     }
 }
+
+/// Readings `from..from + count` of the sensor views' test input: 100 ms apart and in order (so
+/// no batching makes one late), three types at two locations, values in quarters (their sums
+/// are exact in any order), every 37th flagged.
+fn ordered_readings(from: u64, count: u64) -> Vec<String> {
+    let types = [("temperature", 15.0, 25.0), ("humidity", 40.0, 60.0), ("pressure", 1000.0, 1020.0)];
+    (from..from + count)
+        .map(|i| {
+            let (kind, low, high) = types[(i % 3) as usize];
+            let value = low - 2.0 + ((i * 7) % ((high - low + 4.0) as u64 * 4)) as f64 / 4.0;
+            json!({
+                "sensor_id": format!("s-{}", i % 5),
+                "sensor_type": kind,
+                "value": value,
+                "location": if i % 2 == 0 { "hall" } else { "yard" },
+                "timestamp": time_text(1_790_000_000_000 + i as i64 * 100),
+                "status": if i % 37 == 0 { "anomaly" } else { "normal" },
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// Sends `lines` to partition `i % 3` of `topic`, in order.
+fn produce_lines(topic: &str, lines: &[String]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        let mut record = BaseRecord::<(), str>::to(topic).partition((i % 3) as i32).payload(line.as_str());
+        while let Err((e, back)) = producer.send(record) {
+            assert!(matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
+            producer.poll(std::time::Duration::from_millis(10));
+            record = back;
+        }
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+}
+
+/// The shipped sensor views (`dataflows/sensors.sql`) from Kafka, killed after checkpoints and
+/// restarted: the checkpoint keeps only the readings of windows still open (the input feeds
+/// tumbling windows and an alert stream only), so its parts stay small however long the
+/// history, and after the restart every window and every alert equals the reference over all
+/// readings.
+#[test]
+fn sensor_views_restart_from_a_checkpoint_of_the_open_windows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("sensor-ck");
+    let input = format!("{prefix}.readings");
+    create_topics(std::slice::from_ref(&input), 3);
+    let state = dir.path().join("state");
+    let config = |idle: &str, batch: &str| {
+        let text = format!(
+            "views = [\"{root}/dataflows/sensors.sql\"]\ndataflows = [\"windowed_metrics\", \"sensor_alerts\"]\n\
+             [runtime]\nstate_dir = \"{state}\"\ncheckpoint_interval = \"300ms\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+             [inputs.sensors]\nkind = \"kafka\"\ntopics = [\"{input}\"]\ngroup_id = \"{prefix}\"\n{idle}{batch}\
+             columns = [\"sensor_id text\", \"sensor_type text\", \"value float\", \"location text\", \"timestamp timestamp\", \"status text\"]\n\
+             event_time = {{ column = \"timestamp\", allowed_lateness = \"2s\" }}\n[output.kafka]\ntopic_prefix = \"{prefix}.\"\n",
+            root = root().display(),
+            state = state.display(),
+            bootstrap = kafka_bootstrap(),
+        );
+        let path = dir.path().join(format!("sensors-{}.toml", idle.is_empty()));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // 20 minutes of readings; the first run sees the first 15.
+    let all = ordered_readings(0, 12_000);
+    produce_lines(&input, &all[..9_000]);
+    let mut engine = std::process::Command::new(bin())
+        .args(["run", "--config", config("", "max_records_per_batch = 300\n").to_str().unwrap(), "-w", "2", "-q"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoints = state.join("checkpoints");
+    let complete = || -> Vec<u64> {
+        let mut times: Vec<u64> = std::fs::read_dir(&checkpoints)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        times.retain(|t| (0..2).all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
+        times.sort_unstable();
+        times
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    // Two checkpoints after the first run has written windows ten minutes in.
+    while !topic_state(&format!("{prefix}.windowed_metrics")).iter().any(|r| r.contains("\"window_start\":\"2026-09-21T14:23:00")) {
+        assert!(std::time::Instant::now() < deadline, "the first run did not reach the tenth minute in 90 s");
+        assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
+    }
+    let before = complete().last().copied();
+    while complete().into_iter().filter(|t| Some(*t) > before).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoints within 90 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    // A part holds about the two open minutes' readings of its worker, not the ten-plus read.
+    let last = *complete().last().unwrap();
+    let bytes: u64 =
+        (0..2).map(|w| std::fs::metadata(checkpoints.join(last.to_string()).join(format!("worker-{w}-of-2.bin"))).unwrap().len()).sum();
+    assert!(bytes < 200 * 2_000, "the checkpoint holds {bytes} bytes: more than the open windows' readings");
+
+    produce_lines(&input, &all[9_000..]);
+    let o = std::process::Command::new(bin())
+        .args(["run", "--config", config("stop_when_idle = \"4s\"\n", "").to_str().unwrap(), "-w", "2", "-q", "--log-level", "info"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && log.contains("restarting from a checkpoint"), "{log}");
+
+    // The reference: every reading on time; windows per (type, location, minute); alerts.
+    let ranges: BTreeMap<&str, (f64, f64)> =
+        [("temperature", (15.0, 25.0)), ("humidity", (40.0, 60.0)), ("pressure", (1000.0, 1020.0))].into();
+    let mut windows: BTreeMap<(String, String, i64), (u64, f64, f64, f64, u64)> = BTreeMap::new();
+    let mut alerts = Vec::new();
+    for line in &all {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let (kind, location, value) = (r["sensor_type"].as_str().unwrap(), r["location"].as_str().unwrap(), r["value"].as_f64().unwrap());
+        let ts = parse_time(r["timestamp"].as_str().unwrap()).unwrap();
+        let anomaly = r["status"] == "anomaly";
+        let w = windows.entry((kind.into(), location.into(), window_of(ts, 60_000))).or_insert((0, 0.0, f64::MAX, f64::MIN, 0));
+        *w = (w.0 + 1, w.1 + value, w.2.min(value), w.3.max(value), w.4 + u64::from(anomaly));
+        let (low, high) = ranges[kind];
+        let alert = if value > high {
+            Some("high")
+        } else if value < low {
+            Some("low")
+        } else {
+            anomaly.then_some("flagged")
+        };
+        if let Some(alert_type) = alert {
+            alerts.push(json!({"sensor_id": r["sensor_id"], "sensor_type": kind, "location": location, "value": value,
+                               "timestamp": r["timestamp"], "alert_type": alert_type}));
+        }
+    }
+    let windows: Vec<Value> = windows
+        .into_iter()
+        .map(|((kind, location, start), (n, sum, min, max, anomalies))| {
+            json!({"sensor_type": kind, "location": location, "window_start": time_text(start), "window_end": time_text(start + 60_000),
+                   "count": n, "avg": sum / n as f64, "min": min, "max": max, "anomaly_count": anomalies})
+        })
+        .collect();
+    assert_rows("windows after the restart", &topic_state(&format!("{prefix}.windowed_metrics")), &windows);
+    assert_rows("alerts after the restart", &topic_state(&format!("{prefix}.sensor_alerts")), &alerts);
+}

@@ -276,7 +276,8 @@ fn the_shipped_applications_pipeline_runs_and_explains() {
     assert!(
         o.status.success()
             && text.contains("Reduce: pre-aggregate on each worker, exchange by (#3), groups in a hash map; count(*), sum(#4)")
-            && !text.contains("view applications "),
+            && !text.contains("view applications ")
+            && text.contains("input inputs: a checkpoint keeps every distinct row with its count"),
         "{text}"
     );
 }
