@@ -89,14 +89,22 @@ pub fn forgettable_inputs(views: &[View], shapes: &BTreeMap<String, Shape>) -> B
     let lineage = Lineage::new(shapes, views);
     let mut read_by_views = std::collections::BTreeSet::new();
     for v in views {
-        lineage.views_read(&v.plan, &mut read_by_views);
+        each_node(&v.plan, &mut |n| {
+            if let Plan::View(name) = n {
+                read_by_views.insert(name.as_str());
+            }
+        });
     }
     let mut out: BTreeMap<String, Vec<i64>> =
         shapes.iter().filter(|(_, s)| s.event_time.is_some()).map(|(n, _)| (n.clone(), Vec::new())).collect();
     let mut kept = std::collections::BTreeSet::new();
     for v in views {
         let mut sources = Vec::new();
-        lineage.sources_read(&v.plan, &mut sources);
+        each_node(&v.plan, &mut |n| {
+            if let Plan::Source(name) = n {
+                sources.push(name.as_str());
+            }
+        });
         let leaf = !read_by_views.contains(v.name.as_str());
         let mut top = &v.plan;
         while let Plan::Filter(input, _) | Plan::Map(input, _) = top {
@@ -132,6 +140,24 @@ pub fn forgettable_inputs(views: &[View], shapes: &BTreeMap<String, Shape>) -> B
         sizes.dedup();
     }
     out
+}
+
+/// Calls `f` on `p` and every plan under it, not through the views it reads.
+fn each_node<'p>(p: &'p Plan, f: &mut impl FnMut(&'p Plan)) {
+    f(p);
+    match p {
+        Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
+        Plan::Filter(input, _)
+        | Plan::Map(input, _)
+        | Plan::Reduce { input, .. }
+        | Plan::Rank { input, .. }
+        | Plan::Window { input, .. } => each_node(input, f),
+        Plan::Union(parts) => parts.iter().for_each(|q| each_node(q, f)),
+        Plan::Join { left, right, .. } => {
+            each_node(left, f);
+            each_node(right, f);
+        }
+    }
 }
 
 /// The views whose rows are only ever inserted, never retracted: their outputs can be streamed
@@ -287,44 +313,6 @@ impl<'a> Lineage<'a> {
         }
     }
 
-    /// The views `p` reads (not through them).
-    fn views_read(&self, p: &'a Plan, out: &mut std::collections::BTreeSet<&'a str>) {
-        match p {
-            Plan::View(n) => {
-                out.insert(n.as_str());
-            }
-            Plan::Source(_) | Plan::Constant(_) => {}
-            Plan::Filter(input, _)
-            | Plan::Map(input, _)
-            | Plan::Reduce { input, .. }
-            | Plan::Rank { input, .. }
-            | Plan::Window { input, .. } => self.views_read(input, out),
-            Plan::Union(parts) => parts.iter().for_each(|q| self.views_read(q, out)),
-            Plan::Join { left, right, .. } => {
-                self.views_read(left, out);
-                self.views_read(right, out);
-            }
-        }
-    }
-
-    /// The inputs `p` reads itself (not through views).
-    fn sources_read(&self, p: &'a Plan, out: &mut Vec<&'a str>) {
-        match p {
-            Plan::Source(n) => out.push(n.as_str()),
-            Plan::View(_) | Plan::Constant(_) => {}
-            Plan::Filter(input, _)
-            | Plan::Map(input, _)
-            | Plan::Reduce { input, .. }
-            | Plan::Rank { input, .. }
-            | Plan::Window { input, .. } => self.sources_read(input, out),
-            Plan::Union(parts) => parts.iter().for_each(|q| self.sources_read(q, out)),
-            Plan::Join { left, right, .. } => {
-                self.sources_read(left, out);
-                self.sources_read(right, out);
-            }
-        }
-    }
-
     /// `p` keeps no state: filters, maps, windows and unions of inputs, and lookups in constant rows.
     fn stateless(&self, p: &Plan) -> bool {
         match p {
@@ -341,29 +329,13 @@ impl<'a> Lineage<'a> {
     fn tumbling_sizes(&self, p: &Plan, source: &str) -> Option<Vec<i64>> {
         let mut sizes = Vec::new();
         let mut ok = true;
-        self.each_window(p, &mut |input, time, size, slide| {
-            ok &= size == slide && self.event_time(input, time) == Some(source);
-            sizes.push(size);
+        each_node(p, &mut |n| {
+            if let Plan::Window { input, time, size, slide } = n {
+                ok &= size == slide && self.event_time(input, *time) == Some(source);
+                sizes.push(*size);
+            }
         });
         ok.then_some(sizes)
-    }
-
-    fn each_window(&self, p: &Plan, f: &mut impl FnMut(&Plan, usize, i64, i64)) {
-        match p {
-            Plan::Window { input, time, size, slide } => {
-                f(input, *time, *size, *slide);
-                self.each_window(input, f);
-            }
-            Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
-            Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Reduce { input, .. } | Plan::Rank { input, .. } => {
-                self.each_window(input, f)
-            }
-            Plan::Union(parts) => parts.iter().for_each(|q| self.each_window(q, f)),
-            Plan::Join { left, right, .. } => {
-                self.each_window(left, f);
-                self.each_window(right, f);
-            }
-        }
     }
 
     /// Adds the slide of every window in `p` over an input's event time to `out`.
