@@ -66,8 +66,9 @@ enum Query {
     Strings { from: i64, len: i64 },
     /// per k and event-time window of t = x · 7 s: COUNT(*), SUM(x), over TUMBLE (no slide) or HOP
     Windowed { size: i64, slide: Option<i64> },
-    /// a join with a VALUES table (int and float limits: a float column)
-    ValuesJoin,
+    /// a join with a VALUES table (int and float limits: a float column); a left join keeps a
+    /// row without a limit (NULLs), then a projection
+    ValuesJoin { left: bool },
     /// the top n rows of a per k by x descending (NULLs first), then s: ROW_NUMBER() in a
     /// subquery, filtered by its number
     TopN { n: i64 },
@@ -107,8 +108,11 @@ impl Query {
                 "SELECT k, s, x, r FROM (SELECT k, s, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC, s) AS r FROM a) ranked \
                  WHERE r <= {n}"
             ),
-            Query::ValuesJoin => "SELECT a.k, r.label, r.lim, a.x FROM a JOIN (VALUES (0, 'zero', 1.5), (1, 'one', 2), (3, 'three', 0.5)) \
+            Query::ValuesJoin { left: false } => "SELECT a.k, r.label, r.lim, a.x FROM a JOIN (VALUES (0, 'zero', 1.5), (1, 'one', 2), (3, 'three', 0.5)) \
                  AS r(k, label, lim) ON a.k = r.k WHERE a.x > r.lim"
+                .into(),
+            Query::ValuesJoin { left: true } => "SELECT a.k, COALESCE(r.label, 'none') AS label, a.x FROM a LEFT JOIN (VALUES (0, 'zero', 1.5), (1, 'one', 2), (3, 'three', 0.5)) \
+                 AS r(k, label, lim) ON a.k = r.k WHERE a.x > r.lim OR r.lim IS NULL"
                 .into(),
             Query::Windowed { size, slide } => {
                 let from = match slide {
@@ -239,14 +243,22 @@ impl Query {
                     ]
                 })
                 .collect(),
-            Query::ValuesJoin => {
+            Query::ValuesJoin { left } => {
                 let table = [(0, "zero", 1.5), (1, "one", 2.0), (3, "three", 0.5)];
                 let mut out = Vec::new();
                 for r in a {
+                    let mut matched = false;
                     for (k, label, lim) in table.iter().filter(|(k, _, _)| *k == r.k) {
+                        matched = true;
                         if r.x.is_some_and(|x| x as f64 > *lim) {
-                            out.push(vec![Int(*k), Text((*label).into()), Float(*lim), opt(r.x)]);
+                            out.push(match left {
+                                false => vec![Int(*k), Text((*label).into()), Float(*lim), opt(r.x)],
+                                true => vec![Int(r.k), Text((*label).into()), opt(r.x)],
+                            });
                         }
+                    }
+                    if *left && !matched {
+                        out.push(vec![Int(r.k), Text("none".into()), opt(r.x)]);
                     }
                 }
                 out
@@ -414,7 +426,7 @@ fn query() -> impl Strategy<Value = Query> {
         Just(Query::JoinGroup),
         any::<bool>().prop_map(|left| Query::JoinOnNullable { left }),
         Just(Query::Union),
-        Just(Query::ValuesJoin),
+        any::<bool>().prop_map(|left| Query::ValuesJoin { left }),
         (0i64..4).prop_map(|n| Query::TopN { n }),
         (0i64..3).prop_map(|h| Query::Stacked { h }),
         small.prop_map(|w| Query::Scalars { w }),

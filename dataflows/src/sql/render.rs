@@ -386,8 +386,136 @@ fn split<'s, D: differential_dataflow::Data>(
     ok.as_collection()
 }
 
+/// One stateless step of a chain that runs in one operator.
+enum Step {
+    /// rows for which the predicate is TRUE
+    Filter(Expr),
+    /// each row mapped to these expressions
+    Map(Vec<Expr>),
+    /// each row once per window holding its timestamp column
+    Window { time: usize, size: i64, slide: i64 },
+    /// each row joined with the constant rows of its key (a left join keeps it with NULLs)
+    Lookup { keys: Vec<Expr>, table: crate::ops::FastMap<SqlRow, Vec<SqlRow>>, outer: bool, arity: usize },
+}
+
+/// The stateless steps at the top of `p` (filters, maps, windows, lookups in constant rows),
+/// first step first, and the plan under them.
+fn stateless_steps<'p>(mut p: &'p Plan, lineage: &Lineage<'_>) -> (&'p Plan, Vec<Step>) {
+    let mut steps = Vec::new();
+    loop {
+        match p {
+            Plan::Filter(input, predicate) => {
+                steps.push(Step::Filter(predicate.clone()));
+                p = input;
+            }
+            Plan::Map(input, exprs) => {
+                steps.push(Step::Map(exprs.clone()));
+                p = input;
+            }
+            Plan::Window { input, time, size, slide } => {
+                steps.push(Step::Window { time: *time, size: *size, slide: *slide });
+                p = input;
+            }
+            Plan::Join { left, right, left_keys, right_keys, outer, right_arity } => {
+                let Some(table) = lineage.constant_rows(right).and_then(|rows| lookup_table(rows, right_keys)) else { break };
+                steps.push(Step::Lookup { keys: left_keys.clone(), table, outer: *outer, arity: *right_arity });
+                p = left;
+            }
+            _ => break,
+        }
+    }
+    steps.reverse();
+    (p, steps)
+}
+
+/// A row's result through a chain: a row that goes on, or one an expression failed on.
+type Stepped = Result<SqlRow, (String, SqlRow)>;
+
+/// Runs `row` through `steps`, handing every row that comes out (or fails) to `emit`. `key`
+/// and `joined` are reused buffers: a lookup's key, and a joined row that a filter right
+/// after the lookup judges before it is copied (most rows of an alert stream are not).
+fn run_steps(steps: &[Step], row: SqlRow, (key, joined): (&mut SqlRow, &mut SqlRow), emit: &mut impl FnMut(Stepped)) {
+    let Some((step, rest)) = steps.split_first() else { return emit(Ok(row)) };
+    match step {
+        Step::Filter(predicate) => match eval(predicate, &row).and_then(truth) {
+            Ok(Some(true)) => run_steps(rest, row, (key, joined), emit),
+            Ok(_) => {}
+            Err(e) => emit(Err((e, row))),
+        },
+        Step::Map(exprs) => match exprs.iter().map(|e| eval(e, &row)).collect() {
+            Ok(out) => run_steps(rest, out, (key, joined), emit),
+            Err(e) => emit(Err((e, row))),
+        },
+        Step::Window { time, size, slide } => {
+            for s in window_starts(&row[*time], *size, *slide) {
+                let windowed = row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect();
+                run_steps(rest, windowed, (key, joined), emit);
+            }
+        }
+        Step::Lookup { keys, table, outer, arity } => {
+            key.clear();
+            for k in keys {
+                match eval(k, &row) {
+                    Ok(v) => key.push(v),
+                    Err(e) => return emit(Err((e, row))),
+                }
+            }
+            // (a NULL key matches nothing; a left join keeps an unmatched row with NULLs)
+            let found = if key.iter().any(Value::is_null) { None } else { table.get(key.as_slice()) };
+            let unmatched = (found.is_none() && *outer).then_some(None);
+            for r in found.into_iter().flatten().map(Some).chain(unmatched) {
+                joined.clear();
+                joined.extend(row.iter().cloned());
+                match r {
+                    Some(r) => joined.extend(r.iter().cloned()),
+                    None => joined.extend(std::iter::repeat_n(Value::Null, *arity)),
+                }
+                match rest.split_first() {
+                    Some((Step::Filter(predicate), after)) => match eval(predicate, joined).and_then(truth) {
+                        Ok(Some(true)) => run_steps(after, joined.clone(), (key, joined), emit),
+                        Ok(_) => {}
+                        Err(e) => emit(Err((e, joined.clone()))),
+                    },
+                    _ => run_steps(rest, joined.clone(), (key, joined), emit),
+                }
+            }
+        }
+    }
+}
+
 fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
     let (scope, sources, views, lineage) = reads;
+    // A run of stateless steps is one operator: no container, exchange or row between steps.
+    let (under, steps) = stateless_steps(p, lineage);
+    {
+        if steps.len() > 1 || matches!(steps.first(), Some(Step::Lookup { .. })) {
+            use differential_dataflow::AsCollection;
+            use timely::dataflow::channels::pact::Pipeline;
+            use timely::dataflow::operators::generic::operator::Operator;
+            let rows = plan(under, view, reads, errors);
+            let (mut key, mut joined, mut out) = (SqlRow::new(), SqlRow::new(), Vec::new());
+            let stepped = rows
+                .inner
+                .unary::<timely::container::CapacityContainerBuilder<Vec<(Stepped, Time, isize)>>, _, _, _>(
+                    Pipeline,
+                    "Stateless",
+                    move |_cap, _info| {
+                        move |input, output| {
+                            input.for_each_stamp(|cap, data| {
+                                for batch in data {
+                                    for (row, t, d) in batch.drain(..) {
+                                        run_steps(&steps, row, (&mut key, &mut joined), &mut |r| out.push((r, t, d)));
+                                    }
+                                }
+                                output.session(&cap).give_iterator(out.drain(..));
+                            });
+                        }
+                    },
+                )
+                .as_collection();
+            return split(stepped, view, errors);
+        }
+    }
     match p {
         Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).rows.clone(),
         Plan::View(n) => views[n].rows.clone(),
@@ -458,22 +586,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
                 split(rows, view, errors)
             };
             let l = keyed(plan(left, view, reads, errors), left_keys, errors);
-            // A join with constant rows (`VALUES`) looks each row up where it is: no exchange,
-            // no state.
-            if let Some(rows) = lineage.constant_rows(right) {
-                if let Some(table) = lookup_table(rows, right_keys) {
-                    let (outer, n) = (*outer, *right_arity);
-                    return l.flat_map(move |(k, row)| {
-                        let matches = if k.iter().any(Value::is_null) { None } else { table.get(&k) };
-                        let rows: Vec<SqlRow> = match matches {
-                            Some(found) => found.iter().map(|r| row.iter().chain(r).cloned().collect()).collect(),
-                            None if outer => vec![row.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()],
-                            None => Vec::new(),
-                        };
-                        rows
-                    });
-                }
-            }
+            // (a join with constant rows is a lookup: a stateless step, above)
             let r = keyed(plan(right, view, reads, errors), right_keys, errors);
             // A NULL key matches nothing.
             let no_null = |(k, _): &(SqlRow, SqlRow)| !k.iter().any(Value::is_null);
