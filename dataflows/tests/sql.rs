@@ -69,6 +69,9 @@ enum Query {
     /// a join with a VALUES table (int and float limits: a float column); a left join keeps a
     /// row without a limit (NULLs), then a projection
     ValuesJoin { left: bool },
+    /// two GROUP BYs over `a` (folded in one pass), joined: per k, COUNT(*), SUM(x) and
+    /// COUNT(DISTINCT s)
+    TwoGroups,
     /// the top n rows of a per k by x descending (NULLs first), then s: ROW_NUMBER() in a
     /// subquery, filtered by its number
     TopN { n: i64 },
@@ -94,6 +97,12 @@ impl Query {
                 format!("SELECT a.k AS ak, b.k AS bk FROM a {} JOIN b ON a.x = b.y", if *left { "LEFT" } else { "INNER" })
             }
             Query::Union => "SELECT k, x FROM a UNION ALL SELECT k, y FROM b".into(),
+            Query::TwoGroups => {
+                return "CREATE VIEW g1 AS SELECT k, COUNT(*) AS n FROM a GROUP BY k;\n\
+                        CREATE VIEW g2 AS SELECT k, SUM(x) AS sx, COUNT(DISTINCT s) AS ds FROM a GROUP BY k;\n\
+                        CREATE VIEW out AS SELECT g1.k, g1.n, g2.sx, g2.ds FROM g1 JOIN g2 ON g1.k = g2.k;"
+                    .into()
+            }
             Query::Stacked { h } => {
                 return format!(
                     "CREATE VIEW v1 AS SELECT k, COUNT(*) AS n FROM b GROUP BY k;\n\
@@ -166,6 +175,20 @@ impl Query {
                             opt(xs.iter().max().copied()),
                             Int(ss.len() as i64),
                         ]
+                    })
+                    .collect()
+            }
+            Query::TwoGroups => {
+                let mut groups: BTreeMap<i64, Vec<&A>> = BTreeMap::new();
+                for r in a {
+                    groups.entry(r.k).or_default().push(r);
+                }
+                groups
+                    .into_iter()
+                    .map(|(k, g)| {
+                        let xs: Vec<i64> = g.iter().filter_map(|r| r.x).collect();
+                        let ss: std::collections::BTreeSet<&String> = g.iter().map(|r| &r.s).collect();
+                        vec![Int(k), Int(g.len() as i64), if xs.is_empty() { Null } else { Int(xs.iter().sum()) }, Int(ss.len() as i64)]
                     })
                     .collect()
             }
@@ -422,6 +445,7 @@ fn query() -> impl Strategy<Value = Query> {
         (-2i64..3, -5i64..5, small.clone()).prop_map(|(m, c, w)| Query::FilterMap { m, c, w }),
         (proptest::option::of(small.clone()), 0i64..3).prop_map(|(w, h)| Query::Group { w, h }),
         Just(Query::Global),
+        Just(Query::TwoGroups),
         (any::<bool>(), proptest::option::of(small.clone())).prop_map(|(left, w)| Query::Join { left, w }),
         Just(Query::JoinGroup),
         any::<bool>().prop_map(|left| Query::JoinOnNullable { left }),

@@ -40,9 +40,12 @@ pub fn kafka_bootstrap() -> String {
 
 /// A hostfile in `dir` for a two-process cluster on loopback (two free ports).
 pub fn hostfile(dir: &Path) -> PathBuf {
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // (both held until both are chosen, so that they differ)
+    let held: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(held);
     let path = dir.join("hosts.txt");
-    std::fs::write(&path, format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(), port())).unwrap();
+    std::fs::write(&path, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).unwrap();
     path
 }
 

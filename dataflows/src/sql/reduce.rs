@@ -216,38 +216,53 @@ pub struct Retire<'s> {
 /// aggregates' arguments into the (cleared) buffers, or says why it cannot; with `window`
 /// (`(time column, size, slide)`), each row is grouped once per window holding its time, its
 /// `window_start` and `window_end` appended in place (the windowed rows are never built).
-pub struct Grouping<F> {
+pub struct Grouping {
     /// the key and arguments of a row
-    pub fill: F,
+    pub fill: Fill,
     /// a window in FROM under the reduce
     pub window: Option<(usize, i64, i64)>,
 }
 
-/// The reduce: rows to `(key, aggregates)` rows, and the rows whose key or arguments failed
-/// (with the reason). Each worker first folds its rows of a time into one partial group per
-/// key, in place: the key is evaluated into a reused buffer and looked up by slice, so a row
-/// allocates nothing unless it starts a group.
-pub fn reduce<'s, F>(
-    view: &str,
-    rows: Coll<'s, SqlRow>,
-    grouping: Grouping<F>,
-    spec: Aggregates,
-    retire: Option<Retire<'s>>,
-) -> (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>)
-where
-    F: Fn(&SqlRow, &mut SqlRow, &mut SqlRow) -> Result<(), String> + 'static,
-{
+/// Writes a row's group key and aggregate arguments (see [`Grouping`]).
+pub type Fill = Box<dyn Fn(&SqlRow, &mut SqlRow, &mut SqlRow) -> Result<(), String>>;
+
+/// One GROUP BY over an input: its view (for errors and metrics), how it groups, its
+/// aggregates and, windowed, how it drops final windows.
+pub struct Member<'s> {
+    /// the view
+    pub view: String,
+    /// how a row finds its group
+    pub grouping: Grouping,
+    /// the aggregates
+    pub spec: Aggregates,
+    /// a windowed reduce's retirement
+    pub retire: Option<Retire<'s>>,
+}
+
+/// A reduce's rows `(key, aggregates)` and the rows whose key or arguments failed (with the
+/// reason).
+pub type Reduced<'s> = (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>);
+
+/// The GROUP BYs `members` over the same `rows`, folded in one pass (one operator reads the
+/// rows once, instead of a copy of every row per GROUP BY): each worker first folds its rows
+/// of a time into one partial group per member and key, in place — the key is evaluated into a
+/// reused buffer and looked up by slice, so a row allocates nothing unless it starts a group —
+/// and sends them once the time is complete on it; then, per member, the partials are
+/// exchanged by key and merged in order of time.
+pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduced<'s>> {
     use timely::dataflow::operators::OkErr;
-    let local = spec.clone();
-    let Grouping { fill, window } = grouping;
+    type Merging<'s> = (String, Aggregates, Option<Retire<'s>>);
+    let (folds, merging): (Vec<(Aggregates, Grouping)>, Vec<Merging<'s>>) =
+        members.into_iter().map(|m| ((m.spec.clone(), m.grouping), (m.view, m.spec, m.retire))).unzip();
+    let n = folds.len();
     // A time's partial groups leave once the time is complete on this worker: a time of many
     // batches sends one partial per group, not one per group and batch (the reduce could not
     // complete the time earlier anyway).
     type Groups = FastMap<SqlRow, Group>;
-    let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Groups)> = BTreeMap::new();
-    let mut spare: Groups = FastMap::default();
+    let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Groups>)> = BTreeMap::new();
+    let mut spare: Vec<Groups> = Vec::new();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
-    type Partial = Result<(SqlRow, Group), (String, SqlRow)>;
+    type Partial = Result<(usize, SqlRow, Group), (usize, String, SqlRow)>;
     let folded = rows
         .inner
         .unary_frontier(Pipeline, "ReduceLocal", move |_cap, _info| {
@@ -255,37 +270,50 @@ where
                 input.for_each_stamp(|cap, data| {
                     let mut failed: Vec<(Partial, Time, isize)> = Vec::new();
                     for batch in data {
-                        for (mut row, t, r) in batch.drain(..) {
-                            let groups = &mut partials.entry(t).or_insert_with(|| (cap.delayed(&t, 0), std::mem::take(&mut spare))).1;
-                            let mut fold = |row: &SqlRow| -> Result<(), String> {
-                                key.clear();
-                                args.clear();
-                                fill(row, &mut key, &mut args)?;
-                                match groups.get_mut(key.as_slice()) {
-                                    Some(g) => local.add(g, &args, r),
+                        for (row, t, r) in batch.drain(..) {
+                            let groups = &mut partials
+                                .entry(t)
+                                .or_insert_with(|| {
+                                    let mut maps = std::mem::take(&mut spare);
+                                    maps.resize_with(n, Groups::default);
+                                    (cap.delayed(&t, 0), maps)
+                                })
+                                .1;
+                            // (the last member takes the row; a windowed one before it, a copy)
+                            let mut row = Some(row);
+                            for (i, ((local, grouping), groups)) in folds.iter().zip(groups.iter_mut()).enumerate() {
+                                let mut fold = |row: &SqlRow| -> Result<(), String> {
+                                    key.clear();
+                                    args.clear();
+                                    (grouping.fill)(row, &mut key, &mut args)?;
+                                    match groups.get_mut(key.as_slice()) {
+                                        Some(g) => local.add(g, &args, r),
+                                        None => {
+                                            let mut g = local.empty();
+                                            local.add(&mut g, &args, r);
+                                            groups.insert(key.clone(), g);
+                                        }
+                                    }
+                                    Ok(())
+                                };
+                                let shared = row.as_ref().expect("taken by the last member only");
+                                match grouping.window {
                                     None => {
-                                        let mut g = local.empty();
-                                        local.add(&mut g, &args, r);
-                                        groups.insert(key.clone(), g);
+                                        if let Err(e) = fold(shared) {
+                                            failed.push((Err((i, e, shared.clone())), t, r));
+                                        }
                                     }
-                                }
-                                Ok(())
-                            };
-                            match window {
-                                None => {
-                                    if let Err(e) = fold(&row) {
-                                        failed.push((Err((e, row)), t, r));
-                                    }
-                                }
-                                Some((time, size, slide)) => {
-                                    let n = row.len();
-                                    let starts = super::render::window_starts(&row[time], size, slide);
-                                    row.extend([Value::Null, Value::Null]);
-                                    for s in starts {
-                                        row[n] = Value::Timestamp(s);
-                                        row[n + 1] = Value::Timestamp(s + size);
-                                        if let Err(e) = fold(&row) {
-                                            failed.push((Err((e, row.clone())), t, r));
+                                    Some((time, size, slide)) => {
+                                        let mut row = if i + 1 == n { row.take().expect("the last member") } else { shared.clone() };
+                                        let width = row.len();
+                                        let starts = super::render::window_starts(&row[time], size, slide);
+                                        row.extend([Value::Null, Value::Null]);
+                                        for s in starts {
+                                            row[width] = Value::Timestamp(s);
+                                            row[width + 1] = Value::Timestamp(s + size);
+                                            if let Err(e) = fold(&row) {
+                                                failed.push((Err((i, e, row.clone())), t, r));
+                                            }
                                         }
                                     }
                                 }
@@ -295,18 +323,43 @@ where
                     output.session(&cap).give_iterator(failed.into_iter());
                 });
                 while partials.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
-                    let (t, (cap, mut groups)) = partials.pop_first().expect("checked");
-                    output.session(&cap).give_iterator(groups.drain().map(|(k, g)| (Ok((k, g)), t, 1isize)));
-                    // (the emptied map keeps its capacity for the next time)
-                    spare = groups;
+                    let (t, (cap, mut maps)) = partials.pop_first().expect("checked");
+                    let mut session = output.session(&cap);
+                    for (i, groups) in maps.iter_mut().enumerate() {
+                        session.give_iterator(groups.drain().map(|(k, g)| (Ok((i, k, g)), t, 1isize)));
+                    }
+                    // (the emptied maps keep their capacity for the next time)
+                    spare = maps;
                 }
             }
         })
         .container::<Vec<_>>();
-    let (partial, errors) = folded.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(p, t, r)| match p {
-        Ok(kg) => Ok((kg, t, r)),
-        Err(e) => Err((e, t, r)),
+    // Each member's partials and errors on a stream of its own (one operator, no copies).
+    use timely::dataflow::operators::vec::Partition;
+    let parts = folded.partition(n as u64, |(p, t, r)| match p {
+        Ok((i, k, g)) => (i as u64, (Ok((k, g)), t, r)),
+        Err((i, e, row)) => (i as u64, (Err((e, row)), t, r)),
     });
+    merging
+        .into_iter()
+        .zip(parts)
+        .map(|((view, spec, retire), mine)| {
+            let (partial, errors) = mine.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(p, t, r)| match p {
+                Ok(kg) => Ok((kg, t, r)),
+                Err(e) => Err((e, t, r)),
+            });
+            (merge(&view, partial, spec, retire), errors.as_collection())
+        })
+        .collect()
+}
+
+/// One member's partials, exchanged by key and merged into its groups in order of time.
+fn merge<'s>(
+    view: &str,
+    partial: timely::dataflow::Stream<'s, Time, Vec<((SqlRow, Group), Time, isize)>>,
+    spec: Aggregates,
+    retire: Option<Retire<'s>>,
+) -> Coll<'s, (SqlRow, Result<SqlRow, String>)> {
     let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let mut state =
@@ -337,7 +390,7 @@ where
             }
         }),
     };
-    (out.container::<Vec<_>>().as_collection(), errors.as_collection())
+    out.container::<Vec<_>>().as_collection()
 }
 
 /// The reduce's state on one worker.

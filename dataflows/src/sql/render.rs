@@ -2,6 +2,7 @@
 //! a reduce exchanges and arranges by its group key, a join both sides by the join key. Rows
 //! whose expressions fail leave as errors of their view (dead letters), the rest go on.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use differential_dataflow::input::Input;
@@ -9,7 +10,7 @@ use timely::dataflow::Scope;
 
 use super::eval::{eval, truth};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{reduce, Aggregates, Grouping, Retire, FLOAT_SUM_LIMIT};
+use super::reduce::{reduce, Aggregates, Grouping, Member, Reduced, Retire, FLOAT_SUM_LIMIT};
 use super::value::{SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
@@ -54,10 +55,40 @@ pub struct Rendered<'s> {
 pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Source<'s>>) -> BTreeMap<String, Rendered<'s>> {
     let shapes: BTreeMap<String, Shape> = sources.iter().map(|(n, s)| (n.clone(), s.shape.clone())).collect();
     let lineage = Lineage::new(&shapes, views);
+    // GROUP BYs that read the same input (directly, or through a window under them) fold it
+    // in one pass: one operator reads each row once for all of them.
+    let mut by_input: BTreeMap<&str, Vec<(&str, &Plan)>> = BTreeMap::new();
+    for v in views {
+        each_node(&v.plan, &mut |n| {
+            if let Plan::Reduce { input, .. } = n {
+                let under = match &**input {
+                    Plan::Window { input, .. } => input,
+                    other => other,
+                };
+                if let Plan::Source(s) = under {
+                    by_input.entry(s.as_str()).or_default().push((v.name.as_str(), n));
+                }
+            }
+        });
+    }
+    let fused: Fused<'s> = RefCell::new(BTreeMap::new());
+    for (input, reduces) in by_input.into_iter().filter(|(_, r)| r.len() > 1) {
+        let members = reduces
+            .iter()
+            .map(|(view, node)| match node {
+                Plan::Reduce { input, keys, aggs } => reduce_member(input, keys, aggs, view, &lineage, sources).0,
+                _ => unreachable!("a reduce"),
+            })
+            .collect();
+        let rows = sources.get(input).unwrap_or_else(|| panic!("the input `{input}` was not given")).rows.clone();
+        for ((_, node), reduced) in reduces.iter().zip(reduce(rows, members)) {
+            fused.borrow_mut().insert(*node as *const Plan as usize, reduced);
+        }
+    }
     let mut done: BTreeMap<String, Rendered<'s>> = BTreeMap::new();
     for view in views {
         let mut errors = Vec::new();
-        let rows = plan(&view.plan, &view.name, (scope, sources, &done, &lineage), &mut errors);
+        let rows = plan(&view.plan, &view.name, (scope, sources, &done, &lineage, &fused), &mut errors);
         let errors = differential_dataflow::collection::concatenate(scope, errors);
         done.insert(view.name.clone(), Rendered { rows, errors });
     }
@@ -361,7 +392,53 @@ impl<'a> Lineage<'a> {
 }
 
 /// The inputs a plan reads: the scope, the sources, the views rendered before, the lineage.
-type Reads<'a, 's> = (Scope<'s, Time>, &'a BTreeMap<String, Source<'s>>, &'a BTreeMap<String, Rendered<'s>>, &'a Lineage<'a>);
+type Reads<'a, 's> =
+    (Scope<'s, Time>, &'a BTreeMap<String, Source<'s>>, &'a BTreeMap<String, Rendered<'s>>, &'a Lineage<'a>, &'a Fused<'s>);
+
+/// The GROUP BYs folded together with others over the same input, by the address of their
+/// plan node: what each one's merge gives.
+type Fused<'s> = RefCell<BTreeMap<usize, Reduced<'s>>>;
+
+/// One GROUP BY of a view (`input`, `keys`, `aggs` of a `Plan::Reduce`) as a member of a fold,
+/// and the plan whose rows it folds (under a window the fold sets in place).
+fn reduce_member<'s, 'p>(
+    input: &'p Plan,
+    keys: &[Expr],
+    aggs: &[super::plan::Aggregate],
+    view: &str,
+    lineage: &Lineage<'_>,
+    sources: &BTreeMap<String, Source<'s>>,
+) -> (Member<'s>, &'p Plan) {
+    let spec = Aggregates { aggs: aggs.to_vec(), monotone: lineage.monotone(input) };
+    // A key that bounds a window over an input's event time: final windows are dropped.
+    let retire = keys.iter().enumerate().find_map(|(i, k)| {
+        let Expr::Column(c) = k else { return None };
+        let (source, to_end) = lineage.window_bound(input, *c)?;
+        let (maxima, lateness_ms) = sources[source].watermark.clone()?;
+        Some(Retire { column: i, to_end, maxima, lateness_ms })
+    });
+    let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.to_vec(), aggs.iter().map(|a| a.arg.clone()).collect());
+    let float_sums: Vec<bool> = aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
+    let fill = move |row: &SqlRow, k: &mut SqlRow, a: &mut SqlRow| -> Result<(), String> {
+        for e in &keys {
+            k.push(eval(e, row)?);
+        }
+        for e in &args {
+            a.push(eval(e, row)?);
+        }
+        match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
+            Some((v, _)) => Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first")),
+            None => Ok(()),
+        }
+    };
+    // A reduce over a window groups each row once per window, its window_start and window_end
+    // set in place (the windowed rows are never built).
+    let (under, window) = match input {
+        Plan::Window { input, time, size, slide } => (&**input, Some((*time, *size, *slide))),
+        input => (input, None),
+    };
+    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), window }, spec, retire }, under)
+}
 
 /// `rows`, inserted once (by the first worker) at the first time.
 fn constant<'s, D: differential_dataflow::Data>(scope: Scope<'s, Time>, rows: Vec<D>) -> Coll<'s, D> {
@@ -484,7 +561,7 @@ fn run_steps(steps: &[Step], row: SqlRow, (key, joined): (&mut SqlRow, &mut SqlR
 }
 
 fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
-    let (scope, sources, views, lineage) = reads;
+    let (scope, sources, views, lineage, fused) = reads;
     // A run of stateless steps is one operator: no container, exchange or row between steps.
     let (under, steps) = stateless_steps(p, lineage);
     {
@@ -605,41 +682,18 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             matched.concat(unmatched.map(move |(_, a)| a.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()))
         }
         Plan::Reduce { input, keys, aggs } => {
-            let spec = Aggregates { aggs: aggs.clone(), monotone: lineage.monotone(input) };
             // SQL's global aggregate has a row even over no input: the empty group's, while no
             // group exists.
-            let empty = keys.is_empty().then(|| spec.empty_row());
-            // A key that bounds a window over an input's event time: final windows are dropped.
-            let retire = keys.iter().enumerate().find_map(|(i, k)| {
-                let Expr::Column(c) = k else { return None };
-                let (source, to_end) = lineage.window_bound(input, *c)?;
-                let (maxima, lateness_ms) = sources[source].watermark.clone()?;
-                Some(Retire { column: i, to_end, maxima, lateness_ms })
-            });
-            let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.clone(), aggs.iter().map(|a| a.arg.clone()).collect());
-            let float_sums: Vec<bool> =
-                aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
-            let fill = move |row: &SqlRow, k: &mut SqlRow, a: &mut SqlRow| -> Result<(), String> {
-                for e in &keys {
-                    k.push(eval(e, row)?);
-                }
-                for e in &args {
-                    a.push(eval(e, row)?);
-                }
-                match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
-                    Some((v, _)) => {
-                        Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first"))
-                    }
-                    None => Ok(()),
+            let empty = keys.is_empty().then(|| Aggregates { aggs: aggs.clone(), monotone: true }.empty_row());
+            let folded_with_others = fused.borrow_mut().remove(&(p as *const Plan as usize));
+            let (grouped, failed) = match folded_with_others {
+                Some(reduced) => reduced,
+                None => {
+                    let (member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
+                    let rows = plan(under, view, reads, errors);
+                    reduce(rows, vec![member]).pop().expect("one member, one result")
                 }
             };
-            // A reduce over a window groups each row once per window, its window_start and
-            // window_end set in place (the windowed rows are never built).
-            let (rows, window) = match &**input {
-                Plan::Window { input, time, size, slide } => (plan(input, view, reads, errors), Some((*time, *size, *slide))),
-                input => (plan(input, view, reads, errors), None),
-            };
-            let (grouped, failed) = reduce(view, rows, Grouping { fill, window }, spec, retire);
             let name = view.to_string();
             errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
             let folded = split(
