@@ -737,3 +737,18 @@ fn a_checkpoint_forgets_only_rows_no_view_will_need_again() {
     let joined = "CREATE VIEW enriched AS SELECT e.k, e.v, p.w FROM e JOIN p ON e.k = p.k;\n";
     assert_eq!(forgettable(joined), BTreeMap::new(), "a join keeps the rows");
 }
+
+/// `explain` says which GROUP BYs fold their input in one pass.
+#[test]
+fn explain_names_the_group_bys_folded_together() {
+    use dataflows::sql::render::physical_notes;
+    let views = compile(&Query::TwoGroups.sql(), &mut catalog()).unwrap();
+    let shapes: BTreeMap<String, Shape> = [
+        ("a".to_string(), Shape { arity: 3, event_time: None, monotone: true }),
+        ("b".to_string(), Shape { arity: 2, event_time: None, monotone: true }),
+    ]
+    .into();
+    let notes = physical_notes(&views, &shapes);
+    assert_eq!(notes["g1"], ["its GROUP BY folds `a` in one pass with the GROUP BYs of g2: one operator reads each row once"]);
+    assert!(notes["out"].iter().all(|n| !n.contains("one pass")), "{:?}", notes["out"]);
+}

@@ -55,24 +55,10 @@ pub struct Rendered<'s> {
 pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Source<'s>>) -> BTreeMap<String, Rendered<'s>> {
     let shapes: BTreeMap<String, Shape> = sources.iter().map(|(n, s)| (n.clone(), s.shape.clone())).collect();
     let lineage = Lineage::new(&shapes, views);
-    // GROUP BYs that read the same input (directly, or through a window under them) fold it
-    // in one pass: one operator reads each row once for all of them.
-    let mut by_input: BTreeMap<&str, Vec<(&str, &Plan)>> = BTreeMap::new();
-    for v in views {
-        each_node(&v.plan, &mut |n| {
-            if let Plan::Reduce { input, .. } = n {
-                let under = match &**input {
-                    Plan::Window { input, .. } => input,
-                    other => other,
-                };
-                if let Plan::Source(s) = under {
-                    by_input.entry(s.as_str()).or_default().push((v.name.as_str(), n));
-                }
-            }
-        });
-    }
+    // GROUP BYs that read the same input fold it in one pass: one operator reads each row once
+    // for all of them.
     let fused: Fused<'s> = RefCell::new(BTreeMap::new());
-    for (input, reduces) in by_input.into_iter().filter(|(_, r)| r.len() > 1) {
+    for (input, reduces) in folded_together(views) {
         let members = reduces
             .iter()
             .map(|(view, node)| match node {
@@ -173,6 +159,27 @@ pub fn forgettable_inputs(views: &[View], shapes: &BTreeMap<String, Shape>) -> B
     out
 }
 
+/// The GROUP BYs (view, plan node) that read the same input directly (or under a window) and
+/// fold it in one pass, by input: only inputs that two or more read.
+fn folded_together(views: &[View]) -> BTreeMap<&str, Vec<(&str, &Plan)>> {
+    let mut by_input: BTreeMap<&str, Vec<(&str, &Plan)>> = BTreeMap::new();
+    for v in views {
+        each_node(&v.plan, &mut |n| {
+            if let Plan::Reduce { input, .. } = n {
+                let under = match &**input {
+                    Plan::Window { input, .. } => input,
+                    other => other,
+                };
+                if let Plan::Source(s) = under {
+                    by_input.entry(s.as_str()).or_default().push((v.name.as_str(), n));
+                }
+            }
+        });
+    }
+    by_input.retain(|_, reduces| reduces.len() > 1);
+    by_input
+}
+
 /// Calls `f` on `p` and every plan under it, not through the views it reads.
 fn each_node<'p>(p: &'p Plan, f: &mut impl FnMut(&'p Plan)) {
     f(p);
@@ -229,9 +236,19 @@ pub fn physical_notes(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTree
     }
     let lineage = Lineage::new(shapes, views);
     let mut notes = BTreeMap::new();
+    let together = folded_together(views);
     for v in views {
         let mut out = Vec::new();
         walk(&lineage, &v.plan, &mut out);
+        for (input, reduces) in &together {
+            if reduces.iter().any(|(view, _)| *view == v.name) {
+                let mut others: Vec<&str> = reduces.iter().map(|(view, _)| *view).filter(|o| *o != v.name).collect();
+                others.dedup();
+                let others =
+                    if others.is_empty() { "its other GROUP BY".to_string() } else { format!("the GROUP BYs of {}", others.join(", ")) };
+                out.push(format!("its GROUP BY folds `{input}` in one pass with {others}: one operator reads each row once"));
+            }
+        }
         if lineage.monotone(&v.plan) {
             out.push("append-only (no row is ever retracted): its rows stream out as their times close".to_string());
         }
