@@ -307,20 +307,23 @@ fn sales_reference(lines: &[&str], batch: usize, lateness: i64) -> (Outputs, Dea
     (out, dead)
 }
 
-/// Also the number of messages whose content is not "<product> <integer>" (dead letters of
+/// Also the lines of the messages whose content is not "<product> <integer>" (dead letters of
 /// the view `applications`).
-fn applications_reference(lines: &[&str]) -> (Outputs, Dead, usize) {
+fn applications_reference(lines: &[&str]) -> (Outputs, Dead, Vec<u64>) {
     let columns = [("id", Ty::Int), ("name", Ty::Text), ("subject", Ty::Text), ("content", Ty::Text)];
     let (recs, dead) = decode(lines, &columns, None, 1);
     let mut out = Outputs::new();
     let mut per_product: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let mut bad = 0;
-    for r in recs {
+    let mut bad = Vec::new();
+    // (the records decoded, in line order: every line not dead)
+    let dead_lines: BTreeSet<u64> = dead.iter().map(|(n, _)| *n).collect();
+    let decoded = (1..=lines.len() as u64).filter(|n| !dead_lines.contains(n));
+    for (r, line) in recs.into_iter().zip(decoded) {
         let content = r["content"].as_str().unwrap();
         let mut parts = content.split(' ');
         let product = parts.next().unwrap_or("").to_string();
         let Ok(quantity) = parts.next().unwrap_or("").parse::<i64>() else {
-            bad += 1;
+            bad.push(line);
             continue;
         };
         let p = per_product.entry(product.clone()).or_default();
@@ -488,12 +491,13 @@ fn applications_equal_the_reference_at_1_and_4_workers() {
     let (file, text) = generate(dir.path(), "inputs", "20000");
     let lines: Vec<&str> = text.lines().collect();
     let (want, dead, bad) = applications_reference(&lines);
-    assert!(bad > 100 && !dead.is_empty());
+    assert!(bad.len() > 100 && !dead.is_empty());
     let config = file_config(dir.path(), "applications", &file);
     for workers in ["1", "4"] {
         let got = run_files(dir.path(), &config, workers, "500");
         assert_run(&got, &want, "inputs", &dead, &format!("-w {workers}"));
-        let view_errors = got["dead_letters"].iter().filter(|d| d.contains("\"input\":\"view applications\"")).count();
+        // Each names its message's line.
+        let view_errors: Vec<u64> = dead_of(&got["dead_letters"], "view applications").into_iter().map(|(line, _)| line).collect();
         assert_eq!(view_errors, bad, "messages whose content is not a product and a quantity, at -w {workers}");
     }
 }
@@ -723,7 +727,13 @@ fn applications_through_kafka() {
     );
     assert_eq!(dead_letter_topic(&format!("{prefix}.InputsTopic.dlq")), dead_records(&dead, &lines));
     let view_errors = read_topic(&format!("{prefix}.applications-errors"), std::time::Duration::from_secs(3));
-    assert_eq!(view_errors.len(), bad, "messages whose content is not a product and a quantity");
+    assert_eq!(view_errors.len(), bad.len(), "messages whose content is not a product and a quantity");
+    // Each names its message: the input topic, a partition and an offset there.
+    for e in &view_errors {
+        let d: Value = serde_json::from_slice(e.value.as_deref().unwrap()).unwrap();
+        assert_eq!(d["position"]["topic"], json!(format!("{prefix}.InputsTopic")), "{d}");
+        assert!(d["position"]["offset"].is_u64() && d["position"]["partition"].is_u64(), "{d}");
+    }
 }
 
 /// The sales views killed mid-run (SIGKILL: no flush, no commit), more sales produced while

@@ -752,3 +752,21 @@ fn explain_names_the_group_bys_folded_together() {
     assert_eq!(notes["g1"], ["its GROUP BY folds `a` in one pass with the GROUP BYs of g2: one operator reads each row once"]);
     assert!(notes["out"].iter().all(|n| !n.contains("one pass")), "{:?}", notes["out"]);
 }
+
+/// The runtime keeps rows' source positions in flight only for inputs whose rows an expression
+/// that can fail reads as they were read: a row error there names its record.
+#[test]
+fn positions_are_kept_for_inputs_an_expression_can_fail_on() {
+    use dataflows::sql::render::inputs_of_row_errors;
+    let inputs = |sql: &str| inputs_of_row_errors(&compile(sql, &mut catalog()).unwrap()).into_iter().collect::<Vec<_>>();
+    assert_eq!(inputs("CREATE VIEW out AS SELECT k, x * 2 AS v FROM a WHERE x > 1;"), ["a"], "arithmetic can overflow");
+    assert_eq!(inputs("CREATE VIEW out AS SELECT k, CAST(s AS int) AS n FROM a;"), ["a"], "a cast can fail");
+    assert_eq!(inputs("CREATE VIEW out AS SELECT k, s FROM a WHERE x > 1 AND s IS NOT NULL;"), Vec::<String>::new());
+    assert_eq!(inputs("CREATE VIEW out AS SELECT k, COUNT(*) AS n, SUM(x) AS sx FROM a GROUP BY k;"), Vec::<String>::new());
+    assert_eq!(inputs("CREATE VIEW out AS SELECT k, SUM(x + 1) AS sx FROM a GROUP BY k;"), ["a"]);
+    assert_eq!(
+        inputs("CREATE VIEW g AS SELECT k, COUNT(*) AS n FROM b GROUP BY k;\nCREATE VIEW out AS SELECT k, n * 2 AS twice FROM g;"),
+        Vec::<String>::new(),
+        "a row of a view over a GROUP BY is no input's row"
+    );
+}

@@ -382,10 +382,17 @@ struct Sessions {
     restored_sensors: Option<InputSession<Time, dataflows::records::Reading, isize>>,
     /// the SQL inputs: their columns and sessions
     tables: BTreeMap<InputName, TableSession>,
+    /// the logical time the sessions are at
+    time: Time,
+    /// the source positions of the SQL rows read at each time in flight (not of upsert inputs:
+    /// their rows move to their key's worker)
+    read: InFlight,
 }
 
-/// A SQL input's columns and session.
-type TableSession = (Vec<dataflows::sql::Column>, TableInput);
+/// A SQL input's columns and session, and whether its rows' positions are kept while in
+/// flight: when a view's expression that can fail reads its rows as read
+/// (`inputs_of_row_errors`), and not for an upsert input (its rows move to their key's worker).
+type TableSession = (Vec<dataflows::sql::Column>, TableInput, bool);
 
 /// A SQL input's session: rows ranked by source position, or with an event time, rows that
 /// keep their bytes until their lateness is decided.
@@ -395,20 +402,60 @@ enum TableInput {
 }
 
 /// A row a view's expression failed on, as a dead letter of the view: the row as the raw
-/// bytes, and (the row does not carry its source position yet) a position that is a hash of
-/// the row, so that distinct rows are distinct dead letters.
-fn view_error(view: &str, reason: String, row: &dataflows::sql::SqlRow) -> DeadLetter {
-    use std::hash::BuildHasher;
-    let hash = dataflows::ops::FixedHasher::default().hash_one(row);
+/// bytes, and its source position when `read` has it (the row is an input's row as decoded on
+/// this worker), else a hash of the row, so that distinct rows are distinct dead letters.
+fn view_error(view: &str, reason: String, row: &dataflows::sql::SqlRow, read: Option<&mut ReadRows>) -> DeadLetter {
+    let hash = row_hash(row);
     let text: Vec<String> = row.iter().map(ToString::to_string).collect();
     DeadLetter {
         input: format!("view {view}"),
-        position: dataflows::records::Position::Index(hash),
+        position: read.and_then(|r| r.get(hash).cloned()).unwrap_or(dataflows::records::Position::Index(hash)),
         reason,
         raw: format!("({})", text.join(", ")).into_bytes(),
         key: None,
     }
 }
+
+fn row_hash(row: &dataflows::sql::SqlRow) -> u64 {
+    use std::hash::BuildHasher;
+    dataflows::ops::FixedHasher::default().hash_one(row)
+}
+
+/// The source positions of the rows a worker decoded at one logical time, with the hash of each
+/// row: what names a view's row error by its record, while the time is in flight. Reading
+/// only appends; the index by hash is built at the first error of the time (most times have
+/// none).
+#[derive(Default)]
+struct ReadRows {
+    read: Vec<(u64, dataflows::records::Position)>,
+    by_hash: Option<dataflows::ops::FastMap<u64, usize>>,
+}
+
+impl ReadRows {
+    fn push(&mut self, hash: u64, position: &dataflows::records::Position) {
+        if let Some(index) = &mut self.by_hash {
+            index.entry(hash).or_insert(self.read.len());
+        }
+        self.read.push((hash, position.clone()));
+    }
+
+    /// The position of the first row read with this hash.
+    fn get(&mut self, hash: u64) -> Option<&dataflows::records::Position> {
+        let read = &self.read;
+        let index = self.by_hash.get_or_insert_with(|| {
+            let mut index = dataflows::ops::FastMap::default();
+            for (i, (h, _)) in read.iter().enumerate() {
+                index.entry(*h).or_insert(i);
+            }
+            index
+        });
+        index.get(&hash).map(|&i| &read[i].1)
+    }
+}
+
+/// [`ReadRows`] of the times in flight, shared by a worker's sessions (which fill it) and the
+/// view errors' dead letters (which read it); a time's entry is dropped once the sinks passed it.
+type InFlight = Rc<RefCell<BTreeMap<Time, ReadRows>>>;
 
 impl Sessions {
     /// Decodes one record of input batch `batch` into its input, or into the dead letters with
@@ -461,12 +508,15 @@ impl Sessions {
                 Ok(())
             }),
             InputName::Table(_) => match self.tables.get_mut(&input) {
-                Some((columns, session)) => codec::decode_sql(bytes, columns).and_then(|row| {
+                Some((columns, session, positions)) => codec::decode_sql(bytes, columns).and_then(|row| {
                     // the source position ranks an upsert input's versions of a key
                     let rank = match &position {
                         dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
                         dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
                     };
+                    if *positions {
+                        self.read.borrow_mut().entry(self.time).or_default().push(row_hash(&row), &position);
+                    }
                     match session {
                         TableInput::Rows(s) => s.insert((rank, row)),
                         TableInput::Timed { column, max_future_ms, session } => {
@@ -517,7 +567,7 @@ impl Sessions {
         // through its lateness rule, which accepts them all (no earlier batch), and they carry
         // the watermark on (the newest row is always kept).
         for (name, kept) in &part.tables {
-            let Some((_, session)) = self.tables.iter_mut().find(|(n, _)| n.as_str() == name).map(|(_, s)| s) else { continue };
+            let Some((_, session, _)) = self.tables.iter_mut().find(|(n, _)| n.as_str() == name).map(|(_, s)| s) else { continue };
             for (rank, row, n) in &kept.rows {
                 match session {
                     TableInput::Rows(s) => s.update((*rank, row.clone()), *n),
@@ -551,7 +601,8 @@ impl Sessions {
         if let Some(s) = &mut self.restored_sensors {
             adv!(s);
         }
-        for (_, s) in self.tables.values_mut() {
+        self.time = t;
+        for (_, s, _) in self.tables.values_mut() {
             match s {
                 TableInput::Rows(s) => {
                     adv!(s);
@@ -781,6 +832,7 @@ fn run_worker(
     let mine = restored.as_ref();
     // The watermark then: from the greatest event time of all workers' parts.
     let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
+    let read: InFlight = Rc::default();
     let (mut sessions, probe, watermark, (open_readings, kept_rows), input_watermarks) = worker.dataflow::<Time, _, _>(|scope| {
         let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
         let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
@@ -804,6 +856,7 @@ fn run_worker(
         if let Some(sql) = &plan.sql {
             let mut sources = BTreeMap::new();
             let forgettable = dataflows::sql::render::forgettable_inputs(&sql.views, &sql.shapes());
+            let named_in_errors = dataflows::sql::render::inputs_of_row_errors(&sql.views);
             for t in &sql.tables {
                 let (ranked, watermark, session) = match &t.event_time {
                     None => {
@@ -839,7 +892,8 @@ fn run_worker(
                         (on_time.map(|(s, row)| (s.rank, row)), Some((maxima, e.allowed_lateness_ms)), session)
                     }
                 };
-                tables.insert(t.name, (t.columns.clone(), session));
+                let positions = t.key.is_empty() && named_in_errors.contains(t.name.as_str());
+                tables.insert(t.name, (t.columns.clone(), session, positions));
                 // With checkpoints: the rows the views need, kept at checkpoint times.
                 if let Some(every) = checkpoint_every {
                     use dataflows::sql::keep::{keep_rows, Forget};
@@ -870,7 +924,16 @@ fn run_worker(
                 view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow { view: id, values }))));
             }
             for r in rendered.values() {
-                view_errors.push(r.errors.clone().map(|(view, reason, row)| view_error(&view, reason, &row)));
+                use differential_dataflow::AsCollection;
+                use timely::dataflow::operators::vec::Map;
+                let read = read.clone();
+                view_errors.push(
+                    r.errors
+                        .inner
+                        .clone()
+                        .map(move |((view, reason, row), t, d)| (view_error(&view, reason, &row, read.borrow_mut().get_mut(&t)), t, d))
+                        .as_collection(),
+                );
             }
         }
         let dead = differential_dataflow::collection::concatenate(scope, std::iter::once(dead).chain(view_errors).chain(late_rows));
@@ -917,6 +980,8 @@ fn run_worker(
             compactor: checkpoint_every.map(|_| checkpoint::Compactor::default()),
             restored_sensors: restored_in,
             tables,
+            time: 0,
+            read: read.clone(),
         };
         (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks)
     });
@@ -995,6 +1060,8 @@ fn run_worker(
             while probe.less_equal(&oldest) {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            read.borrow_mut().retain(|t, _| frontier.is_some_and(|f| *t >= f));
         }
         tick(&jsonl, epoch, false);
     }
@@ -1088,6 +1155,8 @@ fn run_worker(
         for input in &mut inputs {
             input.source.acknowledged(frontier);
         }
+        // (the view errors of a time the sinks passed were all named)
+        read.borrow_mut().retain(|t, _| frontier.is_some_and(|f| *t >= f));
         if let Some(c) = &mut checkpoints {
             c.maybe(frontier, open_readings.as_ref(), &kept_rows)?;
             // The bindings through the latest checkpoint this process has whole are compacted.

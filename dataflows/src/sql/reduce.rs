@@ -312,7 +312,8 @@ pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduc
                                             row[width] = Value::Timestamp(s);
                                             row[width + 1] = Value::Timestamp(s + size);
                                             if let Err(e) = fold(&row) {
-                                                failed.push((Err((i, e, row.clone())), t, r));
+                                                // (the row as read: without its window)
+                                                failed.push((Err((i, e, row[..width].to_vec())), t, r));
                                             }
                                         }
                                     }

@@ -180,6 +180,62 @@ fn folded_together(views: &[View]) -> BTreeMap<&str, Vec<(&str, &Plan)>> {
     by_input
 }
 
+/// The inputs whose rows an expression that can fail reads as they were read (in a filter or
+/// map over the input, through filters only, or in a GROUP BY's keys and aggregates over it,
+/// under a window or not): a row error there is the input's row, and the runtime names it by
+/// its source position. Other inputs need no positions kept while their times are in flight.
+pub fn inputs_of_row_errors(views: &[View]) -> std::collections::BTreeSet<String> {
+    fn source_under(mut p: &Plan, window: bool) -> Option<&str> {
+        if let (true, Plan::Window { input, .. }) = (window, p) {
+            p = input;
+        }
+        while let Plan::Filter(input, _) = p {
+            p = input;
+        }
+        match p {
+            Plan::Source(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for v in views {
+        each_node(&v.plan, &mut |n| {
+            let read = match n {
+                Plan::Filter(input, e) if can_fail(e) => source_under(input, false),
+                Plan::Map(input, es) if es.iter().any(can_fail) => source_under(input, false),
+                Plan::Reduce { input, keys, aggs }
+                    if keys.iter().any(can_fail)
+                        || aggs
+                            .iter()
+                            .any(|a| can_fail(&a.arg) || (matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float)) =>
+                {
+                    source_under(input, true)
+                }
+                _ => None,
+            };
+            if let Some(s) = read {
+                out.insert(s.to_string());
+            }
+        });
+    }
+    out
+}
+
+/// Whether evaluating `e` can fail on a row of the planned types: arithmetic (overflow, division
+/// by zero), casts and functions can; columns, constants, comparisons and logic cannot.
+fn can_fail(e: &Expr) -> bool {
+    use super::plan::BinOp;
+    match e {
+        Expr::Column(_) | Expr::Literal(_) => false,
+        Expr::Binary(BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod, ..) => true,
+        Expr::Binary(_, a, b) => can_fail(a) || can_fail(b),
+        Expr::Not(a) | Expr::IsNull(a, _) => can_fail(a),
+        Expr::Case(arms, otherwise) => arms.iter().any(|(w, t)| can_fail(w) || can_fail(t)) || can_fail(otherwise),
+        Expr::InList(a, list, _) => can_fail(a) || list.iter().any(can_fail),
+        Expr::Neg(_) | Expr::Cast(..) | Expr::Call(..) => true,
+    }
+}
+
 /// Calls `f` on `p` and every plan under it, not through the views it reads.
 fn each_node<'p>(p: &'p Plan, f: &mut impl FnMut(&'p Plan)) {
     f(p);

@@ -475,8 +475,12 @@ impl KafkaSink {
     }
 
     fn dead_letter(&self, time: Time, d: &DeadLetter) -> Outgoing {
+        // A record the engine could not use goes back to its topic's dead-letter topic as it
+        // came; a view's row error (which names its record too) to the dead letters output.
         let source = match &d.position {
-            Position::Kafka { topic, partition, offset } => self.dlq.get(topic).map(|dlq| (dlq, topic, partition, offset)),
+            Position::Kafka { topic, partition, offset } if !d.input.starts_with("view ") => {
+                self.dlq.get(topic).map(|dlq| (dlq, topic, partition, offset))
+            }
             _ => None,
         };
         match source {
