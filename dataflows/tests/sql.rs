@@ -72,6 +72,9 @@ enum Query {
     /// two GROUP BYs over `a` (folded in one pass), joined: per k, COUNT(*), SUM(x) and
     /// COUNT(DISTINCT s)
     TwoGroups,
+    /// a filter and a GROUP BY over `a` (read in one pass), joined: each row of `a` with x > 2
+    /// and the count of its k
+    ChainAndGroup,
     /// the top n rows of a per k by x descending (NULLs first), then s: ROW_NUMBER() in a
     /// subquery, filtered by its number
     TopN { n: i64 },
@@ -97,6 +100,12 @@ impl Query {
                 format!("SELECT a.k AS ak, b.k AS bk FROM a {} JOIN b ON a.x = b.y", if *left { "LEFT" } else { "INNER" })
             }
             Query::Union => "SELECT k, x FROM a UNION ALL SELECT k, y FROM b".into(),
+            Query::ChainAndGroup => {
+                return "CREATE VIEW g AS SELECT k, COUNT(*) AS n FROM a GROUP BY k;\n\
+                        CREATE VIEW f AS SELECT k, x FROM a WHERE x > 2;\n\
+                        CREATE VIEW out AS SELECT f.k, f.x, g.n FROM f JOIN g ON f.k = g.k;"
+                    .into()
+            }
             Query::TwoGroups => {
                 return "CREATE VIEW g1 AS SELECT k, COUNT(*) AS n FROM a GROUP BY k;\n\
                         CREATE VIEW g2 AS SELECT k, SUM(x) AS sx, COUNT(DISTINCT s) AS ds FROM a GROUP BY k;\n\
@@ -178,6 +187,11 @@ impl Query {
                     })
                     .collect()
             }
+            Query::ChainAndGroup => a
+                .iter()
+                .filter(|r| r.x.is_some_and(|x| x > 2))
+                .map(|r| vec![Int(r.k), opt(r.x), Int(a.iter().filter(|q| q.k == r.k).count() as i64)])
+                .collect(),
             Query::TwoGroups => {
                 let mut groups: BTreeMap<i64, Vec<&A>> = BTreeMap::new();
                 for r in a {
@@ -446,6 +460,7 @@ fn query() -> impl Strategy<Value = Query> {
         (proptest::option::of(small.clone()), 0i64..3).prop_map(|(w, h)| Query::Group { w, h }),
         Just(Query::Global),
         Just(Query::TwoGroups),
+        Just(Query::ChainAndGroup),
         (any::<bool>(), proptest::option::of(small.clone())).prop_map(|(left, w)| Query::Join { left, w }),
         Just(Query::JoinGroup),
         any::<bool>().prop_map(|left| Query::JoinOnNullable { left }),
@@ -749,7 +764,10 @@ fn explain_names_the_group_bys_folded_together() {
     ]
     .into();
     let notes = physical_notes(&views, &shapes);
-    assert_eq!(notes["g1"], ["its GROUP BY folds `a` in one pass with the GROUP BYs of g2: one operator reads each row once"]);
+    assert_eq!(notes["g1"], ["it reads `a` in one pass with the readers of g2: one operator reads each row once"]);
+    let views = compile(&Query::ChainAndGroup.sql(), &mut catalog()).unwrap();
+    let notes = physical_notes(&views, &shapes);
+    assert_eq!(notes["f"][0], "it reads `a` in one pass with the readers of g: one operator reads each row once");
     assert!(notes["out"].iter().all(|n| !n.contains("one pass")), "{:?}", notes["out"]);
 }
 

@@ -243,18 +243,46 @@ pub struct Member<'s> {
 /// reason).
 pub type Reduced<'s> = (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>);
 
-/// The GROUP BYs `members` over the same `rows`, folded in one pass (one operator reads the
-/// rows once, instead of a copy of every row per GROUP BY): each worker first folds its rows
-/// of a time into one partial group per member and key, in place — the key is evaluated into a
-/// reused buffer and looked up by slice, so a row allocates nothing unless it starts a group —
-/// and sends them once the time is complete on it; then, per member, the partials are
-/// exchanged by key and merged in order of time.
+/// A row's result through a chain of stateless steps: a row that goes on, or one an
+/// expression failed on (with the reason).
+pub type Stepped = Result<SqlRow, (String, SqlRow)>;
+
+/// A chain of stateless steps over an input's rows (filters, maps, windows, lookups): it reads
+/// each row where it is and hands on what comes out.
+pub type Chain = Box<dyn FnMut(&SqlRow, &mut dyn FnMut(Stepped))>;
+
+/// What the one reader of an input hands each of its readers.
+enum Read {
+    /// a GROUP BY's partial group of a completed time
+    Partial(SqlRow, Group),
+    /// a row whose group key or aggregate arguments failed
+    Failed(String, SqlRow),
+    /// a chain's row
+    Row(Stepped),
+}
+
+/// The GROUP BYs `members` over the same `rows`, folded in one pass; see [`read_once`].
 pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduced<'s>> {
+    read_once(rows, members, Vec::new()).0
+}
+
+/// Every reader of the same `rows` — GROUP BYs (`members`) and chains of stateless steps
+/// (`chains`) — in one operator that reads each row once (not a copy of every row per reader):
+/// a chain takes the row where it is and its rows leave at once; each GROUP BY folds the
+/// worker's rows of a time into one partial group per key, in place — the key is evaluated
+/// into a reused buffer and looked up by slice, so a row allocates nothing unless it starts a
+/// group — and sends them once the time is complete on the worker; then, per member, the
+/// partials are exchanged by key and merged in order of time.
+pub fn read_once<'s>(
+    rows: Coll<'s, SqlRow>,
+    members: Vec<Member<'s>>,
+    mut chains: Vec<Chain>,
+) -> (Vec<Reduced<'s>>, Vec<Coll<'s, Stepped>>) {
     use timely::dataflow::operators::OkErr;
     type Merging<'s> = (String, Aggregates, Option<Retire<'s>>);
     let (folds, merging): (Vec<(Aggregates, Grouping)>, Vec<Merging<'s>>) =
         members.into_iter().map(|m| ((m.spec.clone(), m.grouping), (m.view, m.spec, m.retire))).unzip();
-    let n = folds.len();
+    let (n, m) = (folds.len(), chains.len());
     // A time's partial groups leave once the time is complete on this worker: a time of many
     // batches sends one partial per group, not one per group and batch (the reduce could not
     // complete the time earlier anyway).
@@ -262,15 +290,20 @@ pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduc
     let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Groups>)> = BTreeMap::new();
     let mut spare: Vec<Groups> = Vec::new();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
-    type Partial = Result<(usize, SqlRow, Group), (usize, String, SqlRow)>;
-    let folded = rows
+    let read = rows
         .inner
-        .unary_frontier(Pipeline, "ReduceLocal", move |_cap, _info| {
+        .unary_frontier(Pipeline, "ReadOnce", move |_cap, _info| {
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let mut failed: Vec<(Partial, Time, isize)> = Vec::new();
+                    let mut now: Vec<((usize, Read), Time, isize)> = Vec::new();
                     for batch in data {
                         for (row, t, r) in batch.drain(..) {
+                            for (j, chain) in chains.iter_mut().enumerate() {
+                                chain(&row, &mut |s| now.push(((n + j, Read::Row(s)), t, r)));
+                            }
+                            if n == 0 {
+                                continue;
+                            }
                             let groups = &mut partials
                                 .entry(t)
                                 .or_insert_with(|| {
@@ -300,7 +333,7 @@ pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduc
                                 match grouping.window {
                                     None => {
                                         if let Err(e) = fold(shared) {
-                                            failed.push((Err((i, e, shared.clone())), t, r));
+                                            now.push(((i, Read::Failed(e, shared.clone())), t, r));
                                         }
                                     }
                                     Some((time, size, slide)) => {
@@ -313,7 +346,7 @@ pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduc
                                             row[width + 1] = Value::Timestamp(s + size);
                                             if let Err(e) = fold(&row) {
                                                 // (the row as read: without its window)
-                                                failed.push((Err((i, e, row[..width].to_vec())), t, r));
+                                                now.push(((i, Read::Failed(e, row[..width].to_vec())), t, r));
                                             }
                                         }
                                     }
@@ -321,13 +354,13 @@ pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduc
                             }
                         }
                     }
-                    output.session(&cap).give_iterator(failed.into_iter());
+                    output.session(&cap).give_iterator(now.into_iter());
                 });
                 while partials.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
                     let (t, (cap, mut maps)) = partials.pop_first().expect("checked");
                     let mut session = output.session(&cap);
                     for (i, groups) in maps.iter_mut().enumerate() {
-                        session.give_iterator(groups.drain().map(|(k, g)| (Ok((i, k, g)), t, 1isize)));
+                        session.give_iterator(groups.drain().map(|(k, g)| ((i, Read::Partial(k, g)), t, 1isize)));
                     }
                     // (the emptied maps keep their capacity for the next time)
                     spare = maps;
@@ -335,23 +368,33 @@ pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduc
             }
         })
         .container::<Vec<_>>();
-    // Each member's partials and errors on a stream of its own (one operator, no copies).
-    use timely::dataflow::operators::vec::Partition;
-    let parts = folded.partition(n as u64, |(p, t, r)| match p {
-        Ok((i, k, g)) => (i as u64, (Ok((k, g)), t, r)),
-        Err((i, e, row)) => (i as u64, (Err((e, row)), t, r)),
-    });
-    merging
+    // Each reader's share on a stream of its own (one operator, no copies).
+    use timely::dataflow::operators::vec::{Map, Partition};
+    let mut parts = read.partition((n + m) as u64, |((i, x), t, r)| (i as u64, (x, t, r)));
+    let chained = parts
+        .split_off(n)
+        .into_iter()
+        .map(|p| {
+            p.map(|(x, t, r)| match x {
+                Read::Row(s) => (s, t, r),
+                _ => unreachable!("a chain's share holds its rows only"),
+            })
+            .as_collection()
+        })
+        .collect();
+    let reduced = merging
         .into_iter()
         .zip(parts)
         .map(|((view, spec, retire), mine)| {
-            let (partial, errors) = mine.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(p, t, r)| match p {
-                Ok(kg) => Ok((kg, t, r)),
-                Err(e) => Err((e, t, r)),
+            let (partial, errors) = mine.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(x, t, r)| match x {
+                Read::Partial(k, g) => Ok(((k, g), t, r)),
+                Read::Failed(e, row) => Err(((e, row), t, r)),
+                Read::Row(_) => unreachable!("a GROUP BY's share holds no chain's rows"),
             });
             (merge(&view, partial, spec, retire), errors.as_collection())
         })
-        .collect()
+        .collect();
+    (reduced, chained)
 }
 
 /// One member's partials, exchanged by key and merged into its groups in order of time.

@@ -2,6 +2,7 @@
 //! a reduce exchanges and arranges by its group key, a join both sides by the join key. Rows
 //! whose expressions fail leave as errors of their view (dead letters), the rest go on.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use timely::dataflow::Scope;
 
 use super::eval::{eval, truth};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{reduce, Aggregates, Grouping, Member, Reduced, Retire, FLOAT_SUM_LIMIT};
+use super::reduce::{read_once, Aggregates, Chain, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
 use super::value::{SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
@@ -55,20 +56,31 @@ pub struct Rendered<'s> {
 pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Source<'s>>) -> BTreeMap<String, Rendered<'s>> {
     let shapes: BTreeMap<String, Shape> = sources.iter().map(|(n, s)| (n.clone(), s.shape.clone())).collect();
     let lineage = Lineage::new(&shapes, views);
-    // GROUP BYs that read the same input fold it in one pass: one operator reads each row once
-    // for all of them.
+    // The readers of an input (GROUP BYs and chains of stateless steps) that more than one
+    // view or step reads: one operator reads each row once for all of them.
     let fused: Fused<'s> = RefCell::new(BTreeMap::new());
-    for (input, reduces) in folded_together(views) {
-        let members = reduces
-            .iter()
-            .map(|(view, node)| match node {
-                Plan::Reduce { input, keys, aggs } => reduce_member(input, keys, aggs, view, &lineage, sources).0,
-                _ => unreachable!("a reduce"),
-            })
-            .collect();
+    for (input, readers) in read_together(views, &lineage) {
+        let (mut members, mut chains, mut nodes) = (Vec::new(), Vec::new(), (Vec::new(), Vec::new()));
+        for (view, node) in readers {
+            match node {
+                Plan::Reduce { input, keys, aggs } => {
+                    members.push(reduce_member(input, keys, aggs, view, &lineage, sources).0);
+                    nodes.0.push(node);
+                }
+                _ => {
+                    chains.push(chain(stateless_steps(node, &lineage).1));
+                    nodes.1.push(node);
+                }
+            }
+        }
         let rows = sources.get(input).unwrap_or_else(|| panic!("the input `{input}` was not given")).rows.clone();
-        for ((_, node), reduced) in reduces.iter().zip(reduce(rows, members)) {
-            fused.borrow_mut().insert(*node as *const Plan as usize, reduced);
+        let (reduced, chained) = read_once(rows, members, chains);
+        let mut fused = fused.borrow_mut();
+        for (node, r) in nodes.0.into_iter().zip(reduced) {
+            fused.insert(node as *const Plan as usize, Reader::Reduce(r));
+        }
+        for (node, c) in nodes.1.into_iter().zip(chained) {
+            fused.insert(node as *const Plan as usize, Reader::Chain(c));
         }
     }
     let mut done: BTreeMap<String, Rendered<'s>> = BTreeMap::new();
@@ -159,24 +171,45 @@ pub fn forgettable_inputs(views: &[View], shapes: &BTreeMap<String, Shape>) -> B
     out
 }
 
-/// The GROUP BYs (view, plan node) that read the same input directly (or under a window) and
-/// fold it in one pass, by input: only inputs that two or more read.
-fn folded_together(views: &[View]) -> BTreeMap<&str, Vec<(&str, &Plan)>> {
-    let mut by_input: BTreeMap<&str, Vec<(&str, &Plan)>> = BTreeMap::new();
-    for v in views {
-        each_node(&v.plan, &mut |n| {
-            if let Plan::Reduce { input, .. } = n {
+/// The readers (view, plan node) of each input that two or more read directly: a GROUP BY over
+/// it (or over a window of it), a chain of stateless steps over it — as `plan` renders them.
+fn read_together<'v>(views: &'v [View], lineage: &Lineage<'_>) -> BTreeMap<&'v str, Vec<(&'v str, &'v Plan)>> {
+    fn walk<'v>(view: &'v str, p: &'v Plan, lineage: &Lineage<'_>, out: &mut BTreeMap<&'v str, Vec<(&'v str, &'v Plan)>>) {
+        let (under, steps) = stateless_steps(p, lineage);
+        if !steps.is_empty() {
+            match under {
+                Plan::Source(s) => out.entry(s.as_str()).or_default().push((view, p)),
+                _ => walk(view, under, lineage, out),
+            }
+            return;
+        }
+        match p {
+            Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
+            Plan::Reduce { input, .. } => {
                 let under = match &**input {
                     Plan::Window { input, .. } => input,
                     other => other,
                 };
-                if let Plan::Source(s) = under {
-                    by_input.entry(s.as_str()).or_default().push((v.name.as_str(), n));
+                match under {
+                    Plan::Source(s) => out.entry(s.as_str()).or_default().push((view, p)),
+                    _ => walk(view, under, lineage, out),
                 }
             }
-        });
+            Plan::Join { left, right, .. } => {
+                walk(view, left, lineage, out);
+                walk(view, right, lineage, out);
+            }
+            Plan::Union(parts) => parts.iter().for_each(|q| walk(view, q, lineage, out)),
+            Plan::Rank { input, .. } | Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => {
+                walk(view, input, lineage, out)
+            }
+        }
     }
-    by_input.retain(|_, reduces| reduces.len() > 1);
+    let mut by_input = BTreeMap::new();
+    for v in views {
+        walk(&v.name, &v.plan, lineage, &mut by_input);
+    }
+    by_input.retain(|_, readers| readers.len() > 1);
     by_input
 }
 
@@ -292,17 +325,17 @@ pub fn physical_notes(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTree
     }
     let lineage = Lineage::new(shapes, views);
     let mut notes = BTreeMap::new();
-    let together = folded_together(views);
+    let together = read_together(views, &lineage);
     for v in views {
         let mut out = Vec::new();
         walk(&lineage, &v.plan, &mut out);
-        for (input, reduces) in &together {
-            if reduces.iter().any(|(view, _)| *view == v.name) {
-                let mut others: Vec<&str> = reduces.iter().map(|(view, _)| *view).filter(|o| *o != v.name).collect();
+        for (input, readers) in &together {
+            if readers.iter().any(|(view, _)| *view == v.name) {
+                let mut others: Vec<&str> = readers.iter().map(|(view, _)| *view).filter(|o| *o != v.name).collect();
                 others.dedup();
                 let others =
-                    if others.is_empty() { "its other GROUP BY".to_string() } else { format!("the GROUP BYs of {}", others.join(", ")) };
-                out.push(format!("its GROUP BY folds `{input}` in one pass with {others}: one operator reads each row once"));
+                    if others.is_empty() { "its other readers".to_string() } else { format!("the readers of {}", others.join(", ")) };
+                out.push(format!("it reads `{input}` in one pass with {others}: one operator reads each row once"));
             }
         }
         if lineage.monotone(&v.plan) {
@@ -468,9 +501,15 @@ impl<'a> Lineage<'a> {
 type Reads<'a, 's> =
     (Scope<'s, Time>, &'a BTreeMap<String, Source<'s>>, &'a BTreeMap<String, Rendered<'s>>, &'a Lineage<'a>, &'a Fused<'s>);
 
-/// The GROUP BYs folded together with others over the same input, by the address of their
-/// plan node: what each one's merge gives.
-type Fused<'s> = RefCell<BTreeMap<usize, Reduced<'s>>>;
+/// The readers of an input that read it together with others, by the address of their plan
+/// node: what each gives.
+type Fused<'s> = RefCell<BTreeMap<usize, Reader<'s>>>;
+
+/// What a reader of an input gives: a GROUP BY's rows and errors, a chain's rows.
+enum Reader<'s> {
+    Reduce(Reduced<'s>),
+    Chain(Coll<'s, Stepped>),
+}
 
 /// One GROUP BY of a view (`input`, `keys`, `aggs` of a `Plan::Reduce`) as a member of a fold,
 /// and the plan whose rows it folds (under a window the fold sets in place).
@@ -578,28 +617,25 @@ fn stateless_steps<'p>(mut p: &'p Plan, lineage: &Lineage<'_>) -> (&'p Plan, Vec
     (p, steps)
 }
 
-/// A row's result through a chain: a row that goes on, or one an expression failed on.
-type Stepped = Result<SqlRow, (String, SqlRow)>;
-
 /// Runs `row` through `steps`, handing every row that comes out (or fails) to `emit`. `key`
 /// and `joined` are reused buffers: a lookup's key, and a joined row that a filter right
 /// after the lookup judges before it is copied (most rows of an alert stream are not).
-fn run_steps(steps: &[Step], row: SqlRow, (key, joined): (&mut SqlRow, &mut SqlRow), emit: &mut impl FnMut(Stepped)) {
-    let Some((step, rest)) = steps.split_first() else { return emit(Ok(row)) };
+fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, (key, joined): (&mut SqlRow, &mut SqlRow), emit: &mut impl FnMut(Stepped)) {
+    let Some((step, rest)) = steps.split_first() else { return emit(Ok(row.into_owned())) };
     match step {
         Step::Filter(predicate) => match eval(predicate, &row).and_then(truth) {
             Ok(Some(true)) => run_steps(rest, row, (key, joined), emit),
             Ok(_) => {}
-            Err(e) => emit(Err((e, row))),
+            Err(e) => emit(Err((e, row.into_owned()))),
         },
         Step::Map(exprs) => match exprs.iter().map(|e| eval(e, &row)).collect() {
-            Ok(out) => run_steps(rest, out, (key, joined), emit),
-            Err(e) => emit(Err((e, row))),
+            Ok(out) => run_steps(rest, Cow::Owned(out), (key, joined), emit),
+            Err(e) => emit(Err((e, row.into_owned()))),
         },
         Step::Window { time, size, slide } => {
             for s in window_starts(&row[*time], *size, *slide) {
                 let windowed = row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect();
-                run_steps(rest, windowed, (key, joined), emit);
+                run_steps(rest, Cow::Owned(windowed), (key, joined), emit);
             }
         }
         Step::Lookup { keys, table, outer, arity } => {
@@ -607,7 +643,7 @@ fn run_steps(steps: &[Step], row: SqlRow, (key, joined): (&mut SqlRow, &mut SqlR
             for k in keys {
                 match eval(k, &row) {
                     Ok(v) => key.push(v),
-                    Err(e) => return emit(Err((e, row))),
+                    Err(e) => return emit(Err((e, row.into_owned()))),
                 }
             }
             // (a NULL key matches nothing; a left join keeps an unmatched row with NULLs)
@@ -622,79 +658,48 @@ fn run_steps(steps: &[Step], row: SqlRow, (key, joined): (&mut SqlRow, &mut SqlR
                 }
                 match rest.split_first() {
                     Some((Step::Filter(predicate), after)) => match eval(predicate, joined).and_then(truth) {
-                        Ok(Some(true)) => run_steps(after, joined.clone(), (key, joined), emit),
+                        Ok(Some(true)) => run_steps(after, Cow::Owned(joined.clone()), (key, joined), emit),
                         Ok(_) => {}
                         Err(e) => emit(Err((e, joined.clone()))),
                     },
-                    _ => run_steps(rest, joined.clone(), (key, joined), emit),
+                    _ => run_steps(rest, Cow::Owned(joined.clone()), (key, joined), emit),
                 }
             }
         }
     }
 }
 
+/// `steps` as a chain that reads a row where it is.
+fn chain(steps: Vec<Step>) -> Chain {
+    let (mut key, mut joined) = (SqlRow::new(), SqlRow::new());
+    Box::new(move |row: &SqlRow, emit: &mut dyn FnMut(Stepped)| {
+        run_steps(&steps, Cow::Borrowed(row), (&mut key, &mut joined), &mut |s| emit(s))
+    })
+}
+
 fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
     let (scope, sources, views, lineage, fused) = reads;
-    // A run of stateless steps is one operator: no container, exchange or row between steps.
+    // A run of stateless steps is one operator: no container, exchange or row between steps
+    // (with the input's other readers, when it reads an input with others).
     let (under, steps) = stateless_steps(p, lineage);
-    {
-        if steps.len() > 1 || matches!(steps.first(), Some(Step::Lookup { .. })) {
-            use differential_dataflow::AsCollection;
-            use timely::dataflow::channels::pact::Pipeline;
-            use timely::dataflow::operators::generic::operator::Operator;
-            let rows = plan(under, view, reads, errors);
-            let (mut key, mut joined, mut out) = (SqlRow::new(), SqlRow::new(), Vec::new());
-            let stepped = rows
-                .inner
-                .unary::<timely::container::CapacityContainerBuilder<Vec<(Stepped, Time, isize)>>, _, _, _>(
-                    Pipeline,
-                    "Stateless",
-                    move |_cap, _info| {
-                        move |input, output| {
-                            input.for_each_stamp(|cap, data| {
-                                for batch in data {
-                                    for (row, t, d) in batch.drain(..) {
-                                        run_steps(&steps, row, (&mut key, &mut joined), &mut |r| out.push((r, t, d)));
-                                    }
-                                }
-                                output.session(&cap).give_iterator(out.drain(..));
-                            });
-                        }
-                    },
-                )
-                .as_collection();
-            return split(stepped, view, errors);
-        }
+    if !steps.is_empty() {
+        let read_with_others = fused.borrow_mut().remove(&(p as *const Plan as usize));
+        let stepped = match read_with_others {
+            Some(Reader::Chain(c)) => c,
+            Some(Reader::Reduce(_)) => unreachable!("a chain's node"),
+            None => {
+                let rows = plan(under, view, reads, errors);
+                let (_, mut chained) = read_once(rows, Vec::new(), vec![chain(steps)]);
+                chained.pop().expect("one chain, one result")
+            }
+        };
+        return split(stepped, view, errors);
     }
     match p {
         Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).rows.clone(),
         Plan::View(n) => views[n].rows.clone(),
         Plan::Constant(rows) => constant(scope, rows.clone()),
-        Plan::Filter(input, predicate) => {
-            let predicate = predicate.clone();
-            let rows = plan(input, view, reads, errors).flat_map(move |row| match eval(&predicate, &row).and_then(truth) {
-                Ok(Some(true)) => Some(Ok(row)),
-                Ok(_) => None,
-                Err(e) => Some(Err((e, row))),
-            });
-            split(rows, view, errors)
-        }
-        Plan::Map(input, exprs) => {
-            let exprs = exprs.clone();
-            let rows = plan(input, view, reads, errors).map(move |row| match exprs.iter().map(|e| eval(e, &row)).collect() {
-                Ok(out) => Ok(out),
-                Err(e) => Err((e, row)),
-            });
-            split(rows, view, errors)
-        }
-        Plan::Window { input, time, size, slide } => {
-            let (time, size, slide) = (*time, *size, *slide);
-            plan(input, view, reads, errors).flat_map(move |row| {
-                window_starts(&row[time], size, slide)
-                    .map(|s| row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect::<SqlRow>())
-                    .collect::<Vec<_>>()
-            })
-        }
+        Plan::Filter(..) | Plan::Map(..) | Plan::Window { .. } => unreachable!("stateless steps, above"),
         Plan::Union(parts) => {
             let parts: Vec<Coll<'s, SqlRow>> = parts.iter().map(|q| plan(q, view, reads, errors)).collect();
             differential_dataflow::collection::concatenate(scope, parts)
@@ -758,13 +763,14 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             // SQL's global aggregate has a row even over no input: the empty group's, while no
             // group exists.
             let empty = keys.is_empty().then(|| Aggregates { aggs: aggs.clone(), monotone: true }.empty_row());
-            let folded_with_others = fused.borrow_mut().remove(&(p as *const Plan as usize));
-            let (grouped, failed) = match folded_with_others {
-                Some(reduced) => reduced,
+            let read_with_others = fused.borrow_mut().remove(&(p as *const Plan as usize));
+            let (grouped, failed) = match read_with_others {
+                Some(Reader::Reduce(reduced)) => reduced,
+                Some(Reader::Chain(_)) => unreachable!("a GROUP BY's node"),
                 None => {
                     let (member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
                     let rows = plan(under, view, reads, errors);
-                    reduce(rows, vec![member]).pop().expect("one member, one result")
+                    read_once(rows, vec![member], Vec::new()).0.pop().expect("one member, one result")
                 }
             };
             let name = view.to_string();
