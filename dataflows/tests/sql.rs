@@ -788,3 +788,61 @@ fn positions_are_kept_for_inputs_an_expression_can_fail_on() {
         "a row of a view over a GROUP BY is no input's row"
     );
 }
+
+/// What a checkpoint keeps of an input, time by time: every distinct row with its count, a row
+/// forgotten once the watermark passes the end of its tumbling window (the newest row stays);
+/// of an upsert input, each key's latest version by rank. The state metrics count the rows.
+#[test]
+fn a_checkpoint_keeps_the_rows_the_views_need() {
+    use dataflows::sql::keep::{keep_rows, Forget, KeptRows};
+    let ts = |t: i64, k: &str| vec![Value::Timestamp(t), Value::Text(k.into())];
+    let states = timely::execute_directly(move |worker| {
+        let (mut counted, mut latest, logs) = worker.dataflow::<Time, _, _>(|scope| {
+            let (counted, rows) = scope.new_collection::<(u64, SqlRow), isize>();
+            let forget = Forget { column: 0, sizes: vec![10], lateness_ms: 2 };
+            let a = keep_rows(rows, "keep_counted", Vec::new(), Some(forget), 1);
+            let (latest, rows) = scope.new_collection::<(u64, SqlRow), isize>();
+            let b = keep_rows(rows, "keep_latest", vec![1], None, 1);
+            (counted, latest, (a, b))
+        });
+        counted.update((0, ts(1, "a")), 1);
+        counted.update((0, ts(5, "b")), 2);
+        latest.insert((7, ts(1, "k")));
+        latest.insert((3, ts(2, "k")));
+        for t in 1..3 {
+            counted.advance_to(t);
+            latest.advance_to(t);
+            if t == 1 {
+                // the watermark 13 - 2 passes the end (10) of the first window; 11 is in the next
+                counted.update((0, ts(13, "c")), 1);
+                counted.update((0, ts(11, "d")), 1);
+                latest.insert((9, ts(3, "k")));
+            }
+            counted.flush();
+            latest.flush();
+            for _ in 0..50 {
+                worker.step();
+            }
+        }
+        let sizes = dataflows::state::sizes();
+        let gauges = [sizes[&("keep_counted".to_string(), "KeepRows")], sizes[&("keep_latest".to_string(), "KeepRows")]];
+        drop((counted, latest));
+        while worker.step() {}
+        let sorted = |k: Option<std::rc::Rc<KeptRows>>| {
+            let mut rows = k.expect("a state at the checkpoint time").rows.clone();
+            rows.sort();
+            rows
+        };
+        let (a, b) = logs;
+        let (a, b) = (a.borrow(), b.borrow());
+        ([sorted(a.at(0)), sorted(a.at(1)), sorted(b.at(0)), sorted(b.at(1))], gauges)
+    });
+    let (states, gauges) = states;
+    assert_eq!(gauges, [2, 1], "the state metrics count the rows kept");
+    assert_eq!(states[0], vec![(0, ts(1, "a"), 1), (0, ts(5, "b"), 2)]);
+    assert_eq!(states[1], vec![(0, ts(11, "d"), 1), (0, ts(13, "c"), 1)], "the first window is final");
+    assert_eq!(states[2], vec![(7, ts(1, "k"), 1)], "the latest version by rank, not by arrival");
+    assert_eq!(states[3], vec![(9, ts(3, "k"), 1)]);
+    let sizes = dataflows::state::sizes();
+    assert_eq!(sizes.get(&("keep_counted".to_string(), "KeepRows")), None, "the operators are gone with the worker");
+}

@@ -902,7 +902,7 @@ fn run_worker(
                         sizes: sizes.clone(),
                         lateness_ms: e.allowed_lateness_ms,
                     });
-                    kept_rows.push((t.name.as_str().to_string(), keep_rows(ranked.clone(), t.key.clone(), forget, every)));
+                    kept_rows.push((t.name.as_str().to_string(), keep_rows(ranked.clone(), t.name.as_str(), t.key.clone(), forget, every)));
                 }
                 // An upsert input's row per key is its latest version by source position.
                 let rows = if t.key.is_empty() {

@@ -110,6 +110,13 @@ impl Kept {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Kept::Latest { rows, .. } => rows.len(),
+            Kept::Counted { rows, .. } => rows.len(),
+        }
+    }
+
     fn state(&self) -> KeptRows {
         let rows = match self {
             Kept::Latest { rows, .. } => rows.values().map(|(rank, row)| (*rank, row.clone(), 1)).collect(),
@@ -123,8 +130,10 @@ impl Kept {
 /// upsert): with `key`, each key's latest version; else every distinct row, forgotten as
 /// `forget` says. Records it at every checkpoint time (multiples of `every`) this worker
 /// passes.
-pub fn keep_rows<'s>(rows: Coll<'s, (u64, SqlRow)>, key: Vec<usize>, forget: Option<Forget>, every: Time) -> KeptRowsLog {
+/// `input` names it in the state metrics (`KeepRows`).
+pub fn keep_rows<'s>(rows: Coll<'s, (u64, SqlRow)>, input: &str, key: Vec<usize>, forget: Option<Forget>, every: Time) -> KeptRowsLog {
     let log: KeptRowsLog = Rc::new(RefCell::new(Snapshots::new(every)));
+    let size = crate::state::StateSize::new(input, "KeepRows");
     let out = log.clone();
     let mut kept = if key.is_empty() {
         Kept::Counted { rows: FastMap::default(), forget: forget.map(|f| (f, BTreeMap::new(), None)) }
@@ -142,6 +151,7 @@ pub fn keep_rows<'s>(rows: Coll<'s, (u64, SqlRow)>, key: Vec<usize>, forget: Opt
                     kept.apply(rank, row, diff);
                 }
                 kept.forget();
+                size.set(kept.len());
             }
             let bound = frontier.frontier().iter().min().copied().unwrap_or(Time::MAX);
             log.borrow_mut().passed(bound, || kept.state());
