@@ -532,16 +532,6 @@ fn assert_offsets_kept(topic: &str, early: &BTreeMap<i32, i64>, later: u64) {
     assert_eq!(fresh, later, "{topic}: the records produced after the retention");
 }
 
-/// The checkpoint times under `checkpoints` (of a run of two workers) at which the parts of
-/// `workers` are all there, oldest first.
-fn checkpoint_times(checkpoints: &Path, workers: std::ops::Range<usize>) -> Vec<u64> {
-    let mut times: Vec<u64> =
-        std::fs::read_dir(checkpoints).map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
-    times.retain(|t| workers.clone().all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
-    times.sort();
-    times
-}
-
 /// A config's text with `lines` added to its `[runtime]` table (the first table of
 /// [`kafka_config`]'s files).
 fn with_runtime(text: &str, lines: &str) -> String {

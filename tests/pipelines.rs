@@ -609,24 +609,7 @@ fn through_kafka(dir: &Path, pipeline: &str, kind: &str, count: &str, topics: &[
     let input = format!("{prefix}.{}", topics[0]);
     create_topics(&[input.clone()], 3);
     let (_, text) = generate(dir, kind, count);
-    let bootstrap = kafka_bootstrap();
-    let o = diffstream(&[
-        "gen",
-        kind,
-        "--count",
-        count,
-        "--seed",
-        "11",
-        "--users",
-        "300",
-        "--to",
-        "kafka",
-        "--topic",
-        &input,
-        "--bootstrap",
-        &bootstrap,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    produce(kind, &input, 0, count.parse().expect("a count"));
     let config = kafka_config(dir, pipeline, &prefix, topics, database);
     let o = std::process::Command::new(bin())
         .args(["run", "--config", config.to_str().unwrap(), "-q"])
@@ -783,13 +766,7 @@ fn sales_killed_and_restarted(checkpoints: bool) {
     }
     // With checkpoints: two more after the first output, so the latest holds views' rows.
     let checkpoints_dir = dir.path().join("state").join("checkpoints");
-    let complete = || -> Vec<u64> {
-        let mut times: Vec<u64> = std::fs::read_dir(&checkpoints_dir)
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        times.retain(|t| (0..2).all(|w| checkpoints_dir.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
-        times
-    };
+    let complete = || checkpoint_times(&checkpoints_dir, 0..2);
     let before = complete().into_iter().max();
     while checkpoints && complete().into_iter().filter(|t| Some(*t) > before).count() < 2 {
         assert!(std::time::Instant::now() < deadline, "no checkpoints of the views within 60 s");
@@ -887,14 +864,7 @@ fn sensor_views_restart_from_a_checkpoint_of_the_open_windows_only() {
         .spawn()
         .unwrap();
     let checkpoints = state.join("checkpoints");
-    let complete = || -> Vec<u64> {
-        let mut times: Vec<u64> = std::fs::read_dir(&checkpoints)
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        times.retain(|t| (0..2).all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
-        times.sort_unstable();
-        times
-    };
+    let complete = || checkpoint_times(&checkpoints, 0..2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     // Two checkpoints after the first run has written windows ten minutes in.
     while !topic_state(&format!("{prefix}.windowed_metrics")).iter().any(|r| r.contains("\"window_start\":\"2026-09-21T14:23:00")) {

@@ -191,3 +191,13 @@ pub fn mongo_rows(db: &mongodb::sync::Database, collection: &str) -> Vec<serde_j
     out.sort_by_key(|v| v.to_string());
     out
 }
+
+/// The checkpoint times under `checkpoints` (of a run of two workers) at which the parts of
+/// `workers` are all there, oldest first.
+pub fn checkpoint_times(checkpoints: &Path, workers: std::ops::Range<usize>) -> Vec<u64> {
+    let mut times: Vec<u64> =
+        std::fs::read_dir(checkpoints).map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
+    times.retain(|t| workers.clone().all(|w| checkpoints.join(t.to_string()).join(format!("worker-{w}-of-2.bin")).exists()));
+    times.sort();
+    times
+}
