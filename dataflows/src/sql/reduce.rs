@@ -261,11 +261,6 @@ enum Read {
     Row(Stepped),
 }
 
-/// The GROUP BYs `members` over the same `rows`, folded in one pass; see [`read_once`].
-pub fn reduce<'s>(rows: Coll<'s, SqlRow>, members: Vec<Member<'s>>) -> Vec<Reduced<'s>> {
-    read_once(rows, members, Vec::new()).0
-}
-
 /// Every reader of the same `rows` — GROUP BYs (`members`) and chains of stateless steps
 /// (`chains`) — in one operator that reads each row once (not a copy of every row per reader):
 /// a chain takes the row where it is and its rows leave at once; each GROUP BY folds the

@@ -185,24 +185,17 @@ fn read_together<'v>(views: &'v [View], lineage: &Lineage<'_>) -> BTreeMap<&'v s
         }
         match p {
             Plan::Source(_) | Plan::View(_) | Plan::Constant(_) => {}
-            Plan::Reduce { input, .. } => {
-                let under = match &**input {
-                    Plan::Window { input, .. } => input,
-                    other => other,
-                };
-                match under {
-                    Plan::Source(s) => out.entry(s.as_str()).or_default().push((view, p)),
-                    _ => walk(view, under, lineage, out),
-                }
-            }
+            Plan::Reduce { input, .. } => match under_window(input) {
+                Plan::Source(s) => out.entry(s.as_str()).or_default().push((view, p)),
+                under => walk(view, under, lineage, out),
+            },
             Plan::Join { left, right, .. } => {
                 walk(view, left, lineage, out);
                 walk(view, right, lineage, out);
             }
             Plan::Union(parts) => parts.iter().for_each(|q| walk(view, q, lineage, out)),
-            Plan::Rank { input, .. } | Plan::Filter(input, _) | Plan::Map(input, _) | Plan::Window { input, .. } => {
-                walk(view, input, lineage, out)
-            }
+            Plan::Rank { input, .. } => walk(view, input, lineage, out),
+            Plan::Filter(..) | Plan::Map(..) | Plan::Window { .. } => unreachable!("stateless steps, above"),
         }
     }
     let mut by_input = BTreeMap::new();
@@ -219,8 +212,8 @@ fn read_together<'v>(views: &'v [View], lineage: &Lineage<'_>) -> BTreeMap<&'v s
 /// its source position. Other inputs need no positions kept while their times are in flight.
 pub fn inputs_of_row_errors(views: &[View]) -> std::collections::BTreeSet<String> {
     fn source_under(mut p: &Plan, window: bool) -> Option<&str> {
-        if let (true, Plan::Window { input, .. }) = (window, p) {
-            p = input;
+        if window {
+            p = under_window(p);
         }
         while let Plan::Filter(input, _) = p {
             p = input;
@@ -266,6 +259,14 @@ fn can_fail(e: &Expr) -> bool {
         Expr::Case(arms, otherwise) => arms.iter().any(|(w, t)| can_fail(w) || can_fail(t)) || can_fail(otherwise),
         Expr::InList(a, list, _) => can_fail(a) || list.iter().any(can_fail),
         Expr::Neg(_) | Expr::Cast(..) | Expr::Call(..) => true,
+    }
+}
+
+/// What a GROUP BY over `input` folds: the plan under a window it sets in place, else `input`.
+fn under_window(input: &Plan) -> &Plan {
+    match input {
+        Plan::Window { input, .. } => input,
+        other => other,
     }
 }
 
