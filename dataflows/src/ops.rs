@@ -124,16 +124,18 @@ where
             .unary_frontier(exchange, "CountMap", |_cap, _info| {
                 let mut pending: Stash<K> = Default::default();
                 let mut counts: FastMap<K, isize> = FastMap::default();
+                // A time's diffs per key; kept from time to time (drained, not dropped) so that
+                // a time of many keys neither regrows nor refaults its table.
+                let mut deltas: FastMap<K, isize> = FastMap::default();
                 move |(input, frontier), output| {
                     stash_by_time(input, &mut pending, output.output_index());
                     while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
                         let (t, (cap, updates)) = pending.pop_first().expect("checked");
-                        let mut deltas: FastMap<K, isize> = FastMap::default();
                         for (k, r) in updates {
                             *deltas.entry(k).or_insert(0) += r;
                         }
                         let mut session = output.session(&cap);
-                        for (k, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
+                        for (k, delta) in deltas.drain().filter(|(_, d)| *d != 0) {
                             let old = counts.get(&k).copied().unwrap_or(0);
                             let new = old + delta;
                             if old != 0 {
@@ -174,11 +176,12 @@ where
         .unary_frontier(exchange, "Upsert", |_cap, _info| {
             let mut pending: Stash<(K, R, D)> = Default::default();
             let mut current: FastMap<K, (R, D)> = FastMap::default();
+            // a time's best record per key, drained each time (its table kept)
+            let mut best: FastMap<K, (R, D)> = FastMap::default();
             move |(input, frontier), output| {
                 stash_by_time(input, &mut pending, output.output_index());
                 while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
                     let (t, (cap, records)) = pending.pop_first().expect("checked");
-                    let mut best: FastMap<K, (R, D)> = FastMap::default();
                     for ((k, rank, row), r) in records {
                         debug_assert!(r > 0, "upsert inputs are insert-only");
                         match best.entry(k) {
@@ -192,7 +195,7 @@ where
                         }
                     }
                     let mut session = output.session(&cap);
-                    for (k, (rank, row)) in best {
+                    for (k, (rank, row)) in best.drain() {
                         match current.get_mut(&k) {
                             Some((r, old)) if rank > *r => {
                                 session.give((std::mem::replace(old, row.clone()), t, -1));

@@ -51,6 +51,8 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
             let mut profiles: Stash<User> = BTreeMap::new();
             let mut counts: Stash<(Id, isize)> = BTreeMap::new();
             let mut state: FastMap<Id, Joined> = FastMap::default();
+            // a time's changes per user, drained each time (its table kept, not regrown)
+            let mut by_user: FastMap<Id, (Option<User>, Vec<(isize, isize)>)> = FastMap::default();
             move |(in1, f1), (in2, f2), output| {
                 stash_by_time(in1, &mut profiles, output.output_index());
                 stash_by_time(in2, &mut counts, output.output_index());
@@ -67,7 +69,6 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                     let (cap1, versions) = profiles.remove(&next).map_or((None, Default::default()), |(c, d)| (Some(c), d));
                     let (cap2, changes) = counts.remove(&next).map_or((None, Default::default()), |(c, d)| (Some(c), d));
                     let cap = cap1.or(cap2).expect("a pending time has a capability");
-                    let mut by_user: FastMap<Id, (Option<User>, Vec<(isize, isize)>)> = FastMap::default();
                     for (u, diff) in versions {
                         debug_assert!(diff > 0, "profiles are insert-only");
                         let newest = &mut by_user.entry(u.user_id.clone()).or_default().0;
@@ -79,7 +80,7 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                         by_user.entry(k).or_default().1.push((n, diff));
                     }
                     let mut session = output.session(&cap);
-                    for (user_id, (newest, count_changes)) in by_user {
+                    for (user_id, (newest, count_changes)) in by_user.drain() {
                         let joined = state.entry(user_id.clone()).or_default();
                         let newer = newest.filter(|u| joined.profile.as_ref().is_none_or(|(p, ..)| u.position > *p));
                         if newer.is_none() && count_changes.is_empty() {
