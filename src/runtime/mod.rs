@@ -33,7 +33,7 @@ use crate::codec;
 use crate::config::kafka::{KafkaConnection, KafkaOutput};
 use crate::config::MongoOutput;
 use crate::sinks::health::Health;
-use crate::sinks::jsonl::runs::{Merged, Runs};
+use crate::sinks::jsonl::runs::{Merged, SortedStreams};
 use crate::sinks::jsonl::{self, JsonlSink, SnapshotRow};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongodb::MongoSink;
@@ -1246,32 +1246,34 @@ fn all_gather<D: timely::ExchangeData + Clone>(worker: &mut timely::worker::Work
     all.into_iter().map(|(_, d)| d).collect()
 }
 
-/// Sends every worker's `rows` (in snapshot order) to the first worker through a dataflow of
-/// its own (so it works across processes), in chunks of [`jsonl::RUN_ROWS`], each sent only
-/// once the previous one was received, so no worker buffers more than a chunk. The first
-/// worker gathers into sorted runs under `spill` and returns their merge; others return
-/// `None`. Every worker must call it.
+/// Sends every other worker's `rows` (in snapshot order) to the first worker through a
+/// dataflow of its own (so it works across processes), in chunks of [`jsonl::RUN_ROWS`], each
+/// sent only once the previous one was received, so no worker buffers more than a chunk. The
+/// first worker writes each sender's rows, already in order, to a run file of that sender's
+/// under `spill`, and returns their merge with its own rows (which it never writes out, so a
+/// single worker writes nothing); others return `None`. Every worker must call it.
 fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, spill: PathBuf) -> anyhow::Result<Option<Merged>> {
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     use timely::dataflow::operators::vec::input::Input as _;
     use timely::dataflow::operators::Probe;
-    let first = worker.index() == 0;
-    let gathered = Rc::new(RefCell::new((Runs::new(spill, jsonl::RUN_ROWS), None::<std::io::Error>)));
+    let index = worker.index();
+    let first = index == 0;
+    let gathered = Rc::new(RefCell::new((SortedStreams::new(spill), None::<std::io::Error>)));
     let into = gathered.clone();
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
-        let (input, stream) = scope.new_input::<SnapshotRow>();
+        let (input, stream) = scope.new_input::<(usize, SnapshotRow)>();
         let probe = ProbeHandle::new();
         stream
             .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                Exchange::new(|_: &SnapshotRow| 0),
+                Exchange::new(|_: &(usize, SnapshotRow)| 0),
                 "GatherSnapshot",
                 move |_, _| {
                     move |input, _output| {
                         input.for_each(|_, data| {
-                            let (runs, error) = &mut *into.borrow_mut();
-                            for r in data.drain(..) {
-                                if let Err(e) = runs.push(r) {
+                            let (streams, error) = &mut *into.borrow_mut();
+                            for (sender, r) in data.drain(..) {
+                                if let Err(e) = streams.push(sender, &r) {
                                     error.get_or_insert(e);
                                 }
                             }
@@ -1282,12 +1284,12 @@ fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, sp
             .probe_with(&probe);
         (input, probe)
     });
-    let mut rows = rows.into_iter().flatten();
+    let (own, mut rows) = if first { (rows, None) } else { (None, rows) };
     let mut chunk: Time = 0;
-    loop {
+    while let Some(rows) = &mut rows {
         let mut sent = 0;
         for r in rows.by_ref().take(jsonl::RUN_ROWS) {
-            input.send(r?);
+            input.send((index, r?));
             sent += 1;
         }
         if sent == 0 {
@@ -1304,9 +1306,9 @@ fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, sp
         worker.step_or_park(Some(Duration::from_millis(1)));
     }
     // The finished dataflow may still hold its end of the cell: take the contents out.
-    let (runs, error) = std::mem::replace(&mut *gathered.borrow_mut(), (Runs::in_memory(), None));
+    let (streams, error) = std::mem::replace(&mut *gathered.borrow_mut(), (SortedStreams::new(PathBuf::new()), None));
     if let Some(e) = error {
         return Err(anyhow::anyhow!("gathering the snapshot: {e}"));
     }
-    Ok(if first { Some(runs.merged()?) } else { None })
+    Ok(if first { Some(streams.merged_with(own)?) } else { None })
 }

@@ -50,7 +50,7 @@ impl Runs {
         let path = dir.join(format!("run-{}.tsv", self.files.len()));
         let mut w = BufWriter::new(File::create(&path)?);
         for r in self.buffer.drain(..) {
-            writeln!(w, "{}\t{}\t{}\t{}", r.output, r.count, r.key, r.row)?;
+            write_line(&mut w, &r)?;
         }
         w.flush()?;
         self.files.push(path);
@@ -72,9 +72,62 @@ impl Runs {
     }
 }
 
+/// One line of a run file.
+fn write_line(w: &mut impl Write, r: &SnapshotRow) -> io::Result<()> {
+    writeln!(w, "{}\t{}\t{}\t{}", r.output, r.count, r.key, r.row)
+}
+
+/// Rows that come already in snapshot order from several senders (each sender's rows in
+/// order, the senders' interleaved): each sender's rows go straight to a run file of its own
+/// as they come — no buffer to sort, one file per sender — and their merge with the
+/// receiver's own rows (never written out) is the whole in snapshot order.
+pub struct SortedStreams {
+    dir: PathBuf,
+    files: std::collections::BTreeMap<usize, (PathBuf, BufWriter<File>)>,
+}
+
+impl SortedStreams {
+    /// Run files under `dir`, which nothing else uses (created at the first row).
+    pub fn new(dir: PathBuf) -> Self {
+        SortedStreams { dir, files: Default::default() }
+    }
+
+    /// The next row of `sender`, which must not precede its last one.
+    pub fn push(&mut self, sender: usize, row: &SnapshotRow) -> io::Result<()> {
+        let (_, w) = match self.files.entry(sender) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let dir = &self.dir;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot create spill directory {}: {e}", dir.display())))?;
+                let path = dir.join(format!("sender-{sender}.tsv"));
+                let w = BufWriter::new(File::create(&path)?);
+                v.insert((path, w))
+            }
+        };
+        write_line(w, row)
+    }
+
+    /// The merge of every sender's rows with `own`, in snapshot order.
+    pub fn merged_with(self, own: Option<Merged>) -> io::Result<Merged> {
+        let mut sources: Vec<Source> = own.map(|m| Source::Merged(Box::new(m))).into_iter().collect();
+        for (_, (path, mut w)) in self.files {
+            w.flush()?;
+            drop(w);
+            sources.push(Source::File(BufReader::new(File::open(&path)?).lines()));
+        }
+        let mut merged = Merged { heap: BinaryHeap::new(), sources, dir: Some(self.dir) };
+        for i in 0..merged.sources.len() {
+            merged.refill(i)?;
+        }
+        Ok(merged)
+    }
+}
+
 enum Source {
     Memory(std::vec::IntoIter<SnapshotRow>),
     File(io::Lines<BufReader<File>>),
+    Merged(Box<Merged>),
 }
 
 impl Source {
@@ -82,6 +135,7 @@ impl Source {
         match self {
             Source::Memory(rows) => Ok(rows.next()),
             Source::File(lines) => lines.next().transpose()?.map(|l| parse(&l)).transpose(),
+            Source::Merged(m) => m.next().transpose(),
         }
     }
 }
@@ -152,5 +206,24 @@ mod tests {
         let merged: Vec<SnapshotRow> = runs.merged().unwrap().collect::<io::Result<_>>().unwrap();
         assert_eq!(merged, expected);
         assert!(!dir.exists(), "the spill directory is removed after the merge");
+    }
+
+    #[test]
+    fn merges_sorted_streams_with_own_rows() {
+        let base = std::env::temp_dir().join(format!("diffstream-streams-test-{}", std::process::id()));
+        let row = |k: u32| SnapshotRow { output: Output::DeadLetters, key: format!("{{\"k\":{k:02}}}"), row: "{}".into(), count: 1 };
+        let mut own = Runs::new(base.join("own"), 2);
+        for k in [4, 0, 8] {
+            own.push(row(k)).unwrap();
+        }
+        let mut streams = SortedStreams::new(base.join("gathered"));
+        // two senders, each in order, interleaved
+        for (sender, k) in [(1, 1), (2, 2), (1, 5), (2, 3), (2, 9), (1, 7)] {
+            streams.push(sender, &row(k)).unwrap();
+        }
+        let merged: Vec<SnapshotRow> = streams.merged_with(Some(own.merged().unwrap())).unwrap().collect::<io::Result<_>>().unwrap();
+        assert_eq!(merged, [0, 1, 2, 3, 4, 5, 7, 8, 9].map(row));
+        assert!(!base.join("gathered").exists() && !base.join("own").exists(), "both spill directories are removed");
+        let _ = std::fs::remove_dir(&base);
     }
 }
