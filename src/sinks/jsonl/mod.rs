@@ -49,10 +49,65 @@ pub struct SnapshotRow {
     pub count: isize,
 }
 
+/// The current rows under one key hash: nearly always one, kept inline in the map's table
+/// (a vector per key would be one more allocation, and one more cache miss per update, at
+/// millions of keys).
+enum Slot {
+    One((Row, isize)),
+    Many(Vec<(Row, isize)>),
+}
+
+impl Slot {
+    fn rows(&self) -> &[(Row, isize)] {
+        match self {
+            Slot::One(row) => std::slice::from_ref(row),
+            Slot::Many(rows) => rows,
+        }
+    }
+
+    fn into_rows(self) -> impl Iterator<Item = (Row, isize)> {
+        let (one, many) = match self {
+            Slot::One(row) => (Some(row), Vec::new()),
+            Slot::Many(rows) => (None, rows),
+        };
+        one.into_iter().chain(many)
+    }
+
+    /// Adds `diff` copies of `row`. A row whose count falls to zero keeps its place for the
+    /// next new row (a key's `-old` then `+new` replace the row in place); returns whether
+    /// a zero count is left for [`Slot::settle`].
+    fn add(&mut self, row: Row, diff: isize) -> bool {
+        match self {
+            Slot::One((r, n)) if *r == row => *n += diff,
+            Slot::One((r, n)) if *n == 0 => (*r, *n) = (row, diff),
+            Slot::One(_) => {
+                let Slot::One(first) = std::mem::replace(self, Slot::Many(Vec::with_capacity(2))) else { unreachable!() };
+                if let Slot::Many(rows) = self {
+                    rows.extend([first, (row, diff)]);
+                }
+            }
+            Slot::Many(rows) => dataflows::ops::multiset_add(rows, row, diff),
+        }
+        self.rows().iter().any(|(_, n)| *n == 0)
+    }
+
+    /// Drops zero counts; whether no row is left.
+    fn settle(&mut self) -> bool {
+        if let Slot::Many(rows) = self {
+            rows.retain(|(_, n)| *n != 0);
+            if rows.len() == 1 {
+                *self = Slot::One(rows.pop().expect("one row"));
+            }
+        }
+        self.rows().iter().all(|(_, n)| *n == 0)
+    }
+}
+
 /// Current rows of a worker's share of the outputs, plus optional change files.
 pub struct JsonlSink {
-    /// current rows by the hash of their key (nearly always one row per hash)
-    state: HashedMap<Vec<(Row, isize)>>,
+    /// per output (by [`Output::index`]), current rows by the hash of their key: one map per
+    /// output, so that each is sized by its own keys
+    state: Vec<HashedMap<Slot>>,
     /// rows of append-only outputs, when they are spilled rather than kept
     append: Option<Runs>,
     changes: Vec<(Output, BufWriter<File>)>,
@@ -76,7 +131,7 @@ impl JsonlSink {
             }
         }
         let append = spill_dir.map(|d| Runs::new(d, RUN_ROWS));
-        Ok(JsonlSink { state: HashedMap::default(), append, changes, error: None, keyed: true })
+        Ok(JsonlSink { state: (0..Output::MAX).map(|_| HashedMap::default()).collect(), append, changes, error: None, keyed: true })
     }
 
     /// The same sink, keeping no rows of keyed outputs: another sink beside it keeps them and
@@ -99,7 +154,7 @@ impl JsonlSink {
     }
 
     fn rows_of(&self, output: Output) -> impl Iterator<Item = &(Row, isize)> {
-        self.state.values().flatten().filter(move |(r, _)| r.output() == output)
+        self.state[output.index()].values().flat_map(Slot::rows)
     }
 
     /// Hands over every row, encoded, as one sorted merge, leaving the sink empty; reports
@@ -117,7 +172,8 @@ impl JsonlSink {
             f.flush()?;
         }
         let mut runs = self.append.take().unwrap_or_else(Runs::in_memory);
-        for (r, count) in std::mem::take(&mut self.state).into_values().flatten().chain(kept) {
+        let state = std::mem::take(&mut self.state);
+        for (r, count) in state.into_iter().flat_map(|m| m.into_values().flat_map(Slot::into_rows)).chain(kept) {
             runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })?;
         }
         runs.merged()
@@ -154,34 +210,39 @@ impl Sink for JsonlSink {
             }
         }
         // Retractions first: a key's `-old` leaves its slot at count zero and `+new` takes it,
-        // so a change neither frees nor reallocates the entry (nor grows it to four rows).
-        let (retractions, adds): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d < 0);
+        // so a change neither frees nor reallocates the entry (nor grows it to two rows).
+        let mut updates = updates;
+        updates.sort_unstable_by_key(|(_, d)| *d > 0);
         let mut emptied = Vec::new();
-        for (row, diff) in retractions.into_iter().chain(adds) {
-            if let Some(runs) = self.append.as_mut().filter(|_| row.output().append_only()) {
-                let encoded = SnapshotRow { output: row.output(), key: row.key(), row: row.row(), count: diff };
+        for (row, diff) in updates {
+            let output = row.output();
+            if let Some(runs) = self.append.as_mut().filter(|_| output.append_only()) {
+                let encoded = SnapshotRow { output, key: row.key(), row: row.row(), count: diff };
                 if let Err(e) = runs.push(encoded) {
                     tracing::error!(error = %e, "spilling append-only rows failed");
                     self.error.get_or_insert(e);
                 }
                 continue;
             }
-            if !self.keyed && !row.output().append_only() {
+            if !self.keyed && !output.append_only() {
                 continue;
             }
             let hash = row.key_hash();
-            let rows = self.state.entry(hash).or_default();
-            dataflows::ops::multiset_add(rows, row, diff);
-            if rows.iter().any(|(_, n)| *n == 0) {
-                emptied.push(hash);
+            let zero = match self.state[output.index()].entry(hash) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Slot::One((row, diff)));
+                    false
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().add(row, diff),
+            };
+            if zero {
+                emptied.push((output.index(), hash));
             }
         }
-        for hash in emptied {
-            if let Some(rows) = self.state.get_mut(&hash) {
-                rows.retain(|(_, n)| *n != 0);
-                if rows.is_empty() {
-                    self.state.remove(&hash);
-                }
+        for (output, hash) in emptied {
+            let map = &mut self.state[output];
+            if map.get_mut(&hash).is_some_and(Slot::settle) {
+                map.remove(&hash);
             }
         }
     }
