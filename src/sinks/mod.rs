@@ -230,6 +230,8 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
             let mut pending: Stash<Row> = BTreeMap::new();
             // Applied times whose writes are not yet acknowledged.
             let mut held: BTreeMap<Time, Capability<Time>> = BTreeMap::new();
+            // what `consolidate` sorts, kept from time to time (its pages stay mapped)
+            let mut scratch = Vec::new();
             let activator = scope.activator_for(info.address);
             move |(input, frontier), output| {
                 stash_by_time(input, &mut pending, output.output_index());
@@ -238,7 +240,7 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
                         break;
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
-                    sink.borrow_mut().apply_owned(t, consolidate(updates));
+                    sink.borrow_mut().apply_owned(t, consolidate(updates, &mut scratch));
                     held.insert(t, cap);
                 }
                 sink.borrow_mut().advance(frontier.frontier().first().copied());
@@ -254,13 +256,15 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
 
 /// Adds up the diffs of equal rows and drops those that cancel. Rows are grouped by the hash
 /// of their key (cheap: key fields only) and compared whole only within a group, which is
-/// nearly always one key's `-old +new`.
-fn consolidate(updates: impl IntoIterator<Item = (Row, isize)>) -> Vec<(Row, isize)> {
-    let mut hashed: Vec<(u64, Row, isize)> = updates.into_iter().map(|(r, d)| (r.key_hash(), r, d)).collect();
+/// nearly always one key's `-old +new`. `hashed` is an empty buffer to sort them in, left
+/// empty with its capacity: a time of a million updates would otherwise grow a new one
+/// by doubling, and the kernel zero each fresh page of it.
+fn consolidate(updates: impl IntoIterator<Item = (Row, isize)>, hashed: &mut Vec<(u64, Row, isize)>) -> Vec<(Row, isize)> {
+    hashed.extend(updates.into_iter().map(|(r, d)| (r.key_hash(), r, d)));
     hashed.sort_unstable_by_key(|(h, _, _)| *h);
     let mut out: Vec<(Row, isize)> = Vec::with_capacity(hashed.len());
     let (mut group_start, mut group_hash) = (0, None);
-    for (h, r, d) in hashed {
+    for (h, r, d) in hashed.drain(..) {
         if group_hash != Some(h) {
             (group_start, group_hash) = (out.len(), Some(h));
         }
