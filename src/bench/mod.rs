@@ -6,12 +6,11 @@
 //! single-threaded loop over the same files ([`baseline`]: serde_json and a fast hash map,
 //! streaming, writing the same files), also in a fresh child process, the fastest of three
 //! runs. Both run in the same `bench` invocation; it prints events/s, ratios and peak memory,
-//! and checks that the
-//! engine's files equal the baseline's byte for byte (a benchmark of wrong results is no
-//! benchmark). Jobs: clicks (`user_event_counts` + `user_activity` over users and clicks) at
-//! 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`); `--sites 10,1000`
-//! adds sensor jobs with 720 and 72 000 keys (about 1 000 and 100 000 open windows), the same
-//! readings spread over more windows.
+//! and checks that the engine's files equal the baseline's byte for byte (a benchmark of wrong
+//! results is no benchmark). Jobs: clicks (`user_event_counts` + `user_activity` over users
+//! and clicks) at 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`);
+//! `--sites 10,1000` adds sensor jobs with 720 and 72 000 keys (about 1 000 and 100 000 open
+//! windows), the same readings spread over more windows.
 //!
 //! `--soak` runs 10× more input at a constant number of keys through the same path in this
 //! process and prints the RSS at each tenth of the input: flat means bounded memory.
