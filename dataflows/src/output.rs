@@ -122,6 +122,20 @@ pub struct ViewRow {
     pub view: u8,
     /// the values
     pub values: crate::sql::SqlRow,
+    /// [`Row::key_hash`], computed once when the row is made: a view without a GROUP BY is
+    /// keyed by all its values, texts among them, and the exchange and every sink hash a row
+    key_hash: u64,
+}
+
+impl ViewRow {
+    /// A row of view `view`.
+    pub fn new(view: u8, values: crate::sql::SqlRow) -> Self {
+        use std::hash::BuildHasher;
+        let mut h = crate::ops::FixedHasher::default().build_hasher();
+        Output::View(view).hash(&mut h);
+        crate::sql::registry::with_view(view, |v| v.key.iter().for_each(|&k| values[k].hash(&mut h)));
+        ViewRow { view, values, key_hash: h.finish() }
+    }
 }
 
 impl Row {
@@ -139,8 +153,9 @@ impl Row {
     }
 
     /// Feeds the output and the row's key fields (the fields its output is keyed by) to `h`:
-    /// two rows of the same key hash alike, whatever their other fields.
-    pub fn hash_key<H: Hasher>(&self, h: &mut H) {
+    /// two rows of the same key hash alike, whatever their other fields. (A view's row
+    /// hashed them when it was made: [`ViewRow::new`].)
+    fn hash_key<H: Hasher>(&self, h: &mut H) {
         self.output().hash(h);
         match self {
             Row::UserEventCount(r) => r.user_id.hash(h),
@@ -149,7 +164,7 @@ impl Row {
             Row::WindowMetric(r) => (&r.sensor_type, &r.location, r.window_start).hash(h),
             Row::AnomalyAlert(r) => (&r.sensor_id, r.timestamp).hash(h),
             Row::DeadLetter(r) => (&r.input, &r.position).hash(h),
-            Row::View(r) => crate::sql::registry::with_view(r.view, |v| v.key.iter().for_each(|&k| r.values[k].hash(h))),
+            Row::View(r) => h.write_u64(r.key_hash),
         }
     }
 
@@ -157,6 +172,9 @@ impl Row {
     /// on one worker.
     pub fn key_hash(&self) -> u64 {
         use std::hash::BuildHasher;
+        if let Row::View(r) = self {
+            return r.key_hash;
+        }
         let mut h = crate::ops::FixedHasher::default().build_hasher();
         self.hash_key(&mut h);
         h.finish()

@@ -921,7 +921,7 @@ fn run_worker(
             for output in &sql.outputs {
                 let Output::View(id) = *output else { continue };
                 let r = &rendered[output.as_str()];
-                view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow { view: id, values }))));
+                view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow::new(id, values)))));
             }
             for r in rendered.values() {
                 use differential_dataflow::AsCollection;
