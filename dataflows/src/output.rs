@@ -64,6 +64,14 @@ impl Output {
         }
     }
 
+    /// The output of dense index `i` ([`Output::index`]).
+    pub fn from_index(i: usize) -> Option<Output> {
+        match Output::ALL.get(i) {
+            Some(o) => Some(*o),
+            None => (i < Output::MAX).then(|| Output::View((i - Output::ALL.len()) as u8)),
+        }
+    }
+
     /// How many outputs a run may have, for counters indexed by [`Output::index`].
     pub const MAX: usize = Output::ALL.len() + crate::sql::registry::MAX;
 
@@ -223,6 +231,10 @@ mod tests {
         let b = Row::from(UserEventCount { user_id: Id::Num(7), event_count: 9 });
         let c = Row::from(UserActivity { user_id: Id::Num(7), name: "n".into(), email: "e".into(), event_count: 1 });
         assert_eq!(a.key_hash(), b.key_hash());
+        for o in Output::ALL.into_iter().chain([Output::View(0), Output::View(3)]) {
+            assert_eq!(Output::from_index(o.index()), Some(o));
+        }
+        assert_eq!(Output::from_index(Output::MAX), None);
         assert_ne!(a.key_hash(), c.key_hash(), "the output is part of the key");
         assert_eq!(Output::ALL.map(|o| o.as_str().parse::<Output>().unwrap()), Output::ALL);
     }

@@ -103,6 +103,11 @@ impl Slot {
     }
 }
 
+/// A [`JsonlSink`]'s state without rows: an empty map for every output.
+fn no_rows() -> Vec<HashedMap<Slot>> {
+    (0..Output::MAX).map(|_| HashedMap::default()).collect()
+}
+
 /// Current rows of a worker's share of the outputs, plus optional change files.
 pub struct JsonlSink {
     /// per output (by [`Output::index`]), current rows by the hash of their key: one map per
@@ -131,7 +136,7 @@ impl JsonlSink {
             }
         }
         let append = spill_dir.map(|d| Runs::new(d, RUN_ROWS));
-        Ok(JsonlSink { state: (0..Output::MAX).map(|_| HashedMap::default()).collect(), append, changes, error: None, keyed: true })
+        Ok(JsonlSink { state: no_rows(), append, changes, error: None, keyed: true })
     }
 
     /// The same sink, keeping no rows of keyed outputs: another sink beside it keeps them and
@@ -172,7 +177,7 @@ impl JsonlSink {
             f.flush()?;
         }
         let mut runs = self.append.take().unwrap_or_else(Runs::in_memory);
-        let state = std::mem::take(&mut self.state);
+        let state = std::mem::replace(&mut self.state, no_rows());
         for (r, count) in state.into_iter().flat_map(|m| m.into_values().flat_map(Slot::into_rows)).chain(kept) {
             runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })?;
         }
