@@ -130,8 +130,8 @@ pub struct ViewRow {
     pub view: u8,
     /// the values
     pub values: crate::sql::SqlRow,
-    /// [`Row::key_hash`], computed once when the row is made: a view without a GROUP BY is
-    /// keyed by all its values, texts among them, and the exchange and every sink hash a row
+    /// [`Row::key_hash`], computed once when the row is made: the exchange and every sink ask
+    /// for it, and a view without a GROUP BY is keyed by all its values, texts among them
     key_hash: u64,
 }
 

@@ -1250,8 +1250,9 @@ fn all_gather<D: timely::ExchangeData + Clone>(worker: &mut timely::worker::Work
 /// dataflow of its own (so it works across processes), in chunks of [`jsonl::RUN_ROWS`], each
 /// sent only once the previous one was received, so no worker buffers more than a chunk. The
 /// first worker writes each sender's rows, already in order, to a run file of that sender's
-/// under `spill`, and returns their merge with its own rows (which it never writes out, so a
-/// single worker writes nothing); others return `None`. Every worker must call it.
+/// under `spill`, and returns their merge with its own rows, which it does not write out again
+/// (with one worker, the gather writes nothing); others return `None`. Every worker must call
+/// it.
 fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, spill: PathBuf) -> anyhow::Result<Option<Merged>> {
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
