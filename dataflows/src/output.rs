@@ -160,31 +160,22 @@ impl Row {
         }
     }
 
-    /// Feeds the output and the row's key fields (the fields its output is keyed by) to `h`:
-    /// two rows of the same key hash alike, whatever their other fields. (A view's row
-    /// hashed them when it was made: [`ViewRow::new`].)
-    fn hash_key<H: Hasher>(&self, h: &mut H) {
-        self.output().hash(h);
-        match self {
-            Row::UserEventCount(r) => r.user_id.hash(h),
-            Row::EventTypeCount(r) => r.event.hash(h),
-            Row::UserActivity(r) => r.user_id.hash(h),
-            Row::WindowMetric(r) => (&r.sensor_type, &r.location, r.window_start).hash(h),
-            Row::AnomalyAlert(r) => (&r.sensor_id, r.timestamp).hash(h),
-            Row::DeadLetter(r) => (&r.input, &r.position).hash(h),
-            Row::View(r) => h.write_u64(r.key_hash),
-        }
-    }
-
-    /// A hash of the output and key, the same in every process: rows of one key always meet
-    /// on one worker.
+    /// A hash of the output and key (the fields its output is keyed by), the same in every
+    /// process: rows of one key always meet on one worker, whatever their other fields. A
+    /// view's row hashed its key when it was made ([`ViewRow::new`]).
     pub fn key_hash(&self) -> u64 {
         use std::hash::BuildHasher;
-        if let Row::View(r) = self {
-            return r.key_hash;
-        }
         let mut h = crate::ops::FixedHasher::default().build_hasher();
-        self.hash_key(&mut h);
+        self.output().hash(&mut h);
+        match self {
+            Row::UserEventCount(r) => r.user_id.hash(&mut h),
+            Row::EventTypeCount(r) => r.event.hash(&mut h),
+            Row::UserActivity(r) => r.user_id.hash(&mut h),
+            Row::WindowMetric(r) => (&r.sensor_type, &r.location, r.window_start).hash(&mut h),
+            Row::AnomalyAlert(r) => (&r.sensor_id, r.timestamp).hash(&mut h),
+            Row::DeadLetter(r) => (&r.input, &r.position).hash(&mut h),
+            Row::View(r) => return r.key_hash,
+        }
         h.finish()
     }
 }

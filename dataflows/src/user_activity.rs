@@ -85,15 +85,7 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                         let joined = state.entry(user_id.clone()).or_default();
                         let newer = newest.filter(|u| joined.profile.as_ref().is_none_or(|p| u.position > p.0));
                         // Count changes of one time that cancel change nothing.
-                        count_changes.sort_unstable();
-                        count_changes.dedup_by(|later, kept| {
-                            let same = later.0 == kept.0;
-                            if same {
-                                kept.1 += later.1;
-                            }
-                            same
-                        });
-                        count_changes.retain(|(_, r)| *r != 0);
+                        differential_dataflow::consolidation::consolidate(&mut count_changes);
                         let new_profile = newer.map(|u| Box::new((u.position, u.name, u.email)));
                         let profile_changes = new_profile
                             .as_ref()

@@ -81,10 +81,8 @@ impl Slot {
             Slot::One((r, n)) if *r == row => *n += diff,
             Slot::One((r, n)) if *n == 0 => (*r, *n) = (row, diff),
             Slot::One(_) => {
-                let Slot::One(first) = std::mem::replace(self, Slot::Many(Vec::with_capacity(2))) else { unreachable!() };
-                if let Slot::Many(rows) = self {
-                    rows.extend([first, (row, diff)]);
-                }
+                let Slot::One(first) = std::mem::replace(self, Slot::Many(Vec::new())) else { unreachable!() };
+                *self = Slot::Many(vec![first, (row, diff)]);
             }
             Slot::Many(rows) => dataflows::ops::multiset_add(rows, row, diff),
         }

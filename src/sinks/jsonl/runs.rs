@@ -65,11 +65,7 @@ impl Runs {
         for path in &self.files {
             sources.push(Source::file(path)?);
         }
-        let mut merged = Merged { heap: BinaryHeap::new(), sources, dir: self.dir };
-        for i in 0..merged.sources.len() {
-            merged.refill(i)?;
-        }
-        Ok(merged)
+        Merged::new(sources, self.dir)
     }
 }
 
@@ -126,11 +122,7 @@ impl SortedStreams {
             drop(w);
             sources.push(Source::file(&path)?);
         }
-        let mut merged = Merged { heap: BinaryHeap::new(), sources, dir: Some(self.dir) };
-        for i in 0..merged.sources.len() {
-            merged.refill(i)?;
-        }
-        Ok(merged)
+        Merged::new(sources, Some(self.dir))
     }
 }
 
@@ -180,6 +172,15 @@ pub struct Merged {
 }
 
 impl Merged {
+    /// The merge of `sources`, each in snapshot order; `dir` is removed when it is dropped.
+    fn new(sources: Vec<Source>, dir: Option<PathBuf>) -> io::Result<Merged> {
+        let mut merged = Merged { heap: BinaryHeap::new(), sources, dir };
+        for i in 0..merged.sources.len() {
+            merged.refill(i)?;
+        }
+        Ok(merged)
+    }
+
     fn refill(&mut self, i: usize) -> io::Result<()> {
         if let Some(r) = self.sources[i].next()? {
             self.heap.push(Reverse((r, i)));
