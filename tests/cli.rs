@@ -267,3 +267,63 @@ fn no_broker_at_the_address_is_an_error_that_says_how_to_point_elsewhere() {
         "{err}"
     );
 }
+
+/// What a reader of the per-user outputs sees while a run goes on: the change files, applied
+/// time by time, equal at every logical time the reference run over the lines read by then
+/// (batch `t` of every input is time `t` with one batch per time).
+#[test]
+fn per_user_outputs_equal_the_reference_at_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path());
+    let batch = 1000;
+    let mut args: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
+    for kind in ["users", "clicks"] {
+        args.push("--input".into());
+        args.push(format!("{kind}={}", dir.path().join(format!("{kind}.jsonl")).display()));
+    }
+    let out = dir.path().join("out");
+    args.extend([
+        "--output-dir".into(),
+        out.display().to_string(),
+        "--batch-size".into(),
+        batch.to_string(),
+        "--batches-per-time".into(),
+        "1".into(),
+        "--changes".into(),
+        "-w".into(),
+        "2".into(),
+        "-q".into(),
+    ]);
+    diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let inputs: BTreeMap<InputName, Vec<u8>> =
+        [InputName::Users, InputName::Clicks].map(|i| (i, std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap())).into();
+    let lines = |text: &[u8], n: usize| -> Vec<u8> { text.split_inclusive(|b| *b == b'\n').take(n).flatten().copied().collect() };
+    let last_time = inputs.values().map(|t| t.split_inclusive(|b| *b == b'\n').count().div_ceil(batch)).max().unwrap() as i64 - 1;
+    let normal = |row: &str| serde_json::from_str::<serde_json::Value>(row).unwrap().to_string();
+    for output in ["user_event_counts", "user_activity"] {
+        let text = std::fs::read_to_string(out.join(format!("{output}.changes.jsonl"))).unwrap();
+        let mut changes: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            changes.entry(v["time"].as_i64().unwrap()).or_default().push((v["row"].to_string(), v["diff"].as_i64().unwrap()));
+        }
+        let mut state: BTreeMap<String, i64> = BTreeMap::new();
+        for t in 0..=last_time {
+            for (row, diff) in changes.remove(&t).unwrap_or_default() {
+                *state.entry(row).or_default() += diff;
+            }
+            state.retain(|_, n| *n != 0);
+            assert!(state.values().all(|n| *n == 1), "{output} at time {t}: a row's multiplicity is not 1");
+            let read: BTreeMap<InputName, Vec<u8>> = inputs.iter().map(|(i, text)| (*i, lines(text, (t as usize + 1) * batch))).collect();
+            let expected = reference::run(&read, &[Dataflow::UserEventCounts, Dataflow::UserActivity], &SensorParams::default(), batch);
+            let expected: Vec<String> = expected.get(output).into_iter().flat_map(|rows| rows.values().map(|r| normal(r))).collect();
+            let mut seen: Vec<String> = state.keys().cloned().collect();
+            let mut expected = expected;
+            seen.sort();
+            expected.sort();
+            assert_eq!(seen, expected, "{output} at time {t} differs from the reference over the lines read by then");
+        }
+        assert!(changes.is_empty(), "{output}: changes after the last batch's time: {:?}", changes.keys());
+    }
+}
