@@ -105,7 +105,11 @@ pub struct Consumed {
     pub offset: i64,
 }
 
-/// Every record of `topic`, reading until nothing new arrives for `quiet`.
+/// Every record of `topic`: at least up to each partition's end offset (high watermark) as the
+/// broker reports it when the read starts, so that a slow fetch is never mistaken for a record
+/// the engine did not write, then on until no record arrives for `quiet` (Tansu reports an end
+/// inside the last batch, as `sinks::kafka` notes). Fails if no record arrives for 30 s before
+/// the ends are reached.
 pub fn read_topic(topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
     read_topic_at(&kafka_bootstrap(), topic, quiet)
 }
@@ -114,22 +118,32 @@ pub fn read_topic(topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
 pub fn read_topic_at(bootstrap: &str, topic: &str, quiet: std::time::Duration) -> Vec<Consumed> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
+    let (timeout, stall) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs(30));
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let md = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
+    let md = consumer.fetch_metadata(Some(topic), timeout).unwrap();
     let partitions = md.topics()[0].partitions().len() as i32;
     let mut tpl = rdkafka::TopicPartitionList::new();
+    // per partition: the next offset to read, and the end to read to
+    let mut next_and_end = Vec::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).unwrap_or_else(|e| panic!("end offsets of {topic}/{p}: {e}"));
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low)).unwrap();
+        next_and_end.push((low, high));
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let mut last = std::time::Instant::now();
-    while last.elapsed() < quiet {
+    while next_and_end.iter().any(|(next, end)| next < end) || last.elapsed() < quiet {
+        let reached = next_and_end.iter().all(|(next, end)| next >= end);
+        assert!(
+            reached || last.elapsed() < stall,
+            "reading {topic}: no record for {stall:?} at (next, end) offsets per partition {next_and_end:?}"
+        );
         match consumer.poll(std::time::Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let mut headers = BTreeMap::new();
@@ -139,6 +153,7 @@ pub fn read_topic_at(bootstrap: &str, topic: &str, quiet: std::time::Duration) -
                         headers.insert(header.key.to_string(), header.value.unwrap_or_default().to_vec());
                     }
                 }
+                next_and_end[m.partition() as usize].0 = m.offset() + 1;
                 out.push(Consumed {
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
