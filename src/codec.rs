@@ -529,34 +529,49 @@ pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
     }
 }
 
-/// A SQL value as JSON: timestamps as RFC 3339 with milliseconds, like every output's times.
-fn value_json(v: &dataflows::sql::Value) -> serde_json::Value {
-    use dataflows::sql::Value;
-    match v {
-        Value::Null => serde_json::Value::Null,
-        Value::Bool(b) => (*b).into(),
-        Value::Int(i) => (*i).into(),
-        Value::Float(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Value::Text(s) => s.as_str().into(),
-        Value::Timestamp(ms) => format_time(*ms).into(),
+/// A SQL value as JSON: timestamps as RFC 3339 with milliseconds, like every output's times;
+/// a float that is not finite as null.
+struct SqlValueJson<'a>(&'a dataflows::sql::Value);
+
+impl Serialize for SqlValueJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use dataflows::sql::Value;
+        match self.0 {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(x) if x.is_finite() => s.serialize_f64(*x),
+            Value::Float(_) => s.serialize_unit(),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Timestamp(ms) => TimeJson(*ms).serialize(s),
+        }
+    }
+}
+
+/// A view row's `fields` as a JSON object, written straight from its values.
+struct FieldsJson<'a> {
+    fields: &'a [(&'static str, usize)],
+    values: &'a [dataflows::sql::Value],
+}
+
+impl Serialize for FieldsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.fields.len()))?;
+        for (name, i) in self.fields {
+            m.serialize_entry(name, &SqlValueJson(&self.values[*i]))?;
+        }
+        m.end()
     }
 }
 
 /// A view's row is keyed by its key columns (the GROUP BY columns, else all of them).
 impl OutputRow for dataflows::output::ViewRow {
     fn key(&self) -> String {
-        dataflows::sql::registry::with_view(self.view, |v| {
-            let map: serde_json::Map<String, serde_json::Value> =
-                v.key.iter().map(|&k| (v.columns[k].0.to_string(), value_json(&self.values[k]))).collect();
-            serde_json::Value::Object(map).to_string()
-        })
+        dataflows::sql::registry::with_view(self.view, |v| to_json(&FieldsJson { fields: &v.key_fields, values: &self.values }))
     }
     fn row(&self) -> String {
-        dataflows::sql::registry::with_view(self.view, |v| {
-            let map: serde_json::Map<String, serde_json::Value> =
-                v.columns.iter().zip(&self.values).map(|((n, _), x)| (n.to_string(), value_json(x))).collect();
-            serde_json::Value::Object(map).to_string()
-        })
+        dataflows::sql::registry::with_view(self.view, |v| to_json(&FieldsJson { fields: &v.fields, values: &self.values }))
     }
 }
 
@@ -817,5 +832,34 @@ mod tests {
         assert_eq!(reading("-1e9"), Ok(-1e9));
         let ok = decode_click(br#"{"user_id": "u1", "page": "/", "event": "click", "event_timestamp": 1, "extra": true}"#);
         assert_eq!(ok.unwrap().user_id, Id::Str("u1".into()));
+    }
+
+    #[test]
+    fn view_rows_encode_as_json_objects_of_their_named_fields() {
+        use dataflows::sql::{Type, Value};
+        // (two columns named `a`: one field, where `a` first appears, with the later value)
+        let columns =
+            [("a", Type::Int), ("t", Type::Text), ("x", Type::Float), ("a", Type::Float), ("at", Type::Timestamp), ("n", Type::Bool)];
+        let columns: Vec<(String, Type)> = columns.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+        let view = dataflows::sql::registry::view("codec_test_view", &columns, &[1, 0]);
+        let values = vec![
+            Value::Int(-3),
+            Value::Text("q\"uo\\te\n\u{1}é".into()),
+            Value::Float(f64::NAN),
+            Value::Float(0.1),
+            Value::Timestamp(1_758_000_000_123),
+            Value::Null,
+        ];
+        let row = dataflows::output::ViewRow::new(view, values);
+        // the reference: a serde_json object, keys inserted in column order
+        let mut object = serde_json::Map::new();
+        object.insert("a".into(), serde_json::json!(-3));
+        object.insert("t".into(), serde_json::json!("q\"uo\\te\n\u{1}é"));
+        object.insert("x".into(), serde_json::Value::Null);
+        object.insert("a".into(), serde_json::json!(0.1));
+        object.insert("at".into(), serde_json::json!("2025-09-16T05:20:00.123Z"));
+        object.insert("n".into(), serde_json::Value::Null);
+        assert_eq!(row.row(), serde_json::Value::Object(object).to_string());
+        assert_eq!(row.key(), r#"{"t":"q\"uo\\te\n\u0001é","a":-3}"#);
     }
 }
