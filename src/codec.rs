@@ -548,18 +548,23 @@ impl Serialize for SqlValueJson<'_> {
     }
 }
 
-/// A view row's `fields` as a JSON object, written straight from its values.
-struct FieldsJson<'a> {
-    fields: &'a [(&'static str, usize)],
+/// A view row's columns (`key`: its key columns) as a JSON object, written straight from its
+/// values. (A view's column names are distinct: the compiler refuses two of one name.)
+struct ViewJson<'a> {
+    view: &'a dataflows::sql::registry::ViewInfo,
     values: &'a [dataflows::sql::Value],
+    key: bool,
 }
 
-impl Serialize for FieldsJson<'_> {
+impl Serialize for ViewJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.fields.len()))?;
-        for (name, i) in self.fields {
-            m.serialize_entry(name, &SqlValueJson(&self.values[*i]))?;
+        let mut m = s.serialize_map(Some(if self.key { self.view.key.len() } else { self.values.len() }))?;
+        let mut entry = |i: usize| m.serialize_entry(self.view.columns[i].0, &SqlValueJson(&self.values[i]));
+        if self.key {
+            self.view.key.iter().try_for_each(|&i| entry(i))?;
+        } else {
+            (0..self.values.len()).try_for_each(entry)?;
         }
         m.end()
     }
@@ -568,10 +573,10 @@ impl Serialize for FieldsJson<'_> {
 /// A view's row is keyed by its key columns (the GROUP BY columns, else all of them).
 impl OutputRow for dataflows::output::ViewRow {
     fn key(&self) -> String {
-        dataflows::sql::registry::with_view(self.view, |v| to_json(&FieldsJson { fields: &v.key_fields, values: &self.values }))
+        dataflows::sql::registry::with_view(self.view, |view| to_json(&ViewJson { view, values: &self.values, key: true }))
     }
     fn row(&self) -> String {
-        dataflows::sql::registry::with_view(self.view, |v| to_json(&FieldsJson { fields: &v.fields, values: &self.values }))
+        dataflows::sql::registry::with_view(self.view, |view| to_json(&ViewJson { view, values: &self.values, key: false }))
     }
 }
 
@@ -851,12 +856,12 @@ mod tests {
             Value::Null,
         ];
         let row = dataflows::output::ViewRow::new(view, values);
-        // the reference: a serde_json object, keys inserted in column order
+        // the reference: a serde_json object of the columns in order
         let mut object = serde_json::Map::new();
         object.insert("a".into(), serde_json::json!(-3));
         object.insert("t".into(), serde_json::json!("q\"uo\\te\n\u{1}é"));
         object.insert("x".into(), serde_json::Value::Null);
-        object.insert("a".into(), serde_json::json!(0.1));
+        object.insert("y".into(), serde_json::json!(0.1));
         object.insert("at".into(), serde_json::json!("2025-09-16T05:20:00.123Z"));
         object.insert("n".into(), serde_json::Value::Null);
         assert_eq!(row.row(), serde_json::Value::Object(object).to_string());

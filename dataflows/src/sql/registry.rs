@@ -18,24 +18,6 @@ pub struct ViewInfo {
     pub columns: Vec<(&'static str, Type)>,
     /// the columns that key its rows
     pub key: Vec<usize>,
-    /// its rows as named fields (a JSON object, a document): one field per distinct column
-    /// name, in the place where the name first appears, holding the last such column
-    pub fields: Vec<(&'static str, usize)>,
-    /// its keys as named fields, the same way
-    pub key_fields: Vec<(&'static str, usize)>,
-}
-
-/// The named fields of `columns` at `indices` (see [`ViewInfo::fields`]).
-fn named_fields(columns: &[(&'static str, Type)], indices: impl IntoIterator<Item = usize>) -> Vec<(&'static str, usize)> {
-    let mut fields: Vec<(&'static str, usize)> = Vec::new();
-    for i in indices {
-        let name = columns[i].0;
-        match fields.iter_mut().find(|(n, _)| *n == name) {
-            Some(field) => field.1 = i,
-            None => fields.push((name, i)),
-        }
-    }
-    fields
 }
 
 #[derive(Default)]
@@ -89,9 +71,7 @@ pub fn find_table(name: &str) -> Option<u8> {
 /// registered again replaces its columns: the same config compiles the same).
 pub fn view(name: &str, columns: &[(String, Type)], key: &[usize]) -> u8 {
     let mut r = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
-    let columns: Vec<(&'static str, Type)> = columns.iter().map(|(n, t)| (leak(n), *t)).collect();
-    let (fields, key_fields) = (named_fields(&columns, 0..columns.len()), named_fields(&columns, key.iter().copied()));
-    let info = ViewInfo { name: leak(name), columns, key: key.to_vec(), fields, key_fields };
+    let info = ViewInfo { name: leak(name), columns: columns.iter().map(|(n, t)| (leak(n), *t)).collect(), key: key.to_vec() };
     let i = match r.views.iter().position(|v| v.name == name) {
         Some(i) => {
             r.views[i] = info;
