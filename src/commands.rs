@@ -87,6 +87,9 @@ fn compile_sql(
             slides: Vec::new(),
         });
         catalog.add_source(name, columns.clone());
+        if !key.is_empty() {
+            catalog.primary_key(name, &key);
+        }
         tables.push(runtime::SqlTable { name: InputName::Table(dataflows::sql::registry::table(name)), columns, key, event_time });
     }
     if files.is_empty() {

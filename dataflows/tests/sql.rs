@@ -668,6 +668,47 @@ fn explain_names_the_operators_and_their_exchange_keys() {
     assert_eq!(views[0].key, vec![0], "keyed by the GROUP BY column");
 }
 
+/// A view without GROUP BY is keyed by columns its plan keeps unique (an upsert input's primary
+/// key, a GROUP BY's keys, through filters, projections that keep them and joins that match a
+/// row with at most one other), else by all its columns.
+#[test]
+fn a_view_without_group_by_is_keyed_by_what_its_plan_keeps_unique() {
+    let mut c = catalog();
+    c.add_source("p", vec![Column { name: "id".into(), ty: Type::Int }, Column { name: "name".into(), ty: Type::Text }]);
+    c.primary_key("p", &[0]);
+    let sql = "CREATE VIEW counts AS SELECT k, COUNT(*) AS n FROM a GROUP BY k;\n\
+               CREATE VIEW joined AS SELECT p.name, c.n, p.id FROM p JOIN counts c ON p.id = c.k;\n\
+               CREATE VIEW left_joined AS SELECT p.id, c.n FROM p LEFT JOIN counts c ON p.id = c.k;\n\
+               CREATE VIEW reversed AS SELECT c.k, c.n, p.name FROM counts c JOIN p ON c.k = p.id;\n\
+               CREATE VIEW by_count AS SELECT c.k, p.name FROM p JOIN counts c ON p.id = c.n;\n\
+               CREATE VIEW by_count_left AS SELECT c.k, p.name FROM p LEFT JOIN counts c ON p.id = c.n;\n\
+               CREATE VIEW filtered AS SELECT name, id FROM p WHERE name <> 'x';\n\
+               CREATE VIEW key_dropped AS SELECT name, name || '!' AS loud FROM p;\n\
+               CREATE VIEW over_view AS SELECT id, n FROM joined WHERE n > 1;\n\
+               CREATE VIEW plain AS SELECT k, x FROM a;\n\
+               CREATE VIEW neither AS SELECT a.k, b.y FROM a JOIN b ON a.k = b.k;\n\
+               CREATE VIEW unioned AS SELECT id FROM p UNION ALL SELECT id FROM p;";
+    let views = compile(sql, &mut c).unwrap();
+    let keys: BTreeMap<&str, Vec<usize>> = views.iter().map(|v| (v.name.as_str(), v.key.clone())).collect();
+    let want: BTreeMap<&str, Vec<usize>> = BTreeMap::from([
+        ("counts", vec![0]),
+        // each p row meets at most one group: p's key
+        ("joined", vec![2]),
+        ("left_joined", vec![0]),
+        ("reversed", vec![0]),
+        // a count is shared by many groups, but each group meets at most one p row (inner only)
+        ("by_count", vec![0]),
+        ("by_count_left", vec![0, 1]),
+        ("filtered", vec![1]),
+        ("key_dropped", vec![0, 1]),
+        ("over_view", vec![0]),
+        ("plain", vec![0, 1]),
+        ("neither", vec![0, 1]),
+        ("unioned", vec![0]),
+    ]);
+    assert_eq!(keys, want);
+}
+
 /// Every stateful operator of a view reports what it keeps to the state metrics, by the view's
 /// name: a GROUP BY its groups, a join the rows of both sides, ROW_NUMBER the rows it numbers.
 #[test]

@@ -265,12 +265,66 @@ pub struct View {
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     relations: BTreeMap<String, (Vec<Column>, bool)>,
+    /// columns known to be unique among a relation's rows at every time: an upsert input's
+    /// primary key, a view's key where [`unique_key`] found one
+    unique: BTreeMap<String, Vec<usize>>,
 }
 
 impl Catalog {
     /// Adds an input.
     pub fn add_source(&mut self, name: &str, columns: Vec<Column>) {
         self.relations.insert(name.to_ascii_lowercase(), (columns, true));
+    }
+
+    /// Says that input `name` keeps one row per value of its `columns` (an upsert input).
+    pub fn primary_key(&mut self, name: &str, columns: &[usize]) {
+        self.unique.insert(name.to_ascii_lowercase(), columns.to_vec());
+    }
+
+    fn arity(&self, p: &Plan) -> usize {
+        match p {
+            Plan::Source(n) | Plan::View(n) => self.relations.get(n).map_or(0, |(c, _)| c.len()),
+            Plan::Constant(rows) => rows.first().map_or(0, Vec::len),
+            Plan::Filter(p, _) => self.arity(p),
+            Plan::Map(_, exprs) => exprs.len(),
+            Plan::Reduce { keys, aggs, .. } => keys.len() + aggs.len(),
+            Plan::Join { left, right_arity, .. } => self.arity(left) + right_arity,
+            Plan::Union(parts) => parts.first().map_or(0, |p| self.arity(p)),
+            Plan::Rank { input, .. } => self.arity(input) + 1,
+            Plan::Window { input, .. } => self.arity(input) + 2,
+        }
+    }
+}
+
+/// Columns of `p` whose values no two of its rows share, at every time, if the plan shows
+/// some: a GROUP BY's keys, an upsert input's primary key, and through filters, projections
+/// that keep them, and joins that match each row of one side with at most one row of the
+/// other (the other side unique on columns the join equates). A view without a GROUP BY is
+/// keyed by these (so that a changed row replaces its key's row in every sink, as an upsert),
+/// else by all its columns.
+fn unique_key(p: &Plan, catalog: &Catalog) -> Option<Vec<usize>> {
+    // whether `keys`, plain columns, take in all of `unique`
+    let covers = |keys: &[Expr], unique: &[usize]| unique.iter().all(|u| keys.contains(&Expr::Column(*u)));
+    match p {
+        Plan::Source(n) | Plan::View(n) => catalog.unique.get(n).cloned(),
+        Plan::Filter(p, _) => unique_key(p, catalog),
+        Plan::Map(p, exprs) => unique_key(p, catalog)?.iter().map(|u| exprs.iter().position(|e| *e == Expr::Column(*u))).collect(),
+        Plan::Reduce { keys, .. } => Some((0..keys.len()).collect()),
+        Plan::Join { left, right, left_keys, right_keys, outer, .. } => {
+            // each left row meets at most one right row: the left's key keys the output (a left
+            // join's unmatched rows once each, too)
+            if unique_key(right, catalog).is_some_and(|u| covers(right_keys, &u)) {
+                return unique_key(left, catalog);
+            }
+            // each right row meets at most one left row, and no left row goes unmatched
+            let left_unique = unique_key(left, catalog).is_some_and(|u| covers(left_keys, &u));
+            if !outer && left_unique {
+                let shift = catalog.arity(left);
+                return unique_key(right, catalog).map(|u| u.iter().map(|c| c + shift).collect());
+            }
+            None
+        }
+        Plan::Constant(_) | Plan::Union(_) | Plan::Rank { .. } | Plan::Window { .. } => None,
     }
 }
 
@@ -303,6 +357,9 @@ pub fn compile(text: &str, catalog: &mut Catalog) -> Result<Vec<View>, SqlError>
             }
         }
         catalog.relations.insert(name.clone(), (columns.clone(), false));
+        if let Some(u) = unique_key(&plan, catalog) {
+            catalog.unique.insert(name.clone(), u);
+        }
         views.push(View { name, columns, key, plan });
     }
     Ok(views)
@@ -740,6 +797,11 @@ fn plan_select(select: &ast::Select, catalog: &Catalog) -> Result<Planned, SqlEr
     let identity = exprs.len() == columns_in(&plan, &scope) && exprs.iter().enumerate().all(|(i, e)| *e == Expr::Column(i));
     if !identity {
         plan = Plan::Map(Box::new(plan), exprs);
+    }
+    if !aggregating {
+        if let Some(unique) = unique_key(&plan, catalog) {
+            key = unique;
+        }
     }
     Ok((plan, columns, key))
 }
