@@ -282,17 +282,7 @@ impl Catalog {
     }
 
     fn arity(&self, p: &Plan) -> usize {
-        match p {
-            Plan::Source(n) | Plan::View(n) => self.relations.get(n).map_or(0, |(c, _)| c.len()),
-            Plan::Constant(rows) => rows.first().map_or(0, Vec::len),
-            Plan::Filter(p, _) => self.arity(p),
-            Plan::Map(_, exprs) => exprs.len(),
-            Plan::Reduce { keys, aggs, .. } => keys.len() + aggs.len(),
-            Plan::Join { left, right_arity, .. } => self.arity(left) + right_arity,
-            Plan::Union(parts) => parts.first().map_or(0, |p| self.arity(p)),
-            Plan::Rank { input, .. } => self.arity(input) + 1,
-            Plan::Window { input, .. } => self.arity(input) + 2,
-        }
+        p.arity(&|n| self.relations.get(n).map_or(0, |(c, _)| c.len()))
     }
 }
 
@@ -1497,6 +1487,23 @@ impl fmt::Display for Expr {
                 write!(f, "{name}({})", list(args))
             }
             Expr::InList(a, xs, negated) => write!(f, "{a} {}IN ({})", if *negated { "NOT " } else { "" }, list(xs)),
+        }
+    }
+}
+
+impl Plan {
+    /// How many columns its rows have, given how many those of an input or view have.
+    pub fn arity(&self, relation: &dyn Fn(&str) -> usize) -> usize {
+        match self {
+            Plan::Source(n) | Plan::View(n) => relation(n),
+            Plan::Constant(rows) => rows.first().map_or(0, Vec::len),
+            Plan::Filter(p, _) => p.arity(relation),
+            Plan::Map(_, exprs) => exprs.len(),
+            Plan::Reduce { keys, aggs, .. } => keys.len() + aggs.len(),
+            Plan::Join { left, right_arity, .. } => left.arity(relation) + right_arity,
+            Plan::Union(parts) => parts.first().map_or(0, |p| p.arity(relation)),
+            Plan::Rank { input, .. } => input.arity(relation) + 1,
+            Plan::Window { input, .. } => input.arity(relation) + 2,
         }
     }
 }

@@ -363,18 +363,10 @@ impl<'a> Lineage<'a> {
     }
 
     fn arity(&self, p: &Plan) -> usize {
-        match p {
-            Plan::Source(n) => self.sources[n].arity,
-            Plan::View(n) => self.arity(self.view(n)),
-            Plan::Constant(rows) => rows.first().map_or(0, Vec::len),
-            Plan::Filter(input, _) => self.arity(input),
-            Plan::Map(_, exprs) => exprs.len(),
-            Plan::Reduce { keys, aggs, .. } => keys.len() + aggs.len(),
-            Plan::Join { left, right_arity, .. } => self.arity(left) + right_arity,
-            Plan::Union(parts) => parts.first().map_or(0, |q| self.arity(q)),
-            Plan::Window { input, .. } => self.arity(input) + 2,
-            Plan::Rank { input, .. } => self.arity(input) + 1,
-        }
+        p.arity(&|n| match self.sources.get(n) {
+            Some(source) => source.arity,
+            None => self.arity(self.view(n)),
+        })
     }
 
     /// The column of `p`'s input that its column `col` copies, for plans that copy columns.
