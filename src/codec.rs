@@ -842,9 +842,8 @@ mod tests {
     #[test]
     fn view_rows_encode_as_json_objects_of_their_named_fields() {
         use dataflows::sql::{Type, Value};
-        // (two columns named `a`: one field, where `a` first appears, with the later value)
         let columns =
-            [("a", Type::Int), ("t", Type::Text), ("x", Type::Float), ("a", Type::Float), ("at", Type::Timestamp), ("n", Type::Bool)];
+            [("a", Type::Int), ("t", Type::Text), ("x", Type::Float), ("y", Type::Float), ("at", Type::Timestamp), ("n", Type::Bool)];
         let columns: Vec<(String, Type)> = columns.iter().map(|(n, t)| (n.to_string(), *t)).collect();
         let view = dataflows::sql::registry::view("codec_test_view", &columns, &[1, 0]);
         let values = vec![
