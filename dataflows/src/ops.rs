@@ -289,6 +289,18 @@ impl<D> Default for Batches<D> {
     }
 }
 
+impl<D> Batches<D> {
+    /// How many updates it holds.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Vec::is_empty)
+    }
+}
+
 impl<D> IntoIterator for Batches<D> {
     type Item = (D, isize);
     type IntoIter = std::iter::Map<std::iter::Flatten<std::vec::IntoIter<Vec<(D, Time, isize)>>>, fn((D, Time, isize)) -> (D, isize)>;
