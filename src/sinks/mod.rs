@@ -239,7 +239,8 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
                         break;
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
-                    sink.borrow_mut().apply_owned(t, consolidator.consolidate(updates));
+                    let len = updates.len();
+                    sink.borrow_mut().apply_owned(t, consolidator.consolidate(updates, len));
                     held.insert(t, cap);
                 }
                 sink.borrow_mut().advance(frontier.frontier().first().copied());
@@ -271,11 +272,12 @@ struct Consolidator {
 impl Consolidator {
     const END: u32 = u32::MAX;
 
-    fn consolidate(&mut self, updates: dataflows::ops::Batches<Row>) -> Vec<(Row, isize)> {
+    /// `updates`, `len` of them, consolidated.
+    fn consolidate(&mut self, updates: impl IntoIterator<Item = (Row, isize)>, len: usize) -> Vec<(Row, isize)> {
         use std::collections::hash_map::Entry;
         self.first.clear();
         self.next.clear();
-        let mut out: Vec<(Row, isize)> = Vec::with_capacity(updates.len());
+        let mut out: Vec<(Row, isize)> = Vec::with_capacity(len);
         for (row, diff) in updates {
             let mut i = match self.first.entry(row.key_hash()) {
                 Entry::Vacant(v) => {
@@ -343,5 +345,46 @@ impl Sink for TallySink {
             self.0.rows[o].fetch_add(n, Ordering::Relaxed);
         }
         self.0.updates.fetch_add(updates.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflows::records::{EventTypeCount, Id, UserEventCount};
+
+    /// Against a plain map of whole rows: equal rows add up, cancelled ones leave, and a key's
+    /// several rows (and several keys, over and over, reusing the table) stay apart.
+    #[test]
+    fn consolidates_like_a_map_of_rows() {
+        let mut consolidator = Consolidator::default();
+        let mut state = 17u64;
+        let mut next = move |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        for round in 0..20 {
+            let mut updates = Vec::new();
+            for _ in 0..200 + round * 50 {
+                let row = match next(3) {
+                    0 => Row::UserEventCount(UserEventCount { user_id: Id::Num(next(30)), event_count: next(4) as i64 }),
+                    1 => Row::UserEventCount(UserEventCount { user_id: Id::Str(format!("u{}", next(30))), event_count: next(4) as i64 }),
+                    _ => Row::EventTypeCount(EventTypeCount { event: format!("e{}", next(5)).into(), count: next(3) as i64 }),
+                };
+                updates.push((row, next(5) as isize - 2));
+            }
+            let mut want: BTreeMap<String, isize> = BTreeMap::new();
+            for (r, d) in &updates {
+                *want.entry(format!("{r:?}")).or_default() += d;
+            }
+            want.retain(|_, d| *d != 0);
+            let len = updates.len();
+            let got = consolidator.consolidate(updates, len);
+            let mut seen: BTreeMap<String, isize> = BTreeMap::new();
+            for (r, d) in &got {
+                assert!(seen.insert(format!("{r:?}"), *d).is_none(), "{r:?} twice");
+            }
+            assert_eq!(seen, want, "round {round}");
+        }
     }
 }
