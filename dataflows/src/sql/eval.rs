@@ -9,56 +9,98 @@ use super::value::{Type, Value};
 /// Evaluates `e` on `row`.
 #[inline]
 pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
+    at(e, row)
+}
+
+/// Evaluates `e` on `left ++ right` without building that row (`None`: NULLs), as a filter
+/// judges a looked-up row before it is copied.
+#[inline]
+pub fn eval_joined(e: &Expr, left: &[Value], right: Option<&[Value]>) -> Result<Value, String> {
+    at(e, &Joined { left, right })
+}
+
+/// The columns an expression reads.
+trait Columns {
+    fn column(&self, i: usize) -> &Value;
+}
+
+impl Columns for [Value] {
+    #[inline]
+    fn column(&self, i: usize) -> &Value {
+        &self[i]
+    }
+}
+
+/// A row and the row a join looked up for it, as one.
+struct Joined<'a> {
+    left: &'a [Value],
+    right: Option<&'a [Value]>,
+}
+
+static NULL: Value = Value::Null;
+
+impl Columns for Joined<'_> {
+    #[inline]
+    fn column(&self, i: usize) -> &Value {
+        match i.checked_sub(self.left.len()) {
+            None => &self.left[i],
+            Some(j) => self.right.map_or(&NULL, |r| &r[j]),
+        }
+    }
+}
+
+#[inline]
+fn at<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
     // (a column or a constant, nearly every key and argument, without the call)
     match e {
-        Expr::Column(c) => Ok(row[*c].clone()),
+        Expr::Column(c) => Ok(row.column(*c).clone()),
         Expr::Literal(v) => Ok(v.clone()),
         _ => eval_expr(e, row),
     }
 }
 
-fn eval_expr(e: &Expr, row: &[Value]) -> Result<Value, String> {
+fn eval_expr<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
     Ok(match e {
-        Expr::Column(c) => row[*c].clone(),
+        Expr::Column(c) => row.column(*c).clone(),
         Expr::Literal(v) => v.clone(),
-        Expr::Binary(BinOp::And, a, b) => match (truth(eval(a, row)?)?, truth(eval(b, row)?)?) {
+        Expr::Binary(BinOp::And, a, b) => match (truth(at(a, row)?)?, truth(at(b, row)?)?) {
             (Some(false), _) | (_, Some(false)) => Value::Bool(false),
             (Some(true), Some(true)) => Value::Bool(true),
             _ => Value::Null,
         },
-        Expr::Binary(BinOp::Or, a, b) => match (truth(eval(a, row)?)?, truth(eval(b, row)?)?) {
+        Expr::Binary(BinOp::Or, a, b) => match (truth(at(a, row)?)?, truth(at(b, row)?)?) {
             (Some(true), _) | (_, Some(true)) => Value::Bool(true),
             (Some(false), Some(false)) => Value::Bool(false),
             _ => Value::Null,
         },
-        Expr::Binary(BinOp::Concat, a, b) => match (eval(a, row)?, eval(b, row)?) {
+        Expr::Binary(BinOp::Concat, a, b) => match (at(a, row)?, at(b, row)?) {
             (Value::Null, _) | (_, Value::Null) => Value::Null,
             (Value::Text(x), Value::Text(y)) => Value::Text(x + &y),
             _ => return Err("|| needs text".into()),
         },
         // (columns and constants are compared where they are, not copied)
         Expr::Binary(op, a, b) => binary(*op, &*operand(a, row)?, &*operand(b, row)?)?,
-        Expr::Not(a) => match truth(eval(a, row)?)? {
+        Expr::Not(a) => match truth(at(a, row)?)? {
             Some(b) => Value::Bool(!b),
             None => Value::Null,
         },
-        Expr::Neg(a) => match eval(a, row)? {
+        Expr::Neg(a) => match at(a, row)? {
             Value::Int(i) => Value::Int(i.checked_neg().ok_or("integer overflow")?),
             Value::Float(f) => Value::Float(-f),
             _ => Value::Null,
         },
-        Expr::IsNull(a, negated) => Value::Bool(eval(a, row)?.is_null() != *negated),
+        Expr::IsNull(a, negated) => Value::Bool(at(a, row)?.is_null() != *negated),
         Expr::Case(arms, other) => {
             for (c, r) in arms {
-                if truth(eval(c, row)?)? == Some(true) {
-                    return eval(r, row);
+                if truth(at(c, row)?)? == Some(true) {
+                    return at(r, row);
                 }
             }
-            eval(other, row)?
+            at(other, row)?
         }
-        Expr::Cast(a, to) => cast(eval(a, row)?, *to)?,
+        Expr::Cast(a, to) => cast(at(a, row)?, *to)?,
         Expr::InList(a, list, negated) => {
-            let v = eval(a, row)?;
+            let v = at(a, row)?;
             if v.is_null() {
                 return Ok(Value::Null);
             }
@@ -78,7 +120,7 @@ fn eval_expr(e: &Expr, row: &[Value]) -> Result<Value, String> {
         }
         Expr::Call(Func::Coalesce, args) => {
             for a in args {
-                let v = eval(a, row)?;
+                let v = at(a, row)?;
                 if !v.is_null() {
                     return Ok(v);
                 }
@@ -88,7 +130,7 @@ fn eval_expr(e: &Expr, row: &[Value]) -> Result<Value, String> {
         Expr::Call(Func::Concat, args) => {
             let mut out = String::new();
             for a in args {
-                match eval(a, row)? {
+                match at(a, row)? {
                     Value::Null => {}
                     Value::Text(s) => out.push_str(&s),
                     v => out.push_str(&match cast(v, Type::Text)? {
@@ -100,7 +142,7 @@ fn eval_expr(e: &Expr, row: &[Value]) -> Result<Value, String> {
             Value::Text(out.into())
         }
         Expr::Call(f @ (Func::Substring | Func::SplitPart | Func::Position), args) => {
-            let values: Vec<Value> = args.iter().map(|a| eval(a, row)).collect::<Result<_, _>>()?;
+            let values: Vec<Value> = args.iter().map(|a| at(a, row)).collect::<Result<_, _>>()?;
             if values.iter().any(Value::is_null) {
                 return Ok(Value::Null);
             }
@@ -134,7 +176,7 @@ fn eval_expr(e: &Expr, row: &[Value]) -> Result<Value, String> {
             }
         }
         Expr::Call(f, args) => {
-            let v = eval(&args[0], row)?;
+            let v = at(&args[0], row)?;
             match (f, v) {
                 (_, Value::Null) => Value::Null,
                 (Func::Lower, Value::Text(s)) => Value::Text(s.to_lowercase()),
@@ -166,12 +208,12 @@ pub fn truth(v: Value) -> Result<Option<bool>, String> {
 }
 
 /// An operand: a column or constant borrowed, anything else evaluated.
-fn operand<'a>(e: &'a Expr, row: &'a [Value]) -> Result<std::borrow::Cow<'a, Value>, String> {
+fn operand<'a, R: Columns + ?Sized>(e: &'a Expr, row: &'a R) -> Result<std::borrow::Cow<'a, Value>, String> {
     use std::borrow::Cow;
     Ok(match e {
-        Expr::Column(c) => Cow::Borrowed(&row[*c]),
+        Expr::Column(c) => Cow::Borrowed(row.column(*c)),
         Expr::Literal(v) => Cow::Borrowed(v),
-        e => Cow::Owned(eval(e, row)?),
+        e => Cow::Owned(at(e, row)?),
     })
 }
 

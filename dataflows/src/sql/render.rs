@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use differential_dataflow::input::Input;
 use timely::dataflow::Scope;
 
-use super::eval::{eval, truth};
+use super::eval::{eval, eval_joined, truth};
 use super::plan::{AggFunc, Expr, Plan, View};
 use super::reduce::{read_once, Aggregates, Chain, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
 use super::value::{SqlRow, Type, Value};
@@ -610,25 +610,26 @@ fn stateless_steps<'p>(mut p: &'p Plan, lineage: &Lineage<'_>) -> (&'p Plan, Vec
     (p, steps)
 }
 
-/// Runs `row` through `steps`, handing every row that comes out (or fails) to `emit`. `key`
-/// and `joined` are reused buffers: a lookup's key, and a joined row that a filter right
-/// after the lookup judges before it is copied (most rows of an alert stream are not).
-fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, (key, joined): (&mut SqlRow, &mut SqlRow), emit: &mut impl FnMut(Stepped)) {
+/// Runs `row` through `steps`, handing every row that comes out (or fails) to `emit`. `key` is
+/// a reused buffer for a lookup's key. A filter right after a lookup judges the row and what
+/// it found where they are, before the joined row is built (most rows of an alert stream are
+/// not kept).
+fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut impl FnMut(Stepped)) {
     let Some((step, rest)) = steps.split_first() else { return emit(Ok(row.into_owned())) };
     match step {
         Step::Filter(predicate) => match eval(predicate, &row).and_then(truth) {
-            Ok(Some(true)) => run_steps(rest, row, (key, joined), emit),
+            Ok(Some(true)) => run_steps(rest, row, key, emit),
             Ok(_) => {}
             Err(e) => emit(Err((e, row.into_owned()))),
         },
         Step::Map(exprs) => match exprs.iter().map(|e| eval(e, &row)).collect() {
-            Ok(out) => run_steps(rest, Cow::Owned(out), (key, joined), emit),
+            Ok(out) => run_steps(rest, Cow::Owned(out), key, emit),
             Err(e) => emit(Err((e, row.into_owned()))),
         },
         Step::Window { time, size, slide } => {
             for s in window_starts(&row[*time], *size, *slide) {
                 let windowed = row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect();
-                run_steps(rest, Cow::Owned(windowed), (key, joined), emit);
+                run_steps(rest, Cow::Owned(windowed), key, emit);
             }
         }
         Step::Lookup { keys, table, outer, arity } => {
@@ -643,19 +644,20 @@ fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, (key, joined): (&mut SqlRow, 
             let found = if key.iter().any(Value::is_null) { None } else { table.get(key.as_slice()) };
             let unmatched = (found.is_none() && *outer).then_some(None);
             for r in found.into_iter().flatten().map(Some).chain(unmatched) {
-                joined.clear();
-                joined.extend(row.iter().cloned());
-                match r {
-                    Some(r) => joined.extend(r.iter().cloned()),
-                    None => joined.extend(std::iter::repeat_n(Value::Null, *arity)),
-                }
-                match rest.split_first() {
-                    Some((Step::Filter(predicate), after)) => match eval(predicate, joined).and_then(truth) {
-                        Ok(Some(true)) => run_steps(after, Cow::Owned(joined.clone()), (key, joined), emit),
-                        Ok(_) => {}
-                        Err(e) => emit(Err((e, joined.clone()))),
-                    },
-                    _ => run_steps(rest, Cow::Owned(joined.clone()), (key, joined), emit),
+                let r = r.map(Vec::as_slice);
+                let join = || -> SqlRow {
+                    let nulls = std::iter::repeat_n(Value::Null, if r.is_some() { 0 } else { *arity });
+                    row.iter().chain(r.unwrap_or_default()).cloned().chain(nulls).collect()
+                };
+                // a filter right after judges the row and what it found where they are
+                let (rest, judged) = match rest.split_first() {
+                    Some((Step::Filter(predicate), after)) => (after, eval_joined(predicate, &row, r).and_then(truth)),
+                    _ => (rest, Ok(Some(true))),
+                };
+                match judged {
+                    Ok(Some(true)) => run_steps(rest, Cow::Owned(join()), key, emit),
+                    Ok(_) => {}
+                    Err(e) => emit(Err((e, join()))),
                 }
             }
         }
@@ -664,10 +666,8 @@ fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, (key, joined): (&mut SqlRow, 
 
 /// `steps` as a chain that reads a row where it is.
 fn chain(steps: Vec<Step>) -> Chain {
-    let (mut key, mut joined) = (SqlRow::new(), SqlRow::new());
-    Box::new(move |row: &SqlRow, emit: &mut dyn FnMut(Stepped)| {
-        run_steps(&steps, Cow::Borrowed(row), (&mut key, &mut joined), &mut |s| emit(s))
-    })
+    let mut key = SqlRow::new();
+    Box::new(move |row: &SqlRow, emit: &mut dyn FnMut(Stepped)| run_steps(&steps, Cow::Borrowed(row), &mut key, &mut |s| emit(s)))
 }
 
 fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
