@@ -289,6 +289,13 @@ impl<D> Default for Batches<D> {
     }
 }
 
+/// One container's updates as a time's.
+impl<D> From<Vec<(D, Time, isize)>> for Batches<D> {
+    fn from(updates: Vec<(D, Time, isize)>) -> Self {
+        Batches(vec![updates])
+    }
+}
+
 impl<D> Batches<D> {
     /// How many updates it holds.
     pub fn len(&self) -> usize {

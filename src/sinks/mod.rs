@@ -239,8 +239,7 @@ pub fn attach<'s>(rows: Coll<'s, Row>, sink: SharedSink, route: Route, probe: &P
                         break;
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
-                    let len = updates.len();
-                    sink.borrow_mut().apply_owned(t, consolidator.consolidate(updates, len));
+                    sink.borrow_mut().apply_owned(t, consolidator.consolidate(updates));
                     held.insert(t, cap);
                 }
                 sink.borrow_mut().advance(frontier.frontier().first().copied());
@@ -272,12 +271,12 @@ struct Consolidator {
 impl Consolidator {
     const END: u32 = u32::MAX;
 
-    /// `updates`, `len` of them, consolidated.
-    fn consolidate(&mut self, updates: impl IntoIterator<Item = (Row, isize)>, len: usize) -> Vec<(Row, isize)> {
+    /// A time's `updates`, consolidated.
+    fn consolidate(&mut self, updates: dataflows::ops::Batches<Row>) -> Vec<(Row, isize)> {
         use std::collections::hash_map::Entry;
         self.first.clear();
         self.next.clear();
-        let mut out: Vec<(Row, isize)> = Vec::with_capacity(len);
+        let mut out: Vec<(Row, isize)> = Vec::with_capacity(updates.len());
         for (row, diff) in updates {
             let mut i = match self.first.entry(row.key_hash()) {
                 Entry::Vacant(v) => {
@@ -371,15 +370,14 @@ mod tests {
                     1 => Row::UserEventCount(UserEventCount { user_id: Id::Str(format!("u{}", next(30))), event_count: next(4) as i64 }),
                     _ => Row::EventTypeCount(EventTypeCount { event: format!("e{}", next(5)).into(), count: next(3) as i64 }),
                 };
-                updates.push((row, next(5) as isize - 2));
+                updates.push((row, 0, next(5) as isize - 2));
             }
             let mut want: BTreeMap<String, isize> = BTreeMap::new();
-            for (r, d) in &updates {
+            for (r, _, d) in &updates {
                 *want.entry(format!("{r:?}")).or_default() += d;
             }
             want.retain(|_, d| *d != 0);
-            let len = updates.len();
-            let got = consolidator.consolidate(updates, len);
+            let got = consolidator.consolidate(updates.into());
             let mut seen: BTreeMap<String, isize> = BTreeMap::new();
             for (r, d) in &got {
                 assert!(seen.insert(format!("{r:?}"), *d).is_none(), "{r:?} twice");
