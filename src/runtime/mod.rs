@@ -389,10 +389,10 @@ struct Sessions {
     read: InFlight,
 }
 
-/// A SQL input's columns and session, and whether its rows' positions are kept while in
+/// A SQL input's decoder (its columns) and session, and whether its rows' positions are kept while in
 /// flight: when a view's expression that can fail reads its rows as read
 /// (`inputs_of_row_errors`), and not for an upsert input (its rows move to their key's worker).
-type TableSession = (Vec<dataflows::sql::Column>, TableInput, bool);
+type TableSession = (codec::SqlDecoder, TableInput, bool);
 
 /// A SQL input's session: rows ranked by source position, or with an event time, rows that
 /// keep their bytes until their lateness is decided.
@@ -508,7 +508,7 @@ impl Sessions {
                 Ok(())
             }),
             InputName::Table(_) => match self.tables.get_mut(&input) {
-                Some((columns, session, positions)) => codec::decode_sql(bytes, columns).and_then(|row| {
+                Some((decoder, session, positions)) => decoder.decode(bytes).and_then(|row| {
                     // the source position ranks an upsert input's versions of a key
                     let rank = match &position {
                         dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
@@ -521,7 +521,7 @@ impl Sessions {
                         TableInput::Rows(s) => s.insert((rank, row)),
                         TableInput::Timed { column, max_future_ms, session } => {
                             let dataflows::sql::Value::Timestamp(ts) = row[*column] else {
-                                return Err(format!("missing_field: the event time `{}` is null", columns[*column].name));
+                                return Err(format!("missing_field: the event time `{}` is null", decoder.columns()[*column].name));
                             };
                             future(ts, *max_future_ms)?;
                             let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
@@ -893,7 +893,7 @@ fn run_worker(
                     }
                 };
                 let positions = t.key.is_empty() && named_in_errors.contains(t.name.as_str());
-                tables.insert(t.name, (t.columns.clone(), session, positions));
+                tables.insert(t.name, (codec::SqlDecoder::new(t.columns.clone()), session, positions));
                 // With checkpoints: the rows the views need, kept at checkpoint times.
                 if let Some(every) = checkpoint_every {
                     use dataflows::sql::keep::{keep_rows, Forget};
