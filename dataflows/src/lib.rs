@@ -195,6 +195,8 @@ pub struct Outputs<'s> {
     pub watermark: Option<Watermark>,
     /// with checkpoints, when `sensor_metrics` runs: its state at each checkpoint time
     pub open_readings: Option<sensor_metrics::OpenReadingsLog>,
+    /// the outputs whose current rows their operators can give when the run is over
+    pub current: Vec<(Output, output::CurrentRows)>,
 }
 
 /// Builds the selected dataflows over shared inputs. Each input is read once, and the click
@@ -209,14 +211,19 @@ pub fn build<'s>(selected: &[Dataflow], inputs: Inputs<'s>, params: &Params) -> 
     let input = |name: InputName| format!("dataflow input `{name}` is not bound");
     let counts = (has(Dataflow::UserEventCounts) || has(Dataflow::UserActivity))
         .then(|| user_event_counts::click_counts(inputs.clicks.clone().expect(&input(InputName::Clicks))));
-    let per_user = counts.clone().map(user_event_counts::per_user);
+    let per_user = counts.clone().map(|(c, _)| user_event_counts::per_user(c));
     if has(Dataflow::UserEventCounts) {
+        let (counts, current) = counts.expect("built above");
         out.user_event_counts = Some(user_event_counts::user_event_counts(per_user.clone().expect("built above")));
-        out.event_type_counts = Some(user_event_counts::event_type_counts(counts.expect("built above")));
+        out.event_type_counts = Some(user_event_counts::event_type_counts(counts));
+        out.current.push((Output::UserEventCounts, user_event_counts::current_rows(current.clone(), true)));
+        out.current.push((Output::EventTypeCounts, user_event_counts::current_rows(current, false)));
     }
     if has(Dataflow::UserActivity) {
         let users = inputs.users.clone().expect(&input(InputName::Users));
-        out.user_activity = Some(user_activity::user_activity(users, per_user.expect("built above")));
+        let (rows, current) = user_activity::user_activity(users, per_user.expect("built above"));
+        out.user_activity = Some(rows);
+        out.current.push((Output::UserActivity, current));
     }
     if has(Dataflow::SensorMetrics) {
         let sensors = inputs.sensors.expect(&input(InputName::Sensors));

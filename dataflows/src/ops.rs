@@ -1,7 +1,9 @@
 //! Reusable operators, as extension traits on collections.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Pipeline;
@@ -110,6 +112,9 @@ impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
 pub trait CountMap<'s, K> {
     /// See the trait's documentation; `dataflow` names it in the state metrics.
     fn count_map(self, dataflow: &str) -> Coll<'s, (K, isize)>;
+    /// [`CountMap::count_map`], and its map of current counts (this worker's keys, none zero):
+    /// what the output holds, to read once the dataflow is done.
+    fn count_map_shared(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>);
 }
 
 impl<'s, K> CountMap<'s, K> for Coll<'s, K>
@@ -117,18 +122,25 @@ where
     K: timely::ExchangeData + Clone + Hash + Eq + differential_dataflow::Hashable,
 {
     fn count_map(self, dataflow: &str) -> Coll<'s, (K, isize)> {
+        self.count_map_shared(dataflow).0
+    }
+
+    fn count_map_shared(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>) {
         use timely::dataflow::channels::pact::Exchange;
         let exchange = Exchange::new(|(k, _, _): &(K, Time, isize)| differential_dataflow::Hashable::hashed(k).into());
         let size = crate::state::StateSize::new(dataflow, "CountMap");
-        self.inner
+        let shared: Rc<RefCell<FastMap<K, isize>>> = Rc::default();
+        let state = shared.clone();
+        let counts = self
+            .inner
             .unary_frontier(exchange, "CountMap", |_cap, _info| {
                 let mut pending: Stash<K> = Default::default();
-                let mut counts: FastMap<K, isize> = FastMap::default();
                 // A time's diffs per key; kept from time to time (drained, not dropped) so that
                 // a time of many keys neither regrows nor refaults its table.
                 let mut deltas: FastMap<K, isize> = FastMap::default();
                 move |(input, frontier), output| {
                     stash_by_time(input, &mut pending, output.output_index());
+                    let mut counts = state.borrow_mut();
                     while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
                         let (t, (cap, updates)) = pending.pop_first().expect("checked");
                         for (k, r) in updates {
@@ -153,7 +165,8 @@ where
                 }
             })
             .container::<Vec<_>>()
-            .as_collection()
+            .as_collection();
+        (counts, shared)
     }
 }
 

@@ -180,6 +180,12 @@ impl Row {
     }
 }
 
+/// An output's current rows read from the operator that keeps them, once the run is over: calls
+/// its argument once per row with the row's multiplicity (this worker's share). A run whose
+/// snapshot needs only the final rows reads them here rather than keeping a second copy of
+/// every row in its sink as the rows change.
+pub type CurrentRows = Box<dyn Fn(&mut dyn FnMut(Row, isize))>;
+
 impl From<UserEventCount> for Row {
     fn from(r: UserEventCount) -> Self {
         Row::UserEventCount(r)

@@ -17,13 +17,16 @@
 //! as soon as they are outranked and state grows with the number of users, not of profile
 //! updates.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, Hashable};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::ops::{multiset_apply, stash_by_time, FastMap, LatestLocal, Stash};
+use crate::output::CurrentRows;
 use crate::records::{Id, Position, SharedText, User, UserActivity};
 use crate::{Coll, Time};
 
@@ -41,22 +44,35 @@ struct Joined {
 /// once — not once to pick the latest version and again in a join's state. Each completed
 /// time, in order, retracts the rows of every user it changed and inserts the new ones (none
 /// when a newer version changed nothing).
-pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> Coll<'s, UserActivity> {
+///
+/// Also returns the output's current rows, read from that map once the dataflow is done.
+pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> (Coll<'s, UserActivity>, CurrentRows) {
     let left = Exchange::new(|(u, _, _): &(User, Time, isize)| u.user_id.hashed());
     let right = Exchange::new(|((k, _), _, _): &((Id, isize), Time, isize)| k.hashed());
     let size = crate::state::StateSize::new("user_activity", "LatestProfileJoin");
-    users
+    let shared: Rc<RefCell<FastMap<Id, Joined>>> = Rc::default();
+    let (state, read) = (shared.clone(), shared);
+    let current: CurrentRows = Box::new(move |each| {
+        for (user_id, joined) in read.borrow().iter() {
+            if let Some(p) = &joined.profile {
+                for (n, r) in &joined.counts {
+                    each(activity(user_id, p, *n).into(), *r);
+                }
+            }
+        }
+    });
+    let rows = users
         .latest_local(|u: &User| u.user_id.clone(), |u: &User| u.position.clone())
         .inner
         .binary_frontier(per_user.inner, left, right, "LatestProfileJoin", |_cap, _info| {
             let mut profiles: Stash<User> = BTreeMap::new();
             let mut counts: Stash<(Id, isize)> = BTreeMap::new();
-            let mut state: FastMap<Id, Joined> = FastMap::default();
             // a time's changes per user, drained each time (its table kept, not regrown)
             let mut by_user: FastMap<Id, (Option<User>, Vec<(isize, isize)>)> = FastMap::default();
             move |(in1, f1), (in2, f2), output| {
                 stash_by_time(in1, &mut profiles, output.output_index());
                 stash_by_time(in2, &mut counts, output.output_index());
+                let mut state = state.borrow_mut();
                 loop {
                     let next = match (profiles.keys().next(), counts.keys().next()) {
                         (Some(a), Some(b)) => *a.min(b),
@@ -91,12 +107,7 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
                             .as_ref()
                             .is_some_and(|new| joined.profile.as_ref().is_none_or(|old| old.1 != new.1 || old.2 != new.2));
                         if profile_changes || !count_changes.is_empty() {
-                            let row = |(_, name, email): &(Position, SharedText, SharedText), n: isize| UserActivity {
-                                user_id: user_id.clone(),
-                                name: name.clone(),
-                                email: email.clone(),
-                                event_count: n as i64,
-                            };
+                            let row = |p: &(Position, SharedText, SharedText), n: isize| activity(&user_id, p, n);
                             // the rows before this time leave, the rows after it come
                             if let Some(p) = &joined.profile {
                                 for (n, r) in &joined.counts {
@@ -125,5 +136,11 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
             }
         })
         .container::<Vec<_>>()
-        .as_collection()
+        .as_collection();
+    (rows, current)
+}
+
+/// A user's row of `user_activity`: their profile and a count of their clicks.
+fn activity(user_id: &Id, (_, name, email): &(Position, SharedText, SharedText), n: isize) -> UserActivity {
+    UserActivity { user_id: user_id.clone(), name: name.clone(), email: email.clone(), event_count: n as i64 }
 }

@@ -14,7 +14,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{AggregateLocal, CountMap};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::ops::{AggregateLocal, CountMap, FastMap};
+use crate::output::CurrentRows;
 use crate::records::{Click, EventTypeCount, Id, UserEventCount};
 use crate::Coll;
 
@@ -27,9 +31,26 @@ pub enum ClickKey {
     Event(String),
 }
 
-/// Clicks per user and per event kind.
-pub fn click_counts<'s>(clicks: Coll<'s, Click>) -> Coll<'s, (ClickKey, isize)> {
-    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map("user_event_counts")
+/// Clicks per user and per event kind, and the map of current counts behind them.
+pub fn click_counts<'s>(clicks: Coll<'s, Click>) -> (Coll<'s, (ClickKey, isize)>, Counts) {
+    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map_shared("user_event_counts")
+}
+
+/// The current counts of [`click_counts`] (this worker's keys).
+pub type Counts = Rc<RefCell<FastMap<ClickKey, isize>>>;
+
+/// The current rows of `user_event_counts` (`per_user`) or of `event_type_counts`, read from the
+/// counts once the dataflow is done.
+pub fn current_rows(counts: Counts, per_user: bool) -> CurrentRows {
+    Box::new(move |each| {
+        for (k, n) in counts.borrow().iter() {
+            match k {
+                ClickKey::User(user_id) if per_user => each(UserEventCount { user_id: user_id.clone(), event_count: *n as i64 }.into(), 1),
+                ClickKey::Event(event) if !per_user => each(EventTypeCount { event: event.clone(), count: *n as i64 }.into(), 1),
+                _ => {}
+            }
+        }
+    })
 }
 
 /// Clicks per user as `(user_id, count)`; shared with `user_activity`.

@@ -38,6 +38,8 @@ struct Captured {
     windows: Updates<WindowMetric>,
     alerts: Updates<AnomalyAlert>,
     late: Updates<DeadLetter>,
+    /// the rows the operators gave when the run was over (`Outputs::current`), every worker's
+    current: Arc<Mutex<Vec<(dataflows::Output, dataflows::Row, isize)>>>,
 }
 
 fn run(workers: usize, script: Script, params: Params) -> Captured {
@@ -48,14 +50,16 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
         windows: Default::default(),
         alerts: Default::default(),
         late: Default::default(),
+        current: Default::default(),
     };
+    let c7 = cap.current.clone();
     let (c1, c2, c3, c4, c5, c6) =
         (cap.counts.clone(), cap.kinds.clone(), cap.activity.clone(), cap.windows.clone(), cap.alerts.clone(), cap.late.clone());
     let script = Arc::new(script);
     timely::execute(timely::Config::process(workers), move |worker| {
         let probe = ProbeHandle::new();
         let params = params.clone();
-        let (mut users, mut clicks, mut sensors) = worker.dataflow::<Time, _, _>(|scope| {
+        let (mut users, mut clicks, mut sensors, current) = worker.dataflow::<Time, _, _>(|scope| {
             let (ui, u) = scope.new_collection();
             let (ci, c) = scope.new_collection();
             let (si, s) = scope.new_collection();
@@ -66,7 +70,7 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
             capture(out.sensor_window_metrics.unwrap(), &c4, &probe);
             capture(out.anomaly_alerts.unwrap(), &c5, &probe);
             capture(out.dead_letters.unwrap(), &c6, &probe);
-            (ui, ci, si)
+            (ui, ci, si, out.current)
         });
         for t in 0..=script.last {
             if worker.index() == 0 {
@@ -87,6 +91,11 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
             clicks.flush();
             sensors.flush();
             worker.step_while(|| probe.less_than(&(t + 1)));
+        }
+        drop((users, clicks, sensors));
+        worker.step_while(|| !probe.done());
+        for (output, read) in &current {
+            read(&mut |row, n| c7.lock().unwrap().push((*output, row, n)));
         }
     })
     .unwrap();
@@ -213,6 +222,42 @@ fn check(workers: usize) {
     let late =
         DeadLetter { input: "sensors".into(), position: Position::Line(7), reason: "late".into(), raw: b"raw 9000".to_vec(), key: None };
     assert_eq!(sorted(&cap.late), vec![(late, 3, 1)]);
+}
+
+/// The rows an operator gives at the end (`Outputs::current`) are what its output holds once
+/// every update is applied: the snapshot reads them there instead of keeping a copy.
+fn check_current_rows(workers: usize) {
+    use dataflows::{Output, Row};
+    let cap = run(workers, script(), params());
+    let current = std::mem::take(&mut *cap.current.lock().unwrap());
+    let outputs: std::collections::BTreeSet<Output> = current.iter().map(|(o, ..)| *o).collect();
+    assert_eq!(outputs, [Output::UserEventCounts, Output::EventTypeCounts, Output::UserActivity].into());
+    let (mut counts, mut kinds, mut activity) = (Vec::new(), Vec::new(), Vec::new());
+    for (_, row, n) in current {
+        assert_eq!(n, 1, "one copy of each row: {row:?}");
+        match row {
+            Row::UserEventCount(r) => counts.push(r),
+            Row::EventTypeCount(r) => kinds.push(r),
+            Row::UserActivity(r) => activity.push(*r),
+            other => panic!("a row of another output: {other:?}"),
+        }
+    }
+    counts.sort();
+    kinds.sort();
+    activity.sort();
+    assert_eq!(counts, final_state(&cap.counts));
+    assert_eq!(kinds, final_state(&cap.kinds));
+    assert_eq!(activity, final_state(&cap.activity));
+}
+
+#[test]
+fn operators_give_the_rows_their_outputs_hold_one_worker() {
+    check_current_rows(1);
+}
+
+#[test]
+fn operators_give_the_rows_their_outputs_hold_two_workers() {
+    check_current_rows(2);
 }
 
 /// What a collection holds once every update is applied (taking the captured updates).

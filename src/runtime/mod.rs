@@ -833,7 +833,7 @@ fn run_worker(
     // The watermark then: from the greatest event time of all workers' parts.
     let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
     let read: InFlight = Rc::default();
-    let (mut sessions, probe, watermark, (open_readings, kept_rows), input_watermarks) = worker.dataflow::<Time, _, _>(|scope| {
+    let (mut sessions, probe, watermark, (open_readings, kept_rows), input_watermarks, current) = worker.dataflow::<Time, _, _>(|scope| {
         let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
         let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
         let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
@@ -983,8 +983,20 @@ fn run_worker(
             time: 0,
             read: read.clone(),
         };
-        (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks)
+        (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks, outs.current)
     });
+
+    // Where every worker's sink keeps its own share of the rows for the snapshot (no change
+    // files or live view that need every row as it changes), outputs whose operators keep their
+    // current rows are read from those operators when the run is over, and the sink keeps no
+    // second copy of them as they change.
+    let current: Vec<dataflows::output::CurrentRows> = match &jsonl {
+        Some(s) if !gather && !rows_beside => {
+            s.borrow_mut().rows_kept_elsewhere(current.iter().map(|(o, _)| *o));
+            current.into_iter().map(|(_, read)| read).collect()
+        }
+        _ => Vec::new(),
+    };
 
     let mut inputs = Vec::new();
     for (name, spec) in &plan.inputs {
@@ -1191,7 +1203,7 @@ fn run_worker(
     // first worker, which writes the files from a merge of what it received.
     let kept = plan.keeps_rows();
     let kept_beside = beside.filter(|_| rows_beside).and_then(|s| s.borrow_mut().current_rows()).unwrap_or_default();
-    let share = jsonl.as_ref().map(|s| s.borrow_mut().finish_with(kept_beside)).transpose()?;
+    let share = jsonl.as_ref().map(|s| s.borrow_mut().finish_with(kept_beside, &current)).transpose()?;
     let gathered = if kept { gather_on_first(worker, share, spill.join("gathered"))? } else { None };
     if !first {
         return Ok(None);

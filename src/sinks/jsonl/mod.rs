@@ -5,7 +5,8 @@
 //! the end of each logical time so that `tail -f` shows the outputs changing.
 //!
 //! Every worker keeps the current rows of its share of the outputs as typed rows ([`JsonlSink`]
-//! routed by key). Append-only outputs (alerts, dead letters) are not kept: their rows are
+//! routed by key), except rows kept elsewhere: by a sink beside it, or by the operator that
+//! computes them ([`dataflows::output::CurrentRows`]), which hand them over at the end. Append-only outputs (alerts, dead letters) are not kept: their rows are
 //! encoded as their times close and written to sorted run files ([`runs`]), so memory holds
 //! current rows of keyed outputs only. When the run ends each worker's share leaves as one
 //! sorted merge, is gathered on the first worker (which spills to runs of its own), and is
@@ -21,6 +22,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use dataflows::ops::HashedMap;
+use dataflows::output::CurrentRows;
 use dataflows::{Output, Row, Time};
 use serde::{Deserialize, Serialize};
 
@@ -115,8 +117,9 @@ pub struct JsonlSink {
     append: Option<Runs>,
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
-    /// keep the keyed outputs' rows (else another sink keeps them: [`JsonlSink::finish_with`])
-    keyed: bool,
+    /// per output (by [`Output::index`]): its rows are kept elsewhere, not here — by another
+    /// sink or by the operator that computes them — and handed to [`JsonlSink::finish_with`]
+    elsewhere: Vec<bool>,
 }
 
 impl JsonlSink {
@@ -134,14 +137,22 @@ impl JsonlSink {
             }
         }
         let append = spill_dir.map(|d| Runs::new(d, RUN_ROWS));
-        Ok(JsonlSink { state: no_rows(), append, changes, error: None, keyed: true })
+        Ok(JsonlSink { state: no_rows(), append, changes, error: None, elsewhere: vec![false; Output::MAX] })
     }
 
     /// The same sink, keeping no rows of keyed outputs: another sink beside it keeps them and
     /// hands them to [`JsonlSink::finish_with`].
     pub fn without_keyed_rows(mut self) -> Self {
-        self.keyed = false;
+        self.elsewhere = (0..Output::MAX).map(|i| Output::from_index(i).is_some_and(|o| !o.append_only())).collect();
         self
+    }
+
+    /// Keeps no rows of `outputs` (keyed ones) from now on: their operators keep them, and
+    /// they are handed to [`JsonlSink::finish_with`] when the run is over.
+    pub fn rows_kept_elsewhere(&mut self, outputs: impl IntoIterator<Item = Output>) {
+        for o in outputs.into_iter().filter(|o| !o.append_only()) {
+            self.elsewhere[o.index()] = true;
+        }
     }
 
     /// Current `(key, row, multiplicity)` of `output`, encoded, sorted by key.
@@ -163,11 +174,12 @@ impl JsonlSink {
     /// Hands over every row, encoded, as one sorted merge, leaving the sink empty; reports
     /// any write error of the change or run files.
     pub fn finish(&mut self) -> io::Result<Merged> {
-        self.finish_with(Vec::new())
+        self.finish_with(Vec::new(), &[])
     }
 
-    /// [`JsonlSink::finish`], with `kept`: the keyed rows another sink kept instead.
-    pub fn finish_with(&mut self, kept: Vec<(Row, isize)>) -> io::Result<Merged> {
+    /// [`JsonlSink::finish`], with `kept`: the keyed rows another sink kept instead, and
+    /// `current`: the rows their operators kept instead.
+    pub fn finish_with(&mut self, kept: Vec<(Row, isize)>, current: &[CurrentRows]) -> io::Result<Merged> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -178,6 +190,17 @@ impl JsonlSink {
         let state = std::mem::replace(&mut self.state, no_rows());
         for (r, count) in state.into_iter().flat_map(|m| m.into_values().flat_map(Slot::into_rows)).chain(kept) {
             runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })?;
+        }
+        let mut failed = None;
+        for read in current {
+            read(&mut |r, count| {
+                if failed.is_none() {
+                    failed = runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count }).err();
+                }
+            });
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         runs.merged()
     }
@@ -197,12 +220,8 @@ impl JsonlSink {
 
 impl Sink for JsonlSink {
     fn apply(&mut self, time: Time, updates: &[(Row, isize)]) {
-        if self.keyed {
-            self.apply_owned(time, updates.to_vec());
-        } else {
-            let appended: Vec<(Row, isize)> = updates.iter().filter(|(r, _)| r.output().append_only()).cloned().collect();
-            self.apply_owned(time, appended);
-        }
+        let kept: Vec<(Row, isize)> = updates.iter().filter(|(r, _)| !self.elsewhere[r.output().index()]).cloned().collect();
+        self.apply_owned(time, kept);
     }
 
     fn apply_owned(&mut self, time: Time, updates: Vec<(Row, isize)>) {
@@ -227,7 +246,7 @@ impl Sink for JsonlSink {
                 }
                 continue;
             }
-            if !self.keyed && !output.append_only() {
+            if self.elsewhere[output.index()] {
                 continue;
             }
             let hash = row.key_hash();
