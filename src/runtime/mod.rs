@@ -823,6 +823,15 @@ fn run_worker(
         None => Rc::new(RefCell::new(Fanout(Vec::new()))) as SharedSink,
     });
 
+    // Where every worker's sink keeps its own share of the rows for the snapshot (no change
+    // files or live view that need every row as it changes), outputs whose operators keep their
+    // current rows are read from those operators when the run is over, and the sink keeps no
+    // second copy of them as they change. When no other sink wants their rows either (no
+    // Kafka, MongoDB or observer), those rows do not even go to the sinks: they are counted
+    // where they are computed.
+    let read_current = jsonl.is_some() && !gather && !rows_beside;
+    let snapshot_only =
+        read_current && plan.kafka_output.is_none() && plan.mongodb_output.is_none() && beside.is_none() && observed.is_none();
     let needs = |i: InputName| plan.needs(i);
     let selected = plan.dataflows.clone();
     let mut params = plan.params.clone();
@@ -937,27 +946,38 @@ fn run_worker(
             }
         }
         let dead = differential_dataflow::collection::concatenate(scope, std::iter::once(dead).chain(view_errors).chain(late_rows));
-        fn rows<'s, R: Into<Row> + Clone + 'static>(c: Option<Coll<'s, R>>) -> Option<Coll<'s, Row>> {
-            c.map(|c| c.map(Into::into))
+        let probe = ProbeHandle::new();
+        let counted_here: Vec<Output> = outs.current.iter().map(|(o, _)| *o).filter(|_| snapshot_only).collect();
+        fn rows<'s, R: Into<Row> + Clone + 'static>(
+            c: Option<Coll<'s, R>>,
+            (output, here, tally, probe): (Output, &[Output], &Arc<sinks::Tally>, &ProbeHandle<Time>),
+        ) -> Option<Coll<'s, Row>> {
+            match c {
+                Some(c) if here.contains(&output) => {
+                    sinks::tally_here(c, output, tally.clone(), probe);
+                    None
+                }
+                c => c.map(|c| c.map(Into::into)),
+            }
         }
+        let at = |output| (output, counted_here.as_slice(), &counters.tally, &probe);
         let dead = match outs.dead_letters {
             Some(late) => dead.concat(late),
             None => dead,
         };
         let all: Vec<Coll<'_, Row>> = [
-            rows(outs.user_event_counts),
-            rows(outs.event_type_counts),
-            rows(outs.user_activity),
-            rows(outs.sensor_window_metrics),
-            rows(outs.anomaly_alerts),
-            rows(Some(dead)),
+            rows(outs.user_event_counts, at(Output::UserEventCounts)),
+            rows(outs.event_type_counts, at(Output::EventTypeCounts)),
+            rows(outs.user_activity, at(Output::UserActivity)),
+            rows(outs.sensor_window_metrics, at(Output::SensorWindowMetrics)),
+            rows(outs.anomaly_alerts, at(Output::AnomalyAlerts)),
+            rows(Some(dead), at(Output::DeadLetters)),
         ]
         .into_iter()
         .flatten()
         .chain(view_rows)
         .collect();
         let all = differential_dataflow::collection::concatenate(scope, all);
-        let probe = ProbeHandle::new();
         if let Some(s) = first_sink {
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
         }
@@ -986,12 +1006,9 @@ fn run_worker(
         (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks, outs.current)
     });
 
-    // Where every worker's sink keeps its own share of the rows for the snapshot (no change
-    // files or live view that need every row as it changes), outputs whose operators keep their
-    // current rows are read from those operators when the run is over, and the sink keeps no
-    // second copy of them as they change.
+    // (see `read_current` above)
     let current: Vec<dataflows::output::CurrentRows> = match &jsonl {
-        Some(s) if !gather && !rows_beside => {
+        Some(s) if read_current => {
             s.borrow_mut().rows_kept_elsewhere(current.iter().map(|(o, _)| *o));
             current.into_iter().map(|(_, read)| read).collect()
         }

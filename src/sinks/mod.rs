@@ -331,6 +331,23 @@ impl Tally {
     }
 }
 
+/// Counts `rows` of `output` in the process's [`Tally`] where they are computed, without
+/// sending them to any sink: for an output whose rows only the snapshot wants, and which its
+/// operator gives at the end ([`dataflows::output::CurrentRows`]). `probe` passes a time once
+/// it is counted.
+pub fn tally_here<'s, D: Clone + 'static>(rows: Coll<'s, D>, output: Output, tally: std::sync::Arc<Tally>, probe: &ProbeHandle<Time>) {
+    use timely::dataflow::operators::{Inspect, Probe};
+    rows.inner
+        .inspect_core(move |event| {
+            if let Ok((_, updates)) = event {
+                let net: i64 = updates.iter().map(|(_, _, d)| *d as i64).sum();
+                tally.rows[output.index()].fetch_add(net, Ordering::Relaxed);
+                tally.updates.fetch_add(updates.len() as u64, Ordering::Relaxed);
+            }
+        })
+        .probe_with(probe);
+}
+
 /// A worker's handle on the process's [`Tally`].
 pub struct TallySink(pub std::sync::Arc<Tally>);
 
