@@ -162,7 +162,7 @@ pub struct EventTypeCount {
 }
 
 /// Output `user_activity`: a user's latest profile with their click count.
-#[derive(Clone, Debug, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UserActivity {
     /// key
     pub user_id: Id,
@@ -184,6 +184,16 @@ impl PartialEq for UserActivity {
             && self.user_id == other.user_id
             && same(&self.name, &other.name)
             && same(&self.email, &other.email)
+    }
+}
+
+/// The hash of the fields [`PartialEq`] compares (equal rows hash alike).
+impl std::hash::Hash for UserActivity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.user_id.hash(state);
+        self.name.hash(state);
+        self.email.hash(state);
+        self.event_count.hash(state);
     }
 }
 
