@@ -6,7 +6,8 @@
 //!
 //! Every worker keeps the current rows of its share of the outputs as typed rows ([`JsonlSink`]
 //! routed by key), except rows kept elsewhere: by a sink beside it, or by the operator that
-//! computes them ([`dataflows::output::CurrentRows`]), which hand them over at the end. Append-only outputs (alerts, dead letters) are not kept: their rows are
+//! computes them ([`dataflows::output::CurrentRows`]), which hand them over at the end.
+//! Append-only outputs (alerts, dead letters) are not kept: their rows are
 //! encoded as their times close and written to sorted run files ([`runs`]), so memory holds
 //! current rows of keyed outputs only. When the run ends each worker's share leaves as one
 //! sorted merge, is gathered on the first worker (which spills to runs of its own), and is
