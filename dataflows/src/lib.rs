@@ -216,8 +216,8 @@ pub fn build<'s>(selected: &[Dataflow], inputs: Inputs<'s>, params: &Params) -> 
         let (counts, current) = counts.expect("built above");
         out.user_event_counts = Some(user_event_counts::user_event_counts(per_user.clone().expect("built above")));
         out.event_type_counts = Some(user_event_counts::event_type_counts(counts));
-        out.current.push((Output::UserEventCounts, user_event_counts::current_rows(current.clone(), true)));
-        out.current.push((Output::EventTypeCounts, user_event_counts::current_rows(current, false)));
+        out.current.push((Output::UserEventCounts, user_event_counts::current_user_event_counts(current.clone())));
+        out.current.push((Output::EventTypeCounts, user_event_counts::current_event_type_counts(current)));
     }
     if has(Dataflow::UserActivity) {
         let users = inputs.users.clone().expect(&input(InputName::Users));

@@ -110,22 +110,17 @@ impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
 /// differential's `count_total` produces — holding one count per key and no history. Suits
 /// counters fed by [`AggregateLocal`], which has already summed each batch's diffs per key.
 pub trait CountMap<'s, K> {
-    /// See the trait's documentation; `dataflow` names it in the state metrics.
-    fn count_map(self, dataflow: &str) -> Coll<'s, (K, isize)>;
-    /// [`CountMap::count_map`], and its map of current counts (this worker's keys, none zero):
-    /// what the output holds, to read once the dataflow is done.
-    fn count_map_shared(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>);
+    /// See the trait's documentation; `dataflow` names it in the state metrics. Also returns
+    /// its map of current counts (this worker's keys, none zero): what the output holds, to
+    /// read once the dataflow is done.
+    fn count_map(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>);
 }
 
 impl<'s, K> CountMap<'s, K> for Coll<'s, K>
 where
     K: timely::ExchangeData + Clone + Hash + Eq + differential_dataflow::Hashable,
 {
-    fn count_map(self, dataflow: &str) -> Coll<'s, (K, isize)> {
-        self.count_map_shared(dataflow).0
-    }
-
-    fn count_map_shared(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>) {
+    fn count_map(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>) {
         use timely::dataflow::channels::pact::Exchange;
         let exchange = Exchange::new(|(k, _, _): &(K, Time, isize)| differential_dataflow::Hashable::hashed(k).into());
         let size = crate::state::StateSize::new(dataflow, "CountMap");

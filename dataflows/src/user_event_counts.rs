@@ -33,24 +33,46 @@ pub enum ClickKey {
 
 /// Clicks per user and per event kind, and the map of current counts behind them.
 pub fn click_counts<'s>(clicks: Coll<'s, Click>) -> (Coll<'s, (ClickKey, isize)>, Counts) {
-    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map_shared("user_event_counts")
+    clicks.aggregate_local(|c: Click| [ClickKey::User(c.user_id), ClickKey::Event(c.event)]).count_map("user_event_counts")
 }
 
 /// The current counts of [`click_counts`] (this worker's keys).
 pub type Counts = Rc<RefCell<FastMap<ClickKey, isize>>>;
 
-/// The current rows of `user_event_counts` (`per_user`) or of `event_type_counts`, read from the
-/// counts once the dataflow is done.
-pub fn current_rows(counts: Counts, per_user: bool) -> CurrentRows {
+/// The current rows of `user_event_counts`, read from the counts once the dataflow is done.
+pub fn current_user_event_counts(counts: Counts) -> CurrentRows {
+    current_rows(counts, user_event_count)
+}
+
+/// The current rows of `event_type_counts`, read from the counts once the dataflow is done.
+pub fn current_event_type_counts(counts: Counts) -> CurrentRows {
+    current_rows(counts, event_type_count)
+}
+
+fn current_rows<R: Into<crate::Row> + 'static>(counts: Counts, row: fn(&ClickKey, isize) -> Option<R>) -> CurrentRows {
     Box::new(move |each| {
         for (k, n) in counts.borrow().iter() {
-            match k {
-                ClickKey::User(user_id) if per_user => each(UserEventCount { user_id: user_id.clone(), event_count: *n as i64 }.into(), 1),
-                ClickKey::Event(event) if !per_user => each(EventTypeCount { event: event.clone(), count: *n as i64 }.into(), 1),
-                _ => {}
+            if let Some(r) = row(k, *n) {
+                each(r.into(), 1);
             }
         }
     })
+}
+
+/// A user's count as a row of `user_event_counts`.
+fn user_event_count(k: &ClickKey, n: isize) -> Option<UserEventCount> {
+    match k {
+        ClickKey::User(user_id) => Some(user_row(user_id.clone(), n)),
+        ClickKey::Event(_) => None,
+    }
+}
+
+/// An event kind's count as a row of `event_type_counts`.
+fn event_type_count(k: &ClickKey, n: isize) -> Option<EventTypeCount> {
+    match k {
+        ClickKey::Event(event) => Some(EventTypeCount { event: event.clone(), count: n as i64 }),
+        ClickKey::User(_) => None,
+    }
 }
 
 /// Clicks per user as `(user_id, count)`; shared with `user_activity`.
@@ -63,13 +85,15 @@ pub fn per_user<'s>(counts: Coll<'s, (ClickKey, isize)>) -> Coll<'s, (Id, isize)
 
 /// The `user_event_counts` output from the per-user counts.
 pub fn user_event_counts<'s>(per_user: Coll<'s, (Id, isize)>) -> Coll<'s, UserEventCount> {
-    per_user.map(|(user_id, n)| UserEventCount { user_id, event_count: n as i64 })
+    per_user.map(|(user_id, n)| user_row(user_id, n))
+}
+
+/// A user's row of `user_event_counts`.
+fn user_row(user_id: Id, n: isize) -> UserEventCount {
+    UserEventCount { user_id, event_count: n as i64 }
 }
 
 /// The `event_type_counts` output.
 pub fn event_type_counts<'s>(counts: Coll<'s, (ClickKey, isize)>) -> Coll<'s, EventTypeCount> {
-    counts.flat_map(|(k, n)| match k {
-        ClickKey::Event(event) => Some(EventTypeCount { event, count: n as i64 }),
-        ClickKey::User(_) => None,
-    })
+    counts.flat_map(|(k, n)| event_type_count(&k, n))
 }
