@@ -591,28 +591,52 @@ const ONE_PER_BATCH: [(&str, &str); 4] =
     [("batch.num.messages", "1"), ("linger.ms", "0"), ("enable.idempotence", "false"), ("max.in.flight.requests.per.connection", "1")];
 
 /// Produces records `from..from + count` of generator `kind` to `topic`, one record per batch
-/// ([`ONE_PER_BATCH`]).
-fn produce(kind: &str, topic: &str, from: u64, count: u64) {
+/// ([`ONE_PER_BATCH`]) when a restart may resume mid-topic, else as the generator does
+/// (batched, idempotent).
+fn produce(kind: &str, topic: &str, from: u64, count: u64, one_per_batch: bool) {
     let (from, count, bootstrap) = (from.to_string(), count.to_string(), kafka_bootstrap());
     let mut args: Vec<String> = ["gen", kind, "--from", &from, "--count", &count, "--seed", "11", "--users", "300", "--to", "kafka"]
         .into_iter()
         .chain(["--topic", topic, "--bootstrap", &bootstrap])
         .map(String::from)
         .collect();
-    for (k, v) in ONE_PER_BATCH {
+    for (k, v) in ONE_PER_BATCH.iter().filter(|_| one_per_batch) {
         args.extend(["--producer-option".to_string(), format!("{k}={v}")]);
     }
     diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-/// Produces `count` records of generator `kind` to `topic` (3 partitions), runs the shipped
-/// config from it, and returns the lines produced.
-fn through_kafka(dir: &Path, pipeline: &str, kind: &str, count: &str, topics: &[&str], database: &str) -> (String, Vec<String>) {
+/// A Kafka input as read back: each record's bytes by (partition, offset).
+type InputRecords = BTreeMap<(i32, i64), Vec<u8>>;
+
+/// Produces `count` records of generator `kind` to `topic` (3 partitions), checks the topic
+/// holds them, runs the shipped config from it, and returns the lines produced and the input
+/// topic's records (so that a dead letter can be checked against the record its source
+/// position names).
+fn through_kafka(
+    dir: &Path,
+    pipeline: &str,
+    kind: &str,
+    count: &str,
+    topics: &[&str],
+    database: &str,
+) -> (String, Vec<String>, InputRecords) {
     let prefix = unique(pipeline);
     let input = format!("{prefix}.{}", topics[0]);
     create_topics(&[input.clone()], 3);
     let (_, text) = generate(dir, kind, count);
-    produce(kind, &input, 0, count.parse().expect("a count"));
+    produce(kind, &input, 0, count.parse().expect("a count"), false);
+    // What the broker holds is what was produced: a difference here is the broker's or the
+    // producer's, not the engine's.
+    let records: InputRecords = read_topic(&input, std::time::Duration::from_secs(3))
+        .into_iter()
+        .map(|r| ((r.partition, r.offset), r.value.unwrap_or_default()))
+        .collect();
+    let mut held: Vec<&[u8]> = records.values().map(Vec::as_slice).collect();
+    let mut produced: Vec<&[u8]> = text.lines().map(str::as_bytes).collect();
+    held.sort_unstable();
+    produced.sort_unstable();
+    assert!(held == produced, "topic {input} holds {} records, not the {} produced", held.len(), produced.len());
     let config = kafka_config(dir, pipeline, &prefix, topics, database);
     let o = std::process::Command::new(bin())
         .args(["run", "--config", config.to_str().unwrap(), "-q"])
@@ -620,7 +644,7 @@ fn through_kafka(dir: &Path, pipeline: &str, kind: &str, count: &str, topics: &[
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    (prefix, text.lines().map(str::to_string).collect())
+    (prefix, text.lines().map(str::to_string).collect(), records)
 }
 
 fn mongodb_uri() -> String {
@@ -640,12 +664,26 @@ fn dead_records(dead: &Dead, lines: &[String]) -> DeadRecords {
     out
 }
 
-/// The dead-letter topic's records: the value is the record, the headers carry the reason.
-fn dead_letter_topic(topic: &str) -> DeadRecords {
+/// The dead-letter topic's records: the value is the record, the headers carry the reason and
+/// the source position, whose record in `input` must be the value.
+fn dead_letter_topic(topic: &str, input: &InputRecords) -> DeadRecords {
     let mut out = DeadRecords::new();
     for r in read_topic(topic, std::time::Duration::from_secs(3)) {
+        let header = |k: &str| String::from_utf8(r.headers[k].clone()).unwrap();
+        let source = (header("diffstream.source.partition").parse().unwrap(), header("diffstream.source.offset").parse().unwrap());
         let value = String::from_utf8(r.value.unwrap()).unwrap();
-        let reason = String::from_utf8(r.headers["diffstream.reason"].clone()).unwrap();
+        assert_eq!(
+            input.get(&source).map(|v| String::from_utf8_lossy(v)),
+            Some(value.as_str().into()),
+            "the dead letter at {topic}/{}@{} names the input record at partition {} offset {}",
+            r.partition,
+            r.offset,
+            source.0,
+            source.1
+        );
+        let reason = header("diffstream.reason");
+        // (shown when the test fails: which record went where)
+        println!("{topic}/{}@{} <- {}@{}: {reason}", r.partition, r.offset, source.0, source.1);
         *out.entry((value, reason.split(':').next().unwrap().to_string())).or_default() += 1;
     }
     out
@@ -656,7 +694,7 @@ fn transactions_through_kafka_and_mongodb() {
     let dir = tempfile::tempdir().unwrap();
     let db = unique("tx").replace('-', "_");
     let topics = ["real-time-transactions", "real-time-transactions.dlq", "transaction-alerts", "user-statistics"];
-    let (prefix, lines) = through_kafka(dir.path(), "transactions", "transactions", "6000", &topics, &db);
+    let (prefix, lines, input) = through_kafka(dir.path(), "transactions", "transactions", "6000", &topics, &db);
     let lines_ref: Vec<&str> = lines.iter().map(String::as_str).collect();
     let (want, dead) = transactions_reference(&lines_ref, usize::MAX, i64::MAX / 4);
     for (view, topic) in [
@@ -669,7 +707,7 @@ fn transactions_through_kafka_and_mongodb() {
         let topic = format!("{prefix}.{topic}");
         assert_rows(&format!("topic {topic}"), &topic_state(&topic), &want[view]);
     }
-    assert_eq!(dead_letter_topic(&format!("{prefix}.real-time-transactions.dlq")), dead_records(&dead, &lines));
+    assert_eq!(dead_letter_topic(&format!("{prefix}.real-time-transactions.dlq"), &input), dead_records(&dead, &lines));
     let client = mongodb::sync::Client::with_uri_str(mongodb_uri()).unwrap();
     let database = client.database(&format!("{db}transactions"));
     for view in ["user_statistics", "transaction_alerts"] {
@@ -682,20 +720,20 @@ fn transactions_through_kafka_and_mongodb() {
 fn sales_through_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let db = unique("sales").replace('-', "_");
-    let (prefix, lines) = through_kafka(dir.path(), "sales", "sales", "6000", &["sales-events", "error-events"], &db);
+    let (prefix, lines, input) = through_kafka(dir.path(), "sales", "sales", "6000", &["sales-events", "error-events"], &db);
     let lines_ref: Vec<&str> = lines.iter().map(String::as_str).collect();
     let (want, dead) = sales_reference(&lines_ref, usize::MAX, i64::MAX / 4);
     for (view, rows) in &want {
         assert_rows(&format!("topic of {view}"), &topic_state(&format!("{prefix}.sales.{view}")), rows);
     }
-    assert_eq!(dead_letter_topic(&format!("{prefix}.error-events")), dead_records(&dead, &lines));
+    assert_eq!(dead_letter_topic(&format!("{prefix}.error-events"), &input), dead_records(&dead, &lines));
 }
 
 #[test]
 fn applications_through_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let db = unique("apps").replace('-', "_");
-    let (prefix, lines) = through_kafka(
+    let (prefix, lines, input) = through_kafka(
         dir.path(),
         "applications",
         "inputs",
@@ -711,7 +749,7 @@ fn applications_through_kafka() {
         &topic_state(&format!("{prefix}.applications.applications_per_product")),
         &want["applications_per_product"],
     );
-    assert_eq!(dead_letter_topic(&format!("{prefix}.InputsTopic.dlq")), dead_records(&dead, &lines));
+    assert_eq!(dead_letter_topic(&format!("{prefix}.InputsTopic.dlq"), &input), dead_records(&dead, &lines));
     let view_errors = read_topic(&format!("{prefix}.applications-errors"), std::time::Duration::from_secs(3));
     assert_eq!(view_errors.len(), bad.len(), "messages whose content is not a product and a quantity");
     // Each names its message: the input topic, a partition and an offset there.
@@ -755,7 +793,7 @@ fn sales_killed_and_restarted(checkpoints: bool) {
     let text_config = text_config.replace("stop_when_idle = \"4s\"\n", "");
     std::fs::write(&streaming, text_config.replace("[inputs.sales]\n", "[inputs.sales]\nmax_records_per_batch = 100\n")).unwrap();
 
-    produce("sales", &input, 0, 3000);
+    produce("sales", &input, 0, 3000, true);
     let mut engine = std::process::Command::new(bin())
         .args(["run", "--config", streaming.to_str().unwrap(), "-w", "2", "-q"])
         .env("MONGODB_URI", mongodb_uri())
@@ -778,7 +816,7 @@ fn sales_killed_and_restarted(checkpoints: bool) {
     engine.kill().unwrap();
     engine.wait().unwrap();
 
-    produce("sales", &input, 3000, 3000);
+    produce("sales", &input, 3000, 3000, true);
     let o = std::process::Command::new(bin())
         .args(["run", "--config", config.to_str().unwrap(), "-w", "2", "-q", "--log-level", "info"])
         .env("MONGODB_URI", mongodb_uri())
