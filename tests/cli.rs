@@ -92,22 +92,27 @@ fn two_processes_equal_one() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path());
     let one = run(dir.path(), "single", &["-w", "2"]);
-    let hostfile = common::hostfile(dir.path());
-    let children: Vec<_> = (0..2)
-        .map(|p| {
-            let out = format!("cluster{p}");
-            let process = p.to_string();
-            let mut args = run_args(dir.path(), &out, &["-w", "1", "-n", "2", "-p", &process]);
-            args.extend(["-h".into(), hostfile.display().to_string()]);
-            Command::new(bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "a cluster process failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    // One worker per process, and two: the first process's workers write the outputs (each
+    // output by one of them), from every worker's share.
+    for workers in ["1", "2"] {
+        let hostfile = common::hostfile(dir.path());
+        let children: Vec<_> = (0..2)
+            .map(|p| {
+                let out = format!("cluster{workers}-{p}");
+                let process = p.to_string();
+                let mut args = run_args(dir.path(), &out, &["-w", workers, "-n", "2", "-p", &process]);
+                args.extend(["-h".into(), hostfile.display().to_string()]);
+                Command::new(bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "a cluster process failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert_eq!(snapshots(&dir.path().join(format!("cluster{workers}-0"))), one, "-w {workers} -n 2");
+        let second = dir.path().join(format!("cluster{workers}-1"));
+        assert!(!second.exists() || snapshots(&second).is_empty(), "-w {workers} -n 2: the second process writes no snapshot");
     }
-    // The first worker of the first process holds and writes every output.
-    assert_eq!(snapshots(&dir.path().join("cluster0")), one);
 }
 
 #[test]

@@ -8,8 +8,8 @@
 //! applied (backpressure), so memory holds a bounded number of batches. Every worker runs its
 //! own sinks for its share of the outputs (see [`crate::sinks`]). When every input is at its
 //! end, or on Ctrl-C or `--duration`, the inputs are closed, the frontier runs to the end
-//! (every window becomes final), and the workers' snapshot shares are gathered on the first
-//! worker, which writes the snapshot files.
+//! (every window becomes final), and each output's snapshot file is written by one worker of
+//! the first process, from every worker's share of it.
 
 pub mod checkpoint;
 pub mod reclock;
@@ -1216,20 +1216,37 @@ fn run_worker(
     }
     tick(&jsonl, epoch, true);
 
-    // The snapshot: every worker's share leaves as one sorted merge and is gathered on the
-    // first worker, which writes the files from a merge of what it received.
+    // The snapshot: each output's file is written by one worker of the first process (the
+    // outputs spread over them by size); every worker's share of an output leaves as one sorted
+    // merge to that writer, which writes the file from a merge of what it received.
     let kept = plan.keeps_rows();
-    let kept_beside = beside.filter(|_| rows_beside).and_then(|s| s.borrow_mut().current_rows()).unwrap_or_default();
-    let share = jsonl.as_ref().map(|s| s.borrow_mut().finish_with(kept_beside, &current)).transpose()?;
-    let gathered = if kept { gather_on_first(worker, share, spill.join("gathered"))? } else { None };
+    let tally = &counters.tally;
+    let (files, rows): (Vec<PathBuf>, Vec<(Output, u64)>) = if kept {
+        let writers = if gather { 1 } else { local_workers };
+        let writer_of = all_gather(worker, snapshot_writers(&outputs, tally, writers)).swap_remove(0);
+        let kept_beside = beside.filter(|_| rows_beside).and_then(|s| s.borrow_mut().current_rows()).unwrap_or_default();
+        let share_of = |o: Output| writer_of[o.index()];
+        let shares = jsonl.as_ref().map(|s| s.borrow_mut().finish_split(kept_beside, &current, &share_of, writers)).transpose()?;
+        let gathered = gather_snapshot(worker, shares, writers, spill.join(format!("gathered-{index}")))?;
+        let written = match gathered {
+            Some(rows) => {
+                let mine: Vec<Output> = outputs.iter().copied().filter(|&o| share_of(o) == index).collect();
+                let (files, rows) = jsonl::write_snapshots(plan.output_dir.as_deref(), &mine, rows)?;
+                let mut files = files.into_iter();
+                rows.into_iter().map(|(o, n)| (o, files.next(), n)).collect()
+            }
+            None => Vec::new(),
+        };
+        // the report, in the order of the outputs
+        let mut written: Vec<(Output, Option<PathBuf>, u64)> = all_gather(worker, written).into_iter().flatten().collect();
+        written.sort_by_key(|(o, ..)| outputs.iter().position(|x| x == o));
+        (written.iter().filter_map(|(_, f, _)| f.clone()).collect(), written.iter().map(|(o, _, n)| (*o, *n)).collect())
+    } else {
+        (Vec::new(), outputs.iter().map(|&o| (o, tally.rows(o).max(0) as u64)).collect())
+    };
     if !first {
         return Ok(None);
     }
-    let tally = &counters.tally;
-    let (files, rows) = match gathered {
-        Some(rows) => jsonl::write_snapshots(plan.output_dir.as_deref(), &outputs, rows)?,
-        None => (Vec::new(), outputs.iter().map(|&o| (o, tally.rows(o).max(0) as u64)).collect()),
-    };
     let _ = std::fs::remove_dir(&spill); // empty by now, unless another process still cleans up
     Ok(Some(Report {
         records_in: counters.snapshot(),
@@ -1275,34 +1292,63 @@ fn all_gather<D: timely::ExchangeData + Clone>(worker: &mut timely::worker::Work
     all.into_iter().map(|(_, d)| d).collect()
 }
 
-/// Sends every other worker's `rows` (in snapshot order) to the first worker through a
-/// dataflow of its own (so it works across processes), in chunks of [`jsonl::RUN_ROWS`], each
-/// sent only once the previous one was received, so no worker buffers more than a chunk. The
-/// first worker writes each sender's rows, already in order, to a run file of that sender's
-/// under `spill`, and returns their merge with its own rows, which it does not write out again
-/// (with one worker, the gather writes nothing); others return `None`. Every worker must call
-/// it.
-fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, spill: PathBuf) -> anyhow::Result<Option<Merged>> {
+/// Which worker writes each output's snapshot file (by [`Output::index`]): one of the first
+/// `writers` workers (the first process's), the largest outputs first, each to the writer with
+/// the fewest rows so far (by this process's tally; every worker must use the first worker's
+/// answer, as the processes' tallies differ). The append-only outputs go together, to one
+/// writer: their rows were spilled together as they came, and stay in those runs.
+fn snapshot_writers(outputs: &[Output], tally: &sinks::Tally, writers: usize) -> Vec<usize> {
+    let rows = |o: &Output| tally.rows(*o).max(0) as u64;
+    let (append, keyed): (Vec<Output>, Vec<Output>) = outputs.iter().partition(|o| o.append_only());
+    let mut groups: Vec<(u64, Vec<Output>)> = keyed.into_iter().map(|o| (rows(&o), vec![o])).collect();
+    if !append.is_empty() {
+        groups.push((append.iter().map(rows).sum(), append));
+    }
+    groups.sort_by_key(|(n, g)| (std::cmp::Reverse(*n), g[0].index()));
+    let mut load = vec![0u64; writers.max(1)];
+    let mut writer_of = vec![0; Output::MAX];
+    for (n, group) in groups {
+        let w = (0..load.len()).min_by_key(|&w| load[w]).expect("a writer");
+        for o in group {
+            writer_of[o.index()] = w;
+        }
+        load[w] += n + 1;
+    }
+    writer_of
+}
+
+/// Sends every worker's `shares` (share `d` in snapshot order, for writer `d`) to their
+/// writers, the first `writers` workers, through a dataflow of its own (so it works across
+/// processes), in chunks of [`jsonl::RUN_ROWS`], each sent only once the previous one was
+/// received, so no worker buffers more than a chunk. A writer writes each sender's rows,
+/// already in order, to a run file of that sender's under `spill`, and returns their merge
+/// with its own share, which it does not write out again (with one worker, the gather writes
+/// nothing); other workers return `None`. Every worker must call it.
+fn gather_snapshot(
+    worker: &mut timely::worker::Worker,
+    shares: Option<Vec<Merged>>,
+    writers: usize,
+    spill: PathBuf,
+) -> anyhow::Result<Option<Merged>> {
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     use timely::dataflow::operators::vec::input::Input as _;
     use timely::dataflow::operators::Probe;
     let index = worker.index();
-    let first = index == 0;
     let gathered = Rc::new(RefCell::new((SortedStreams::new(spill), None::<std::io::Error>)));
     let into = gathered.clone();
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
-        let (input, stream) = scope.new_input::<(usize, SnapshotRow)>();
+        let (input, stream) = scope.new_input::<(usize, usize, SnapshotRow)>();
         let probe = ProbeHandle::new();
         stream
             .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                Exchange::new(|_: &(usize, SnapshotRow)| 0),
+                Exchange::new(|(writer, _, _): &(usize, usize, SnapshotRow)| *writer as u64),
                 "GatherSnapshot",
                 move |_, _| {
                     move |input, _output| {
                         input.for_each(|_, data| {
                             let (streams, error) = &mut *into.borrow_mut();
-                            for (sender, r) in data.drain(..) {
+                            for (_, sender, r) in data.drain(..) {
                                 if let Err(e) = streams.push(sender, &r) {
                                     error.get_or_insert(e);
                                 }
@@ -1314,21 +1360,27 @@ fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, sp
             .probe_with(&probe);
         (input, probe)
     });
-    let (own, mut rows) = if first { (rows, None) } else { (None, rows) };
+    let mut own = None;
     let mut chunk: Time = 0;
-    while let Some(rows) = &mut rows {
-        let mut sent = 0;
-        for r in rows.by_ref().take(jsonl::RUN_ROWS) {
-            input.send((index, r?));
-            sent += 1;
+    for (writer, mut rows) in shares.into_iter().flatten().enumerate() {
+        if writer == index {
+            own = Some(rows);
+            continue;
         }
-        if sent == 0 {
-            break;
-        }
-        chunk += 1;
-        input.advance_to(chunk);
-        while probe.less_than(&chunk) {
-            worker.step_or_park(Some(Duration::from_millis(1)));
+        loop {
+            let mut sent = 0;
+            for r in rows.by_ref().take(jsonl::RUN_ROWS) {
+                input.send((writer, index, r?));
+                sent += 1;
+            }
+            if sent == 0 {
+                break;
+            }
+            chunk += 1;
+            input.advance_to(chunk);
+            while probe.less_than(&chunk) {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
         }
     }
     drop(input);
@@ -1340,5 +1392,5 @@ fn gather_on_first(worker: &mut timely::worker::Worker, rows: Option<Merged>, sp
     if let Some(e) = error {
         return Err(anyhow::anyhow!("gathering the snapshot: {e}"));
     }
-    Ok(if first { Some(streams.merged_with(own)?) } else { None })
+    Ok(if index < writers { Some(streams.merged_with(own)?) } else { None })
 }

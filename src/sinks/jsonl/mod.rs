@@ -10,8 +10,9 @@
 //! Append-only outputs (alerts, dead letters) are not kept: their rows are
 //! encoded as their times close and written to sorted run files ([`runs`]), so memory holds
 //! current rows of keyed outputs only. When the run ends each worker's share leaves as one
-//! sorted merge, is gathered on the first worker (which spills to runs of its own), and is
-//! written by [`write_snapshots`] from a merge: the whole snapshot is never in memory at once. Change files and the demo's
+//! sorted merge per writer ([`JsonlSink::finish_split`]: each output's file has one writer), is
+//! gathered there (the writer spills to runs of its own), and is written by
+//! [`write_snapshots`] from a merge: the whole snapshot is never in memory at once. Change files and the demo's
 //! live view need every row in one place, so when they are asked for, one sink on the first
 //! worker receives everything instead.
 //!
@@ -116,6 +117,10 @@ pub struct JsonlSink {
     state: Vec<HashedMap<Slot>>,
     /// rows of append-only outputs, when they are spilled rather than kept
     append: Option<Runs>,
+    /// where rows are spilled (the append-only rows' runs; the hand-over's beside it)
+    spill: Option<PathBuf>,
+    /// the append-only outputs among the sink's outputs
+    append_outputs: Vec<Output>,
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
     /// per output (by [`Output::index`]): its rows are kept elsewhere, not here — by another
@@ -137,8 +142,17 @@ impl JsonlSink {
                 changes.push((o, BufWriter::new(f)));
             }
         }
-        let append = spill_dir.map(|d| Runs::new(d, RUN_ROWS));
-        Ok(JsonlSink { state: no_rows(), append, changes, error: None, elsewhere: vec![false; Output::MAX] })
+        let append = spill_dir.clone().map(|d| Runs::new(d, RUN_ROWS));
+        let append_outputs = outputs.iter().copied().filter(|o| o.append_only()).collect();
+        Ok(JsonlSink {
+            state: no_rows(),
+            append,
+            spill: spill_dir,
+            append_outputs,
+            changes,
+            error: None,
+            elsewhere: vec![false; Output::MAX],
+        })
     }
 
     /// The same sink, keeping no rows of keyed outputs: another sink beside it keeps them and
@@ -181,29 +195,64 @@ impl JsonlSink {
     /// [`JsonlSink::finish`], with `kept`: the keyed rows another sink kept instead, and
     /// `current`: the rows their operators kept instead.
     pub fn finish_with(&mut self, kept: Vec<(Row, isize)>, current: &[CurrentRows]) -> io::Result<Merged> {
+        Ok(self.finish_split(kept, current, &|_| 0, 1)?.pop().expect("one share"))
+    }
+
+    /// [`JsonlSink::finish_with`] in `shares` merges: share `d` holds the rows of the outputs
+    /// `share_of` gives `d`, so that each can go to the worker that writes those outputs.
+    pub fn finish_split(
+        &mut self,
+        kept: Vec<(Row, isize)>,
+        current: &[CurrentRows],
+        share_of: &dyn Fn(Output) -> usize,
+        shares: usize,
+    ) -> io::Result<Vec<Merged>> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
         for (_, f) in &mut self.changes {
             f.flush()?;
         }
-        let mut runs = self.append.take().unwrap_or_else(Runs::in_memory);
+        // Each share's runs beside the append-only rows' (whose merge removes their directory).
+        let runs_of = |d: usize| match &self.spill {
+            Some(dir) => Runs::new(PathBuf::from(format!("{}-to-{d}", dir.display())), RUN_ROWS),
+            None => Runs::in_memory(),
+        };
+        let mut runs: Vec<Runs> = (0..shares).map(runs_of).collect();
+        if let Some(append) = self.append.take() {
+            let mut to: Vec<usize> = self.append_outputs.iter().map(|&o| share_of(o)).collect();
+            to.sort_unstable();
+            to.dedup();
+            match to[..] {
+                // all in one share (the usual case): the append-only rows' runs are its runs
+                [] => runs[0] = append,
+                [d] => runs[d] = append,
+                _ => {
+                    for r in append.merged()? {
+                        let r = r?;
+                        runs[share_of(r.output)].push(r)?;
+                    }
+                }
+            }
+        }
         let state = std::mem::replace(&mut self.state, no_rows());
         for (r, count) in state.into_iter().flat_map(|m| m.into_values().flat_map(Slot::into_rows)).chain(kept) {
-            runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count })?;
+            let output = r.output();
+            runs[share_of(output)].push(SnapshotRow { output, key: r.key(), row: r.row(), count })?;
         }
         let mut failed = None;
         for read in current {
             read(&mut |r, count| {
                 if failed.is_none() {
-                    failed = runs.push(SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count }).err();
+                    let output = r.output();
+                    failed = runs[share_of(output)].push(SnapshotRow { output, key: r.key(), row: r.row(), count }).err();
                 }
             });
         }
         if let Some(e) = failed {
             return Err(e);
         }
-        runs.merged()
+        runs.into_iter().map(Runs::merged).collect()
     }
 
     fn write_changes(&mut self, time: Time, updates: &[(Row, isize)]) -> io::Result<()> {
@@ -336,4 +385,74 @@ pub fn write_snapshots(
         w.flush()?;
     }
     Ok((files, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflows::records::{AlertType, AnomalyAlert, DeadLetter, EventTypeCount, Position, F64};
+
+    fn rows() -> Vec<(Row, isize)> {
+        let mut rows = Vec::new();
+        for i in 0..40u64 {
+            rows.push((Row::EventTypeCount(EventTypeCount { event: format!("kind{i:02}"), count: i as i64 }), 1));
+            let (position, raw) = (Position::Line(i), format!("line {i}").into_bytes());
+            rows.push((Row::DeadLetter(Box::new(DeadLetter { input: "x".into(), position, reason: "r".into(), raw, key: None })), 1));
+            let alert = AnomalyAlert {
+                sensor_id: format!("s{}", i % 7),
+                sensor_type: "t".into(),
+                location: "l".into(),
+                value: F64(i as f64),
+                timestamp: i as i64,
+                alert_type: AlertType::High,
+            };
+            rows.push((Row::AnomalyAlert(Box::new(alert)), 1));
+        }
+        rows
+    }
+
+    /// Every row of `merged`, by output.
+    fn by_output(merged: Merged) -> std::collections::BTreeMap<Output, Vec<SnapshotRow>> {
+        let mut out = std::collections::BTreeMap::<Output, Vec<SnapshotRow>>::new();
+        for r in merged {
+            let r = r.unwrap();
+            out.entry(r.output).or_default().push(r);
+        }
+        out
+    }
+
+    /// A sink fed `rows` over several times, its append-only rows in runs (which stay in
+    /// memory at this size).
+    fn sink(dir: &Path) -> JsonlSink {
+        let outputs = [Output::EventTypeCounts, Output::AnomalyAlerts, Output::DeadLetters];
+        let mut s = JsonlSink::new(None, &outputs, Some(dir.join("append"))).unwrap();
+        for (t, chunk) in rows().chunks(17).enumerate() {
+            s.apply(t as Time, chunk);
+        }
+        s
+    }
+
+    #[test]
+    fn split_shares_hold_the_rows_of_their_outputs_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = by_output(sink(dir.path()).finish().unwrap());
+        assert_eq!(whole.values().map(Vec::len).sum::<usize>(), 120);
+        // keyed and append-only outputs apart; then the append-only outputs apart too (their
+        // spilled rows are divided between the shares)
+        let splits: [&dyn Fn(Output) -> usize; 2] =
+            [&|o: Output| usize::from(o.append_only()), &|o: Output| usize::from(o == Output::DeadLetters) * 2];
+        for share_of in splits {
+            let shares = sink(dir.path()).finish_split(Vec::new(), &[], share_of, 3).unwrap();
+            let mut got = std::collections::BTreeMap::new();
+            for (d, merged) in shares.into_iter().enumerate() {
+                for (o, rows) in by_output(merged) {
+                    assert_eq!(share_of(o), d, "{o} is in share {d}");
+                    assert!(rows.windows(2).all(|w| w[0] <= w[1]), "{o}: in snapshot order");
+                    got.insert(o, rows);
+                }
+            }
+            assert_eq!(got, whole);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "every spill directory is removed");
+    }
 }
