@@ -180,10 +180,12 @@ impl Row {
     }
 }
 
-/// An output's current rows read from the operator that keeps them, once the run is over: calls
-/// its argument once per row with the row's multiplicity (this worker's share). A run whose
-/// snapshot needs only the final rows reads them here rather than keeping a second copy of
-/// every row in its sink as the rows change.
+/// An output's current rows taken from the operator that keeps them, once the run is over:
+/// calls its argument once per row with the row's multiplicity (this worker's share), and
+/// frees the operator's state as it goes (each entry while it is in cache, rather than in a
+/// second pass over a map of millions when the dataflow is dropped), so it gives the rows
+/// once. A run whose snapshot needs only the final rows takes them here rather than keeping a
+/// second copy of every row in its sink as the rows change.
 pub type CurrentRows = Box<dyn Fn(&mut dyn FnMut(Row, isize))>;
 
 impl From<UserEventCount> for Row {

@@ -45,7 +45,7 @@ struct Joined {
 /// time, in order, retracts the rows of every user it changed and inserts the new ones (none
 /// when a newer version changed nothing).
 ///
-/// Also returns the output's current rows, read from that map once the dataflow is done.
+/// Also returns the output's current rows, taken from that map once the dataflow is done.
 pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>) -> (Coll<'s, UserActivity>, CurrentRows) {
     let left = Exchange::new(|(u, _, _): &(User, Time, isize)| u.user_id.hashed());
     let right = Exchange::new(|((k, _), _, _): &((Id, isize), Time, isize)| k.hashed());
@@ -53,10 +53,10 @@ pub fn user_activity<'s>(users: Coll<'s, User>, per_user: Coll<'s, (Id, isize)>)
     let shared: Rc<RefCell<FastMap<Id, Joined>>> = Rc::default();
     let (state, read) = (shared.clone(), shared);
     let current: CurrentRows = Box::new(move |each| {
-        for (user_id, joined) in read.borrow().iter() {
+        for (user_id, joined) in read.borrow_mut().drain() {
             if let Some(p) = &joined.profile {
                 for (n, r) in &joined.counts {
-                    each(activity(user_id, p, *n).into(), *r);
+                    each(activity(&user_id, p, *n).into(), *r);
                 }
             }
         }

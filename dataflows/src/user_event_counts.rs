@@ -39,23 +39,27 @@ pub fn click_counts<'s>(clicks: Coll<'s, Click>) -> (Coll<'s, (ClickKey, isize)>
 /// The current counts of [`click_counts`] (this worker's keys).
 pub type Counts = Rc<RefCell<FastMap<ClickKey, isize>>>;
 
-/// The current rows of `user_event_counts`, read from the counts once the dataflow is done.
+/// The current rows of `user_event_counts`, taken from the counts once the dataflow is done.
 pub fn current_user_event_counts(counts: Counts) -> CurrentRows {
     current_rows(counts, user_event_count)
 }
 
-/// The current rows of `event_type_counts`, read from the counts once the dataflow is done.
+/// The current rows of `event_type_counts`, taken from the counts once the dataflow is done.
 pub fn current_event_type_counts(counts: Counts) -> CurrentRows {
     current_rows(counts, event_type_count)
 }
 
+/// Takes the counts that are rows of the output (`row` gives `Some`), leaving the others for
+/// the other output's reader.
 fn current_rows<R: Into<crate::Row> + 'static>(counts: Counts, row: fn(&ClickKey, isize) -> Option<R>) -> CurrentRows {
     Box::new(move |each| {
-        for (k, n) in counts.borrow().iter() {
-            if let Some(r) = row(k, *n) {
+        counts.borrow_mut().retain(|k, n| match row(k, *n) {
+            Some(r) => {
                 each(r.into(), 1);
+                false
             }
-        }
+            None => true,
+        })
     })
 }
 
