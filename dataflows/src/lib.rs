@@ -161,6 +161,10 @@ pub struct Params {
     pub sensors: SensorParams,
     /// keep what a checkpoint needs at the multiples of this many logical times
     pub checkpoint_every: Option<Time>,
+    /// the outputs that give their current rows at the end ([`Outputs::current`]) are only
+    /// counted as they change: where an operator can, it makes no rows for them
+    /// ([`Outputs::counted`])
+    pub counted_only: bool,
 }
 
 /// The input collections; those no selected dataflow reads may be `None`.
@@ -197,6 +201,9 @@ pub struct Outputs<'s> {
     pub open_readings: Option<sensor_metrics::OpenReadingsLog>,
     /// the outputs whose current rows their operators can give when the run is over
     pub current: Vec<(Output, output::CurrentRows)>,
+    /// with [`Params::counted_only`]: outputs whose changes come without rows, to be counted
+    /// (their field above is `None`)
+    pub counted: Vec<(Output, Coll<'s, ()>)>,
 }
 
 /// Builds the selected dataflows over shared inputs. Each input is read once, and the click
@@ -221,8 +228,16 @@ pub fn build<'s>(selected: &[Dataflow], inputs: Inputs<'s>, params: &Params) -> 
     }
     if has(Dataflow::UserActivity) {
         let users = inputs.users.clone().expect(&input(InputName::Users));
-        let (rows, current) = user_activity::user_activity(users, per_user.expect("built above"));
-        out.user_activity = Some(rows);
+        let per_user = per_user.expect("built above");
+        let current = if params.counted_only {
+            let (changes, current) = user_activity::user_activity_counted(users, per_user);
+            out.counted.push((Output::UserActivity, changes));
+            current
+        } else {
+            let (rows, current) = user_activity::user_activity(users, per_user);
+            out.user_activity = Some(rows);
+            current
+        };
         out.current.push((Output::UserActivity, current));
     }
     if has(Dataflow::SensorMetrics) {

@@ -40,6 +40,8 @@ struct Captured {
     late: Updates<DeadLetter>,
     /// the rows the operators gave when the run was over (`Outputs::current`), every worker's
     current: Arc<Mutex<Vec<(dataflows::Output, dataflows::Row, isize)>>>,
+    /// with `Params::counted_only`: `user_activity`'s changes without rows (`Outputs::counted`)
+    activity_counted: Updates<()>,
 }
 
 fn run(workers: usize, script: Script, params: Params) -> Captured {
@@ -51,8 +53,9 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
         alerts: Default::default(),
         late: Default::default(),
         current: Default::default(),
+        activity_counted: Default::default(),
     };
-    let c7 = cap.current.clone();
+    let (c7, c8) = (cap.current.clone(), cap.activity_counted.clone());
     let (c1, c2, c3, c4, c5, c6) =
         (cap.counts.clone(), cap.kinds.clone(), cap.activity.clone(), cap.windows.clone(), cap.alerts.clone(), cap.late.clone());
     let script = Arc::new(script);
@@ -66,7 +69,13 @@ fn run(workers: usize, script: Script, params: Params) -> Captured {
             let out = build(&Dataflow::ALL, Inputs { users: Some(u), clicks: Some(c), sensors: Some(s), restored_sensors: None }, &params);
             capture(out.user_event_counts.unwrap(), &c1, &probe);
             capture(out.event_type_counts.unwrap(), &c2, &probe);
-            capture(out.user_activity.unwrap(), &c3, &probe);
+            match out.user_activity {
+                Some(rows) => capture(rows, &c3, &probe),
+                None => {
+                    let (_, changes) = out.counted.into_iter().find(|(o, _)| *o == dataflows::Output::UserActivity).unwrap();
+                    capture(changes, &c8, &probe);
+                }
+            }
             capture(out.sensor_window_metrics.unwrap(), &c4, &probe);
             capture(out.anomaly_alerts.unwrap(), &c5, &probe);
             capture(out.dead_letters.unwrap(), &c6, &probe);
@@ -165,7 +174,7 @@ fn script() -> Script {
 fn params() -> Params {
     Params {
         sensors: SensorParams { size_ms: 10_000, slide_ms: 10_000, allowed_lateness_ms: 5_000, ..SensorParams::default() },
-        checkpoint_every: None,
+        ..Params::default()
     }
 }
 
@@ -313,4 +322,43 @@ fn sliding_windows_take_a_reading_whole_or_not_at_all() {
     assert!(p.is_late(45_000, Some(60_000)));
     assert!(!p.is_late(45_000, Some(59_999)));
     assert!(!p.is_late(45_000, None));
+}
+
+/// Counted only, `user_activity` gives the same updates — times and multiplicities, as many
+/// — without rows, and the same rows at the end.
+fn check_counted_only(workers: usize) {
+    let rows = run(workers, script(), params());
+    let counted = run(workers, script(), Params { counted_only: true, ..params() });
+    let raw = |u: Vec<(Time, isize)>| {
+        let mut u = u;
+        u.sort();
+        u
+    };
+    let with_rows = raw(rows.activity.lock().unwrap().iter().map(|(_, t, r)| (*t, *r)).collect());
+    let without = raw(counted.activity_counted.lock().unwrap().iter().map(|(_, t, r)| (*t, *r)).collect());
+    assert!(!with_rows.is_empty());
+    assert_eq!(with_rows, without);
+    let activity = |c: &Captured| {
+        let mut rows: Vec<String> = c
+            .current
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, ..)| *o == dataflows::Output::UserActivity)
+            .map(|(_, r, n)| format!("{r:?} {n}"))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(activity(&rows), activity(&counted));
+}
+
+#[test]
+fn counted_only_gives_the_same_updates_one_worker() {
+    check_counted_only(1);
+}
+
+#[test]
+fn counted_only_gives_the_same_updates_two_workers() {
+    check_counted_only(2);
 }

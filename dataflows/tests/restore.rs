@@ -22,6 +22,7 @@ fn params() -> Params {
     Params {
         sensors: SensorParams { size_ms: 10_000, slide_ms: 2_000, allowed_lateness_ms: 3_000, ..SensorParams::default() },
         checkpoint_every: Some(EVERY),
+        ..Params::default()
     }
 }
 

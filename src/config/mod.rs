@@ -551,7 +551,7 @@ impl Config {
 
     /// The dataflow parameters this config describes.
     pub fn params(&self, file: &str) -> Result<Params, ConfigError> {
-        Ok(Params { sensors: self.sensor_params(file)?, checkpoint_every: None })
+        Ok(Params { sensors: self.sensor_params(file)?, ..Params::default() })
     }
 
     fn sensor_params(&self, file: &str) -> Result<SensorParams, ConfigError> {

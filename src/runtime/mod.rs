@@ -838,6 +838,7 @@ fn run_worker(
     // Checkpoints: a streaming run keeps its compacted state at the multiples of the interval.
     let checkpoint_every = plan.checkpoint_interval.filter(|_| streaming && plan.state_dir.is_some()).map(|d| d.as_millis() as Time);
     params.checkpoint_every = checkpoint_every;
+    params.counted_only = snapshot_only;
     let mine = restored.as_ref();
     // The watermark then: from the greatest event time of all workers' parts.
     let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
@@ -959,6 +960,9 @@ fn run_worker(
                 }
                 c => c.map(|c| c.map(Into::into)),
             }
+        }
+        for (output, changes) in outs.counted {
+            sinks::tally_here(changes, output, counters.tally.clone(), &probe);
         }
         let at = |output| (output, counted_here.as_slice(), &counters.tally, &probe);
         let dead = match outs.dead_letters {
