@@ -124,7 +124,7 @@ pub struct JsonlSink {
     changes: Vec<(Output, BufWriter<File>)>,
     error: Option<io::Error>,
     /// per output (by [`Output::index`]): its rows are kept elsewhere, not here — by another
-    /// sink or by the operator that computes them — and handed to [`JsonlSink::finish_with`]
+    /// sink or by the operator that computes them — and handed to [`JsonlSink::finish_split`]
     elsewhere: Vec<bool>,
 }
 
@@ -156,14 +156,14 @@ impl JsonlSink {
     }
 
     /// The same sink, keeping no rows of keyed outputs: another sink beside it keeps them and
-    /// hands them to [`JsonlSink::finish_with`].
+    /// hands them to [`JsonlSink::finish_split`].
     pub fn without_keyed_rows(mut self) -> Self {
         self.elsewhere = (0..Output::MAX).map(|i| Output::from_index(i).is_some_and(|o| !o.append_only())).collect();
         self
     }
 
     /// Keeps no rows of `outputs` (keyed ones) from now on: their operators keep them, and
-    /// they are handed to [`JsonlSink::finish_with`] when the run is over.
+    /// they are handed to [`JsonlSink::finish_split`] when the run is over.
     pub fn rows_kept_elsewhere(&mut self, outputs: impl IntoIterator<Item = Output>) {
         for o in outputs.into_iter().filter(|o| !o.append_only()) {
             self.elsewhere[o.index()] = true;
@@ -189,17 +189,13 @@ impl JsonlSink {
     /// Hands over every row, encoded, as one sorted merge, leaving the sink empty; reports
     /// any write error of the change or run files.
     pub fn finish(&mut self) -> io::Result<Merged> {
-        self.finish_with(Vec::new(), &[])
+        Ok(self.finish_split(Vec::new(), &[], &|_| 0, 1)?.pop().expect("one share"))
     }
 
     /// [`JsonlSink::finish`], with `kept`: the keyed rows another sink kept instead, and
-    /// `current`: the rows their operators kept instead.
-    pub fn finish_with(&mut self, kept: Vec<(Row, isize)>, current: &[CurrentRows]) -> io::Result<Merged> {
-        Ok(self.finish_split(kept, current, &|_| 0, 1)?.pop().expect("one share"))
-    }
-
-    /// [`JsonlSink::finish_with`] in `shares` merges: share `d` holds the rows of the outputs
-    /// `share_of` gives `d`, so that each can go to the worker that writes those outputs.
+    /// `current`: the rows their operators kept instead, in `shares` merges: share `d` holds
+    /// the rows of the outputs `share_of` gives `d`, so that each can go to the worker that
+    /// writes those outputs.
     pub fn finish_split(
         &mut self,
         kept: Vec<(Row, isize)>,
