@@ -113,7 +113,7 @@ fn engine(case: &Case, workers: usize) -> BTreeMap<String, Vec<String>> {
         .map(|(n, text)| (*n, InputSpec { source: SourceSpec::Memory(Arc::from(text.as_slice())), rate: None }))
         .collect();
     let mut plan = Plan::embedded(Dataflow::ALL.to_vec(), inputs, workers, case.batch_size);
-    plan.params = Params { sensors: case.params.clone(), checkpoint_every: None };
+    plan.params = Params { sensors: case.params.clone(), ..Params::default() };
     plan.output_dir = Some(dir.path().to_path_buf());
     plan.max_inflight = 2;
     runtime::run(plan).expect("the run succeeds");
