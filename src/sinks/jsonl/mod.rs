@@ -53,6 +53,13 @@ pub struct SnapshotRow {
     pub count: isize,
 }
 
+impl SnapshotRow {
+    /// `count` copies of `r`, encoded.
+    fn encode(r: &Row, count: isize) -> Self {
+        SnapshotRow { output: r.output(), key: r.key(), row: r.row(), count }
+    }
+}
+
 /// The current rows under one key hash: nearly always one, kept inline in the map's table
 /// (a vector per key would be one more allocation, and one more cache miss per update, at
 /// millions of keys).
@@ -233,15 +240,13 @@ impl JsonlSink {
         }
         let state = std::mem::replace(&mut self.state, no_rows());
         for (r, count) in state.into_iter().flat_map(|m| m.into_values().flat_map(Slot::into_rows)).chain(kept) {
-            let output = r.output();
-            runs[share_of(output)].push(SnapshotRow { output, key: r.key(), row: r.row(), count })?;
+            runs[share_of(r.output())].push(SnapshotRow::encode(&r, count))?;
         }
         let mut failed = None;
         for read in current {
             read(&mut |r, count| {
                 if failed.is_none() {
-                    let output = r.output();
-                    failed = runs[share_of(output)].push(SnapshotRow { output, key: r.key(), row: r.row(), count }).err();
+                    failed = runs[share_of(r.output())].push(SnapshotRow::encode(&r, count)).err();
                 }
             });
         }
@@ -285,8 +290,7 @@ impl Sink for JsonlSink {
         for (row, diff) in updates {
             let output = row.output();
             if let Some(runs) = self.append.as_mut().filter(|_| output.append_only()) {
-                let encoded = SnapshotRow { output, key: row.key(), row: row.row(), count: diff };
-                if let Err(e) = runs.push(encoded) {
+                if let Err(e) = runs.push(SnapshotRow::encode(&row, diff)) {
                     tracing::error!(error = %e, "spilling append-only rows failed");
                     self.error.get_or_insert(e);
                 }
