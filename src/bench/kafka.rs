@@ -91,7 +91,8 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", unique("raw")).create()?;
     let mut tpl = TopicPartitionList::new();
     for part in 0..3 {
-        tpl.add_partition_offset(&topic, part, Offset::Beginning)?;
+        // offset 0 of the new topic: Tansu may answer "beginning" past it (see `sinks::kafka`)
+        tpl.add_partition_offset(&topic, part, Offset::Offset(0))?;
     }
     consumer.assign(&tpl)?;
     let start = Instant::now();
@@ -134,7 +135,7 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
         std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
             let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", unique("lat")).create()?;
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&out_topic, 0, Offset::Beginning)?;
+            tpl.add_partition_offset(&out_topic, 0, Offset::Offset(0))?;
             c.assign(&tpl)?;
             let mut lat = Vec::new();
             let mut quiet = Instant::now();

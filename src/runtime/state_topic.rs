@@ -261,11 +261,13 @@ impl StateTopic {
         let marker = format!("m/{}/{}", std::process::id(), super::now_ms());
         let end = self.put(&[(marker.clone(), Some(b"".as_slice()))])?;
         let mut config = self.connection.client_config().map_err(anyhow::Error::msg)?;
-        config.set("group.id", format!("{}.reader", self.topic)).set("enable.auto.commit", "false");
+        config.set("group.id", format!("{}.reader", self.topic)).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer =
             config.create().map_err(|e| anyhow::anyhow!("creating a consumer of the state topic `{}`: {e}", self.topic))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // offset 0, moved to the log start if below it: Tansu may answer "beginning" past
+        // offset 0 (see `sinks::kafka`)
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
         consumer.assign(&tpl).map_err(|e| anyhow::anyhow!("reading the state topic `{}`: {e}", self.topic))?;
         let mut latest = BTreeMap::new();
         let began = std::time::Instant::now();

@@ -169,15 +169,23 @@ const PROGRESS_TAIL: i64 = 10_000;
 /// How long the partitions read back must stay quiet past their reported ends.
 const READ_QUIET: Duration = Duration::from_millis(300);
 
-/// `(partition, low, high)` of every partition of `topic` that holds records.
+/// `(partition, from, high)` of every partition of `topic` that holds records: read from
+/// offset 0 up to the reported end `high`.
+///
+/// Not from the reported start (low watermark): Kafka's is right, but Tansu's memory engine
+/// answers with the batch *stored* first, which is not offset 0 when produce requests to a
+/// partition were in flight together (one producer per worker), and its end can then be below
+/// that start. The consumer reads with `auto.offset.reset=earliest`, so on a Kafka whose
+/// retention deleted the start, offset 0 moves to the oldest record it keeps.
 fn ranges(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let md = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| anyhow::anyhow!("reading metadata of `{topic}`: {e}"))?;
     let partitions = md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len() as i32);
     let mut out = Vec::new();
     for p in 0..partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT).map_err(|e| anyhow::anyhow!("reading `{topic}`: {e}"))?;
-        if high > low {
-            out.push((p, low, high));
+        // empty: equal ends (Kafka never reports a start above its end; Tansu may)
+        if high != low {
+            out.push((p, 0, high.max(1)));
         }
     }
     Ok(out)
@@ -245,7 +253,7 @@ fn read_ranges(consumer: &BaseConsumer, ranges: &[(String, i32, i64, i64)], each
     Ok(())
 }
 
-/// The latest progress record of every worker in `ranges` (partition, low, high) of `topic`,
+/// The latest progress record of every worker in `ranges` (partition, from, high) of `topic`,
 /// reading only the last `tail` records of each partition when given.
 fn read_progress(
     consumer: &BaseConsumer,
@@ -254,7 +262,7 @@ fn read_progress(
     tail: Option<i64>,
 ) -> anyhow::Result<BTreeMap<usize, Progress>> {
     let wanted: Vec<(String, i32, i64, i64)> =
-        ranges.iter().map(|&(p, low, high)| (topic.to_string(), p, tail.map_or(low, |n| (high - n).max(low)), high)).collect();
+        ranges.iter().map(|&(p, from, high)| (topic.to_string(), p, tail.map_or(from, |n| (high - n).max(from)), high)).collect();
     let mut latest: BTreeMap<usize, Progress> = BTreeMap::new();
     read_ranges(consumer, &wanted, &mut |r| {
         let Some(v) = r.value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok()) else { return };
@@ -365,7 +373,11 @@ impl KafkaSink {
     pub fn resume(&mut self) -> anyhow::Result<Option<Time>> {
         let mut c = self.connection.client_config().map_err(anyhow::Error::msg)?;
         // Tansu holds a fetch for the whole wait: keep it short, the reads are short.
-        c.set("group.id", "diffstream-progress-reader").set("enable.auto.commit", "false").set("fetch.wait.max.ms", "10");
+        c.set("group.id", "diffstream-progress-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            // reads begin at offset 0 (`ranges`): below a Kafka's log start, go to it
+            .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer = c.create().map_err(|e| anyhow::anyhow!("creating a Kafka consumer: {e}"))?;
         let topic = self.config.progress();
         let progress = ranges(&consumer, &topic)?;
@@ -394,10 +406,10 @@ impl KafkaSink {
         topics.dedup();
         let mut wanted = Vec::new();
         for t in topics {
-            for (p, low, high) in ranges(&consumer, &t)? {
+            for (p, first, high) in ranges(&consumer, &t)? {
                 // From one producer batch earlier: some brokers (Tansu) answer a fetch that
                 // starts inside a batch from the next batch on. Earlier records do no harm.
-                let start = from.and_then(|f| f.get(&t)).and_then(|ps| ps.get(&p)).map_or(low, |o| (o - BATCH_RECORDS).max(low));
+                let start = from.and_then(|f| f.get(&t)).and_then(|ps| ps.get(&p)).map_or(first, |o| (o - BATCH_RECORDS).max(first));
                 wanted.push((t.clone(), p, start, high));
             }
         }

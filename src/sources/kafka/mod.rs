@@ -276,10 +276,10 @@ impl KafkaSource {
                     (None, None, None) => {
                         let s = if start == Start::Committed { Start::parse(&input.fallback).map_err(err)? } else { start.clone() };
                         match s {
-                            Start::Earliest => {
-                                let (low, _) = consumer.fetch_watermarks(&topic, partition, TIMEOUT).map_err(err)?;
-                                (Offset::Offset(low), Some(low), false)
-                            }
+                            // offset 0, not the reported low watermark (wrong on Tansu when
+                            // produce requests were in flight together: see `sinks::kafka`);
+                            // below a Kafka's log start, `auto.offset.reset` moves it there
+                            Start::Earliest => (Offset::Offset(0), Some(0), false),
                             Start::Timestamp(ts) => {
                                 let mut q = TopicPartitionList::new();
                                 q.add_partition_offset(&topic, partition, Offset::Offset(ts)).map_err(err)?;
