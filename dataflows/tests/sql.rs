@@ -5,7 +5,7 @@
 //! ([`Query`]) that prints itself as SQL for the compiler and is evaluated by plain loops over
 //! the inputs' rows at each time ([`Query::naive`]), from scratch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use dataflows::sql::render::{render, Shape, Source};
@@ -404,7 +404,7 @@ fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update
             // both inputs have retractions: not monotone; no event time
             let source = |rows, arity| Source { rows, shape: Shape { arity, event_time: None, monotone: false }, watermark: None };
             let sources = BTreeMap::from([("a".to_string(), source(a, 3)), ("b".to_string(), source(b, 2))]);
-            let rendered = render(scope, &views, &sources);
+            let rendered = render(scope, &views, &sources, &Default::default());
             for r in rendered.values() {
                 let e = e.clone();
                 r.errors
@@ -437,6 +437,63 @@ fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update
     consolidate_updates(&mut updates);
     let errors = std::mem::take(&mut *errors.lock().unwrap());
     (updates, errors)
+}
+
+/// Runs view `out` of `sql` as a snapshot-only run renders it (asked to be counted): the net
+/// count of its changes at each time — from its changes without rows when it is rendered so,
+/// else from its rows — and, when its operator can give them, its current rows read at the end.
+fn run_counted(sql: &str, changes: &[Change], last: Time, workers: usize) -> (BTreeMap<Time, isize>, Option<Vec<SqlRow>>) {
+    let views = compile(sql, &mut catalog()).unwrap_or_else(|e| panic!("{sql}\n{e}"));
+    let net: Arc<Mutex<BTreeMap<Time, isize>>> = Default::default();
+    let current: Arc<Mutex<Option<Vec<SqlRow>>>> = Default::default();
+    let (n, c) = (net.clone(), current.clone());
+    let changes = Arc::new(changes.to_vec());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let probe = ProbeHandle::new();
+        let (views, n, c) = (views.clone(), n.clone(), c.clone());
+        let (mut ai, mut bi, read) = worker.dataflow::<Time, _, _>(|scope| {
+            let (ai, a): (_, Coll<'_, SqlRow>) = scope.new_collection();
+            let (bi, b): (_, Coll<'_, SqlRow>) = scope.new_collection();
+            let source = |rows, arity| Source { rows, shape: Shape { arity, event_time: None, monotone: false }, watermark: None };
+            let sources = BTreeMap::from([("a".to_string(), source(a, 3)), ("b".to_string(), source(b, 2))]);
+            let rendered = render(scope, &views, &sources, &BTreeSet::from(["out".to_string()]));
+            for r in rendered.values() {
+                r.errors.clone().inner.probe_with(&probe);
+                r.rows.clone().inner.probe_with(&probe);
+            }
+            let out = &rendered["out"];
+            let changes = out.counted.clone().unwrap_or_else(|| out.rows.clone().map(|_| ()));
+            changes.inspect(move |(_, t, r)| *n.lock().unwrap().entry(*t).or_default() += r).inner.probe_with(&probe);
+            (ai, bi, out.current.clone())
+        });
+        for t in 0..=last {
+            for (_, c) in changes.iter().enumerate().filter(|(i, _)| i % worker.peers() == worker.index()) {
+                match c {
+                    Change::A(ct, r, d) if *ct == t => ai.update(a_row(r), *d),
+                    Change::B(ct, r, d) if *ct == t => bi.update(b_row(r), *d),
+                    _ => {}
+                }
+            }
+            ai.advance_to(t + 1);
+            bi.advance_to(t + 1);
+            ai.flush();
+            bi.flush();
+            worker.step_while(|| probe.less_than(&(t + 1)));
+        }
+        if let Some(read) = read {
+            let mut rows = Vec::new();
+            read(&mut |row, m| rows.extend(std::iter::repeat_n(row, m.max(0) as usize)));
+            c.lock().unwrap().get_or_insert_with(Vec::new).extend(rows);
+        }
+    })
+    .unwrap();
+    let mut net = std::mem::take(&mut *net.lock().unwrap());
+    net.retain(|_, n| *n != 0);
+    let current = current.lock().unwrap().take().map(|mut rows| {
+        rows.sort();
+        rows
+    });
+    (net, current)
 }
 
 /// The rows at `t`, from the updates.
@@ -535,6 +592,31 @@ proptest! {
             for t in 0..=4 {
                 let (a, b) = inputs_at(&changes, t);
                 prop_assert_eq!(at(&updates, t), q.naive(&a, &b), "{} at time {} on {} workers", sql, t, workers);
+            }
+        }
+    }
+
+    /// As a snapshot-only run renders a view: its changes, counted without rows where it can,
+    /// net to what its rows' changes net to at every time, and the rows its operator gives at
+    /// the end are the naive evaluator's at the last time, at 1 and 4 workers.
+    #[test]
+    fn counted_views_and_their_current_rows_equal_the_naive_evaluator(q in query(), changes in changes()) {
+        let sql = q.sql();
+        for workers in [1, 4] {
+            let (net, current) = run_counted(&sql, &changes, 4, workers);
+            let mut want: BTreeMap<Time, isize> = BTreeMap::new();
+            for t in 0..=4 {
+                let (a, b) = inputs_at(&changes, t);
+                let before = if t == 0 { 0 } else { let (a, b) = inputs_at(&changes, t - 1); q.naive(&a, &b).len() as isize };
+                want.insert(t, q.naive(&a, &b).len() as isize - before);
+            }
+            want.retain(|_, n| *n != 0);
+            prop_assert_eq!(&net, &want, "{} on {} workers: net changes per time", sql, workers);
+            if let Some(rows) = current {
+                let (a, b) = inputs_at(&changes, 4);
+                let mut naive = q.naive(&a, &b);
+                naive.sort();
+                prop_assert_eq!(rows, naive, "{} on {} workers: current rows at the end", sql, workers);
             }
         }
     }
@@ -728,7 +810,7 @@ fn each_stateful_operator_reports_what_it_keeps() {
             let (bi, b): (_, Coll<'_, SqlRow>) = scope.new_collection();
             let source = |rows, arity| Source { rows, shape: Shape { arity, event_time: None, monotone: false }, watermark: None };
             let sources = BTreeMap::from([("a".to_string(), source(a, 3)), ("b".to_string(), source(b, 2))]);
-            for r in render(scope, &views, &sources).values() {
+            for r in render(scope, &views, &sources, &Default::default()).values() {
                 r.rows.clone().inner.probe_with(&probe);
             }
             (ai, bi)

@@ -855,7 +855,7 @@ fn run_worker(
             })
             .unzip();
         let (dead_in, dead) = scope.new_collection::<DeadLetter, isize>();
-        let outs = dataflows::build(&selected, Inputs { users, clicks, sensors, restored_sensors }, &params);
+        let mut outs = dataflows::build(&selected, Inputs { users, clicks, sensors, restored_sensors }, &params);
         // SQL views over their inputs; a row whose expression failed is a dead letter of its view.
         let mut tables = BTreeMap::new();
         let mut view_rows = Vec::new();
@@ -927,11 +927,27 @@ fn run_worker(
                 let source = dataflows::sql::render::Source { rows, shape: t.shape(), watermark };
                 sources.insert(t.name.as_str().to_string(), source);
             }
-            let rendered = dataflows::sql::render::render(scope, &sql.views, &sources);
+            // (a snapshot-only run counts the changes of views it can read at the end)
+            let counted: std::collections::BTreeSet<String> =
+                sql.outputs.iter().filter(|_| snapshot_only).map(|o| o.as_str().to_string()).collect();
+            let rendered = dataflows::sql::render::render(scope, &sql.views, &sources, &counted);
             for output in &sql.outputs {
                 let Output::View(id) = *output else { continue };
                 let r = &rendered[output.as_str()];
-                view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow::new(id, values)))));
+                if let Some(read) = r.current.clone() {
+                    let read: dataflows::output::CurrentRows = Box::new(move |each| {
+                        read(&mut |values, n| each(Row::View(Box::new(dataflows::output::ViewRow::new(id, values))), n))
+                    });
+                    outs.current.push((*output, read));
+                }
+                if snapshot_only && r.current.is_some() {
+                    match &r.counted {
+                        Some(changes) => outs.counted.push((*output, changes.clone())),
+                        None => outs.counted.push((*output, r.rows.clone().map(|_| ()))),
+                    }
+                } else {
+                    view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow::new(id, values)))));
+                }
             }
             for r in rendered.values() {
                 use differential_dataflow::AsCollection;

@@ -239,9 +239,14 @@ pub struct Member<'s> {
     pub retire: Option<Retire<'s>>,
 }
 
-/// A reduce's rows `(key, aggregates)` and the rows whose key or arguments failed (with the
-/// reason).
-pub type Reduced<'s> = (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>);
+/// A reduce's rows `(key, aggregates)`, the rows whose key or arguments failed (with the
+/// reason) and, when it keeps every group (no window dropped at the watermark), the reader of
+/// its current rows.
+pub type Reduced<'s> = (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>);
+
+/// Gives a stateful operator's current rows (each with its multiplicity) once the run is over,
+/// taking them out of its state: its output without a second copy kept in a sink as it changes.
+pub type CurrentSqlRows = std::rc::Rc<dyn Fn(&mut dyn FnMut(SqlRow, isize))>;
 
 /// A row's result through a chain of stateless steps: a row that goes on, or one an
 /// expression failed on (with the reason).
@@ -386,50 +391,78 @@ pub fn read_once<'s>(
                 Read::Failed(e, row) => Err(((e, row), t, r)),
                 Read::Row(_) => unreachable!("a GROUP BY's share holds no chain's rows"),
             });
-            (merge(&view, partial, spec, retire), errors.as_collection())
+            let (rows, current) = merge(&view, partial, spec, retire);
+            (rows, errors.as_collection(), current)
         })
         .collect();
     (reduced, chained)
 }
 
-/// One member's partials, exchanged by key and merged into its groups in order of time.
+/// One member's partials, exchanged by key and merged into its groups in order of time; and,
+/// without windows dropped, the reader of its current rows (`key ++ aggregates`; a group whose
+/// aggregates failed has no row).
+#[allow(clippy::type_complexity)]
 fn merge<'s>(
     view: &str,
     partial: timely::dataflow::Stream<'s, Time, Vec<((SqlRow, Group), Time, isize)>>,
     spec: Aggregates,
     retire: Option<Retire<'s>>,
-) -> Coll<'s, (SqlRow, Result<SqlRow, String>)> {
+) -> (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Option<CurrentSqlRows>) {
     let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let mut state =
         State { spec, windowed, groups: FastMap::default(), pending: Stash::new(), by_end: BTreeMap::new(), maxima: Maxima::default() };
     let size = crate::state::StateSize::new(view, if retire.is_some() { "WindowReduce" } else { "Reduce" });
-    let out = match retire {
-        None => partial.unary_frontier(exchange, "Reduce", move |_cap, _info| {
-            move |(input, frontier), output| {
-                stash_by_time(input, &mut state.pending, output.output_index());
-                for (cap, updates) in state.apply(least(frontier)) {
-                    output.session(&cap).give_iterator(updates.into_iter());
+    let (out, current) = match retire {
+        None => {
+            let shared = std::rc::Rc::new(std::cell::RefCell::new(state));
+            let current = current_groups(shared.clone());
+            let out = partial.unary_frontier(exchange, "Reduce", move |_cap, _info| {
+                move |(input, frontier), output| {
+                    let mut state = shared.borrow_mut();
+                    stash_by_time(input, &mut state.pending, output.output_index());
+                    for (cap, updates) in state.apply(least(frontier)) {
+                        output.session(&cap).give_iterator(updates.into_iter());
+                    }
+                    size.set(state.groups.len());
                 }
-                size.set(state.groups.len());
-            }
-        }),
-        Some(r) => partial.binary_frontier(r.maxima, exchange, Pipeline, "WindowReduce", move |_cap, _info| {
-            move |(input, frontier), (max_input, max_frontier), output| {
-                stash_by_time(input, &mut state.pending, output.output_index());
-                read_maxima(max_input, &mut state.maxima, false);
-                let done = match (least(frontier), least(max_frontier)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                for (cap, updates) in state.apply(done) {
-                    output.session(&cap).give_iterator(updates.into_iter());
+            });
+            (out, Some(current))
+        }
+        Some(r) => {
+            let out = partial.binary_frontier(r.maxima, exchange, Pipeline, "WindowReduce", move |_cap, _info| {
+                move |(input, frontier), (max_input, max_frontier), output| {
+                    stash_by_time(input, &mut state.pending, output.output_index());
+                    read_maxima(max_input, &mut state.maxima, false);
+                    let done = match (least(frontier), least(max_frontier)) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    for (cap, updates) in state.apply(done) {
+                        output.session(&cap).give_iterator(updates.into_iter());
+                    }
+                    size.set(state.groups.len());
                 }
-                size.set(state.groups.len());
-            }
-        }),
+            });
+            (out, None)
+        }
     };
-    out.container::<Vec<_>>().as_collection()
+    (out.container::<Vec<_>>().as_collection(), current)
+}
+
+/// The current rows of a reduce's groups, taken out of its state.
+fn current_groups(state: std::rc::Rc<std::cell::RefCell<State>>) -> CurrentSqlRows {
+    std::rc::Rc::new(move |each: &mut dyn FnMut(SqlRow, isize)| {
+        let mut state = state.borrow_mut();
+        let State { spec, groups, .. } = &mut *state;
+        for (k, g) in groups.drain() {
+            if let Ok(a) = spec.finish(&g) {
+                let mut row = k;
+                row.extend(a);
+                each(row, 1);
+            }
+        }
+    })
 }
 
 /// The reduce's state on one worker.

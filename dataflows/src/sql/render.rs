@@ -4,14 +4,14 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::input::Input;
 use timely::dataflow::Scope;
 
 use super::eval::{eval, eval_joined, truth};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{read_once, Aggregates, Chain, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
+use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
 use super::value::{SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
@@ -45,17 +45,31 @@ pub type RowError = (String, String, SqlRow);
 /// A rendered view: its rows, and the rows its expressions failed on.
 #[derive(Clone)]
 pub struct Rendered<'s> {
-    /// the view's rows
+    /// the view's rows (none when rendered `counted`)
     pub rows: Coll<'s, SqlRow>,
     /// its row errors
     pub errors: Coll<'s, RowError>,
+    /// when its rows are those of a GROUP BY that keeps every group or of an inner join, under
+    /// filters and maps: its current rows, read from that operator once the run is over
+    pub current: Option<CurrentSqlRows>,
+    /// rendered counted (asked, read by no other view, and an inner join under maps that
+    /// cannot fail): its changes without their rows, at the same times and multiplicities
+    pub counted: Option<Coll<'s, ()>>,
 }
 
 /// Renders `views` in `scope`, in order, over the `sources`' rows (a view may read the ones
-/// before it).
-pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<String, Source<'s>>) -> BTreeMap<String, Rendered<'s>> {
+/// before it). The views named in `counted` whose changes can be counted without making their
+/// rows are rendered so ([`Rendered::counted`]): a run that only writes a snapshot reads their
+/// rows from [`Rendered::current`] at the end.
+pub fn render<'s>(
+    scope: Scope<'s, Time>,
+    views: &[View],
+    sources: &BTreeMap<String, Source<'s>>,
+    counted: &BTreeSet<String>,
+) -> BTreeMap<String, Rendered<'s>> {
     let shapes: BTreeMap<String, Shape> = sources.iter().map(|(n, s)| (n.clone(), s.shape.clone())).collect();
     let lineage = Lineage::new(&shapes, views);
+    let read_by_views = read_by_views(views);
     // The readers of an input (GROUP BYs and chains of stateless steps) that more than one
     // view or step reads: one operator reads each row once for all of them.
     let fused: Fused<'s> = RefCell::new(BTreeMap::new());
@@ -86,11 +100,76 @@ pub fn render<'s>(scope: Scope<'s, Time>, views: &[View], sources: &BTreeMap<Str
     let mut done: BTreeMap<String, Rendered<'s>> = BTreeMap::new();
     for view in views {
         let mut errors = Vec::new();
-        let rows = plan(&view.plan, &view.name, (scope, sources, &done, &lineage, &fused), &mut errors);
+        let count = counted.contains(&view.name) && !read_by_views.contains(view.name.as_str());
+        let (rows, current, counted) = view_plan(&view.plan, &view.name, (scope, sources, &done, &lineage, &fused), &mut errors, count);
         let errors = differential_dataflow::collection::concatenate(scope, errors);
-        done.insert(view.name.clone(), Rendered { rows, errors });
+        done.insert(view.name.clone(), Rendered { rows, errors, current, counted });
     }
     done
+}
+
+/// The views that other views read.
+fn read_by_views(views: &[View]) -> BTreeSet<&str> {
+    let mut out = BTreeSet::new();
+    for v in views {
+        each_node(&v.plan, &mut |n| {
+            if let Plan::View(name) = n {
+                out.insert(name.as_str());
+            }
+        });
+    }
+    out
+}
+
+/// A view's plan rendered as [`plan`] does, and when its stateless steps (if any) are over a
+/// GROUP BY that keeps every group or an inner join, the reader of its current rows: the
+/// operator's rows through the steps. `count`: an inner join under maps that cannot fail gives
+/// its changes without rows (no row is built; `rows` is then empty).
+#[allow(clippy::type_complexity)]
+fn view_plan<'s>(
+    p: &Plan,
+    view: &str,
+    reads: Reads<'_, 's>,
+    errors: &mut Vec<Coll<'s, RowError>>,
+    count: bool,
+) -> (Coll<'s, SqlRow>, Option<CurrentSqlRows>, Option<Coll<'s, ()>>) {
+    let (scope, _, _, lineage, _) = reads;
+    let (under, steps) = stateless_steps(p, lineage);
+    let through = |current: CurrentSqlRows| -> CurrentSqlRows {
+        let (_, steps) = stateless_steps(p, lineage);
+        if steps.is_empty() {
+            return current;
+        }
+        let key = RefCell::new(SqlRow::new());
+        std::rc::Rc::new(move |each: &mut dyn FnMut(SqlRow, isize)| {
+            let mut key = key.borrow_mut();
+            current(&mut |row, n| {
+                run_steps(&steps, Cow::Owned(row), &mut key, &mut |s| {
+                    if let Ok(row) = s {
+                        each(row, n);
+                    }
+                })
+            })
+        })
+    };
+    match under {
+        Plan::Join { left, right, left_keys, right_keys, outer: false, .. } => {
+            let count = count && steps.iter().all(|s| matches!(s, Step::Map(es) if !es.iter().any(can_fail)));
+            let (l, r) = join_sides((left, left_keys), (right, right_keys), view, reads, errors);
+            let l = l.filter(no_null);
+            if count {
+                let (changes, current) = hash_join(view, l, r, |_, _| ());
+                return (constant(scope, Vec::new()), Some(through(current)), Some(changes));
+            }
+            let (joined, current) = hash_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
+            (over_steps(joined, steps, view, errors), Some(through(current)), None)
+        }
+        Plan::Reduce { input, keys, aggs } if !keys.is_empty() => {
+            let (grouped, current) = grouped(under, (input, keys, aggs), view, reads, errors);
+            (over_steps(grouped, steps, view, errors), current.map(through), None)
+        }
+        _ => (plan(p, view, reads, errors), None, None),
+    }
 }
 
 /// Per input, the slides of the windows over its event time (TUMBLE and HOP whose time column
@@ -116,14 +195,7 @@ pub fn window_slides(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeM
 /// whose row would recreate a final window in part) keeps every row.
 pub fn forgettable_inputs(views: &[View], shapes: &BTreeMap<String, Shape>) -> BTreeMap<String, Vec<i64>> {
     let lineage = Lineage::new(shapes, views);
-    let mut read_by_views = std::collections::BTreeSet::new();
-    for v in views {
-        each_node(&v.plan, &mut |n| {
-            if let Plan::View(name) = n {
-                read_by_views.insert(name.as_str());
-            }
-        });
-    }
+    let read_by_views = read_by_views(views);
     let mut out: BTreeMap<String, Vec<i64>> =
         shapes.iter().filter(|(_, s)| s.event_time.is_some()).map(|(n, _)| (n.clone(), Vec::new())).collect();
     let mut kept = std::collections::BTreeSet::new();
@@ -725,22 +797,10 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
                 .map(|(_, row)| row)
         }
         Plan::Join { left, right, left_keys, right_keys, outer, right_arity } => {
-            let keyed = |rows: Coll<'s, SqlRow>, keys: &[Expr], errors: &mut Vec<Coll<'s, RowError>>| {
-                let keys = keys.to_vec();
-                let rows = rows.map(move |row| match keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>() {
-                    Ok(k) => Ok((k, row)),
-                    Err(e) => Err((e, row)),
-                });
-                split(rows, view, errors)
-            };
-            let l = keyed(plan(left, view, reads, errors), left_keys, errors);
             // (a join with constant rows is a lookup: a stateless step, above)
-            let r = keyed(plan(right, view, reads, errors), right_keys, errors);
-            // A NULL key matches nothing.
-            let no_null = |(k, _): &(SqlRow, SqlRow)| !k.iter().any(Value::is_null);
-            let r = r.filter(no_null);
+            let (l, r) = join_sides((left, left_keys), (right, right_keys), view, reads, errors);
             if !*outer {
-                return hash_join(view, l.filter(no_null), r);
+                return hash_join(view, l.filter(no_null), r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>()).0;
             }
             // (differential arranges both sides by key: their rows are what the join keeps,
             // counted once per side though the left one is arranged for the matches and again
@@ -752,35 +812,86 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             let unmatched = l.clone().filter(no_null).antijoin(right_keys).concat(l.filter(move |kv| !no_null(kv)));
             matched.concat(unmatched.map(move |(_, a)| a.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()))
         }
-        Plan::Reduce { input, keys, aggs } => {
-            // SQL's global aggregate has a row even over no input: the empty group's, while no
-            // group exists.
-            let empty = keys.is_empty().then(|| Aggregates { aggs: aggs.clone(), monotone: true }.empty_row());
-            let read_with_others = fused.borrow_mut().remove(&(p as *const Plan as usize));
-            let (grouped, failed) = match read_with_others {
-                Some(Reader::Reduce(reduced)) => reduced,
-                Some(Reader::Chain(_)) => unreachable!("a GROUP BY's node"),
-                None => {
-                    let (member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
-                    let rows = plan(under, view, reads, errors);
-                    read_once(rows, vec![member], Vec::new()).0.pop().expect("one member, one result")
-                }
-            };
-            let name = view.to_string();
-            errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
-            let folded = split(
-                grouped.map(|(k, r)| match r {
-                    Ok(a) => Ok(k.into_iter().chain(a).collect::<SqlRow>()),
-                    Err(e) => Err((e, k)),
-                }),
-                view,
-                errors,
-            );
-            let Some(empty) = empty else { return folded };
-            let missing = constant(scope, vec![()]).concat(folded.clone().map(|_| ()).negate());
-            folded.concat(missing.map(move |()| empty.clone()))
-        }
+        Plan::Reduce { input, keys, aggs } => grouped(p, (input, keys, aggs), view, reads, errors).0,
     }
+}
+
+/// A NULL key matches nothing.
+fn no_null((k, _): &(SqlRow, SqlRow)) -> bool {
+    !k.iter().any(Value::is_null)
+}
+
+/// The two sides of a join, each row keyed by its side's key expressions (a row whose key
+/// fails is an error of `view`); the right side without its NULL keys (they match nothing),
+/// the left with them (a left join keeps them, unmatched).
+#[allow(clippy::type_complexity)]
+fn join_sides<'s>(
+    (left, left_keys): (&Plan, &[Expr]),
+    (right, right_keys): (&Plan, &[Expr]),
+    view: &str,
+    reads: Reads<'_, 's>,
+    errors: &mut Vec<Coll<'s, RowError>>,
+) -> (Coll<'s, (SqlRow, SqlRow)>, Coll<'s, (SqlRow, SqlRow)>) {
+    let keyed = |rows: Coll<'s, SqlRow>, keys: &[Expr], errors: &mut Vec<Coll<'s, RowError>>| {
+        let keys = keys.to_vec();
+        let rows = rows.map(move |row| match keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>() {
+            Ok(k) => Ok((k, row)),
+            Err(e) => Err((e, row)),
+        });
+        split(rows, view, errors)
+    };
+    let l = keyed(plan(left, view, reads, errors), left_keys, errors);
+    let r = keyed(plan(right, view, reads, errors), right_keys, errors);
+    (l, r.filter(no_null))
+}
+
+/// `rows` through stateless `steps` (none: `rows`), in one operator; rows they fail on are
+/// errors of `view`.
+fn over_steps<'s>(rows: Coll<'s, SqlRow>, steps: Vec<Step>, view: &str, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, SqlRow> {
+    if steps.is_empty() {
+        return rows;
+    }
+    let (_, mut chained) = read_once(rows, Vec::new(), vec![chain(steps)]);
+    split(chained.pop().expect("one chain, one result"), view, errors)
+}
+
+/// A GROUP BY (`node`, a `Plan::Reduce` of these parts): its rows `keys ++ aggregates` and,
+/// when it keeps every group (no window dropped, some key), the reader of its current rows.
+#[allow(clippy::type_complexity)]
+fn grouped<'s>(
+    node: &Plan,
+    (input, keys, aggs): (&Plan, &[Expr], &[super::plan::Aggregate]),
+    view: &str,
+    reads: Reads<'_, 's>,
+    errors: &mut Vec<Coll<'s, RowError>>,
+) -> (Coll<'s, SqlRow>, Option<CurrentSqlRows>) {
+    let (scope, sources, _, lineage, fused) = reads;
+    // SQL's global aggregate has a row even over no input: the empty group's, while no
+    // group exists.
+    let empty = keys.is_empty().then(|| Aggregates { aggs: aggs.to_vec(), monotone: true }.empty_row());
+    let read_with_others = fused.borrow_mut().remove(&(node as *const Plan as usize));
+    let (grouped, failed, current) = match read_with_others {
+        Some(Reader::Reduce(reduced)) => reduced,
+        Some(Reader::Chain(_)) => unreachable!("a GROUP BY's node"),
+        None => {
+            let (member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
+            let rows = plan(under, view, reads, errors);
+            read_once(rows, vec![member], Vec::new()).0.pop().expect("one member, one result")
+        }
+    };
+    let name = view.to_string();
+    errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
+    let folded = split(
+        grouped.map(|(k, r)| match r {
+            Ok(a) => Ok(k.into_iter().chain(a).collect::<SqlRow>()),
+            Err(e) => Err((e, k)),
+        }),
+        view,
+        errors,
+    );
+    let Some(empty) = empty else { return (folded, current) };
+    let missing = constant(scope, vec![()]).concat(folded.clone().map(|_| ()).negate());
+    (folded.concat(missing.map(move |()| empty.clone())), None)
 }
 
 /// `rows`, counted on their way into an arrangement: the net of their diffs is what it holds,
@@ -841,8 +952,14 @@ fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<
 
 /// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
 /// rows (a multiset, no history); each completed time, in order, emits
-/// `ΔL ⋈ R + L ⋈ ΔR + ΔL ⋈ ΔR` (rows `left ++ right`) and then applies the deltas.
-fn hash_join<'s>(view: &str, left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (SqlRow, SqlRow)>) -> Coll<'s, SqlRow> {
+/// `ΔL ⋈ R + L ⋈ ΔR + ΔL ⋈ ΔR` (each pair of rows made one by `make`) and then applies the
+/// deltas. Also the reader of its current rows (`left ++ right`).
+fn hash_join<'s, O: differential_dataflow::Data>(
+    view: &str,
+    left: Coll<'s, (SqlRow, SqlRow)>,
+    right: Coll<'s, (SqlRow, SqlRow)>,
+    make: impl Fn(&SqlRow, &SqlRow) -> O + 'static,
+) -> (Coll<'s, O>, CurrentSqlRows) {
     use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
     use differential_dataflow::AsCollection;
     use std::collections::hash_map::Entry;
@@ -852,11 +969,25 @@ fn hash_join<'s>(view: &str, left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (
     let by_key = || Exchange::new(|((k, _), _, _): &((SqlRow, SqlRow), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let size = crate::state::StateSize::new(view, "HashJoin");
     let mut held = 0usize;
-    left.inner
+    let shared: std::rc::Rc<RefCell<FastMap<SqlRow, (Side, Side)>>> = Default::default();
+    let current = {
+        let shared = shared.clone();
+        std::rc::Rc::new(move |each: &mut dyn FnMut(SqlRow, isize)| {
+            for (_, (l, r)) in shared.borrow_mut().drain() {
+                for (x, n) in &l {
+                    for (y, m) in &r {
+                        each(x.iter().chain(y).cloned().collect(), n * m);
+                    }
+                }
+            }
+        })
+    };
+    let joined = left
+        .inner
         .binary_frontier(right.inner, by_key(), by_key(), "HashJoin", |_cap, _info| {
             let mut pending: [Stash<(SqlRow, SqlRow)>; 2] = Default::default();
-            let mut state: FastMap<SqlRow, (Side, Side)> = FastMap::default();
             move |(l, lf), (r, rf), output| {
+                let mut state = shared.borrow_mut();
                 let port = output.output_index();
                 stash_by_time(l, &mut pending[0], port);
                 stash_by_time(r, &mut pending[1], port);
@@ -883,7 +1014,7 @@ fn hash_join<'s>(view: &str, left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (
                     let mut emit = |a: &Side, b: &Side| {
                         for (x, n) in a {
                             for (y, m) in b {
-                                session.give((x.iter().chain(y).cloned().collect::<SqlRow>(), t, n * m));
+                                session.give((make(x, y), t, n * m));
                             }
                         }
                     };
@@ -918,5 +1049,6 @@ fn hash_join<'s>(view: &str, left: Coll<'s, (SqlRow, SqlRow)>, right: Coll<'s, (
             }
         })
         .container::<Vec<_>>()
-        .as_collection()
+        .as_collection();
+    (joined, current)
 }
