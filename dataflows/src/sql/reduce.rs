@@ -53,9 +53,6 @@ enum Acc {
 pub struct Group {
     rows: i64,
     accs: Vec<Acc>,
-    /// while a time changes it: its row before the time (`Some(None)`: it had none)
-    #[serde(skip)]
-    before: Option<Option<Result<SqlRow, String>>>,
 }
 
 /// The aggregates of a reduce, and whether its input only grows.
@@ -85,7 +82,7 @@ impl Aggregates {
                 AggFunc::Min | AggFunc::Max | AggFunc::CountDistinct => Acc::Values(BTreeMap::new()),
             })
             .collect();
-        Group { rows: 0, accs, before: None }
+        Group { rows: 0, accs }
     }
 
     /// Adds `r` copies of a row whose aggregate arguments are `args`.
@@ -410,8 +407,16 @@ fn merge<'s>(
 ) -> (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Option<CurrentSqlRows>) {
     let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
-    let mut state =
-        State { spec, windowed, groups: FastMap::default(), pending: Stash::new(), by_end: BTreeMap::new(), maxima: Maxima::default() };
+    let peers = partial.scope().peers();
+    let mut state = State {
+        spec,
+        windowed,
+        peers,
+        groups: FastMap::default(),
+        pending: Stash::new(),
+        by_end: BTreeMap::new(),
+        maxima: Maxima::default(),
+    };
     let size = crate::state::StateSize::new(view, if retire.is_some() { "WindowReduce" } else { "Reduce" });
     let (out, current) = match retire {
         None => {
@@ -468,6 +473,8 @@ fn current_groups(state: std::rc::Rc<std::cell::RefCell<State>>) -> CurrentSqlRo
 /// The reduce's state on one worker.
 struct State {
     spec: Aggregates,
+    /// the workers that send partials (one: a key has one partial per time)
+    peers: usize,
     /// windowed: the key column bounding the window, what to add for its end, the lateness
     windowed: Option<(usize, i64, Millis)>,
     groups: FastMap<SqlRow, Group>,
@@ -489,46 +496,59 @@ impl State {
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
             let mut session = Vec::new();
-            let mut touched = Vec::new();
-            for ((k, part), r) in partials {
-                debug_assert_eq!(r, 1, "partials are inserted once");
-                let g = match self.groups.entry(k) {
-                    Entry::Occupied(e) => {
-                        if e.get().before.is_none() {
-                            touched.push(e.key().clone());
+            // One partial per key: those of a key from several workers merged first (in a
+            // small map of this time's keys), so each group is looked up and changed once.
+            let partials: Vec<(SqlRow, Group)> = if self.peers == 1 {
+                partials.into_iter().map(|(kg, _)| kg).collect()
+            } else {
+                let mut by_key: FastMap<SqlRow, Group> = FastMap::default();
+                for ((k, part), _) in partials {
+                    match by_key.entry(k) {
+                        Entry::Occupied(mut e) => self.spec.merge(e.get_mut(), part),
+                        Entry::Vacant(e) => {
+                            e.insert(part);
                         }
-                        e.into_mut()
+                    }
+                }
+                by_key.into_iter().collect()
+            };
+            for (k, part) in partials {
+                match self.groups.entry(k) {
+                    Entry::Occupied(mut e) => {
+                        let g = e.get_mut();
+                        let old = self.spec.finish(g);
+                        self.spec.merge(g, part);
+                        let new = (g.rows > 0).then(|| self.spec.finish(g));
+                        if new.as_ref() == Some(&old) {
+                            continue;
+                        }
+                        let k = match new {
+                            Some(_) => e.key().clone(),
+                            None => e.remove_entry().0,
+                        };
+                        match new {
+                            Some(new) => {
+                                session.push(((k.clone(), old), t, -1));
+                                session.push(((k, new), t, 1));
+                            }
+                            None => session.push(((k, old), t, -1)),
+                        }
                     }
                     Entry::Vacant(e) => {
+                        let mut g = self.spec.empty();
+                        self.spec.merge(&mut g, part);
+                        if g.rows <= 0 {
+                            continue;
+                        }
+                        let new = self.spec.finish(&g);
                         if let Some((c, to_end, _)) = windowed {
                             if let Value::Timestamp(s) = e.key()[c] {
                                 self.by_end.entry(s + to_end).or_default().push(e.key().clone());
                             }
                         }
-                        touched.push(e.key().clone());
-                        e.insert(self.spec.empty())
+                        session.push(((e.key().clone(), new), t, 1));
+                        e.insert(g);
                     }
-                };
-                if g.before.is_none() {
-                    g.before = Some((g.rows > 0).then(|| self.spec.finish(g)));
-                }
-                self.spec.merge(g, part);
-            }
-            for k in touched {
-                let g = self.groups.get_mut(&k).expect("a touched group");
-                let old = g.before.take().expect("a touched group's row before");
-                let new = (g.rows > 0).then(|| self.spec.finish(g));
-                if new.is_none() {
-                    self.groups.remove(&k);
-                }
-                if old == new {
-                    continue;
-                }
-                if let Some(old) = old {
-                    session.push(((k.clone(), old), t, -1));
-                }
-                if let Some(new) = new {
-                    session.push(((k, new), t, 1));
                 }
             }
             out.push((cap, session));
