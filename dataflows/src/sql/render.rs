@@ -12,7 +12,7 @@ use timely::dataflow::Scope;
 use super::eval::{eval, eval_joined, truth};
 use super::plan::{AggFunc, Expr, Plan, View};
 use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
-use super::value::{SqlRow, Type, Value};
+use super::value::{Key, SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
 use crate::{Coll, Time};
@@ -817,8 +817,8 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
 }
 
 /// A NULL key matches nothing.
-fn no_null((k, _): &(SqlRow, SqlRow)) -> bool {
-    !k.iter().any(Value::is_null)
+fn no_null((k, _): &(Key, SqlRow)) -> bool {
+    !k.values().iter().any(Value::is_null)
 }
 
 /// The two sides of a join, each row keyed by its side's key expressions (a row whose key
@@ -831,12 +831,18 @@ fn join_sides<'s>(
     view: &str,
     reads: Reads<'_, 's>,
     errors: &mut Vec<Coll<'s, RowError>>,
-) -> (Coll<'s, (SqlRow, SqlRow)>, Coll<'s, (SqlRow, SqlRow)>) {
+) -> (Coll<'s, (Key, SqlRow)>, Coll<'s, (Key, SqlRow)>) {
     let keyed = |rows: Coll<'s, SqlRow>, keys: &[Expr], errors: &mut Vec<Coll<'s, RowError>>| {
         let keys = keys.to_vec();
-        let rows = rows.map(move |row| match keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>() {
-            Ok(k) => Ok((k, row)),
-            Err(e) => Err((e, row)),
+        let rows = rows.map(move |row| {
+            let key = match &keys[..] {
+                [k] => eval(k, &row).map(Key::One),
+                keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().map(Key::Many),
+            };
+            match key {
+                Ok(k) => Ok((k, row)),
+                Err(e) => Err((e, row)),
+            }
         });
         split(rows, view, errors)
     };
@@ -956,8 +962,8 @@ fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<
 /// deltas. Also the reader of its current rows (`left ++ right`).
 fn hash_join<'s, O: differential_dataflow::Data>(
     view: &str,
-    left: Coll<'s, (SqlRow, SqlRow)>,
-    right: Coll<'s, (SqlRow, SqlRow)>,
+    left: Coll<'s, (Key, SqlRow)>,
+    right: Coll<'s, (Key, SqlRow)>,
     make: impl Fn(&SqlRow, &SqlRow) -> O + 'static,
 ) -> (Coll<'s, O>, CurrentSqlRows) {
     use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
@@ -966,10 +972,10 @@ fn hash_join<'s, O: differential_dataflow::Data>(
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     type Side = Vec<(SqlRow, isize)>;
-    let by_key = || Exchange::new(|((k, _), _, _): &((SqlRow, SqlRow), Time, isize)| differential_dataflow::Hashable::hashed(k));
+    let by_key = || Exchange::new(|((k, _), _, _): &((Key, SqlRow), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let size = crate::state::StateSize::new(view, "HashJoin");
     let mut held = 0usize;
-    let shared: std::rc::Rc<RefCell<FastMap<SqlRow, (Side, Side)>>> = Default::default();
+    let shared: std::rc::Rc<RefCell<FastMap<Key, (Side, Side)>>> = Default::default();
     let current = {
         let shared = shared.clone();
         std::rc::Rc::new(move |each: &mut dyn FnMut(SqlRow, isize)| {
@@ -985,7 +991,7 @@ fn hash_join<'s, O: differential_dataflow::Data>(
     let joined = left
         .inner
         .binary_frontier(right.inner, by_key(), by_key(), "HashJoin", |_cap, _info| {
-            let mut pending: [Stash<(SqlRow, SqlRow)>; 2] = Default::default();
+            let mut pending: [Stash<(Key, SqlRow)>; 2] = Default::default();
             move |(l, lf), (r, rf), output| {
                 let mut state = shared.borrow_mut();
                 let port = output.output_index();
@@ -994,7 +1000,7 @@ fn hash_join<'s, O: differential_dataflow::Data>(
                 loop {
                     let next = pending.iter().filter_map(|p| p.first_key_value().map(|(t, _)| *t)).min();
                     let Some(t) = next.filter(|t| !lf.less_equal(t) && !rf.less_equal(t)) else { break };
-                    let mut deltas: FastMap<SqlRow, (Side, Side)> = FastMap::default();
+                    let mut deltas: FastMap<Key, (Side, Side)> = FastMap::default();
                     let mut cap = None;
                     for (side, p) in pending.iter_mut().enumerate() {
                         if let Some((c, updates)) = p.remove(&t) {

@@ -164,3 +164,31 @@ impl fmt::Display for Value {
 
 /// A row of a source or view.
 pub type SqlRow = Vec<Value>;
+
+/// A join key: its values, one held in place (most keys are one column: no allocation, and a
+/// hash map compares it where it is stored, without reading another heap block).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Key {
+    /// a one-column key
+    One(Value),
+    /// a key of other widths
+    Many(SqlRow),
+}
+
+impl Key {
+    /// The key of these values (one value: [`Key::One`], so equal keys are equal variants).
+    pub fn new(mut values: SqlRow) -> Key {
+        match values.len() {
+            1 => Key::One(values.pop().expect("one value")),
+            _ => Key::Many(values),
+        }
+    }
+
+    /// Its values.
+    pub fn values(&self) -> &[Value] {
+        match self {
+            Key::One(v) => std::slice::from_ref(v),
+            Key::Many(vs) => vs,
+        }
+    }
+}
