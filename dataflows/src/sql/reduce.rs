@@ -22,7 +22,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 
 use super::plan::{AggFunc, Aggregate};
-use super::value::{SqlRow, Type, Value};
+use super::value::{Key, SqlRow, Type, Value};
 use crate::ops::{stash_by_time, FastMap, Stash};
 use crate::records::Millis;
 use crate::sensor_metrics::ExactSum;
@@ -256,7 +256,7 @@ pub type Chain = Box<dyn FnMut(&SqlRow, &mut dyn FnMut(Stepped))>;
 /// What the one reader of an input hands each of its readers.
 enum Read {
     /// a GROUP BY's partial group of a completed time
-    Partial(SqlRow, Group),
+    Partial(Key, Group),
     /// a row whose group key or aggregate arguments failed
     Failed(String, SqlRow),
     /// a chain's row
@@ -283,7 +283,7 @@ pub fn read_once<'s>(
     // A time's partial groups leave once the time is complete on this worker: a time of many
     // batches sends one partial per group, not one per group and batch (the reduce could not
     // complete the time earlier anyway).
-    type Groups = FastMap<SqlRow, Group>;
+    type Groups = FastMap<Key, Group>;
     let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Groups>)> = BTreeMap::new();
     let mut spare: Vec<Groups> = Vec::new();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
@@ -321,7 +321,7 @@ pub fn read_once<'s>(
                                         None => {
                                             let mut g = local.empty();
                                             local.add(&mut g, &args, r);
-                                            groups.insert(key.clone(), g);
+                                            groups.insert(Key::from_slice(&key), g);
                                         }
                                     }
                                     Ok(())
@@ -401,11 +401,11 @@ pub fn read_once<'s>(
 #[allow(clippy::type_complexity)]
 fn merge<'s>(
     view: &str,
-    partial: timely::dataflow::Stream<'s, Time, Vec<((SqlRow, Group), Time, isize)>>,
+    partial: timely::dataflow::Stream<'s, Time, Vec<((Key, Group), Time, isize)>>,
     spec: Aggregates,
     retire: Option<Retire<'s>>,
 ) -> (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Option<CurrentSqlRows>) {
-    let exchange = Exchange::new(|((k, _), _, _): &((SqlRow, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
+    let exchange = Exchange::new(|((k, _), _, _): &((Key, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let peers = partial.scope().peers();
     let mut state = State {
@@ -462,7 +462,7 @@ fn current_groups(state: std::rc::Rc<std::cell::RefCell<State>>) -> CurrentSqlRo
         let State { spec, groups, .. } = &mut *state;
         for (k, g) in groups.drain() {
             if let Ok(a) = spec.finish(&g) {
-                let mut row = k;
+                let mut row = k.into_row();
                 row.extend(a);
                 each(row, 1);
             }
@@ -477,10 +477,10 @@ struct State {
     peers: usize,
     /// windowed: the key column bounding the window, what to add for its end, the lateness
     windowed: Option<(usize, i64, Millis)>,
-    groups: FastMap<SqlRow, Group>,
-    pending: Stash<(SqlRow, Group)>,
+    groups: FastMap<Key, Group>,
+    pending: Stash<(Key, Group)>,
     /// windowed: the keys of open windows by their end
-    by_end: BTreeMap<Millis, Vec<SqlRow>>,
+    by_end: BTreeMap<Millis, Vec<Key>>,
     /// windowed: the input's maxima by logical time
     maxima: Maxima,
 }
@@ -498,10 +498,10 @@ impl State {
             let mut session = Vec::new();
             // One partial per key: those of a key from several workers merged first (in a
             // small map of this time's keys), so each group is looked up and changed once.
-            let partials: Vec<(SqlRow, Group)> = if self.peers == 1 {
+            let partials: Vec<(Key, Group)> = if self.peers == 1 {
                 partials.into_iter().map(|(kg, _)| kg).collect()
             } else {
-                let mut by_key: FastMap<SqlRow, Group> = FastMap::default();
+                let mut by_key: FastMap<Key, Group> = FastMap::default();
                 for ((k, part), _) in partials {
                     match by_key.entry(k) {
                         Entry::Occupied(mut e) => self.spec.merge(e.get_mut(), part),
@@ -523,8 +523,8 @@ impl State {
                             continue;
                         }
                         let k = match new {
-                            Some(_) => e.key().clone(),
-                            None => e.remove_entry().0,
+                            Some(_) => e.key().values().to_vec(),
+                            None => e.remove_entry().0.into_row(),
                         };
                         match new {
                             Some(new) => {
@@ -542,11 +542,11 @@ impl State {
                         }
                         let new = self.spec.finish(&g);
                         if let Some((c, to_end, _)) = windowed {
-                            if let Value::Timestamp(s) = e.key()[c] {
+                            if let Value::Timestamp(s) = e.key().values()[c] {
                                 self.by_end.entry(s + to_end).or_default().push(e.key().clone());
                             }
                         }
-                        session.push(((e.key().clone(), new), t, 1));
+                        session.push(((e.key().values().to_vec(), new), t, 1));
                         e.insert(g);
                     }
                 }

@@ -167,7 +167,8 @@ pub type SqlRow = Vec<Value>;
 
 /// A join key: its values, one held in place (most keys are one column: no allocation, and a
 /// hash map compares it where it is stored, without reading another heap block).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Compared, ordered and hashed as its values (a slice): a map of keys is looked up by `&[Value]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Key {
     /// a one-column key
     One(Value),
@@ -184,11 +185,59 @@ impl Key {
         }
     }
 
+    /// The key of a copy of these values.
+    pub fn from_slice(values: &[Value]) -> Key {
+        match values {
+            [v] => Key::One(v.clone()),
+            vs => Key::Many(vs.to_vec()),
+        }
+    }
+
     /// Its values.
     pub fn values(&self) -> &[Value] {
         match self {
             Key::One(v) => std::slice::from_ref(v),
             Key::Many(vs) => vs,
         }
+    }
+
+    /// Its values, as a row.
+    pub fn into_row(self) -> SqlRow {
+        match self {
+            Key::One(v) => vec![v],
+            Key::Many(vs) => vs,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.values() == other.values()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.values().cmp(other.values())
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.values().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<[Value]> for Key {
+    fn borrow(&self) -> &[Value] {
+        self.values()
     }
 }
