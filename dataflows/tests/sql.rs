@@ -387,6 +387,34 @@ fn b_row(r: &B) -> SqlRow {
 type Update = (SqlRow, Time, isize);
 type Updates = Arc<Mutex<Vec<Update>>>;
 
+/// Inserts the changes at their times, 0 to `last`, each worker its share (so rows start on
+/// every worker), stepping until the probe passes each time.
+fn feed(
+    worker: &mut timely::worker::Worker,
+    changes: &[Change],
+    (ai, bi): (
+        &mut differential_dataflow::input::InputSession<Time, SqlRow, isize>,
+        &mut differential_dataflow::input::InputSession<Time, SqlRow, isize>,
+    ),
+    probe: &ProbeHandle<Time>,
+    last: Time,
+) {
+    for t in 0..=last {
+        for (_, c) in changes.iter().enumerate().filter(|(i, _)| i % worker.peers() == worker.index()) {
+            match c {
+                Change::A(ct, r, d) if *ct == t => ai.update(a_row(r), *d),
+                Change::B(ct, r, d) if *ct == t => bi.update(b_row(r), *d),
+                _ => {}
+            }
+        }
+        ai.advance_to(t + 1);
+        bi.advance_to(t + 1);
+        ai.flush();
+        bi.flush();
+        worker.step_while(|| probe.less_than(&(t + 1)));
+    }
+}
+
 /// Runs view `out` of `sql` over the changes on `workers` workers: its updates, and the row
 /// errors of every view.
 fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update>, Vec<(String, String)>) {
@@ -416,21 +444,7 @@ fn run(sql: &str, changes: &[Change], last: Time, workers: usize) -> (Vec<Update
             rendered["out"].rows.clone().inspect(move |(d, t, r)| o.lock().unwrap().push((d.clone(), *t, *r))).inner.probe_with(&probe);
             (ai, bi)
         });
-        for t in 0..=last {
-            // every worker inserts its share, so rows start on every worker
-            for (_, c) in changes.iter().enumerate().filter(|(i, _)| i % worker.peers() == worker.index()) {
-                match c {
-                    Change::A(ct, r, d) if *ct == t => ai.update(a_row(r), *d),
-                    Change::B(ct, r, d) if *ct == t => bi.update(b_row(r), *d),
-                    _ => {}
-                }
-            }
-            ai.advance_to(t + 1);
-            bi.advance_to(t + 1);
-            ai.flush();
-            bi.flush();
-            worker.step_while(|| probe.less_than(&(t + 1)));
-        }
+        feed(worker, &changes, (&mut ai, &mut bi), &probe, last);
     })
     .unwrap();
     let mut updates = std::mem::take(&mut *out.lock().unwrap());
@@ -466,20 +480,7 @@ fn run_counted(sql: &str, changes: &[Change], last: Time, workers: usize) -> (BT
             changes.inspect(move |(_, t, r)| *n.lock().unwrap().entry(*t).or_default() += r).inner.probe_with(&probe);
             (ai, bi, out.current.clone())
         });
-        for t in 0..=last {
-            for (_, c) in changes.iter().enumerate().filter(|(i, _)| i % worker.peers() == worker.index()) {
-                match c {
-                    Change::A(ct, r, d) if *ct == t => ai.update(a_row(r), *d),
-                    Change::B(ct, r, d) if *ct == t => bi.update(b_row(r), *d),
-                    _ => {}
-                }
-            }
-            ai.advance_to(t + 1);
-            bi.advance_to(t + 1);
-            ai.flush();
-            bi.flush();
-            worker.step_while(|| probe.less_than(&(t + 1)));
-        }
+        feed(worker, &changes, (&mut ai, &mut bi), &probe, last);
         if let Some(read) = read {
             let mut rows = Vec::new();
             read(&mut |row, m| rows.extend(std::iter::repeat_n(row, m.max(0) as usize)));
