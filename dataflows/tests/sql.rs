@@ -661,6 +661,39 @@ fn a_row_error_in_a_group_key_or_an_aggregate_is_a_dead_letter_and_the_rest_go_o
     }
 }
 
+#[test]
+fn conditions_are_three_valued_and_an_error_on_either_side_of_and_or_is_the_rows() {
+    use Value::{Bool, Int, Null};
+    // (rows: x = 4, x = NULL; a condition as a column and as a filter)
+    let changes = vec![Change::A(0, A { k: 1, x: Some(4), s: "p".into() }, 1), Change::A(0, A { k: 2, x: None, s: "q".into() }, 1)];
+    let cases: [(&str, [Value; 2]); 8] = [
+        ("x > 3 AND s = 'p'", [Bool(true), Bool(false)]),
+        ("x > 3 OR s = 'q'", [Bool(true), Bool(true)]),
+        ("x < 3 OR x IS NULL", [Bool(false), Bool(true)]),
+        ("NOT (x < 3)", [Bool(true), Null]),
+        ("x IS NOT NULL AND NOT s IN ('a', 'q')", [Bool(true), Bool(false)]),
+        ("x = 4.0 OR x <> 4", [Bool(true), Null]),
+        ("CASE WHEN x > 3 THEN 1 = 1 ELSE NULL END", [Bool(true), Null]),
+        ("s > 'p' AND x >= 0", [Bool(false), Null]),
+    ];
+    for (condition, want) in cases {
+        let (updates, errors) = run(&format!("CREATE VIEW out AS SELECT k, {condition} AS c FROM a;"), &changes, 0, 1);
+        assert!(errors.is_empty(), "{condition}: {errors:?}");
+        assert_eq!(at(&updates, 0), vec![vec![Int(1), want[0].clone()], vec![Int(2), want[1].clone()]], "{condition}");
+        let (updates, _) = run(&format!("CREATE VIEW out AS SELECT k FROM a WHERE {condition};"), &changes, 0, 1);
+        let kept: Vec<SqlRow> = [1, 2].into_iter().zip(&want).filter(|(_, c)| **c == Bool(true)).map(|(k, _)| vec![Int(k)]).collect();
+        assert_eq!(at(&updates, 0), kept, "WHERE {condition}");
+    }
+    // both sides are evaluated: an error on either side fails the row, whatever the other says
+    for condition in ["k < 0 AND 100 / (k - k) = 1", "100 / (k - k) = 1 OR k > 0", "NOT (k - k = 0 AND 1 / (k - k) > 0)"] {
+        for query in [format!("SELECT k, {condition} AS c FROM a"), format!("SELECT k FROM a WHERE {condition}")] {
+            let (updates, errors) = run(&format!("CREATE VIEW out AS {query};"), &changes, 0, 1);
+            assert!(at(&updates, 0).is_empty(), "{query}");
+            assert_eq!(errors, vec![("out".to_string(), "division by zero".to_string()); 2], "{query}");
+        }
+    }
+}
+
 /// One row of literals through a view.
 fn one_row(select: &str) -> SqlRow {
     let sql = format!("CREATE VIEW out AS SELECT {select} FROM a;");

@@ -12,11 +12,29 @@ pub fn eval(e: &Expr, row: &[Value]) -> Result<Value, String> {
     at(e, row)
 }
 
-/// Evaluates `e` on `left ++ right` without building that row (`None`: NULLs), as a filter
-/// judges a looked-up row before it is copied.
+/// Evaluates `e` on `row` onto the end of `out` (a column or a constant is copied there
+/// without passing through a `Result`).
 #[inline]
-pub fn eval_joined(e: &Expr, left: &[Value], right: Option<&[Value]>) -> Result<Value, String> {
-    at(e, &Joined { left, right })
+pub fn eval_onto(e: &Expr, row: &[Value], out: &mut Vec<Value>) -> Result<(), String> {
+    match place(e, row) {
+        Some(v) => out.push(v.clone()),
+        None => out.push(eval_expr(e, row)?),
+    }
+    Ok(())
+}
+
+/// Whether `predicate` holds on `row` (`None`: it is NULL), as [`truth`] of [`eval`] says, but
+/// without making a value of each condition: comparisons read their operands where they are.
+#[inline]
+pub fn holds(predicate: &Expr, row: &[Value]) -> Result<Option<bool>, String> {
+    test(predicate, row)
+}
+
+/// [`holds`] on `left ++ right` without building that row (`None`: NULLs), as a filter judges
+/// a looked-up row before it is copied.
+#[inline]
+pub fn holds_joined(predicate: &Expr, left: &[Value], right: Option<&[Value]>) -> Result<Option<bool>, String> {
+    test(predicate, &Joined { left, right })
 }
 
 /// The columns an expression reads.
@@ -49,6 +67,31 @@ impl Columns for Joined<'_> {
     }
 }
 
+/// Where an operand's value is, when it is a column or a constant (`None`: it must be
+/// evaluated). A pointer in a register: no value, and no `Result` of one, is moved through
+/// the stack for the commonest operands.
+#[inline]
+fn place<'a, R: Columns + ?Sized>(e: &'a Expr, row: &'a R) -> Option<&'a Value> {
+    match e {
+        Expr::Column(c) => Some(row.column(*c)),
+        Expr::Literal(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// An operand by reference: where it is ([`place`]), or evaluated into `$slot`.
+macro_rules! operand {
+    ($e:expr, $row:expr, $slot:ident) => {
+        match place($e, $row) {
+            Some(v) => v,
+            None => {
+                $slot = at($e, $row)?;
+                &$slot
+            }
+        }
+    };
+}
+
 #[inline]
 fn at<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
     // (a column or a constant, nearly every key and argument, without the call)
@@ -59,40 +102,62 @@ fn at<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
     }
 }
 
+/// A condition's truth (`None`: NULL). AND, OR, NOT, comparisons and IS NULL are judged here,
+/// their operands read in place; anything else is evaluated and must be a bool. (Both sides
+/// of AND and OR are evaluated, so an error on either side is the row's error, as in
+/// [`eval_expr`].)
+fn test<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Option<bool>, String> {
+    use BinOp::*;
+    Ok(match e {
+        Expr::Binary(And, a, b) => match (test(a, row)?, test(b, row)?) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        Expr::Binary(Or, a, b) => match (test(a, row)?, test(b, row)?) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        Expr::Binary(op @ (Eq | NotEq | Lt | LtEq | Gt | GtEq), a, b) => {
+            let (x, y);
+            compare(*op, operand!(a, row, x), operand!(b, row, y))
+        }
+        Expr::Not(a) => test(a, row)?.map(|b| !b),
+        Expr::IsNull(a, negated) => {
+            let x;
+            Some(operand!(a, row, x).is_null() != *negated)
+        }
+        e => truth(at(e, row)?)?,
+    })
+}
+
 fn eval_expr<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
+    use BinOp::*;
     Ok(match e {
         Expr::Column(c) => row.column(*c).clone(),
         Expr::Literal(v) => v.clone(),
-        Expr::Binary(BinOp::And, a, b) => match (truth(at(a, row)?)?, truth(at(b, row)?)?) {
-            (Some(false), _) | (_, Some(false)) => Value::Bool(false),
-            (Some(true), Some(true)) => Value::Bool(true),
-            _ => Value::Null,
-        },
-        Expr::Binary(BinOp::Or, a, b) => match (truth(at(a, row)?)?, truth(at(b, row)?)?) {
-            (Some(true), _) | (_, Some(true)) => Value::Bool(true),
-            (Some(false), Some(false)) => Value::Bool(false),
-            _ => Value::Null,
-        },
+        Expr::Binary(And | Or | Eq | NotEq | Lt | LtEq | Gt | GtEq, ..) | Expr::Not(_) | Expr::IsNull(..) => {
+            test(e, row)?.map_or(Value::Null, Value::Bool)
+        }
         Expr::Binary(BinOp::Concat, a, b) => match (at(a, row)?, at(b, row)?) {
             (Value::Null, _) | (_, Value::Null) => Value::Null,
             (Value::Text(x), Value::Text(y)) => Value::Text(x + &y),
             _ => return Err("|| needs text".into()),
         },
-        // (columns and constants are compared where they are, not copied)
-        Expr::Binary(op, a, b) => binary(*op, &*operand(a, row)?, &*operand(b, row)?)?,
-        Expr::Not(a) => match truth(at(a, row)?)? {
-            Some(b) => Value::Bool(!b),
-            None => Value::Null,
-        },
+        // (columns and constants are read where they are, not copied)
+        Expr::Binary(op, a, b) => {
+            let (x, y);
+            binary(*op, operand!(a, row, x), operand!(b, row, y))?
+        }
         Expr::Neg(a) => match at(a, row)? {
             Value::Int(i) => Value::Int(i.checked_neg().ok_or("integer overflow")?),
             Value::Float(f) => Value::Float(-f),
             _ => Value::Null,
         },
-        Expr::IsNull(a, negated) => Value::Bool(at(a, row)?.is_null() != *negated),
         Expr::Case(arms, other) => {
             for (c, r) in arms {
-                if truth(at(c, row)?)? == Some(true) {
+                if test(c, row)? == Some(true) {
                     return at(r, row);
                 }
             }
@@ -106,10 +171,11 @@ fn eval_expr<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
             }
             let mut null = false;
             for x in list {
-                match binary(BinOp::Eq, &v, &*operand(x, row)?)? {
-                    Value::Bool(true) => return Ok(Value::Bool(!negated)),
-                    Value::Null => null = true,
-                    _ => {}
+                let slot;
+                match compare(BinOp::Eq, &v, operand!(x, row, slot)) {
+                    Some(true) => return Ok(Value::Bool(!negated)),
+                    None => null = true,
+                    Some(false) => {}
                 }
             }
             if null {
@@ -207,16 +273,6 @@ pub fn truth(v: Value) -> Result<Option<bool>, String> {
     }
 }
 
-/// An operand: a column or constant borrowed, anything else evaluated.
-fn operand<'a, R: Columns + ?Sized>(e: &'a Expr, row: &'a R) -> Result<std::borrow::Cow<'a, Value>, String> {
-    use std::borrow::Cow;
-    Ok(match e {
-        Expr::Column(c) => Cow::Borrowed(row.column(*c)),
-        Expr::Literal(v) => Cow::Borrowed(v),
-        e => Cow::Owned(at(e, row)?),
-    })
-}
-
 fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
     use BinOp::*;
     if a.is_null() || b.is_null() {
@@ -252,22 +308,29 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
             }
         },
         Concat => unreachable!("|| is evaluated by eval"),
-        _ => {
-            let ord = match (a, b) {
-                (Value::Int(_), Value::Float(_)) | (Value::Float(_), Value::Int(_)) => {
-                    a.as_f64().expect("a number").total_cmp(&b.as_f64().expect("a number"))
-                }
-                _ => a.cmp(b),
-            };
-            Value::Bool(match op {
-                Eq => ord.is_eq(),
-                NotEq => ord.is_ne(),
-                Lt => ord.is_lt(),
-                LtEq => ord.is_le(),
-                Gt => ord.is_gt(),
-                _ => ord.is_ge(),
-            })
+        _ => compare(op, a, b).map_or(Value::Null, Value::Bool),
+    })
+}
+
+/// A comparison of two values (`None`: one is NULL); an int and a float compare as floats.
+#[inline]
+fn compare(op: BinOp, a: &Value, b: &Value) -> Option<bool> {
+    use BinOp::*;
+    let ord = match (a, b) {
+        (Value::Null, _) | (_, Value::Null) => return None,
+        (Value::Float(x), Value::Float(y)) => x.total_cmp(y),
+        (Value::Int(_), Value::Float(_)) | (Value::Float(_), Value::Int(_)) => {
+            a.as_f64().expect("a number").total_cmp(&b.as_f64().expect("a number"))
         }
+        _ => a.cmp(b),
+    };
+    Some(match op {
+        Eq => ord.is_eq(),
+        NotEq => ord.is_ne(),
+        Lt => ord.is_lt(),
+        LtEq => ord.is_le(),
+        Gt => ord.is_gt(),
+        _ => ord.is_ge(),
     })
 }
 

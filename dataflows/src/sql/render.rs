@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use differential_dataflow::input::Input;
 use timely::dataflow::Scope;
 
-use super::eval::{eval, eval_joined, truth};
+use super::eval::{eval, eval_onto, holds, holds_joined};
 use super::plan::{AggFunc, Expr, Plan, View};
 use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
 use super::value::{Key, SqlRow, Type, Value};
@@ -485,7 +485,7 @@ impl<'a> Lineage<'a> {
             Plan::Filter(input, predicate) => {
                 let mut out = Vec::new();
                 for row in self.constant_rows(input)? {
-                    if eval(predicate, &row).and_then(truth).ok()?.unwrap_or(false) {
+                    if holds(predicate, &row).ok()?.unwrap_or(false) {
                         out.push(row);
                     }
                 }
@@ -598,10 +598,10 @@ fn reduce_member<'s, 'p>(
     let float_sums: Vec<bool> = aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
     let fill = move |row: &SqlRow, k: &mut SqlRow, a: &mut SqlRow| -> Result<(), String> {
         for e in &keys {
-            k.push(eval(e, row)?);
+            eval_onto(e, row, k)?;
         }
         for e in &args {
-            a.push(eval(e, row)?);
+            eval_onto(e, row, a)?;
         }
         match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
             Some((v, _)) => Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first")),
@@ -689,15 +689,18 @@ fn stateless_steps<'p>(mut p: &'p Plan, lineage: &Lineage<'_>) -> (&'p Plan, Vec
 fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut impl FnMut(Stepped)) {
     let Some((step, rest)) = steps.split_first() else { return emit(Ok(row.into_owned())) };
     match step {
-        Step::Filter(predicate) => match eval(predicate, &row).and_then(truth) {
+        Step::Filter(predicate) => match holds(predicate, &row) {
             Ok(Some(true)) => run_steps(rest, row, key, emit),
             Ok(_) => {}
             Err(e) => emit(Err((e, row.into_owned()))),
         },
-        Step::Map(exprs) => match exprs.iter().map(|e| eval(e, &row)).collect() {
-            Ok(out) => run_steps(rest, Cow::Owned(out), key, emit),
-            Err(e) => emit(Err((e, row.into_owned()))),
-        },
+        Step::Map(exprs) => {
+            let mut out = SqlRow::with_capacity(exprs.len());
+            match exprs.iter().try_for_each(|e| eval_onto(e, &row, &mut out)) {
+                Ok(()) => run_steps(rest, Cow::Owned(out), key, emit),
+                Err(e) => emit(Err((e, row.into_owned()))),
+            }
+        }
         Step::Window { time, size, slide } => {
             for s in window_starts(&row[*time], *size, *slide) {
                 let windowed = row.iter().cloned().chain([Value::Timestamp(s), Value::Timestamp(s + size)]).collect();
@@ -707,9 +710,8 @@ fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut 
         Step::Lookup { keys, table, outer, arity } => {
             key.clear();
             for k in keys {
-                match eval(k, &row) {
-                    Ok(v) => key.push(v),
-                    Err(e) => return emit(Err((e, row.into_owned()))),
+                if let Err(e) = eval_onto(k, &row, key) {
+                    return emit(Err((e, row.into_owned())));
                 }
             }
             // (a NULL key matches nothing; a left join keeps an unmatched row with NULLs)
@@ -723,7 +725,7 @@ fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut 
                 };
                 // a filter right after judges the row and what it found where they are
                 let (rest, judged) = match rest.split_first() {
-                    Some((Step::Filter(predicate), after)) => (after, eval_joined(predicate, &row, r).and_then(truth)),
+                    Some((Step::Filter(predicate), after)) => (after, holds_joined(predicate, &row, r)),
                     _ => (rest, Ok(Some(true))),
                 };
                 match judged {
