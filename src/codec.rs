@@ -254,6 +254,8 @@ pub struct SqlDecoder {
     columns: Vec<dataflows::sql::Column>,
     /// what the `k`-th field of the last record was
     order: Vec<FieldGuess>,
+    /// room each row keeps for values a view adds in place (a window's start and end)
+    spare: usize,
 }
 
 /// A field as the last record had it at one place.
@@ -265,7 +267,14 @@ enum FieldGuess {
 impl SqlDecoder {
     /// A decoder of records with these columns.
     pub fn new(columns: Vec<dataflows::sql::Column>) -> Self {
-        SqlDecoder { columns, order: Vec::new() }
+        SqlDecoder { columns, order: Vec::new(), spare: 0 }
+    }
+
+    /// The same, its rows with room for `spare` more values: a GROUP BY over a window sets
+    /// `window_start` and `window_end` at the end of the row it reads, which then needs no
+    /// second allocation and copy.
+    pub fn with_spare(self, spare: usize) -> Self {
+        SqlDecoder { spare, ..self }
     }
 
     /// The columns it decodes.
@@ -277,7 +286,7 @@ impl SqlDecoder {
     pub fn decode(&mut self, raw: &[u8]) -> Result<dataflows::sql::SqlRow, String> {
         let text = std::str::from_utf8(raw).map_err(|e| format!("not_utf8: invalid byte at offset {}", e.valid_up_to()))?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let seed = SqlRowSeed { columns: &self.columns, order: &mut self.order };
+        let seed = SqlRowSeed { columns: &self.columns, order: &mut self.order, spare: self.spare };
         let row = serde::de::DeserializeSeed::deserialize(seed, &mut de).map_err(|e| {
             let msg = e.to_string();
             match msg.split_once(" at line ") {
@@ -297,6 +306,7 @@ impl SqlDecoder {
 struct SqlRowSeed<'a> {
     columns: &'a [dataflows::sql::Column],
     order: &'a mut Vec<FieldGuess>,
+    spare: usize,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for SqlRowSeed<'_> {
@@ -335,7 +345,8 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
         let columns = self.columns;
-        let mut row = vec![dataflows::sql::Value::Null; columns.len()];
+        let mut row = Vec::with_capacity(columns.len() + self.spare);
+        row.resize(columns.len(), dataflows::sql::Value::Null);
         // (which declared columns were seen: a word on the stack, and flags on the heap only
         // for the columns past the 64th of a rare wider input)
         let (mut seen, mut seen_past_64) = (0u64, vec![false; columns.len().saturating_sub(64)]);

@@ -903,7 +903,9 @@ fn run_worker(
                     }
                 };
                 let positions = t.key.is_empty() && named_in_errors.contains(t.name.as_str());
-                tables.insert(t.name, (codec::SqlDecoder::new(t.columns.clone()), session, positions));
+                // (a windowed input's rows keep room for the window a GROUP BY sets in place)
+                let spare = if t.event_time.as_ref().is_some_and(|e| !e.slides.is_empty()) { 2 } else { 0 };
+                tables.insert(t.name, (codec::SqlDecoder::new(t.columns.clone()).with_spare(spare), session, positions));
                 // With checkpoints: the rows the views need, kept at checkpoint times.
                 if let Some(every) = checkpoint_every {
                     use dataflows::sql::keep::{keep_rows, Forget};
