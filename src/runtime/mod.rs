@@ -917,14 +917,10 @@ fn run_worker(
                     kept_rows.push((t.name.as_str().to_string(), keep_rows(ranked.clone(), t.name.as_str(), t.key.clone(), forget, every)));
                 }
                 // An upsert input's row per key is its latest version by source position.
-                let rows = if t.key.is_empty() {
-                    ranked.map(|(_, row)| row)
-                } else {
-                    let key = t.key.clone();
-                    dataflows::ops::upsert(
-                        ranked.map(move |(rank, row)| (key.iter().map(|&k| row[k].clone()).collect::<Vec<_>>(), rank, row)),
-                        t.name.as_str(),
-                    )
+                use dataflows::sql::render::Rows;
+                let rows = match t.key.is_empty() {
+                    true => Rows::All(ranked.map(|(_, row)| row)),
+                    false => Rows::latest(ranked, t.key.clone(), t.name.as_str()),
                 };
                 let source = dataflows::sql::render::Source { rows, shape: t.shape(), watermark };
                 sources.insert(t.name.as_str().to_string(), source);

@@ -32,11 +32,53 @@ pub struct Shape {
 /// and allowed lateness: a windowed reduce over its event time drops final windows.
 pub struct Source<'s> {
     /// its rows (for an event-time input, the rows that were not late)
-    pub rows: Coll<'s, SqlRow>,
+    pub rows: Rows<'s>,
     /// what the planner knows of them
     pub shape: Shape,
     /// with an event time: its maxima and allowed lateness
     pub watermark: Option<(MaximaStream<'s>, Millis)>,
+}
+
+/// An input's rows as the views get them.
+pub enum Rows<'s> {
+    /// every row as read
+    All(Coll<'s, SqlRow>),
+    /// an upsert input's records (insert-only) with their ranks (source positions), and its
+    /// key columns: its rows are each key's record of the highest rank. A join on the key
+    /// keeps the latest version itself ([`hash_join`]); other readers get the rows of one
+    /// [`crate::ops::upsert`], made when first read.
+    Latest {
+        /// the records, ranked
+        ranked: Coll<'s, (u64, SqlRow)>,
+        /// the key columns
+        key: Vec<usize>,
+        /// the input's name (of its state metrics)
+        input: String,
+        /// the upsert's rows, once made
+        rows: RefCell<Option<Coll<'s, SqlRow>>>,
+    },
+}
+
+impl<'s> Rows<'s> {
+    /// An upsert input's rows: each key's latest version (`ranked` by source position).
+    pub fn latest(ranked: Coll<'s, (u64, SqlRow)>, key: Vec<usize>, input: &str) -> Self {
+        Rows::Latest { ranked, key, input: input.to_string(), rows: RefCell::new(None) }
+    }
+
+    /// The rows.
+    fn all(&self) -> Coll<'s, SqlRow> {
+        match self {
+            Rows::All(rows) => rows.clone(),
+            Rows::Latest { ranked, key, input, rows } => rows
+                .borrow_mut()
+                .get_or_insert_with(|| {
+                    let key = key.clone();
+                    let keyed = ranked.clone().map(move |(rank, row)| (key.iter().map(|&k| row[k].clone()).collect::<Vec<_>>(), rank, row));
+                    crate::ops::upsert(keyed, input)
+                })
+                .clone(),
+        }
+    }
 }
 
 /// A row an expression failed on: the view, the reason, the row.
@@ -87,7 +129,7 @@ pub fn render<'s>(
                 }
             }
         }
-        let rows = sources.get(input).unwrap_or_else(|| panic!("the input `{input}` was not given")).rows.clone();
+        let rows = sources.get(input).unwrap_or_else(|| panic!("the input `{input}` was not given")).rows.all();
         let (reduced, chained) = read_once(rows, members, chains);
         let mut fused = fused.borrow_mut();
         for (node, r) in nodes.0.into_iter().zip(reduced) {
@@ -155,13 +197,12 @@ fn view_plan<'s>(
     match under {
         Plan::Join { left, right, left_keys, right_keys, outer: false, .. } => {
             let count = count && steps.iter().all(|s| matches!(s, Step::Map(es) if !es.iter().any(can_fail)));
-            let (l, r) = join_sides((left, left_keys), (right, right_keys), view, reads, errors);
-            let l = l.filter(no_null);
+            let (l, r) = inner_sides((left, left_keys), (right, right_keys), view, reads, errors);
             if count {
-                let (changes, current) = hash_join(view, l, r, |_, _| ());
+                let (changes, current) = inner_join(view, l, r, |_, _| ());
                 return (constant(scope, Vec::new()), Some(through(current)), Some(changes));
             }
-            let (joined, current) = hash_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
+            let (joined, current) = inner_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
             (over_steps(joined, steps, view, errors), Some(through(current)), None)
         }
         Plan::Reduce { input, keys, aggs } if !keys.is_empty() => {
@@ -763,7 +804,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
         return split(stepped, view, errors);
     }
     match p {
-        Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).rows.clone(),
+        Plan::Source(n) => sources.get(n).unwrap_or_else(|| panic!("the input `{n}` was not given")).rows.all(),
         Plan::View(n) => views[n].rows.clone(),
         Plan::Constant(rows) => constant(scope, rows.clone()),
         Plan::Filter(..) | Plan::Map(..) | Plan::Window { .. } => unreachable!("stateless steps, above"),
@@ -800,10 +841,11 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
         }
         Plan::Join { left, right, left_keys, right_keys, outer, right_arity } => {
             // (a join with constant rows is a lookup: a stateless step, above)
-            let (l, r) = join_sides((left, left_keys), (right, right_keys), view, reads, errors);
             if !*outer {
-                return hash_join(view, l.filter(no_null), r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>()).0;
+                let (l, r) = inner_sides((left, left_keys), (right, right_keys), view, reads, errors);
+                return inner_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>()).0;
             }
+            let (l, r) = join_sides((left, left_keys), (right, right_keys), view, reads, errors);
             // (differential arranges both sides by key: their rows are what the join keeps,
             // counted once per side though the left one is arranged for the matches and again
             // for the unmatched)
@@ -834,23 +876,63 @@ fn join_sides<'s>(
     reads: Reads<'_, 's>,
     errors: &mut Vec<Coll<'s, RowError>>,
 ) -> (Coll<'s, (Key, SqlRow)>, Coll<'s, (Key, SqlRow)>) {
-    let keyed = |rows: Coll<'s, SqlRow>, keys: &[Expr], errors: &mut Vec<Coll<'s, RowError>>| {
-        let keys = keys.to_vec();
-        let rows = rows.map(move |row| {
-            let key = match &keys[..] {
-                [k] => eval(k, &row).map(Key::One),
-                keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().map(Key::Many),
-            };
-            match key {
-                Ok(k) => Ok((k, row)),
-                Err(e) => Err((e, row)),
-            }
-        });
-        split(rows, view, errors)
-    };
-    let l = keyed(plan(left, view, reads, errors), left_keys, errors);
-    let r = keyed(plan(right, view, reads, errors), right_keys, errors);
+    let l = keyed(plan(left, view, reads, errors), left_keys, view, errors);
+    let r = keyed(plan(right, view, reads, errors), right_keys, view, errors);
     (l, r.filter(no_null))
+}
+
+/// The two sides of an inner join, without their NULL keys (they match nothing). A side that
+/// is an upsert input joined on its key is its ranked records: the join keeps each key's
+/// latest version itself.
+fn inner_sides<'s>(
+    (left, left_keys): (&Plan, &[Expr]),
+    (right, right_keys): (&Plan, &[Expr]),
+    view: &str,
+    reads: Reads<'_, 's>,
+    errors: &mut Vec<Coll<'s, RowError>>,
+) -> (JoinSide<'s>, JoinSide<'s>) {
+    let mut side = |p: &Plan, keys: &[Expr]| match latest_on_key(p, keys, reads.1) {
+        Some(ranked) => JoinSide::Latest(ranked),
+        None => JoinSide::Rows(keyed(plan(p, view, reads, errors), keys, view, errors).filter(no_null)),
+    };
+    let l = side(left, left_keys);
+    (l, side(right, right_keys))
+}
+
+/// When `p` is an upsert input and `keys` its key columns, in order: its ranked records keyed
+/// by them, without NULL keys.
+fn latest_on_key<'s>(p: &Plan, keys: &[Expr], sources: &BTreeMap<String, Source<'s>>) -> Option<Coll<'s, (Key, (u64, SqlRow))>> {
+    let Plan::Source(n) = p else { return None };
+    let Rows::Latest { ranked, key, .. } = &sources.get(n)?.rows else { return None };
+    let on_key = keys.len() == key.len() && keys.iter().zip(key).all(|(e, k)| matches!(e, Expr::Column(c) if c == k));
+    if !on_key {
+        return None;
+    }
+    let key = key.clone();
+    let keyed = ranked.clone().map(move |(rank, row)| {
+        let k = match &key[..] {
+            [k] => Key::One(row[*k].clone()),
+            ks => Key::Many(ks.iter().map(|&k| row[k].clone()).collect()),
+        };
+        (k, (rank, row))
+    });
+    Some(keyed.filter(|(k, _)| !k.values().iter().any(Value::is_null)))
+}
+
+/// `rows` keyed by `keys` (a row whose key fails is an error of `view`).
+fn keyed<'s>(rows: Coll<'s, SqlRow>, keys: &[Expr], view: &str, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, (Key, SqlRow)> {
+    let keys = keys.to_vec();
+    let rows = rows.map(move |row| {
+        let key = match &keys[..] {
+            [k] => eval(k, &row).map(Key::One),
+            keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().map(Key::Many),
+        };
+        match key {
+            Ok(k) => Ok((k, row)),
+            Err(e) => Err((e, row)),
+        }
+    });
+    split(rows, view, errors)
 }
 
 /// `rows` through stateless `steps` (none: `rows`), in one operator; rows they fail on are
@@ -958,14 +1040,69 @@ fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<
     Some(table)
 }
 
+/// A record of one side of an inner join: its key, its row and, from a side that keeps each
+/// key's latest version only (an upsert input joined on its key), the row's rank.
+pub trait SideRecord: differential_dataflow::ExchangeData {
+    /// The key.
+    fn key(&self) -> &Key;
+    /// Its key, rank (`None`: a side of every row) and row.
+    fn parts(self) -> (Key, Option<u64>, SqlRow);
+}
+
+impl SideRecord for (Key, SqlRow) {
+    fn key(&self) -> &Key {
+        &self.0
+    }
+    fn parts(self) -> (Key, Option<u64>, SqlRow) {
+        (self.0, None, self.1)
+    }
+}
+
+impl SideRecord for (Key, (u64, SqlRow)) {
+    fn key(&self) -> &Key {
+        &self.0
+    }
+    fn parts(self) -> (Key, Option<u64>, SqlRow) {
+        (self.0, Some(self.1 .0), self.1 .1)
+    }
+}
+
+/// One side of an inner join: rows keyed, or an upsert input's ranked records keyed by its
+/// key, of which the join keeps each key's latest version.
+enum JoinSide<'s> {
+    Rows(Coll<'s, (Key, SqlRow)>),
+    Latest(Coll<'s, (Key, (u64, SqlRow))>),
+}
+
+/// The inner join of two sides ([`hash_join`]) for each kind of side.
+fn inner_join<'s, O: differential_dataflow::Data>(
+    view: &str,
+    left: JoinSide<'s>,
+    right: JoinSide<'s>,
+    make: impl Fn(&SqlRow, &SqlRow) -> O + 'static,
+) -> (Coll<'s, O>, CurrentSqlRows) {
+    use JoinSide::{Latest, Rows};
+    match (left, right) {
+        (Rows(l), Rows(r)) => hash_join(view, l, r, make),
+        (Rows(l), Latest(r)) => hash_join(view, l, r, make),
+        (Latest(l), Rows(r)) => hash_join(view, l, r, make),
+        (Latest(l), Latest(r)) => hash_join(view, l, r, make),
+    }
+}
+
 /// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
 /// rows (a multiset, no history); each completed time, in order, emits
 /// `ΔL ⋈ R + L ⋈ ΔR + ΔL ⋈ ΔR` (each pair of rows made one by `make`) and then applies the
 /// deltas. Also the reader of its current rows (`left ++ right`).
-fn hash_join<'s, O: differential_dataflow::Data>(
+///
+/// A side of ranked records keeps, per key, the record of the highest rank it has seen — an
+/// upsert input's latest version — and its delta at a time is `-old +new` when a record
+/// outranks the current one: the rows [`crate::ops::upsert`] would give, without holding them
+/// twice and exchanging them twice.
+fn hash_join<'s, L: SideRecord, R: SideRecord, O: differential_dataflow::Data>(
     view: &str,
-    left: Coll<'s, (Key, SqlRow)>,
-    right: Coll<'s, (Key, SqlRow)>,
+    left: Coll<'s, L>,
+    right: Coll<'s, R>,
     make: impl Fn(&SqlRow, &SqlRow) -> O + 'static,
 ) -> (Coll<'s, O>, CurrentSqlRows) {
     use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
@@ -974,14 +1111,43 @@ fn hash_join<'s, O: differential_dataflow::Data>(
     use timely::dataflow::channels::pact::Exchange;
     use timely::dataflow::operators::generic::operator::Operator;
     type Side = Vec<(SqlRow, isize)>;
-    let by_key = || Exchange::new(|((k, _), _, _): &((Key, SqlRow), Time, isize)| differential_dataflow::Hashable::hashed(k));
+    /// A key's change at one time on one side: rows, or the best-ranked record.
+    #[derive(Default)]
+    struct Delta {
+        rows: Side,
+        best: Option<(u64, SqlRow)>,
+    }
+    impl Delta {
+        fn add(&mut self, rank: Option<u64>, row: SqlRow, d: isize) {
+            match rank {
+                None => self.rows.push((row, d)),
+                Some(r) if self.best.as_ref().is_none_or(|(b, _)| r > *b) => self.best = Some((r, row)),
+                Some(_) => {}
+            }
+        }
+        /// As rows, given the side's current rows and the rank of its latest version.
+        fn rows(self, current: &Side, rank: &mut u64) -> Side {
+            match self.best {
+                None => self.rows,
+                Some((r, row)) if current.is_empty() || r > *rank => {
+                    *rank = r;
+                    current.iter().map(|(old, n)| (old.clone(), -n)).chain([(row, 1)]).collect()
+                }
+                Some(_) => Vec::new(),
+            }
+        }
+    }
+    /// A key's current rows on each side, and each side's latest rank.
+    type Held = (Side, Side, [u64; 2]);
+    let exchange_l = Exchange::new(|(x, _, _): &(L, Time, isize)| differential_dataflow::Hashable::hashed(x.key()));
+    let exchange_r = Exchange::new(|(x, _, _): &(R, Time, isize)| differential_dataflow::Hashable::hashed(x.key()));
     let size = crate::state::StateSize::new(view, "HashJoin");
     let mut held = 0usize;
-    let shared: std::rc::Rc<RefCell<FastMap<Key, (Side, Side)>>> = Default::default();
+    let shared: std::rc::Rc<RefCell<FastMap<Key, Held>>> = Default::default();
     let current = {
         let shared = shared.clone();
         std::rc::Rc::new(move |each: &mut dyn FnMut(SqlRow, isize)| {
-            for (_, (l, r)) in shared.borrow_mut().drain() {
+            for (_, (l, r, _)) in shared.borrow_mut().drain() {
                 for (x, n) in &l {
                     for (y, m) in &r {
                         each(x.iter().chain(y).cloned().collect(), n * m);
@@ -992,29 +1158,30 @@ fn hash_join<'s, O: differential_dataflow::Data>(
     };
     let joined = left
         .inner
-        .binary_frontier(right.inner, by_key(), by_key(), "HashJoin", |_cap, _info| {
-            let mut pending: [Stash<(Key, SqlRow)>; 2] = Default::default();
+        .binary_frontier(right.inner, exchange_l, exchange_r, "HashJoin", |_cap, _info| {
+            let (mut pending_l, mut pending_r): (Stash<L>, Stash<R>) = Default::default();
             move |(l, lf), (r, rf), output| {
                 let mut state = shared.borrow_mut();
                 let port = output.output_index();
-                stash_by_time(l, &mut pending[0], port);
-                stash_by_time(r, &mut pending[1], port);
+                stash_by_time(l, &mut pending_l, port);
+                stash_by_time(r, &mut pending_r, port);
                 loop {
-                    let next = pending.iter().filter_map(|p| p.first_key_value().map(|(t, _)| *t)).min();
-                    let Some(t) = next.filter(|t| !lf.less_equal(t) && !rf.less_equal(t)) else { break };
-                    let mut deltas: FastMap<Key, (Side, Side)> = FastMap::default();
+                    let next = [pending_l.first_key_value().map(|(t, _)| *t), pending_r.first_key_value().map(|(t, _)| *t)];
+                    let Some(t) = next.into_iter().flatten().min().filter(|t| !lf.less_equal(t) && !rf.less_equal(t)) else { break };
+                    let mut deltas: FastMap<Key, (Delta, Delta)> = FastMap::default();
                     let mut cap = None;
-                    for (side, p) in pending.iter_mut().enumerate() {
-                        if let Some((c, updates)) = p.remove(&t) {
-                            cap = Some(c);
-                            for ((k, row), d) in updates {
-                                let e = deltas.entry(k).or_default();
-                                if side == 0 {
-                                    e.0.push((row, d))
-                                } else {
-                                    e.1.push((row, d))
-                                }
-                            }
+                    if let Some((c, updates)) = pending_l.remove(&t) {
+                        cap = Some(c);
+                        for (x, d) in updates {
+                            let (k, rank, row) = x.parts();
+                            deltas.entry(k).or_default().0.add(rank, row, d);
+                        }
+                    }
+                    if let Some((c, updates)) = pending_r.remove(&t) {
+                        cap = Some(c);
+                        for (x, d) in updates {
+                            let (k, rank, row) = x.parts();
+                            deltas.entry(k).or_default().1.add(rank, row, d);
                         }
                     }
                     let cap = cap.expect("a time with updates");
@@ -1028,7 +1195,9 @@ fn hash_join<'s, O: differential_dataflow::Data>(
                     };
                     for (k, (dl, dr)) in deltas {
                         // (the key moves into the state, or is dropped: no copy per time)
-                        let apply = |(cl, cr): &mut (Side, Side)| {
+                        let apply = |(cl, cr, ranks): &mut Held| {
+                            let dl = dl.rows(cl, &mut ranks[0]);
+                            let dr = dr.rows(cr, &mut ranks[1]);
                             emit(&dl, cr);
                             emit(cl, &dr);
                             emit(&dl, &dr);
