@@ -218,7 +218,7 @@ pub fn sensor_metrics<'s>(
                 raw: raw.bytes,
                 key: raw.key,
             };
-            out.push(Classified::Late(dead));
+            out(Classified::Late(dead));
             return;
         }
         if let Some(alert_type) = p.alert_type(&reading) {
@@ -230,9 +230,9 @@ pub fn sensor_metrics<'s>(
                 timestamp: reading.timestamp,
                 alert_type,
             };
-            out.push(Classified::Alert(alert));
+            out(Classified::Alert(alert));
         }
-        out.push(Classified::Accepted(reading));
+        out(Classified::Accepted(reading));
     });
     let (accepted, rest) = classified.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(c, t, r)| match c {
         Classified::Accepted(reading) => Ok((reading, t, r)),

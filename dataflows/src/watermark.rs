@@ -123,14 +123,14 @@ pub fn final_end(slides: &[i64], ts: Millis) -> Millis {
 /// Judges each of `records` once its time's maxima are known: a record of batch `b` at event
 /// time `ts` (`stamp` gives both) is late when `final_end(ts) ≤ W(b−1)`, `W` the watermark from
 /// the broadcast `maxima` less `lateness_ms`. `emit` turns a record and whether it is late into
-/// what goes on (at the record's time, with its diff).
+/// what goes on (at the record's time, with its diff), each handed straight to the output.
 pub fn judge<'s, D, O>(
     records: Coll<'s, D>,
     maxima: MaximaStream<'s>,
     stamp: impl Fn(&D) -> (u64, Millis) + 'static,
     lateness_ms: Millis,
     final_end: impl Fn(Millis) -> Millis + 'static,
-    mut emit: impl FnMut(D, bool, &mut Vec<O>) + 'static,
+    mut emit: impl FnMut(D, bool, &mut dyn FnMut(O)) + 'static,
 ) -> timely::dataflow::Stream<'s, Time, Vec<(O, Time, isize)>>
 where
     D: differential_dataflow::Data,
@@ -143,7 +143,6 @@ where
         .binary_frontier(maxima, Pipeline, Pipeline, "ClassifyLateness", move |_cap, _info| {
             let mut pending: ContainerStash<D> = BTreeMap::new();
             let mut maxima = Maxima::default();
-            let mut out = Vec::new();
             move |(input, _frontier), (max_input, max_frontier), output| {
                 stash_containers_by_time(input, &mut pending, output.output_index());
                 read_maxima(max_input, &mut maxima, true);
@@ -159,8 +158,7 @@ where
                     for (d, _, diff) in records.into_iter().flatten() {
                         let (b, ts) = stamp(&d);
                         let late = maxima.max_before(b).is_some_and(|m| final_end(ts) <= m - lateness_ms);
-                        emit(d, late, &mut out);
-                        session.give_iterator(out.drain(..).map(|o| (o, t, diff)));
+                        emit(d, late, &mut |o| session.give((o, t, diff)));
                     }
                 }
                 if let Some(r) = ready {
@@ -183,7 +181,7 @@ where
     D: differential_dataflow::Data,
 {
     use timely::dataflow::operators::OkErr;
-    let judged = judge(records, maxima, stamp, lateness_ms, final_end, |d, late, out| out.push(if late { Err(d) } else { Ok(d) }));
+    let judged = judge(records, maxima, stamp, lateness_ms, final_end, |d, late, out| out(if late { Err(d) } else { Ok(d) }));
     let (on_time, late) = judged.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(d, t, r)| match d {
         Ok(d) => Ok((d, t, r)),
         Err(d) => Err((d, t, r)),
