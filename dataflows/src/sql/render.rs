@@ -73,7 +73,7 @@ impl<'s> Rows<'s> {
                 .borrow_mut()
                 .get_or_insert_with(|| {
                     let key = key.clone();
-                    let keyed = ranked.clone().map(move |(rank, row)| (key.iter().map(|&k| row[k].clone()).collect::<Vec<_>>(), rank, row));
+                    let keyed = ranked.clone().map(move |(rank, row)| (key_at(&key, &row), rank, row));
                     crate::ops::upsert(keyed, input)
                 })
                 .clone(),
@@ -909,14 +909,16 @@ fn latest_on_key<'s>(p: &Plan, keys: &[Expr], sources: &BTreeMap<String, Source<
         return None;
     }
     let key = key.clone();
-    let keyed = ranked.clone().map(move |(rank, row)| {
-        let k = match &key[..] {
-            [k] => Key::One(row[*k].clone()),
-            ks => Key::Many(ks.iter().map(|&k| row[k].clone()).collect()),
-        };
-        (k, (rank, row))
-    });
+    let keyed = ranked.clone().map(move |(rank, row)| (key_at(&key, &row), (rank, row)));
     Some(keyed.filter(|(k, _)| !k.values().iter().any(Value::is_null)))
+}
+
+/// The key of `row` in columns `key`.
+fn key_at(key: &[usize], row: &[Value]) -> Key {
+    match key {
+        [k] => Key::One(row[*k].clone()),
+        ks => Key::Many(ks.iter().map(|&k| row[k].clone()).collect()),
+    }
 }
 
 /// `rows` keyed by `keys` (a row whose key fails is an error of `view`).
