@@ -47,11 +47,12 @@ enum Acc {
     Values(BTreeMap<Value, i64>),
 }
 
-/// The running state of one group: its row count and each aggregate's state. Partial groups
-/// (one worker's updates of one time) merge into it.
+/// The running state of one group: its row count (which is COUNT(*)) and the state of each
+/// other aggregate. Partial groups (one worker's updates of one time) merge into it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Group {
     rows: i64,
+    /// (empty, so never allocated, when every aggregate is COUNT(*))
     accs: Vec<Acc>,
 }
 
@@ -59,12 +60,26 @@ pub struct Group {
 #[derive(Clone, Debug)]
 pub struct Aggregates {
     /// the aggregates, in order
-    pub aggs: Vec<Aggregate>,
+    aggs: Vec<Aggregate>,
     /// no update of the input is a retraction (MIN and MAX keep one value)
-    pub monotone: bool,
+    monotone: bool,
+    /// the aggregates that keep a state (all but COUNT(*), which is the group's row count),
+    /// in order: a group's `accs` and a row's arguments are theirs
+    stored: Vec<Aggregate>,
 }
 
 impl Aggregates {
+    /// These aggregates, over an input that only grows when `monotone`.
+    pub fn new(aggs: Vec<Aggregate>, monotone: bool) -> Self {
+        let stored = aggs.iter().filter(|a| a.func != AggFunc::CountStar).cloned().collect();
+        Aggregates { aggs, monotone, stored }
+    }
+
+    /// The aggregates whose arguments a row gives [`Aggregates::add`] (all but COUNT(*)), in order.
+    pub fn with_arguments(&self) -> &[Aggregate] {
+        &self.stored
+    }
+
     /// The aggregates of no rows (SQL's global aggregate over an empty input).
     pub fn empty_row(&self) -> SqlRow {
         self.finish(&self.empty()).expect("the aggregates of no rows")
@@ -72,10 +87,11 @@ impl Aggregates {
 
     fn empty(&self) -> Group {
         let accs = self
-            .aggs
+            .stored
             .iter()
             .map(|a| match a.func {
-                AggFunc::CountStar | AggFunc::Count => Acc::Count(0),
+                AggFunc::Count => Acc::Count(0),
+                AggFunc::CountStar => unreachable!("COUNT(*) is the group's row count"),
                 AggFunc::Sum | AggFunc::Avg if a.arg_type == Type::Int => Acc::Int(0, 0),
                 AggFunc::Sum | AggFunc::Avg => Acc::Float(ExactSum::default(), 0),
                 AggFunc::Min | AggFunc::Max if self.monotone => Acc::Extreme(None),
@@ -85,13 +101,14 @@ impl Aggregates {
         Group { rows: 0, accs }
     }
 
-    /// Adds `r` copies of a row whose aggregate arguments are `args`.
+    /// Adds `r` copies of a row whose arguments of the aggregates that take them
+    /// ([`Aggregates::with_arguments`]) are `args`.
     fn add(&self, g: &mut Group, args: &SqlRow, r: isize) {
         let r = r as i64;
         g.rows += r;
-        for ((a, acc), v) in self.aggs.iter().zip(&mut g.accs).zip(args) {
+        for ((a, acc), v) in self.stored.iter().zip(&mut g.accs).zip(args) {
             match acc {
-                Acc::Count(n) => *n += if a.func == AggFunc::CountStar || !v.is_null() { r } else { 0 },
+                Acc::Count(n) => *n += if !v.is_null() { r } else { 0 },
                 Acc::Int(sum, n) => {
                     if let Value::Int(i) = v {
                         *sum += *i as i128 * r as i128;
@@ -122,7 +139,7 @@ impl Aggregates {
     /// Merges a partial group into `g`.
     fn merge(&self, g: &mut Group, part: Group) {
         g.rows += part.rows;
-        for ((a, acc), p) in self.aggs.iter().zip(&mut g.accs).zip(part.accs) {
+        for ((a, acc), p) in self.stored.iter().zip(&mut g.accs).zip(part.accs) {
             match (acc, p) {
                 (Acc::Count(n), Acc::Count(m)) => *n += m,
                 (Acc::Int(sum, n), Acc::Int(s, m)) => {
@@ -151,8 +168,13 @@ impl Aggregates {
     /// The aggregates' values.
     fn finish(&self, g: &Group) -> Result<SqlRow, String> {
         let mut out = Vec::with_capacity(self.aggs.len());
-        for (a, acc) in self.aggs.iter().zip(&g.accs) {
-            out.push(match acc {
+        let mut accs = g.accs.iter();
+        for a in &self.aggs {
+            if a.func == AggFunc::CountStar {
+                out.push(Value::Int(g.rows));
+                continue;
+            }
+            out.push(match accs.next().expect("a state per aggregate but COUNT(*)") {
                 Acc::Count(n) => Value::Int(*n),
                 Acc::Int(_, 0) | Acc::Float(_, 0) => Value::Null,
                 Acc::Int(sum, n) if a.func == AggFunc::Avg => Value::Float(*sum as f64 / *n as f64),
@@ -209,19 +231,22 @@ pub struct Retire<'s> {
     pub lateness_ms: Millis,
 }
 
-/// How a reduce finds a row's group: `fill(row, key, args)` writes the row's group key and its
+/// How a reduce finds a row's group: `fill(row, key, args)` writes the row's group key (unless
+/// the key is one `column` of the row, looked up where it is: then `key` is `None`) and its
 /// aggregates' arguments into the (cleared) buffers, or says why it cannot; with `window`
 /// (`(time column, size, slide)`), each row is grouped once per window holding its time, its
 /// `window_start` and `window_end` appended in place (the windowed rows are never built).
 pub struct Grouping {
     /// the key and arguments of a row
     pub fill: Fill,
+    /// the row's column that is the whole key, if it is one
+    pub column: Option<usize>,
     /// a window in FROM under the reduce
     pub window: Option<(usize, i64, i64)>,
 }
 
 /// Writes a row's group key and aggregate arguments (see [`Grouping`]).
-pub type Fill = Box<dyn Fn(&SqlRow, &mut SqlRow, &mut SqlRow) -> Result<(), String>>;
+pub type Fill = Box<dyn Fn(&SqlRow, Option<&mut SqlRow>, &mut SqlRow) -> Result<(), String>>;
 
 /// One GROUP BY over an input: its view (for errors and metrics), how it groups, its
 /// aggregates and, windowed, how it drops final windows.
@@ -313,15 +338,24 @@ pub fn read_once<'s>(
                             let mut row = Some(row);
                             for (i, ((local, grouping), groups)) in folds.iter().zip(groups.iter_mut()).enumerate() {
                                 let mut fold = |row: &SqlRow| -> Result<(), String> {
-                                    key.clear();
                                     args.clear();
-                                    (grouping.fill)(row, &mut key, &mut args)?;
-                                    match groups.get_mut(key.as_slice()) {
+                                    let key: &[Value] = match grouping.column {
+                                        Some(c) => {
+                                            (grouping.fill)(row, None, &mut args)?;
+                                            std::slice::from_ref(&row[c])
+                                        }
+                                        None => {
+                                            key.clear();
+                                            (grouping.fill)(row, Some(&mut key), &mut args)?;
+                                            &key
+                                        }
+                                    };
+                                    match groups.get_mut(key) {
                                         Some(g) => local.add(g, &args, r),
                                         None => {
                                             let mut g = local.empty();
                                             local.add(&mut g, &args, r);
-                                            groups.insert(Key::from_slice(&key), g);
+                                            groups.insert(Key::from_slice(key), g);
                                         }
                                     }
                                     Ok(())

@@ -627,7 +627,7 @@ fn reduce_member<'s, 'p>(
     lineage: &Lineage<'_>,
     sources: &BTreeMap<String, Source<'s>>,
 ) -> (Member<'s>, &'p Plan) {
-    let spec = Aggregates { aggs: aggs.to_vec(), monotone: lineage.monotone(input) };
+    let spec = Aggregates::new(aggs.to_vec(), lineage.monotone(input));
     // A key that bounds a window over an input's event time: final windows are dropped.
     let retire = keys.iter().enumerate().find_map(|(i, k)| {
         let Expr::Column(c) = k else { return None };
@@ -635,11 +635,21 @@ fn reduce_member<'s, 'p>(
         let (maxima, lateness_ms) = sources[source].watermark.clone()?;
         Some(Retire { column: i, to_end, maxima, lateness_ms })
     });
-    let (keys, args): (Vec<Expr>, Vec<Expr>) = (keys.to_vec(), aggs.iter().map(|a| a.arg.clone()).collect());
-    let float_sums: Vec<bool> = aggs.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
-    let fill = move |row: &SqlRow, k: &mut SqlRow, a: &mut SqlRow| -> Result<(), String> {
-        for e in &keys {
-            eval_onto(e, row, k)?;
+    // (COUNT(*) takes no argument: it is the group's row count)
+    let stored = spec.with_arguments();
+    let args: Vec<Expr> = stored.iter().map(|a| a.arg.clone()).collect();
+    let float_sums: Vec<bool> = stored.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
+    // A key that is one column is looked up where the row holds it (nothing copied).
+    let column = match keys {
+        [Expr::Column(c)] => Some(*c),
+        _ => None,
+    };
+    let keys = keys.to_vec();
+    let fill = move |row: &SqlRow, k: Option<&mut SqlRow>, a: &mut SqlRow| -> Result<(), String> {
+        if let Some(k) = k {
+            for e in &keys {
+                eval_onto(e, row, k)?;
+            }
         }
         for e in &args {
             eval_onto(e, row, a)?;
@@ -655,7 +665,7 @@ fn reduce_member<'s, 'p>(
         Plan::Window { input, time, size, slide } => (&**input, Some((*time, *size, *slide))),
         input => (input, None),
     };
-    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), window }, spec, retire }, under)
+    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), column, window }, spec, retire }, under)
 }
 
 /// `rows`, inserted once (by the first worker) at the first time.
@@ -960,7 +970,7 @@ fn grouped<'s>(
     let (scope, sources, _, lineage, fused) = reads;
     // SQL's global aggregate has a row even over no input: the empty group's, while no
     // group exists.
-    let empty = keys.is_empty().then(|| Aggregates { aggs: aggs.to_vec(), monotone: true }.empty_row());
+    let empty = keys.is_empty().then(|| Aggregates::new(aggs.to_vec(), true).empty_row());
     let read_with_others = fused.borrow_mut().remove(&(node as *const Plan as usize));
     let (grouped, failed, current) = match read_with_others {
         Some(Reader::Reduce(reduced)) => reduced,
