@@ -198,12 +198,25 @@ fn view_plan<'s>(
         Plan::Join { left, right, left_keys, right_keys, outer: false, .. } => {
             let count = count && steps.iter().all(|s| matches!(s, Step::Map(es) if !es.iter().any(can_fail)));
             let (l, r) = inner_sides((left, left_keys), (right, right_keys), view, reads, errors);
+            // A projection of columns over the join: its current rows are made from each pair
+            // of rows at once (not joined first, then projected into a second row).
+            let picked: Option<Vec<usize>> = match steps.as_slice() {
+                [Step::Map(es)] => es.iter().map(|e| if let Expr::Column(c) = e { Some(*c) } else { None }).collect(),
+                _ => None,
+            };
+            let current_row: JoinedRow = match picked.clone() {
+                Some(cols) => std::rc::Rc::new(move |a: &SqlRow, b: &SqlRow| {
+                    cols.iter().map(|&c| if c < a.len() { a[c].clone() } else { b[c - a.len()].clone() }).collect()
+                }),
+                None => std::rc::Rc::new(|a: &SqlRow, b: &SqlRow| a.iter().chain(b).cloned().collect()),
+            };
+            let current = |c: CurrentSqlRows| if picked.is_some() { c } else { through(c) };
             if count {
-                let (changes, current) = inner_join(view, l, r, |_, _| ());
-                return (constant(scope, Vec::new()), Some(through(current)), Some(changes));
+                let (changes, c) = inner_join(view, l, r, |_, _| (), current_row);
+                return (constant(scope, Vec::new()), Some(current(c)), Some(changes));
             }
-            let (joined, current) = inner_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>());
-            (over_steps(joined, steps, view, errors), Some(through(current)), None)
+            let (joined, c) = inner_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>(), current_row);
+            (over_steps(joined, steps, view, errors), Some(current(c)), None)
         }
         Plan::Reduce { input, keys, aggs } if !keys.is_empty() => {
             let (grouped, current) = grouped(under, (input, keys, aggs), view, reads, errors);
@@ -853,7 +866,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             // (a join with constant rows is a lookup: a stateless step, above)
             if !*outer {
                 let (l, r) = inner_sides((left, left_keys), (right, right_keys), view, reads, errors);
-                return inner_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>()).0;
+                return inner_join(view, l, r, |a, b| a.iter().chain(b).cloned().collect::<SqlRow>(), concat_rows()).0;
             }
             let (l, r) = join_sides((left, left_keys), (right, right_keys), view, reads, errors);
             // (differential arranges both sides by key: their rows are what the join keeps,
@@ -1086,26 +1099,35 @@ enum JoinSide<'s> {
     Latest(Coll<'s, (Key, (u64, SqlRow))>),
 }
 
+/// Makes a joined row of a pair of rows (the join's current rows at the end of a run).
+type JoinedRow = std::rc::Rc<dyn Fn(&SqlRow, &SqlRow) -> SqlRow>;
+
+/// The joined row `left ++ right`.
+fn concat_rows() -> JoinedRow {
+    std::rc::Rc::new(|a: &SqlRow, b: &SqlRow| a.iter().chain(b).cloned().collect())
+}
+
 /// The inner join of two sides ([`hash_join`]) for each kind of side.
 fn inner_join<'s, O: differential_dataflow::Data>(
     view: &str,
     left: JoinSide<'s>,
     right: JoinSide<'s>,
     make: impl Fn(&SqlRow, &SqlRow) -> O + 'static,
+    current_row: JoinedRow,
 ) -> (Coll<'s, O>, CurrentSqlRows) {
     use JoinSide::{Latest, Rows};
     match (left, right) {
-        (Rows(l), Rows(r)) => hash_join(view, l, r, make),
-        (Rows(l), Latest(r)) => hash_join(view, l, r, make),
-        (Latest(l), Rows(r)) => hash_join(view, l, r, make),
-        (Latest(l), Latest(r)) => hash_join(view, l, r, make),
+        (Rows(l), Rows(r)) => hash_join(view, l, r, make, current_row),
+        (Rows(l), Latest(r)) => hash_join(view, l, r, make, current_row),
+        (Latest(l), Rows(r)) => hash_join(view, l, r, make, current_row),
+        (Latest(l), Latest(r)) => hash_join(view, l, r, make, current_row),
     }
 }
 
 /// An inner equi-join in hash maps: both sides exchanged by key; per key, each side's current
 /// rows (a multiset, no history); each completed time, in order, emits
 /// `ΔL ⋈ R + L ⋈ ΔR + ΔL ⋈ ΔR` (each pair of rows made one by `make`) and then applies the
-/// deltas. Also the reader of its current rows (`left ++ right`).
+/// deltas. Also the reader of its current rows (each pair made one by `current_row`).
 ///
 /// A side of ranked records keeps, per key, the record of the highest rank it has seen — an
 /// upsert input's latest version — and its delta at a time is `-old +new` when a record
@@ -1116,6 +1138,7 @@ fn hash_join<'s, L: SideRecord, R: SideRecord, O: differential_dataflow::Data>(
     left: Coll<'s, L>,
     right: Coll<'s, R>,
     make: impl Fn(&SqlRow, &SqlRow) -> O + 'static,
+    current_row: JoinedRow,
 ) -> (Coll<'s, O>, CurrentSqlRows) {
     use crate::ops::{multiset_apply, stash_by_time, FastMap, Stash};
     use differential_dataflow::AsCollection;
@@ -1162,7 +1185,7 @@ fn hash_join<'s, L: SideRecord, R: SideRecord, O: differential_dataflow::Data>(
             for (_, (l, r, _)) in shared.borrow_mut().drain() {
                 for (x, n) in &l {
                     for (y, m) in &r {
-                        each(x.iter().chain(y).cloned().collect(), n * m);
+                        each(current_row(x, y), n * m);
                     }
                 }
             }
@@ -1172,6 +1195,8 @@ fn hash_join<'s, L: SideRecord, R: SideRecord, O: differential_dataflow::Data>(
         .inner
         .binary_frontier(right.inner, exchange_l, exchange_r, "HashJoin", |_cap, _info| {
             let (mut pending_l, mut pending_r): (Stash<L>, Stash<R>) = Default::default();
+            // (a time's changes per key; emptied each time, keeping its capacity)
+            let mut deltas: FastMap<Key, (Delta, Delta)> = FastMap::default();
             move |(l, lf), (r, rf), output| {
                 let mut state = shared.borrow_mut();
                 let port = output.output_index();
@@ -1180,7 +1205,6 @@ fn hash_join<'s, L: SideRecord, R: SideRecord, O: differential_dataflow::Data>(
                 loop {
                     let next = [pending_l.first_key_value().map(|(t, _)| *t), pending_r.first_key_value().map(|(t, _)| *t)];
                     let Some(t) = next.into_iter().flatten().min().filter(|t| !lf.less_equal(t) && !rf.less_equal(t)) else { break };
-                    let mut deltas: FastMap<Key, (Delta, Delta)> = FastMap::default();
                     let mut cap = None;
                     if let Some((c, updates)) = pending_l.remove(&t) {
                         cap = Some(c);
@@ -1205,7 +1229,7 @@ fn hash_join<'s, L: SideRecord, R: SideRecord, O: differential_dataflow::Data>(
                             }
                         }
                     };
-                    for (k, (dl, dr)) in deltas {
+                    for (k, (dl, dr)) in deltas.drain() {
                         // (the key moves into the state, or is dropped: no copy per time)
                         let apply = |(cl, cr, ranks): &mut Held| {
                             let dl = dl.rows(cl, &mut ranks[0]);
