@@ -168,6 +168,25 @@ impl Aggregates {
     /// The aggregates' values.
     fn finish(&self, g: &Group) -> Result<SqlRow, String> {
         let mut out = Vec::with_capacity(self.aggs.len());
+        self.finish_onto(g, &mut out).map(|()| out)
+    }
+
+    /// The group's row: its key and its aggregates' values in one row, or why an aggregate
+    /// failed (with the key).
+    fn row(&self, key: &[Value], g: &Group) -> Stepped {
+        let mut row = Vec::with_capacity(key.len() + self.aggs.len());
+        row.extend_from_slice(key);
+        match self.finish_onto(g, &mut row) {
+            Ok(()) => Ok(row),
+            Err(e) => {
+                row.truncate(key.len());
+                Err((e, row))
+            }
+        }
+    }
+
+    /// Appends the aggregates' values to `out`.
+    fn finish_onto(&self, g: &Group, out: &mut SqlRow) -> Result<(), String> {
         let mut accs = g.accs.iter();
         for a in &self.aggs {
             if a.func == AggFunc::CountStar {
@@ -189,7 +208,7 @@ impl Aggregates {
                 },
             });
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -261,10 +280,11 @@ pub struct Member<'s> {
     pub retire: Option<Retire<'s>>,
 }
 
-/// A reduce's rows `(key, aggregates)`, the rows whose key or arguments failed (with the
+/// A reduce's rows (`key ++ aggregates`, made at once; or why its aggregates failed, with the
+/// key), the rows whose key or arguments failed (with the
 /// reason) and, when it keeps every group (no window dropped at the watermark), the reader of
 /// its current rows.
-pub type Reduced<'s> = (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>);
+pub type Reduced<'s> = (Coll<'s, Stepped>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>);
 
 /// Gives a stateful operator's current rows (each with its multiplicity) once the run is over,
 /// taking them out of its state: its output without a second copy kept in a sink as it changes.
@@ -429,7 +449,8 @@ pub fn read_once<'s>(
     (reduced, chained)
 }
 
-/// One member's partials, exchanged by key and merged into its groups in order of time; and,
+/// One member's partials, exchanged by key and merged into its groups in order of time (its rows
+/// as [`Reduced`]); and,
 /// without windows dropped, the reader of its current rows (`key ++ aggregates`; a group whose
 /// aggregates failed has no row).
 #[allow(clippy::type_complexity)]
@@ -438,7 +459,7 @@ fn merge<'s>(
     partial: timely::dataflow::Stream<'s, Time, Vec<((Key, Group), Time, isize)>>,
     spec: Aggregates,
     retire: Option<Retire<'s>>,
-) -> (Coll<'s, (SqlRow, Result<SqlRow, String>)>, Option<CurrentSqlRows>) {
+) -> (Coll<'s, Stepped>, Option<CurrentSqlRows>) {
     let exchange = Exchange::new(|((k, _), _, _): &((Key, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let peers = partial.scope().peers();
@@ -520,7 +541,7 @@ struct State {
 }
 
 /// A reduce's output updates at one time.
-type Updates = Vec<((SqlRow, Result<SqlRow, String>), Time, isize)>;
+type Updates = Vec<(Stepped, Time, isize)>;
 
 impl State {
     /// Applies every pending time below `done` (all, when `None`), in order; windowed, then drops the windows the watermark made final.
@@ -549,23 +570,19 @@ impl State {
             for (k, part) in partials {
                 match self.groups.entry(k) {
                     Entry::Occupied(mut e) => {
+                        let old = self.spec.row(e.key().values(), e.get());
                         let g = e.get_mut();
-                        let old = self.spec.finish(g);
                         self.spec.merge(g, part);
-                        let new = (g.rows > 0).then(|| self.spec.finish(g));
+                        let new = (g.rows > 0).then(|| self.spec.row(e.key().values(), e.get()));
                         if new.as_ref() == Some(&old) {
                             continue;
                         }
-                        let k = match new {
-                            Some(_) => e.key().values().to_vec(),
-                            None => e.remove_entry().0.into_row(),
-                        };
+                        session.push((old, t, -1));
                         match new {
-                            Some(new) => {
-                                session.push(((k.clone(), old), t, -1));
-                                session.push(((k, new), t, 1));
+                            Some(new) => session.push((new, t, 1)),
+                            None => {
+                                e.remove();
                             }
-                            None => session.push(((k, old), t, -1)),
                         }
                     }
                     Entry::Vacant(e) => {
@@ -574,13 +591,12 @@ impl State {
                         if g.rows <= 0 {
                             continue;
                         }
-                        let new = self.spec.finish(&g);
                         if let Some((c, to_end, _)) = windowed {
                             if let Value::Timestamp(s) = e.key().values()[c] {
                                 self.by_end.entry(s + to_end).or_default().push(e.key().clone());
                             }
                         }
-                        session.push(((e.key().values().to_vec(), new), t, 1));
+                        session.push((self.spec.row(e.key().values(), &g), t, 1));
                         e.insert(g);
                     }
                 }
