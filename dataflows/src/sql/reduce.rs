@@ -212,6 +212,16 @@ impl Aggregates {
     }
 }
 
+/// The hash of a key's values (a row's key columns, or a [`Key`]'s values: the same hash).
+fn hash_values<'a>(values: impl Iterator<Item = &'a Value>) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = crate::ops::FixedHasher::default().build_hasher();
+    for v in values {
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
 fn keep_extreme(m: &mut Option<Value>, v: &Value, min: bool) {
     let replace = match m {
         None => true,
@@ -251,15 +261,15 @@ pub struct Retire<'s> {
 }
 
 /// How a reduce finds a row's group: `fill(row, key, args)` writes the row's group key (unless
-/// the key is one `column` of the row, looked up where it is: then `key` is `None`) and its
+/// the key is `columns` of the row, looked up where they are: then `key` is `None`) and its
 /// aggregates' arguments into the (cleared) buffers, or says why it cannot; with `window`
 /// (`(time column, size, slide)`), each row is grouped once per window holding its time, its
 /// `window_start` and `window_end` appended in place (the windowed rows are never built).
 pub struct Grouping {
     /// the key and arguments of a row
     pub fill: Fill,
-    /// the row's column that is the whole key, if it is one
-    pub column: Option<usize>,
+    /// the row's columns that are the key, when every key is a column
+    pub columns: Option<Vec<usize>>,
     /// a window in FROM under the reduce
     pub window: Option<(usize, i64, i64)>,
 }
@@ -328,7 +338,7 @@ pub fn read_once<'s>(
     // A time's partial groups leave once the time is complete on this worker: a time of many
     // batches sends one partial per group, not one per group and batch (the reduce could not
     // complete the time earlier anyway).
-    type Groups = FastMap<Key, Group>;
+    type Groups = hashbrown::HashTable<(Key, Group)>;
     let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Groups>)> = BTreeMap::new();
     let mut spare: Vec<Groups> = Vec::new();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
@@ -359,23 +369,31 @@ pub fn read_once<'s>(
                             for (i, ((local, grouping), groups)) in folds.iter().zip(groups.iter_mut()).enumerate() {
                                 let mut fold = |row: &SqlRow| -> Result<(), String> {
                                     args.clear();
-                                    let key: &[Value] = match grouping.column {
-                                        Some(c) => {
+                                    // (a key of columns is hashed and compared where the row holds it)
+                                    let (hash, g) = match &grouping.columns {
+                                        Some(cols) => {
                                             (grouping.fill)(row, None, &mut args)?;
-                                            std::slice::from_ref(&row[c])
+                                            let hash = hash_values(cols.iter().map(|&c| &row[c]));
+                                            let same = |(k, _): &(Key, Group)| k.values().iter().zip(cols).all(|(v, &c)| *v == row[c]);
+                                            (hash, groups.find_mut(hash, same).map(|(_, g)| g))
                                         }
                                         None => {
                                             key.clear();
                                             (grouping.fill)(row, Some(&mut key), &mut args)?;
-                                            &key
+                                            let hash = hash_values(key.iter());
+                                            (hash, groups.find_mut(hash, |(k, _)| k.values() == key.as_slice()).map(|(_, g)| g))
                                         }
                                     };
-                                    match groups.get_mut(key) {
+                                    match g {
                                         Some(g) => local.add(g, &args, r),
                                         None => {
                                             let mut g = local.empty();
                                             local.add(&mut g, &args, r);
-                                            groups.insert(Key::from_slice(key), g);
+                                            let k = match &grouping.columns {
+                                                Some(cols) => Key::new(cols.iter().map(|&c| row[c].clone()).collect()),
+                                                None => Key::from_slice(&key),
+                                            };
+                                            groups.insert_unique(hash, (k, g), |(k, _)| hash_values(k.values().iter()));
                                         }
                                     }
                                     Ok(())

@@ -652,11 +652,8 @@ fn reduce_member<'s, 'p>(
     let stored = spec.with_arguments();
     let args: Vec<Expr> = stored.iter().map(|a| a.arg.clone()).collect();
     let float_sums: Vec<bool> = stored.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
-    // A key that is one column is looked up where the row holds it (nothing copied).
-    let column = match keys {
-        [Expr::Column(c)] => Some(*c),
-        _ => None,
-    };
+    // A key of columns is looked up where the row holds them (nothing copied).
+    let columns: Option<Vec<usize>> = keys.iter().map(|k| if let Expr::Column(c) = k { Some(*c) } else { None }).collect();
     let keys = keys.to_vec();
     let fill = move |row: &SqlRow, k: Option<&mut SqlRow>, a: &mut SqlRow| -> Result<(), String> {
         if let Some(k) = k {
@@ -678,7 +675,7 @@ fn reduce_member<'s, 'p>(
         Plan::Window { input, time, size, slide } => (&**input, Some((*time, *size, *slide))),
         input => (input, None),
     };
-    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), column, window }, spec, retire }, under)
+    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), columns, window }, spec, retire }, under)
 }
 
 /// `rows`, inserted once (by the first worker) at the first time.
