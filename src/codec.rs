@@ -320,8 +320,8 @@ impl SqlRowSeed<'_> {
     /// The column named `key`, the `k`-th field of a record, if any; remembers the answer.
     fn column(&mut self, k: usize, key: &str) -> Option<usize> {
         let guessed = match self.order.get(k) {
-            Some(FieldGuess::Column(i)) if self.columns[*i].name == key => return Some(*i),
-            Some(FieldGuess::Other(name)) if **name == *key => return None,
+            Some(FieldGuess::Column(i)) if same_name(&self.columns[*i].name, key) => return Some(*i),
+            Some(FieldGuess::Other(name)) if same_name(name, key) => return None,
             Some(_) => true,
             None => false,
         };
@@ -337,6 +337,23 @@ impl SqlRowSeed<'_> {
     }
 }
 
+/// Whether two field names are the same: compared eight bytes at a time in place (a field name
+/// is short, and checked once per field of every record: a call to `memcmp` cost more).
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("eight bytes"));
+    // (the words from the start, then the last eight bytes, which may overlap the one before)
+    (0..n / 8).all(|w| word(a, 8 * w) == word(b, 8 * w)) && word(a, n - 8) == word(b, n - 8)
+}
+
 impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
     type Value = dataflows::sql::SqlRow;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -346,7 +363,7 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
         use serde::de::Error;
         let columns = self.columns;
         let mut row = Vec::with_capacity(columns.len() + self.spare);
-        row.resize(columns.len(), dataflows::sql::Value::Null);
+        row.resize_with(columns.len(), || dataflows::sql::Value::Null);
         // (which declared columns were seen: a word on the stack, and flags on the heap only
         // for the columns past the 64th of a rare wider input)
         let (mut seen, mut seen_past_64) = (0u64, vec![false; columns.len().saturating_sub(64)]);
@@ -835,6 +852,22 @@ impl OutputRow for DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_are_the_same_exactly_when_their_bytes_are() {
+        // every length up to three words, and a difference at every place of each
+        for n in 0..25 {
+            let a: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            assert!(same_name(&a, &a.clone()), "{a}");
+            assert!(!same_name(&a, &format!("{a}x")), "{a}");
+            for i in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[i] = b'_';
+                let b = String::from_utf8(b).expect("ascii");
+                assert_eq!(same_name(&a, &b), a == b, "{a} {b}");
+            }
+        }
+    }
 
     fn decode_sql(raw: &[u8], columns: &[dataflows::sql::Column]) -> Result<dataflows::sql::SqlRow, String> {
         SqlDecoder::new(columns.to_vec()).decode(raw)

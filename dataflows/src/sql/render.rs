@@ -769,14 +769,21 @@ fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut 
             }
         }
         Step::Lookup { keys, table, outer, arity } => {
-            key.clear();
-            for k in keys {
-                if let Err(e) = eval_onto(k, &row, key) {
-                    return emit(Err((e, row.into_owned())));
+            // (a key that is one column is looked up where the row holds it)
+            let wanted: &[Value] = match keys.as_slice() {
+                [Expr::Column(c)] => std::slice::from_ref(&row[*c]),
+                _ => {
+                    key.clear();
+                    for k in keys {
+                        if let Err(e) = eval_onto(k, &row, key) {
+                            return emit(Err((e, row.into_owned())));
+                        }
+                    }
+                    key
                 }
-            }
+            };
             // (a NULL key matches nothing; a left join keeps an unmatched row with NULLs)
-            let found = if key.iter().any(Value::is_null) { None } else { table.get(key.as_slice()) };
+            let found = if wanted.iter().any(Value::is_null) { None } else { table.get(wanted) };
             let unmatched = (found.is_none() && *outer).then_some(None);
             for r in found.into_iter().flatten().map(Some).chain(unmatched) {
                 let r = r.map(Vec::as_slice);
