@@ -390,7 +390,11 @@ pub fn read_once<'s>(
                                             let mut g = local.empty();
                                             local.add(&mut g, &args, r);
                                             let k = match &grouping.columns {
-                                                Some(cols) => Key::new(cols.iter().map(|&c| row[c].clone()).collect()),
+                                                // (one column: held in place, no row allocated)
+                                                Some(cols) => match cols.as_slice() {
+                                                    [c] => Key::One(row[*c].clone()),
+                                                    _ => Key::Many(cols.iter().map(|&c| row[c].clone()).collect()),
+                                                },
                                                 None => Key::from_slice(&key),
                                             };
                                             groups.insert_unique(hash, (k, g), |(k, _)| hash_values(k.values().iter()));
