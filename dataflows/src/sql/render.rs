@@ -208,7 +208,7 @@ fn view_plan<'s>(
                 Some(cols) => std::rc::Rc::new(move |a: &SqlRow, b: &SqlRow| {
                     cols.iter().map(|&c| if c < a.len() { a[c].clone() } else { b[c - a.len()].clone() }).collect()
                 }),
-                None => std::rc::Rc::new(|a: &SqlRow, b: &SqlRow| a.iter().chain(b).cloned().collect()),
+                None => concat_rows(),
             };
             let current = |c: CurrentSqlRows| if picked.is_some() { c } else { through(c) };
             if count {
