@@ -390,11 +390,7 @@ pub fn read_once<'s>(
                                             let mut g = local.empty();
                                             local.add(&mut g, &args, r);
                                             let k = match &grouping.columns {
-                                                // (one column: held in place, no row allocated)
-                                                Some(cols) => match cols.as_slice() {
-                                                    [c] => Key::One(row[*c].clone()),
-                                                    _ => Key::Many(cols.iter().map(|&c| row[c].clone()).collect()),
-                                                },
+                                                Some(cols) => Key::at(cols, row),
                                                 None => Key::from_slice(&key),
                                             };
                                             groups.insert_unique(hash, (k, g), |(k, _)| hash_values(k.values().iter()));

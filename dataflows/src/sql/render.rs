@@ -73,7 +73,7 @@ impl<'s> Rows<'s> {
                 .borrow_mut()
                 .get_or_insert_with(|| {
                     let key = key.clone();
-                    let keyed = ranked.clone().map(move |(rank, row)| (key_at(&key, &row), rank, row));
+                    let keyed = ranked.clone().map(move |(rank, row)| (Key::at(&key, &row), rank, row));
                     crate::ops::upsert(keyed, input)
                 })
                 .clone(),
@@ -936,16 +936,8 @@ fn latest_on_key<'s>(p: &Plan, keys: &[Expr], sources: &BTreeMap<String, Source<
         return None;
     }
     let key = key.clone();
-    let keyed = ranked.clone().map(move |(rank, row)| (key_at(&key, &row), (rank, row)));
+    let keyed = ranked.clone().map(move |(rank, row)| (Key::at(&key, &row), (rank, row)));
     Some(keyed.filter(|(k, _)| !k.values().iter().any(Value::is_null)))
-}
-
-/// The key of `row` in columns `key`.
-fn key_at(key: &[usize], row: &[Value]) -> Key {
-    match key {
-        [k] => Key::One(row[*k].clone()),
-        ks => Key::Many(ks.iter().map(|&k| row[k].clone()).collect()),
-    }
 }
 
 /// `rows` keyed by `keys` (a row whose key fails is an error of `view`).

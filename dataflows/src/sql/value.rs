@@ -193,6 +193,14 @@ impl Key {
         }
     }
 
+    /// The key of `row` in `columns` (one column: held in place, no row allocated).
+    pub fn at(columns: &[usize], row: &[Value]) -> Key {
+        match columns {
+            [c] => Key::One(row[*c].clone()),
+            cs => Key::Many(cs.iter().map(|&c| row[c].clone()).collect()),
+        }
+    }
+
     /// Its values.
     pub fn values(&self) -> &[Value] {
         match self {
