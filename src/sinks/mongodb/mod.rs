@@ -22,6 +22,9 @@
 //! `diffstream_progress` collection (`_id: "worker-<i>"`, `time`, `workers`); a restart reads it
 //! back ([`MongoSink::written_through`]) and rewrites only the replayed times after it.
 //!
+//! Durability: writes are journaled (`j: true`) unless the URI asks otherwise (`journal=false`),
+//! since an acknowledged time is never written again; see [`journaled`].
+//!
 //! Retries and errors: a transient failure (server down, network, not primary, …) is retried
 //! with backoff from 100 ms to 10 s, forever, and counted; the time stays unacknowledged
 //! meanwhile, and the sink shows as unhealthy with the error (as it does when a write has
@@ -112,7 +115,8 @@ impl MongoSink {
         let uri = std::env::var(&config.uri_env).map_err(|_| {
             anyhow::anyhow!("the MongoDB URI comes from ${}, which is not set; export it (e.g. mongodb://localhost:27017)", config.uri_env)
         })?;
-        let client = mongodb::sync::Client::with_uri_str(&uri)
+        let client = journaled(&uri)
+            .and_then(mongodb::sync::Client::with_options)
             .map_err(|e| anyhow::anyhow!("connecting to MongoDB (URI from ${}): {}", config.uri_env, e.kind))?;
         let db = client.database(&config.database);
         let outputs: Vec<Output> = outputs.iter().copied().filter(|o| config.writes(o.as_str())).collect();
@@ -232,6 +236,18 @@ impl MongoSink {
     }
 }
 
+/// The client options of `uri`, with writes journaled unless the URI says otherwise
+/// (`journal=false`): the sink acknowledges a time, and the engine commits input offsets past
+/// it, once MongoDB acknowledged its writes, so an acknowledgement must survive a crash of the
+/// server. MongoDB's own default (`j: false` on a single server) acknowledges writes that a
+/// crash within its journal interval loses, and the engine would never write them again.
+fn journaled(uri: &str) -> mongodb::error::Result<mongodb::options::ClientOptions> {
+    let mut options = mongodb::options::ClientOptions::parse(uri).run()?;
+    let concern = options.write_concern.get_or_insert_with(Default::default);
+    concern.journal.get_or_insert(true);
+    Ok(options)
+}
+
 /// Writes one bulk, retrying transient failures until it succeeds.
 fn write(client: &mongodb::sync::Client, models: &[WriteModel], health: &Health, worker: usize, dead: &Namespace) {
     let mut backoff = Backoff::default();
@@ -308,5 +324,21 @@ impl Sink for MongoSink {
             self.health.trouble(self.worker, format!("writes unacknowledged for {}s (server not answering?)", waited.as_secs()));
         }
         oldest.map(|(t, _)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::options::Acknowledgment;
+
+    use super::journaled;
+
+    #[test]
+    fn writes_are_journaled_unless_the_uri_says_otherwise() {
+        let concern = |uri| journaled(uri).unwrap().write_concern.unwrap();
+        assert_eq!(concern("mongodb://localhost:27017").journal, Some(true));
+        let majority = concern("mongodb://localhost:27017/?w=majority");
+        assert_eq!((majority.w, majority.journal), (Some(Acknowledgment::Majority), Some(true)));
+        assert_eq!(concern("mongodb://localhost:27017/?journal=false").journal, Some(false));
     }
 }
