@@ -337,6 +337,30 @@ impl SqlRowSeed<'_> {
     }
 }
 
+/// A record's `k`-th field name, matched with the columns where the parser holds it: the name
+/// is never copied (a `Cow<str>` key would be a new `String` per field of every record).
+struct FieldSeed<'s, 'a> {
+    row: &'s mut SqlRowSeed<'a>,
+    k: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldSeed<'_, '_> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldSeed<'_, '_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.row.column(self.k, name))
+    }
+}
+
 /// Whether two field names are the same: compared eight bytes at a time in place (a field name
 /// is short, and checked once per field of every record: a call to `memcmp` cost more).
 #[inline]
@@ -368,8 +392,8 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
         // for the columns past the 64th of a rare wider input)
         let (mut seen, mut seen_past_64) = (0u64, vec![false; columns.len().saturating_sub(64)]);
         let mut k = 0;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.column(k, &key) {
+        while let Some(found) = map.next_key_seed(FieldSeed { row: &mut self, k })? {
+            match found {
                 Some(i) => {
                     row[i] = map.next_value_seed(ColumnSeed(&columns[i]))?.map_err(A::Error::custom)?;
                     match i.checked_sub(64) {
@@ -880,7 +904,10 @@ mod tests {
         let cols = [col("id", Type::Int), col("x", Type::Float), col("s", Type::Text), col("t", Type::Timestamp), col("b", Type::Bool)];
         let row = decode_sql(br#"{"s":"a","extra":[1,{"y":2}],"id":7,"x":3,"t":"2026-01-01 00:00:00","b":null}"#, &cols);
         let want = vec![Value::Int(7), Value::Float(3.0), Value::Text("a".into()), Value::Timestamp(1_767_225_600_000), Value::Null];
-        assert_eq!(row, Ok(want));
+        assert_eq!(row, Ok(want.clone()));
+        // a field name with escapes (which the parser unescapes into a buffer of its own)
+        let escaped = br#"{"\u0073":"a","i\u0064":7,"x":3,"t":"2026-01-01 00:00:00","b":null,"\"e\"":1}"#;
+        assert_eq!(decode_sql(escaped, &cols), Ok(want));
         assert_eq!(decode_sql(br#"{"id":1,"x":1,"s":"a","t":0}"#, &cols), Err("missing_field: b".to_string()));
         assert_eq!(decode_sql(br#"{"id":1.5}"#, &cols), Err("wrong_type: id is not int (1.5)".to_string()));
         assert_eq!(decode_sql(br#"{"id":"7"}"#, &cols), Err(r#"wrong_type: id is not int ("7")"#.to_string()));
