@@ -3,7 +3,7 @@
 //! allowed lateness`. A record of batch `b` is judged against `W(b−1)`, so the outcome does not
 //! depend on the worker count or on how many batches a logical time holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Pipeline;
@@ -44,11 +44,27 @@ pub fn least(frontier: &MutableAntichain<Time>) -> Option<Time> {
 }
 
 /// The greatest event time per `(time, batch)` of `(time, batch, event time)` triples.
-pub fn batch_maxima(items: impl Iterator<Item = (Time, u64, Millis)>) -> HashMap<(Time, u64), Millis> {
-    let mut per_batch: HashMap<(Time, u64), Millis> = HashMap::new();
+pub fn batch_maxima(items: impl Iterator<Item = (Time, u64, Millis)>) -> crate::ops::FastMap<(Time, u64), Millis> {
+    let mut per_batch = crate::ops::FastMap::default();
+    let mut keep = |key, m: Millis| {
+        let e = per_batch.entry(key).or_insert(m);
+        *e = (*e).max(m);
+    };
+    // (a container's records are nearly all of one batch: a run of one key is folded in place,
+    // and the map, with a fixed fast hasher, is touched once per run)
+    let mut run: Option<((Time, u64), Millis)> = None;
     for (t, b, ts) in items {
-        let e = per_batch.entry((t, b)).or_insert(ts);
-        *e = (*e).max(ts);
+        match &mut run {
+            Some((key, m)) if *key == (t, b) => *m = (*m).max(ts),
+            _ => {
+                if let Some((key, m)) = run.replace(((t, b), ts)) {
+                    keep(key, m);
+                }
+            }
+        }
+    }
+    if let Some((key, m)) = run {
+        keep(key, m);
     }
     per_batch
 }

@@ -38,7 +38,7 @@ pub fn holds_joined(predicate: &Expr, left: &[Value], right: Option<&[Value]>) -
 }
 
 /// The columns an expression reads.
-trait Columns {
+pub(super) trait Columns {
     fn column(&self, i: usize) -> &Value;
 }
 
@@ -50,9 +50,9 @@ impl Columns for [Value] {
 }
 
 /// A row and the row a join looked up for it, as one.
-struct Joined<'a> {
-    left: &'a [Value],
-    right: Option<&'a [Value]>,
+pub(super) struct Joined<'a> {
+    pub(super) left: &'a [Value],
+    pub(super) right: Option<&'a [Value]>,
 }
 
 static NULL: Value = Value::Null;
@@ -109,16 +109,7 @@ fn at<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
 fn test<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Option<bool>, String> {
     use BinOp::*;
     Ok(match e {
-        Expr::Binary(And, a, b) => match (test(a, row)?, test(b, row)?) {
-            (Some(false), _) | (_, Some(false)) => Some(false),
-            (Some(true), Some(true)) => Some(true),
-            _ => None,
-        },
-        Expr::Binary(Or, a, b) => match (test(a, row)?, test(b, row)?) {
-            (Some(true), _) | (_, Some(true)) => Some(true),
-            (Some(false), Some(false)) => Some(false),
-            _ => None,
-        },
+        Expr::Binary(op @ (And | Or), a, b) => three_valued(*op == And, test(a, row)?, test(b, row)?),
         Expr::Binary(op @ (Eq | NotEq | Lt | LtEq | Gt | GtEq), a, b) => {
             let (x, y);
             compare(*op, operand!(a, row, x), operand!(b, row, y))
@@ -132,7 +123,7 @@ fn test<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Option<bool>, String> 
     })
 }
 
-fn eval_expr<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
+pub(super) fn eval_expr<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value, String> {
     use BinOp::*;
     Ok(match e {
         Expr::Column(c) => row.column(*c).clone(),
@@ -314,7 +305,17 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
 
 /// A comparison of two values (`None`: one is NULL); an int and a float compare as floats.
 #[inline]
-fn compare(op: BinOp, a: &Value, b: &Value) -> Option<bool> {
+/// AND (`and`) or OR of two truths, three-valued: AND is FALSE if either side is, OR TRUE if
+/// either side is; else a NULL side makes it NULL.
+pub(super) fn three_valued(and: bool, x: Option<bool>, y: Option<bool>) -> Option<bool> {
+    match (x, y) {
+        (Some(v), _) | (_, Some(v)) if v != and => Some(v),
+        (Some(_), Some(_)) => Some(and),
+        _ => None,
+    }
+}
+
+pub(super) fn compare(op: BinOp, a: &Value, b: &Value) -> Option<bool> {
     use BinOp::*;
     let ord = match (a, b) {
         (Value::Null, _) | (_, Value::Null) => return None,

@@ -10,6 +10,7 @@
 //! view, not of the run. A windowed reduce over an input's event time drops each window once
 //! the input's watermark passes its end ([`crate::watermark`]).
 
+pub mod compiled;
 pub mod eval;
 pub mod keep;
 pub mod plan;

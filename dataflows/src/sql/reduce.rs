@@ -22,7 +22,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 
 use super::plan::{AggFunc, Aggregate};
-use super::value::{Key, SqlRow, Type, Value};
+use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::ops::{stash_by_time, FastMap, Stash};
 use crate::records::Millis;
 use crate::sensor_metrics::ExactSum;
@@ -52,8 +52,10 @@ enum Acc {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Group {
     rows: i64,
-    /// (empty, so never allocated, when every aggregate is COUNT(*))
-    accs: Vec<Acc>,
+    /// (empty, so never allocated, when every aggregate is COUNT(*); a slice, not a `Vec`:
+    /// a group is an entry of a hash table probed per row, and smaller entries miss the
+    /// cache less)
+    accs: Box<[Acc]>,
 }
 
 /// The aggregates of a reduce, and whether its input only grows.
@@ -136,10 +138,33 @@ impl Aggregates {
         }
     }
 
+    /// Adds `r` copies of a row whose arguments are `args` to its group in `table`: the one
+    /// `same` finds under `hash`, else a new one of key `key()` (`rehash`: a stored key's hash).
+    #[allow(clippy::too_many_arguments)]
+    fn fold_into<K>(
+        &self,
+        table: &mut hashbrown::HashTable<(K, Group)>,
+        hash: u64,
+        same: impl Fn(&K) -> bool,
+        key: impl FnOnce() -> K,
+        rehash: impl Fn(&K) -> u64,
+        args: &SqlRow,
+        r: isize,
+    ) {
+        match table.find_mut(hash, |(k, _)| same(k)) {
+            Some((_, g)) => self.add(g, args, r),
+            None => {
+                let mut g = self.empty();
+                self.add(&mut g, args, r);
+                table.insert_unique(hash, (key(), g), |(k, _)| rehash(k));
+            }
+        }
+    }
+
     /// Merges a partial group into `g`.
     fn merge(&self, g: &mut Group, part: Group) {
         g.rows += part.rows;
-        for ((a, acc), p) in self.stored.iter().zip(&mut g.accs).zip(part.accs) {
+        for ((a, acc), p) in self.stored.iter().zip(&mut g.accs).zip(part.accs.into_vec()) {
             match (acc, p) {
                 (Acc::Count(n), Acc::Count(m)) => *n += m,
                 (Acc::Int(sum, n), Acc::Int(s, m)) => {
@@ -212,14 +237,18 @@ impl Aggregates {
     }
 }
 
-/// The hash of a key's values (a row's key columns, or a [`Key`]'s values: the same hash).
-fn hash_values<'a>(values: impl Iterator<Item = &'a Value>) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = crate::ops::FixedHasher::default().build_hasher();
-    for v in values {
-        v.hash(&mut h);
-    }
-    h.finish()
+/// A worker's partial groups of one GROUP BY at one time: those whose key is one int in a
+/// table of their own (an entry of 32 bytes, not 56: the per-user counts probe it per row,
+/// and at 10 000 users the general table outgrew the core's cache), the others by their key.
+#[derive(Default)]
+struct Groups {
+    ints: hashbrown::HashTable<(i64, Group)>,
+    any: hashbrown::HashTable<(Key, Group)>,
+}
+
+fn hash_int(i: i64) -> u64 {
+    use std::hash::BuildHasher;
+    crate::ops::FixedHasher::default().hash_one(i)
 }
 
 fn keep_extreme(m: &mut Option<Value>, v: &Value, min: bool) {
@@ -338,7 +367,6 @@ pub fn read_once<'s>(
     // A time's partial groups leave once the time is complete on this worker: a time of many
     // batches sends one partial per group, not one per group and batch (the reduce could not
     // complete the time earlier anyway).
-    type Groups = hashbrown::HashTable<(Key, Group)>;
     let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Groups>)> = BTreeMap::new();
     let mut spare: Vec<Groups> = Vec::new();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
@@ -369,31 +397,29 @@ pub fn read_once<'s>(
                             for (i, ((local, grouping), groups)) in folds.iter().zip(groups.iter_mut()).enumerate() {
                                 let mut fold = |row: &SqlRow| -> Result<(), String> {
                                     args.clear();
-                                    // (a key of columns is hashed and compared where the row holds it)
-                                    let (hash, g) = match &grouping.columns {
+                                    // (a key of one int column: in the table of ints)
+                                    if let (Some([c]), Groups { ints, .. }) = (grouping.columns.as_deref(), &mut *groups) {
+                                        if let Value::Int(i) = row[*c] {
+                                            (grouping.fill)(row, None, &mut args)?;
+                                            local.fold_into(ints, hash_int(i), |k| *k == i, || i, |k| hash_int(*k), &args, r);
+                                            return Ok(());
+                                        }
+                                    }
+                                    let rehash = |k: &Key| hash_values(k.values().iter());
+                                    match &grouping.columns {
+                                        // (a key of columns is hashed and compared where the row holds it)
                                         Some(cols) => {
                                             (grouping.fill)(row, None, &mut args)?;
                                             let hash = hash_values(cols.iter().map(|&c| &row[c]));
-                                            let same = |(k, _): &(Key, Group)| k.values().iter().zip(cols).all(|(v, &c)| *v == row[c]);
-                                            (hash, groups.find_mut(hash, same).map(|(_, g)| g))
+                                            let same = |k: &Key| k.values().iter().zip(cols).all(|(v, &c)| *v == row[c]);
+                                            local.fold_into(&mut groups.any, hash, same, || Key::at(cols, row), rehash, &args, r);
                                         }
                                         None => {
                                             key.clear();
                                             (grouping.fill)(row, Some(&mut key), &mut args)?;
                                             let hash = hash_values(key.iter());
-                                            (hash, groups.find_mut(hash, |(k, _)| k.values() == key.as_slice()).map(|(_, g)| g))
-                                        }
-                                    };
-                                    match g {
-                                        Some(g) => local.add(g, &args, r),
-                                        None => {
-                                            let mut g = local.empty();
-                                            local.add(&mut g, &args, r);
-                                            let k = match &grouping.columns {
-                                                Some(cols) => Key::at(cols, row),
-                                                None => Key::from_slice(&key),
-                                            };
-                                            groups.insert_unique(hash, (k, g), |(k, _)| hash_values(k.values().iter()));
+                                            let same = |k: &Key| k.values() == key.as_slice();
+                                            local.fold_into(&mut groups.any, hash, same, || Key::from_slice(&key), rehash, &args, r);
                                         }
                                     }
                                     Ok(())
@@ -429,7 +455,8 @@ pub fn read_once<'s>(
                     let (t, (cap, mut maps)) = partials.pop_first().expect("checked");
                     let mut session = output.session(&cap);
                     for (i, groups) in maps.iter_mut().enumerate() {
-                        session.give_iterator(groups.drain().map(|(k, g)| ((i, Read::Partial(k, g)), t, 1isize)));
+                        let ints = groups.ints.drain().map(|(k, g)| (Key::One(Value::Int(k)), g));
+                        session.give_iterator(ints.chain(groups.any.drain()).map(|(k, g)| ((i, Read::Partial(k, g)), t, 1isize)));
                     }
                     // (the emptied maps keep their capacity for the next time)
                     spare = maps;

@@ -9,10 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use differential_dataflow::input::Input;
 use timely::dataflow::Scope;
 
-use super::eval::{eval, eval_onto, holds, holds_joined};
+use super::compiled::{Compiled, Predicate};
+use super::eval::{eval, eval_onto, holds};
 use super::plan::{AggFunc, Expr, Plan, View};
 use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
-use super::value::{Key, SqlRow, Type, Value};
+use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
 use crate::{Coll, Time};
@@ -196,12 +197,12 @@ fn view_plan<'s>(
     };
     match under {
         Plan::Join { left, right, left_keys, right_keys, outer: false, .. } => {
-            let count = count && steps.iter().all(|s| matches!(s, Step::Map(es) if !es.iter().any(can_fail)));
+            let count = count && steps.iter().all(|s| matches!(s, Step::Map(es) if !es.iter().any(|e| can_fail(e.expr()))));
             let (l, r) = inner_sides((left, left_keys), (right, right_keys), view, reads, errors);
             // A projection of columns over the join: its current rows are made from each pair
             // of rows at once (not joined first, then projected into a second row).
             let picked: Option<Vec<usize>> = match steps.as_slice() {
-                [Step::Map(es)] => es.iter().map(|e| if let Expr::Column(c) = e { Some(*c) } else { None }).collect(),
+                [Step::Map(es)] => es.iter().map(|e| if let Expr::Column(c) = e.expr() { Some(*c) } else { None }).collect(),
                 _ => None,
             };
             let current_row: JoinedRow = match picked.clone() {
@@ -654,15 +655,16 @@ fn reduce_member<'s, 'p>(
     let float_sums: Vec<bool> = stored.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
     // A key of columns is looked up where the row holds them (nothing copied).
     let columns: Option<Vec<usize>> = keys.iter().map(|k| if let Expr::Column(c) = k { Some(*c) } else { None }).collect();
-    let keys = keys.to_vec();
+    let keys: Vec<Compiled> = keys.iter().map(Compiled::new).collect();
+    let args: Vec<Compiled> = args.iter().map(Compiled::new).collect();
     let fill = move |row: &SqlRow, k: Option<&mut SqlRow>, a: &mut SqlRow| -> Result<(), String> {
         if let Some(k) = k {
             for e in &keys {
-                eval_onto(e, row, k)?;
+                e.eval_onto(row, k)?;
             }
         }
         for e in &args {
-            eval_onto(e, row, a)?;
+            e.eval_onto(row, a)?;
         }
         match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
             Some((v, _)) => Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first")),
@@ -704,13 +706,13 @@ fn split<'s, D: differential_dataflow::Data>(
 /// One stateless step of a chain that runs in one operator.
 enum Step {
     /// rows for which the predicate is TRUE
-    Filter(Expr),
+    Filter(Predicate),
     /// each row mapped to these expressions
-    Map(Vec<Expr>),
+    Map(Vec<Compiled>),
     /// each row once per window holding its timestamp column
     Window { time: usize, size: i64, slide: i64 },
     /// each row joined with the constant rows of its key (a left join keeps it with NULLs)
-    Lookup { keys: Vec<Expr>, table: crate::ops::FastMap<SqlRow, Vec<SqlRow>>, outer: bool, arity: usize },
+    Lookup { keys: Vec<Expr>, table: LookupTable, outer: bool, arity: usize },
 }
 
 /// The stateless steps at the top of `p` (filters, maps, windows, lookups in constant rows),
@@ -720,11 +722,11 @@ fn stateless_steps<'p>(mut p: &'p Plan, lineage: &Lineage<'_>) -> (&'p Plan, Vec
     loop {
         match p {
             Plan::Filter(input, predicate) => {
-                steps.push(Step::Filter(predicate.clone()));
+                steps.push(Step::Filter(Predicate::new(predicate)));
                 p = input;
             }
             Plan::Map(input, exprs) => {
-                steps.push(Step::Map(exprs.clone()));
+                steps.push(Step::Map(exprs.iter().map(Compiled::new).collect()));
                 p = input;
             }
             Plan::Window { input, time, size, slide } => {
@@ -750,14 +752,14 @@ fn stateless_steps<'p>(mut p: &'p Plan, lineage: &Lineage<'_>) -> (&'p Plan, Vec
 fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut impl FnMut(Stepped)) {
     let Some((step, rest)) = steps.split_first() else { return emit(Ok(row.into_owned())) };
     match step {
-        Step::Filter(predicate) => match holds(predicate, &row) {
+        Step::Filter(predicate) => match predicate.holds(&row) {
             Ok(Some(true)) => run_steps(rest, row, key, emit),
             Ok(_) => {}
             Err(e) => emit(Err((e, row.into_owned()))),
         },
         Step::Map(exprs) => {
             let mut out = SqlRow::with_capacity(exprs.len());
-            match exprs.iter().try_for_each(|e| eval_onto(e, &row, &mut out)) {
+            match exprs.iter().try_for_each(|e| e.eval_onto(&row, &mut out)) {
                 Ok(()) => run_steps(rest, Cow::Owned(out), key, emit),
                 Err(e) => emit(Err((e, row.into_owned()))),
             }
@@ -793,7 +795,7 @@ fn run_steps(steps: &[Step], row: Cow<'_, SqlRow>, key: &mut SqlRow, emit: &mut 
                 };
                 // a filter right after judges the row and what it found where they are
                 let (rest, judged) = match rest.split_first() {
-                    Some((Step::Filter(predicate), after)) => (after, holds_joined(predicate, &row, r)),
+                    Some((Step::Filter(predicate), after)) => (after, predicate.holds_joined(&row, r)),
                     _ => (rest, Ok(Some(true))),
                 };
                 match judged {
@@ -1043,15 +1045,32 @@ pub(super) fn window_starts(t: &Value, size: i64, slide: i64) -> impl Iterator<I
 
 /// Constant rows by their join key (a NULL key matches nothing); `None` when a key expression
 /// fails on one of them (the join then runs as any other, and reports it).
-fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<crate::ops::FastMap<SqlRow, Vec<SqlRow>>> {
-    let mut table: crate::ops::FastMap<SqlRow, Vec<SqlRow>> = Default::default();
+fn lookup_table(rows: Vec<SqlRow>, keys: &[Expr]) -> Option<LookupTable> {
+    let mut table = hashbrown::HashTable::new();
     for row in rows {
         let k = keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().ok()?;
         if !k.iter().any(Value::is_null) {
-            table.entry(k).or_default().push(row);
+            let hash = hash_values(k.iter());
+            match table.find_mut(hash, |(key, _): &(SqlRow, Vec<SqlRow>)| *key == k) {
+                Some((_, rows)) => rows.push(row),
+                None => {
+                    table.insert_unique(hash, (k, vec![row]), |(key, _)| hash_values(key.iter()));
+                }
+            }
         }
     }
-    Some(table)
+    Some(LookupTable(table))
+}
+
+/// Constant rows by their key, looked up once per row of a stream: keys are hashed by
+/// [`hash_values`] (through `Hash`, a key's hash cost more than the rest of the lookup).
+struct LookupTable(hashbrown::HashTable<(SqlRow, Vec<SqlRow>)>);
+
+impl LookupTable {
+    /// The rows of `key`.
+    fn get(&self, key: &[Value]) -> Option<&Vec<SqlRow>> {
+        self.0.find(hash_values(key.iter()), |(k, _)| k.as_slice() == key).map(|(_, rows)| rows)
+    }
 }
 
 /// A record of one side of an inner join: its key, its row and, from a side that keeps each
