@@ -416,9 +416,9 @@ fn view_error(view: &str, reason: String, row: &dataflows::sql::SqlRow, read: Op
     }
 }
 
+/// A hash of a row, taken of every row an input decodes while positions are kept.
 fn row_hash(row: &dataflows::sql::SqlRow) -> u64 {
-    use std::hash::BuildHasher;
-    dataflows::ops::FixedHasher::default().hash_one(row)
+    dataflows::sql::value::hash_values(row.iter())
 }
 
 /// The source positions of the rows a worker decoded at one logical time, with the hash of each
@@ -583,9 +583,22 @@ impl Sessions {
     }
 
     fn advance_to(&mut self, t: Time) {
+        self.time = t;
+        self.each_session(Some(t));
+    }
+
+    /// Sends what the sessions hold on to the dataflow, at the time they are at.
+    fn flush(&mut self) {
+        self.each_session(None);
+    }
+
+    /// Advances every session to `to` (if given) and flushes it.
+    fn each_session(&mut self, to: Option<Time>) {
         macro_rules! adv {
             ($s:expr) => {
-                $s.advance_to(t);
+                if let Some(t) = to {
+                    $s.advance_to(t);
+                }
                 $s.flush();
             };
         }
@@ -601,7 +614,6 @@ impl Sessions {
         if let Some(s) = &mut self.restored_sensors {
             adv!(s);
         }
-        self.time = t;
         for (_, s, _) in self.tables.values_mut() {
             match s {
                 TableInput::Rows(s) => {
@@ -615,6 +627,9 @@ impl Sessions {
         adv!(self.dead);
     }
 }
+
+/// How many records a worker decodes before it lets the dataflow read them (see the main loop).
+const STEP_EVERY: u64 = 1024;
 
 struct OpenInput {
     name: InputName,
@@ -1144,6 +1159,13 @@ fn run_worker(
             let batch = input.source.next_batch(&mut |record| {
                 read += 1;
                 sessions.insert(name, record, batch_id, counters);
+                // The dataflow reads what was decoded while it is still in the cache: a step
+                // every few records, within the batch and its logical time (a batch of 10 000
+                // decoded rows had left the cache by the time the dataflow read them).
+                if read % STEP_EVERY == 0 {
+                    sessions.flush();
+                    worker.step();
+                }
             })?;
             input.source.batch_done(epoch);
             if streaming && read > 0 {
