@@ -1065,17 +1065,12 @@ fn sql_views_from_kafka_into_kafka_and_mongodb_equal_the_offline_run() {
     let s = setup("sqlk", &[]);
     let out = unique("sqlk-out");
     let database = unique("sqlk").replace('-', "_");
-    std::fs::write(
-        s.dir.path().join("per_user.sql"),
-        "CREATE VIEW sql_user_event_counts AS SELECT user_id, COUNT(*) AS event_count FROM clicks GROUP BY user_id;\n\
-         CREATE VIEW sql_event_type_counts AS SELECT event, COUNT(*) AS count FROM clicks GROUP BY event;\n\
-         CREATE VIEW sql_user_activity AS SELECT u.user_id, u.name, u.email, c.event_count\n  \
-         FROM users u JOIN sql_user_event_counts c ON u.user_id = c.user_id;\n",
-    )
-    .unwrap();
-    // the shipped sensor pipeline, over the readings topic, with the offline run's lateness
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/sensors.sql");
-    std::fs::copy(shipped, s.dir.path().join("sensors.sql")).unwrap();
+    // the shipped per-user and sensor pipelines, over the topics (the sensors with the offline
+    // run's lateness)
+    for name in ["clicks", "sensors"] {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("dataflows/{name}.sql"));
+        std::fs::copy(shipped, s.dir.path().join(format!("{name}.sql"))).unwrap();
+    }
     let group = unique("g");
     let input = |kind: &str, columns: &str| {
         format!(
@@ -1087,7 +1082,7 @@ fn sql_views_from_kafka_into_kafka_and_mongodb_equal_the_offline_run() {
     std::fs::write(
         &cfg,
         format!(
-            "views = [\"per_user.sql\", \"sensors.sql\"]\n\
+            "views = [\"clicks.sql\", \"sensors.sql\"]\n\
              dataflows = [\"sql_user_event_counts\", \"sql_event_type_counts\", \"sql_user_activity\", \"windowed_metrics\", \"sensor_alerts\"]\n{}\
              [kafka]\nbootstrap_servers = \"{}\"\n{}{}{}event_time = {{ column = \"timestamp\", allowed_lateness = \"120s\" }}\n\
              [output.kafka]\ntopic_prefix = \"{out}.\"\n[output.mongodb]\ndatabase = \"{database}\"\n",

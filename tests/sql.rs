@@ -296,22 +296,11 @@ fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
     };
     gen("users", "3000", "users.jsonl");
     gen("clicks", "30000", "clicks.jsonl");
-    std::fs::write(
-        d.join("per_user.sql"),
-        "CREATE VIEW sql_user_event_counts AS SELECT user_id, COUNT(*) AS event_count FROM clicks GROUP BY user_id;\n\
-         CREATE VIEW sql_event_type_counts AS SELECT event, COUNT(*) AS count FROM clicks GROUP BY event;\n\
-         CREATE VIEW sql_user_activity AS\n  SELECT u.user_id, u.name, u.email, c.event_count\n  \
-         FROM profiles u JOIN sql_user_event_counts c ON u.user_id = c.user_id;\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("sql.toml"),
-        "views = [\"per_user.sql\"]\n\
-         dataflows = [\"sql_user_event_counts\", \"sql_event_type_counts\", \"sql_user_activity\"]\n\
-         [inputs.clicks]\nkind = \"file\"\npath = \"clicks.jsonl\"\ncolumns = [\"user_id int\", \"event text\"]\n\
-         [inputs.profiles]\nkind = \"file\"\npath = \"users.jsonl\"\ncolumns = [\"user_id int primary key\", \"name text\", \"email text\"]\n",
-    )
-    .unwrap();
+    // the shipped per-user pipeline (dataflows/clicks.sql, configs/clicks.toml)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("dataflows/clicks.sql"), d.join("clicks.sql")).unwrap();
+    let config = std::fs::read_to_string(root.join("configs/clicks.toml")).unwrap();
+    std::fs::write(d.join("sql.toml"), config.replace("../dataflows/clicks.sql", "clicks.sql")).unwrap();
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v

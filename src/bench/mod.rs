@@ -142,15 +142,6 @@ fn same_rows(a: &Path, b: &Path, renames: &[(&str, &str)]) -> anyhow::Result<Res
     Ok(Ok(()))
 }
 
-/// The per-user dataflows written as SQL views (what `tests/sql.rs` checks against them).
-const PER_USER_SQL: &str = "\
-CREATE VIEW sql_user_event_counts AS SELECT user_id, COUNT(*) AS event_count FROM clicks GROUP BY user_id;
-CREATE VIEW sql_event_type_counts AS SELECT event, COUNT(*) AS count FROM clicks GROUP BY event;
-CREATE VIEW sql_user_activity AS
-  SELECT u.user_id, u.name, u.email, c.event_count
-  FROM profiles u JOIN sql_user_event_counts c ON u.user_id = c.user_id;
-";
-
 /// The names of the per-user views' snapshots beside the built-in outputs they equal.
 const PER_USER_FILES: [(&str, &str); 3] = [
     ("user_event_counts.jsonl", "sql_user_event_counts.jsonl"),
@@ -162,22 +153,22 @@ const PER_USER_FILES: [(&str, &str); 3] = [
 const SENSOR_FILES: [(&str, &str); 2] =
     [("sensor_window_metrics.jsonl", "windowed_metrics.jsonl"), ("anomaly_alerts.jsonl", "sensor_alerts.jsonl")];
 
-/// Writes the SQL jobs' view files and configs into `dir`: the per-user views, and the
-/// shipped sensor pipeline (`dataflows/sensors.sql`, `configs/sensors.toml`).
+/// Writes the SQL jobs' view files and configs into `dir`: the shipped per-user and sensor
+/// pipelines (`dataflows/clicks.sql` with `configs/clicks.toml`, `dataflows/sensors.sql` with
+/// `configs/sensors.toml`).
 fn write_sql_configs(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    std::fs::write(dir.join("per_user.sql"), PER_USER_SQL)?;
-    let per_user = dir.join("per_user.toml");
-    std::fs::write(
-        &per_user,
-        "views = [\"per_user.sql\"]\n\
-         dataflows = [\"sql_user_event_counts\", \"sql_event_type_counts\", \"sql_user_activity\"]\n\
-         [inputs.clicks]\nkind = \"file\"\npath = \"clicks.jsonl\"\ncolumns = [\"user_id int\", \"event text\"]\n\
-         [inputs.profiles]\nkind = \"file\"\npath = \"users.jsonl\"\ncolumns = [\"user_id int primary key\", \"name text\", \"email text\"]\n",
-    )?;
-    std::fs::write(dir.join("sensors.sql"), include_str!("../../dataflows/sensors.sql"))?;
-    let sensors = dir.join("sensors.toml");
-    std::fs::write(&sensors, include_str!("../../configs/sensors.toml").replace("../dataflows/sensors.sql", "sensors.sql"))?;
-    Ok((per_user, sensors))
+    let mut configs = Vec::new();
+    for (name, sql, config) in [
+        ("clicks", include_str!("../../dataflows/clicks.sql"), include_str!("../../configs/clicks.toml")),
+        ("sensors", include_str!("../../dataflows/sensors.sql"), include_str!("../../configs/sensors.toml")),
+    ] {
+        std::fs::write(dir.join(format!("{name}.sql")), sql)?;
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config.replace(&format!("../dataflows/{name}.sql"), &format!("{name}.sql")))?;
+        configs.push(path);
+    }
+    let sensors = configs.pop().expect("two configs");
+    Ok((configs.pop().expect("two configs"), sensors))
 }
 
 /// Entry point.
@@ -226,7 +217,7 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         run.extend(bind.clone());
         jobs.push((format!("clicks, {users} users"), base.clone(), run, out.clone(), None));
         let mut sql = vec!["run".into(), "--config".into(), path(&per_user)];
-        sql.extend(bind.map(|b| b.replace("users=", "profiles=")));
+        sql.extend(bind);
         jobs.push((format!("clicks as SQL, {users} users"), base, sql, out.join("sql"), Some(&PER_USER_FILES)));
     }
     for &sites in &args.sites {
