@@ -700,17 +700,28 @@ fn constant<'s, D: differential_dataflow::Data>(scope: Scope<'s, Time>, rows: Ve
     scope.new_collection_from(if scope.index() == 0 { rows } else { Vec::new() }).1
 }
 
-/// Splits `rows` by `f`: `Ok` rows go on, `Err` reasons become errors of `view`. (One
-/// consumer of `rows`: two would make timely clone every container.)
+/// Splits `rows`: `Ok` rows go on, `Err` reasons become errors of `view`. (One consumer of
+/// `rows`: two would make timely clone every container.)
 fn split<'s, D: differential_dataflow::Data>(
     rows: Coll<'s, Result<D, (String, SqlRow)>>,
     view: &str,
     errors: &mut Vec<Coll<'s, RowError>>,
 ) -> Coll<'s, D> {
+    split_map(rows, view, errors, |r| r)
+}
+
+/// Each of `rows` mapped by `f` and split as [`split`] does, in one operator (not a map and
+/// then a split: a second pass over every update).
+fn split_map<'s, A: differential_dataflow::Data, D: differential_dataflow::Data>(
+    rows: Coll<'s, A>,
+    view: &str,
+    errors: &mut Vec<Coll<'s, RowError>>,
+    f: impl Fn(A) -> Result<D, (String, SqlRow)> + 'static,
+) -> Coll<'s, D> {
     use differential_dataflow::AsCollection;
     use timely::dataflow::operators::OkErr;
     let view = view.to_string();
-    let (ok, err) = rows.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(r, t, d)| match r {
+    let (ok, err) = rows.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(r, t, d)| match f(r) {
         Ok(row) => Ok((row, t, d)),
         Err((reason, row)) => Err(((view.clone(), reason, row), t, d)),
     });
@@ -957,10 +968,10 @@ fn latest_on_key<'s>(p: &Plan, keys: &[Expr], sources: &BTreeMap<String, Source<
     Some(keyed.filter(|(k, _)| !k.values().iter().any(Value::is_null)))
 }
 
-/// `rows` keyed by `keys` (a row whose key fails is an error of `view`).
+/// `rows` keyed by `keys` (a row whose key fails is an error of `view`), in one operator.
 fn keyed<'s>(rows: Coll<'s, SqlRow>, keys: &[Expr], view: &str, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, (Key, SqlRow)> {
     let keys = keys.to_vec();
-    let rows = rows.map(move |row| {
+    split_map(rows, view, errors, move |row| {
         let key = match &keys[..] {
             [k] => eval(k, &row).map(Key::One),
             keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().map(Key::Many),
@@ -969,8 +980,7 @@ fn keyed<'s>(rows: Coll<'s, SqlRow>, keys: &[Expr], view: &str, errors: &mut Vec
             Ok(k) => Ok((k, row)),
             Err(e) => Err((e, row)),
         }
-    });
-    split(rows, view, errors)
+    })
 }
 
 /// `rows` through stateless `steps` (none: `rows`), in one operator; rows they fail on are
