@@ -537,12 +537,9 @@ fn metrics_show_each_kafka_partitions_lag() {
 #[test]
 fn metrics_show_an_sql_inputs_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readings = common::diffstream(&["gen", "sensors", "--count", "20000", "--seed", "5"]).stdout;
     std::fs::write(dir.path().join("readings.jsonl"), &readings).unwrap();
-    std::fs::copy(root.join("dataflows/sensors.sql"), dir.path().join("sensors.sql")).unwrap();
-    let config = std::fs::read_to_string(root.join("configs/sensors.toml")).unwrap().replace("../dataflows/sensors.sql", "sensors.sql");
-    std::fs::write(dir.path().join("sensors.toml"), config).unwrap();
+    std::fs::write(dir.path().join("sensors.toml"), common::shipped(dir.path(), "sensors")).unwrap();
     let engine = start(dir.path(), &["run", "--config", "sensors.toml", "-w", "2", "--http", "127.0.0.1:0", "--http-linger", "60"]);
     engine.wait_until_finished(Duration::from_secs(120));
     // The reference: the greatest timestamp of the readings that decode and are not dated past

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{bin, snapshots};
+use common::{bin, shipped, snapshots};
 
 /// Order applications (the Quix Streams example's records): `content` is "<product> <quantity>".
 const VIEWS: &str = "\
@@ -297,10 +297,7 @@ fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
     gen("users", "3000", "users.jsonl");
     gen("clicks", "30000", "clicks.jsonl");
     // the shipped per-user pipeline (dataflows/clicks.sql, configs/clicks.toml)
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(root.join("dataflows/clicks.sql"), d.join("clicks.sql")).unwrap();
-    let config = std::fs::read_to_string(root.join("configs/clicks.toml")).unwrap();
-    std::fs::write(d.join("sql.toml"), config.replace("../dataflows/clicks.sql", "clicks.sql")).unwrap();
+    std::fs::write(d.join("sql.toml"), shipped(d, "clicks")).unwrap();
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v

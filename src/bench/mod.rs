@@ -157,18 +157,16 @@ const SENSOR_FILES: [(&str, &str); 2] =
 /// pipelines (`dataflows/clicks.sql` with `configs/clicks.toml`, `dataflows/sensors.sql` with
 /// `configs/sensors.toml`).
 fn write_sql_configs(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let mut configs = Vec::new();
-    for (name, sql, config) in [
-        ("clicks", include_str!("../../dataflows/clicks.sql"), include_str!("../../configs/clicks.toml")),
-        ("sensors", include_str!("../../dataflows/sensors.sql"), include_str!("../../configs/sensors.toml")),
-    ] {
+    let write = |name: &str, sql: &str, config: &str| -> anyhow::Result<PathBuf> {
         std::fs::write(dir.join(format!("{name}.sql")), sql)?;
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config.replace(&format!("../dataflows/{name}.sql"), &format!("{name}.sql")))?;
-        configs.push(path);
-    }
-    let sensors = configs.pop().expect("two configs");
-    Ok((configs.pop().expect("two configs"), sensors))
+        Ok(path)
+    };
+    Ok((
+        write("clicks", include_str!("../../dataflows/clicks.sql"), include_str!("../../configs/clicks.toml"))?,
+        write("sensors", include_str!("../../dataflows/sensors.sql"), include_str!("../../configs/sensors.toml"))?,
+    ))
 }
 
 /// Entry point.

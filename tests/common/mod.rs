@@ -17,6 +17,15 @@ pub fn diffstream(args: &[&str]) -> Output {
     out
 }
 
+/// A shipped pipeline in `dir`: copies `dataflows/NAME.sql` there and returns the text of
+/// `configs/NAME.toml` reading that copy.
+pub fn shipped(dir: &Path, name: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join(format!("dataflows/{name}.sql")), dir.join(format!("{name}.sql"))).unwrap();
+    let config = std::fs::read_to_string(root.join(format!("configs/{name}.toml"))).unwrap();
+    config.replace(&format!("../dataflows/{name}.sql"), &format!("{name}.sql"))
+}
+
 /// Every `*.jsonl` file in `dir` (not the change files), by output name, as lines.
 pub fn snapshots(dir: &Path) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
