@@ -975,7 +975,7 @@ fn keyed<'s>(rows: Coll<'s, SqlRow>, keys: &[Expr], view: &str, errors: &mut Vec
     split_map(rows, view, errors, move |row| {
         let key = match &keys[..] {
             [k] => eval(k, &row).map(Key::One),
-            keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<SqlRow, String>>().map(Key::Many),
+            keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<Box<[Value]>, String>>().map(Key::Many),
         };
         match key {
             Ok(k) => Ok((k, row)),

@@ -195,8 +195,8 @@ pub type SqlRow = Vec<Value>;
 pub enum Key {
     /// a one-column key
     One(Value),
-    /// a key of other widths
-    Many(SqlRow),
+    /// a key of other widths (boxed, not a `Vec`: a key is then 24 bytes, as a value is)
+    Many(Box<[Value]>),
 }
 
 impl Key {
@@ -204,7 +204,7 @@ impl Key {
     pub fn new(mut values: SqlRow) -> Key {
         match values.len() {
             1 => Key::One(values.pop().expect("one value")),
-            _ => Key::Many(values),
+            _ => Key::Many(values.into_boxed_slice()),
         }
     }
 
@@ -212,7 +212,7 @@ impl Key {
     pub fn from_slice(values: &[Value]) -> Key {
         match values {
             [v] => Key::One(v.clone()),
-            vs => Key::Many(vs.to_vec()),
+            vs => Key::Many(vs.into()),
         }
     }
 
@@ -236,7 +236,7 @@ impl Key {
     pub fn into_row(self) -> SqlRow {
         match self {
             Key::One(v) => vec![v],
-            Key::Many(vs) => vs,
+            Key::Many(vs) => vs.into_vec(),
         }
     }
 }
@@ -275,7 +275,15 @@ impl std::borrow::Borrow<[Value]> for Key {
 
 #[cfg(test)]
 mod tests {
-    use super::{hash_values, Value};
+    use super::{hash_values, Key, Value};
+
+    /// A key is as wide as a value (its tag in the value's niche): tables of keys (a join's, a
+    /// reduce's) hold a million of them.
+    #[test]
+    fn a_key_is_one_value_wide() {
+        assert_eq!(std::mem::size_of::<Value>(), 24);
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+    }
 
     /// Distinct rows of every kind of value (and of lengths 1 to 3) get distinct hashes; equal
     /// rows, equal ones.
