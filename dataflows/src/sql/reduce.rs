@@ -595,11 +595,11 @@ impl State {
         let mut out = Vec::new();
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
-            let mut session = Vec::new();
             // One partial per key: those of a key from several workers merged first (in a
             // small map of this time's keys), so each group is looked up and changed once.
-            let partials: Vec<(Key, Group)> = if self.peers == 1 {
-                partials.into_iter().map(|(kg, _)| kg).collect()
+            let n = partials.len();
+            let partials: Box<dyn Iterator<Item = (Key, Group)>> = if self.peers == 1 {
+                Box::new(partials.into_iter().map(|(kg, _)| kg))
             } else {
                 let mut by_key: FastMap<Key, Group> = FastMap::default();
                 for ((k, part), _) in partials {
@@ -610,8 +610,10 @@ impl State {
                         }
                     }
                 }
-                by_key.into_iter().collect()
+                Box::new(by_key.into_iter())
             };
+            // (most groups change: their old row leaves, their new one comes)
+            let mut session = Vec::with_capacity(2 * n);
             for (k, part) in partials {
                 match self.groups.entry(k) {
                     Entry::Occupied(mut e) => {
