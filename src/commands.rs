@@ -260,7 +260,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         None => e,
     })?;
     let sql = sql.map(|mut s| {
-        s.outputs = views.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect();
+        s.select(views.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect());
         std::sync::Arc::new(s)
     });
     if selected.is_empty() && sql.as_ref().is_none_or(|s| s.outputs.is_empty()) {
@@ -457,7 +457,7 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
     }
     let mut pipeline = compile_sql(&config, None, &[(format!("dataflows/{name}.sql (embedded)"), sql.to_string())])?
         .context("a shipped pipeline has views")?;
-    pipeline.outputs = config.dataflows.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect();
+    pipeline.select(config.dataflows.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect());
     let inputs =
         pipeline.tables.iter().map(|t| (t.name, InputSpec::from_config(t.name, &config.inputs[t.name.as_str()], &config.kafka))).collect();
     demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), Vec::new(), inputs)

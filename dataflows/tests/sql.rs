@@ -786,6 +786,20 @@ fn explain_names_the_operators_and_their_exchange_keys() {
     assert_eq!(views[0].key, vec![0], "keyed by the GROUP BY column");
 }
 
+/// A run renders the views its outputs read, directly or through other views, and no other.
+#[test]
+fn only_the_views_an_output_reads_are_needed() {
+    let sql = "CREATE VIEW per_k AS SELECT k, COUNT(*) AS n FROM a GROUP BY k;
+               CREATE VIEW big AS SELECT k, n FROM per_k WHERE n > 1;
+               CREATE VIEW joined AS SELECT big.k, b.y FROM big JOIN b ON big.k = b.k;
+               CREATE VIEW other AS SELECT y FROM b;";
+    let views = compile(sql, &mut catalog()).unwrap();
+    let needed = |outputs: &[&str]| dataflows::sql::render::needed_views(&views, outputs).into_iter().collect::<Vec<_>>();
+    assert_eq!(needed(&["joined"]), ["big", "joined", "per_k"]);
+    assert_eq!(needed(&["per_k", "other"]), ["other", "per_k"]);
+    assert_eq!(needed(&["big"]), ["big", "per_k"]);
+}
+
 /// A view without GROUP BY is keyed by columns its plan keeps unique (an upsert input's primary
 /// key, a GROUP BY's keys, through filters, projections that keep them and joins that match a
 /// row with at most one other), else by all its columns.

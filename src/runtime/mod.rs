@@ -192,6 +192,15 @@ pub struct SqlTable {
 }
 
 impl SqlPipeline {
+    /// Selects `outputs`, and keeps only the views they read, directly or through other views:
+    /// a file of several pipelines runs the one selected, not all of them.
+    pub fn select(&mut self, outputs: Vec<Output>) {
+        let names: Vec<&str> = outputs.iter().map(|o| o.as_str()).collect();
+        let needed = dataflows::sql::render::needed_views(&self.views, &names);
+        self.views.retain(|v| needed.contains(&v.name));
+        self.outputs = outputs;
+    }
+
     /// What the SQL planner knows of each input, by name.
     pub fn shapes(&self) -> BTreeMap<String, dataflows::sql::render::Shape> {
         self.tables.iter().map(|t| (t.name.as_str().to_string(), t.shape())).collect()

@@ -152,6 +152,24 @@ pub fn render<'s>(
     done
 }
 
+/// The names of the views `outputs` need: themselves and every view they read, directly or
+/// through other views. (The others need not be rendered.)
+pub fn needed_views(views: &[View], outputs: &[&str]) -> BTreeSet<String> {
+    let mut wanted: BTreeSet<String> = outputs.iter().map(|o| o.to_string()).collect();
+    // (a view reads only views before it)
+    for v in views.iter().rev() {
+        if !wanted.contains(&v.name) {
+            continue;
+        }
+        each_node(&v.plan, &mut |n| {
+            if let Plan::View(name) = n {
+                wanted.insert(name.clone());
+            }
+        });
+    }
+    wanted
+}
+
 /// The views that other views read.
 fn read_by_views(views: &[View]) -> BTreeSet<&str> {
     let mut out = BTreeSet::new();
