@@ -318,6 +318,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for SqlRowSeed<'_> {
 
 impl SqlRowSeed<'_> {
     /// The column named `key`, the `k`-th field of a record, if any; remembers the answer.
+    /// (Inlined into the parser's loop: a call per field of every record cost 3% of the
+    /// sensor views' instructions.)
+    #[inline]
     fn column(&mut self, k: usize, key: &str) -> Option<usize> {
         let guessed = match self.order.get(k) {
             Some(FieldGuess::Column(i)) if same_name(&self.columns[*i].name, key) => return Some(*i),
