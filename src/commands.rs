@@ -117,18 +117,12 @@ fn compile_sql(
         bail!("{}: `keys.{name}`: there is no view `{name}`; the views are {}", config_file(config_path), names.join(", "));
     }
     let mut sql = runtime::SqlPipeline { tables, views, outputs: Vec::new() };
-    // Each event-time input's lateness rule follows the windows over it.
+    sql.follow_windows();
     let shapes = sql.shapes();
-    let slides = dataflows::sql::render::window_slides(&sql.views, &shapes);
     let append_only = dataflows::sql::render::append_only_views(&sql.views, &shapes);
     for v in &sql.views {
         let id = dataflows::sql::registry::find_view(&v.name).expect("registered above");
         dataflows::sql::registry::set_append_only(id, append_only.contains(&v.name));
-    }
-    for t in &mut sql.tables {
-        if let (Some(e), Some(s)) = (&mut t.event_time, slides.get(t.name.as_str())) {
-            e.slides = s.clone();
-        }
     }
     Ok(Some(sql))
 }

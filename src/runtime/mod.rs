@@ -199,6 +199,18 @@ impl SqlPipeline {
         let needed = dataflows::sql::render::needed_views(&self.views, &names);
         self.views.retain(|v| needed.contains(&v.name));
         self.outputs = outputs;
+        self.follow_windows();
+    }
+
+    /// Sets each event-time input's lateness rule by the windows of the views over it (those
+    /// it has: after [`SqlPipeline::select`], the windows of views not run judge no row).
+    pub fn follow_windows(&mut self) {
+        let slides = dataflows::sql::render::window_slides(&self.views, &self.shapes());
+        for t in &mut self.tables {
+            if let Some(e) = &mut t.event_time {
+                e.slides = slides.get(t.name.as_str()).cloned().unwrap_or_default();
+            }
+        }
     }
 
     /// What the SQL planner knows of each input, by name.
