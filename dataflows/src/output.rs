@@ -123,6 +123,44 @@ pub enum Row {
     View(Box<ViewRow>),
 }
 
+/// Appends `s` to `out` as a JSON string, escaped as serde_json escapes it (`"`, `\\`, and
+/// control characters; the rest as it stands): what view rows' names and texts are written with.
+pub fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut rest = s;
+    // (which bytes need escaping, looked up: one load per byte)
+    const ESCAPED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            t[b] = true;
+            b += 1;
+        }
+        t[b'"' as usize] = true;
+        t[b'\\' as usize] = true;
+        t
+    };
+    while let Some(at) = rest.bytes().position(|b| ESCAPED[b as usize]) {
+        out.push_str(&rest[..at]);
+        match rest.as_bytes()[at] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            b => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
 /// A row of a SQL view: its values, in the view's column order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ViewRow {

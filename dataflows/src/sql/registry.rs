@@ -18,6 +18,9 @@ pub struct ViewInfo {
     pub columns: Vec<(&'static str, Type)>,
     /// the columns that key its rows
     pub key: Vec<usize>,
+    /// each column's name as a JSON object's key, escaped once here (`"name":`): every output
+    /// row writes them
+    pub json_names: Vec<String>,
 }
 
 #[derive(Default)]
@@ -71,7 +74,17 @@ pub fn find_table(name: &str) -> Option<u8> {
 /// registered again replaces its columns: the same config compiles the same).
 pub fn view(name: &str, columns: &[(String, Type)], key: &[usize]) -> u8 {
     let mut r = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
-    let info = ViewInfo { name: leak(name), columns: columns.iter().map(|(n, t)| (leak(n), *t)).collect(), key: key.to_vec() };
+    let json_name = |n: &str| {
+        let mut s = String::new();
+        crate::output::json_string(&mut s, n);
+        s + ":"
+    };
+    let info = ViewInfo {
+        name: leak(name),
+        columns: columns.iter().map(|(n, t)| (leak(n), *t)).collect(),
+        key: key.to_vec(),
+        json_names: columns.iter().map(|(n, _)| json_name(n)).collect(),
+    };
     let i = match r.views.iter().position(|v| v.name == name) {
         Some(i) => {
             r.views[i] = info;
