@@ -645,10 +645,10 @@ pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
 /// A view row's columns (`key`: its key columns) as a JSON object, written straight from its
 /// values into one string, as serde_json writes them (its unit test checks): timestamps as
 /// RFC 3339 with milliseconds, like every output's times; a float that is not finite as null;
-/// the names escaped
-/// once per view ([`dataflows::sql::registry::ViewInfo::json_names`]). (Through a serde map,
-/// every column's name was escaped anew in every row: the outputs' JSON took twice the
-/// hand-built rows'.) A view's column names are distinct: the compiler refuses two of one name.
+/// the names escaped once per view ([`dataflows::sql::registry::ViewInfo::json_names`]).
+/// (Through a serde map, every column's name was escaped anew in every row: the outputs' JSON
+/// took twice the hand-built rows'.) A view's column names are distinct: the compiler refuses
+/// two of one name.
 fn view_json(view: &dataflows::sql::registry::ViewInfo, values: &[dataflows::sql::Value], key: bool) -> String {
     use dataflows::sql::Value;
     let mut out = String::with_capacity(24 * values.len() + 2);
