@@ -18,8 +18,13 @@ use std::collections::BTreeMap;
 
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::OutputBuilderSession;
+use timely::dataflow::operators::Capability;
 
 use super::plan::{AggFunc, Aggregate};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
@@ -337,14 +342,16 @@ pub type Stepped = Result<SqlRow, (String, SqlRow)>;
 /// each row where it is and hands on what comes out.
 pub type Chain = Box<dyn FnMut(&SqlRow, &mut dyn FnMut(Stepped))>;
 
-/// What the one reader of an input hands each of its readers.
-enum Read {
-    /// a GROUP BY's partial group of a completed time
-    Partial(Key, Group),
-    /// a row whose group key or aggregate arguments failed
-    Failed(String, SqlRow),
-    /// a chain's row
-    Row(Stepped),
+/// A stream of updates of `D`.
+type UpdateStream<'s, D> = timely::dataflow::Stream<'s, Time, Vec<(D, Time, isize)>>;
+
+/// An output of [`read_once`]'s operator, its records put in containers.
+type Out<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
+
+/// A new output of `builder` of updates of `D`, and its stream.
+fn new_output<'s, D: Clone + 'static>(builder: &mut OperatorBuilder<'s, Time>) -> (Out<D>, UpdateStream<'s, D>) {
+    let (output, stream) = builder.new_output();
+    (OutputBuilder::from(output), stream)
 }
 
 /// Every reader of the same `rows` — GROUP BYs (`members`) and chains of stateless steps
@@ -353,140 +360,127 @@ enum Read {
 /// worker's rows of a time into one partial group per key, in place — the key is evaluated
 /// into a reused buffer and looked up by slice, so a row allocates nothing unless it starts a
 /// group — and sends them once the time is complete on the worker; then, per member, the
-/// partials are exchanged by key and merged in order of time.
+/// partials are exchanged by key and merged in order of time. Each reader's updates leave on
+/// an output of their own (and a GROUP BY's failed rows on another): nothing is split after.
 pub fn read_once<'s>(
     rows: Coll<'s, SqlRow>,
     members: Vec<Member<'s>>,
     mut chains: Vec<Chain>,
 ) -> (Vec<Reduced<'s>>, Vec<Coll<'s, Stepped>>) {
-    use timely::dataflow::operators::OkErr;
     type Merging<'s> = (String, Aggregates, Option<Retire<'s>>);
     let (folds, merging): (Vec<(Aggregates, Grouping)>, Vec<Merging<'s>>) =
         members.into_iter().map(|m| ((m.spec.clone(), m.grouping), (m.view, m.spec, m.retire))).unzip();
-    let (n, m) = (folds.len(), chains.len());
+    let n = folds.len();
+    let mut builder = OperatorBuilder::new("ReadOnce".to_string(), rows.inner.scope());
+    let mut input = builder.new_input(rows.inner, Pipeline);
+    // (ports: each member's partials, 0..n, then each member's failed rows, then each chain's rows)
+    let (mut partial_outs, partial_streams): (Vec<Out<(Key, Group)>>, Vec<_>) = (0..n).map(|_| new_output(&mut builder)).unzip();
+    let (mut failed_outs, failed_streams): (Vec<Out<(String, SqlRow)>>, Vec<_>) = (0..n).map(|_| new_output(&mut builder)).unzip();
+    let (mut chain_outs, chain_streams): (Vec<Out<Stepped>>, Vec<_>) = chains.iter().map(|_| new_output(&mut builder)).unzip();
     // A time's partial groups leave once the time is complete on this worker: a time of many
     // batches sends one partial per group, not one per group and batch (the reduce could not
     // complete the time earlier anyway).
-    let mut partials: BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Groups>)> = BTreeMap::new();
+    let mut partials: BTreeMap<Time, (Vec<Capability<Time>>, Vec<Groups>)> = BTreeMap::new();
     let mut spare: Vec<Groups> = Vec::new();
     let (mut key, mut args) = (SqlRow::new(), SqlRow::new());
-    let read = rows
-        .inner
-        .unary_frontier(Pipeline, "ReadOnce", move |_cap, _info| {
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut now: Vec<((usize, Read), Time, isize)> = Vec::new();
-                    for batch in data {
-                        for (row, t, r) in batch.drain(..) {
-                            for (j, chain) in chains.iter_mut().enumerate() {
-                                chain(&row, &mut |s| now.push(((n + j, Read::Row(s)), t, r)));
-                            }
-                            if n == 0 {
-                                continue;
-                            }
-                            let groups = &mut partials
-                                .entry(t)
-                                .or_insert_with(|| {
-                                    let mut maps = std::mem::take(&mut spare);
-                                    maps.resize_with(n, Groups::default);
-                                    (cap.delayed(&t, 0), maps)
-                                })
-                                .1;
-                            // (the last member takes the row; a windowed one before it, a copy)
-                            let mut row = Some(row);
-                            for (i, ((local, grouping), groups)) in folds.iter().zip(groups.iter_mut()).enumerate() {
-                                let mut fold = |row: &SqlRow| -> Result<(), String> {
-                                    args.clear();
-                                    // (a key of one int column: in the table of ints)
-                                    if let (Some([c]), Groups { ints, .. }) = (grouping.columns.as_deref(), &mut *groups) {
-                                        if let Value::Int(i) = row[*c] {
-                                            (grouping.fill)(row, None, &mut args)?;
-                                            local.fold_into(ints, hash_int(i), |k| *k == i, || i, |k| hash_int(*k), &args, r);
-                                            return Ok(());
-                                        }
+    builder.build(move |_capabilities| {
+        move |frontiers| {
+            let mut failed_outs: Vec<_> = failed_outs.iter_mut().map(|o| o.activate()).collect();
+            let mut chain_outs: Vec<_> = chain_outs.iter_mut().map(|o| o.activate()).collect();
+            input.for_each_stamp(|cap, data| {
+                let mut failed: Vec<_> = failed_outs.iter_mut().map(|o| o.session(&cap)).collect();
+                let mut chained: Vec<_> = chain_outs.iter_mut().map(|o| o.session(&cap)).collect();
+                for batch in data {
+                    for (row, t, r) in batch.drain(..) {
+                        for (chain, out) in chains.iter_mut().zip(&mut chained) {
+                            chain(&row, &mut |s| out.give((s, t, r)));
+                        }
+                        if n == 0 {
+                            continue;
+                        }
+                        let groups = &mut partials
+                            .entry(t)
+                            .or_insert_with(|| {
+                                let mut maps = std::mem::take(&mut spare);
+                                maps.resize_with(n, Groups::default);
+                                ((0..n).map(|i| cap.delayed(&t, i)).collect(), maps)
+                            })
+                            .1;
+                        // (the last member takes the row; a windowed one before it, a copy)
+                        let mut row = Some(row);
+                        for (i, ((local, grouping), groups)) in folds.iter().zip(groups.iter_mut()).enumerate() {
+                            let mut fold = |row: &SqlRow| -> Result<(), String> {
+                                args.clear();
+                                // (a key of one int column: in the table of ints)
+                                if let (Some([c]), Groups { ints, .. }) = (grouping.columns.as_deref(), &mut *groups) {
+                                    if let Value::Int(i) = row[*c] {
+                                        (grouping.fill)(row, None, &mut args)?;
+                                        local.fold_into(ints, hash_int(i), |k| *k == i, || i, |k| hash_int(*k), &args, r);
+                                        return Ok(());
                                     }
-                                    let rehash = |k: &Key| hash_values(k.values().iter());
-                                    match &grouping.columns {
-                                        // (a key of columns is hashed and compared where the row holds it)
-                                        Some(cols) => {
-                                            (grouping.fill)(row, None, &mut args)?;
-                                            let hash = hash_values(cols.iter().map(|&c| &row[c]));
-                                            let same = |k: &Key| k.values().iter().zip(cols).all(|(v, &c)| *v == row[c]);
-                                            local.fold_into(&mut groups.any, hash, same, || Key::at(cols, row), rehash, &args, r);
-                                        }
-                                        None => {
-                                            key.clear();
-                                            (grouping.fill)(row, Some(&mut key), &mut args)?;
-                                            let hash = hash_values(key.iter());
-                                            let same = |k: &Key| k.values() == key.as_slice();
-                                            local.fold_into(&mut groups.any, hash, same, || Key::from_slice(&key), rehash, &args, r);
-                                        }
+                                }
+                                let rehash = |k: &Key| hash_values(k.values().iter());
+                                match &grouping.columns {
+                                    // (a key of columns is hashed and compared where the row holds it)
+                                    Some(cols) => {
+                                        (grouping.fill)(row, None, &mut args)?;
+                                        let hash = hash_values(cols.iter().map(|&c| &row[c]));
+                                        let same = |k: &Key| k.values().iter().zip(cols).all(|(v, &c)| *v == row[c]);
+                                        local.fold_into(&mut groups.any, hash, same, || Key::at(cols, row), rehash, &args, r);
                                     }
-                                    Ok(())
-                                };
-                                let shared = row.as_ref().expect("taken by the last member only");
-                                match grouping.window {
                                     None => {
-                                        if let Err(e) = fold(shared) {
-                                            now.push(((i, Read::Failed(e, shared.clone())), t, r));
-                                        }
+                                        key.clear();
+                                        (grouping.fill)(row, Some(&mut key), &mut args)?;
+                                        let hash = hash_values(key.iter());
+                                        let same = |k: &Key| k.values() == key.as_slice();
+                                        local.fold_into(&mut groups.any, hash, same, || Key::from_slice(&key), rehash, &args, r);
                                     }
-                                    Some((time, size, slide)) => {
-                                        let mut row = if i + 1 == n { row.take().expect("the last member") } else { shared.clone() };
-                                        let width = row.len();
-                                        let starts = super::render::window_starts(&row[time], size, slide);
-                                        row.extend([Value::Null, Value::Null]);
-                                        for s in starts {
-                                            row[width] = Value::Timestamp(s);
-                                            row[width + 1] = Value::Timestamp(s + size);
-                                            if let Err(e) = fold(&row) {
-                                                // (the row as read: without its window)
-                                                now.push(((i, Read::Failed(e, row[..width].to_vec())), t, r));
-                                            }
+                                }
+                                Ok(())
+                            };
+                            let shared = row.as_ref().expect("taken by the last member only");
+                            match grouping.window {
+                                None => {
+                                    if let Err(e) = fold(shared) {
+                                        failed[i].give(((e, shared.clone()), t, r));
+                                    }
+                                }
+                                Some((time, size, slide)) => {
+                                    let mut row = if i + 1 == n { row.take().expect("the last member") } else { shared.clone() };
+                                    let width = row.len();
+                                    let starts = super::render::window_starts(&row[time], size, slide);
+                                    row.extend([Value::Null, Value::Null]);
+                                    for s in starts {
+                                        row[width] = Value::Timestamp(s);
+                                        row[width + 1] = Value::Timestamp(s + size);
+                                        if let Err(e) = fold(&row) {
+                                            // (the row as read: without its window)
+                                            failed[i].give(((e, row[..width].to_vec()), t, r));
                                         }
                                     }
                                 }
                             }
                         }
                     }
-                    output.session(&cap).give_iterator(now.into_iter());
-                });
-                while partials.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
-                    let (t, (cap, mut maps)) = partials.pop_first().expect("checked");
-                    let mut session = output.session(&cap);
-                    for (i, groups) in maps.iter_mut().enumerate() {
-                        let ints = groups.ints.drain().map(|(k, g)| (Key::One(Value::Int(k)), g));
-                        session.give_iterator(ints.chain(groups.any.drain()).map(|(k, g)| ((i, Read::Partial(k, g)), t, 1isize)));
-                    }
-                    // (the emptied maps keep their capacity for the next time)
-                    spare = maps;
                 }
+            });
+            let mut partial_outs: Vec<_> = partial_outs.iter_mut().map(|o| o.activate()).collect();
+            while partials.first_key_value().is_some_and(|(t, _)| !frontiers[0].less_equal(t)) {
+                let (t, (caps, mut maps)) = partials.pop_first().expect("checked");
+                for ((groups, cap), out) in maps.iter_mut().zip(&caps).zip(&mut partial_outs) {
+                    let ints = groups.ints.drain().map(|(k, g)| (Key::One(Value::Int(k)), g));
+                    out.session(cap).give_iterator(ints.chain(groups.any.drain()).map(|kg| (kg, t, 1isize)));
+                }
+                // (the emptied maps keep their capacity for the next time)
+                spare = maps;
             }
-        })
-        .container::<Vec<_>>();
-    // Each reader's share on a stream of its own (one operator, no copies).
-    use timely::dataflow::operators::vec::{Map, Partition};
-    let mut parts = read.partition((n + m) as u64, |((i, x), t, r)| (i as u64, (x, t, r)));
-    let chained = parts
-        .split_off(n)
-        .into_iter()
-        .map(|p| {
-            p.map(|(x, t, r)| match x {
-                Read::Row(s) => (s, t, r),
-                _ => unreachable!("a chain's share holds its rows only"),
-            })
-            .as_collection()
-        })
-        .collect();
+        }
+    });
+    let chained = chain_streams.into_iter().map(|s| s.as_collection()).collect();
     let reduced = merging
         .into_iter()
-        .zip(parts)
-        .map(|((view, spec, retire), mine)| {
-            let (partial, errors) = mine.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(x, t, r)| match x {
-                Read::Partial(k, g) => Ok(((k, g), t, r)),
-                Read::Failed(e, row) => Err(((e, row), t, r)),
-                Read::Row(_) => unreachable!("a GROUP BY's share holds no chain's rows"),
-            });
+        .zip(partial_streams.into_iter().zip(failed_streams))
+        .map(|((view, spec, retire), (partial, errors))| {
             let (rows, current) = merge(&view, partial, spec, retire);
             (rows, errors.as_collection(), current)
         })
@@ -526,9 +520,7 @@ fn merge<'s>(
                 move |(input, frontier), output| {
                     let mut state = shared.borrow_mut();
                     stash_by_time(input, &mut state.pending, output.output_index());
-                    for (cap, updates) in state.apply(least(frontier)) {
-                        output.session(&cap).give_iterator(updates.into_iter());
-                    }
+                    state.apply(least(frontier), output);
                     size.set(state.groups.len());
                 }
             });
@@ -543,9 +535,7 @@ fn merge<'s>(
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    for (cap, updates) in state.apply(done) {
-                        output.session(&cap).give_iterator(updates.into_iter());
-                    }
+                    state.apply(done, output);
                     size.set(state.groups.len());
                 }
             });
@@ -585,19 +575,22 @@ struct State {
     maxima: Maxima,
 }
 
-/// A reduce's output updates at one time.
+/// A reduce's output updates.
 type Updates = Vec<(Stepped, Time, isize)>;
 
 impl State {
-    /// Applies every pending time below `done` (all, when `None`), in order; windowed, then drops the windows the watermark made final.
-    fn apply(&mut self, done: Option<Time>) -> Vec<(timely::dataflow::operators::Capability<Time>, Updates)> {
+    /// Applies every pending time below `done` (all, when `None`), in order, giving each time's
+    /// output updates to one session of `output` as they are made (not gathered first: at a
+    /// million changed keys a time's updates were tens of megabytes, allocated and faulted in
+    /// anew each time); windowed, then drops the windows the watermark made final.
+    fn apply(&mut self, done: Option<Time>, output: &mut OutputBuilderSession<'_, Time, CapacityContainerBuilder<Updates>>) {
         let windowed = self.windowed;
-        let mut out = Vec::new();
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
+            let mut out = output.session(&cap);
+            let mut session = |update| out.give(update);
             // One partial per key: those of a key from several workers merged first (in a
             // small map of this time's keys), so each group is looked up and changed once.
-            let n = partials.len();
             let partials: Box<dyn Iterator<Item = (Key, Group)>> = if self.peers == 1 {
                 Box::new(partials.into_iter().map(|(kg, _)| kg))
             } else {
@@ -612,8 +605,6 @@ impl State {
                 }
                 Box::new(by_key.into_iter())
             };
-            // (most groups change: their old row leaves, their new one comes)
-            let mut session = Vec::with_capacity(2 * n);
             for (k, part) in partials {
                 match self.groups.entry(k) {
                     Entry::Occupied(mut e) => {
@@ -624,9 +615,9 @@ impl State {
                         if new.as_ref() == Some(&old) {
                             continue;
                         }
-                        session.push((old, t, -1));
+                        session((old, t, -1));
                         match new {
-                            Some(new) => session.push((new, t, 1)),
+                            Some(new) => session((new, t, 1)),
                             None => {
                                 e.remove();
                             }
@@ -643,14 +634,13 @@ impl State {
                                 self.by_end.entry(s + to_end).or_default().push(e.key().clone());
                             }
                         }
-                        session.push((self.spec.row(e.key().values(), &g), t, 1));
+                        session((self.spec.row(e.key().values(), &g), t, 1));
                         e.insert(g);
                     }
                 }
             }
-            out.push((cap, session));
         }
-        let Some((_, _, lateness)) = windowed else { return out };
+        let Some((_, _, lateness)) = windowed else { return };
         match done {
             Some(d) => {
                 if let Some(w) = self.maxima.max_before(d).map(|m| m - lateness) {
@@ -667,6 +657,5 @@ impl State {
                 self.by_end.clear();
             }
         }
-        out
     }
 }
