@@ -335,11 +335,31 @@ pub fn stash_by_time<D, P>(
 ) where
     P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(D, Time, isize)>>>,
 {
+    stash_by_time_with(input, stash, port, |_, _| {});
+}
+
+/// [`stash_by_time`], calling `new_time` with the input's capability at each time new to the
+/// stash (an operator with several outputs takes there its capabilities for the others).
+pub fn stash_by_time_with<D, P>(
+    input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
+    stash: &mut Stash<D>,
+    port: usize,
+    mut new_time: impl FnMut(&timely::dataflow::operators::InputCapability<Time>, Time),
+) where
+    P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(D, Time, isize)>>>,
+{
     input.for_each_stamp(|cap, data| {
+        let mut put = |t: Time, updates: Vec<(D, Time, isize)>| {
+            let (_, batches) = stash.entry(t).or_insert_with(|| {
+                new_time(&cap, t);
+                (cap.delayed(&t, port), Batches::default())
+            });
+            batches.0.push(updates);
+        };
         for batch in data {
             let Some(t) = batch.first().map(|(_, t, _)| *t) else { continue };
             if batch.iter().all(|(_, u, _)| *u == t) {
-                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Batches::default())).1 .0.push(std::mem::take(batch));
+                put(t, std::mem::take(batch));
                 continue;
             }
             let mut by_time: std::collections::BTreeMap<Time, Vec<(D, Time, isize)>> = Default::default();
@@ -347,7 +367,7 @@ pub fn stash_by_time<D, P>(
                 by_time.entry(update.1).or_default().push(update);
             }
             for (t, updates) in by_time {
-                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Batches::default())).1 .0.push(updates);
+                put(t, updates);
             }
         }
     });

@@ -663,6 +663,25 @@ fn a_row_error_in_a_group_key_or_an_aggregate_is_a_dead_letter_and_the_rest_go_o
     }
 }
 
+/// A group whose aggregate fails (its SUM leaves the integers) is a dead letter of its view,
+/// its row leaves, and the other groups go on, at 1 and 2 workers.
+#[test]
+fn a_group_whose_aggregate_fails_is_a_dead_letter_and_its_row_leaves() {
+    let changes = vec![
+        Change::A(0, A { k: 1, x: Some(i64::MAX), s: "p".into() }, 1),
+        Change::A(0, A { k: 2, x: Some(1), s: "p".into() }, 1),
+        Change::A(1, A { k: 1, x: Some(i64::MAX), s: "q".into() }, 1),
+        Change::A(1, A { k: 2, x: Some(2), s: "q".into() }, 1),
+    ];
+    let sql = "CREATE VIEW out AS SELECT k, SUM(x) AS t FROM a GROUP BY k;";
+    for workers in [1, 2] {
+        let (updates, errors) = run(sql, &changes, 1, workers);
+        assert_eq!(at(&updates, 0), vec![vec![Value::Int(1), Value::Int(i64::MAX)], vec![Value::Int(2), Value::Int(1)]], "-w {workers}");
+        assert_eq!(at(&updates, 1), vec![vec![Value::Int(2), Value::Int(3)]], "-w {workers}");
+        assert_eq!(errors, vec![("out".to_string(), "integer overflow in SUM".to_string())], "-w {workers}");
+    }
+}
+
 #[test]
 fn conditions_are_three_valued_and_an_error_on_either_side_of_and_or_is_the_rows() {
     use Value::{Bool, Int, Null};

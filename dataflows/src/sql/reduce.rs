@@ -21,14 +21,13 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::operators::Capability;
 
 use super::plan::{AggFunc, Aggregate};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
-use crate::ops::{stash_by_time, FastMap, Stash};
+use crate::ops::{stash_by_time_with, FastMap, Stash};
 use crate::records::Millis;
 use crate::sensor_metrics::ExactSum;
 use crate::watermark::{least, read_maxima, Maxima, MaximaStream};
@@ -324,11 +323,10 @@ pub struct Member<'s> {
     pub retire: Option<Retire<'s>>,
 }
 
-/// A reduce's rows (`key ++ aggregates`, made at once; or why its aggregates failed, with the
-/// key), the rows whose key or arguments failed (with the
-/// reason) and, when it keeps every group (no window dropped at the watermark), the reader of
-/// its current rows.
-pub type Reduced<'s> = (Coll<'s, Stepped>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>);
+/// A reduce's rows (`key ++ aggregates`), the rows whose key or arguments failed and the
+/// groups whose aggregates failed (each with the reason; a group with its key) and, when it
+/// keeps every group (no window dropped at the watermark), the reader of its current rows.
+pub type Reduced<'s> = (Coll<'s, SqlRow>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>);
 
 /// Gives a stateful operator's current rows (each with its multiplicity) once the run is over,
 /// taking them out of its state: its output without a second copy kept in a sink as it changes.
@@ -481,68 +479,68 @@ pub fn read_once<'s>(
         .into_iter()
         .zip(partial_streams.into_iter().zip(failed_streams))
         .map(|((view, spec, retire), (partial, errors))| {
-            let (rows, current) = merge(&view, partial, spec, retire);
-            (rows, errors.as_collection(), current)
+            let (rows, failed, current) = merge(&view, partial, spec, retire);
+            (rows, errors.as_collection().concat(failed), current)
         })
         .collect();
     (reduced, chained)
 }
 
-/// One member's partials, exchanged by key and merged into its groups in order of time (its rows
-/// as [`Reduced`]); and,
-/// without windows dropped, the reader of its current rows (`key ++ aggregates`; a group whose
-/// aggregates failed has no row).
+/// One member's partials, exchanged by key and merged into its groups in order of time: its
+/// rows (`key ++ aggregates`), the groups whose aggregates failed (the reason, the key) on an
+/// output of their own and, without windows dropped, the reader of its current rows (a group
+/// whose aggregates failed has no row).
 #[allow(clippy::type_complexity)]
 fn merge<'s>(
     view: &str,
-    partial: timely::dataflow::Stream<'s, Time, Vec<((Key, Group), Time, isize)>>,
+    partial: UpdateStream<'s, (Key, Group)>,
     spec: Aggregates,
     retire: Option<Retire<'s>>,
-) -> (Coll<'s, Stepped>, Option<CurrentSqlRows>) {
+) -> (Coll<'s, SqlRow>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>) {
     let exchange = Exchange::new(|((k, _), _, _): &((Key, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let peers = partial.scope().peers();
-    let mut state = State {
+    let state = State {
         spec,
         windowed,
         peers,
         groups: FastMap::default(),
         pending: Stash::new(),
+        failed_caps: BTreeMap::new(),
         by_end: BTreeMap::new(),
         maxima: Maxima::default(),
     };
-    let size = crate::state::StateSize::new(view, if retire.is_some() { "WindowReduce" } else { "Reduce" });
-    let (out, current) = match retire {
-        None => {
-            let shared = std::rc::Rc::new(std::cell::RefCell::new(state));
-            let current = current_groups(shared.clone());
-            let out = partial.unary_frontier(exchange, "Reduce", move |_cap, _info| {
-                move |(input, frontier), output| {
-                    let mut state = shared.borrow_mut();
-                    stash_by_time(input, &mut state.pending, output.output_index());
-                    state.apply(least(frontier), output);
-                    size.set(state.groups.len());
-                }
+    let operator = if retire.is_some() { "WindowReduce" } else { "Reduce" };
+    let size = crate::state::StateSize::new(view, operator);
+    let mut builder = OperatorBuilder::new(operator.to_string(), partial.scope());
+    let mut input = builder.new_input(partial, exchange);
+    let mut maxima_input = retire.map(|r| builder.new_input(r.maxima, Pipeline));
+    // (port 0: the rows; port 1: the failed groups)
+    let (mut rows_out, rows) = new_output::<SqlRow>(&mut builder);
+    let (mut failed_out, failed) = new_output::<(String, SqlRow)>(&mut builder);
+    let shared = std::rc::Rc::new(std::cell::RefCell::new(state));
+    // (a windowed reduce drops its final groups: it has no current rows to give at the end)
+    let current = maxima_input.is_none().then(|| current_groups(shared.clone()));
+    builder.build(move |_capabilities| {
+        move |frontiers| {
+            let mut state = shared.borrow_mut();
+            let State { pending, failed_caps, .. } = &mut *state;
+            stash_by_time_with(&mut input, pending, 0, |cap, t| {
+                failed_caps.insert(t, cap.delayed(&t, 1));
             });
-            (out, Some(current))
+            let mut done = least(&frontiers[0]);
+            if let Some(maxima) = &mut maxima_input {
+                read_maxima(maxima, &mut state.maxima, false);
+                done = match (done, least(&frontiers[1])) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            state.apply(done, &mut rows_out.activate(), &mut failed_out.activate());
+            size.set(state.groups.len());
         }
-        Some(r) => {
-            let out = partial.binary_frontier(r.maxima, exchange, Pipeline, "WindowReduce", move |_cap, _info| {
-                move |(input, frontier), (max_input, max_frontier), output| {
-                    stash_by_time(input, &mut state.pending, output.output_index());
-                    read_maxima(max_input, &mut state.maxima, false);
-                    let done = match (least(frontier), least(max_frontier)) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    state.apply(done, output);
-                    size.set(state.groups.len());
-                }
-            });
-            (out, None)
-        }
-    };
-    (out.container::<Vec<_>>().as_collection(), current)
+    });
+    (rows.as_collection(), failed.as_collection(), current)
 }
 
 /// The current rows of a reduce's groups, taken out of its state.
@@ -569,26 +567,33 @@ struct State {
     windowed: Option<(usize, i64, Millis)>,
     groups: FastMap<Key, Group>,
     pending: Stash<(Key, Group)>,
+    /// a capability for the failed groups' output (port 1) at each pending time
+    failed_caps: BTreeMap<Time, Capability<Time>>,
     /// windowed: the keys of open windows by their end
     by_end: BTreeMap<Millis, Vec<Key>>,
     /// windowed: the input's maxima by logical time
     maxima: Maxima,
 }
 
-/// A reduce's output updates.
-type Updates = Vec<(Stepped, Time, isize)>;
+/// An activated output of updates of `D`.
+type Active<'a, D> = OutputBuilderSession<'a, Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
 
 impl State {
     /// Applies every pending time below `done` (all, when `None`), in order, giving each time's
-    /// output updates to one session of `output` as they are made (not gathered first: at a
-    /// million changed keys a time's updates were tens of megabytes, allocated and faulted in
-    /// anew each time); windowed, then drops the windows the watermark made final.
-    fn apply(&mut self, done: Option<Time>, output: &mut OutputBuilderSession<'_, Time, CapacityContainerBuilder<Updates>>) {
+    /// changed rows to one session of `rows` and its changed failed groups to one of `failed`
+    /// as they are made (not gathered first: at a million changed keys a time's updates were
+    /// tens of megabytes, allocated and faulted in anew each time); windowed, then drops the
+    /// windows the watermark made final.
+    fn apply(&mut self, done: Option<Time>, rows: &mut Active<'_, SqlRow>, failed: &mut Active<'_, (String, SqlRow)>) {
         let windowed = self.windowed;
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
-            let mut out = output.session(&cap);
-            let mut session = |update| out.give(update);
+            let failed_cap = self.failed_caps.remove(&t).expect("a capability per pending time");
+            let (mut rows, mut failed) = (rows.session(&cap), failed.session(&failed_cap));
+            let mut session = |(update, t, d): (Stepped, Time, isize)| match update {
+                Ok(row) => rows.give((row, t, d)),
+                Err(e) => failed.give((e, t, d)),
+            };
             // One partial per key: those of a key from several workers merged first (in a
             // small map of this time's keys), so each group is looked up and changed once.
             let partials: Box<dyn Iterator<Item = (Key, Group)>> = if self.peers == 1 {

@@ -1038,7 +1038,7 @@ fn grouped<'s>(
     };
     let name = view.to_string();
     errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
-    let folded = split(grouped, view, errors);
+    let folded = grouped;
     let Some(empty) = empty else { return (folded, current) };
     let missing = constant(scope, vec![()]).concat(folded.clone().map(|_| ()).negate());
     (folded.concat(missing.map(move |()| empty.clone())), None)
