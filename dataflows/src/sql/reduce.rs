@@ -344,10 +344,10 @@ pub type Chain = Box<dyn FnMut(&SqlRow, &mut dyn FnMut(Stepped))>;
 type UpdateStream<'s, D> = timely::dataflow::Stream<'s, Time, Vec<(D, Time, isize)>>;
 
 /// An output of [`read_once`]'s operator, its records put in containers.
-type Out<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
+pub(super) type Out<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
 
 /// A new output of `builder` of updates of `D`, and its stream.
-fn new_output<'s, D: Clone + 'static>(builder: &mut OperatorBuilder<'s, Time>) -> (Out<D>, UpdateStream<'s, D>) {
+pub(super) fn new_output<'s, D: Clone + 'static>(builder: &mut OperatorBuilder<'s, Time>) -> (Out<D>, UpdateStream<'s, D>) {
     let (output, stream) = builder.new_output();
     (OutputBuilder::from(output), stream)
 }

@@ -13,7 +13,9 @@ use super::compiled::{Compiled, Predicate};
 use super::eval::{eval, eval_onto, holds};
 use super::join::{concat_rows, inner_join, JoinSide, JoinedRow};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
+use super::reduce::{
+    new_output, read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT,
+};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
@@ -737,12 +739,40 @@ fn split_map<'s, A: differential_dataflow::Data, D: differential_dataflow::Data>
     errors: &mut Vec<Coll<'s, RowError>>,
     f: impl Fn(A) -> Result<D, (String, SqlRow)> + 'static,
 ) -> Coll<'s, D> {
+    split_filter_map(rows, view, errors, move |a| f(a).map(Some))
+}
+
+/// [`split_map`] where `f` may also drop a row (`Ok(None)`): the map, the filter and the split
+/// in one operator.
+fn split_filter_map<'s, A: differential_dataflow::Data, D: differential_dataflow::Data>(
+    rows: Coll<'s, A>,
+    view: &str,
+    errors: &mut Vec<Coll<'s, RowError>>,
+    f: impl Fn(A) -> Result<Option<D>, (String, SqlRow)> + 'static,
+) -> Coll<'s, D> {
     use differential_dataflow::AsCollection;
-    use timely::dataflow::operators::OkErr;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
     let view = view.to_string();
-    let (ok, err) = rows.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(r, t, d)| match f(r) {
-        Ok(row) => Ok((row, t, d)),
-        Err((reason, row)) => Err(((view.clone(), reason, row), t, d)),
+    let mut builder = OperatorBuilder::new("Split".to_string(), rows.inner.scope());
+    let mut input = builder.new_input(rows.inner, Pipeline);
+    builder.set_notify_for(0, timely::progress::operate::FrontierInterest::Never);
+    let (mut ok_out, ok) = new_output::<D>(&mut builder);
+    let (mut err_out, err) = new_output::<RowError>(&mut builder);
+    builder.build(move |_capabilities| {
+        move |_frontiers| {
+            let (mut ok_out, mut err_out) = (ok_out.activate(), err_out.activate());
+            input.for_each_stamp(|cap, data| {
+                let (mut ok, mut err) = (ok_out.session(&cap), err_out.session(&cap));
+                for (a, t, d) in data.flat_map(|batch| batch.drain(..)) {
+                    match f(a) {
+                        Ok(Some(row)) => ok.give((row, t, d)),
+                        Ok(None) => {}
+                        Err((reason, row)) => err.give(((view.clone(), reason, row), t, d)),
+                    }
+                }
+            });
+        }
     });
     errors.push(err.as_collection());
     ok.as_collection()
@@ -950,9 +980,9 @@ fn join_sides<'s>(
     reads: Reads<'_, 's>,
     errors: &mut Vec<Coll<'s, RowError>>,
 ) -> (Coll<'s, (Key, SqlRow)>, Coll<'s, (Key, SqlRow)>) {
-    let l = keyed(plan(left, view, reads, errors), left_keys, view, errors);
-    let r = keyed(plan(right, view, reads, errors), right_keys, view, errors);
-    (l, r.filter(no_null))
+    let l = keyed(plan(left, view, reads, errors), left_keys, false, view, errors);
+    let r = keyed(plan(right, view, reads, errors), right_keys, true, view, errors);
+    (l, r)
 }
 
 /// The two sides of an inner join, without their NULL keys (they match nothing). A side that
@@ -967,7 +997,7 @@ fn inner_sides<'s>(
 ) -> (JoinSide<'s>, JoinSide<'s>) {
     let mut side = |p: &Plan, keys: &[Expr]| match latest_on_key(p, keys, reads.1) {
         Some(ranked) => JoinSide::Latest(ranked),
-        None => JoinSide::Rows(keyed(plan(p, view, reads, errors), keys, view, errors).filter(no_null)),
+        None => JoinSide::Rows(keyed(plan(p, view, reads, errors), keys, true, view, errors)),
     };
     let l = side(left, left_keys);
     (l, side(right, right_keys))
@@ -983,20 +1013,30 @@ fn latest_on_key<'s>(p: &Plan, keys: &[Expr], sources: &BTreeMap<String, Source<
         return None;
     }
     let key = key.clone();
-    let keyed = ranked.clone().map(move |(rank, row)| (Key::at(&key, &row), (rank, row)));
-    Some(keyed.filter(|(k, _)| !k.values().iter().any(Value::is_null)))
+    Some(ranked.clone().flat_map(move |(rank, row)| {
+        let k = Key::at(&key, &row);
+        (!k.values().iter().any(Value::is_null)).then(|| (k, (rank, row)))
+    }))
 }
 
-/// `rows` keyed by `keys` (a row whose key fails is an error of `view`), in one operator.
-fn keyed<'s>(rows: Coll<'s, SqlRow>, keys: &[Expr], view: &str, errors: &mut Vec<Coll<'s, RowError>>) -> Coll<'s, (Key, SqlRow)> {
+/// `rows` keyed by `keys` (a row whose key fails is an error of `view`; with `drop_null`, a
+/// row whose key holds a NULL is dropped), in one operator.
+fn keyed<'s>(
+    rows: Coll<'s, SqlRow>,
+    keys: &[Expr],
+    drop_null: bool,
+    view: &str,
+    errors: &mut Vec<Coll<'s, RowError>>,
+) -> Coll<'s, (Key, SqlRow)> {
     let keys = keys.to_vec();
-    split_map(rows, view, errors, move |row| {
+    split_filter_map(rows, view, errors, move |row| {
         let key = match &keys[..] {
             [k] => eval(k, &row).map(Key::One),
             keys => keys.iter().map(|k| eval(k, &row)).collect::<Result<Box<[Value]>, String>>().map(Key::Many),
         };
         match key {
-            Ok(k) => Ok((k, row)),
+            Ok(k) if drop_null && k.values().iter().any(Value::is_null) => Ok(None),
+            Ok(k) => Ok(Some((k, row))),
             Err(e) => Err((e, row)),
         }
     })
