@@ -375,14 +375,17 @@ pub fn stash_by_time_with<D, P>(
 
 /// Like [`Stash`], but keeping the containers as they came: for large records, moving each one
 /// into a per-time vector (and growing it) costs more than the operator's work on it.
-pub type ContainerStash<D> = std::collections::BTreeMap<Time, (timely::dataflow::operators::Capability<Time>, Vec<Vec<(D, Time, isize)>>)>;
+/// Each time holds a capability for each of the operator's outputs.
+pub type ContainerStash<D> =
+    std::collections::BTreeMap<Time, (Vec<timely::dataflow::operators::Capability<Time>>, Vec<Vec<(D, Time, isize)>>)>;
 
-/// [`stash_by_time`] for a [`ContainerStash`]: a container whose updates share one time (an
-/// input batch's always do) is stashed whole; another is split by time.
+/// [`stash_by_time`] for a [`ContainerStash`] of an operator with `outputs` outputs: a
+/// container whose updates share one time (an input batch's always do) is stashed whole;
+/// another is split by time.
 pub fn stash_containers_by_time<D, P>(
     input: &mut timely::dataflow::operators::generic::InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
     stash: &mut ContainerStash<D>,
-    port: usize,
+    outputs: usize,
 ) where
     P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(D, Time, isize)>>>,
 {
@@ -390,7 +393,11 @@ pub fn stash_containers_by_time<D, P>(
         for batch in data {
             let Some(t) = batch.first().map(|(_, t, _)| *t) else { continue };
             if batch.iter().all(|(_, u, _)| *u == t) {
-                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push(std::mem::take(batch));
+                stash
+                    .entry(t)
+                    .or_insert_with(|| ((0..outputs).map(|p| cap.delayed(&t, p)).collect(), Vec::new()))
+                    .1
+                    .push(std::mem::take(batch));
                 continue;
             }
             let mut by_time: std::collections::BTreeMap<Time, Vec<(D, Time, isize)>> = Default::default();
@@ -398,7 +405,7 @@ pub fn stash_containers_by_time<D, P>(
                 by_time.entry(update.1).or_default().push(update);
             }
             for (t, updates) in by_time {
-                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push(updates);
+                stash.entry(t).or_insert_with(|| ((0..outputs).map(|p| cap.delayed(&t, p)).collect(), Vec::new())).1.push(updates);
             }
         }
     });

@@ -152,37 +152,68 @@ where
     D: differential_dataflow::Data,
     O: differential_dataflow::Data,
 {
+    let emit = move |d, late, out: &mut dyn FnMut(Result<O, ()>)| emit(d, late, &mut |o| out(Ok(o)));
+    judge_split(records, maxima, stamp, lateness_ms, final_end, emit).0
+}
+
+/// [`judge`] with two outputs: `emit` hands on `Ok` what goes to the first, `Err` what goes
+/// to the second (one operator, no split after it).
+#[allow(clippy::type_complexity)]
+fn judge_split<'s, D, O, E>(
+    records: Coll<'s, D>,
+    maxima: MaximaStream<'s>,
+    stamp: impl Fn(&D) -> (u64, Millis) + 'static,
+    lateness_ms: Millis,
+    final_end: impl Fn(Millis) -> Millis + 'static,
+    mut emit: impl FnMut(D, bool, &mut dyn FnMut(Result<O, E>)) + 'static,
+) -> (timely::dataflow::Stream<'s, Time, Vec<(O, Time, isize)>>, timely::dataflow::Stream<'s, Time, Vec<(E, Time, isize)>>)
+where
+    D: differential_dataflow::Data,
+    O: Clone + 'static,
+    E: Clone + 'static,
+{
     use crate::ops::{stash_containers_by_time, ContainerStash};
-    use timely::dataflow::operators::generic::operator::Operator;
-    records
-        .inner
-        .binary_frontier(maxima, Pipeline, Pipeline, "ClassifyLateness", move |_cap, _info| {
-            let mut pending: ContainerStash<D> = BTreeMap::new();
-            let mut maxima = Maxima::default();
-            move |(input, _frontier), (max_input, max_frontier), output| {
-                stash_containers_by_time(input, &mut pending, output.output_index());
-                read_maxima(max_input, &mut maxima, true);
-                // A time can be judged once the maxima of all its batches and of every earlier
-                // one are known: once the maxima's frontier has passed it.
-                let ready = least(max_frontier);
-                while let Some(entry) = pending.first_entry() {
-                    if matches!(ready, Some(r) if *entry.key() >= r) {
-                        break;
-                    }
-                    let (t, (cap, records)) = entry.remove_entry();
-                    let mut session = output.session(&cap);
-                    for (d, _, diff) in records.into_iter().flatten() {
-                        let (b, ts) = stamp(&d);
-                        let late = maxima.max_before(b).is_some_and(|m| final_end(ts) <= m - lateness_ms);
-                        emit(d, late, &mut |o| session.give((o, t, diff)));
-                    }
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+    use timely::dataflow::operators::generic::OutputBuilder;
+    let mut builder = OperatorBuilder::new("ClassifyLateness".to_string(), records.inner.scope());
+    let mut input = builder.new_input(records.inner, Pipeline);
+    let mut max_input = builder.new_input(maxima, Pipeline);
+    let (ok_out, ok) = builder.new_output();
+    let (err_out, err) = builder.new_output();
+    let mut ok_out = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(O, Time, isize)>>>::from(ok_out);
+    let mut err_out = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(E, Time, isize)>>>::from(err_out);
+    builder.build(move |_capabilities| {
+        let mut pending: ContainerStash<D> = BTreeMap::new();
+        let mut maxima = Maxima::default();
+        move |frontiers| {
+            stash_containers_by_time(&mut input, &mut pending, 2);
+            read_maxima(&mut max_input, &mut maxima, true);
+            let (mut ok_out, mut err_out) = (ok_out.activate(), err_out.activate());
+            // A time can be judged once the maxima of all its batches and of every earlier
+            // one are known: once the maxima's frontier has passed it.
+            let ready = least(&frontiers[1]);
+            while let Some(entry) = pending.first_entry() {
+                if matches!(ready, Some(r) if *entry.key() >= r) {
+                    break;
                 }
-                if let Some(r) = ready {
-                    maxima.compact(r.min(pending.keys().next().copied().unwrap_or(r)));
+                let (t, (caps, records)) = entry.remove_entry();
+                let (mut ok, mut err) = (ok_out.session(&caps[0]), err_out.session(&caps[1]));
+                for (d, _, diff) in records.into_iter().flatten() {
+                    let (b, ts) = stamp(&d);
+                    let late = maxima.max_before(b).is_some_and(|m| final_end(ts) <= m - lateness_ms);
+                    emit(d, late, &mut |o| match o {
+                        Ok(o) => ok.give((o, t, diff)),
+                        Err(e) => err.give((e, t, diff)),
+                    });
                 }
             }
-        })
-        .container::<Vec<(O, Time, isize)>>()
+            if let Some(r) = ready {
+                maxima.compact(r.min(pending.keys().next().copied().unwrap_or(r)));
+            }
+        }
+    });
+    (ok, err)
 }
 
 /// [`judge`]d records split into those on time and those late.
@@ -196,11 +227,7 @@ pub fn classify<'s, D>(
 where
     D: differential_dataflow::Data,
 {
-    use timely::dataflow::operators::OkErr;
-    let judged = judge(records, maxima, stamp, lateness_ms, final_end, |d, late, out| out(if late { Err(d) } else { Ok(d) }));
-    let (on_time, late) = judged.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(d, t, r)| match d {
-        Ok(d) => Ok((d, t, r)),
-        Err(d) => Err((d, t, r)),
-    });
+    let (on_time, late) =
+        judge_split(records, maxima, stamp, lateness_ms, final_end, |d, late, out| out(if late { Err(d) } else { Ok(d) }));
     (on_time.as_collection(), late.as_collection())
 }
