@@ -280,6 +280,10 @@ pub struct BenchArgs {
     /// Only the jobs whose name starts with this (`clicks` or `sensors`).
     #[arg(long, value_name = "JOB")]
     pub only: Option<String>,
+    /// Runs of each measurement (the plain loop's and each engine run's), the fastest kept: a
+    /// shared machine slows single runs by tens of percent.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
     /// Instead: 10 × --events at a constant number of keys through the same path, printing the
     /// RSS at each tenth of the input.
     #[arg(long)]

@@ -196,9 +196,12 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     println!("whole `run` path (files in, snapshot files out, each run a fresh process) vs a plain single-threaded loop");
     println!("{n} events per job, {batch} records per batch (logical times as `run` makes them), files in {}", dir.display());
     println!(
-        "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs",
+        "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs | SQL ÷ built-in (-w 1, -w 2)",
         "job", "plain ev/s", "MiB", "-w 1 ev/s", "MiB", "speed", "mem", "-w 2 ev/s", "MiB", "speed", "mem"
     );
+    let runs = args.runs as usize;
+    // the built-in job's seconds at -w 1 and -w 2, for the SQL job after it
+    let mut built_in = [f64::NAN; 2];
     // (name, baseline, engine run, output folder, for a SQL job its files' names beside the plain ones)
     type Job = (String, Vec<String>, Vec<String>, PathBuf, Option<&'static [(&'static str, &'static str)]>);
     let mut jobs: Vec<Job> = Vec::new();
@@ -238,11 +241,11 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     for (name, base, run, out, renames) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
         // The baseline's best of three: a single run of it was once 40% slower than the same
         // run a minute later (a cold start), which flattered the engine beside it.
-        let plain = best_of(3, &base)?;
+        let plain = best_of(runs, &base)?;
         // (a SQL job's baseline writes beside the built-in job's, in the folder above)
         let plain_dir =
             if renames.is_some() { out.parent().expect("a SQL job's folder is in its job's").join("plain") } else { out.join("plain") };
-        let mut cells = Vec::new();
+        let (mut cells, mut versus) = (Vec::new(), Vec::new());
         let mut verdict = Ok(());
         for w in [1, 2] {
             let dir = out.join(format!("w{w}"));
@@ -256,7 +259,14 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
                 w.to_string(),
                 "-q".into(),
             ]);
-            let m = measure(&a)?;
+            let m = best_of(runs, &a)?;
+            if renames.is_none() {
+                built_in[w - 1] = m.seconds;
+            } else {
+                // (no built-in job ran before it: `--only` left it out)
+                let ratio = built_in[w - 1] / m.seconds;
+                versus.push(if ratio.is_nan() { "-".to_string() } else { format!("{ratio:.2}x") });
+            }
             if verdict.is_ok() {
                 verdict = match renames {
                     Some(r) => same_rows(&plain_dir, &dir, r)?,
@@ -272,7 +282,7 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
             ));
         }
         println!(
-            "{:<26} {:>11.0} {:>9.1} | {} | {} | {}",
+            "{:<26} {:>11.0} {:>9.1} | {} | {} | {}{}",
             name,
             n as f64 / plain.seconds,
             plain.peak_kb / 1024.0,
@@ -281,10 +291,13 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
             match verdict {
                 Ok(()) => "equal".to_string(),
                 Err(e) => format!("DIFFER: {e}"),
-            }
+            },
+            if versus.is_empty() { String::new() } else { format!("   | {}", versus.join(" ")) }
         );
     }
-    println!("speed = engine events/s ÷ plain (the plain loop's best of 3 runs); mem = engine peak RSS ÷ plain (both whole processes)");
+    println!(
+        "speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes); SQL ÷ built-in = the SQL job's events/s ÷ the built-in job's above it; each the fastest of {runs} runs"
+    );
     Ok(())
 }
 
