@@ -438,3 +438,19 @@ pub fn multiset_add<V: Eq>(values: &mut Vec<(V, isize)>, value: V, diff: isize) 
         values.push((value, diff));
     }
 }
+
+/// A stream of updates of `D`.
+pub type UpdateStream<'s, D> = timely::dataflow::Stream<'s, Time, Vec<(D, Time, isize)>>;
+
+/// An output of an operator made with timely's `OperatorBuilder` (one of several outputs), its
+/// updates put in containers.
+pub type Out<D> =
+    timely::dataflow::operators::generic::OutputBuilder<Time, timely::container::CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
+
+/// A new output of `builder` of updates of `D`, and its stream.
+pub fn new_output<'s, D: Clone + 'static>(
+    builder: &mut timely::dataflow::operators::generic::builder_rc::OperatorBuilder<'s, Time>,
+) -> (Out<D>, UpdateStream<'s, D>) {
+    let (output, stream) = builder.new_output();
+    (timely::dataflow::operators::generic::OutputBuilder::from(output), stream)
+}

@@ -158,7 +158,6 @@ where
 
 /// [`judge`] with two outputs: `emit` hands on `Ok` what goes to the first, `Err` what goes
 /// to the second (one operator, no split after it).
-#[allow(clippy::type_complexity)]
 fn judge_split<'s, D, O, E>(
     records: Coll<'s, D>,
     maxima: MaximaStream<'s>,
@@ -166,23 +165,19 @@ fn judge_split<'s, D, O, E>(
     lateness_ms: Millis,
     final_end: impl Fn(Millis) -> Millis + 'static,
     mut emit: impl FnMut(D, bool, &mut dyn FnMut(Result<O, E>)) + 'static,
-) -> (timely::dataflow::Stream<'s, Time, Vec<(O, Time, isize)>>, timely::dataflow::Stream<'s, Time, Vec<(E, Time, isize)>>)
+) -> (crate::ops::UpdateStream<'s, O>, crate::ops::UpdateStream<'s, E>)
 where
     D: differential_dataflow::Data,
     O: Clone + 'static,
     E: Clone + 'static,
 {
-    use crate::ops::{stash_containers_by_time, ContainerStash};
-    use timely::container::CapacityContainerBuilder;
+    use crate::ops::{new_output, stash_containers_by_time, ContainerStash};
     use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-    use timely::dataflow::operators::generic::OutputBuilder;
     let mut builder = OperatorBuilder::new("ClassifyLateness".to_string(), records.inner.scope());
     let mut input = builder.new_input(records.inner, Pipeline);
     let mut max_input = builder.new_input(maxima, Pipeline);
-    let (ok_out, ok) = builder.new_output();
-    let (err_out, err) = builder.new_output();
-    let mut ok_out = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(O, Time, isize)>>>::from(ok_out);
-    let mut err_out = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(E, Time, isize)>>>::from(err_out);
+    let (mut ok_out, ok) = new_output::<O>(&mut builder);
+    let (mut err_out, err) = new_output::<E>(&mut builder);
     builder.build(move |_capabilities| {
         let mut pending: ContainerStash<D> = BTreeMap::new();
         let mut maxima = Maxima::default();

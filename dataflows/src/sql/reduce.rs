@@ -21,13 +21,12 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::operators::Capability;
 
 use super::plan::{AggFunc, Aggregate};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
-use crate::ops::{stash_by_time_with, FastMap, Stash};
+use crate::ops::{new_output, stash_by_time_with, FastMap, Out, Stash, UpdateStream};
 use crate::records::Millis;
 use crate::sensor_metrics::ExactSum;
 use crate::watermark::{least, read_maxima, Maxima, MaximaStream};
@@ -339,18 +338,6 @@ pub type Stepped = Result<SqlRow, (String, SqlRow)>;
 /// A chain of stateless steps over an input's rows (filters, maps, windows, lookups): it reads
 /// each row where it is and hands on what comes out.
 pub type Chain = Box<dyn FnMut(&SqlRow, &mut dyn FnMut(Stepped))>;
-
-/// A stream of updates of `D`.
-type UpdateStream<'s, D> = timely::dataflow::Stream<'s, Time, Vec<(D, Time, isize)>>;
-
-/// An output of [`read_once`]'s operator, its records put in containers.
-pub(super) type Out<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
-
-/// A new output of `builder` of updates of `D`, and its stream.
-pub(super) fn new_output<'s, D: Clone + 'static>(builder: &mut OperatorBuilder<'s, Time>) -> (Out<D>, UpdateStream<'s, D>) {
-    let (output, stream) = builder.new_output();
-    (OutputBuilder::from(output), stream)
-}
 
 /// Every reader of the same `rows` — GROUP BYs (`members`) and chains of stateless steps
 /// (`chains`) — in one operator that reads each row once (not a copy of every row per reader):

@@ -13,10 +13,9 @@ use super::compiled::{Compiled, Predicate};
 use super::eval::{eval, eval_onto, holds};
 use super::join::{concat_rows, inner_join, JoinSide, JoinedRow};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{
-    new_output, read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT,
-};
+use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
+use crate::ops::new_output;
 use crate::records::Millis;
 use crate::watermark::MaximaStream;
 use crate::{Coll, Time};
