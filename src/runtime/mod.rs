@@ -408,6 +408,9 @@ struct Sessions {
     /// the source positions of the SQL rows read at each time in flight (not of upsert inputs:
     /// their rows move to their key's worker)
     read: InFlight,
+    /// those read since the sessions last flushed, at `time`: moved to `read` at each flush (a
+    /// shared map looked up per row cost more than the push)
+    read_now: Vec<(u64, dataflows::records::Position)>,
 }
 
 /// A SQL input's decoder (its columns) and session, and whether its rows' positions are kept while in
@@ -453,11 +456,13 @@ struct ReadRows {
 }
 
 impl ReadRows {
-    fn push(&mut self, hash: u64, position: &dataflows::records::Position) {
+    fn append(&mut self, rows: &mut Vec<(u64, dataflows::records::Position)>) {
         if let Some(index) = &mut self.by_hash {
-            index.entry(hash).or_insert(self.read.len());
+            for (i, (hash, _)) in rows.iter().enumerate() {
+                index.entry(*hash).or_insert(self.read.len() + i);
+            }
         }
-        self.read.push((hash, position.clone()));
+        self.read.append(rows);
     }
 
     /// The position of the first row read with this hash.
@@ -536,7 +541,7 @@ impl Sessions {
                         dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
                     };
                     if *positions {
-                        self.read.borrow_mut().entry(self.time).or_default().push(row_hash(&row), &position);
+                        self.read_now.push((row_hash(&row), position.clone()));
                     }
                     match session {
                         TableInput::Rows(s) => s.insert((rank, row)),
@@ -604,13 +609,23 @@ impl Sessions {
     }
 
     fn advance_to(&mut self, t: Time) {
+        self.keep_read();
         self.time = t;
         self.each_session(Some(t));
     }
 
     /// Sends what the sessions hold on to the dataflow, at the time they are at.
     fn flush(&mut self) {
+        self.keep_read();
         self.each_session(None);
+    }
+
+    /// Files the positions of the rows read since the last flush under the time they were read
+    /// at, before the dataflow can see those rows (and fail on them).
+    fn keep_read(&mut self) {
+        if !self.read_now.is_empty() {
+            self.read.borrow_mut().entry(self.time).or_default().append(&mut self.read_now);
+        }
     }
 
     /// Advances every session to `to` (if given) and flushes it.
@@ -1056,6 +1071,7 @@ fn run_worker(
             tables,
             time: 0,
             read: read.clone(),
+            read_now: Vec::new(),
         };
         (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks, outs.current)
     });
@@ -1127,8 +1143,10 @@ fn run_worker(
                 if interrupted {
                     break;
                 }
+                sessions.keep_read();
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
+            sessions.keep_read();
             input.source.batch_done(t);
             tracing::debug!(time = t, input = name.as_str(), read, "read again at a bound time");
             counters.input(name).fetch_add(read, Ordering::Relaxed);
@@ -1188,6 +1206,8 @@ fn run_worker(
                     worker.step();
                 }
             })?;
+            // (the sessions may have passed rows on without a flush: their positions too)
+            sessions.keep_read();
             input.source.batch_done(epoch);
             if streaming && read > 0 {
                 tracing::debug!(time = epoch, input = name.as_str(), read, "read");
