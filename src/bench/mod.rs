@@ -7,7 +7,8 @@
 //! streaming, writing the same files), also in a fresh child process, the fastest of three
 //! runs. Both run in the same `bench` invocation; it prints events/s, ratios and peak memory,
 //! and checks that the engine's files equal the baseline's byte for byte (a benchmark of wrong
-//! results is no benchmark). Jobs: clicks (`user_event_counts` + `user_activity` over users
+//! results is no benchmark). A built-in dataflow and its SQL views share a baseline and run in
+//! turns, so their ratio compares runs of the same minutes. Jobs: clicks (`user_event_counts` + `user_activity` over users
 //! and clicks) at 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`);
 //! `--sites 10,1000` adds sensor jobs with 720 and 72 000 keys (about 1 000 and 100 000 open
 //! windows), the same readings spread over more windows.
@@ -55,6 +56,7 @@ fn generate(path: &Path, kind: Kind, count: u64, seed: u64, users: u64, sites: u
 }
 
 /// What a child process measured: wall time from spawn to exit, and its peak RSS.
+#[derive(Clone)]
 struct Measured {
     seconds: f64,
     peak_kb: f64,
@@ -82,6 +84,13 @@ fn best_of(n: usize, args: &[String]) -> anyhow::Result<Measured> {
         }
     }
     Ok(best)
+}
+
+/// The arguments of one engine run of `run`: its snapshot files into `dir`.
+fn engine_args(run: &[String], dir: &Path, batch: usize, workers: usize) -> Vec<String> {
+    let mut a = run.to_vec();
+    a.extend(["--output-dir".into(), path(dir), "--batch-size".into(), batch.to_string(), "-w".into(), workers.to_string(), "-q".into()]);
+    a
 }
 
 /// This process's peak (`VmHWM`) or current (`VmRSS`) resident set, in KiB.
@@ -200,11 +209,11 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         "job", "plain ev/s", "MiB", "-w 1 ev/s", "MiB", "speed", "mem", "-w 2 ev/s", "MiB", "speed", "mem"
     );
     let runs = args.runs as usize;
-    // the built-in job's seconds at -w 1 and -w 2, for the SQL job after it
-    let mut built_in = [f64::NAN; 2];
-    // (name, baseline, engine run, output folder, for a SQL job its files' names beside the plain ones)
-    type Job = (String, Vec<String>, Vec<String>, PathBuf, Option<&'static [(&'static str, &'static str)]>);
-    let mut jobs: Vec<Job> = Vec::new();
+    // (name, engine run, output folder, for a SQL job its files' names beside the plain ones)
+    type Job = (String, Vec<String>, PathBuf, Option<&'static [(&'static str, &'static str)]>);
+    // each group: a baseline and the jobs it is the baseline of (a built-in dataflow and its SQL
+    // views), measured in turns
+    let mut groups: Vec<(Vec<String>, Vec<Job>)> = Vec::new();
     let (per_user, sensors_sql) = write_sql_configs(&dir)?;
     for &users in &args.users {
         let (u, c) = (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")));
@@ -216,10 +225,15 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         let mut run: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
         let bind = ["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))];
         run.extend(bind.clone());
-        jobs.push((format!("clicks, {users} users"), base.clone(), run, out.clone(), None));
         let mut sql = vec!["run".into(), "--config".into(), path(&per_user)];
         sql.extend(bind);
-        jobs.push((format!("clicks as SQL, {users} users"), base, sql, out.join("sql"), Some(&PER_USER_FILES)));
+        groups.push((
+            base,
+            vec![
+                (format!("clicks, {users} users"), run, out.clone(), None),
+                (format!("clicks as SQL, {users} users"), sql, out.join("sql"), Some(&PER_USER_FILES)),
+            ],
+        ));
     }
     for &sites in &args.sites {
         // 72 keys (type, location) per site; with 1-minute windows and 30 s of lateness about
@@ -233,70 +247,86 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         let out = dir.join(format!("out-sensors-{sites}"));
         let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
         let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
-        jobs.push((name.clone(), base.clone(), run, out.clone(), None));
         let sql = vec!["run".into(), "--config".into(), path(&sensors_sql), "--input".into(), format!("sensors={}", path(&sensors))];
-        jobs.push((name.replacen("sensors", "sensors as SQL", 1), base, sql, out.join("sql"), Some(&SENSOR_FILES)));
+        groups.push((
+            base,
+            vec![
+                (name.clone(), run, out.clone(), None),
+                (name.replacen("sensors", "sensors as SQL", 1), sql, out.join("sql"), Some(&SENSOR_FILES)),
+            ],
+        ));
     }
 
-    for (name, base, run, out, renames) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
+    for (base, jobs) in groups {
+        let jobs: Vec<Job> = jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
+        if jobs.is_empty() {
+            continue;
+        }
         // The baseline's best of three: a single run of it was once 40% slower than the same
         // run a minute later (a cold start), which flattered the engine beside it.
         let plain = best_of(runs, &base)?;
-        // (a SQL job's baseline writes beside the built-in job's, in the folder above)
-        let plain_dir =
-            if renames.is_some() { out.parent().expect("a SQL job's folder is in its job's").join("plain") } else { out.join("plain") };
-        let (mut cells, mut versus) = (Vec::new(), Vec::new());
-        let mut verdict = Ok(());
-        for w in [1, 2] {
-            let dir = out.join(format!("w{w}"));
-            let mut a = run.clone();
-            a.extend([
-                "--output-dir".into(),
-                path(&dir),
-                "--batch-size".into(),
-                batch.to_string(),
-                "-w".into(),
-                w.to_string(),
-                "-q".into(),
-            ]);
-            let m = best_of(runs, &a)?;
-            if renames.is_none() {
-                built_in[w - 1] = m.seconds;
-            } else {
-                // (no built-in job ran before it: `--only` left it out)
-                let ratio = built_in[w - 1] / m.seconds;
-                versus.push(if ratio.is_nan() { "-".to_string() } else { format!("{ratio:.2}x") });
+        // A group's jobs run in turns (built-in, SQL, built-in, SQL, …), each keeping its fastest
+        // run, so that the ratio of the two compares runs of the same minutes of a shared machine
+        // (run one after the other, a slow minute fell on one job's runs only).
+        let mut best: Vec<[Option<Measured>; 2]> = vec![[None, None]; jobs.len()];
+        for (w, slot) in [1, 2].into_iter().zip(0..) {
+            for _ in 0..runs {
+                for ((_, run, out, _), best) in jobs.iter().zip(&mut best) {
+                    let m = measure(&engine_args(run, &out.join(format!("w{w}")), batch, w))?;
+                    if best[slot].as_ref().is_none_or(|b| m.seconds < b.seconds) {
+                        best[slot] = Some(m);
+                    }
+                }
             }
-            if verdict.is_ok() {
-                verdict = match renames {
-                    Some(r) => same_rows(&plain_dir, &dir, r)?,
-                    None => same_files(&plain_dir, &dir)?,
-                };
-            }
-            cells.push(format!(
-                "{:>11.0} {:>9.1} {:>5.2}x {:>5.2}x",
-                n as f64 / m.seconds,
-                m.peak_kb / 1024.0,
-                plain.seconds / m.seconds,
-                m.peak_kb / plain.peak_kb
-            ));
         }
-        println!(
-            "{:<26} {:>11.0} {:>9.1} | {} | {} | {}{}",
-            name,
-            n as f64 / plain.seconds,
-            plain.peak_kb / 1024.0,
-            cells[0],
-            cells[1],
-            match verdict {
-                Ok(()) => "equal".to_string(),
-                Err(e) => format!("DIFFER: {e}"),
-            },
-            if versus.is_empty() { String::new() } else { format!("   | {}", versus.join(" ")) }
-        );
+        let built_in = jobs.iter().zip(&best).find(|((.., renames), _)| renames.is_none()).map(|(_, b)| b.clone());
+        for ((name, _, out, renames), best) in jobs.iter().zip(&best) {
+            // (a SQL job's baseline writes beside the built-in job's, in the folder above)
+            let plain_dir =
+                if renames.is_some() { out.parent().expect("a SQL job's folder is in its job's").join("plain") } else { out.join("plain") };
+            let (mut cells, mut versus) = (Vec::new(), Vec::new());
+            let mut verdict = Ok(());
+            for (w, m) in [1, 2].into_iter().zip(best) {
+                let m = m.as_ref().expect("measured above");
+                let dir = out.join(format!("w{w}"));
+                if renames.is_some() {
+                    // (`--only` may have left the built-in job out)
+                    versus.push(match built_in.as_ref().and_then(|b| b[w - 1].as_ref()) {
+                        Some(b) => format!("{:.2}x", b.seconds / m.seconds),
+                        None => "-".to_string(),
+                    });
+                }
+                if verdict.is_ok() {
+                    verdict = match renames {
+                        Some(r) => same_rows(&plain_dir, &dir, r)?,
+                        None => same_files(&plain_dir, &dir)?,
+                    };
+                }
+                cells.push(format!(
+                    "{:>11.0} {:>9.1} {:>5.2}x {:>5.2}x",
+                    n as f64 / m.seconds,
+                    m.peak_kb / 1024.0,
+                    plain.seconds / m.seconds,
+                    m.peak_kb / plain.peak_kb
+                ));
+            }
+            println!(
+                "{:<26} {:>11.0} {:>9.1} | {} | {} | {}{}",
+                name,
+                n as f64 / plain.seconds,
+                plain.peak_kb / 1024.0,
+                cells[0],
+                cells[1],
+                match verdict {
+                    Ok(()) => "equal".to_string(),
+                    Err(e) => format!("DIFFER: {e}"),
+                },
+                if versus.is_empty() { String::new() } else { format!("   | {}", versus.join(" ")) }
+            );
+        }
     }
     println!(
-        "speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes); SQL ÷ built-in = the SQL job's events/s ÷ the built-in job's above it; each the fastest of {runs} runs"
+        "speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes); SQL ÷ built-in = the SQL job's events/s ÷ the built-in job's above it, the two run in turns; each the fastest of {runs} runs"
     );
     Ok(())
 }
