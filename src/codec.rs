@@ -436,6 +436,11 @@ impl ColumnSeed<'_> {
 impl<'de> serde::de::DeserializeSeed<'de> for ColumnSeed<'_> {
     type Value = ColumnValue;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.0.ty == dataflows::sql::Type::Json {
+            // (any JSON value, kept as its compact text)
+            let json = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+            return Ok(Ok(dataflows::sql::eval::json_value(&json)));
+        }
         d.deserialize_any(self)
     }
 }
@@ -661,6 +666,8 @@ fn view_json(view: &dataflows::sql::registry::ViewInfo, values: &[dataflows::sql
             Value::Int(n) => out.push_str(itoa::Buffer::new().format(*n)),
             Value::Float(x) if x.is_finite() => out.push_str(ryu::Buffer::new().format_finite(*x)),
             Value::Float(_) => out.push_str("null"),
+            // (a json column's text is JSON already)
+            Value::Text(t) if view.columns[i].1 == dataflows::sql::Type::Json => out.push_str(t),
             Value::Text(t) => dataflows::output::json_string(&mut out, t),
             Value::Timestamp(ms) => {
                 out.push('"');

@@ -447,3 +447,76 @@ fn a_bad_event_time_is_refused_with_the_key_and_the_fix() {
         assert!(!o.status.success() && err.contains(wanted), "{err}");
     }
 }
+
+/// A `json` column holds any JSON value as it came (a user id that is a number in one record
+/// and a string in the next, an object of metadata): grouped and joined by its value, written
+/// back into outputs as JSON, its fields read with `->` (json) and `->>` (text). A view that
+/// compares one with text, or reads a field of a column that is not json, is refused with the
+/// fix.
+#[test]
+fn json_columns_keep_any_json_value_and_read_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lines = [
+        r#"{"user_id": 1, "meta": {"firmware": "1.2", "tags": ["a", "b"]}}"#,
+        r#"{"user_id": "u7", "meta": {"firmware": "2.0", "tags": []}}"#,
+        r#"{"user_id": 1, "meta": {"tags": null, "firmware": "1.3"}}"#,
+        r#"{"user_id": 2.5, "meta": null}"#,
+        r#"{"user_id": null, "meta": {"firmware": 3}}"#,
+        r#"{"user_id": "u7", "meta": "not an object"}"#,
+        r#"{"user_id": [1, {"k": "v"}], "meta": {"firmware": "x"}}"#,
+        r#"{"meta": {}}"#,
+    ];
+    std::fs::write(d.join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    let config = |views: &str| {
+        std::fs::write(d.join("events.sql"), views).unwrap();
+        std::fs::write(
+            d.join("events.toml"),
+            "views = [\"events.sql\"]\ndataflows = [\"per_user\", \"tagged\"]\n\n[inputs.events]\nkind = \"file\"\npath = \"events.jsonl\"\n\
+             columns = [\"user_id json\", \"meta json\"]\n",
+        )
+        .unwrap();
+    };
+    config(
+        "CREATE VIEW per_user AS
+           SELECT user_id, COUNT(*) AS events, MAX(meta ->> 'firmware') AS firmware
+           FROM events GROUP BY user_id;
+         CREATE VIEW tagged AS
+           SELECT user_id, meta -> 'tags' AS tags, (meta -> 'tags') ->> 0 AS first_tag, CAST(user_id AS text) AS id_text
+           FROM events WHERE meta -> 'tags' IS NOT NULL;",
+    );
+    // (the last line lacks user_id: a dead letter)
+    for workers in ["1", "2"] {
+        let got = run(d, workers, &["--config", "events.toml"]);
+        let mut want_per_user = vec![
+            r#"{"user_id":1,"events":2,"firmware":"1.3"}"#,
+            r#"{"user_id":"u7","events":2,"firmware":"2.0"}"#,
+            r#"{"user_id":2.5,"events":1,"firmware":null}"#,
+            r#"{"user_id":null,"events":1,"firmware":"3"}"#,
+            r#"{"user_id":[1,{"k":"v"}],"events":1,"firmware":"x"}"#,
+        ];
+        want_per_user.sort();
+        assert_eq!(got["per_user"], want_per_user, "-w {workers}");
+        let mut want_tagged = vec![
+            r#"{"user_id":1,"tags":["a","b"],"first_tag":"a","id_text":"1"}"#,
+            r#"{"user_id":"u7","tags":[],"first_tag":null,"id_text":"\"u7\""}"#,
+        ];
+        want_tagged.sort();
+        assert_eq!(got["tagged"], want_tagged, "-w {workers}");
+        let dead = &got["dead_letters"];
+        assert!(dead.len() == 1 && dead[0].contains("missing_field: user_id") && dead[0].contains("\"line\":8"), "{dead:?}");
+    }
+    for (views, wanted) in [
+        (
+            "CREATE VIEW per_user AS SELECT user_id FROM events WHERE meta = 'x';",
+            "type mismatch: json = text: read a field of the json value",
+        ),
+        ("CREATE VIEW per_user AS SELECT user_id FROM events WHERE meta < meta;", "json values are compared with = and <> only"),
+        ("CREATE VIEW per_user AS SELECT CAST(user_id AS text) ->> 'a' AS x FROM events;", "->> reads a json value, not text"),
+    ] {
+        std::fs::write(d.join("events.sql"), views.to_string() + "\nCREATE VIEW tagged AS SELECT user_id FROM events;").unwrap();
+        let o = Command::new(bin()).current_dir(d).args(["run", "--config", "events.toml", "-q"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("events.sql: line 1") && err.contains(wanted), "{views}: {err}");
+    }
+}

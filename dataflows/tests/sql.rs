@@ -750,6 +750,41 @@ fn timestamp_functions_on_calendar_dates() {
     );
 }
 
+#[test]
+fn json_values_by_cast_and_their_fields_and_elements() {
+    let j = r#"CAST('{"a": {"b": [10, "x", null, 2.50]}, "s": "t", "n": null}' AS json)"#;
+    let row = one_row(&format!(
+        "{j} AS doc, {j} -> 'a' -> 'b' AS arr, {j} -> 'a' -> 'b' ->> 1 AS x, {j} -> 'a' -> 'b' -> -1 AS last, \
+         {j} ->> 's' AS s, {j} -> 's' AS quoted, {j} ->> 'n' AS n, {j} ->> 'missing' AS missing, {j} -> 's' ->> 0 AS not_an_array, \
+         CAST(12 AS json) AS i, CAST(true AS json) AS b, CAST(CAST('[1, 2]' AS json) AS text) AS t, CAST({j} -> 'a' -> 'b' ->> 0 AS int) AS ten, \
+         CAST('null' AS json) = CAST('1' AS json) AS null_eq, CAST('{{\"k\": 1}}' AS json) = CAST('{{ \"k\" : 1 }}' AS json) AS same"
+    ));
+    use Value::{Bool, Int, Null, Text};
+    assert_eq!(
+        row,
+        vec![
+            Text(r#"{"a":{"b":[10,"x",null,2.5]},"s":"t","n":null}"#.into()),
+            Text(r#"[10,"x",null,2.5]"#.into()),
+            Text("x".into()),
+            Text("2.5".into()),
+            Text("t".into()),
+            Text(r#""t""#.into()),
+            Null,
+            Null,
+            Null,
+            Text("12".into()),
+            Text("true".into()),
+            Text("[1,2]".into()),
+            Int(10),
+            Null,
+            Bool(true),
+        ]
+    );
+    let (_, errors) =
+        run("CREATE VIEW out AS SELECT CAST(s AS json) AS j FROM a;", &[Change::A(0, A { k: 1, x: Some(2), s: "p".into() }, 1)], 0, 1);
+    assert!(errors.len() == 1 && errors[0].1.contains("cannot cast 'p' to json"), "{errors:?}");
+}
+
 fn refusal(sql: &str) -> String {
     let e = compile(sql, &mut catalog()).expect_err(sql);
     format!("{e}")

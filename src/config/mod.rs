@@ -210,7 +210,7 @@ impl InputConfig {
                 .split_once(char::is_whitespace)
                 .ok_or((i, format!("`{c}`: write \"name type\", e.g. \"id int\" or \"id int primary key\"")))?;
             let ty = dataflows::sql::Type::parse(ty.trim())
-                .ok_or((i, format!("`{c}`: the type `{}` is not one of int, float, text, bool, timestamp", ty.trim())))?;
+                .ok_or((i, format!("`{c}`: the type `{}` is not one of int, float, text, bool, timestamp, json", ty.trim())))?;
             let name = name.to_ascii_lowercase();
             if out.iter().any(|x| x.name == name) {
                 return Err((i, format!("`{name}` is declared twice")));
@@ -233,7 +233,7 @@ pub enum InputConfig {
         #[serde(default)]
         rate: Option<f64>,
         /// For SQL views: the records' columns, in order, as `"name type"` (types: int,
-        /// float, text, bool, timestamp), e.g. `["id int", "product text"]`.
+        /// float, text, bool, timestamp, json), e.g. `["id int", "product text"]`.
         #[serde(default)]
         columns: Vec<String>,
         /// For SQL views: the column that dates each record, and how late it may arrive.

@@ -198,6 +198,10 @@ pub(super) fn eval_expr<R: Columns + ?Sized>(e: &Expr, row: &R) -> Result<Value,
             }
             Value::Text(out.into())
         }
+        Expr::Call(f @ (Func::JsonGet | Func::JsonGetText), args) => match (at(&args[0], row)?, at(&args[1], row)?) {
+            (Value::Text(json), at) if !at.is_null() => json_get(&json, &at, *f == Func::JsonGetText)?,
+            _ => Value::Null,
+        },
         Expr::Call(f @ (Func::Substring | Func::SplitPart | Func::Position), args) => {
             let values: Vec<Value> = args.iter().map(|a| at(a, row)).collect::<Result<_, _>>()?;
             if values.iter().any(Value::is_null) {
@@ -367,11 +371,44 @@ pub fn cast(v: Value, to: Type) -> Result<Value, String> {
             Value::Timestamp(t) => t.to_string().into(),
             Value::Null => unreachable!("handled above"),
         }),
+        (Value::Text(s), Type::Json) => {
+            let json: serde_json::Value = serde_json::from_str(&s).map_err(|e| format!("cannot cast '{s}' to json: {e}"))?;
+            json_value(&json)
+        }
+        (v @ (Value::Int(_) | Value::Bool(_)), Type::Json) => Value::Text(v.to_string().into()),
+        (Value::Float(x), Type::Json) => json_value(&serde_json::Value::from(x)),
         (v @ Value::Int(_), Type::Int)
         | (v @ Value::Float(_), Type::Float)
         | (v @ Value::Bool(_), Type::Bool)
         | (v @ Value::Timestamp(_), Type::Timestamp) => v,
         (v, t) => return Err(format!("cannot cast {v} to {t}")),
+    })
+}
+
+/// A JSON value as a SQL value of type json: its compact text, NULL for JSON null.
+pub fn json_value(json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::Null,
+        v => Value::Text(v.to_string().into()),
+    }
+}
+
+/// `json -> at` (`text`: `->>`, a string's own text): a field of an object (`at` text) or an
+/// element of an array (`at` int, from 0; negative counts from the end); NULL when there is none.
+fn json_get(json: &str, at: &Value, text: bool) -> Result<Value, String> {
+    let doc: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("not json ({e}): {json}"))?;
+    let found = match (&doc, at) {
+        (serde_json::Value::Object(o), Value::Text(k)) => o.get(k.as_str()),
+        (serde_json::Value::Array(a), Value::Int(i)) => {
+            let i = if *i < 0 { i.checked_add(a.len() as i64) } else { Some(*i) };
+            i.and_then(|i| usize::try_from(i).ok()).and_then(|i| a.get(i))
+        }
+        _ => None,
+    };
+    Ok(match found {
+        Some(serde_json::Value::String(s)) if text => Value::Text(s.as_str().into()),
+        Some(v) => json_value(v),
+        None => Value::Null,
     })
 }
 

@@ -108,6 +108,10 @@ pub enum Func {
     DateTrunc(TimeUnit),
     /// EXTRACT(unit FROM timestamp); `Epoch` gives seconds as a float
     Extract(TimeUnit),
+    /// json -> field (text) or element (int): json, NULL when absent
+    JsonGet,
+    /// json ->> field or element: a string's text, any other value's JSON text; NULL when absent
+    JsonGetText,
 }
 
 /// Units of DATE_TRUNC and EXTRACT.
@@ -1141,6 +1145,20 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
                 _ => return Err(error_at(e, format!("{op} does not apply to {t}"))),
             }
         }
+        Ast::BinaryOp { left, op: op @ (BinaryOperator::Arrow | BinaryOperator::LongArrow), right } => {
+            let (a, at) = sub(left)?;
+            let (b, bt) = sub(right)?;
+            if !Type::Json.accepts(at) {
+                return Err(error_at(&**left, format!("{op} reads a json value, not {at} (declare the column `json`, or CAST it AS json)")));
+            }
+            if !(Type::Text.accepts(bt) || Type::Int.accepts(bt)) {
+                return Err(error_at(&**right, format!("{op} takes a field name (text) or an array index (int), not {bt}")));
+            }
+            match op {
+                BinaryOperator::Arrow => (Expr::Call(Func::JsonGet, vec![a, b]), Type::Json),
+                _ => (Expr::Call(Func::JsonGetText, vec![a, b]), Type::Text),
+            }
+        }
         Ast::BinaryOp { left, op, right } => {
             let (a, at) = sub(left)?;
             let (b, bt) = sub(right)?;
@@ -1161,7 +1179,14 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
                 BinaryOperator::Or => BinOp::Or,
                 other => return Err(error_at(e, format!("the operator {other} is not supported"))),
             };
-            let ty = binary_type(bin, at, bt).ok_or_else(|| error_at(e, format!("type mismatch: {at} {op} {bt} (CAST one side)")))?;
+            let ty = binary_type(bin, at, bt).ok_or_else(|| match (at, bt) {
+                (Type::Json, Type::Json) => error_at(e, format!("json values are compared with = and <> only, not {op}: compare a field (`col ->> 'name'`), CAST to a number")),
+                (Type::Json, _) | (_, Type::Json) => error_at(
+                    e,
+                    format!("type mismatch: {at} {op} {bt}: read a field of the json value (`col ->> 'name'` is text), or CAST the other side AS json"),
+                ),
+                _ => error_at(e, format!("type mismatch: {at} {op} {bt} (CAST one side)")),
+            })?;
             (Expr::Binary(bin, Box::new(a), Box::new(b)), ty)
         }
         Ast::IsNull(a) => (Expr::IsNull(Box::new(sub(a)?.0), false), Type::Bool),
@@ -1211,7 +1236,7 @@ fn plan_expr_with(e: &Ast, scope: &Scope, sub: &dyn Fn(&Ast) -> Typed) -> Typed 
         }
         Ast::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr, data_type, format: None, .. } => {
             let to = cast_type(data_type)
-                .ok_or_else(|| error_at(e, format!("CAST to {data_type} is not supported: int, float, text, bool or timestamp")))?;
+                .ok_or_else(|| error_at(e, format!("CAST to {data_type} is not supported: int, float, text, bool, timestamp or json")))?;
             (Expr::Cast(Box::new(sub(expr)?.0), to), to)
         }
         Ast::Floor { expr, .. } => {
@@ -1433,6 +1458,8 @@ pub fn binary_type(op: BinOp, a: Type, b: Type) -> Option<Type> {
     match op {
         Add | Sub | Mul | Div | Mod if a.numeric() && b.numeric() => unify(a, b).map(|t| if t == Type::Null { Type::Int } else { t }),
         Concat if Type::Text.accepts(a) && Type::Text.accepts(b) => Some(Type::Text),
+        // (json values are equal or not; their order would be their text's)
+        Lt | LtEq | Gt | GtEq if a == Type::Json || b == Type::Json => None,
         Eq | NotEq | Lt | LtEq | Gt | GtEq if unify(a, b).is_some() => Some(Type::Bool),
         And | Or if Type::Bool.accepts(a) && Type::Bool.accepts(b) => Some(Type::Bool),
         _ => None,
@@ -1480,6 +1507,8 @@ impl fmt::Display for Expr {
             Expr::Call(func, args) => {
                 let name = match func {
                     Func::SplitPart => "split_part".to_string(),
+                    Func::JsonGet => return write!(f, "({} -> {})", args[0], args[1]),
+                    Func::JsonGetText => return write!(f, "({} ->> {})", args[0], args[1]),
                     Func::DateTrunc(u) => format!("date_trunc:{}", format!("{u:?}").to_lowercase()),
                     Func::Extract(u) => format!("extract:{}", format!("{u:?}").to_lowercase()),
                     other => format!("{other:?}").to_lowercase(),

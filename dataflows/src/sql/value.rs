@@ -19,6 +19,9 @@ pub enum Type {
     Text,
     /// milliseconds since the Unix epoch, UTC
     Timestamp,
+    /// any JSON value but null (an object, an array, a string, a number, a bool), held as its
+    /// compact JSON text in a [`Value::Text`]; written into outputs as JSON, not as a string
+    Json,
     /// the type of a bare NULL (fits any column)
     Null,
 }
@@ -32,6 +35,7 @@ impl Type {
             Type::Float => "float",
             Type::Text => "text",
             Type::Timestamp => "timestamp",
+            Type::Json => "json",
             Type::Null => "null",
         }
     }
@@ -44,6 +48,7 @@ impl Type {
             "float" | "double" | "real" => Type::Float,
             "text" | "string" | "varchar" => Type::Text,
             "timestamp" => Type::Timestamp,
+            "json" | "jsonb" => Type::Json,
             _ => return None,
         })
     }
