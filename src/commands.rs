@@ -78,7 +78,7 @@ fn compile_sql(
     let mut catalog = dataflows::sql::Catalog::default();
     let mut tables = Vec::new();
     for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
-        let (columns, key) = input.schema().map_err(|(i, m)| anyhow::anyhow!("`inputs.{name}.columns[{i}]`: {m}"))?;
+        let (columns, key) = input.schema().map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
         let column = input.event_time_column(&columns).map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
         let event_time = input.event_time().zip(column).map(|(e, column)| runtime::EventTime {
             column,
@@ -278,10 +278,14 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         let Some((name, path)) = binding.split_once('=') else {
             bail!("--input {binding}: write NAME=PATH, e.g. --input clicks=clicks.jsonl");
         };
-        let columns = config.inputs.get(name).map(|c| c.columns().to_vec()).unwrap_or_default();
-        let event_time = config.inputs.get(name).and_then(|c| c.event_time().cloned());
+        // (the file takes the config's declaration of the input: columns, event time, key)
+        let declared = config.inputs.get(name);
+        let columns = declared.map(|c| c.columns().to_vec()).unwrap_or_default();
+        let event_time = declared.and_then(|c| c.event_time().cloned());
+        let (primary_key, format) = declared.map(|c| c.key_and_format()).unwrap_or_default();
+        let (primary_key, format) = (primary_key.cloned(), format.map(str::to_string));
         let name = input_name(name).map_err(|e| anyhow::anyhow!("--input {binding}: {e}"))?;
-        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns, event_time });
+        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns, event_time, primary_key, format });
     }
     for d in &selected {
         for i in d.inputs() {
@@ -447,7 +451,19 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
     config.output = Default::default();
     for input in config.inputs.values_mut() {
         let (columns, event_time) = (input.columns().to_vec(), input.event_time().cloned());
-        *input = InputConfig::Generator { generator: None, count: None, rate: Some(args.rate), seed: 1, users: 1000, columns, event_time };
+        let (primary_key, format) = input.key_and_format();
+        let (primary_key, format) = (primary_key.cloned(), format.map(str::to_string));
+        *input = InputConfig::Generator {
+            generator: None,
+            count: None,
+            rate: Some(args.rate),
+            seed: 1,
+            users: 1000,
+            columns,
+            event_time,
+            primary_key,
+            format,
+        };
     }
     let mut pipeline = compile_sql(&config, None, &[(format!("dataflows/{name}.sql (embedded)"), sql.to_string())])?
         .context("a shipped pipeline has views")?;

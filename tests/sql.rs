@@ -326,6 +326,24 @@ fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
             assert!(file(&d.join(format!("out-{workers}")), view) == file(&hand, output), "{view} at -w {workers}: not the same bytes");
         }
     }
+    // the upsert key declared as `primary_key` (the spelling) instead of in `columns`
+    let config = std::fs::read_to_string(d.join("sql.toml")).unwrap();
+    let keyed = config.replace("\"user_id int primary key\"", "\"user_id int\"");
+    assert_ne!(keyed, config);
+    std::fs::write(d.join("keyed.toml"), keyed.replace("[inputs.users]", "[inputs.users]\nprimary_key = \"user_id\"\nformat = \"json\""))
+        .unwrap();
+    let got = run(d, "2", &["--config", "keyed.toml", "--batch-size", "1000"]);
+    assert_eq!(got["sql_user_activity"], sorted(want["user_activity"].clone()), "with primary_key = \"user_id\"");
+    for (add, wanted) in [
+        ("primary_key = \"id\"", "keyed.toml: `inputs.users.primary_key`: `id` is not one of the columns (user_id, name, email)"),
+        ("format = \"csv\"", "keyed.toml: `inputs.users.format`: `csv` is not read: records are JSON"),
+    ] {
+        let text = config.replace("[inputs.users]", &format!("[inputs.users]\n{add}"));
+        std::fs::write(d.join("keyed.toml"), text).unwrap();
+        let o = Command::new(bin()).current_dir(d).args(["run", "--config", "keyed.toml", "-q"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(wanted), "{add}: {err}");
+    }
 }
 
 /// The shipped sensor views (`dataflows/sensors.sql`, `configs/sensors.toml`) over readings

@@ -48,6 +48,8 @@ fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<
     let input = KafkaInput {
         columns: Vec::new(),
         event_time: None,
+        primary_key: None,
+        format: None,
         topics: vec![topic.to_string()],
         group_id: group.clone(),
         start: "earliest".into(),

@@ -135,6 +135,12 @@ pub struct KafkaInput {
     /// For SQL views: the event-time column (see file inputs).
     #[serde(default)]
     pub event_time: Option<super::EventTimeConfig>,
+    /// For SQL views: the column(s) that key an upsert input (see file inputs).
+    #[serde(default)]
+    pub primary_key: Option<super::Names>,
+    /// The records' format: `"json"`, the default and the only one.
+    #[serde(default)]
+    pub format: Option<String>,
     /// Consumer group for committed offsets. Default `diffstream`.
     #[serde(default = "default_group")]
     pub group_id: String,

@@ -151,6 +151,16 @@ impl InputConfig {
         }
     }
 
+    /// The `primary_key` and `format` it declares.
+    pub fn key_and_format(&self) -> (Option<&Names>, Option<&str>) {
+        match self {
+            InputConfig::File { primary_key, format, .. }
+            | InputConfig::Stdin { primary_key, format, .. }
+            | InputConfig::Generator { primary_key, format, .. } => (primary_key.as_ref(), format.as_deref()),
+            InputConfig::Kafka(k) => (k.primary_key.as_ref(), k.format.as_deref()),
+        }
+    }
+
     /// The `event_time` it declares.
     pub fn event_time(&self) -> Option<&EventTimeConfig> {
         match self {
@@ -190,10 +200,29 @@ impl InputConfig {
         Ok(Some(i))
     }
 
-    /// The declared columns, parsed, and the primary key's columns (`"id int primary key"`:
-    /// an upsert input, whose latest version of a key by source position is its row);
-    /// `Err((index, message))`.
-    pub fn schema(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>), (usize, String)> {
+    /// The declared columns, parsed, and the primary key's columns (`"id int primary key"`, or
+    /// `primary_key`: an upsert input, whose latest version of a key by source position is its
+    /// row); `Err((key under the input's table, message))`.
+    pub fn schema(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>), (String, String)> {
+        let (columns, mut key) = self.columns_and_key().map_err(|(i, m)| (format!("columns[{i}]"), m))?;
+        let (primary_key, format) = self.key_and_format();
+        if let Some(f) = format.filter(|f| !f.eq_ignore_ascii_case("json")) {
+            return Err(("format".into(), format!("`{f}` is not read: records are JSON (format = \"json\", the default)")));
+        }
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        for name in primary_key.map(Names::list).unwrap_or_default() {
+            let i = names.iter().position(|n| n.eq_ignore_ascii_case(name)).ok_or_else(|| {
+                ("primary_key".to_string(), format!("`{name}` is not one of the columns ({}); name a declared column", names.join(", ")))
+            })?;
+            if !key.contains(&i) {
+                key.push(i);
+            }
+        }
+        key.sort_unstable();
+        Ok((columns, key))
+    }
+
+    fn columns_and_key(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>), (usize, String)> {
         let mut out: Vec<dataflows::sql::Column> = Vec::new();
         let mut key = Vec::new();
         for (i, c) in self.columns().iter().enumerate() {
@@ -221,6 +250,25 @@ impl InputConfig {
     }
 }
 
+/// One name or a list of them.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    /// `"id"`
+    One(String),
+    /// `["a", "b"]`
+    Many(Vec<String>),
+}
+
+impl Names {
+    fn list(&self) -> Vec<&str> {
+        match self {
+            Names::One(n) => vec![n.as_str()],
+            Names::Many(ns) => ns.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 /// Where one input's records come from.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -239,6 +287,15 @@ pub enum InputConfig {
         /// For SQL views: the column that dates each record, and how late it may arrive.
         #[serde(default)]
         event_time: Option<EventTimeConfig>,
+        /// For SQL views: the column(s) that key an upsert input, whose latest version of a key
+        /// (by source position) is its row: `primary_key = "id"` or `["a", "b"]` (the same as
+        /// `"id int primary key"` in `columns`).
+        #[serde(default)]
+        primary_key: Option<Names>,
+        /// The records' format: `"json"`, the default and the only one (a JSON object per line
+        /// or per Kafka message).
+        #[serde(default)]
+        format: Option<String>,
     },
     /// JSON Lines on standard input (read by the first worker).
     Stdin {
@@ -248,6 +305,15 @@ pub enum InputConfig {
         /// For SQL views: the event-time column (see `File`).
         #[serde(default)]
         event_time: Option<EventTimeConfig>,
+        /// For SQL views: the column(s) that key an upsert input, whose latest version of a key
+        /// (by source position) is its row: `primary_key = "id"` or `["a", "b"]` (the same as
+        /// `"id int primary key"` in `columns`).
+        #[serde(default)]
+        primary_key: Option<Names>,
+        /// The records' format: `"json"`, the default and the only one (a JSON object per line
+        /// or per Kafka message).
+        #[serde(default)]
+        format: Option<String>,
     },
     /// Kafka topics (see `[kafka]` for the connection).
     Kafka(kafka::KafkaInput),
@@ -276,6 +342,15 @@ pub enum InputConfig {
         /// For SQL views: the event-time column (see `File`).
         #[serde(default)]
         event_time: Option<EventTimeConfig>,
+        /// For SQL views: the column(s) that key an upsert input, whose latest version of a key
+        /// (by source position) is its row: `primary_key = "id"` or `["a", "b"]` (the same as
+        /// `"id int primary key"` in `columns`).
+        #[serde(default)]
+        primary_key: Option<Names>,
+        /// The records' format: `"json"`, the default and the only one (a JSON object per line
+        /// or per Kafka message).
+        #[serde(default)]
+        format: Option<String>,
     },
 }
 
@@ -503,11 +578,14 @@ impl Config {
             if input.columns().is_empty() {
                 name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table, or give it `columns` for SQL views")))?;
             } else {
-                let (columns, _) = input.schema().map_err(|(i, m)| err(&format!("{key}.columns[{i}]"), m))?;
+                let (columns, _) = input.schema().map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
                 input.event_time_column(&columns).map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
             }
             if input.columns().is_empty() && input.event_time().is_some() {
                 return Err(err(&format!("{key}.event_time"), "is for SQL inputs: declare the records' `columns` too".into()));
+            }
+            if input.columns().is_empty() && input.key_and_format().0.is_some() {
+                return Err(err(&format!("{key}.primary_key"), "is for SQL inputs: declare the records' `columns` too".into()));
             }
             if let Some(Err(e)) = input.generator(name) {
                 return Err(err(
