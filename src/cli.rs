@@ -284,8 +284,8 @@ pub struct BenchArgs {
     /// shared machine slows single runs by tens of percent.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
-    /// Instead: 10 × --events at a constant number of keys through the same path, printing the
-    /// RSS at each tenth of the input.
+    /// Instead: 10 × --events at a constant number of keys through the same path (the built-in
+    /// dataflows and their SQL views), printing the RSS at each tenth of the input.
     #[arg(long)]
     pub soak: bool,
     /// Instead: the Kafka benchmark against the broker at this address (e.g. $KAFKA_BOOTSTRAP):

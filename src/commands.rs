@@ -447,30 +447,47 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
         );
     };
     let file = format!("configs/{name}.toml (embedded)");
-    let mut config = Config::parse(text, &file)?;
+    let generator = |_: &str| Generated { count: None, rate: Some(args.rate), seed: 1, users: 1000 };
+    let (config, pipeline, inputs) = views_on_generators(text, &file, sql, &format!("dataflows/{name}.sql (embedded)"), generator)?;
+    demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), Vec::new(), inputs)
+}
+
+/// How a generator stands in for one of a config's inputs ([`views_on_generators`]).
+pub struct Generated {
+    /// records, else until stopped
+    pub count: Option<u64>,
+    /// records per second, else as fast as it can
+    pub rate: Option<f64>,
+    /// the generator's seed
+    pub seed: u64,
+    /// distinct users
+    pub users: u64,
+}
+
+/// A config's views (`sql`, compiled as `sql_file`) with each of its inputs read from the
+/// generator of the input's name (`generator` says how): what `diffstream demo NAME` runs, and
+/// `bench --soak`. The config's outputs are dropped; its views, columns and keys are kept.
+pub fn views_on_generators(
+    config_text: &str,
+    file: &str,
+    sql: &str,
+    sql_file: &str,
+    generator: impl Fn(&str) -> Generated,
+) -> anyhow::Result<(Config, runtime::SqlPipeline, BTreeMap<InputName, InputSpec>)> {
+    let mut config = Config::parse(config_text, file)?;
     config.output = Default::default();
-    for input in config.inputs.values_mut() {
+    for (name, input) in config.inputs.iter_mut() {
         let (columns, event_time) = (input.columns().to_vec(), input.event_time().cloned());
         let (primary_key, format) = input.key_and_format();
         let (primary_key, format) = (primary_key.cloned(), format.map(str::to_string));
-        *input = InputConfig::Generator {
-            generator: None,
-            count: None,
-            rate: Some(args.rate),
-            seed: 1,
-            users: 1000,
-            columns,
-            event_time,
-            primary_key,
-            format,
-        };
+        let Generated { count, rate, seed, users } = generator(name);
+        *input = InputConfig::Generator { generator: None, count, rate, seed, users, columns, event_time, primary_key, format };
     }
-    let mut pipeline = compile_sql(&config, None, &[(format!("dataflows/{name}.sql (embedded)"), sql.to_string())])?
-        .context("a shipped pipeline has views")?;
+    let mut pipeline = compile_sql(&config, None, &[(sql_file.to_string(), sql.to_string())])?.context("a shipped pipeline has views")?;
     pipeline.select(config.dataflows.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect());
     let inputs =
         pipeline.tables.iter().map(|t| (t.name, InputSpec::from_config(t.name, &config.inputs[t.name.as_str()], &config.kafka))).collect();
-    demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), Vec::new(), inputs)
+    Ok((config, pipeline, inputs))
 }
 
 /// The demo's plan: the given dataflows or views on generators, with the live view and the dashboard.

@@ -14,7 +14,8 @@
 //! windows), the same readings spread over more windows.
 //!
 //! `--soak` runs 10× more input at a constant number of keys through the same path in this
-//! process and prints the RSS at each tenth of the input: flat means bounded memory.
+//! process, the built-in dataflows and the shipped SQL views of the same (`dataflows/clicks.sql`,
+//! `sensors.sql`), and prints the RSS at each tenth of the input: flat means bounded memory.
 //! `--kafka` and `--mongodb` measure the connectors instead. Nothing here asserts on time.
 
 mod baseline;
@@ -453,7 +454,8 @@ fn path(p: &Path) -> String {
 
 /// `--soak`: 10× `--events` through the whole path at a constant number of keys (the first
 /// `--users` figure, and the sensors' 1000 sensors with tumbling windows), snapshot files on,
-/// `-w 2`, printing the RSS at each tenth of the input.
+/// `-w 2`, printing the RSS at each tenth of the input; the built-in dataflows, then their SQL
+/// views.
 fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     let total = args.events * 10;
     let users = args.users.first().copied().unwrap_or(10_000);
@@ -470,17 +472,37 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
         (Dataflow::SensorMetrics, vec![(InputName::Sensors, generator(Kind::Sensors, total, 3))]),
     ];
     println!("soak: {total} events per job (10 × --events), -w 2, snapshot files on; RSS at each tenth of the input");
+    let mut plans: Vec<(String, Plan)> = Vec::new();
     for (dataflow, inputs) in jobs {
         let mut plan = Plan::embedded(vec![dataflow], inputs.into_iter().collect(), 2, args.batch_size);
         if dataflow == Dataflow::UserEventCounts {
             plan.dataflows.push(Dataflow::UserActivity);
         }
-        plan.output_dir = Some(out.join(dataflow.as_str()));
+        plans.push((dataflow.as_str().to_string(), plan));
+    }
+    // the same through the shipped SQL views (their windows' state must stay as flat)
+    let counts = |input: &str| match input {
+        "users" => crate::commands::Generated { count: Some(users), rate: None, seed: 1, users },
+        "clicks" => crate::commands::Generated { count: Some(total), rate: None, seed: 2, users },
+        _ => crate::commands::Generated { count: Some(total), rate: None, seed: 3, users },
+    };
+    for (name, config, sql) in [
+        ("clicks as SQL", include_str!("../../configs/clicks.toml"), include_str!("../../dataflows/clicks.sql")),
+        ("sensors as SQL", include_str!("../../configs/sensors.toml"), include_str!("../../dataflows/sensors.sql")),
+    ] {
+        let (_, pipeline, inputs) = crate::commands::views_on_generators(config, name, sql, name, counts)?;
+        let mut plan = Plan::embedded(Vec::new(), inputs, 2, args.batch_size);
+        plan.sql = Some(Arc::new(pipeline));
+        plans.push((name.to_string(), plan));
+    }
+    for (name, mut plan) in plans {
+        plan.output_dir = Some(out.join(name.replace(' ', "_")));
         let counters = Arc::new(Counters::default());
         let watched = counters.clone();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = done.clone();
-        let target = total;
+        // (every input's records: the users' profiles too)
+        let target: u64 = plan.inputs.values().map(|i| if let SourceSpec::Generator(g) = &i.source { g.count.unwrap_or(0) } else { 0 }).sum();
         let sampler = std::thread::spawn(move || {
             let mut marks = Vec::new();
             let mut next = 1;
@@ -504,7 +526,7 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
         // which the tenths do not see.
         println!(
             "{:<18} {:>6.1}s  RSS MiB at each tenth: {}  (max/min {:.2}); process peak so far {:.0} MiB",
-            dataflow.as_str(),
+            name,
             start.elapsed().as_secs_f64(),
             marks.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" "),
             hi / lo,
