@@ -492,6 +492,7 @@ fn merge<'s>(
         windowed,
         peers,
         groups: FastMap::default(),
+        merging: FastMap::default(),
         pending: Stash::new(),
         failed_caps: BTreeMap::new(),
         by_end: BTreeMap::new(),
@@ -553,6 +554,9 @@ struct State {
     /// windowed: the key column bounding the window, what to add for its end, the lateness
     windowed: Option<(usize, i64, Millis)>,
     groups: FastMap<Key, Group>,
+    /// with several peers, a time's partials by key while they are merged: kept between times
+    /// (emptied, its room kept), so a time of many keys does not allocate and fault in a new one
+    merging: FastMap<Key, Group>,
     pending: Stash<(Key, Group)>,
     /// a capability for the failed groups' output (port 1) at each pending time
     failed_caps: BTreeMap<Time, Capability<Time>>,
@@ -582,11 +586,11 @@ impl State {
                 Err(e) => failed.give((e, t, d)),
             };
             // One partial per key: those of a key from several workers merged first (in a
-            // small map of this time's keys), so each group is looked up and changed once.
+            // map of this time's keys), so each group is looked up and changed once.
+            let mut by_key = std::mem::take(&mut self.merging);
             let partials: Box<dyn Iterator<Item = (Key, Group)>> = if self.peers == 1 {
                 Box::new(partials.into_iter().map(|(kg, _)| kg))
             } else {
-                let mut by_key: FastMap<Key, Group> = FastMap::default();
                 for ((k, part), _) in partials {
                     match by_key.entry(k) {
                         Entry::Occupied(mut e) => self.spec.merge(e.get_mut(), part),
@@ -595,7 +599,7 @@ impl State {
                         }
                     }
                 }
-                Box::new(by_key.into_iter())
+                Box::new(by_key.drain())
             };
             for (k, part) in partials {
                 match self.groups.entry(k) {
@@ -631,6 +635,7 @@ impl State {
                     }
                 }
             }
+            self.merging = by_key;
         }
         let Some((_, _, lateness)) = windowed else { return };
         match done {
