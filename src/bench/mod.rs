@@ -502,7 +502,8 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = done.clone();
         // (every input's records: the users' profiles too)
-        let target: u64 = plan.inputs.values().map(|i| if let SourceSpec::Generator(g) = &i.source { g.count.unwrap_or(0) } else { 0 }).sum();
+        let target: u64 =
+            plan.inputs.values().map(|i| if let SourceSpec::Generator(g) = &i.source { g.count.unwrap_or(0) } else { 0 }).sum();
         let sampler = std::thread::spawn(move || {
             let mut marks = Vec::new();
             let mut next = 1;
