@@ -320,12 +320,17 @@ pub struct Member<'s> {
     pub spec: Aggregates,
     /// a windowed reduce's retirement
     pub retire: Option<Retire<'s>>,
+    /// the GROUP BY is its view's whole plan and the view's changes are only counted: the
+    /// merge gives them without rows too (a sink that counts them reads those, not a copy of
+    /// the rows another view reads)
+    pub count: bool,
 }
 
 /// A reduce's rows (`key ++ aggregates`), the rows whose key or arguments failed and the
-/// groups whose aggregates failed (each with the reason; a group with its key) and, when it
-/// keeps every group (no window dropped at the watermark), the reader of its current rows.
-pub type Reduced<'s> = (Coll<'s, SqlRow>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>);
+/// groups whose aggregates failed (each with the reason; a group with its key), when it keeps
+/// every group (no window dropped at the watermark) the reader of its current rows and, when
+/// its [`Member::count`], its rows' changes without the rows.
+pub type Reduced<'s> = (Coll<'s, SqlRow>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>, Option<Coll<'s, ()>>);
 
 /// Gives a stateful operator's current rows (each with its multiplicity) once the run is over,
 /// taking them out of its state: its output without a second copy kept in a sink as it changes.
@@ -352,9 +357,9 @@ pub fn read_once<'s>(
     members: Vec<Member<'s>>,
     mut chains: Vec<Chain>,
 ) -> (Vec<Reduced<'s>>, Vec<Coll<'s, Stepped>>) {
-    type Merging<'s> = (String, Aggregates, Option<Retire<'s>>);
+    type Merging<'s> = (String, Aggregates, Option<Retire<'s>>, bool);
     let (folds, merging): (Vec<(Aggregates, Grouping)>, Vec<Merging<'s>>) =
-        members.into_iter().map(|m| ((m.spec.clone(), m.grouping), (m.view, m.spec, m.retire))).unzip();
+        members.into_iter().map(|m| ((m.spec.clone(), m.grouping), (m.view, m.spec, m.retire, m.count))).unzip();
     let n = folds.len();
     let mut builder = OperatorBuilder::new("ReadOnce".to_string(), rows.inner.scope());
     let mut input = builder.new_input(rows.inner, Pipeline);
@@ -465,9 +470,9 @@ pub fn read_once<'s>(
     let reduced = merging
         .into_iter()
         .zip(partial_streams.into_iter().zip(failed_streams))
-        .map(|((view, spec, retire), (partial, errors))| {
-            let (rows, failed, current) = merge(&view, partial, spec, retire);
-            (rows, errors.as_collection().concat(failed), current)
+        .map(|((view, spec, retire, count), (partial, errors))| {
+            let (rows, failed, current, counted) = merge(&view, partial, spec, retire, count);
+            (rows, errors.as_collection().concat(failed), current, counted)
         })
         .collect();
     (reduced, chained)
@@ -483,7 +488,8 @@ fn merge<'s>(
     partial: UpdateStream<'s, (Key, Group)>,
     spec: Aggregates,
     retire: Option<Retire<'s>>,
-) -> (Coll<'s, SqlRow>, Coll<'s, (String, SqlRow)>, Option<CurrentSqlRows>) {
+    count: bool,
+) -> Reduced<'s> {
     let exchange = Exchange::new(|((k, _), _, _): &((Key, Group), Time, isize)| differential_dataflow::Hashable::hashed(k));
     let windowed = retire.as_ref().map(|r| (r.column, r.to_end, r.lateness_ms));
     let peers = partial.scope().peers();
@@ -494,7 +500,7 @@ fn merge<'s>(
         groups: FastMap::default(),
         merging: FastMap::default(),
         pending: Stash::new(),
-        failed_caps: BTreeMap::new(),
+        more_caps: BTreeMap::new(),
         by_end: BTreeMap::new(),
         maxima: Maxima::default(),
     };
@@ -503,18 +509,19 @@ fn merge<'s>(
     let mut builder = OperatorBuilder::new(operator.to_string(), partial.scope());
     let mut input = builder.new_input(partial, exchange);
     let mut maxima_input = retire.map(|r| builder.new_input(r.maxima, Pipeline));
-    // (port 0: the rows; port 1: the failed groups)
+    // (port 0: the rows; port 1: the failed groups; port 2, counted: the rows' changes)
     let (mut rows_out, rows) = new_output::<SqlRow>(&mut builder);
     let (mut failed_out, failed) = new_output::<(String, SqlRow)>(&mut builder);
+    let (mut counts_out, counts) = count.then(|| new_output::<()>(&mut builder)).unzip();
     let shared = std::rc::Rc::new(std::cell::RefCell::new(state));
     // (a windowed reduce drops its final groups: it has no current rows to give at the end)
     let current = maxima_input.is_none().then(|| current_groups(shared.clone()));
     builder.build(move |_capabilities| {
         move |frontiers| {
             let mut state = shared.borrow_mut();
-            let State { pending, failed_caps, .. } = &mut *state;
+            let State { pending, more_caps, .. } = &mut *state;
             stash_by_time_with(&mut input, pending, 0, |cap, t| {
-                failed_caps.insert(t, cap.delayed(&t, 1));
+                more_caps.insert(t, (cap.delayed(&t, 1), count.then(|| cap.delayed(&t, 2))));
             });
             let mut done = least(&frontiers[0]);
             if let Some(maxima) = &mut maxima_input {
@@ -524,11 +531,11 @@ fn merge<'s>(
                     (a, b) => a.or(b),
                 };
             }
-            state.apply(done, &mut rows_out.activate(), &mut failed_out.activate());
+            state.apply(done, &mut rows_out.activate(), &mut failed_out.activate(), counts_out.as_mut().map(|o| o.activate()).as_mut());
             size.set(state.groups.len());
         }
     });
-    (rows.as_collection(), failed.as_collection(), current)
+    (rows.as_collection(), failed.as_collection(), current, counts.map(|c| c.as_collection()))
 }
 
 /// The current rows of a reduce's groups, taken out of its state.
@@ -558,8 +565,9 @@ struct State {
     /// (emptied, its room kept), so a time of many keys does not allocate and fault in a new one
     merging: FastMap<Key, Group>,
     pending: Stash<(Key, Group)>,
-    /// a capability for the failed groups' output (port 1) at each pending time
-    failed_caps: BTreeMap<Time, Capability<Time>>,
+    /// a capability for the failed groups' output (port 1) and, counted, for the rows' changes
+    /// (port 2) at each pending time
+    more_caps: BTreeMap<Time, (Capability<Time>, Option<Capability<Time>>)>,
     /// windowed: the keys of open windows by their end
     by_end: BTreeMap<Millis, Vec<Key>>,
     /// windowed: the input's maxima by logical time
@@ -575,14 +583,26 @@ impl State {
     /// as they are made (not gathered first: at a million changed keys a time's updates were
     /// tens of megabytes, allocated and faulted in anew each time); windowed, then drops the
     /// windows the watermark made final.
-    fn apply(&mut self, done: Option<Time>, rows: &mut Active<'_, SqlRow>, failed: &mut Active<'_, (String, SqlRow)>) {
+    fn apply(
+        &mut self,
+        done: Option<Time>,
+        rows: &mut Active<'_, SqlRow>,
+        failed: &mut Active<'_, (String, SqlRow)>,
+        mut counts: Option<&mut Active<'_, ()>>,
+    ) {
         let windowed = self.windowed;
         while self.pending.first_key_value().is_some_and(|(t, _)| done.is_none_or(|d| *t < d)) {
             let (t, (cap, partials)) = self.pending.pop_first().expect("checked");
-            let failed_cap = self.failed_caps.remove(&t).expect("a capability per pending time");
+            let (failed_cap, counts_cap) = self.more_caps.remove(&t).expect("a capability per pending time");
             let (mut rows, mut failed) = (rows.session(&cap), failed.session(&failed_cap));
+            let mut counts = counts.as_mut().zip(counts_cap.as_ref()).map(|(c, cap)| c.session(cap));
             let mut session = |(update, t, d): (Stepped, Time, isize)| match update {
-                Ok(row) => rows.give((row, t, d)),
+                Ok(row) => {
+                    if let Some(c) = &mut counts {
+                        c.give(((), t, d));
+                    }
+                    rows.give((row, t, d))
+                }
                 Err(e) => failed.give((e, t, d)),
             };
             // One partial per key: those of a key from several workers merged first (in a

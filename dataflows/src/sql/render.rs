@@ -123,7 +123,9 @@ pub fn render<'s>(
         for (view, node) in readers {
             match node {
                 Plan::Reduce { input, keys, aggs } => {
-                    members.push(reduce_member(input, keys, aggs, view, &lineage, sources).0);
+                    let mut member = reduce_member(input, keys, aggs, view, &lineage, sources).0;
+                    member.count = !keys.is_empty() && counted.contains(view) && views.iter().any(|v| std::ptr::eq(&v.plan, node));
+                    members.push(member);
                     nodes.0.push(node);
                 }
                 _ => {
@@ -145,8 +147,10 @@ pub fn render<'s>(
     let mut done: BTreeMap<String, Rendered<'s>> = BTreeMap::new();
     for view in views {
         let mut errors = Vec::new();
-        let count = counted.contains(&view.name) && !read_by_views.contains(view.name.as_str());
-        let (rows, current, counted) = view_plan(&view.plan, &view.name, (scope, sources, &done, &lineage, &fused), &mut errors, count);
+        let asked = counted.contains(&view.name);
+        let count = asked && !read_by_views.contains(view.name.as_str());
+        let reads = (scope, sources, &done, &lineage, &fused);
+        let (rows, current, counted) = view_plan(&view.plan, &view.name, reads, &mut errors, (count, asked));
         let errors = differential_dataflow::collection::concatenate(scope, errors);
         done.insert(view.name.clone(), Rendered { rows, errors, current, counted });
     }
@@ -194,7 +198,7 @@ fn view_plan<'s>(
     view: &str,
     reads: Reads<'_, 's>,
     errors: &mut Vec<Coll<'s, RowError>>,
-    count: bool,
+    (count, asked): (bool, bool),
 ) -> (Coll<'s, SqlRow>, Option<CurrentSqlRows>, Option<Coll<'s, ()>>) {
     let (scope, _, _, lineage, _) = reads;
     let (under, steps) = stateless_steps(p, lineage);
@@ -255,8 +259,10 @@ fn view_plan<'s>(
             (over_steps(joined, steps, view, errors), Some(current(c)), None)
         }
         Plan::Reduce { input, keys, aggs } if !keys.is_empty() => {
-            let (grouped, current) = grouped(under, (input, keys, aggs), view, reads, errors);
-            (over_steps(grouped, steps, view, errors), current.map(through), None)
+            // (a GROUP BY that is the whole view gives its changes without rows when asked, even
+            // when other views read its rows)
+            let (grouped, current, counted) = grouped(under, (input, keys, aggs), view, reads, errors, asked && steps.is_empty());
+            (over_steps(grouped, steps, view, errors), current.map(through), counted)
         }
         _ => (plan(p, view, reads, errors), None, None),
     }
@@ -712,7 +718,7 @@ fn reduce_member<'s, 'p>(
         Plan::Window { input, time, size, slide } => (&**input, Some((*time, *size, *slide))),
         input => (input, None),
     };
-    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), columns, window }, spec, retire }, under)
+    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), columns, window }, spec, retire, count: false }, under)
 }
 
 /// `rows`, inserted once (by the first worker) at the first time.
@@ -959,7 +965,7 @@ fn plan<'s>(p: &Plan, view: &str, reads: Reads<'_, 's>, errors: &mut Vec<Coll<'s
             let unmatched = l.clone().filter(no_null).antijoin(right_keys).concat(l.filter(move |kv| !no_null(kv)));
             matched.concat(unmatched.map(move |(_, a)| a.into_iter().chain(std::iter::repeat_n(Value::Null, n)).collect()))
         }
-        Plan::Reduce { input, keys, aggs } => grouped(p, (input, keys, aggs), view, reads, errors).0,
+        Plan::Reduce { input, keys, aggs } => grouped(p, (input, keys, aggs), view, reads, errors, false).0,
     }
 }
 
@@ -1060,17 +1066,19 @@ fn grouped<'s>(
     view: &str,
     reads: Reads<'_, 's>,
     errors: &mut Vec<Coll<'s, RowError>>,
-) -> (Coll<'s, SqlRow>, Option<CurrentSqlRows>) {
+    count: bool,
+) -> (Coll<'s, SqlRow>, Option<CurrentSqlRows>, Option<Coll<'s, ()>>) {
     let (scope, sources, _, lineage, fused) = reads;
     // SQL's global aggregate has a row even over no input: the empty group's, while no
     // group exists.
     let empty = keys.is_empty().then(|| Aggregates::new(aggs.to_vec(), true).empty_row());
     let read_with_others = fused.borrow_mut().remove(&(node as *const Plan as usize));
-    let (grouped, failed, current) = match read_with_others {
+    let (grouped, failed, current, counted) = match read_with_others {
         Some(Reader::Reduce(reduced)) => reduced,
         Some(Reader::Chain(_)) => unreachable!("a GROUP BY's node"),
         None => {
-            let (member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
+            let (mut member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
+            member.count = count && !keys.is_empty();
             let rows = plan(under, view, reads, errors);
             read_once(rows, vec![member], Vec::new()).0.pop().expect("one member, one result")
         }
@@ -1078,9 +1086,9 @@ fn grouped<'s>(
     let name = view.to_string();
     errors.push(failed.map(move |(e, row)| (name.clone(), e, row)));
     let folded = grouped;
-    let Some(empty) = empty else { return (folded, current) };
+    let Some(empty) = empty else { return (folded, current, counted) };
     let missing = constant(scope, vec![()]).concat(folded.clone().map(|_| ()).negate());
-    (folded.concat(missing.map(move |()| empty.clone())), None)
+    (folded.concat(missing.map(move |()| empty.clone())), None, None)
 }
 
 /// `rows`, counted on their way into an arrangement: the net of their diffs is what it holds,
