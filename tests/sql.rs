@@ -538,3 +538,31 @@ fn json_columns_keep_any_json_value_and_read_their_fields() {
         assert!(!o.status.success() && err.contains("events.sql: line 1") && err.contains(wanted), "{views}: {err}");
     }
 }
+
+/// A float too large for SUM's exact sums is a dead letter of the view named by its line (the
+/// engine keeps the positions of such rows only), and the group goes on without it.
+#[test]
+fn a_float_too_large_to_sum_is_a_dead_letter_named_by_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lines = [r#"{"k": 1, "v": 1.5}"#, r#"{"k": 2, "v": 2.5}"#, r#"{"k": 1, "v": -3e300}"#, r#"{"k": 1, "v": 4}"#];
+    std::fs::write(d.join("f.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(d.join("f.sql"), "CREATE VIEW sums AS SELECT k, SUM(v) AS s, COUNT(*) AS n FROM f GROUP BY k;").unwrap();
+    std::fs::write(
+        d.join("f.toml"),
+        "views = [\"f.sql\"]\ndataflows = [\"sums\"]\n[inputs.f]\nkind = \"file\"\npath = \"f.jsonl\"\ncolumns = [\"k int\", \"v float\"]\n",
+    )
+    .unwrap();
+    for workers in ["1", "2"] {
+        let got = run(d, workers, &["--config", "f.toml"]);
+        assert_eq!(got["sums"], [r#"{"k":1,"s":5.5,"n":2}"#, r#"{"k":2,"s":2.5,"n":1}"#], "-w {workers}");
+        let dead = &got["dead_letters"];
+        assert!(
+            dead.len() == 1
+                && dead[0].contains("\"input\":\"view sums\"")
+                && dead[0].contains("\"line\":3")
+                && dead[0].contains("floats are summed exactly below 1e18"),
+            "-w {workers}: {dead:?}"
+        );
+    }
+}

@@ -1004,7 +1004,7 @@ fn explain_names_the_group_bys_folded_together() {
 #[test]
 fn positions_are_kept_for_inputs_an_expression_can_fail_on() {
     use dataflows::sql::render::inputs_of_row_errors;
-    let inputs = |sql: &str| inputs_of_row_errors(&compile(sql, &mut catalog()).unwrap()).into_iter().collect::<Vec<_>>();
+    let inputs = |sql: &str| inputs_of_row_errors(&compile(sql, &mut catalog()).unwrap()).into_keys().collect::<Vec<_>>();
     assert_eq!(inputs("CREATE VIEW out AS SELECT k, x * 2 AS v FROM a WHERE x > 1;"), ["a"], "arithmetic can overflow");
     assert_eq!(inputs("CREATE VIEW out AS SELECT k, CAST(s AS int) AS n FROM a;"), ["a"], "a cast can fail");
     assert_eq!(inputs("CREATE VIEW out AS SELECT k, s FROM a WHERE x > 1 AND s IS NOT NULL;"), Vec::<String>::new());
@@ -1015,6 +1015,32 @@ fn positions_are_kept_for_inputs_an_expression_can_fail_on() {
         Vec::<String>::new(),
         "a row of a view over a GROUP BY is no input's row"
     );
+    // A float SUM or AVG of a column fails only on that column's huge values: only those rows'
+    // positions are kept. Anything else that can fail needs every row's.
+    use dataflows::sql::render::Failing;
+    let failing = |sql: &str| {
+        let mut c = Catalog::default();
+        let col = |n: &str, ty| Column { name: n.into(), ty };
+        c.add_source("f", vec![col("k", Type::Int), col("v", Type::Float), col("w", Type::Float)]);
+        inputs_of_row_errors(&compile(sql, &mut c).unwrap()).remove("f")
+    };
+    let only = |cols: &[usize]| Some(Failing::LargeFloats(cols.iter().copied().collect()));
+    assert_eq!(failing("CREATE VIEW out AS SELECT k, AVG(v) AS a, SUM(w) AS s, MAX(v) AS m FROM f WHERE v > 0 GROUP BY k;"), only(&[1, 2]));
+    assert_eq!(
+        failing("CREATE VIEW a AS SELECT k, SUM(v) AS s FROM f GROUP BY k;\nCREATE VIEW b AS SELECT k, AVG(w) AS s FROM f GROUP BY k;"),
+        only(&[1, 2])
+    );
+    assert_eq!(failing("CREATE VIEW out AS SELECT k, SUM(v * 2) AS s FROM f GROUP BY k;"), Some(Failing::Any), "arithmetic");
+    assert_eq!(
+        failing("CREATE VIEW out AS SELECT k, SUM(CASE WHEN v > 0 THEN w ELSE 0.0 END) AS s FROM f GROUP BY k;"),
+        Some(Failing::Any),
+        "a float sum of an expression"
+    );
+    assert_eq!(
+        failing("CREATE VIEW a AS SELECT k, SUM(v) AS s FROM f GROUP BY k;\nCREATE VIEW b AS SELECT k, v / w AS q FROM f;"),
+        Some(Failing::Any)
+    );
+    assert_eq!(failing("CREATE VIEW out AS SELECT k, MIN(v) AS m, COUNT(*) AS n FROM f GROUP BY k;"), None);
 }
 
 /// What a checkpoint keeps of an input, time by time: every distinct row with its count, a row

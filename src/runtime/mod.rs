@@ -413,10 +413,11 @@ struct Sessions {
     read_now: Vec<(u64, dataflows::records::Position)>,
 }
 
-/// A SQL input's decoder (its columns) and session, and whether its rows' positions are kept while in
-/// flight: when a view's expression that can fail reads its rows as read
-/// (`inputs_of_row_errors`), and not for an upsert input (its rows move to their key's worker).
-type TableSession = (codec::SqlDecoder, TableInput, bool);
+/// A SQL input's decoder (its columns) and session, and which of its rows' positions are kept
+/// while in flight: those a view's expression that can fail reads as read may fail on
+/// (`inputs_of_row_errors`: every row, or only those with a float a SUM cannot take); none of an
+/// upsert input (its rows move to their key's worker).
+type TableSession = (codec::SqlDecoder, TableInput, Option<dataflows::sql::render::Failing>);
 
 /// A SQL input's session: rows ranked by source position, or with an event time, rows that
 /// keep their bytes until their lateness is decided.
@@ -440,7 +441,7 @@ fn view_error(view: &str, reason: String, row: &dataflows::sql::SqlRow, read: Op
     }
 }
 
-/// A hash of a row, taken of every row an input decodes while positions are kept.
+/// A hash of a row, taken of every row an input decodes whose position is kept.
 fn row_hash(row: &dataflows::sql::SqlRow) -> u64 {
     dataflows::sql::value::hash_values(row.iter())
 }
@@ -540,7 +541,13 @@ impl Sessions {
                         dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
                         dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
                     };
-                    if *positions {
+                    use dataflows::sql::render::Failing;
+                    let kept = match positions {
+                        None => false,
+                        Some(Failing::Any) => true,
+                        Some(Failing::LargeFloats(columns)) => columns.iter().any(|&c| dataflows::sql::reduce::beyond_float_sums(&row[c])),
+                    };
+                    if kept {
                         self.read_now.push((row_hash(&row), position.clone()));
                     }
                     match session {
@@ -953,7 +960,7 @@ fn run_worker(
                         (on_time.map(|(s, row)| (s.rank, row)), Some((maxima, e.allowed_lateness_ms)), session)
                     }
                 };
-                let positions = t.key.is_empty() && named_in_errors.contains(t.name.as_str());
+                let positions = named_in_errors.get(t.name.as_str()).filter(|_| t.key.is_empty()).cloned();
                 // (a windowed input's rows keep room for the window a GROUP BY sets in place)
                 let spare = if t.event_time.as_ref().is_some_and(|e| !e.slides.is_empty()) { 2 } else { 0 };
                 tables.insert(t.name, (codec::SqlDecoder::new(t.columns.clone()).with_spare(spare), session, positions));

@@ -35,6 +35,12 @@ use crate::{Coll, Time};
 /// A float summed by SUM or AVG must be below this in magnitude (its sum is exact).
 pub const FLOAT_SUM_LIMIT: f64 = 1e18;
 
+/// Whether `v` is a number a SUM or AVG of floats cannot take ([`FLOAT_SUM_LIMIT`]): the row
+/// holding it is a dead letter of the view.
+pub fn beyond_float_sums(v: &Value) -> bool {
+    v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))
+}
+
 /// One aggregate's running state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Acc {

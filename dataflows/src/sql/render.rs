@@ -13,7 +13,7 @@ use super::compiled::{Compiled, Predicate};
 use super::eval::{eval, eval_onto, holds};
 use super::join::{concat_rows, inner_join, JoinSide, JoinedRow};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped, FLOAT_SUM_LIMIT};
+use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::ops::new_output;
 use crate::records::Millis;
@@ -374,11 +374,23 @@ fn read_together<'v>(views: &'v [View], lineage: &Lineage<'_>) -> BTreeMap<&'v s
     by_input
 }
 
+/// Which of an input's rows an expression may fail on ([`inputs_of_row_errors`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failing {
+    /// any row
+    Any,
+    /// only a row holding a number beyond the exact float sums' range
+    /// ([`super::reduce::beyond_float_sums`]) in one of these columns: the only expressions that
+    /// can fail on its rows are SUMs and AVGs of float columns
+    LargeFloats(std::collections::BTreeSet<usize>),
+}
+
 /// The inputs whose rows an expression that can fail reads as they were read (in a filter or
 /// map over the input, through filters only, or in a GROUP BY's keys and aggregates over it,
-/// under a window or not): a row error there is the input's row, and the runtime names it by
-/// its source position. Other inputs need no positions kept while their times are in flight.
-pub fn inputs_of_row_errors(views: &[View]) -> std::collections::BTreeSet<String> {
+/// under a window or not), and which of their rows it may fail on: a row error there is the
+/// input's row, and the runtime names it by its source position, so it keeps the positions of
+/// those rows while their times are in flight. Other inputs need no positions kept.
+pub fn inputs_of_row_errors(views: &[View]) -> BTreeMap<String, Failing> {
     fn source_under(mut p: &Plan, window: bool) -> Option<&str> {
         if window {
             p = under_window(p);
@@ -391,24 +403,42 @@ pub fn inputs_of_row_errors(views: &[View]) -> std::collections::BTreeSet<String
             _ => None,
         }
     }
-    let mut out = std::collections::BTreeSet::new();
+    let mut out: BTreeMap<String, Failing> = BTreeMap::new();
     for v in views {
         each_node(&v.plan, &mut |n| {
             let read = match n {
-                Plan::Filter(input, e) if can_fail(e) => source_under(input, false),
-                Plan::Map(input, es) if es.iter().any(can_fail) => source_under(input, false),
-                Plan::Reduce { input, keys, aggs }
-                    if keys.iter().any(can_fail)
-                        || aggs
-                            .iter()
-                            .any(|a| can_fail(&a.arg) || (matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float)) =>
-                {
-                    source_under(input, true)
+                Plan::Filter(input, e) if can_fail(e) => source_under(input, false).map(|s| (s, Failing::Any)),
+                Plan::Map(input, es) if es.iter().any(can_fail) => source_under(input, false).map(|s| (s, Failing::Any)),
+                Plan::Reduce { input, keys, aggs } => {
+                    let float_sum =
+                        |a: &&super::plan::Aggregate| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float;
+                    let failing = if keys.iter().any(can_fail) || aggs.iter().any(|a| can_fail(&a.arg)) {
+                        Some(Failing::Any)
+                    } else {
+                        // (a float sum of a column, under filters and a window, which keep the
+                        // input's columns where they are, fails on that column's large values)
+                        let columns: Option<std::collections::BTreeSet<usize>> =
+                            aggs.iter().filter(float_sum).map(|a| if let Expr::Column(c) = a.arg { Some(c) } else { None }).collect();
+                        match columns {
+                            Some(c) if c.is_empty() => None,
+                            Some(c) => Some(Failing::LargeFloats(c)),
+                            None => Some(Failing::Any),
+                        }
+                    };
+                    failing.and_then(|f| source_under(input, true).map(|s| (s, f)))
                 }
                 _ => None,
             };
-            if let Some(s) = read {
-                out.insert(s.to_string());
+            if let Some((s, f)) = read {
+                let merged = match (out.remove(s), f) {
+                    (Some(Failing::LargeFloats(mut a)), Failing::LargeFloats(b)) => {
+                        a.extend(b);
+                        Failing::LargeFloats(a)
+                    }
+                    (None, f) => f,
+                    _ => Failing::Any,
+                };
+                out.insert(s.to_string(), merged);
             }
         });
     }
@@ -707,7 +737,7 @@ fn reduce_member<'s, 'p>(
         for e in &args {
             e.eval_onto(row, a)?;
         }
-        match a.iter().zip(&float_sums).find(|(v, f)| **f && v.as_f64().is_some_and(|x| !(x.abs() < FLOAT_SUM_LIMIT))) {
+        match a.iter().zip(&float_sums).find(|(v, f)| **f && super::reduce::beyond_float_sums(v)) {
             Some((v, _)) => Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first")),
             None => Ok(()),
         }
