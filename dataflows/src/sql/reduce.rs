@@ -112,12 +112,13 @@ impl Aggregates {
         Group { rows: 0, accs }
     }
 
-    /// Adds `r` copies of a row whose arguments of the aggregates that take them
-    /// ([`Aggregates::with_arguments`]) are `args`.
-    fn add(&self, g: &mut Group, args: &SqlRow, r: isize) {
+    /// Adds `r` copies of a row whose `i`-th argument of the aggregates that take them
+    /// ([`Aggregates::with_arguments`]) is `arg(i)`.
+    fn add<'v>(&self, g: &mut Group, arg: impl Fn(usize) -> &'v Value, r: isize) {
         let r = r as i64;
         g.rows += r;
-        for ((a, acc), v) in self.stored.iter().zip(&mut g.accs).zip(args) {
+        for (i, (a, acc)) in self.stored.iter().zip(&mut g.accs).enumerate() {
+            let v = arg(i);
             match acc {
                 Acc::Count(n) => *n += if !v.is_null() { r } else { 0 },
                 Acc::Int(sum, n) => {
@@ -147,24 +148,24 @@ impl Aggregates {
         }
     }
 
-    /// Adds `r` copies of a row whose arguments are `args` to its group in `table`: the one
+    /// Adds `r` copies of a row whose arguments are `arg(i)` to its group in `table`: the one
     /// `same` finds under `hash`, else a new one of key `key()` (`rehash`: a stored key's hash).
     #[allow(clippy::too_many_arguments)]
-    fn fold_into<K>(
+    fn fold_into<'v, K>(
         &self,
         table: &mut hashbrown::HashTable<(K, Group)>,
         hash: u64,
         same: impl Fn(&K) -> bool,
         key: impl FnOnce() -> K,
         rehash: impl Fn(&K) -> u64,
-        args: &SqlRow,
+        arg: impl Fn(usize) -> &'v Value,
         r: isize,
     ) {
         match table.find_mut(hash, |(k, _)| same(k)) {
-            Some((_, g)) => self.add(g, args, r),
+            Some((_, g)) => self.add(g, arg, r),
             None => {
                 let mut g = self.empty();
-                self.add(&mut g, args, r);
+                self.add(&mut g, arg, r);
                 table.insert_unique(hash, (key(), g), |(k, _)| rehash(k));
             }
         }
@@ -308,11 +309,31 @@ pub struct Grouping {
     pub fill: Fill,
     /// the row's columns that are the key, when every key is a column
     pub columns: Option<Vec<usize>>,
+    /// where each argument of the aggregates that take one is: a column of the row, or the
+    /// `fill`'s arguments buffer
+    pub args: Vec<Arg>,
     /// a window in FROM under the reduce
     pub window: Option<(usize, i64, i64)>,
 }
 
-/// Writes a row's group key and aggregate arguments (see [`Grouping`]).
+/// Where an aggregate's argument is read ([`Grouping::args`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// the row's column (no copy)
+    Column(usize),
+    /// the `j`-th value the `fill` wrote
+    Computed(usize),
+}
+
+/// The `i`-th argument of a row's aggregates: a column of `row`, or a value of `computed`.
+fn arg_at<'v>(args: &[Arg], row: &'v SqlRow, computed: &'v SqlRow, i: usize) -> &'v Value {
+    match args[i] {
+        Arg::Column(c) => &row[c],
+        Arg::Computed(j) => &computed[j],
+    }
+}
+
+/// Writes a row's group key and its aggregates' arguments that are not columns (see [`Grouping`]).
 pub type Fill = Box<dyn Fn(&SqlRow, Option<&mut SqlRow>, &mut SqlRow) -> Result<(), String>>;
 
 /// One GROUP BY over an input: its view (for errors and metrics), how it groups, its
@@ -411,7 +432,15 @@ pub fn read_once<'s>(
                                 if let (Some([c]), Groups { ints, .. }) = (grouping.columns.as_deref(), &mut *groups) {
                                     if let Value::Int(i) = row[*c] {
                                         (grouping.fill)(row, None, &mut args)?;
-                                        local.fold_into(ints, hash_int(i), |k| *k == i, || i, |k| hash_int(*k), &args, r);
+                                        local.fold_into(
+                                            ints,
+                                            hash_int(i),
+                                            |k| *k == i,
+                                            || i,
+                                            |k| hash_int(*k),
+                                            |a| arg_at(&grouping.args, row, &args, a),
+                                            r,
+                                        );
                                         return Ok(());
                                     }
                                 }
@@ -422,14 +451,30 @@ pub fn read_once<'s>(
                                         (grouping.fill)(row, None, &mut args)?;
                                         let hash = hash_values(cols.iter().map(|&c| &row[c]));
                                         let same = |k: &Key| k.values().iter().zip(cols).all(|(v, &c)| *v == row[c]);
-                                        local.fold_into(&mut groups.any, hash, same, || Key::at(cols, row), rehash, &args, r);
+                                        local.fold_into(
+                                            &mut groups.any,
+                                            hash,
+                                            same,
+                                            || Key::at(cols, row),
+                                            rehash,
+                                            |a| arg_at(&grouping.args, row, &args, a),
+                                            r,
+                                        );
                                     }
                                     None => {
                                         key.clear();
                                         (grouping.fill)(row, Some(&mut key), &mut args)?;
                                         let hash = hash_values(key.iter());
                                         let same = |k: &Key| k.values() == key.as_slice();
-                                        local.fold_into(&mut groups.any, hash, same, || Key::from_slice(&key), rehash, &args, r);
+                                        local.fold_into(
+                                            &mut groups.any,
+                                            hash,
+                                            same,
+                                            || Key::from_slice(&key),
+                                            rehash,
+                                            |a| arg_at(&grouping.args, row, &args, a),
+                                            r,
+                                        );
                                     }
                                 }
                                 Ok(())

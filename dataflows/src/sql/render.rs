@@ -13,7 +13,7 @@ use super::compiled::{Compiled, Predicate};
 use super::eval::{eval, eval_onto, holds};
 use super::join::{concat_rows, inner_join, JoinSide, JoinedRow};
 use super::plan::{AggFunc, Expr, Plan, View};
-use super::reduce::{read_once, Aggregates, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped};
+use super::reduce::{read_once, Aggregates, Arg, Chain, CurrentSqlRows, Grouping, Member, Reduced, Retire, Stepped};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::ops::new_output;
 use crate::records::Millis;
@@ -722,22 +722,38 @@ fn reduce_member<'s, 'p>(
     });
     // (COUNT(*) takes no argument: it is the group's row count)
     let stored = spec.with_arguments();
-    let args: Vec<Expr> = stored.iter().map(|a| a.arg.clone()).collect();
     let float_sums: Vec<bool> = stored.iter().map(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg) && a.arg_type == Type::Float).collect();
+    // An argument that is a column is read where the row holds it; the others are evaluated
+    // into the arguments' buffer, in order.
+    let mut computed = Vec::new();
+    let arg_sources: Vec<Arg> = stored
+        .iter()
+        .map(|a| match a.arg {
+            Expr::Column(c) => Arg::Column(c),
+            ref e => {
+                computed.push(Compiled::new(e));
+                Arg::Computed(computed.len() - 1)
+            }
+        })
+        .collect();
     // A key of columns is looked up where the row holds them (nothing copied).
     let columns: Option<Vec<usize>> = keys.iter().map(|k| if let Expr::Column(c) = k { Some(*c) } else { None }).collect();
     let keys: Vec<Compiled> = keys.iter().map(Compiled::new).collect();
-    let args: Vec<Compiled> = args.iter().map(Compiled::new).collect();
+    let sources_of_args = arg_sources.clone();
     let fill = move |row: &SqlRow, k: Option<&mut SqlRow>, a: &mut SqlRow| -> Result<(), String> {
         if let Some(k) = k {
             for e in &keys {
                 e.eval_onto(row, k)?;
             }
         }
-        for e in &args {
+        for e in &computed {
             e.eval_onto(row, a)?;
         }
-        match a.iter().zip(&float_sums).find(|(v, f)| **f && super::reduce::beyond_float_sums(v)) {
+        let arg = |s: &Arg| match *s {
+            Arg::Column(c) => &row[c],
+            Arg::Computed(j) => &a[j],
+        };
+        match sources_of_args.iter().zip(&float_sums).map(|(s, f)| (arg(s), f)).find(|(v, f)| **f && super::reduce::beyond_float_sums(v)) {
             Some((v, _)) => Err(format!("SUM or AVG of {v}: floats are summed exactly below 1e18 in magnitude; filter or scale it first")),
             None => Ok(()),
         }
@@ -748,7 +764,16 @@ fn reduce_member<'s, 'p>(
         Plan::Window { input, time, size, slide } => (&**input, Some((*time, *size, *slide))),
         input => (input, None),
     };
-    (Member { view: view.to_string(), grouping: Grouping { fill: Box::new(fill), columns, window }, spec, retire, count: false }, under)
+    (
+        Member {
+            view: view.to_string(),
+            grouping: Grouping { fill: Box::new(fill), columns, args: arg_sources, window },
+            spec,
+            retire,
+            count: false,
+        },
+        under,
+    )
 }
 
 /// `rows`, inserted once (by the first worker) at the first time.
