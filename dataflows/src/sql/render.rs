@@ -124,7 +124,8 @@ pub fn render<'s>(
             match node {
                 Plan::Reduce { input, keys, aggs } => {
                     let mut member = reduce_member(input, keys, aggs, view, &lineage, sources).0;
-                    member.count = !keys.is_empty() && counted.contains(view) && views.iter().any(|v| std::ptr::eq(&v.plan, node));
+                    member.count =
+                        counts_beside_rows(&member, keys, counted.contains(view) && views.iter().any(|v| std::ptr::eq(&v.plan, node)));
                     members.push(member);
                     nodes.0.push(node);
                 }
@@ -1133,7 +1134,7 @@ fn grouped<'s>(
         Some(Reader::Chain(_)) => unreachable!("a GROUP BY's node"),
         None => {
             let (mut member, under) = reduce_member(input, keys, aggs, view, lineage, sources);
-            member.count = count && !keys.is_empty();
+            member.count = counts_beside_rows(&member, keys, count);
             let rows = plan(under, view, reads, errors);
             read_once(rows, vec![member], Vec::new()).0.pop().expect("one member, one result")
         }
@@ -1144,6 +1145,14 @@ fn grouped<'s>(
     let Some(empty) = empty else { return (folded, current, counted) };
     let missing = constant(scope, vec![()]).concat(folded.clone().map(|_| ()).negate());
     (folded.concat(missing.map(move |()| empty.clone())), None, None)
+}
+
+/// Whether a GROUP BY asked for its view's changes without rows (`asked`: the view is this
+/// GROUP BY and a snapshot-only run counts it) gives them: not a global aggregate (its view adds
+/// the empty group's row) nor a windowed one (it has no current rows to give at the end, so the
+/// run takes its rows).
+fn counts_beside_rows(member: &Member<'_>, keys: &[Expr], asked: bool) -> bool {
+    asked && !keys.is_empty() && member.retire.is_none()
 }
 
 /// `rows`, counted on their way into an arrangement: the net of their diffs is what it holds,
