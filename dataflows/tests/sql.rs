@@ -772,7 +772,7 @@ fn json_values_by_cast_and_their_fields_and_elements() {
             Null,
             Null,
             Null,
-            Text("12".into()),
+            Int(12),
             Text("true".into()),
             Text("[1,2]".into()),
             Int(10),

@@ -375,7 +375,8 @@ pub fn cast(v: Value, to: Type) -> Result<Value, String> {
             let json: serde_json::Value = serde_json::from_str(&s).map_err(|e| format!("cannot cast '{s}' to json: {e}"))?;
             json_value(&json)
         }
-        (v @ (Value::Int(_) | Value::Bool(_)), Type::Json) => Value::Text(v.to_string().into()),
+        (v @ Value::Int(_), Type::Json) => v,
+        (Value::Bool(b), Type::Json) => Value::Text(b.to_string().into()),
         (Value::Float(x), Type::Json) => json_value(&serde_json::Value::from(x)),
         (v @ Value::Int(_), Type::Int)
         | (v @ Value::Float(_), Type::Float)
@@ -385,10 +386,13 @@ pub fn cast(v: Value, to: Type) -> Result<Value, String> {
     })
 }
 
-/// A JSON value as a SQL value of type json: its compact text, NULL for JSON null.
+/// A JSON value as a SQL value of type json: an integer that fits i64 as an int (so ids that are
+/// numbers group, join and order as numbers, before every other JSON value), NULL for JSON
+/// null, any other value as its compact text.
 pub fn json_value(json: &serde_json::Value) -> Value {
     match json {
         serde_json::Value::Null => Value::Null,
+        serde_json::Value::Number(n) if n.is_i64() => Value::Int(n.as_i64().expect("an i64")),
         v => Value::Text(v.to_string().into()),
     }
 }
@@ -407,6 +411,8 @@ fn json_get(json: &str, at: &Value, text: bool) -> Result<Value, String> {
     };
     Ok(match found {
         Some(serde_json::Value::String(s)) if text => Value::Text(s.as_str().into()),
+        // (`->>` gives text: a number's JSON text)
+        Some(v @ serde_json::Value::Number(_)) if text => Value::Text(v.to_string().into()),
         Some(v) => json_value(v),
         None => Value::Null,
     })
