@@ -1,6 +1,8 @@
--- The IoT pipeline's windowed metrics and anomaly alerts, as SQL views over `sensors`
--- (configs/sensors.toml declares its columns and its event time, `timestamp`, with 30 s of
--- allowed lateness). The built-in `sensor_metrics` dataflow computes the same rows.
+-- The IoT pipeline, `sensor_metrics`: windowed metrics and anomaly alerts over `sensors`,
+-- whose event time is `timestamp`. `diffstream run sensor_metrics …` runs these views with the
+-- window and the normal ranges of the config's [sensor_metrics] (src/config/builtin.rs puts
+-- them in place of the one-minute TUMBLE and the VALUES below); configs/sensors.toml runs them
+-- as written.
 --
 -- A reading that could only land in windows the watermark has passed is a dead letter with
 -- reason `late` before any view sees it, and a window's state is dropped once the watermark
@@ -19,7 +21,7 @@ CREATE VIEW normal_ranges AS
 
 -- count, average, least and greatest value, and readings flagged `anomaly`, per sensor type
 -- and location in one-minute windows
-CREATE VIEW windowed_metrics AS
+CREATE VIEW sensor_window_metrics AS
   SELECT sensor_type, location, window_start, window_end,
          COUNT(*) AS count, AVG(value) AS avg, MIN(value) AS min, MAX(value) AS max,
          SUM(CASE WHEN status = 'anomaly' THEN 1 ELSE 0 END) AS anomaly_count
@@ -27,7 +29,7 @@ CREATE VIEW windowed_metrics AS
   GROUP BY sensor_type, location, window_start, window_end;
 
 -- readings above (`high`) or below (`low`) their type's range, or flagged (`flagged`)
-CREATE VIEW sensor_alerts AS
+CREATE VIEW anomaly_alerts AS
   SELECT s.sensor_id, s.sensor_type, s.location, s.value, s."timestamp",
          CASE WHEN s.value > r.max_value THEN 'high'
               WHEN s.value < r.min_value THEN 'low'

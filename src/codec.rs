@@ -252,6 +252,8 @@ pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
 /// saves work: a field that does not match its guess is searched as before).
 pub struct SqlDecoder {
     columns: Vec<dataflows::sql::Column>,
+    /// the columns whose null is a dead letter
+    not_null: Vec<usize>,
     /// what the `k`-th field of the last record was
     order: Vec<FieldGuess>,
     /// room each row keeps for values a view adds in place (a window's start and end)
@@ -267,7 +269,7 @@ enum FieldGuess {
 impl SqlDecoder {
     /// A decoder of records with these columns.
     pub fn new(columns: Vec<dataflows::sql::Column>) -> Self {
-        SqlDecoder { columns, order: Vec::new(), spare: 0 }
+        SqlDecoder { columns, not_null: Vec::new(), order: Vec::new(), spare: 0 }
     }
 
     /// The same, its rows with room for `spare` more values: a GROUP BY over a window sets
@@ -275,6 +277,11 @@ impl SqlDecoder {
     /// second allocation and copy.
     pub fn with_spare(self, spare: usize) -> Self {
         SqlDecoder { spare, ..self }
+    }
+
+    /// The same, a record whose value of one of these columns is null (or missing) a dead letter.
+    pub fn not_null(self, columns: &[usize]) -> Self {
+        SqlDecoder { not_null: columns.to_vec(), ..self }
     }
 
     /// The columns it decodes.
@@ -296,6 +303,9 @@ impl SqlDecoder {
             }
         })?;
         de.end().map_err(|e| classify(text, &e))?;
+        if let Some(&i) = self.not_null.iter().find(|&&i| row[i].is_null()) {
+            return Err(format!("wrong_type: {} is null, and declared not null", self.columns[i].name));
+        }
         Ok(row)
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use dataflows::{Dataflow, InputName};
 
 use crate::cli::{DemoArgs, GenArgs, RunArgs, TimelyArgs};
-use crate::config::{Config, InputConfig};
+use crate::config::{builtin, Config, InputConfig};
 use crate::http::HttpOptions;
 use crate::runtime::{self, Cluster, Display, KafkaOutputPlan, Plan, Report};
 use crate::sources::generator::GeneratorSpec;
@@ -54,10 +54,8 @@ fn dataflows(names: &[String], source: &str) -> anyhow::Result<Vec<Dataflow>> {
     Ok(out)
 }
 
-/// The config's SQL inputs and views, compiled: every input with `columns` is a table the
-/// views may read; the views of each `views` file are compiled in order. Errors name the file,
-/// line and column. `outputs` is left empty for the caller.
-fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyhow::Result<Option<runtime::SqlPipeline>> {
+/// The texts of the config's `views` files, each with its path.
+fn view_files(config: &Config, config_path: Option<&std::path::Path>) -> anyhow::Result<Vec<(String, String)>> {
     let base = config_path.and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
     let mut files = Vec::new();
     for path in &config.views {
@@ -66,10 +64,49 @@ fn compile_views(config: &Config, config_path: Option<&std::path::Path>) -> anyh
             .map_err(|e| anyhow::anyhow!("{}: cannot read it ({e}); fix `views` in the config", path.display()))?;
         files.push((path.display().to_string(), text));
     }
-    compile_sql(config, config_path, &files)
+    Ok(files)
 }
 
-/// [`compile_views`] of the views' texts, each with the name its errors give.
+/// The views `names` select, compiled with every view they read: a shipped dataflow's name
+/// (`user_event_counts`, …) that no `views` file defines is its views (`config::builtin`,
+/// which also declares the columns of the inputs `users`, `clicks` and `sensors`), any other
+/// name a view of the config's `views` files. Every input with `columns` is a table the views
+/// may read. Errors name the file, line and column, or `source` (where the names come from).
+fn resolve_views(
+    config: &mut Config,
+    config_path: Option<&std::path::Path>,
+    names: &[String],
+    source: &str,
+) -> anyhow::Result<runtime::SqlPipeline> {
+    let file = config_file(config_path);
+    let files = view_files(config, config_path)?;
+    let defined: Vec<String> = files.iter().flat_map(|(_, text)| dataflows::sql::view_names(text)).collect();
+    for name in names.iter().filter(|n| builtin::DATAFLOWS.contains(&n.as_str()) && !defined.contains(n)) {
+        if let Some(i) = builtin::inputs(name).iter().find(|i| !config.inputs.contains_key(**i)) {
+            bail!("dataflow `{name}` reads input `{i}`, which is not bound; add --input {i}=FILE.jsonl, or an [inputs.{i}] table to the config");
+        }
+    }
+    let expanded = builtin::expand(config, names, &defined, &file)?;
+    let texts: Vec<(String, String)> = expanded.sql.into_iter().chain(files).collect();
+    let mut sql = compile_sql(config, config_path, &texts)?.unwrap_or_default();
+    let mut outputs = Vec::new();
+    for name in &expanded.outputs {
+        if !sql.views.iter().any(|v| &v.name == name) {
+            let views: Vec<&str> = sql.views.iter().map(|v| v.name.as_str()).collect();
+            let views = if views.is_empty() { String::new() } else { format!("; the views are {}", views.join(", ")) };
+            bail!("{source}: unknown dataflow `{name}`; the dataflows are {}{views}", builtin::DATAFLOWS.join(", "));
+        }
+        outputs.push(name.parse::<dataflows::Output>().map_err(anyhow::Error::msg)?);
+    }
+    // (none: every view, for `explain`)
+    if !outputs.is_empty() {
+        sql.select(outputs);
+    }
+    Ok(sql)
+}
+
+/// The config's SQL inputs and the views of these texts (each with the name its errors give),
+/// compiled in order; `outputs` is left empty for the caller.
 fn compile_sql(
     config: &Config,
     config_path: Option<&std::path::Path>,
@@ -78,7 +115,8 @@ fn compile_sql(
     let mut catalog = dataflows::sql::Catalog::default();
     let mut tables = Vec::new();
     for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
-        let (columns, key) = input.schema().map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
+        let crate::config::Schema { columns, key, not_null } =
+            input.schema().map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
         let column = input.event_time_column(&columns).map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
         let event_time = input.event_time().zip(column).map(|(e, column)| runtime::EventTime {
             column,
@@ -90,7 +128,13 @@ fn compile_sql(
         if !key.is_empty() {
             catalog.primary_key(name, &key);
         }
-        tables.push(runtime::SqlTable { name: InputName::Table(dataflows::sql::registry::table(name)), columns, key, event_time });
+        tables.push(runtime::SqlTable {
+            name: InputName::Table(dataflows::sql::registry::table(name)),
+            columns,
+            key,
+            event_time,
+            not_null,
+        });
     }
     if files.is_empty() {
         return Ok(None);
@@ -104,8 +148,8 @@ fn compile_sql(
             }
         }
         for v in &compiled {
-            if v.name.parse::<Dataflow>().is_ok() || dataflows::Output::ALL.iter().any(|o| o.as_str() == v.name) {
-                bail!("{path}: the view `{}` has the name of a built-in dataflow or output: name it otherwise", v.name);
+            if v.name == dataflows::Output::DeadLetters.as_str() {
+                bail!("{path}: the view `{}` has the name of the dead letters' output: name it otherwise", v.name);
             }
             let columns: Vec<(String, dataflows::sql::Type)> = v.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
             dataflows::sql::registry::view(&v.name, &columns, &v.key);
@@ -148,10 +192,12 @@ fn declared_key(v: &dataflows::sql::View, names: &[String]) -> Result<Vec<usize>
 
 /// `diffstream explain`: the compiled views' plans.
 pub fn explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
-    let Some(sql) = compile_views(&config, Some(&args.config))? else {
-        bail!("{}: has no `views` files to explain; add views = [\"my_views.sql\"]", args.config.display());
-    };
+    let mut config = Config::load(&args.config)?;
+    let names = config.dataflows.clone();
+    let sql = resolve_views(&mut config, Some(&args.config), &names, &format!("{}: `dataflows`", args.config.display()))?;
+    if sql.views.is_empty() {
+        bail!("{}: has no views to explain; add views = [\"my_views.sql\"], or name a dataflow in `dataflows`", args.config.display());
+    }
     for name in &args.views {
         if !sql.views.iter().any(|v| &v.name == name) {
             let names: Vec<&str> = sql.views.iter().map(|v| v.name.as_str()).collect();
@@ -234,45 +280,21 @@ pub struct Launch {
 
 /// Resolves `diffstream run` into a plan.
 pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
-    let (config, file) = match &args.config {
+    let (mut config, file) = match &args.config {
         Some(path) => (Config::load(path)?, path.display().to_string()),
         None => (Config::default(), "(no config file)".to_string()),
     };
-    let sql = compile_views(&config, args.config.as_deref())?;
     let (names, source) = if args.dataflows.is_empty() {
-        (&config.dataflows, format!("{file}: `dataflows`"))
+        (config.dataflows.clone(), format!("{file}: `dataflows`"))
     } else {
-        (&args.dataflows, "command line".to_string())
+        (args.dataflows.clone(), "command line".to_string())
     };
-    let (builtin, views): (Vec<&String>, Vec<&String>) =
-        names.iter().partition(|n| n.parse::<Dataflow>().is_ok() || sql.as_ref().is_none_or(|s| !s.views.iter().any(|v| &v.name == *n)));
-    let selected = dataflows(&builtin.into_iter().cloned().collect::<Vec<_>>(), &source).map_err(|e| match &sql {
-        Some(s) => {
-            let names: Vec<&str> = s.views.iter().map(|v| v.name.as_str()).collect();
-            anyhow::anyhow!("{e}; the views are {}", names.join(", "))
-        }
-        None => e,
-    })?;
-    let sql = sql.map(|mut s| {
-        s.select(views.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect());
-        std::sync::Arc::new(s)
-    });
-    if selected.is_empty() && sql.as_ref().is_none_or(|s| s.outputs.is_empty()) {
+    if names.is_empty() {
         bail!(
             "name at least one dataflow, e.g. `diffstream run user_event_counts --input clicks=clicks.jsonl`, \
-             or list them as `dataflows = [...]` in a --config file; the dataflows are user_event_counts, user_activity, sensor_metrics"
+             or list them as `dataflows = [...]` in a --config file; the dataflows are {}, and the views of the config's `views` files",
+            builtin::DATAFLOWS.join(", ")
         );
-    }
-    let mut inputs: BTreeMap<InputName, InputConfig> = BTreeMap::new();
-    // An input that declares columns is a SQL input, whatever its name (`clicks` too).
-    let input_name = |name: &str| -> anyhow::Result<InputName> {
-        match config.inputs.get(name).filter(|c| !c.columns().is_empty()) {
-            Some(_) => Ok(InputName::Table(dataflows::sql::registry::table(name))),
-            None => name.parse().map_err(|e: String| anyhow::anyhow!(e)),
-        }
-    };
-    for (name, input) in &config.inputs {
-        inputs.insert(input_name(name)?, input.clone());
     }
     for binding in &args.inputs {
         let Some((name, path)) = binding.split_once('=') else {
@@ -284,15 +306,19 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         let event_time = declared.and_then(|c| c.event_time().cloned());
         let (primary_key, format) = declared.map(|c| c.key_and_format()).unwrap_or_default();
         let (primary_key, format) = (primary_key.cloned(), format.map(str::to_string));
-        let name = input_name(name).map_err(|e| anyhow::anyhow!("--input {binding}: {e}"))?;
-        inputs.insert(name, InputConfig::File { path: PathBuf::from(path), rate: None, columns, event_time, primary_key, format });
+        config.inputs.insert(
+            name.to_string(),
+            InputConfig::File { path: PathBuf::from(path), rate: None, columns, event_time, primary_key, format },
+        );
     }
-    for d in &selected {
-        for i in d.inputs() {
-            if !inputs.contains_key(i) {
-                bail!("dataflow `{d}` reads input `{i}`, which is not bound; add --input {i}=FILE.jsonl, or an [inputs.{i}] table to the config");
-            }
+    let sql = resolve_views(&mut config, args.config.as_deref(), &names, &source)?;
+    let sql = Some(std::sync::Arc::new(sql));
+    let mut inputs: BTreeMap<InputName, InputConfig> = BTreeMap::new();
+    for (name, input) in &config.inputs {
+        if input.columns().is_empty() {
+            bail!("{file}: `inputs.{name}`: declare the records' `columns` for SQL views, e.g. columns = [\"id int\", \"name text\"]");
         }
+        inputs.insert(InputName::Table(dataflows::sql::registry::table(name)), input.clone());
     }
     let output_dir = args.output_dir.clone().or(config.output.dir.clone());
     let changes = args.changes || config.output.changes;
@@ -319,7 +345,9 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
     let paced = specs.values().any(|i| i.is_stream() || i.rate.is_some());
     // SQL views take the larger times too, unless an input has an event time: like the window
     // metrics, they then judge lateness per batch.
-    let per_user = selected.iter().any(|d| matches!(d, Dataflow::UserEventCounts | Dataflow::UserActivity))
+    // (the per-user views run beside the sensors' take them: the sensors' lateness is judged per
+    // batch whatever a time holds)
+    let per_user = names.iter().any(|n| n == "user_event_counts" || n == "user_activity")
         || sql.as_ref().is_some_and(|s| !s.outputs.is_empty() && s.tables.iter().all(|t| t.event_time.is_none()));
     let batches_per_time = match args.batches_per_time {
         Some(0) => bail!("--batches-per-time must be at least 1"),
@@ -338,10 +366,9 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         h.resolve().with_context(|| format!("the HTTP server of {file}"))?;
     }
     if let Some(names) = config.output.mongodb.as_ref().and_then(|m| m.outputs.as_ref()) {
-        let known: Vec<String> = selected
+        let known: Vec<String> = sql
             .iter()
-            .flat_map(|d| d.outputs().iter().map(|o| o.to_string()))
-            .chain(sql.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_string())))
+            .flat_map(|s| s.outputs.iter().map(|o| o.to_string()))
             .chain(std::iter::once(dataflows::Output::DeadLetters.to_string()))
             .collect();
         if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
@@ -353,7 +380,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         params: config.params(&file)?,
         inputs: specs,
         batches_per_time,
-        dataflows: selected,
+        dataflows: Vec::new(),
         output_dir,
         changes,
         batch_size,
@@ -423,18 +450,19 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
         return plan_demo_pipeline(args, name);
     }
     let file = "configs/demo.toml (embedded)";
-    let config = Config::parse(DEMO_CONFIG, file)?;
-    let inputs = config
-        .inputs
+    let mut config = Config::parse(DEMO_CONFIG, file)?;
+    let names = config.dataflows.clone();
+    let sql = resolve_views(&mut config, None, &names, file)?;
+    let inputs = sql
+        .tables
         .iter()
-        .map(|(n, c)| {
-            let name: InputName = n.parse().map_err(anyhow::Error::msg)?;
-            let mut spec = InputSpec::from_config(name, c, &config.kafka);
+        .map(|t| {
+            let mut spec = InputSpec::from_config(t.name, &config.inputs[t.name.as_str()], &config.kafka);
             spec.rate = Some(args.rate);
-            Ok((name, spec))
+            (t.name, spec)
         })
-        .collect::<anyhow::Result<_>>()?;
-    demo_launch(args, &config, file, None, dataflows(&config.dataflows, file)?, inputs)
+        .collect();
+    demo_launch(args, &config, file, Some(std::sync::Arc::new(sql)), Vec::new(), inputs)
 }
 
 /// `diffstream demo NAME`: a shipped pipeline's views on its input's generator.

@@ -92,10 +92,9 @@ impl InputName {
 impl FromStr for InputName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        InputName::ALL
-            .into_iter()
-            .find(|i| i.as_str() == s)
-            .or_else(|| sql::registry::find_table(s).map(InputName::Table))
+        sql::registry::find_table(s)
+            .map(InputName::Table)
+            .or_else(|| InputName::ALL.into_iter().find(|i| i.as_str() == s))
             .ok_or_else(|| format!("unknown input `{s}`; the inputs are users, clicks, sensors, and those given `columns` for SQL views"))
     }
 }

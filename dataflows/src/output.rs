@@ -88,7 +88,7 @@ impl Output {
 impl FromStr for Output {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Output::ALL.into_iter().find(|o| o.as_str() == s).or_else(|| crate::sql::registry::find_view(s).map(Output::View)).ok_or_else(
+        crate::sql::registry::find_view(s).map(Output::View).or_else(|| Output::ALL.into_iter().find(|o| o.as_str() == s)).ok_or_else(
             || {
                 let names: Vec<&str> = Output::ALL.iter().map(|o| o.as_str()).collect();
                 format!("unknown output `{s}`; the outputs are {}", names.join(", "))

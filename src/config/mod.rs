@@ -2,6 +2,7 @@
 //! documented, defaults that say where they come from, and validation whose errors name the
 //! file, the key and what to write instead.
 
+pub mod builtin;
 mod duration;
 pub mod kafka;
 
@@ -200,11 +201,9 @@ impl InputConfig {
         Ok(Some(i))
     }
 
-    /// The declared columns, parsed, and the primary key's columns (`"id int primary key"`, or
-    /// `primary_key`: an upsert input, whose latest version of a key by source position is its
-    /// row); `Err((key under the input's table, message))`.
-    pub fn schema(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>), (String, String)> {
-        let (columns, mut key) = self.columns_and_key().map_err(|(i, m)| (format!("columns[{i}]"), m))?;
+    /// The declared columns, parsed ([`Schema`]); `Err((key under the input's table, message))`.
+    pub fn schema(&self) -> Result<Schema, (String, String)> {
+        let (columns, mut key, not_null) = self.columns_and_key().map_err(|(i, m)| (format!("columns[{i}]"), m))?;
         let (primary_key, format) = self.key_and_format();
         if let Some(f) = format.filter(|f| !f.eq_ignore_ascii_case("json")) {
             return Err(("format".into(), format!("`{f}` is not read: records are JSON (format = \"json\", the default)")));
@@ -219,18 +218,40 @@ impl InputConfig {
             }
         }
         key.sort_unstable();
-        Ok((columns, key))
+        Ok(Schema { columns, key, not_null })
     }
 
-    fn columns_and_key(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>), (usize, String)> {
+    /// Sets the columns, event time and primary key of an input that declares none.
+    pub fn declare(&mut self, new_columns: Vec<String>, new_event_time: Option<EventTimeConfig>, new_key: Option<Names>) {
+        let (columns, event_time, primary_key) = match self {
+            InputConfig::File { columns, event_time, primary_key, .. }
+            | InputConfig::Stdin { columns, event_time, primary_key, .. }
+            | InputConfig::Generator { columns, event_time, primary_key, .. } => (columns, event_time, primary_key),
+            InputConfig::Kafka(k) => (&mut k.columns, &mut k.event_time, &mut k.primary_key),
+        };
+        *columns = new_columns;
+        *event_time = new_event_time;
+        *primary_key = new_key;
+    }
+
+    fn columns_and_key(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>, Vec<usize>), (usize, String)> {
         let mut out: Vec<dataflows::sql::Column> = Vec::new();
         let mut key = Vec::new();
+        let mut not_null = Vec::new();
         for (i, c) in self.columns().iter().enumerate() {
             let spec = c.trim();
             let lower = spec.to_ascii_lowercase();
             let spec = match lower.strip_suffix("primary key") {
                 Some(rest) => {
                     key.push(i);
+                    &spec[..rest.trim_end().len()]
+                }
+                None => spec,
+            };
+            let lower = spec.to_ascii_lowercase();
+            let spec = match lower.strip_suffix("not null") {
+                Some(rest) => {
+                    not_null.push(i);
                     &spec[..rest.trim_end().len()]
                 }
                 None => spec,
@@ -246,8 +267,19 @@ impl InputConfig {
             }
             out.push(dataflows::sql::Column { name, ty });
         }
-        Ok((out, key))
+        Ok((out, key, not_null))
     }
+}
+
+/// An input's declared columns, parsed.
+pub struct Schema {
+    /// the columns, in order
+    pub columns: Vec<dataflows::sql::Column>,
+    /// the primary key's columns (`"id int primary key"`, or `primary_key`): an upsert input,
+    /// whose latest version of a key by source position is its row
+    pub key: Vec<usize>,
+    /// the columns declared `not null`: a record whose value is null is a dead letter
+    pub not_null: Vec<usize>,
 }
 
 /// One name or a list of them.
@@ -281,7 +313,8 @@ pub enum InputConfig {
         #[serde(default)]
         rate: Option<f64>,
         /// For SQL views: the records' columns, in order, as `"name type"` (types: int,
-        /// float, text, bool, timestamp, json), e.g. `["id int", "product text"]`.
+        /// float, text, bool, timestamp, json), e.g. `["id int", "product text"]`; `"id int not
+        /// null"` makes a record whose `id` is null a dead letter.
         #[serde(default)]
         columns: Vec<String>,
         /// For SQL views: the column that dates each record, and how late it may arrive.
@@ -578,7 +611,7 @@ impl Config {
             if input.columns().is_empty() {
                 name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table, or give it `columns` for SQL views")))?;
             } else {
-                let (columns, _) = input.schema().map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
+                let columns = input.schema().map_err(|(k, m)| err(&format!("{key}.{k}"), m))?.columns;
                 input.event_time_column(&columns).map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
             }
             if input.columns().is_empty() && input.event_time().is_some() {

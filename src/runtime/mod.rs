@@ -168,7 +168,7 @@ pub struct Plan {
 
 /// The SQL views of a plan: the columns of the inputs they read, every compiled view (in the
 /// order they may read each other), and the views written as outputs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SqlPipeline {
     /// the SQL inputs
     pub tables: Vec<SqlTable>,
@@ -189,6 +189,8 @@ pub struct SqlTable {
     pub key: Vec<usize>,
     /// its event time, if it has one
     pub event_time: Option<EventTime>,
+    /// the columns declared `not null`
+    pub not_null: Vec<usize>,
 }
 
 impl SqlPipeline {
@@ -963,7 +965,10 @@ fn run_worker(
                 let positions = named_in_errors.get(t.name.as_str()).filter(|_| t.key.is_empty()).cloned();
                 // (a windowed input's rows keep room for the window a GROUP BY sets in place)
                 let spare = if t.event_time.as_ref().is_some_and(|e| !e.slides.is_empty()) { 2 } else { 0 };
-                tables.insert(t.name, (codec::SqlDecoder::new(t.columns.clone()).with_spare(spare), session, positions));
+                tables.insert(
+                    t.name,
+                    (codec::SqlDecoder::new(t.columns.clone()).with_spare(spare).not_null(&t.not_null), session, positions),
+                );
                 // With checkpoints: the rows the views need, kept at checkpoint times.
                 if let Some(every) = checkpoint_every {
                     use dataflows::sql::keep::{keep_rows, Forget};

@@ -20,5 +20,5 @@ pub mod registry;
 pub mod render;
 pub mod value;
 
-pub use plan::{compile, Catalog, Column, SqlError, View};
+pub use plan::{compile, view_names, Catalog, Column, SqlError, View};
 pub use value::{SqlRow, Type, Value};

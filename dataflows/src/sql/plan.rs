@@ -322,6 +322,19 @@ fn unique_key(p: &Plan, catalog: &Catalog) -> Option<Vec<usize>> {
     }
 }
 
+/// The names of the views a text creates, in order; none when it does not parse (its
+/// [`compile`] then says why).
+pub fn view_names(text: &str) -> Vec<String> {
+    let statements = Parser::parse_sql(&GenericDialect {}, text).unwrap_or_default();
+    statements
+        .iter()
+        .filter_map(|s| match s {
+            Statement::CreateView(cv) => object_name(&cv.name),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Compiles every `CREATE VIEW` of `text` in order (a view may read the ones before it); each
 /// compiled view is added to `catalog`.
 pub fn compile(text: &str, catalog: &mut Catalog) -> Result<Vec<View>, SqlError> {
