@@ -92,7 +92,7 @@ pub fn expand(config: &mut Config, names: &[String], defined: &[String], file: &
         (false, false) => vec![],
     };
     if !per_user.is_empty() {
-        let text: String = statements(CLICKS_SQL).filter(|(name, _)| per_user.contains(name)).map(|(_, s)| s).collect();
+        let text: String = statements(CLICKS_SQL).into_iter().filter(|(name, _)| per_user.contains(name)).map(|(_, s)| s).collect();
         sql.push(("dataflows/clicks.sql (embedded)".to_string(), text));
     }
     if dataflows.contains(&"sensor_metrics") {
@@ -106,13 +106,22 @@ pub fn expand(config: &mut Config, names: &[String], defined: &[String], file: &
 }
 
 /// The `CREATE VIEW` statements of a shipped text with their names, each with the comments
-/// before it.
-fn statements(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    text.split_inclusive(';').filter_map(|s| {
-        let at = s.find("CREATE VIEW ")? + "CREATE VIEW ".len();
-        let name = s[at..].split_whitespace().next()?;
-        Some((name, s))
-    })
+/// before it (a statement ends with the line that ends in `;`, comments aside).
+fn statements(text: &str) -> Vec<(&str, String)> {
+    let mut out = Vec::new();
+    let mut statement = String::new();
+    for line in text.lines() {
+        statement.push_str(line);
+        statement.push('\n');
+        if !line.trim_start().starts_with("--") && line.trim_end().ends_with(';') {
+            let at = statement.find("CREATE VIEW ").map(|i| i + "CREATE VIEW ".len());
+            let name = at.and_then(|i| statement[i..].split_whitespace().next());
+            if let Some(name) = name.and_then(|n| text.find(n).map(|i| &text[i..i + n.len()])) {
+                out.push((name, std::mem::take(&mut statement)));
+            }
+        }
+    }
+    out
 }
 
 /// `dataflows/sensors.sql` with the window and the normal ranges of `params`.
@@ -138,7 +147,7 @@ mod tests {
 
     #[test]
     fn the_shipped_texts_give_each_dataflow_its_views() {
-        let names: Vec<&str> = statements(CLICKS_SQL).map(|(n, _)| n).collect();
+        let names: Vec<&str> = statements(CLICKS_SQL).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["user_event_counts", "event_type_counts", "user_activity"]);
         let params = dataflows::SensorParams {
             size_ms: 20_000,
