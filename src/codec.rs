@@ -244,7 +244,7 @@ pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
 /// Decodes the records of one SQL input by its columns: a column missing from a record is a
 /// `missing_field` dead letter (JSON `null` is SQL NULL), a value of another type `wrong_type`.
 /// Integers fit int and float columns; timestamps are the spellings the engine accepts, or
-/// milliseconds since the epoch.
+/// numbers: unix seconds, or milliseconds from 10¹¹ on (`bad_time` when neither).
 ///
 /// Records of one input nearly always spell their fields in one order, so the decoder learns
 /// which column (or which other field) the `k`-th field of the last record was and checks that
@@ -441,6 +441,11 @@ impl ColumnSeed<'_> {
     fn wrong(&self, shown: impl std::fmt::Display) -> ColumnValue {
         Err(format!("wrong_type: {} is not {} ({shown})", self.0.name, self.0.ty))
     }
+
+    /// A number as a time, as every input's times: unix seconds, or milliseconds from 10¹¹ on.
+    fn time(&self, x: f64) -> ColumnValue {
+        time_from_number(x).map(dataflows::sql::Value::Timestamp).map_err(|e| format!("bad_time: {e}"))
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ColumnSeed<'_> {
@@ -475,7 +480,7 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
         Ok(match self.0.ty {
             Type::Int => Ok(Value::Int(i)),
             Type::Float => Ok(Value::Float(i as f64)),
-            Type::Timestamp => Ok(Value::Timestamp(i)),
+            Type::Timestamp => self.time(i as f64),
             _ => self.wrong(i),
         })
     }
@@ -491,6 +496,7 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
         use dataflows::sql::{Type, Value};
         Ok(match self.0.ty {
             Type::Float => Ok(Value::Float(x)),
+            Type::Timestamp => self.time(x),
             _ => self.wrong(serde_json::Number::from_f64(x).map_or_else(|| x.to_string(), |n| n.to_string())),
         })
     }
@@ -498,10 +504,7 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
         use dataflows::sql::{Type, Value};
         Ok(match self.0.ty {
             Type::Text => Ok(Value::Text(s.into())),
-            Type::Timestamp => match parse_time_str(s) {
-                Ok(t) => Ok(Value::Timestamp(t)),
-                Err(_) => self.wrong(serde_json::Value::from(s)),
-            },
+            Type::Timestamp => parse_time_str(s).map(Value::Timestamp).map_err(|e| format!("bad_time: {e}")),
             _ => self.wrong(serde_json::Value::from(s)),
         })
     }
@@ -930,7 +933,7 @@ mod tests {
         assert_eq!(decode_sql(br#"{"id":1.5}"#, &cols), Err("wrong_type: id is not int (1.5)".to_string()));
         assert_eq!(decode_sql(br#"{"id":"7"}"#, &cols), Err(r#"wrong_type: id is not int ("7")"#.to_string()));
         assert_eq!(decode_sql(br#"{"s":{"k":[1]}}"#, &cols), Err(r#"wrong_type: s is not text ({"k":[1]})"#.to_string()));
-        assert_eq!(decode_sql(br#"{"t":"yesterday"}"#, &cols), Err(r#"wrong_type: t is not timestamp ("yesterday")"#.to_string()));
+        assert!(decode_sql(br#"{"t":"yesterday"}"#, &cols).is_err_and(|e| e.starts_with("bad_time: `yesterday` is not")));
         // Past 64 columns, a missing one is still named.
         let wide: Vec<Column> = (0..70).map(|i| col(&format!("c{i}"), Type::Int)).collect();
         let all = |skip: usize| {

@@ -402,6 +402,33 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
     Ok(Launch { plan, http, linger: args.http_linger.map(Duration::from_secs_f64) })
 }
 
+/// A plan of the shipped dataflows `names` (or views of `config`) over the given inputs, resolved
+/// as `run` resolves a config: what the property tests and benchmarks run inside their own
+/// process. The inputs' sources replace those the config binds.
+pub fn embedded(
+    mut config: Config,
+    names: &[&str],
+    inputs: BTreeMap<String, InputSpec>,
+    workers: usize,
+    batch_size: usize,
+) -> anyhow::Result<Plan> {
+    for name in inputs.keys() {
+        config.inputs.entry(name.clone()).or_insert(InputConfig::Stdin {
+            columns: Vec::new(),
+            event_time: None,
+            primary_key: None,
+            format: None,
+        });
+    }
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let sql = resolve_views(&mut config, None, &names, "embedded plan")?;
+    let inputs = inputs.into_iter().map(|(n, spec)| (InputName::Table(dataflows::sql::registry::table(&n)), spec)).collect();
+    let mut plan = Plan::embedded(Vec::new(), inputs, workers, batch_size);
+    plan.params = config.params("embedded plan")?;
+    plan.sql = Some(std::sync::Arc::new(sql));
+    Ok(plan)
+}
+
 /// Where a streaming run keeps its state: `[runtime] state_dir`, or the user's state directory
 /// (`$XDG_STATE_HOME`, else `~/.local/state`) under `diffstream/<group_id>` of the first Kafka
 /// input. Runs of files keep none.

@@ -40,10 +40,10 @@ pub fn inputs(dataflow: &str) -> &'static [&'static str] {
 /// The columns (and primary key) of a shipped input, as a config declares them.
 fn columns(input: &str) -> Option<(&'static [&'static str], Option<&'static str>)> {
     // (a user id is a number or a string, as the producers write it: json holds either, a
-    // number as an int)
+    // number as an int; a record missing several columns is named by the first, in this order)
     match input {
-        "users" => Some((&["user_id json not null", "name text", "email text", "event_timestamp timestamp"], Some("user_id"))),
-        "clicks" => Some((&["user_id json not null", "event text", "page text", "event_timestamp timestamp"], None)),
+        "users" => Some((&["event_timestamp timestamp", "user_id json not null", "email text", "name text"], Some("user_id"))),
+        "clicks" => Some((&["event_timestamp timestamp", "user_id json not null", "page text", "event text"], None)),
         "sensors" => {
             Some((&["sensor_id text", "sensor_type text", "value float", "location text", "timestamp timestamp", "status text"], None))
         }
