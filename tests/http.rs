@@ -484,7 +484,7 @@ fn metrics_show_each_kafka_partitions_lag() {
         common::unique("g")
     );
     std::fs::write(dir.path().join("kafka.toml"), cfg).unwrap();
-    // While the run waits for more, the per-user and per-kind counter holds one count per user
+    // While the run waits for more, the per-user and per-kind counts hold one group per user
     // and per event kind of the clicks (the same 400 `gen` writes to stdout).
     let clicks = common::diffstream(&["gen", "clicks", "--count", "400"]).stdout;
     let (mut users, mut kinds) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
@@ -492,13 +492,16 @@ fn metrics_show_each_kafka_partitions_lag() {
         users.insert(c["user_id"].to_string());
         kinds.insert(c["event"].to_string());
     }
-    let state = "diffstream_state_records{dataflow=\"user_event_counts\",operator=\"CountMap\"}";
+    // (each view's GROUP BY keeps its groups: one per user, one per event kind)
+    let state = |view: &str| format!("diffstream_state_records{{dataflow=\"{view}\",operator=\"Reduce\"}}");
     let mut states = Vec::new();
     let engine = start(dir.path(), &["run", "--config", "kafka.toml", "--http", "127.0.0.1:0", "--http-linger", "60"]);
     let started = Instant::now();
     let (lag, metrics) = loop {
         let metrics = parse_prometheus(&get(&engine.addr, "/metrics").1);
-        states.extend(metrics.get(state).copied());
+        if let (Some(u), Some(k)) = (metrics.get(&state("user_event_counts")), metrics.get(&state("event_type_counts"))) {
+            states.push((*u, *k));
+        }
         let lag: Vec<f64> = (0..2)
             .filter_map(|p| {
                 metrics.get(&format!("diffstream_kafka_consumer_lag{{input=\"clicks\",topic=\"{topic}\",partition=\"{p}\"}}")).copied()
@@ -530,8 +533,8 @@ fn metrics_show_each_kafka_partitions_lag() {
         assert!(metrics[&format!("{h}_sum")] / count < 30.0, "{h}: {metrics:?}");
     }
     // (sampled while the run went on: once it ends, its operators and their state are gone)
-    assert!(states.contains(&((users.len() + kinds.len()) as f64)), "{states:?}: want {} + {}", users.len(), kinds.len());
-    assert!(states.windows(2).all(|w| w[0] <= w[1]), "counts only gain keys here: {states:?}");
+    assert!(states.contains(&(users.len() as f64, kinds.len() as f64)), "{states:?}: want {} and {}", users.len(), kinds.len());
+    assert!(states.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1), "counts only gain keys here: {states:?}");
 }
 
 #[test]
