@@ -164,22 +164,22 @@ impl<'de> Deserialize<'de> for JsonId {
 
 #[derive(Deserialize)]
 struct UserJson<'a> {
-    event_timestamp: Time,
     user_id: JsonId,
     #[serde(borrow)]
     email: Cow<'a, str>,
     #[serde(borrow)]
     name: Cow<'a, str>,
+    event_timestamp: Time,
 }
 
 #[derive(Deserialize)]
 struct ClickJson<'a> {
-    event_timestamp: Time,
     user_id: JsonId,
-    #[serde(borrow, rename = "page")]
-    _page: Cow<'a, str>,
     #[serde(borrow)]
     event: Cow<'a, str>,
+    event_timestamp: Time,
+    #[serde(borrow, rename = "page")]
+    _page: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -251,7 +251,10 @@ pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
 /// guess first: one name compared per field, instead of a search of the columns (a guess only
 /// saves work: a field that does not match its guess is searched as before).
 pub struct SqlDecoder {
+    /// the columns, then the required fields, which are checked and dropped
     columns: Vec<dataflows::sql::Column>,
+    /// how many of `columns` a row keeps
+    kept: usize,
     /// the columns whose null is a dead letter
     not_null: Vec<usize>,
     /// what the `k`-th field of the last record was
@@ -269,7 +272,7 @@ enum FieldGuess {
 impl SqlDecoder {
     /// A decoder of records with these columns.
     pub fn new(columns: Vec<dataflows::sql::Column>) -> Self {
-        SqlDecoder { columns, not_null: Vec::new(), order: Vec::new(), spare: 0 }
+        SqlDecoder { kept: columns.len(), columns, not_null: Vec::new(), order: Vec::new(), spare: 0 }
     }
 
     /// The same, its rows with room for `spare` more values: a GROUP BY over a window sets
@@ -284,9 +287,16 @@ impl SqlDecoder {
         SqlDecoder { not_null: columns.to_vec(), ..self }
     }
 
+    /// The same, each record also required to have these fields (checked like columns, then
+    /// dropped from its row).
+    pub fn requiring(mut self, fields: &[dataflows::sql::Column]) -> Self {
+        self.columns.extend_from_slice(fields);
+        self
+    }
+
     /// The columns it decodes.
     pub fn columns(&self) -> &[dataflows::sql::Column] {
-        &self.columns
+        &self.columns[..self.kept]
     }
 
     /// Decodes one record.
@@ -294,7 +304,7 @@ impl SqlDecoder {
         let text = std::str::from_utf8(raw).map_err(|e| format!("not_utf8: invalid byte at offset {}", e.valid_up_to()))?;
         let mut de = serde_json::Deserializer::from_str(text);
         let seed = SqlRowSeed { columns: &self.columns, order: &mut self.order, spare: self.spare };
-        let row = serde::de::DeserializeSeed::deserialize(seed, &mut de).map_err(|e| {
+        let mut row = serde::de::DeserializeSeed::deserialize(seed, &mut de).map_err(|e| {
             let msg = e.to_string();
             match msg.split_once(" at line ") {
                 // (our own messages, which already say what kind they are)
@@ -303,6 +313,7 @@ impl SqlDecoder {
             }
         })?;
         de.end().map_err(|e| classify(text, &e))?;
+        row.truncate(self.kept);
         if let Some(&i) = self.not_null.iter().find(|&&i| row[i].is_null()) {
             return Err(format!("wrong_type: {} is null, and declared not null", self.columns[i].name));
         }

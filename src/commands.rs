@@ -115,7 +115,7 @@ fn compile_sql(
     let mut catalog = dataflows::sql::Catalog::default();
     let mut tables = Vec::new();
     for (name, input) in config.inputs.iter().filter(|(_, i)| !i.columns().is_empty()) {
-        let crate::config::Schema { columns, key, not_null } =
+        let crate::config::Schema { columns, key, not_null, required } =
             input.schema().map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
         let column = input.event_time_column(&columns).map_err(|(k, m)| anyhow::anyhow!("`inputs.{name}.{k}`: {m}"))?;
         let event_time = input.event_time().zip(column).map(|(e, column)| runtime::EventTime {
@@ -134,6 +134,7 @@ fn compile_sql(
             key,
             event_time,
             not_null,
+            required,
         });
     }
     if files.is_empty() {
@@ -300,16 +301,17 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         let Some((name, path)) = binding.split_once('=') else {
             bail!("--input {binding}: write NAME=PATH, e.g. --input clicks=clicks.jsonl");
         };
-        // (the file takes the config's declaration of the input: columns, event time, key)
-        let declared = config.inputs.get(name);
-        let columns = declared.map(|c| c.columns().to_vec()).unwrap_or_default();
-        let event_time = declared.and_then(|c| c.event_time().cloned());
-        let (primary_key, format) = declared.map(|c| c.key_and_format()).unwrap_or_default();
-        let (primary_key, format) = (primary_key.cloned(), format.map(str::to_string));
-        config.inputs.insert(
-            name.to_string(),
-            InputConfig::File { path: PathBuf::from(path), rate: None, columns, event_time, primary_key, format },
-        );
+        let file = InputConfig::File {
+            path: PathBuf::from(path),
+            rate: None,
+            columns: Vec::new(),
+            required: Vec::new(),
+            event_time: None,
+            primary_key: None,
+            format: None,
+        };
+        let file = file.declared_as(config.inputs.get(name));
+        config.inputs.insert(name.to_string(), file);
     }
     let sql = resolve_views(&mut config, args.config.as_deref(), &names, &source)?;
     let sql = Some(std::sync::Arc::new(sql));
@@ -415,6 +417,7 @@ pub fn embedded(
     for name in inputs.keys() {
         config.inputs.entry(name.clone()).or_insert(InputConfig::Stdin {
             columns: Vec::new(),
+            required: Vec::new(),
             event_time: None,
             primary_key: None,
             format: None,
@@ -532,11 +535,20 @@ pub fn views_on_generators(
     let mut config = Config::parse(config_text, file)?;
     config.output = Default::default();
     for (name, input) in config.inputs.iter_mut() {
-        let (columns, event_time) = (input.columns().to_vec(), input.event_time().cloned());
-        let (primary_key, format) = input.key_and_format();
-        let (primary_key, format) = (primary_key.cloned(), format.map(str::to_string));
         let Generated { count, rate, seed, users } = generator(name);
-        *input = InputConfig::Generator { generator: None, count, rate, seed, users, columns, event_time, primary_key, format };
+        let generated = InputConfig::Generator {
+            generator: None,
+            count,
+            rate,
+            seed,
+            users,
+            columns: Vec::new(),
+            required: Vec::new(),
+            event_time: None,
+            primary_key: None,
+            format: None,
+        };
+        *input = generated.declared_as(Some(input));
     }
     let mut pipeline = compile_sql(&config, None, &[(sql_file.to_string(), sql.to_string())])?.context("a shipped pipeline has views")?;
     pipeline.select(config.dataflows.iter().filter_map(|v| v.parse::<dataflows::Output>().ok()).collect());

@@ -47,6 +47,7 @@ fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<
     let group = unique("group");
     let input = KafkaInput {
         columns: Vec::new(),
+        required: Vec::new(),
         event_time: None,
         primary_key: None,
         format: None,

@@ -37,15 +37,18 @@ pub fn inputs(dataflow: &str) -> &'static [&'static str] {
     }
 }
 
-/// The columns (and primary key) of a shipped input, as a config declares them.
-fn columns(input: &str) -> Option<(&'static [&'static str], Option<&'static str>)> {
+/// A shipped input's columns, its required fields (no view reads them: checked, not kept) and
+/// its primary key, as a config declares them.
+type Declared = (&'static [&'static str], &'static [&'static str], Option<&'static str>);
+
+fn declared(input: &str) -> Option<Declared> {
     // (a user id is a number or a string, as the producers write it: json holds either, a
-    // number as an int; a record missing several columns is named by the first, in this order)
+    // number as an int)
     match input {
-        "users" => Some((&["event_timestamp timestamp", "user_id json not null", "email text", "name text"], Some("user_id"))),
-        "clicks" => Some((&["event_timestamp timestamp", "user_id json not null", "page text", "event text"], None)),
+        "users" => Some((&["user_id json not null", "email text", "name text"], &["event_timestamp timestamp"], Some("user_id"))),
+        "clicks" => Some((&["user_id json not null", "event text"], &["event_timestamp timestamp", "page text"], None)),
         "sensors" => {
-            Some((&["sensor_id text", "sensor_type text", "value float", "location text", "timestamp timestamp", "status text"], None))
+            Some((&["sensor_id text", "sensor_type text", "value float", "location text", "timestamp timestamp", "status text"], &[], None))
         }
         _ => None,
     }
@@ -77,13 +80,14 @@ pub fn expand(config: &mut Config, names: &[String], defined: &[String], file: &
     outputs.dedup();
     let params = config.params(file)?.sensors;
     for (name, input) in config.inputs.iter_mut().filter(|(_, i)| i.columns().is_empty()) {
-        let Some((cols, key)) = columns(name) else { continue };
+        let Some((cols, required, key)) = declared(name) else { continue };
         let event_time = (name == "sensors").then(|| EventTimeConfig {
             column: "timestamp".into(),
             allowed_lateness: config.sensor_metrics.allowed_lateness,
             max_future: config.sensor_metrics.max_future,
         });
-        input.declare(cols.iter().map(|c| c.to_string()).collect(), event_time, key.map(|k| Names::One(k.into())));
+        let strings = |list: &[&str]| list.iter().map(|c| c.to_string()).collect();
+        input.declare(strings(cols), strings(required), event_time, key.map(|k| Names::One(k.into())));
     }
     let mut sql = Vec::new();
     let per_user: Vec<&str> = match (dataflows.contains(&"user_event_counts"), dataflows.contains(&"user_activity")) {

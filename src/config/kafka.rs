@@ -132,6 +132,9 @@ pub struct KafkaInput {
     /// For SQL views: the records' columns, in order, as `"name type"` (see file inputs).
     #[serde(default)]
     pub columns: Vec<String>,
+    /// Fields every record must have that no view reads (see file inputs).
+    #[serde(default)]
+    pub required: Vec<String>,
     /// For SQL views: the event-time column (see file inputs).
     #[serde(default)]
     pub event_time: Option<super::EventTimeConfig>,

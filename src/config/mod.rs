@@ -218,20 +218,58 @@ impl InputConfig {
             }
         }
         key.sort_unstable();
-        Ok(Schema { columns, key, not_null })
+        let mut required = Vec::new();
+        for (i, c) in self.required().iter().enumerate() {
+            let column = parse_column(c).map_err(|m| (format!("required[{i}]"), m))?;
+            if columns.iter().chain(&required).any(|x: &dataflows::sql::Column| x.name == column.name) {
+                return Err((format!("required[{i}]"), format!("`{}` is declared twice", column.name)));
+            }
+            required.push(column);
+        }
+        Ok(Schema { columns, key, not_null, required })
     }
 
-    /// Sets the columns, event time and primary key of an input that declares none.
-    pub fn declare(&mut self, new_columns: Vec<String>, new_event_time: Option<EventTimeConfig>, new_key: Option<Names>) {
-        let (columns, event_time, primary_key) = match self {
-            InputConfig::File { columns, event_time, primary_key, .. }
-            | InputConfig::Stdin { columns, event_time, primary_key, .. }
-            | InputConfig::Generator { columns, event_time, primary_key, .. } => (columns, event_time, primary_key),
-            InputConfig::Kafka(k) => (&mut k.columns, &mut k.event_time, &mut k.primary_key),
-        };
-        *columns = new_columns;
-        *event_time = new_event_time;
-        *primary_key = new_key;
+    /// Sets the columns, required fields, event time and primary key of an input that declares
+    /// none.
+    pub fn declare(&mut self, columns: Vec<String>, required: Vec<String>, event_time: Option<EventTimeConfig>, key: Option<Names>) {
+        let d = self.declaration_mut();
+        (*d.0, *d.1, *d.2, *d.3) = (columns, required, event_time, key);
+    }
+
+    /// This input with `other`'s declaration (columns, required fields, event time, primary key,
+    /// format): a file bound on the command line takes the config's declaration of its input.
+    pub fn declared_as(mut self, other: Option<&InputConfig>) -> Self {
+        if let Some(mut other) = other.cloned() {
+            let (a, b) = (self.declaration_mut(), other.declaration_mut());
+            std::mem::swap(a.0, b.0);
+            std::mem::swap(a.1, b.1);
+            std::mem::swap(a.2, b.2);
+            std::mem::swap(a.3, b.3);
+            std::mem::swap(a.4, b.4);
+        }
+        self
+    }
+
+    /// The fields every record must have that no view reads.
+    pub fn required(&self) -> &[String] {
+        match self {
+            InputConfig::File { required, .. } | InputConfig::Stdin { required, .. } | InputConfig::Generator { required, .. } => required,
+            InputConfig::Kafka(k) => &k.required,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn declaration_mut(
+        &mut self,
+    ) -> (&mut Vec<String>, &mut Vec<String>, &mut Option<EventTimeConfig>, &mut Option<Names>, &mut Option<String>) {
+        match self {
+            InputConfig::File { columns, required, event_time, primary_key, format, .. }
+            | InputConfig::Stdin { columns, required, event_time, primary_key, format }
+            | InputConfig::Generator { columns, required, event_time, primary_key, format, .. } => {
+                (columns, required, event_time, primary_key, format)
+            }
+            InputConfig::Kafka(k) => (&mut k.columns, &mut k.required, &mut k.event_time, &mut k.primary_key, &mut k.format),
+        }
     }
 
     fn columns_and_key(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>, Vec<usize>), (usize, String)> {
@@ -256,19 +294,25 @@ impl InputConfig {
                 }
                 None => spec,
             };
-            let (name, ty) = spec
-                .split_once(char::is_whitespace)
-                .ok_or((i, format!("`{c}`: write \"name type\", e.g. \"id int\" or \"id int primary key\"")))?;
-            let ty = dataflows::sql::Type::parse(ty.trim())
-                .ok_or((i, format!("`{c}`: the type `{}` is not one of int, float, text, bool, timestamp, json", ty.trim())))?;
-            let name = name.to_ascii_lowercase();
-            if out.iter().any(|x| x.name == name) {
-                return Err((i, format!("`{name}` is declared twice")));
+            let column = parse_column(spec).map_err(|m| (i, m))?;
+            if out.iter().any(|x| x.name == column.name) {
+                return Err((i, format!("`{}` is declared twice", column.name)));
             }
-            out.push(dataflows::sql::Column { name, ty });
+            out.push(column);
         }
         Ok((out, key, not_null))
     }
+}
+
+/// `"name type"`, parsed.
+fn parse_column(spec: &str) -> Result<dataflows::sql::Column, String> {
+    let (name, ty) = spec
+        .trim()
+        .split_once(char::is_whitespace)
+        .ok_or(format!("`{spec}`: write \"name type\", e.g. \"id int\" or \"id int primary key\""))?;
+    let ty = dataflows::sql::Type::parse(ty.trim())
+        .ok_or(format!("`{spec}`: the type `{}` is not one of int, float, text, bool, timestamp, json", ty.trim()))?;
+    Ok(dataflows::sql::Column { name: name.to_ascii_lowercase(), ty })
 }
 
 /// An input's declared columns, parsed.
@@ -280,6 +324,8 @@ pub struct Schema {
     pub key: Vec<usize>,
     /// the columns declared `not null`: a record whose value is null is a dead letter
     pub not_null: Vec<usize>,
+    /// the fields every record must have that no view reads (`required`)
+    pub required: Vec<dataflows::sql::Column>,
 }
 
 /// One name or a list of them.
@@ -317,6 +363,11 @@ pub enum InputConfig {
         /// null"` makes a record whose `id` is null a dead letter.
         #[serde(default)]
         columns: Vec<String>,
+        /// Fields every record must have, as `"name type"`, that no view reads: checked like
+        /// columns (a record without one, or with a value of another type, is a dead letter)
+        /// but not kept, so no row or checkpoint holds them.
+        #[serde(default)]
+        required: Vec<String>,
         /// For SQL views: the column that dates each record, and how late it may arrive.
         #[serde(default)]
         event_time: Option<EventTimeConfig>,
@@ -335,6 +386,9 @@ pub enum InputConfig {
         /// For SQL views: the records' columns (see `File`).
         #[serde(default)]
         columns: Vec<String>,
+        /// Fields every record must have that no view reads (see `File`).
+        #[serde(default)]
+        required: Vec<String>,
         /// For SQL views: the event-time column (see `File`).
         #[serde(default)]
         event_time: Option<EventTimeConfig>,
@@ -372,6 +426,9 @@ pub enum InputConfig {
         /// For SQL views: the records' columns (see `File`).
         #[serde(default)]
         columns: Vec<String>,
+        /// Fields every record must have that no view reads (see `File`).
+        #[serde(default)]
+        required: Vec<String>,
         /// For SQL views: the event-time column (see `File`).
         #[serde(default)]
         event_time: Option<EventTimeConfig>,

@@ -191,6 +191,8 @@ pub struct SqlTable {
     pub event_time: Option<EventTime>,
     /// the columns declared `not null`
     pub not_null: Vec<usize>,
+    /// fields every record must have that no view reads: checked, not kept
+    pub required: Vec<dataflows::sql::Column>,
 }
 
 impl SqlPipeline {
@@ -967,7 +969,11 @@ fn run_worker(
                 let spare = if t.event_time.as_ref().is_some_and(|e| !e.slides.is_empty()) { 2 } else { 0 };
                 tables.insert(
                     t.name,
-                    (codec::SqlDecoder::new(t.columns.clone()).with_spare(spare).not_null(&t.not_null), session, positions),
+                    (
+                        codec::SqlDecoder::new(t.columns.clone()).with_spare(spare).not_null(&t.not_null).requiring(&t.required),
+                        session,
+                        positions,
+                    ),
                 );
                 // With checkpoints: the rows the views need, kept at checkpoint times.
                 if let Some(every) = checkpoint_every {
