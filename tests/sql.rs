@@ -282,11 +282,13 @@ fn the_shipped_applications_pipeline_runs_and_explains() {
     );
 }
 
-/// The per-user dataflows written as SQL, over the generators' users (with profile updates: an
-/// upsert input) and clicks, equal the hand-built dataflows' snapshots byte for byte, at 1, 2
-/// and 4 workers.
+/// The shipped per-user views run from a config that declares the inputs' columns itself
+/// (configs/clicks.toml: ids as int) equal the dataflows run by name (`run user_event_counts
+/// user_activity`: the columns config::builtin declares, ids as json) byte for byte, over the
+/// generators' users (with profile updates: an upsert input) and clicks, at 1, 2 and 4 workers.
+/// (Both are checked against the reference in tests/cli.rs and tests/properties.rs.)
 #[test]
-fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
+fn the_per_user_views_from_a_config_equal_the_dataflows_run_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let gen = |kind: &str, count: &str, file: &str| {
@@ -314,11 +316,9 @@ fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
     assert!(want["user_activity"].len() > 1000, "a test with rows");
     for workers in ["1", "2", "4"] {
         let got = run(d, workers, &["--config", "sql.toml", "--batch-size", "1000"]);
-        for (view, output) in [
-            ("sql_user_event_counts", "user_event_counts"),
-            ("sql_event_type_counts", "event_type_counts"),
-            ("sql_user_activity", "user_activity"),
-        ] {
+        for (view, output) in
+            [("user_event_counts", "user_event_counts"), ("event_type_counts", "event_type_counts"), ("user_activity", "user_activity")]
+        {
             assert_eq!(got[view], sorted(want[output].clone()), "{view} at -w {workers}");
             // keyed alike (the join's rows by `user_id`, which the planner finds unique), so the
             // files are the same bytes in the same order
@@ -333,7 +333,7 @@ fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
     std::fs::write(d.join("keyed.toml"), keyed.replace("[inputs.users]", "[inputs.users]\nprimary_key = \"user_id\"\nformat = \"json\""))
         .unwrap();
     let got = run(d, "2", &["--config", "keyed.toml", "--batch-size", "1000"]);
-    assert_eq!(got["sql_user_activity"], sorted(want["user_activity"].clone()), "with primary_key = \"user_id\"");
+    assert_eq!(got["user_activity"], sorted(want["user_activity"].clone()), "with primary_key = \"user_id\"");
     for (add, wanted) in [
         ("primary_key = \"id\"", "keyed.toml: `inputs.users.primary_key`: `id` is not one of the columns (user_id, name, email)"),
         ("format = \"csv\"", "keyed.toml: `inputs.users.format`: `csv` is not read: records are JSON"),
@@ -346,12 +346,13 @@ fn the_per_user_dataflows_as_sql_equal_the_hand_built_ones() {
     }
 }
 
-/// The shipped sensor views (`dataflows/sensors.sql`, `configs/sensors.toml`) over readings
-/// that arrive out of order (some late, one dated far in the future) equal the hand-built
-/// `sensor_metrics` dataflow row for row — window metrics, alerts and dead letters — with
-/// tumbling and with sliding windows, at 1, 2 and 4 workers and on two processes.
+/// The shipped sensor views as a config's own file (`dataflows/sensors.sql` with its window
+/// written in, `configs/sensors.toml`) over readings that arrive out of order (some late, one
+/// dated far in the future) equal the `sensor_metrics` dataflow run by name with that window in
+/// `[sensor_metrics]` row for row — window metrics, alerts and dead letters — with tumbling and
+/// with sliding windows, at 1, 2 and 4 workers and on two processes.
 #[test]
-fn the_sensor_dataflow_as_sql_equals_the_hand_built_one() {
+fn the_sensor_views_from_a_config_equal_the_dataflow_run_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = Command::new(bin()).args(["gen", "sensors", "--count", "40000", "--seed", "5"]).output().unwrap();
@@ -406,7 +407,7 @@ fn the_sensor_dataflow_as_sql_equals_the_hand_built_one() {
         let check = |got: &BTreeMap<String, Vec<String>>, layout: &str| {
             let got: BTreeMap<String, Vec<String>> = got.iter().map(|(k, v)| (k.clone(), unclocked(v))).collect();
             for (view, output) in
-                [("windowed_metrics", "sensor_window_metrics"), ("sensor_alerts", "anomaly_alerts"), ("dead_letters", "dead_letters")]
+                [("sensor_window_metrics", "sensor_window_metrics"), ("anomaly_alerts", "anomaly_alerts"), ("dead_letters", "dead_letters")]
             {
                 let (g, w) = (&got[view], &want[output]);
                 let extra: Vec<&String> = g.iter().filter(|l| !w.contains(l)).take(3).collect();
