@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dataflows::{Dataflow, InputName};
+use dataflows::InputName;
 
 use crate::cli::{DemoArgs, GenArgs, RunArgs, TimelyArgs};
 use crate::config::{builtin, Config, InputConfig};
@@ -41,17 +41,6 @@ fn cluster(args: &TimelyArgs, config_workers: usize) -> anyhow::Result<Cluster> 
         bail!("-w must be at least 1");
     }
     Ok(Cluster { workers, processes: args.processes, process: args.process, hosts })
-}
-
-fn dataflows(names: &[String], source: &str) -> anyhow::Result<Vec<Dataflow>> {
-    let mut out = Vec::new();
-    for n in names {
-        let d: Dataflow = n.parse().map_err(|e: String| anyhow::anyhow!("{source}: {e}"))?;
-        if !out.contains(&d) {
-            out.push(d);
-        }
-    }
-    Ok(out)
 }
 
 /// The texts of the config's `views` files, each with its path.
@@ -492,7 +481,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
             (t.name, spec)
         })
         .collect();
-    demo_launch(args, &config, file, Some(std::sync::Arc::new(sql)), Vec::new(), inputs)
+    demo_launch(args, &config, file, Some(std::sync::Arc::new(sql)), inputs)
 }
 
 /// `diffstream demo NAME`: a shipped pipeline's views on its input's generator.
@@ -507,7 +496,7 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
     let file = format!("configs/{name}.toml (embedded)");
     let generator = |_: &str| Generated { count: None, rate: Some(args.rate), seed: 1, users: 1000 };
     let (config, pipeline, inputs) = views_on_generators(text, &file, sql, &format!("dataflows/{name}.sql (embedded)"), generator)?;
-    demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), Vec::new(), inputs)
+    demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), inputs)
 }
 
 /// How a generator stands in for one of a config's inputs ([`views_on_generators`]).
@@ -563,13 +552,12 @@ fn demo_launch(
     config: &Config,
     file: &str,
     sql: Option<std::sync::Arc<runtime::SqlPipeline>>,
-    dataflows: Vec<Dataflow>,
     inputs: BTreeMap<InputName, InputSpec>,
 ) -> anyhow::Result<Launch> {
     let http = (!args.no_http).then(|| HttpOptions { listen: args.http.clone(), allow_remote: false });
     let plan = Plan {
         sql,
-        dataflows,
+        dataflows: Vec::new(),
         inputs,
         params: config.params(file)?,
         output_dir: Some(args.output_dir.clone()),

@@ -889,7 +889,7 @@ fn sensor_views_restart_from_a_checkpoint_of_the_open_windows_only() {
     let state = dir.path().join("state");
     let config = |idle: &str, batch: &str| {
         let text = format!(
-            "views = [\"{root}/dataflows/sensors.sql\"]\ndataflows = [\"windowed_metrics\", \"sensor_alerts\"]\n\
+            "views = [\"{root}/dataflows/sensors.sql\"]\ndataflows = [\"sensor_window_metrics\", \"anomaly_alerts\"]\n\
              [runtime]\nstate_dir = \"{state}\"\ncheckpoint_interval = \"300ms\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
              [inputs.sensors]\nkind = \"kafka\"\ntopics = [\"{input}\"]\ngroup_id = \"{prefix}\"\n{idle}{batch}\
              columns = [\"sensor_id text\", \"sensor_type text\", \"value float\", \"location text\", \"timestamp timestamp\", \"status text\"]\n\
@@ -914,7 +914,7 @@ fn sensor_views_restart_from_a_checkpoint_of_the_open_windows_only() {
     let complete = || checkpoint_times(&checkpoints, 0..2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     // Two checkpoints after the first run has written windows ten minutes in.
-    while !topic_state(&format!("{prefix}.windowed_metrics")).iter().any(|r| r.contains("\"window_start\":\"2026-09-21T14:23:00")) {
+    while !topic_state(&format!("{prefix}.sensor_window_metrics")).iter().any(|r| r.contains("\"window_start\":\"2026-09-21T14:23:00")) {
         assert!(std::time::Instant::now() < deadline, "the first run did not reach the tenth minute in 90 s");
         assert!(engine.try_wait().unwrap().is_none(), "the first run exited by itself");
     }
@@ -971,6 +971,6 @@ fn sensor_views_restart_from_a_checkpoint_of_the_open_windows_only() {
                    "count": n, "avg": sum / n as f64, "min": min, "max": max, "anomaly_count": anomalies})
         })
         .collect();
-    assert_rows("windows after the restart", &topic_state(&format!("{prefix}.windowed_metrics")), &windows);
-    assert_rows("alerts after the restart", &topic_state(&format!("{prefix}.sensor_alerts")), &alerts);
+    assert_rows("windows after the restart", &topic_state(&format!("{prefix}.sensor_window_metrics")), &windows);
+    assert_rows("alerts after the restart", &topic_state(&format!("{prefix}.anomaly_alerts")), &alerts);
 }

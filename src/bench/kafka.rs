@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataflows::{Dataflow, InputName};
+use dataflows::InputName;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -59,9 +59,11 @@ fn plan(conn: &KafkaConnection, topic: &str, workers: usize, out_prefix: Option<
         dead_letter_topic: None,
         stop_when_idle: Some(crate::config::Duration::from_millis(IDLE.as_millis() as i64)),
     };
-    let inputs =
-        [(InputName::Clicks, InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })].into_iter().collect();
-    let mut plan = Plan::embedded(vec![Dataflow::UserEventCounts], inputs, workers, 10_000);
+    let inputs = [("clicks".to_string(), InputSpec { source: SourceSpec::Kafka(Box::new((conn.clone(), input))), rate: None })]
+        .into_iter()
+        .collect();
+    let mut plan = crate::commands::embedded(crate::config::Config::default(), &["user_event_counts"], inputs, workers, 10_000)
+        .expect("the shipped dataflow compiles");
     plan.state_dir = Some(std::env::temp_dir().join(format!("diffstream-bench-{group}")));
     plan.kafka_output = out_prefix.map(|p| KafkaOutputPlan {
         connection: conn.clone(),
@@ -125,7 +127,8 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
     let out = unique("latency-out");
     crate::sinks::kafka::create_topics(&conn, std::slice::from_ref(&topic), 3)?;
     let mut p2 = plan(&conn, &topic, 2, Some(&out));
-    if let SourceSpec::Kafka(k) = &mut p2.inputs.get_mut(&InputName::Clicks).expect("clicks").source {
+    let clicks = InputName::Table(dataflows::sql::registry::table("clicks"));
+    if let SourceSpec::Kafka(k) = &mut p2.inputs.get_mut(&clicks).expect("clicks").source {
         k.1.stop_when_idle = Some(crate::config::Duration::from_millis(4000));
     }
     let engine = std::thread::spawn(move || runtime::run(p2));

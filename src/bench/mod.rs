@@ -7,15 +7,14 @@
 //! streaming, writing the same files), also in a fresh child process, the fastest of three
 //! runs. Both run in the same `bench` invocation; it prints events/s, ratios and peak memory,
 //! and checks that the engine's files equal the baseline's byte for byte (a benchmark of wrong
-//! results is no benchmark). A built-in dataflow and its SQL views share a baseline and run in
-//! turns, so their ratio compares runs of the same minutes. Jobs: clicks (`user_event_counts` + `user_activity` over users
+//! results is no benchmark). The dataflows are the shipped SQL views (`config::builtin`), as
+//! `run` runs them. Jobs: clicks (`user_event_counts` + `user_activity` over users
 //! and clicks) at 10 000 and 1 000 000 distinct users, and sensors (`sensor_metrics`);
 //! `--sites 10,1000` adds sensor jobs with 720 and 72 000 keys (about 1 000 and 100 000 open
 //! windows), the same readings spread over more windows.
 //!
 //! `--soak` runs 10× more input at a constant number of keys through the same path in this
-//! process, the built-in dataflows and the shipped SQL views of the same (`dataflows/clicks.sql`,
-//! `sensors.sql`), and prints the RSS at each tenth of the input: flat means bounded memory.
+//! process and prints the RSS at each tenth of the input: flat means bounded memory.
 //! `--kafka` and `--mongodb` measure the connectors instead. Nothing here asserts on time.
 
 mod baseline;
@@ -30,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use dataflows::{Dataflow, InputName, SensorParams};
+use dataflows::SensorParams;
 
 use crate::cli::{BenchArgs, Cli};
 use crate::runtime::{self, Counters, Plan};
@@ -133,52 +132,6 @@ fn same_files(a: &Path, b: &Path) -> anyhow::Result<Result<(), String>> {
     Ok(Ok(()))
 }
 
-/// Whether every file of `a` holds the same lines (in any order) as its namesake in `b`, after
-/// `renames` (`(file of a, file of b)`: a view's snapshot beside the built-in output it
-/// equals); names the first difference.
-fn same_rows(a: &Path, b: &Path, renames: &[(&str, &str)]) -> anyhow::Result<Result<(), String>> {
-    for entry in std::fs::read_dir(a)? {
-        let name = entry?.file_name().to_string_lossy().to_string();
-        let theirs = renames.iter().find(|(x, _)| *x == name).map_or(name.as_str(), |(_, y)| *y);
-        let lines = |p: &Path| -> Vec<String> {
-            let mut v: Vec<String> = std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect();
-            v.sort_unstable();
-            v
-        };
-        if lines(&a.join(&name)) != lines(&b.join(theirs)) {
-            return Ok(Err(format!("{name} and {theirs} differ")));
-        }
-    }
-    Ok(Ok(()))
-}
-
-/// The names of the per-user views' snapshots beside the built-in outputs they equal.
-const PER_USER_FILES: [(&str, &str); 3] = [
-    ("user_event_counts.jsonl", "sql_user_event_counts.jsonl"),
-    ("event_type_counts.jsonl", "sql_event_type_counts.jsonl"),
-    ("user_activity.jsonl", "sql_user_activity.jsonl"),
-];
-
-/// The shipped sensor views' snapshots beside the built-in outputs they equal.
-const SENSOR_FILES: [(&str, &str); 2] =
-    [("sensor_window_metrics.jsonl", "windowed_metrics.jsonl"), ("anomaly_alerts.jsonl", "sensor_alerts.jsonl")];
-
-/// Writes the SQL jobs' view files and configs into `dir`: the shipped per-user and sensor
-/// pipelines (`dataflows/clicks.sql` with `configs/clicks.toml`, `dataflows/sensors.sql` with
-/// `configs/sensors.toml`).
-fn write_sql_configs(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let write = |name: &str, sql: &str, config: &str| -> anyhow::Result<PathBuf> {
-        std::fs::write(dir.join(format!("{name}.sql")), sql)?;
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config.replace(&format!("../dataflows/{name}.sql"), &format!("{name}.sql")))?;
-        Ok(path)
-    };
-    Ok((
-        write("clicks", include_str!("../../dataflows/clicks.sql"), include_str!("../../configs/clicks.toml"))?,
-        write("sensors", include_str!("../../dataflows/sensors.sql"), include_str!("../../configs/sensors.toml"))?,
-    ))
-}
-
 /// Entry point.
 pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.measure.is_empty() {
@@ -206,16 +159,12 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
     println!("whole `run` path (files in, snapshot files out, each run a fresh process) vs a plain single-threaded loop");
     println!("{n} events per job, {batch} records per batch (logical times as `run` makes them), files in {}", dir.display());
     println!(
-        "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs | SQL ÷ built-in (-w 1, -w 2)",
+        "{:<26} {:>11} {:>9} | {:>11} {:>9} {:>6} {:>6} | {:>11} {:>9} {:>6} {:>6} | outputs",
         "job", "plain ev/s", "MiB", "-w 1 ev/s", "MiB", "speed", "mem", "-w 2 ev/s", "MiB", "speed", "mem"
     );
     let runs = args.runs as usize;
-    // (name, engine run, output folder, for a SQL job its files' names beside the plain ones)
-    type Job = (String, Vec<String>, PathBuf, Option<&'static [(&'static str, &'static str)]>);
-    // each group: a baseline and the jobs it is the baseline of (a built-in dataflow and its SQL
-    // views), measured in turns
-    let mut groups: Vec<(Vec<String>, Vec<Job>)> = Vec::new();
-    let (per_user, sensors_sql) = write_sql_configs(&dir)?;
+    // (name, baseline run, engine run, output folder)
+    let mut jobs: Vec<(String, Vec<String>, Vec<String>, PathBuf)> = Vec::new();
     for &users in &args.users {
         let (u, c) = (dir.join(format!("users-{users}.jsonl")), dir.join(format!("clicks-{users}-{n}.jsonl")));
         eprintln!("generating {} …", c.display());
@@ -224,17 +173,8 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         let out = dir.join(format!("out-clicks-{users}"));
         let base = vec!["baseline".into(), "clicks".into(), path(&u), path(&c), path(&out.join("plain"))];
         let mut run: Vec<String> = ["run", "user_event_counts", "user_activity"].map(String::from).to_vec();
-        let bind = ["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))];
-        run.extend(bind.clone());
-        let mut sql = vec!["run".into(), "--config".into(), path(&per_user)];
-        sql.extend(bind);
-        groups.push((
-            base,
-            vec![
-                (format!("clicks, {users} users"), run, out.clone(), None),
-                (format!("clicks as SQL, {users} users"), sql, out.join("sql"), Some(&PER_USER_FILES)),
-            ],
-        ));
+        run.extend(["--input".into(), format!("users={}", path(&u)), "--input".into(), format!("clicks={}", path(&c))]);
+        jobs.push((format!("clicks, {users} users"), base, run, out));
     }
     for &sites in &args.sites {
         // 72 keys (type, location) per site; with 1-minute windows and 30 s of lateness about
@@ -248,87 +188,42 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
         let out = dir.join(format!("out-sensors-{sites}"));
         let base = vec!["baseline".into(), "sensors".into(), path(&sensors), batch.to_string(), path(&out.join("plain"))];
         let run = vec!["run".into(), "sensor_metrics".into(), "--input".into(), format!("sensors={}", path(&sensors))];
-        let sql = vec!["run".into(), "--config".into(), path(&sensors_sql), "--input".into(), format!("sensors={}", path(&sensors))];
-        groups.push((
-            base,
-            vec![
-                (name.clone(), run, out.clone(), None),
-                (name.replacen("sensors", "sensors as SQL", 1), sql, out.join("sql"), Some(&SENSOR_FILES)),
-            ],
-        ));
+        jobs.push((name, base, run, out));
     }
-
-    for (base, jobs) in groups {
-        let jobs: Vec<Job> = jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
-        if jobs.is_empty() {
-            continue;
-        }
+    for (name, base, run, out) in jobs.into_iter().filter(|(name, ..)| args.only.as_deref().is_none_or(|o| name.starts_with(o))) {
         // The baseline's best of three: a single run of it was once 40% slower than the same
         // run a minute later (a cold start), which flattered the engine beside it.
         let plain = best_of(runs, &base)?;
-        // A group's jobs run in turns (built-in, SQL, built-in, SQL, …), each keeping its fastest
-        // run, so that the ratio of the two compares runs of the same minutes of a shared machine
-        // (run one after the other, a slow minute fell on one job's runs only).
-        let mut best: Vec<[Option<Measured>; 2]> = vec![[None, None]; jobs.len()];
-        for (w, slot) in [1, 2].into_iter().zip(0..) {
-            for _ in 0..runs {
-                for ((_, run, out, _), best) in jobs.iter().zip(&mut best) {
-                    let m = measure(&engine_args(run, &out.join(format!("w{w}")), batch, w))?;
-                    if best[slot].as_ref().is_none_or(|b| m.seconds < b.seconds) {
-                        best[slot] = Some(m);
-                    }
-                }
+        let mut cells = Vec::new();
+        let mut verdict = Ok(());
+        for w in [1, 2] {
+            let dir = out.join(format!("w{w}"));
+            let m = best_of(runs, &engine_args(&run, &dir, batch, w))?;
+            if verdict.is_ok() {
+                verdict = same_files(&out.join("plain"), &dir)?;
             }
+            cells.push(format!(
+                "{:>11.0} {:>9.1} {:>5.2}x {:>5.2}x",
+                n as f64 / m.seconds,
+                m.peak_kb / 1024.0,
+                plain.seconds / m.seconds,
+                m.peak_kb / plain.peak_kb
+            ));
         }
-        let built_in = jobs.iter().zip(&best).find(|((.., renames), _)| renames.is_none()).map(|(_, b)| b.clone());
-        for ((name, _, out, renames), best) in jobs.iter().zip(&best) {
-            // (a SQL job's baseline writes beside the built-in job's, in the folder above)
-            let plain_dir =
-                if renames.is_some() { out.parent().expect("a SQL job's folder is in its job's").join("plain") } else { out.join("plain") };
-            let (mut cells, mut versus) = (Vec::new(), Vec::new());
-            let mut verdict = Ok(());
-            for (w, m) in [1, 2].into_iter().zip(best) {
-                let m = m.as_ref().expect("measured above");
-                let dir = out.join(format!("w{w}"));
-                if renames.is_some() {
-                    // (`--only` may have left the built-in job out)
-                    versus.push(match built_in.as_ref().and_then(|b| b[w - 1].as_ref()) {
-                        Some(b) => format!("{:.2}x", b.seconds / m.seconds),
-                        None => "-".to_string(),
-                    });
-                }
-                if verdict.is_ok() {
-                    verdict = match renames {
-                        Some(r) => same_rows(&plain_dir, &dir, r)?,
-                        None => same_files(&plain_dir, &dir)?,
-                    };
-                }
-                cells.push(format!(
-                    "{:>11.0} {:>9.1} {:>5.2}x {:>5.2}x",
-                    n as f64 / m.seconds,
-                    m.peak_kb / 1024.0,
-                    plain.seconds / m.seconds,
-                    m.peak_kb / plain.peak_kb
-                ));
-            }
-            println!(
-                "{:<26} {:>11.0} {:>9.1} | {} | {} | {}{}",
-                name,
-                n as f64 / plain.seconds,
-                plain.peak_kb / 1024.0,
-                cells[0],
-                cells[1],
-                match verdict {
-                    Ok(()) => "equal".to_string(),
-                    Err(e) => format!("DIFFER: {e}"),
-                },
-                if versus.is_empty() { String::new() } else { format!("   | {}", versus.join(" ")) }
-            );
-        }
+        println!(
+            "{:<26} {:>11.0} {:>9.1} | {} | {} | {}",
+            name,
+            n as f64 / plain.seconds,
+            plain.peak_kb / 1024.0,
+            cells[0],
+            cells[1],
+            match verdict {
+                Ok(()) => "equal".to_string(),
+                Err(e) => format!("DIFFER: {e}"),
+            },
+        );
     }
-    println!(
-        "speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes); SQL ÷ built-in = the SQL job's events/s ÷ the built-in job's above it, the two run in turns; each the fastest of {runs} runs"
-    );
+    println!("speed = engine events/s ÷ plain; mem = engine peak RSS ÷ plain (both whole processes); each the fastest of {runs} runs");
     Ok(())
 }
 
@@ -454,8 +349,7 @@ fn path(p: &Path) -> String {
 
 /// `--soak`: 10× `--events` through the whole path at a constant number of keys (the first
 /// `--users` figure, and the sensors' 1000 sensors with tumbling windows), snapshot files on,
-/// `-w 2`, printing the RSS at each tenth of the input; the built-in dataflows, then their SQL
-/// views.
+/// `-w 2`, printing the RSS at each tenth of the input.
 fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     let total = args.events * 10;
     let users = args.users.first().copied().unwrap_or(10_000);
@@ -466,33 +360,17 @@ fn soak(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let jobs = [
         (
-            Dataflow::UserEventCounts,
-            vec![(InputName::Users, generator(Kind::Users, users, 1)), (InputName::Clicks, generator(Kind::Clicks, total, 2))],
+            "clicks",
+            &["user_event_counts", "user_activity"][..],
+            vec![("users", generator(Kind::Users, users, 1)), ("clicks", generator(Kind::Clicks, total, 2))],
         ),
-        (Dataflow::SensorMetrics, vec![(InputName::Sensors, generator(Kind::Sensors, total, 3))]),
+        ("sensors", &["sensor_metrics"][..], vec![("sensors", generator(Kind::Sensors, total, 3))]),
     ];
     println!("soak: {total} events per job (10 × --events), -w 2, snapshot files on; RSS at each tenth of the input");
     let mut plans: Vec<(String, Plan)> = Vec::new();
-    for (dataflow, inputs) in jobs {
-        let mut plan = Plan::embedded(vec![dataflow], inputs.into_iter().collect(), 2, args.batch_size);
-        if dataflow == Dataflow::UserEventCounts {
-            plan.dataflows.push(Dataflow::UserActivity);
-        }
-        plans.push((dataflow.as_str().to_string(), plan));
-    }
-    // the same through the shipped SQL views (their windows' state must stay as flat)
-    let counts = |input: &str| match input {
-        "users" => crate::commands::Generated { count: Some(users), rate: None, seed: 1, users },
-        "clicks" => crate::commands::Generated { count: Some(total), rate: None, seed: 2, users },
-        _ => crate::commands::Generated { count: Some(total), rate: None, seed: 3, users },
-    };
-    for (name, config, sql) in [
-        ("clicks as SQL", include_str!("../../configs/clicks.toml"), include_str!("../../dataflows/clicks.sql")),
-        ("sensors as SQL", include_str!("../../configs/sensors.toml"), include_str!("../../dataflows/sensors.sql")),
-    ] {
-        let (_, pipeline, inputs) = crate::commands::views_on_generators(config, name, sql, name, counts)?;
-        let mut plan = Plan::embedded(Vec::new(), inputs, 2, args.batch_size);
-        plan.sql = Some(Arc::new(pipeline));
+    for (name, dataflows, inputs) in jobs {
+        let inputs = inputs.into_iter().map(|(n, spec)| (n.to_string(), spec)).collect();
+        let plan = crate::commands::embedded(crate::config::Config::default(), dataflows, inputs, 2, args.batch_size)?;
         plans.push((name.to_string(), plan));
     }
     for (name, mut plan) in plans {
