@@ -956,6 +956,34 @@ mod tests {
         assert_eq!(decode_sql(all(66).as_bytes(), &wide), Err("missing_field: c66".to_string()));
     }
 
+    /// A `not null` column's null is a dead letter; a required field is checked like a column
+    /// (present, of its type) and dropped from the row; a number is a time as every input's is.
+    #[test]
+    fn not_null_columns_and_required_fields() {
+        use dataflows::sql::{Column, Type, Value};
+        let col = |name: &str, ty| Column { name: name.to_string(), ty };
+        let mut d = SqlDecoder::new(vec![col("id", Type::Json), col("event", Type::Text)])
+            .not_null(&[0])
+            .requiring(&[col("at", Type::Timestamp), col("page", Type::Text)]);
+        assert_eq!(d.columns().len(), 2);
+        assert_eq!(
+            d.decode(br#"{"page":"/","id":"u1","event":"click","at":1767225600}"#),
+            Ok(vec![Value::Text(r#""u1""#.into()), Value::Text("click".into())])
+        );
+        assert_eq!(
+            d.decode(br#"{"id":7,"event":"click","at":1767225600000,"page":"/"}"#),
+            Ok(vec![Value::Int(7), Value::Text("click".into())])
+        );
+        assert_eq!(
+            d.decode(br#"{"id":null,"event":"e","at":1,"page":"/"}"#),
+            Err("wrong_type: id is null, and declared not null".to_string())
+        );
+        assert_eq!(d.decode(br#"{"event":"e","at":1,"page":"/"}"#), Err("missing_field: id".to_string()));
+        assert_eq!(d.decode(br#"{"id":1,"event":"e","page":"/"}"#), Err("missing_field: at".to_string()));
+        assert_eq!(d.decode(br#"{"id":1,"event":"e","at":1,"page":5}"#), Err("wrong_type: page is not text (5)".to_string()));
+        assert!(d.decode(br#"{"id":1,"event":"e","at":"soon","page":"/"}"#).is_err_and(|e| e.starts_with("bad_time")));
+    }
+
     /// One decoder learns the order of the last record's fields; records in other orders, with
     /// fields added, dropped, renamed or repeated, decode as a fresh decoder decodes them.
     #[test]
