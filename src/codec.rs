@@ -2,8 +2,8 @@
 //! reason string, and the caller keeps the raw bytes next to it as a dead letter.
 //!
 //! Reasons start with a class, then a colon and the detail: `not_utf8`, `invalid_json`,
-//! `not_object`, `missing_field`, `wrong_type`, `bad_time`, `out_of_range`, `invalid_record`;
-//! `future` (decided by the runtime, for streams) and `late` (by the sensor dataflow).
+//! `not_object`, `missing_field`, `wrong_type`, `bad_time`, `invalid_record`; `future` (decided
+//! by the runtime) and `late` (by an event-time input's lateness rule).
 //!
 //! Times accept `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), the same with a `T` (UTC when it carries no
 //! offset), RFC 3339 with `Z` or an offset, and unix seconds or milliseconds as a JSON number
@@ -11,22 +11,12 @@
 //! milliseconds (fixed width: string order is time order); offsets beyond ±23:59 are rejected.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat};
-use dataflows::records::{
-    AnomalyAlert, Click, DeadLetter, EventTypeCount, Id, Millis, Position, Reading, SharedText, User, UserActivity, UserEventCount,
-    WindowMetric, F64,
-};
+use dataflows::records::{DeadLetter, Millis, Position};
 use dataflows::{Output, Row};
-use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
-
-/// The greatest magnitude of a reading: window sums are exact 128-bit fixed point (2⁻⁶⁴ units,
-/// see `ExactSum`), so a window holds up to 9·10⁹ readings of this size before a sum could
-/// overflow. A value beyond it is a dead letter (`out_of_range`), never a wrong sum.
-pub const MAX_READING: f64 = 1e9;
+use serde::{Serialize, Serializer};
 
 /// Parses a time spelled as a string.
 pub fn parse_time_str(s: &str) -> Result<Millis, String> {
@@ -112,97 +102,8 @@ pub fn format_time(ms: Millis) -> String {
     }
 }
 
-/// A time field, decoded from a string or a number.
-struct Time(Millis);
-
-impl<'de> Deserialize<'de> for Time {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Time;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a time (string or unix seconds/milliseconds)")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Time, E> {
-                parse_time_str(s).map(Time).map_err(|e| E::custom(format!("bad_time: {e}")))
-            }
-            fn visit_u64<E: de::Error>(self, x: u64) -> Result<Time, E> {
-                self.visit_f64(x as f64)
-            }
-            fn visit_i64<E: de::Error>(self, x: i64) -> Result<Time, E> {
-                self.visit_f64(x as f64)
-            }
-            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Time, E> {
-                time_from_number(x).map(Time).map_err(|e| E::custom(format!("bad_time: {e}")))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A user id, decoded from an unsigned integer or a string.
-struct JsonId(Id);
-
-impl<'de> Deserialize<'de> for JsonId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = JsonId;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a non-negative integer or a string")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<JsonId, E> {
-                Ok(JsonId(Id::Str(s.to_string())))
-            }
-            fn visit_u64<E: de::Error>(self, x: u64) -> Result<JsonId, E> {
-                Ok(JsonId(Id::Num(x)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-#[derive(Deserialize)]
-struct UserJson<'a> {
-    user_id: JsonId,
-    #[serde(borrow)]
-    email: Cow<'a, str>,
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    event_timestamp: Time,
-}
-
-#[derive(Deserialize)]
-struct ClickJson<'a> {
-    user_id: JsonId,
-    #[serde(borrow)]
-    event: Cow<'a, str>,
-    event_timestamp: Time,
-    #[serde(borrow, rename = "page")]
-    _page: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-struct ReadingJson<'a> {
-    #[serde(borrow)]
-    sensor_id: Cow<'a, str>,
-    #[serde(borrow)]
-    sensor_type: Cow<'a, str>,
-    value: f64,
-    #[serde(borrow)]
-    location: Cow<'a, str>,
-    timestamp: Time,
-    #[serde(borrow)]
-    status: Cow<'a, str>,
-}
-
-/// Parses one JSON object into `T`, or says why not.
-fn parse<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, String> {
-    let text = std::str::from_utf8(raw).map_err(|e| format!("not_utf8: invalid byte at offset {}", e.valid_up_to()))?;
-    serde_json::from_str(text).map_err(|e| classify(text, &e))
-}
-
-fn classify(text: &str, e: &serde_json::Error) -> String {
+/// The reason a JSON record could not be read, by the class of its error.
+pub(crate) fn classify(text: &str, e: &serde_json::Error) -> String {
     let msg = e.to_string();
     let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
     if e.is_syntax() || e.is_eof() {
@@ -221,24 +122,6 @@ fn classify(text: &str, e: &serde_json::Error) -> String {
         return format!("wrong_type: {msg}");
     }
     format!("invalid_record: {msg}")
-}
-
-/// Decodes a user profile version.
-pub fn decode_user(raw: &[u8], position: Position) -> Result<User, String> {
-    let u: UserJson = parse(raw)?;
-    Ok(User {
-        user_id: u.user_id.0,
-        name: SharedText::from(&*u.name),
-        email: SharedText::from(&*u.email),
-        event_time: u.event_timestamp.0,
-        position,
-    })
-}
-
-/// Decodes a click.
-pub fn decode_click(raw: &[u8]) -> Result<Click, String> {
-    let c: ClickJson = parse(raw)?;
-    Ok(Click { user_id: c.user_id.0, event: c.event.into_owned(), event_time: c.event_timestamp.0 })
 }
 
 /// Decodes the records of one SQL input by its columns: a column missing from a record is a
@@ -535,40 +418,6 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
     }
 }
 
-/// Decodes a sensor reading.
-pub fn decode_reading(raw: &[u8], position: Position) -> Result<Reading, String> {
-    let r: ReadingJson = parse(raw)?;
-    if !r.value.is_finite() {
-        return Err("wrong_type: value is not a finite number".to_string());
-    }
-    if r.value.abs() > MAX_READING {
-        return Err(format!("out_of_range: value {} is beyond ±1e9, where window sums stay exact", r.value));
-    }
-    Ok(Reading {
-        sensor_id: r.sensor_id.into_owned(),
-        sensor_type: r.sensor_type.into_owned(),
-        location: r.location.into_owned(),
-        value: F64(r.value),
-        timestamp: r.timestamp.0,
-        anomaly: r.status == "anomaly",
-        position,
-        // the reader sets it
-        batch: 0,
-    })
-}
-
-/// A user id as JSON: a number or a string, as the producer wrote it.
-struct IdJson<'a>(&'a Id);
-
-impl Serialize for IdJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Id::Num(n) => s.serialize_u64(*n),
-            Id::Str(x) => s.serialize_str(x),
-        }
-    }
-}
-
 /// A position as JSON: `{"line": n}`, `{"topic": t, "partition": p, "offset": o}` or `{"index": i}`.
 struct PositionJson<'a>(&'a Position);
 
@@ -586,15 +435,6 @@ impl Serialize for PositionJson<'_> {
             Position::Index(i) => m.serialize_entry("index", i)?,
         }
         m.end()
-    }
-}
-
-/// A time as RFC 3339 UTC.
-struct TimeJson(Millis);
-
-impl Serialize for TimeJson {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_time(self.0))
     }
 }
 
@@ -639,10 +479,6 @@ impl OutputRow for Row {
 /// whole row).
 pub fn key_fields(output: Output) -> Vec<String> {
     let names: &[&str] = match output {
-        Output::UserEventCounts | Output::UserActivity => &["user_id"],
-        Output::EventTypeCounts => &["event"],
-        Output::SensorWindowMetrics => &["sensor_type", "location", "window_start"],
-        Output::AnomalyAlerts => &["sensor_id", "sensor_type", "location", "value", "timestamp", "alert_type"],
         Output::DeadLetters => &["input", "position"],
         Output::View(i) => {
             return dataflows::sql::registry::with_view(i, |v| v.key.iter().map(|&k| v.columns[k].0.to_string()).collect());
@@ -655,11 +491,6 @@ pub fn key_fields(output: Output) -> Vec<String> {
 /// and its milliseconds since the epoch: a format with a date type (BSON) stores these as dates.
 pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
     match row {
-        Row::WindowMetric(w) => {
-            each("window_start", w.window_start);
-            each("window_end", w.window_end);
-        }
-        Row::AnomalyAlert(a) => each("timestamp", a.timestamp),
         Row::View(r) => dataflows::sql::registry::with_view(r.view, |v| {
             for ((name, _), value) in v.columns.iter().zip(&r.values) {
                 if let dataflows::sql::Value::Timestamp(ms) = value {
@@ -667,7 +498,7 @@ pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
                 }
             }
         }),
-        Row::UserEventCount(_) | Row::EventTypeCount(_) | Row::UserActivity(_) | Row::DeadLetter(_) => {}
+        Row::DeadLetter(_) => {}
     }
 }
 
@@ -730,135 +561,9 @@ trait Encoded {
 impl Encoded for Row {
     fn encoded(&self) -> &dyn OutputRow {
         match self {
-            Row::UserEventCount(r) => r,
-            Row::EventTypeCount(r) => r,
-            Row::UserActivity(r) => &**r,
-            Row::WindowMetric(r) => &**r,
-            Row::AnomalyAlert(r) => &**r,
             Row::DeadLetter(r) => &**r,
             Row::View(r) => &**r,
         }
-    }
-}
-
-/// `{"user_id": …}`, the key of both per-user outputs.
-fn user_key(id: &Id) -> String {
-    #[derive(Serialize)]
-    struct K<'a> {
-        user_id: IdJson<'a>,
-    }
-    to_json(&K { user_id: IdJson(id) })
-}
-
-impl OutputRow for UserEventCount {
-    fn key(&self) -> String {
-        user_key(&self.user_id)
-    }
-    fn row(&self) -> String {
-        #[derive(Serialize)]
-        struct R<'a> {
-            user_id: IdJson<'a>,
-            event_count: i64,
-        }
-        to_json(&R { user_id: IdJson(&self.user_id), event_count: self.event_count })
-    }
-}
-
-impl OutputRow for EventTypeCount {
-    fn key(&self) -> String {
-        #[derive(Serialize)]
-        struct K<'a> {
-            event: &'a str,
-        }
-        to_json(&K { event: &self.event })
-    }
-    fn row(&self) -> String {
-        #[derive(Serialize)]
-        struct R<'a> {
-            event: &'a str,
-            count: i64,
-        }
-        to_json(&R { event: &self.event, count: self.count })
-    }
-}
-
-impl OutputRow for UserActivity {
-    fn key(&self) -> String {
-        user_key(&self.user_id)
-    }
-    fn row(&self) -> String {
-        #[derive(Serialize)]
-        struct R<'a> {
-            user_id: IdJson<'a>,
-            name: &'a str,
-            email: &'a str,
-            event_count: i64,
-        }
-        to_json(&R { user_id: IdJson(&self.user_id), name: &self.name, email: &self.email, event_count: self.event_count })
-    }
-}
-
-impl OutputRow for WindowMetric {
-    fn key(&self) -> String {
-        #[derive(Serialize)]
-        struct K<'a> {
-            sensor_type: &'a str,
-            location: &'a str,
-            window_start: TimeJson,
-        }
-        to_json(&K { sensor_type: &self.sensor_type, location: &self.location, window_start: TimeJson(self.window_start) })
-    }
-    fn row(&self) -> String {
-        #[derive(Serialize)]
-        struct R<'a> {
-            sensor_type: &'a str,
-            location: &'a str,
-            window_start: TimeJson,
-            window_end: TimeJson,
-            count: u64,
-            avg: f64,
-            min: f64,
-            max: f64,
-            anomaly_count: u64,
-        }
-        to_json(&R {
-            sensor_type: &self.sensor_type,
-            location: &self.location,
-            window_start: TimeJson(self.window_start),
-            window_end: TimeJson(self.window_end),
-            count: self.count,
-            avg: self.avg.0,
-            min: self.min.0,
-            max: self.max.0,
-            anomaly_count: self.anomaly_count,
-        })
-    }
-}
-
-/// An alert's key is all of it: two distinct readings of one sensor at one timestamp are two
-/// alerts, and the same reading delivered twice is one.
-impl OutputRow for AnomalyAlert {
-    fn key(&self) -> String {
-        self.row()
-    }
-    fn row(&self) -> String {
-        #[derive(Serialize)]
-        struct R<'a> {
-            sensor_id: &'a str,
-            sensor_type: &'a str,
-            location: &'a str,
-            value: f64,
-            timestamp: TimeJson,
-            alert_type: &'a str,
-        }
-        to_json(&R {
-            sensor_id: &self.sensor_id,
-            sensor_type: &self.sensor_type,
-            location: &self.location,
-            value: self.value.0,
-            timestamp: TimeJson(self.timestamp),
-            alert_type: self.alert_type.as_str(),
-        })
     }
 }
 
@@ -1036,26 +741,6 @@ mod tests {
         assert!(parse_time_str("2026-01-01 00:00:00+99:99").is_err());
         assert!(parse_time_str("2026-01-01T00:00:00-00:60").is_err());
         assert_eq!(parse_time_str("2026-01-01T23:59:00+23:59"), Ok(t));
-    }
-
-    #[test]
-    fn reasons() {
-        let reason = |raw: &[u8]| decode_click(raw).unwrap_err();
-        assert!(reason(b"{\"user_id\": 1").starts_with("invalid_json"));
-        assert!(reason(b"[1, 2]").starts_with("not_object"));
-        assert!(reason(b"\xff\xfe").starts_with("not_utf8"));
-        assert_eq!(reason(br#"{"user_id": 1, "page": "/", "event": "click"}"#), "missing_field: event_timestamp");
-        assert!(reason(br#"{"user_id": [1], "page": "/", "event": "click", "event_timestamp": 1}"#).starts_with("wrong_type"));
-        assert!(reason(br#"{"user_id": 1, "page": "/", "event": "click", "event_timestamp": "soon"}"#).starts_with("bad_time"));
-        let reading = |v: &str| {
-            let raw = format!(r#"{{"sensor_id":"s","sensor_type":"temperature","value":{v},"location":"l","timestamp":1,"status":"ok"}}"#);
-            decode_reading(raw.as_bytes(), Position::Line(1)).map(|r| r.value.0)
-        };
-        assert!(reading("1.7e308").unwrap_err().starts_with("out_of_range"), "{:?}", reading("1.7e308"));
-        assert!(reading("-1e10").unwrap_err().starts_with("out_of_range"));
-        assert_eq!(reading("-1e9"), Ok(-1e9));
-        let ok = decode_click(br#"{"user_id": "u1", "page": "/", "event": "click", "event_timestamp": 1, "extra": true}"#);
-        assert_eq!(ok.unwrap().user_id, Id::Str("u1".into()));
     }
 
     #[test]

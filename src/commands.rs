@@ -368,10 +368,8 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
     }
     let plan = Plan {
         sql,
-        params: config.params(&file)?,
         inputs: specs,
         batches_per_time,
-        dataflows: Vec::new(),
         output_dir,
         changes,
         batch_size,
@@ -415,8 +413,7 @@ pub fn embedded(
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let sql = resolve_views(&mut config, None, &names, "embedded plan")?;
     let inputs = inputs.into_iter().map(|(n, spec)| (InputName::Table(dataflows::sql::registry::table(&n)), spec)).collect();
-    let mut plan = Plan::embedded(Vec::new(), inputs, workers, batch_size);
-    plan.params = config.params("embedded plan")?;
+    let mut plan = Plan::embedded(inputs, workers, batch_size);
     plan.sql = Some(std::sync::Arc::new(sql));
     Ok(plan)
 }
@@ -481,7 +478,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
             (t.name, spec)
         })
         .collect();
-    demo_launch(args, &config, file, Some(std::sync::Arc::new(sql)), inputs)
+    demo_launch(args, &config, Some(std::sync::Arc::new(sql)), inputs)
 }
 
 /// `diffstream demo NAME`: a shipped pipeline's views on its input's generator.
@@ -496,7 +493,7 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
     let file = format!("configs/{name}.toml (embedded)");
     let generator = |_: &str| Generated { count: None, rate: Some(args.rate), seed: 1, users: 1000 };
     let (config, pipeline, inputs) = views_on_generators(text, &file, sql, &format!("dataflows/{name}.sql (embedded)"), generator)?;
-    demo_launch(args, &config, &file, Some(std::sync::Arc::new(pipeline)), inputs)
+    demo_launch(args, &config, Some(std::sync::Arc::new(pipeline)), inputs)
 }
 
 /// How a generator stands in for one of a config's inputs ([`views_on_generators`]).
@@ -550,16 +547,13 @@ pub fn views_on_generators(
 fn demo_launch(
     args: &DemoArgs,
     config: &Config,
-    file: &str,
     sql: Option<std::sync::Arc<runtime::SqlPipeline>>,
     inputs: BTreeMap<InputName, InputSpec>,
 ) -> anyhow::Result<Launch> {
     let http = (!args.no_http).then(|| HttpOptions { listen: args.http.clone(), allow_remote: false });
     let plan = Plan {
         sql,
-        dataflows: Vec::new(),
         inputs,
-        params: config.params(file)?,
         output_dir: Some(args.output_dir.clone()),
         changes: true,
         // about ten logical times a second: changes show promptly

@@ -53,9 +53,9 @@ impl Monitor {
 impl Observer for Monitor {
     /// Draws when the interval has passed, and always at the end.
     fn tick(&mut self, t: &Tick<'_>) {
-        let Tick { rows: sink, counters, watermark, input_watermarks, time: epoch, done } = *t;
-        // Without the sensor dataflow, the least of the SQL inputs' watermarks.
-        let watermark = watermark.or_else(|| input_watermarks.iter().filter_map(|(_, w)| w.get()).min());
+        let Tick { rows: sink, counters, input_watermarks, time: epoch, done } = *t;
+        // (the least of the event-time inputs' watermarks)
+        let watermark = input_watermarks.iter().filter_map(|(_, w)| w.get()).min();
         let now = Instant::now();
         if !done && now.duration_since(self.last) < self.interval {
             return;

@@ -309,7 +309,8 @@ fn restart_from_a_checkpoint(state_topic: bool) {
     assert!(restart.status.success(), "{stderr}");
     assert!(stderr.contains("restarting from a checkpoint"), "the restart did not load a checkpoint:\n{stderr}");
     // The last status line counts what this run read, per input.
-    let last = stderr.lines().rev().find(|l| l.contains("users ") && l.contains("clicks ")).expect("a status line");
+    // (the inputs in the order of their names)
+    let last = stderr.lines().rev().find(|l| l.starts_with("clicks ") && l.contains(", users ")).expect("a status line");
     let read: u64 = last
         .split(" | ")
         .next()

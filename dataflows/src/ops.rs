@@ -1,12 +1,9 @@
 //! Reusable operators, as extension traits on collections.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
-use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::{Coll, Time};
@@ -37,131 +34,6 @@ impl std::hash::Hasher for PassThrough {
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
-    }
-}
-
-/// Project each record to keys and add up the diffs of equal keys, per logical time, on the
-/// worker that holds them, before anything is exchanged.
-///
-/// The collection means the same thing afterwards; it just carries one `(key, time, n)` update
-/// where it carried `n` updates of `(key, time, 1)`. Counting a click stream this way sends
-/// one update per user and batch through the exchange and the arrangement instead of one per
-/// click, which is what lets the counts keep up with JSON decoding. The closure takes each
-/// record by value, so keys can be moved out of it rather than cloned.
-///
-/// ```
-/// use differential_dataflow::input::Input;
-/// use dataflows::ops::AggregateLocal;
-///
-/// timely::example(|scope| {
-///     let words = ["a", "b", "a"].map(String::from);
-///     let (_input, words) = scope.new_collection_from(words);
-///     // ("a", +2) and ("b", +1): the same multiset as `words`, in fewer updates.
-///     let _counted = words.aggregate_local(|w: String| [w]).count();
-/// });
-/// ```
-pub trait AggregateLocal<'s, D> {
-    /// See the trait's documentation.
-    fn aggregate_local<K, I, F>(self, keys: F) -> Coll<'s, K>
-    where
-        K: Clone + Eq + Hash + 'static,
-        I: IntoIterator<Item = K>,
-        F: FnMut(D) -> I + 'static;
-}
-
-impl<'s, D: Clone + 'static> AggregateLocal<'s, D> for Coll<'s, D> {
-    fn aggregate_local<K, I, F>(self, mut keys: F) -> Coll<'s, K>
-    where
-        K: Clone + Eq + Hash + 'static,
-        I: IntoIterator<Item = K>,
-        F: FnMut(D) -> I + 'static,
-    {
-        // Emitting per activation rather than per completed time adds no latency: the input of
-        // one batch is normally all queued when the operator runs.
-        let mut sums: FastMap<(K, Time), isize> = FastMap::default();
-        self.inner
-            .unary(Pipeline, "AggregateLocal", move |_cap, _info| {
-                move |input, output| {
-                    input.for_each_stamp(|cap, data| {
-                        for batch in data {
-                            for (d, t, r) in batch.drain(..) {
-                                for k in keys(d) {
-                                    *sums.entry((k, t)).or_insert(0) += r;
-                                }
-                            }
-                        }
-                        let mut session = output.session(&cap);
-                        for ((k, t), r) in sums.drain() {
-                            if r != 0 {
-                                session.give((k, t, r));
-                            }
-                        }
-                    });
-                }
-            })
-            .container::<Vec<_>>()
-            .as_collection()
-    }
-}
-
-/// Counts per key for a totally ordered time, kept in a hash map instead of an arrangement:
-/// updates are exchanged by key, and each completed time, in order, adds up every key's diffs
-/// and emits `-(key, old)` `+(key, new)` for each key whose count changed — the updates
-/// differential's `count_total` produces — holding one count per key and no history. Suits
-/// counters fed by [`AggregateLocal`], which has already summed each batch's diffs per key.
-pub trait CountMap<'s, K> {
-    /// See the trait's documentation; `dataflow` names it in the state metrics. Also returns
-    /// its map of current counts (this worker's keys, none zero): what the output holds, to
-    /// read once the dataflow is done.
-    fn count_map(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>);
-}
-
-impl<'s, K> CountMap<'s, K> for Coll<'s, K>
-where
-    K: timely::ExchangeData + Clone + Hash + Eq + differential_dataflow::Hashable,
-{
-    fn count_map(self, dataflow: &str) -> (Coll<'s, (K, isize)>, Rc<RefCell<FastMap<K, isize>>>) {
-        use timely::dataflow::channels::pact::Exchange;
-        let exchange = Exchange::new(|(k, _, _): &(K, Time, isize)| differential_dataflow::Hashable::hashed(k).into());
-        let size = crate::state::StateSize::new(dataflow, "CountMap");
-        let shared: Rc<RefCell<FastMap<K, isize>>> = Rc::default();
-        let state = shared.clone();
-        let counts = self
-            .inner
-            .unary_frontier(exchange, "CountMap", |_cap, _info| {
-                let mut pending: Stash<K> = Default::default();
-                // A time's diffs per key; kept from time to time (drained, not dropped) so that
-                // a time of many keys neither regrows nor refaults its table.
-                let mut deltas: FastMap<K, isize> = FastMap::default();
-                move |(input, frontier), output| {
-                    stash_by_time(input, &mut pending, output.output_index());
-                    let mut counts = state.borrow_mut();
-                    while pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t)) {
-                        let (t, (cap, updates)) = pending.pop_first().expect("checked");
-                        for (k, r) in updates {
-                            *deltas.entry(k).or_insert(0) += r;
-                        }
-                        let mut session = output.session(&cap);
-                        for (k, delta) in deltas.drain().filter(|(_, d)| *d != 0) {
-                            let old = counts.get(&k).copied().unwrap_or(0);
-                            let new = old + delta;
-                            if old != 0 {
-                                session.give(((k.clone(), old), t, -1));
-                            }
-                            if new != 0 {
-                                session.give(((k.clone(), new), t, 1));
-                                counts.insert(k, new);
-                            } else {
-                                counts.remove(&k);
-                            }
-                        }
-                        size.set(counts.len());
-                    }
-                }
-            })
-            .container::<Vec<_>>()
-            .as_collection();
-        (counts, shared)
     }
 }
 
@@ -223,63 +95,6 @@ where
         })
         .container::<Vec<_>>()
         .as_collection()
-}
-
-/// Keep, per key and logical time, only the record that ranks highest among those this worker
-/// holds, before anything is exchanged.
-///
-/// For "latest wins" semantics this changes no result: a record that another record of the
-/// same key outranks can never be the latest. It keeps a burst of profile updates from
-/// reaching (and staying in) the arrangement that picks the latest. Only for insert-only
-/// collections: a retraction could not be matched to a record dropped here.
-pub trait LatestLocal<'s, D> {
-    /// See the trait's documentation.
-    fn latest_local<K, O, F, G>(self, key: F, rank: G) -> Coll<'s, D>
-    where
-        K: Eq + Hash + 'static,
-        O: Ord + 'static,
-        F: FnMut(&D) -> K + 'static,
-        G: FnMut(&D) -> O + 'static;
-}
-
-impl<'s, D: Clone + 'static> LatestLocal<'s, D> for Coll<'s, D> {
-    fn latest_local<K, O, F, G>(self, mut key: F, mut rank: G) -> Coll<'s, D>
-    where
-        K: Eq + Hash + 'static,
-        O: Ord + 'static,
-        F: FnMut(&D) -> K + 'static,
-        G: FnMut(&D) -> O + 'static,
-    {
-        let mut best: FastMap<(K, Time), (D, isize)> = FastMap::default();
-        self.inner
-            .unary(Pipeline, "LatestLocal", move |_cap, _info| {
-                move |input, output| {
-                    input.for_each_stamp(|cap, data| {
-                        for batch in data {
-                            for (d, t, r) in batch.drain(..) {
-                                debug_assert!(r > 0, "latest_local is for insert-only collections");
-                                match best.entry((key(&d), t)) {
-                                    std::collections::hash_map::Entry::Vacant(v) => {
-                                        v.insert((d, r));
-                                    }
-                                    std::collections::hash_map::Entry::Occupied(mut o) => {
-                                        if rank(&d) > rank(&o.get().0) {
-                                            o.insert((d, r));
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        let mut session = output.session(&cap);
-                        for ((_, t), (d, r)) in best.drain() {
-                            session.give((d, t, r));
-                        }
-                    });
-                }
-            })
-            .container::<Vec<_>>()
-            .as_collection()
-    }
 }
 
 /// Updates held per logical time, each time with a capability to emit at it.

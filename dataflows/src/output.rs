@@ -11,21 +11,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{AnomalyAlert, DeadLetter, EventTypeCount, UserActivity, UserEventCount, WindowMetric};
+use crate::records::DeadLetter;
 
 /// Every output a run can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Output {
-    /// clicks per user
-    UserEventCounts,
-    /// clicks per event kind
-    EventTypeCounts,
-    /// users ⋈ click counts
-    UserActivity,
-    /// windowed sensor metrics
-    SensorWindowMetrics,
-    /// anomaly alerts (append-only)
-    AnomalyAlerts,
     /// records the engine could not use (append-only)
     DeadLetters,
     /// a SQL view, by its number in [`crate::sql::registry`]
@@ -33,54 +23,39 @@ pub enum Output {
 }
 
 impl Output {
-    /// All outputs, in a fixed order.
-    pub const ALL: [Output; 6] = [
-        Output::UserEventCounts,
-        Output::EventTypeCounts,
-        Output::UserActivity,
-        Output::SensorWindowMetrics,
-        Output::AnomalyAlerts,
-        Output::DeadLetters,
-    ];
-
     /// The output's name in configs, files, topics and collections.
     pub fn as_str(self) -> &'static str {
         match self {
-            Output::UserEventCounts => "user_event_counts",
-            Output::EventTypeCounts => "event_type_counts",
-            Output::UserActivity => "user_activity",
-            Output::SensorWindowMetrics => "sensor_window_metrics",
-            Output::AnomalyAlerts => "anomaly_alerts",
             Output::DeadLetters => "dead_letters",
             Output::View(i) => crate::sql::registry::view_name(i),
         }
     }
 
-    /// A dense index: the built-ins first, then the views.
+    /// A dense index: the dead letters first, then the views.
     pub fn index(self) -> usize {
         match self {
-            Output::View(i) => Output::ALL.len() + i as usize,
-            o => Output::ALL.iter().position(|x| *x == o).expect("a built-in output"),
+            Output::DeadLetters => 0,
+            Output::View(i) => 1 + i as usize,
         }
     }
 
     /// The output of dense index `i` ([`Output::index`]).
     pub fn from_index(i: usize) -> Option<Output> {
-        match Output::ALL.get(i) {
-            Some(o) => Some(*o),
-            None => (i < Output::MAX).then(|| Output::View((i - Output::ALL.len()) as u8)),
+        match i {
+            0 => Some(Output::DeadLetters),
+            _ => (i < Output::MAX).then(|| Output::View((i - 1) as u8)),
         }
     }
 
     /// How many outputs a run may have, for counters indexed by [`Output::index`].
-    pub const MAX: usize = Output::ALL.len() + crate::sql::registry::MAX;
+    pub const MAX: usize = 1 + crate::sql::registry::MAX;
 
     /// Whether rows are only ever inserted (never retracted or updated): such outputs can be
     /// streamed out as their times close instead of being held as state.
     pub fn append_only(self) -> bool {
         match self {
             Output::View(i) => crate::sql::registry::append_only(i),
-            o => matches!(o, Output::AnomalyAlerts | Output::DeadLetters),
+            Output::DeadLetters => true,
         }
     }
 }
@@ -88,12 +63,10 @@ impl Output {
 impl FromStr for Output {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        crate::sql::registry::find_view(s).map(Output::View).or_else(|| Output::ALL.into_iter().find(|o| o.as_str() == s)).ok_or_else(
-            || {
-                let names: Vec<&str> = Output::ALL.iter().map(|o| o.as_str()).collect();
-                format!("unknown output `{s}`; the outputs are {}", names.join(", "))
-            },
-        )
+        match s {
+            "dead_letters" => Ok(Output::DeadLetters),
+            _ => crate::sql::registry::find_view(s).map(Output::View).ok_or_else(|| format!("unknown output `{s}`: not a view of this run")),
+        }
     }
 }
 
@@ -103,20 +76,9 @@ impl fmt::Display for Output {
     }
 }
 
-/// One row of one output. The larger records are boxed so that the common small rows (counts)
-/// stay small in exchanges and sink state.
+/// One row of one output, boxed so that a row is one word in exchanges and sink state.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Row {
-    /// a row of `user_event_counts`
-    UserEventCount(UserEventCount),
-    /// a row of `event_type_counts`
-    EventTypeCount(EventTypeCount),
-    /// a row of `user_activity`
-    UserActivity(Box<UserActivity>),
-    /// a row of `sensor_window_metrics`
-    WindowMetric(Box<WindowMetric>),
-    /// a row of `anomaly_alerts`
-    AnomalyAlert(Box<AnomalyAlert>),
     /// a row of `dead_letters`
     DeadLetter(Box<DeadLetter>),
     /// a row of a SQL view
@@ -188,11 +150,6 @@ impl Row {
     /// The output the row belongs to.
     pub fn output(&self) -> Output {
         match self {
-            Row::UserEventCount(_) => Output::UserEventCounts,
-            Row::EventTypeCount(_) => Output::EventTypeCounts,
-            Row::UserActivity(_) => Output::UserActivity,
-            Row::WindowMetric(_) => Output::SensorWindowMetrics,
-            Row::AnomalyAlert(_) => Output::AnomalyAlerts,
             Row::DeadLetter(_) => Output::DeadLetters,
             Row::View(r) => Output::View(r.view),
         }
@@ -206,11 +163,6 @@ impl Row {
         let mut h = crate::ops::FixedHasher::default().build_hasher();
         self.output().hash(&mut h);
         match self {
-            Row::UserEventCount(r) => r.user_id.hash(&mut h),
-            Row::EventTypeCount(r) => r.event.hash(&mut h),
-            Row::UserActivity(r) => r.user_id.hash(&mut h),
-            Row::WindowMetric(r) => (&r.sensor_type, &r.location, r.window_start).hash(&mut h),
-            Row::AnomalyAlert(r) => (&r.sensor_id, r.timestamp).hash(&mut h),
             Row::DeadLetter(r) => (&r.input, &r.position).hash(&mut h),
             Row::View(r) => return r.key_hash,
         }
@@ -226,31 +178,6 @@ impl Row {
 /// second copy of every row in its sink as the rows change.
 pub type CurrentRows = Box<dyn Fn(&mut dyn FnMut(Row, isize))>;
 
-impl From<UserEventCount> for Row {
-    fn from(r: UserEventCount) -> Self {
-        Row::UserEventCount(r)
-    }
-}
-impl From<EventTypeCount> for Row {
-    fn from(r: EventTypeCount) -> Self {
-        Row::EventTypeCount(r)
-    }
-}
-impl From<UserActivity> for Row {
-    fn from(r: UserActivity) -> Self {
-        Row::UserActivity(Box::new(r))
-    }
-}
-impl From<WindowMetric> for Row {
-    fn from(r: WindowMetric) -> Self {
-        Row::WindowMetric(Box::new(r))
-    }
-}
-impl From<AnomalyAlert> for Row {
-    fn from(r: AnomalyAlert) -> Self {
-        Row::AnomalyAlert(Box::new(r))
-    }
-}
 impl From<DeadLetter> for Row {
     fn from(r: DeadLetter) -> Self {
         Row::DeadLetter(Box::new(r))
@@ -260,19 +187,19 @@ impl From<DeadLetter> for Row {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::Id;
+    use crate::records::Position;
 
     #[test]
-    fn key_hash_ignores_non_key_fields() {
-        let a = Row::from(UserEventCount { user_id: Id::Num(7), event_count: 1 });
-        let b = Row::from(UserEventCount { user_id: Id::Num(7), event_count: 9 });
-        let c = Row::from(UserActivity { user_id: Id::Num(7), name: "n".into(), email: "e".into(), event_count: 1 });
-        assert_eq!(a.key_hash(), b.key_hash());
-        for o in Output::ALL.into_iter().chain([Output::View(0), Output::View(3)]) {
+    fn key_hash_ignores_non_key_fields_and_indexes_round_trip() {
+        let dead = |reason: &str, input: &str| {
+            Row::from(DeadLetter { input: input.into(), position: Position::Line(3), reason: reason.into(), raw: Vec::new(), key: None })
+        };
+        assert_eq!(dead("a", "x").key_hash(), dead("b", "x").key_hash());
+        assert_ne!(dead("a", "x").key_hash(), dead("a", "y").key_hash());
+        for o in [Output::DeadLetters, Output::View(0), Output::View(3)] {
             assert_eq!(Output::from_index(o.index()), Some(o));
         }
         assert_eq!(Output::from_index(Output::MAX), None);
-        assert_ne!(a.key_hash(), c.key_hash(), "the output is part of the key");
-        assert_eq!(Output::ALL.map(|o| o.as_str().parse::<Output>().unwrap()), Output::ALL);
+        assert_eq!("dead_letters".parse::<Output>(), Ok(Output::DeadLetters));
     }
 }

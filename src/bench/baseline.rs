@@ -11,13 +11,14 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use dataflows::ops::FastMap;
-use dataflows::records::{
-    AnomalyAlert, DeadLetter, EventTypeCount, Id, Millis, Position, SharedText, UserActivity, UserEventCount, WindowMetric, F64,
-};
-use dataflows::sensor_metrics::ExactSum;
-use dataflows::SensorParams;
+use dataflows::records::{DeadLetter, Millis, Position};
+use dataflows::sql::exact::ExactSum;
 
-use crate::codec::{self, OutputRow};
+use crate::codec::OutputRow;
+use crate::config::builtin::SensorParams;
+use crate::reference::records::{
+    self as codec, AnomalyAlert, EventTypeCount, Id, SharedText, UserActivity, UserEventCount, WindowMetric, F64,
+};
 
 /// Calls `each(line number, line)` for every non-blank line of `path`.
 fn for_each_line(path: &Path, mut each: impl FnMut(u64, &[u8])) -> io::Result<()> {
@@ -124,10 +125,10 @@ pub fn sensors(sensors: &Path, batch: u64, p: &SensorParams, out: &Path) -> io::
             Err(reason) => return dead_letters.push(dead("sensors", n, reason, line)),
         };
         batch_max = batch_max.max(Some(r.timestamp));
-        if p.is_late(r.timestamp, max_ts.map(|m| m - p.allowed_lateness_ms)) {
+        if crate::reference::is_late(p, r.timestamp, max_ts.map(|m| m - p.allowed_lateness_ms)) {
             return dead_letters.push(dead("sensors", n, "late".into(), line));
         }
-        if let Some(alert_type) = p.alert_type(&r) {
+        if let Some(alert_type) = crate::reference::alert_type(p, &r) {
             alerts.push(AnomalyAlert {
                 sensor_id: r.sensor_id,
                 sensor_type: r.sensor_type.clone(),
@@ -137,7 +138,7 @@ pub fn sensors(sensors: &Path, batch: u64, p: &SensorParams, out: &Path) -> io::
                 alert_type,
             });
         }
-        for start in p.window_starts(r.timestamp) {
+        for start in crate::reference::window_starts(p, r.timestamp) {
             let w = windows.entry((r.sensor_type.clone(), r.location.clone(), start)).or_default();
             if w.count == 0 {
                 (w.min, w.max) = (r.value.0, r.value.0);

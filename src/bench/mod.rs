@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use dataflows::SensorParams;
+use crate::config::builtin::SensorParams;
 
 use crate::cli::{BenchArgs, Cli};
 use crate::runtime::{self, Counters, Plan};

@@ -11,7 +11,6 @@ use mongodb::Namespace;
 use crate::config::MongoOutput;
 use crate::sinks::mongodb::MongoSink;
 use crate::sinks::Sink;
-use dataflows::records::{Id, UserEventCount};
 use dataflows::{Output, Row};
 
 pub fn main(uri: &str, docs: u64) -> anyhow::Result<()> {
@@ -47,10 +46,17 @@ pub fn main(uri: &str, docs: u64) -> anyhow::Result<()> {
         batch_size: 1000,
         max_flush_interval: crate::config::Duration::from_millis(0),
     };
+    // (the rows of the shipped view `user_event_counts`: user_id, event_count, keyed by user_id)
+    use dataflows::sql::{Type, Value};
+    let view = dataflows::sql::registry::view("user_event_counts", &[("user_id".into(), Type::Json), ("event_count".into(), Type::Int)], &[0]);
     let mut sink =
-        MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, std::sync::Arc::new(crate::sinks::health::Health::new("mongodb")))?;
-    let changes: Vec<(Row, isize)> =
-        (0..docs).map(|i| (Row::from(UserEventCount { user_id: Id::Num(i), event_count: (i % 97 + 1) as i64 }), 1)).collect();
+        MongoSink::open(&config, &[Output::View(view)], 0, 1, std::sync::Arc::new(crate::sinks::health::Health::new("mongodb")))?;
+    let changes: Vec<(Row, isize)> = (0..docs)
+        .map(|i| {
+            let values = vec![Value::Int(i as i64), Value::Int((i % 97 + 1) as i64)];
+            (Row::View(Box::new(dataflows::output::ViewRow::new(view, values))), 1)
+        })
+        .collect();
     let start = Instant::now();
     sink.apply(1, &changes);
     while sink.unacknowledged().is_some() {

@@ -14,6 +14,48 @@ const SENSORS_SQL: &str = include_str!("../../dataflows/sensors.sql");
 /// The window of [`SENSORS_SQL`], replaced by the config's.
 const SHIPPED_WINDOW: &str = r#"TUMBLE(sensors, "timestamp", INTERVAL '1' MINUTE)"#;
 
+/// The window and normal ranges of `[sensor_metrics]`, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SensorParams {
+    /// Window length in milliseconds.
+    pub size_ms: i64,
+    /// Distance between window starts; equal to `size_ms` for tumbling windows. Divides `size_ms`.
+    pub slide_ms: i64,
+    /// How far behind the greatest event time a reading may be and still count.
+    pub allowed_lateness_ms: i64,
+    /// Inclusive normal range per sensor type; types not listed only alert when flagged.
+    pub normal_ranges: Vec<(String, f64, f64)>,
+    /// How far ahead of the clock a reading's event time may be.
+    pub max_future_ms: i64,
+}
+
+impl Default for SensorParams {
+    fn default() -> Self {
+        SensorParams {
+            size_ms: 60_000,
+            slide_ms: 60_000,
+            allowed_lateness_ms: 30_000,
+            normal_ranges: default_normal_ranges(),
+            max_future_ms: 3_600_000,
+        }
+    }
+}
+
+/// The normal ranges the IoT producers use.
+pub fn default_normal_ranges() -> Vec<(String, f64, f64)> {
+    [
+        ("temperature", 15.0, 25.0),
+        ("humidity", 40.0, 60.0),
+        ("pressure", 1000.0, 1020.0),
+        ("vibration", 0.1, 1.0),
+        ("voltage", 220.0, 230.0),
+        ("current", 1.0, 5.0),
+    ]
+    .into_iter()
+    .map(|(t, lo, hi)| (t.to_string(), lo, hi))
+    .collect()
+}
+
 /// The dataflows' names.
 pub const DATAFLOWS: [&str; 3] = ["user_event_counts", "user_activity", "sensor_metrics"];
 
@@ -54,6 +96,11 @@ fn declared(input: &str) -> Option<Declared> {
     }
 }
 
+/// Whether `input` is one whose columns this module declares.
+pub fn declares(input: &str) -> bool {
+    declared(input).is_some()
+}
+
 /// What [`expand`] made of a selection: the SQL texts to compile before the config's own views
 /// (each with the name its errors give) and the outputs the selection names.
 pub struct Expanded {
@@ -78,7 +125,7 @@ pub fn expand(config: &mut Config, names: &[String], defined: &[String], file: &
         }
     }
     outputs.dedup();
-    let params = config.params(file)?.sensors;
+    let params = config.sensor_params(file)?;
     for (name, input) in config.inputs.iter_mut().filter(|(_, i)| i.columns().is_empty()) {
         let Some((cols, required, key)) = declared(name) else { continue };
         let event_time = (name == "sensors").then(|| EventTimeConfig {
@@ -129,7 +176,7 @@ fn statements(text: &str) -> Vec<(&str, String)> {
 }
 
 /// `dataflows/sensors.sql` with the window and the normal ranges of `params`.
-fn sensors_sql(kind: &WindowKind, params: &dataflows::SensorParams) -> String {
+fn sensors_sql(kind: &WindowKind, params: &SensorParams) -> String {
     let window = match kind {
         WindowKind::Tumbling => format!(r#"TUMBLE(sensors, "timestamp", INTERVAL '{} milliseconds')"#, params.size_ms),
         WindowKind::Sliding => {
@@ -153,7 +200,7 @@ mod tests {
     fn the_shipped_texts_give_each_dataflow_its_views() {
         let names: Vec<&str> = statements(CLICKS_SQL).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["user_event_counts", "event_type_counts", "user_activity"]);
-        let params = dataflows::SensorParams {
+        let params = SensorParams {
             size_ms: 20_000,
             slide_ms: 10_000,
             normal_ranges: vec![("it's".into(), 0.5, 2.0)],

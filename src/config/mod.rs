@@ -9,8 +9,7 @@ pub mod kafka;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dataflows::sensor_metrics::default_normal_ranges;
-use dataflows::{Dataflow, InputName, Params, SensorParams};
+use builtin::{default_normal_ranges, SensorParams};
 use serde::Deserialize;
 
 pub use duration::Duration;
@@ -661,12 +660,22 @@ impl Config {
         let err = |key: &str, message: String| ConfigError { file: file.to_string(), key: key.to_string(), message };
         // (with `views`, a name may be a view's: checked once they are compiled)
         for (i, d) in self.dataflows.iter().enumerate().filter(|_| self.views.is_empty()) {
-            d.parse::<Dataflow>().map_err(|e| err(&format!("dataflows[{i}]"), e))?;
+            if !builtin::DATAFLOWS.contains(&d.as_str()) {
+                return Err(err(
+                    &format!("dataflows[{i}]"),
+                    format!("unknown dataflow `{d}`; the dataflows are {}, or views of the files `views` names", builtin::DATAFLOWS.join(", ")),
+                ));
+            }
         }
         for (name, input) in &self.inputs {
             let key = format!("inputs.{name}");
             if input.columns().is_empty() {
-                name.parse::<InputName>().map_err(|e| err(&key, format!("{e}; rename the table, or give it `columns` for SQL views")))?;
+                if !builtin::declares(name) {
+                    return Err(err(
+                        &key,
+                        "declare the records' `columns` for SQL views (only the inputs users, clicks and sensors have theirs declared for them)".into(),
+                    ));
+                }
             } else {
                 let columns = input.schema().map_err(|(k, m)| err(&format!("{key}.{k}"), m))?.columns;
                 input.event_time_column(&columns).map_err(|(k, m)| err(&format!("{key}.{k}"), m))?;
@@ -717,12 +726,8 @@ impl Config {
         Ok(())
     }
 
-    /// The dataflow parameters this config describes.
-    pub fn params(&self, file: &str) -> Result<Params, ConfigError> {
-        Ok(Params { sensors: self.sensor_params(file)?, ..Params::default() })
-    }
-
-    fn sensor_params(&self, file: &str) -> Result<SensorParams, ConfigError> {
+    /// The window and normal ranges of `[sensor_metrics]`, checked.
+    pub fn sensor_params(&self, file: &str) -> Result<SensorParams, ConfigError> {
         let s = &self.sensor_metrics;
         let err = |key: &str, message: String| ConfigError { file: file.to_string(), key: format!("sensor_metrics.{key}"), message };
         let size = s.size.millis();

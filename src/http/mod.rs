@@ -19,7 +19,7 @@ pub mod store;
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,8 +72,6 @@ impl HttpOptions {
 pub struct Live {
     /// the first worker's logical time
     pub time: AtomicU64,
-    /// the sensor watermark (`i64::MIN`: none yet)
-    pub watermark: AtomicI64,
     /// each event-time SQL input's watermark
     pub input_watermarks: std::sync::Mutex<Vec<(String, i64)>>,
     /// the run's counters (this process's)
@@ -91,14 +89,9 @@ pub struct Live {
 }
 
 impl Live {
-    /// Every input's watermark: the sensor dataflow's and each event-time SQL input's.
+    /// Every event-time input's watermark.
     pub fn watermarks(&self) -> Vec<(String, i64)> {
-        let mut out: Vec<(String, i64)> = self.input_watermarks.lock().map(|w| w.clone()).unwrap_or_default();
-        let wm = self.watermark.load(Ordering::Relaxed);
-        if wm != i64::MIN {
-            out.push(("sensors".to_string(), wm));
-        }
-        out
+        self.input_watermarks.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// Every Kafka input partition's offsets, asked of the brokers at most every 5 s (the
@@ -130,7 +123,6 @@ pub struct HttpObserver {
 impl Observer for HttpObserver {
     fn tick(&mut self, tick: &Tick<'_>) {
         self.live.time.store(tick.time, Ordering::Relaxed);
-        self.live.watermark.store(tick.watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
         if let Ok(mut w) = self.live.input_watermarks.try_lock() {
             w.clear();
             w.extend(tick.input_watermarks.iter().filter_map(|(i, c)| Some((i.to_string(), c.get()?))));
@@ -177,7 +169,6 @@ pub fn start(options: &HttpOptions, plan: &Plan, counters: Arc<Counters>) -> any
     let sinks = [("kafka", plan.kafka_output.is_some()), ("mongodb", plan.mongodb_output.is_some())];
     let live = Arc::new(Live {
         time: AtomicU64::new(0),
-        watermark: AtomicI64::new(i64::MIN),
         input_watermarks: std::sync::Mutex::default(),
         counters,
         started: Instant::now(),

@@ -1,10 +1,10 @@
 //! Checkpoints of a streaming run: the dataflows' state at a time every sink acknowledged,
 //! with the input offsets of that time, so a restart reads only the input after it.
 //!
-//! The state is what the operators need, not the input history: clicks as counts per
-//! `(user, event kind)`, profiles as each user's latest version, and for the sensor dataflow
-//! the readings of the windows still open with the greatest event time (see
-//! [`dataflows::sensor_metrics::OpenReadings`]). Checkpoint times are the multiples of
+//! The state is what the views need, not the input history: each SQL input's rows as
+//! `dataflows::sql::keep` keeps them (an upsert input's latest version per key, another's
+//! distinct rows with their counts, an event-time input's rows until their windows are final
+//! where the views allow). Checkpoint times are the multiples of
 //! `[runtime] checkpoint_interval` in clock milliseconds, so every worker of every process takes
 //! its part at the same time without talking ([`dataflows::checkpoint::Snapshots`]); each writes
 //! it once the sinks' probe has passed the time, as
@@ -29,9 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dataflows::checkpoint::Snapshots;
-use dataflows::ops::FastMap;
-use dataflows::records::{Click, Id, User};
-use dataflows::sensor_metrics::{OpenReadings, OpenReadingsLog};
 use dataflows::sql::keep::{KeptRows, KeptRowsLog};
 use dataflows::Time;
 use serde::{Deserialize, Serialize};
@@ -52,70 +49,8 @@ pub struct Part {
     pub definition: String,
     /// the next offset, at the checkpoint time, of every partition this worker had read
     pub offsets: Vec<Bound>,
-    /// the worker's inputs, compacted
-    pub inputs: Compacted,
-    /// the sensor dataflow's part, when it runs
-    pub sensors: Option<OpenReadings>,
     /// the rows of each SQL input the views need, by input name
     pub tables: Vec<(String, KeptRows)>,
-}
-
-/// A part as written before SQL inputs were kept (read, so that such a checkpoint still
-/// restarts a run of the built-in dataflows).
-#[derive(Deserialize)]
-struct PartWithoutTables {
-    time: Time,
-    worker: usize,
-    workers: usize,
-    definition: String,
-    offsets: Vec<Bound>,
-    inputs: Compacted,
-    sensors: Option<OpenReadings>,
-}
-
-/// A worker's inputs with everything no operator needs compacted away.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Compacted {
-    /// clicks per (user, event kind), as one click of each with its count
-    pub clicks: Vec<(Click, isize)>,
-    /// each user's latest profile version this worker read
-    pub users: Vec<User>,
-}
-
-/// The compacted inputs as a worker reads them.
-#[derive(Default)]
-pub struct Compactor {
-    clicks: FastMap<(Id, String), isize>,
-    users: FastMap<Id, User>,
-}
-
-impl Compactor {
-    /// Counts a click.
-    pub fn click(&mut self, c: &Click, diff: isize) {
-        *self.clicks.entry((c.user_id.clone(), c.event.clone())).or_insert(0) += diff;
-    }
-    /// Keeps a profile version if it is the user's latest.
-    pub fn user(&mut self, u: &User) {
-        match self.users.get_mut(&u.user_id) {
-            Some(current) if current.position >= u.position => {}
-            Some(current) => *current = u.clone(),
-            None => {
-                self.users.insert(u.user_id.clone(), u.clone());
-            }
-        }
-    }
-    /// What a checkpoint holds of it.
-    pub fn state(&self) -> Compacted {
-        Compacted {
-            clicks: self
-                .clicks
-                .iter()
-                .filter(|(_, n)| **n != 0)
-                .map(|((user_id, event), n)| (Click { user_id: user_id.clone(), event: event.clone(), event_time: 0 }, *n))
-                .collect(),
-            users: self.users.values().cloned().collect(),
-        }
-    }
 }
 
 /// How many checkpoints each process keeps its parts of.
@@ -139,12 +74,12 @@ pub struct Writer<'a> {
     pub mirror: Option<Arc<StateTopic>>,
 }
 
-/// A worker's checkpointing: its compacted inputs at checkpoint times, where its partitions
-/// stand, and the last time it wrote (or restarted from).
+/// A worker's checkpointing: where its partitions stand at checkpoint times, and the last time
+/// it wrote (or restarted from).
 pub struct Local<'a> {
     writer: Writer<'a>,
-    /// the compacted inputs and the partitions' offsets at each checkpoint time passed
-    inputs: Snapshots<(Compacted, Vec<Bound>)>,
+    /// the partitions' offsets at each checkpoint time passed
+    inputs: Snapshots<Vec<Bound>>,
     /// the next offset of every partition this worker has read
     offsets: BTreeMap<(String, i32), i64>,
     /// the last checkpoint time written or restarted from
@@ -225,26 +160,19 @@ impl<'a> Local<'a> {
         self.offsets.extend(bounds.into_iter().map(|b| ((b.topic, b.partition), b.next)));
     }
 
-    /// Every input time below `bound` is in `compactor`, and none at or above it.
-    pub fn passed(&mut self, bound: Time, compactor: &Compactor) {
+    /// Every input time below `bound` is read, and none at or above it.
+    pub fn passed(&mut self, bound: Time) {
         let offsets = &self.offsets;
         self.inputs.passed(bound, || {
-            let bounds =
-                offsets.iter().map(|((topic, partition), next)| Bound { topic: topic.clone(), partition: *partition, next: *next });
-            (compactor.state(), bounds.collect())
+            offsets.iter().map(|((topic, partition), next)| Bound { topic: topic.clone(), partition: *partition, next: *next }).collect()
         });
     }
 
     /// Hands this worker's part of the latest checkpoint time after the last one that every
     /// sink has acknowledged (the probe's `frontier` is past it) to the writing thread, once
     /// every part of this worker has its state for that time.
-    pub fn maybe(
-        &mut self,
-        frontier: Option<Time>,
-        sensors: Option<&OpenReadingsLog>,
-        tables: &[(String, KeptRowsLog)],
-    ) -> anyhow::Result<()> {
-        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, sensors, tables) else { return Ok(()) };
+    pub fn maybe(&mut self, frontier: Option<Time>, tables: &[(String, KeptRowsLog)]) -> anyhow::Result<()> {
+        let Some(part) = self.writer.take(frontier, self.last, &mut self.inputs, tables) else { return Ok(()) };
         self.last = Some(part.time);
         if self.background.is_none() {
             let w = &self.writer;
@@ -286,39 +214,29 @@ impl Writer<'_> {
         &self,
         frontier: Option<Time>,
         last: Option<Time>,
-        inputs: &mut Snapshots<(Compacted, Vec<Bound>)>,
-        sensors: Option<&OpenReadingsLog>,
+        inputs: &mut Snapshots<Vec<Bound>>,
         tables: &[(String, KeptRowsLog)],
     ) -> Option<Part> {
         let passed = frontier?;
         let time = dataflows::checkpoint::checkpoint_in(self.every, last.map_or(0, |l| l + 1), passed)?;
         let state = inputs.at(time)?;
-        let open = match sensors {
-            Some(log) => Some(log.borrow().at(time)?),
-            None => None,
-        };
         let mut kept = Vec::with_capacity(tables.len());
         for (name, log) in tables {
             kept.push((name.clone(), log.borrow().at(time)?));
         }
         inputs.forget_through(time);
-        if let Some(log) = sensors {
-            log.borrow_mut().forget_through(time);
-        }
         for (_, log) in tables {
             log.borrow_mut().forget_through(time);
         }
         let tables =
             kept.into_iter().map(|(name, rows)| (name, std::rc::Rc::try_unwrap(rows).unwrap_or_else(|shared| (*shared).clone()))).collect();
-        let (compacted, offsets) = std::rc::Rc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone());
+        let offsets = std::rc::Rc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone());
         Some(Part {
             time,
             worker: self.worker,
             workers: self.workers,
             definition: self.definition.to_string(),
             offsets,
-            inputs: compacted,
-            sensors: open.map(|s| std::rc::Rc::try_unwrap(s).unwrap_or_else(|shared| (*shared).clone())),
             tables,
         })
     }
@@ -445,12 +363,6 @@ pub fn load(state: &Path, time: Time, worker: usize, workers: usize, definition:
 fn read(path: &Path) -> anyhow::Result<Part> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading the checkpoint {}: {e}", path.display()))?;
     bincode::deserialize(&bytes)
-        .or_else(|e| {
-            // (written before SQL inputs were kept: it has none)
-            let old: PartWithoutTables = bincode::deserialize(&bytes).map_err(|_| e)?;
-            let PartWithoutTables { time, worker, workers, definition, offsets, inputs, sensors } = old;
-            Ok(Part { time, worker, workers, definition, offsets, inputs, sensors, tables: Vec::new() })
-        })
         .map_err(|e: bincode::Error| {
             anyhow::anyhow!("the checkpoint {} cannot be read ({e}); remove its directory to fall back to the one before", path.display())
         })
@@ -527,36 +439,5 @@ mod tests {
         assert_eq!(local_times(state, 2, &second).unwrap(), [10, 30, 40]);
         prune(state, 2, 2, &second).unwrap();
         assert_eq!(listing(state).unwrap().keys().copied().collect::<Vec<_>>(), [30, 40]);
-    }
-
-    #[test]
-    fn compacted_clicks_and_profiles_keep_what_the_operators_need() {
-        use dataflows::records::Position;
-        let mut c = Compactor::default();
-        let click = |u: u64, e: &str| Click { user_id: Id::Num(u), event: e.into(), event_time: 5 };
-        for (u, e) in [(1, "click"), (1, "click"), (2, "search"), (1, "search")] {
-            c.click(&click(u, e), 1);
-        }
-        let user = |n: &str, line: u64| User {
-            user_id: Id::Num(1),
-            name: n.into(),
-            email: "e".into(),
-            event_time: 0,
-            position: Position::Line(line),
-        };
-        c.user(&user("new", 7));
-        c.user(&user("old", 3));
-        let mut s = c.state();
-        s.clicks.sort();
-        let counts: Vec<(u64, &str, isize)> = s
-            .clicks
-            .iter()
-            .map(|(c, n)| match &c.user_id {
-                Id::Num(u) => (*u, c.event.as_str(), *n),
-                Id::Str(_) => unreachable!(),
-            })
-            .collect();
-        assert_eq!(counts, [(1, "click", 2), (1, "search", 1), (2, "search", 1)]);
-        assert_eq!(s.users.iter().map(|u| &*u.name).collect::<Vec<_>>(), ["new"]);
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflows::records::{DeadLetter, Raw};
-use dataflows::{Coll, Dataflow, InputName, Inputs, Output, Params, Row, Time};
+use dataflows::{Coll, InputName, Output, Row, Time};
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::ProbeHandle;
@@ -120,14 +120,10 @@ pub enum Display {
 /// Everything a run needs, resolved from config and command line.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// which dataflows
-    pub dataflows: Vec<Dataflow>,
     /// SQL views, when the config has any
     pub sql: Option<Arc<SqlPipeline>>,
     /// where each needed input comes from
     pub inputs: BTreeMap<InputName, InputSpec>,
-    /// dataflow parameters
-    pub params: Params,
     /// where snapshots (and change files) go
     pub output_dir: Option<PathBuf>,
     /// write change files
@@ -272,12 +268,10 @@ pub struct KafkaOutputPlan {
 impl Plan {
     /// A plan for running the engine inside another program (benchmarks, tests): no display,
     /// no outputs but counts, default parameters; set the fields that differ.
-    pub fn embedded(dataflows: Vec<Dataflow>, inputs: BTreeMap<InputName, InputSpec>, workers: usize, batch_size: usize) -> Plan {
+    pub fn embedded(inputs: BTreeMap<InputName, InputSpec>, workers: usize, batch_size: usize) -> Plan {
         Plan {
-            dataflows,
             sql: None,
             inputs,
-            params: Params::default(),
             output_dir: None,
             changes: false,
             batch_size,
@@ -299,17 +293,16 @@ impl Plan {
 
     /// The outputs this plan writes (dead letters last).
     pub fn outputs(&self) -> Vec<Output> {
-        let mut out: Vec<Output> = self.dataflows.iter().flat_map(|d| d.outputs()).copied().collect();
-        out.extend(self.sql.iter().flat_map(|s| s.outputs.iter().copied()));
+        let mut out: Vec<Output> = self.sql.iter().flat_map(|s| s.outputs.iter().copied()).collect();
         out.sort();
         out.dedup();
         out.push(Output::DeadLetters);
         out
     }
 
-    /// Whether input `i` is read: by a dataflow, or as a SQL input.
+    /// Whether input `i` is read: an input of the views.
     pub fn needs(&self, i: InputName) -> bool {
-        self.dataflows.iter().any(|d| d.inputs().contains(&i)) || self.sql.as_ref().is_some_and(|s| s.tables.iter().any(|t| t.name == i))
+        self.sql.as_ref().is_some_and(|s| s.tables.iter().any(|t| t.name == i))
     }
 
     /// Whether the current rows are kept at all: for a snapshot directory or the live view.
@@ -392,19 +385,10 @@ pub struct Report {
 
 /// The input sessions of one worker.
 struct Sessions {
-    users: Option<InputSession<Time, dataflows::records::User, isize>>,
-    clicks: Option<InputSession<Time, dataflows::records::Click, isize>>,
-    sensors: Option<InputSession<Time, (dataflows::records::Reading, Raw), isize>>,
     dead: InputSession<Time, DeadLetter, isize>,
-    /// how far ahead of its reference a reading's event time may be
-    max_future_ms: i64,
     /// a file's reference: the clock when the run began (`None`: a stream, whose reference is
     /// its logical time, the clock's milliseconds when it was read)
     file_clock_ms: Option<i64>,
-    /// with checkpoints: the inputs read so far, compacted
-    compactor: Option<checkpoint::Compactor>,
-    /// after a restart from a checkpoint: its open-window readings
-    restored_sensors: Option<InputSession<Time, dataflows::records::Reading, isize>>,
     /// the SQL inputs: their columns and sessions
     tables: BTreeMap<InputName, TableSession>,
     /// the logical time the sessions are at
@@ -513,31 +497,6 @@ impl Sessions {
             }
         };
         let result = match input {
-            InputName::Users => codec::decode_user(bytes, position.clone()).map(|u| {
-                if let Some(c) = &mut self.compactor {
-                    c.user(&u);
-                }
-                if let Some(s) = &mut self.users {
-                    s.insert(u)
-                }
-            }),
-            InputName::Clicks => codec::decode_click(bytes).map(|c| {
-                if let Some(k) = &mut self.compactor {
-                    k.click(&c, 1);
-                }
-                if let Some(s) = &mut self.clicks {
-                    s.insert(c)
-                }
-            }),
-            // Readings keep their bytes until lateness is decided: a late one is a dead letter.
-            InputName::Sensors => codec::decode_reading(bytes, position.clone()).and_then(|r| {
-                future(r.timestamp, self.max_future_ms)?;
-                if let Some(s) = &mut self.sensors {
-                    let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
-                    s.insert((dataflows::records::Reading { batch, ..r }, raw));
-                }
-                Ok(())
-            }),
             InputName::Table(_) => match self.tables.get_mut(&input) {
                 Some((decoder, session, positions)) => decoder.decode(bytes).and_then(|row| {
                     // the source position ranks an upsert input's versions of a key
@@ -579,27 +538,6 @@ impl Sessions {
 
     /// Inserts a checkpoint's part at its time (the current one).
     fn restore(&mut self, part: &checkpoint::Part) {
-        for (c, n) in &part.inputs.clicks {
-            if let Some(k) = &mut self.compactor {
-                k.click(c, *n);
-            }
-            if let Some(s) = &mut self.clicks {
-                s.update(c.clone(), *n);
-            }
-        }
-        for u in &part.inputs.users {
-            if let Some(c) = &mut self.compactor {
-                c.user(u);
-            }
-            if let Some(s) = &mut self.users {
-                s.insert(u.clone());
-            }
-        }
-        if let (Some(s), Some(open)) = (&mut self.restored_sensors, &part.sensors) {
-            for r in &open.readings {
-                s.insert(dataflows::records::Reading { batch: part.time, ..r.clone() });
-            }
-        }
         // A SQL input's rows go in as if read at the checkpoint time: an event-time input's
         // through its lateness rule, which accepts them all (no earlier batch), and they carry
         // the watermark on (the newest row is always kept).
@@ -649,18 +587,6 @@ impl Sessions {
                 $s.flush();
             };
         }
-        if let Some(s) = &mut self.users {
-            adv!(s);
-        }
-        if let Some(s) = &mut self.clicks {
-            adv!(s);
-        }
-        if let Some(s) = &mut self.sensors {
-            adv!(s);
-        }
-        if let Some(s) = &mut self.restored_sensors {
-            adv!(s);
-        }
         for (_, s, _) in self.tables.values_mut() {
             match s {
                 TableInput::Rows(s) => {
@@ -693,8 +619,6 @@ pub struct Tick<'a> {
     pub rows: Option<&'a JsonlSink>,
     /// the run's counters
     pub counters: &'a Counters,
-    /// the sensor watermark as the first worker knows it
-    pub watermark: Option<dataflows::records::Millis>,
     /// each event-time SQL input's watermark as the first worker knows it (the greatest event
     /// time read less its allowed lateness)
     pub input_watermarks: &'a [(InputName, Rc<std::cell::Cell<Option<dataflows::records::Millis>>>)],
@@ -755,7 +679,7 @@ pub fn run_with(plan: Plan, counters: Arc<Counters>, observer: Option<Box<dyn Ob
     // After a crash, the checkpoints this process has all its parts of (unless asked to replay
     // from the beginning); the workers agree on the latest one every process has.
     let views: Vec<String> = plan.sql.iter().flat_map(|s| s.views.iter().map(|v| format!("{}: {:?}", v.name, v.plan))).collect();
-    let definition = format!("dataflows {:?}, sensor parameters {:?}, views {views:?}", plan.dataflows, plan.params.sensors);
+    let definition = format!("views {views:?}");
     let checkpoint_times = match (&plan.state_dir, streaming && plan.checkpoint_interval.is_some() && !plan.replay_on_restart) {
         (Some(d), true) => Some(checkpoint::local_times(d, plan.cluster.all_workers(), &plan.cluster.mine())?),
         _ => None,
@@ -799,7 +723,6 @@ fn run_worker(
     // The latest checkpoint every process has its parts of: each worker loads its own, and only
     // the bindings after it are replayed.
     let mut restored: Option<checkpoint::Part> = None;
-    let mut restored_watermark = None;
     let mut bindings = std::borrow::Cow::Borrowed(bindings);
     if let (Some(times), Some(dir)) = (checkpoint_times, plan.state_dir.as_deref()) {
         let everyone = all_gather(worker, times.clone());
@@ -809,8 +732,6 @@ fn run_worker(
                 tracing::info!(time, dir = %dir.display(), "restarting from a checkpoint");
             }
             bindings.to_mut().resume_after(time, &part.offsets);
-            // The greatest event time of any part: the watermark then.
-            restored_watermark = all_gather(worker, part.sensors.as_ref().and_then(|s| s.max)).into_iter().flatten().max();
             restored = Some(part);
         }
     }
@@ -894,30 +815,16 @@ fn run_worker(
     let read_current = jsonl.is_some() && !gather && !rows_beside;
     let snapshot_only =
         read_current && plan.kafka_output.is_none() && plan.mongodb_output.is_none() && beside.is_none() && observed.is_none();
-    let needs = |i: InputName| plan.needs(i);
-    let selected = plan.dataflows.clone();
-    let mut params = plan.params.clone();
-    // Checkpoints: a streaming run keeps its compacted state at the multiples of the interval.
+    // Checkpoints: a streaming run keeps the views' input rows at the multiples of the interval.
     let checkpoint_every = plan.checkpoint_interval.filter(|_| streaming && plan.state_dir.is_some()).map(|d| d.as_millis() as Time);
-    params.checkpoint_every = checkpoint_every;
-    params.counted_only = snapshot_only;
     let mine = restored.as_ref();
-    // The watermark then: from the greatest event time of all workers' parts.
-    let restore_sensors = mine.is_some_and(|p| p.sensors.is_some());
     let read: InFlight = Rc::default();
-    let (mut sessions, probe, watermark, (open_readings, kept_rows), input_watermarks, current) = worker.dataflow::<Time, _, _>(|scope| {
-        let (users_in, users) = needs(InputName::Users).then(|| scope.new_collection()).unzip();
-        let (clicks_in, clicks) = needs(InputName::Clicks).then(|| scope.new_collection()).unzip();
-        let (sensors_in, sensors) = needs(InputName::Sensors).then(|| scope.new_collection()).unzip();
-        let (restored_in, restored_sensors) = restore_sensors
-            .then(|| {
-                let (input, readings) = scope.new_collection();
-                let watermark = restored_watermark.map_or(i64::MIN, |m| m - params.sensors.allowed_lateness_ms);
-                (input, dataflows::sensor_metrics::Restored { readings, watermark })
-            })
-            .unzip();
+    let (mut sessions, probe, kept_rows, input_watermarks, current) = worker.dataflow::<Time, _, _>(|scope| {
         let (dead_in, dead) = scope.new_collection::<DeadLetter, isize>();
-        let mut outs = dataflows::build(&selected, Inputs { users, clicks, sensors, restored_sensors }, &params);
+        // the outputs whose current rows their operators give at the end, and those whose
+        // changes come without rows, to be counted
+        let mut current: Vec<(Output, dataflows::output::CurrentRows)> = Vec::new();
+        let mut counted_changes: Vec<(Output, Coll<'_, ()>)> = Vec::new();
         // SQL views over their inputs; a row whose expression failed is a dead letter of its view.
         let mut tables = BTreeMap::new();
         let mut view_rows = Vec::new();
@@ -1005,12 +912,12 @@ fn run_worker(
                     let read: dataflows::output::CurrentRows = Box::new(move |each| {
                         read(&mut |values, n| each(Row::View(Box::new(dataflows::output::ViewRow::new(id, values))), n))
                     });
-                    outs.current.push((*output, read));
+                    current.push((*output, read));
                 }
                 if snapshot_only && r.current.is_some() {
                     match &r.counted {
-                        Some(changes) => outs.counted.push((*output, changes.clone())),
-                        None => outs.counted.push((*output, r.rows.clone().map(|_| ()))),
+                        Some(changes) => counted_changes.push((*output, changes.clone())),
+                        None => counted_changes.push((*output, r.rows.clone().map(|_| ()))),
                     }
                 } else {
                     view_rows.push(r.rows.clone().map(move |values| Row::View(Box::new(dataflows::output::ViewRow::new(id, values)))));
@@ -1031,39 +938,10 @@ fn run_worker(
         }
         let dead = differential_dataflow::collection::concatenate(scope, std::iter::once(dead).chain(view_errors).chain(late_rows));
         let probe = ProbeHandle::new();
-        let counted_here: Vec<Output> = outs.current.iter().map(|(o, _)| *o).filter(|_| snapshot_only).collect();
-        fn rows<'s, R: Into<Row> + Clone + 'static>(
-            c: Option<Coll<'s, R>>,
-            (output, here, tally, probe): (Output, &[Output], &Arc<sinks::Tally>, &ProbeHandle<Time>),
-        ) -> Option<Coll<'s, Row>> {
-            match c {
-                Some(c) if here.contains(&output) => {
-                    sinks::tally_here(c, output, tally.clone(), probe);
-                    None
-                }
-                c => c.map(|c| c.map(Into::into)),
-            }
-        }
-        for (output, changes) in outs.counted {
+        for (output, changes) in counted_changes {
             sinks::tally_here(changes, output, counters.tally.clone(), &probe);
         }
-        let at = |output| (output, counted_here.as_slice(), &counters.tally, &probe);
-        let dead = match outs.dead_letters {
-            Some(late) => dead.concat(late),
-            None => dead,
-        };
-        let all: Vec<Coll<'_, Row>> = [
-            rows(outs.user_event_counts, at(Output::UserEventCounts)),
-            rows(outs.event_type_counts, at(Output::EventTypeCounts)),
-            rows(outs.user_activity, at(Output::UserActivity)),
-            rows(outs.sensor_window_metrics, at(Output::SensorWindowMetrics)),
-            rows(outs.anomaly_alerts, at(Output::AnomalyAlerts)),
-            rows(Some(dead), at(Output::DeadLetters)),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(view_rows)
-        .collect();
+        let all: Vec<Coll<'_, Row>> = std::iter::once(dead.map(Row::from)).chain(view_rows).collect();
         let all = differential_dataflow::collection::concatenate(scope, all);
         if let Some(s) = first_sink {
             sinks::attach(all.clone(), s, Route::ToFirst, &probe);
@@ -1076,22 +954,15 @@ fn run_worker(
         // reading after a legitimate gap in historical data: its readings are judged against
         // the clock when the run began (no event can have happened after it).
         let file_clock_ms = (!streaming).then_some(run_began_ms);
-        let max_future_ms = params.sensors.max_future_ms;
         let sessions = Sessions {
-            users: users_in,
-            clicks: clicks_in,
-            sensors: sensors_in,
             dead: dead_in,
-            max_future_ms,
             file_clock_ms,
-            compactor: checkpoint_every.map(|_| checkpoint::Compactor::default()),
-            restored_sensors: restored_in,
             tables,
             time: 0,
             read: read.clone(),
             read_now: Vec::new(),
         };
-        (sessions, probe, outs.watermark, (outs.open_readings, kept_rows), input_watermarks, outs.current)
+        (sessions, probe, kept_rows, input_watermarks, current)
     });
 
     // (see `read_current` above)
@@ -1105,7 +976,7 @@ fn run_worker(
 
     let mut inputs = Vec::new();
     for (name, spec) in &plan.inputs {
-        if needs(*name) {
+        if plan.needs(*name) {
             inputs.push(OpenInput {
                 name: *name,
                 source: spec.open(*name, (index, peers, plan.batch_size), bindings, &counters.kafka_inputs)?,
@@ -1119,8 +990,7 @@ fn run_worker(
     let mut tick = |sink: &Option<Rc<RefCell<JsonlSink>>>, epoch: Time, done: bool| {
         if let Some(o) = &mut observer {
             let sink = sink.as_ref().map(|s| s.borrow());
-            let watermark = watermark.as_ref().and_then(|w| w.get());
-            o.tick(&Tick { rows: sink.as_deref(), counters, watermark, input_watermarks: &input_watermarks, time: epoch, done });
+            o.tick(&Tick { rows: sink.as_deref(), counters, input_watermarks: &input_watermarks, time: epoch, done });
         }
     };
 
@@ -1262,8 +1132,8 @@ fn run_worker(
             }
         }
         epoch = if streaming { (epoch + 1).max(now_ms()) } else { epoch + 1 };
-        if let (Some(c), Some(compactor)) = (&mut checkpoints, &sessions.compactor) {
-            c.passed(epoch, compactor);
+        if let Some(c) = &mut checkpoints {
+            c.passed(epoch);
         }
         sessions.advance_to(epoch);
         worker.step();
@@ -1286,7 +1156,7 @@ fn run_worker(
         // (the view errors of a time the sinks passed were all named)
         read.borrow_mut().retain(|t, _| frontier.is_some_and(|f| *t >= f));
         if let Some(c) = &mut checkpoints {
-            c.maybe(frontier, open_readings.as_ref(), &kept_rows)?;
+            c.maybe(frontier, &kept_rows)?;
             // The bindings through the latest checkpoint this process has whole are compacted.
             if let (Some(r), Some(done)) = (&mut reclock, c.newly_complete()) {
                 r.compact_through(done)?;
@@ -1296,14 +1166,14 @@ fn run_worker(
     }
     // This worker's inputs are final now; other workers may still read, and checkpoints need
     // every worker's part: it goes on writing its own as the probe passes checkpoint times.
-    if let (Some(c), Some(compactor)) = (&mut checkpoints, &sessions.compactor) {
-        c.passed(Time::MAX, compactor);
+    if let Some(c) = &mut checkpoints {
+        c.passed(Time::MAX);
     }
     drop(sessions);
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(1)));
         if let Some(c) = &mut checkpoints {
-            c.maybe(probe.with_frontier(|f| f.first().copied()), open_readings.as_ref(), &kept_rows)?;
+            c.maybe(probe.with_frontier(|f| f.first().copied()), &kept_rows)?;
         }
         tick(&jsonl, epoch, false);
     }

@@ -12,6 +12,7 @@
 
 pub mod compiled;
 pub mod eval;
+pub mod exact;
 pub mod join;
 pub mod keep;
 pub mod plan;

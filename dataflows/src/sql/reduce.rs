@@ -28,7 +28,7 @@ use super::plan::{AggFunc, Aggregate};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::ops::{new_output, stash_by_time_with, FastMap, Out, Stash, UpdateStream};
 use crate::records::Millis;
-use crate::sensor_metrics::ExactSum;
+use super::exact::ExactSum;
 use crate::watermark::{least, read_maxima, Maxima, MaximaStream};
 use crate::{Coll, Time};
 
