@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{bin, diffstream, snapshots};
-use dataflows::{Dataflow, InputName, SensorParams};
+use diffstream::config::builtin::SensorParams;
 use diffstream::reference;
 
 const ALL: [&str; 3] = ["user_event_counts", "user_activity", "sensor_metrics"];
@@ -51,9 +51,9 @@ fn worker_counts_agree_and_equal_the_reference() {
     let two = run(dir.path(), "w2", &["-w", "2", "--changes"]);
     assert_eq!(one, two, "-w 1 and -w 2 differ");
 
-    let inputs: BTreeMap<InputName, Vec<u8>> =
-        InputName::ALL.into_iter().map(|i| (i, std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap())).collect();
-    let expected: BTreeMap<String, Vec<String>> = reference::run(&inputs, &Dataflow::ALL, &SensorParams::default(), 5000)
+    let inputs: BTreeMap<String, Vec<u8>> =
+        ["users", "clicks", "sensors"].map(|i| (i.to_string(), std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap())).into();
+    let expected: BTreeMap<String, Vec<String>> = reference::run(&inputs, &ALL, &SensorParams::default(), 5000)
         .into_iter()
         .map(|(o, rows)| (o, rows.into_values().collect()))
         .collect();
@@ -301,8 +301,8 @@ fn per_user_outputs_equal_the_reference_at_every_time() {
     ]);
     diffstream(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
-    let inputs: BTreeMap<InputName, Vec<u8>> =
-        [InputName::Users, InputName::Clicks].map(|i| (i, std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap())).into();
+    let inputs: BTreeMap<String, Vec<u8>> =
+        ["users", "clicks"].map(|i| (i.to_string(), std::fs::read(dir.path().join(format!("{i}.jsonl"))).unwrap())).into();
     let lines = |text: &[u8], n: usize| -> Vec<u8> { text.split_inclusive(|b| *b == b'\n').take(n).flatten().copied().collect() };
     let last_time = inputs.values().map(|t| t.split_inclusive(|b| *b == b'\n').count().div_ceil(batch)).max().unwrap() as i64 - 1;
     let normal = |row: &str| serde_json::from_str::<serde_json::Value>(row).unwrap().to_string();
@@ -320,8 +320,9 @@ fn per_user_outputs_equal_the_reference_at_every_time() {
             }
             state.retain(|_, n| *n != 0);
             assert!(state.values().all(|n| *n == 1), "{output} at time {t}: a row's multiplicity is not 1");
-            let read: BTreeMap<InputName, Vec<u8>> = inputs.iter().map(|(i, text)| (*i, lines(text, (t as usize + 1) * batch))).collect();
-            let expected = reference::run(&read, &[Dataflow::UserEventCounts, Dataflow::UserActivity], &SensorParams::default(), batch);
+            let read: BTreeMap<String, Vec<u8>> =
+                inputs.iter().map(|(i, text)| (i.clone(), lines(text, (t as usize + 1) * batch))).collect();
+            let expected = reference::run(&read, &["user_event_counts", "user_activity"], &SensorParams::default(), batch);
             let expected: Vec<String> = expected.get(output).into_iter().flat_map(|rows| rows.values().map(|r| normal(r))).collect();
             let mut seen: Vec<String> = state.keys().cloned().collect();
             let mut expected = expected;

@@ -103,7 +103,8 @@ fn compose_and_docker_config_agree() {
     // MongoDB is initialised with a collection per output in the `diffstream` database.
     let init_js = std::fs::read_to_string(root().join("docker/mongo-init.js")).unwrap();
     assert!(init_js.contains("getSiblingDB(\"diffstream\")"));
-    for output in dataflows::Output::ALL.map(dataflows::Output::as_str) {
+    let outputs = diffstream::config::builtin::DATAFLOWS.iter().flat_map(|d| diffstream::config::builtin::outputs(d));
+    for output in outputs.copied().chain(["dead_letters"]) {
         assert!(init_js.contains(&format!("\"{output}\"")), "mongo-init.js does not create `{output}`");
     }
     // The sensor outputs go to MongoDB under the IoT pipeline's names, from both processes.

@@ -13,7 +13,7 @@ fn every_config_file_is_valid() {
         if path.extension().is_some_and(|e| e == "toml") {
             let file = path.display().to_string();
             let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-            config.params(&file).unwrap_or_else(|e| panic!("{e}"));
+            config.sensor_params(&file).unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dataflows::records::{Id, UserEventCount};
+use dataflows::sql::{Type, Value};
 use dataflows::{Output, Row};
 use diffstream::config::MongoOutput;
 use diffstream::sinks::mongodb::MongoSink;
@@ -139,8 +139,18 @@ fn only_the_chosen_outputs_go_to_their_collections() {
 }
 
 /// A `user_event_counts` row.
+/// The shipped view `user_event_counts` (user_id, event_count; keyed by user_id), registered.
+fn user_event_counts() -> Output {
+    Output::View(dataflows::sql::registry::view(
+        "user_event_counts",
+        &[("user_id".into(), Type::Json), ("event_count".into(), Type::Int)],
+        &[0],
+    ))
+}
+
 fn count(user: u64, n: i64) -> Row {
-    Row::from(UserEventCount { user_id: Id::Num(user), event_count: n })
+    let Output::View(view) = user_event_counts() else { unreachable!("a view") };
+    Row::View(Box::new(dataflows::output::ViewRow::new(view, vec![Value::Int(user as i64), Value::Int(n)])))
 }
 
 fn settle(sink: &mut MongoSink) {
@@ -156,7 +166,7 @@ fn documents_never_move_backwards() {
     let database = unique("order").replace('-', "_");
     let config = config(&database);
     let mut sink =
-        MongoSink::open(&config, &[Output::UserEventCounts], 0, 1, std::sync::Arc::new(diffstream::sinks::health::Health::new("mongodb")))
+        MongoSink::open(&config, &[user_event_counts()], 0, 1, std::sync::Arc::new(diffstream::sinks::health::Health::new("mongodb")))
             .unwrap();
     let row = |n: i64| count(7, n);
     sink.apply(10, &[(row(3), 1)]);
@@ -191,7 +201,7 @@ fn rejected_documents_go_to_the_dead_letters() {
         .unwrap();
     let config = config(&database);
     let health = std::sync::Arc::new(diffstream::sinks::health::Health::new("mongodb"));
-    let mut sink = MongoSink::open(&config, &[Output::UserEventCounts, Output::DeadLetters], 0, 1, health.clone()).unwrap();
+    let mut sink = MongoSink::open(&config, &[user_event_counts(), Output::DeadLetters], 0, 1, health.clone()).unwrap();
     sink.apply(1, &[(count(1, 3), 1), (count(2, 10), 1)]);
     settle(&mut sink); // the rejection does not hold the time
     assert_eq!(rows(&db, "user_event_counts"), vec![serde_json::json!({"user_id": 1, "event_count": 3})]);

@@ -412,7 +412,7 @@ fn topic_rows(bootstrap: &str, topic: &str) -> Vec<String> {
 /// never acknowledged, and the sink's health says why.
 #[test]
 fn a_delivery_that_keeps_failing_backs_off_and_shows_unhealthy() {
-    use dataflows::records::{Id, UserEventCount};
+    use dataflows::sql::{Type, Value};
     use diffstream::config::kafka::{KafkaConnection, KafkaOutput};
     use diffstream::sinks::health::Health;
     use diffstream::sinks::Sink;
@@ -422,9 +422,12 @@ fn a_delivery_that_keeps_failing_backs_off_and_shows_unhealthy() {
     let conn = KafkaConnection { bootstrap_servers: Some(kafka_bootstrap()), options, ..Default::default() };
     let config: KafkaOutput = toml::from_str(&format!("topic_prefix = \"{prefix}.\"")).unwrap();
     let health = std::sync::Arc::new(Health::new("kafka"));
-    let outputs = [dataflows::Output::UserEventCounts, dataflows::Output::DeadLetters];
+    let view =
+        dataflows::sql::registry::view("user_event_counts", &[("user_id".into(), Type::Json), ("event_count".into(), Type::Int)], &[0]);
+    let outputs = [dataflows::Output::View(view), dataflows::Output::DeadLetters];
     let mut sink = diffstream::sinks::kafka::KafkaSink::open(&conn, &config, &outputs, BTreeMap::new(), 0, 1, health.clone()).unwrap();
-    let huge = dataflows::Row::from(UserEventCount { user_id: Id::Str("x".repeat(5000)), event_count: 1 });
+    let id = Value::Text(format!("\"{}\"", "x".repeat(5000)).into());
+    let huge = dataflows::Row::View(Box::new(dataflows::output::ViewRow::new(view, vec![id, Value::Int(1)])));
     sink.apply(7, &[(huge, 1)]);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {

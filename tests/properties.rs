@@ -8,8 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dataflows::{Dataflow, InputName, SensorParams};
 use diffstream::commands;
+use diffstream::config::builtin::SensorParams;
 use diffstream::config::{Config, Duration, WindowKind};
 use diffstream::reference;
 use diffstream::runtime;
@@ -86,7 +86,7 @@ fn join(lines: &[Vec<u8>]) -> Vec<u8> {
 
 #[derive(Debug, Clone)]
 struct Case {
-    inputs: BTreeMap<InputName, Vec<u8>>,
+    inputs: BTreeMap<String, Vec<u8>>,
     batch_size: usize,
     params: SensorParams,
 }
@@ -94,7 +94,7 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (mixed(user_line(), 30), mixed(click_line(), 80), sensor_lines(100), 1usize..8, any::<bool>(), 0i64..8).prop_map(
         |(users, clicks, sensors, batch_size, sliding, lateness_s)| Case {
-            inputs: [(InputName::Users, join(&users)), (InputName::Clicks, join(&clicks)), (InputName::Sensors, join(&sensors))]
+            inputs: [("users".to_string(), join(&users)), ("clicks".to_string(), join(&clicks)), ("sensors".to_string(), join(&sensors))]
                 .into_iter()
                 .collect(),
             batch_size,
@@ -130,7 +130,7 @@ fn engine(case: &Case, workers: usize) -> BTreeMap<String, Vec<String>> {
 }
 
 fn expected(case: &Case) -> BTreeMap<String, Vec<String>> {
-    reference::run(&case.inputs, &Dataflow::ALL, &case.params, case.batch_size)
+    reference::run(&case.inputs, &diffstream::config::builtin::DATAFLOWS, &case.params, case.batch_size)
         .into_iter()
         .map(|(o, rows)| (o, rows.into_values().collect()))
         .collect()

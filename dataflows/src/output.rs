@@ -65,7 +65,9 @@ impl FromStr for Output {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "dead_letters" => Ok(Output::DeadLetters),
-            _ => crate::sql::registry::find_view(s).map(Output::View).ok_or_else(|| format!("unknown output `{s}`: not a view of this run")),
+            _ => {
+                crate::sql::registry::find_view(s).map(Output::View).ok_or_else(|| format!("unknown output `{s}`: not a view of this run"))
+            }
         }
     }
 }

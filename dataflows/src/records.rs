@@ -51,4 +51,3 @@ pub struct DeadLetter {
     /// the record's key as received (Kafka)
     pub key: Option<Vec<u8>>,
 }
-

@@ -27,9 +27,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::builtin::SensorParams;
 use anyhow::Context;
 use clap::Parser;
-use crate::config::builtin::SensorParams;
 
 use crate::cli::{BenchArgs, Cli};
 use crate::runtime::{self, Counters, Plan};

@@ -48,7 +48,8 @@ pub fn main(uri: &str, docs: u64) -> anyhow::Result<()> {
     };
     // (the rows of the shipped view `user_event_counts`: user_id, event_count, keyed by user_id)
     use dataflows::sql::{Type, Value};
-    let view = dataflows::sql::registry::view("user_event_counts", &[("user_id".into(), Type::Json), ("event_count".into(), Type::Int)], &[0]);
+    let view =
+        dataflows::sql::registry::view("user_event_counts", &[("user_id".into(), Type::Json), ("event_count".into(), Type::Int)], &[0]);
     let mut sink =
         MongoSink::open(&config, &[Output::View(view)], 0, 1, std::sync::Arc::new(crate::sinks::health::Health::new("mongodb")))?;
     let changes: Vec<(Row, isize)> = (0..docs)

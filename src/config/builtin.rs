@@ -200,12 +200,8 @@ mod tests {
     fn the_shipped_texts_give_each_dataflow_its_views() {
         let names: Vec<&str> = statements(CLICKS_SQL).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["user_event_counts", "event_type_counts", "user_activity"]);
-        let params = SensorParams {
-            size_ms: 20_000,
-            slide_ms: 10_000,
-            normal_ranges: vec![("it's".into(), 0.5, 2.0)],
-            ..Default::default()
-        };
+        let params =
+            SensorParams { size_ms: 20_000, slide_ms: 10_000, normal_ranges: vec![("it's".into(), 0.5, 2.0)], ..Default::default() };
         let text = sensors_sql(&WindowKind::Sliding, &params);
         assert!(text.contains(r#"HOP(sensors, "timestamp", INTERVAL '10000 milliseconds', INTERVAL '20000 milliseconds')"#), "{text}");
         assert!(text.contains("(VALUES\n    ('it''s', 0.5, 2.0)\n  ) AS r"), "{text}");

@@ -663,7 +663,10 @@ impl Config {
             if !builtin::DATAFLOWS.contains(&d.as_str()) {
                 return Err(err(
                     &format!("dataflows[{i}]"),
-                    format!("unknown dataflow `{d}`; the dataflows are {}, or views of the files `views` names", builtin::DATAFLOWS.join(", ")),
+                    format!(
+                        "unknown dataflow `{d}`; the dataflows are {}, or views of the files `views` names",
+                        builtin::DATAFLOWS.join(", ")
+                    ),
                 ));
             }
         }

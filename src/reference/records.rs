@@ -509,7 +509,6 @@ impl OutputRow for AnomalyAlert {
     }
 }
 
-
 fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("output rows serialize")
 }
@@ -533,5 +532,4 @@ mod tests {
         let ok = decode_click(br#"{"user_id": "u1", "page": "/", "event": "click", "event_timestamp": 1, "extra": true}"#);
         assert_eq!(ok.unwrap().user_id, Id::Str("u1".into()));
     }
-
 }

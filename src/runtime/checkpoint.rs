@@ -231,14 +231,7 @@ impl Writer<'_> {
         let tables =
             kept.into_iter().map(|(name, rows)| (name, std::rc::Rc::try_unwrap(rows).unwrap_or_else(|shared| (*shared).clone()))).collect();
         let offsets = std::rc::Rc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone());
-        Some(Part {
-            time,
-            worker: self.worker,
-            workers: self.workers,
-            definition: self.definition.to_string(),
-            offsets,
-            tables,
-        })
+        Some(Part { time, worker: self.worker, workers: self.workers, definition: self.definition.to_string(), offsets, tables })
     }
 }
 
@@ -362,10 +355,9 @@ pub fn load(state: &Path, time: Time, worker: usize, workers: usize, definition:
 
 fn read(path: &Path) -> anyhow::Result<Part> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading the checkpoint {}: {e}", path.display()))?;
-    bincode::deserialize(&bytes)
-        .map_err(|e: bincode::Error| {
-            anyhow::anyhow!("the checkpoint {} cannot be read ({e}); remove its directory to fall back to the one before", path.display())
-        })
+    bincode::deserialize(&bytes).map_err(|e: bincode::Error| {
+        anyhow::anyhow!("the checkpoint {} cannot be read ({e}); remove its directory to fall back to the one before", path.display())
+    })
 }
 
 /// Removes this process's parts (workers `mine` of `workers`) of every checkpoint older than

@@ -954,14 +954,7 @@ fn run_worker(
         // reading after a legitimate gap in historical data: its readings are judged against
         // the clock when the run began (no event can have happened after it).
         let file_clock_ms = (!streaming).then_some(run_began_ms);
-        let sessions = Sessions {
-            dead: dead_in,
-            file_clock_ms,
-            tables,
-            time: 0,
-            read: read.clone(),
-            read_now: Vec::new(),
-        };
+        let sessions = Sessions { dead: dead_in, file_clock_ms, tables, time: 0, read: read.clone(), read_now: Vec::new() };
         (sessions, probe, kept_rows, input_watermarks, current)
     });
 

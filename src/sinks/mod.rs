@@ -367,7 +367,7 @@ impl Sink for TallySink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataflows::records::{EventTypeCount, Id, UserEventCount};
+    use dataflows::sql::{registry, Type, Value};
 
     /// Against a plain map of whole rows: equal rows add up, cancelled ones leave, and a key's
     /// several rows (and several keys, over and over, reusing the table) stay apart.
@@ -379,13 +379,16 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 33) % n
         };
+        let view = |name: &str, ty| registry::view(name, &[("id".into(), ty), ("n".into(), Type::Int)], &[0]);
+        let (per_user, per_kind) = (view("consolidate_test_users", Type::Json), view("consolidate_test_kinds", Type::Text));
+        let row = |view, id, n: u64| Row::View(Box::new(dataflows::output::ViewRow::new(view, vec![id, Value::Int(n as i64)])));
         for round in 0..20 {
             let mut updates = Vec::new();
             for _ in 0..200 + round * 50 {
                 let row = match next(3) {
-                    0 => Row::UserEventCount(UserEventCount { user_id: Id::Num(next(30)), event_count: next(4) as i64 }),
-                    1 => Row::UserEventCount(UserEventCount { user_id: Id::Str(format!("u{}", next(30))), event_count: next(4) as i64 }),
-                    _ => Row::EventTypeCount(EventTypeCount { event: format!("e{}", next(5)).into(), count: next(3) as i64 }),
+                    0 => row(per_user, Value::Int(next(30) as i64), next(4)),
+                    1 => row(per_user, Value::Text(format!("\"u{}\"", next(30)).into()), next(4)),
+                    _ => row(per_kind, Value::Text(format!("e{}", next(5)).into()), next(3)),
                 };
                 updates.push((row, 0, next(5) as isize - 2));
             }

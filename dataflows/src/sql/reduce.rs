@@ -24,11 +24,11 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::operators::Capability;
 
+use super::exact::ExactSum;
 use super::plan::{AggFunc, Aggregate};
 use super::value::{hash_values, Key, SqlRow, Type, Value};
 use crate::ops::{new_output, stash_by_time_with, FastMap, Out, Stash, UpdateStream};
 use crate::records::Millis;
-use super::exact::ExactSum;
 use crate::watermark::{least, read_maxima, Maxima, MaximaStream};
 use crate::{Coll, Time};
 

@@ -390,23 +390,30 @@ pub fn write_snapshots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataflows::records::{AlertType, AnomalyAlert, DeadLetter, EventTypeCount, Position, F64};
+    use dataflows::records::{DeadLetter, Position};
+    use dataflows::sql::{registry, Type, Value};
+
+    /// A keyed view (kinds: event, count) and an append-only one (alerts: sensor, value).
+    fn views() -> (Output, Output) {
+        let kinds = registry::view("sink_test_kinds", &[("event".into(), Type::Text), ("count".into(), Type::Int)], &[0]);
+        let alerts = registry::view("sink_test_alerts", &[("sensor_id".into(), Type::Text), ("value".into(), Type::Float)], &[0, 1]);
+        registry::set_append_only(alerts, true);
+        (Output::View(kinds), Output::View(alerts))
+    }
+
+    fn view_row(o: Output, values: Vec<Value>) -> Row {
+        let Output::View(id) = o else { unreachable!("a view") };
+        Row::View(Box::new(dataflows::output::ViewRow::new(id, values)))
+    }
 
     fn rows() -> Vec<(Row, isize)> {
+        let (kinds, alerts) = views();
         let mut rows = Vec::new();
         for i in 0..40u64 {
-            rows.push((Row::EventTypeCount(EventTypeCount { event: format!("kind{i:02}"), count: i as i64 }), 1));
+            rows.push((view_row(kinds, vec![Value::Text(format!("kind{i:02}").into()), Value::Int(i as i64)]), 1));
             let (position, raw) = (Position::Line(i), format!("line {i}").into_bytes());
             rows.push((Row::DeadLetter(Box::new(DeadLetter { input: "x".into(), position, reason: "r".into(), raw, key: None })), 1));
-            let alert = AnomalyAlert {
-                sensor_id: format!("s{}", i % 7),
-                sensor_type: "t".into(),
-                location: "l".into(),
-                value: F64(i as f64),
-                timestamp: i as i64,
-                alert_type: AlertType::High,
-            };
-            rows.push((Row::AnomalyAlert(Box::new(alert)), 1));
+            rows.push((view_row(alerts, vec![Value::Text(format!("s{}", i % 7).into()), Value::Float(i as f64)]), 1));
         }
         rows
     }
@@ -424,7 +431,8 @@ mod tests {
     /// A sink fed `rows` over several times, its append-only rows in runs (which stay in
     /// memory at this size).
     fn sink(dir: &Path) -> JsonlSink {
-        let outputs = [Output::EventTypeCounts, Output::AnomalyAlerts, Output::DeadLetters];
+        let (kinds, alerts) = views();
+        let outputs = [kinds, alerts, Output::DeadLetters];
         let mut s = JsonlSink::new(None, &outputs, Some(dir.join("append"))).unwrap();
         for (t, chunk) in rows().chunks(17).enumerate() {
             s.apply(t as Time, chunk);

@@ -219,7 +219,7 @@ mod tests {
             |o, k: u32| SnapshotRow { output: o, key: format!("{{\"k\":{k}}}"), row: format!("{{\"k\":{k},\"t\":\"a\\tb\"}}"), count: 1 };
         let mut expected = Vec::new();
         for k in [5, 1, 9, 3, 7, 2, 8, 4, 6, 0] {
-            for o in [Output::AnomalyAlerts, Output::DeadLetters] {
+            for o in [Output::View(0), Output::DeadLetters] {
                 runs.push(row(o, k)).unwrap();
                 expected.push(row(o, k));
             }

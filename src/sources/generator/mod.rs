@@ -290,7 +290,6 @@ impl Source for GeneratorSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec;
 
     #[test]
     fn generated_records_decode_and_repeat() {
@@ -299,10 +298,11 @@ mod tests {
             for i in 0..2000 {
                 let line = spec.line(i);
                 assert_eq!(line, spec.line(i), "deterministic");
+                use crate::reference::records;
                 let ok = match kind {
-                    Kind::Users => codec::decode_user(&line, Position::Index(i)).is_ok(),
-                    Kind::Clicks => codec::decode_click(&line).is_ok(),
-                    _ => codec::decode_reading(&line, Position::Index(i)).is_ok(),
+                    Kind::Users => records::decode_user(&line, Position::Index(i)).is_ok(),
+                    Kind::Clicks => records::decode_click(&line).is_ok(),
+                    _ => records::decode_reading(&line, Position::Index(i)).is_ok(),
                 };
                 assert!(ok, "{kind} record {i} does not decode: {}", String::from_utf8_lossy(&line));
             }
