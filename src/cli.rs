@@ -8,9 +8,11 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// Exact, incremental streaming dataflows on timely and differential dataflow.
 ///
-/// diffstream reads users, clicks and sensor readings (JSON Lines files, stdin or the built-in
-/// generators), keeps three dataflows' results exact and incremental, and writes only the
-/// changes. Records it cannot use go to the dead letters with their raw bytes; the run goes on.
+/// diffstream compiles SQL views to differential operators over JSON inputs (files, stdin,
+/// Kafka or its generators), keeps their results exact and incremental, and writes only the
+/// changes. Its three shipped dataflows — user_event_counts, user_activity, sensor_metrics —
+/// are such views. Records it cannot use go to the dead letters with their raw bytes; the run
+/// goes on.
 #[derive(Debug, Parser)]
 #[command(name = "diffstream", version, disable_help_flag = true, disable_help_subcommand = true)]
 pub struct Cli {
@@ -34,14 +36,14 @@ pub enum Command {
     /// --input clicks=clicks.jsonl --output-dir out -w 2
     #[command(disable_help_flag = true)]
     Run(RunArgs),
-    /// Write synthetic records as JSON Lines to stdout (or a Kafka topic): the built-in
+    /// Write synthetic records as JSON Lines to stdout (or a Kafka topic): the shipped
     /// dataflows' users, clicks and sensors, or the shipped pipelines' transactions, sales and
     /// inputs (order applications).
     ///
     /// Example: diffstream gen sensors --count 100000 --seed 7 > sensors.jsonl
     #[command(disable_help_flag = true)]
     Gen(GenArgs),
-    /// The embedded default: all three dataflows on the built-in generators at a steady rate,
+    /// The embedded default: the three shipped dataflows on generators at a steady rate,
     /// with a live view of the outputs, writing snapshots and changes under ./demo-out.
     /// Needs no Kafka and no MongoDB. Stops on Ctrl-C or after --duration. `demo transactions`
     /// (or sales, applications) runs a shipped SQL pipeline the same way.
@@ -89,7 +91,8 @@ pub struct TimelyArgs {
 /// `diffstream run`
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Dataflows to run: user_event_counts, user_activity, sensor_metrics (default: the config's `dataflows`).
+    /// Dataflows to run: user_event_counts, user_activity, sensor_metrics, or views of the
+    /// config's `views` files (default: the config's `dataflows`).
     #[arg(value_name = "DATAFLOW")]
     pub dataflows: Vec<String>,
     /// TOML config file (see configs/).
@@ -185,7 +188,7 @@ pub struct GenArgs {
 /// `diffstream demo`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// A shipped pipeline to run instead of the three built-in dataflows: transactions, sales or
+    /// A shipped pipeline to run instead of the three dataflows: transactions, sales or
     /// applications (its SQL views on its input's generator).
     #[arg(value_name = "PIPELINE")]
     pub pipeline: Option<String>,
@@ -284,8 +287,8 @@ pub struct BenchArgs {
     /// shared machine slows single runs by tens of percent.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
-    /// Instead: 10 × --events at a constant number of keys through the same path (the built-in
-    /// dataflows and their SQL views), printing the RSS at each tenth of the input.
+    /// Instead: 10 × --events at a constant number of keys through the same path, printing the
+    /// RSS at each tenth of the input.
     #[arg(long)]
     pub soak: bool,
     /// Instead: the Kafka benchmark against the broker at this address (e.g. $KAFKA_BOOTSTRAP):

@@ -507,7 +507,7 @@ pub fn time_fields(row: &Row, mut each: impl FnMut(&'static str, Millis)) {
 /// RFC 3339 with milliseconds, like every output's times; a float that is not finite as null;
 /// the names escaped once per view ([`dataflows::sql::registry::ViewInfo::json_names`]).
 /// (Through a serde map, every column's name was escaped anew in every row: the outputs' JSON
-/// took twice the hand-built rows'.) A view's column names are distinct: the compiler refuses
+/// took twice a struct's serde encoding.) A view's column names are distinct: the compiler refuses
 /// two of one name.
 fn view_json(view: &dataflows::sql::registry::ViewInfo, values: &[dataflows::sql::Value], key: bool) -> String {
     use dataflows::sql::Value;

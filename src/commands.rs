@@ -486,7 +486,7 @@ fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
     let Some((_, text, sql)) = PIPELINES.iter().find(|(n, _, _)| *n == name) else {
         let names: Vec<&str> = PIPELINES.iter().map(|(n, _, _)| *n).collect();
         bail!(
-            "there is no shipped pipeline `{name}`; the demo runs {} (or, without a name, the three built-in dataflows)",
+            "there is no shipped pipeline `{name}`; the demo runs {} (or, without a name, the three dataflows)",
             names.join(", ")
         );
     };

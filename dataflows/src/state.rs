@@ -15,7 +15,7 @@ static GAUGES: Mutex<Gauges> = Mutex::new(Vec::new());
 pub struct StateSize(Arc<AtomicI64>);
 
 impl StateSize {
-    /// The gauge of an instance of `operator` in `dataflow` (a built-in dataflow's or a view's
+    /// The gauge of an instance of `operator` in `dataflow` (a view's
     /// name). It leaves the sums when dropped, with its operator.
     pub fn new(dataflow: &str, operator: &'static str) -> StateSize {
         let gauge = Arc::new(AtomicI64::new(0));

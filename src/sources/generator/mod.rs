@@ -30,7 +30,7 @@ use crate::sources::{Batch, Record, Source};
 /// 2026-01-01T00:00:00Z
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
 
-/// The generators: the built-in dataflows' inputs, and those of the users' pipelines
+/// The generators: the shipped dataflows' inputs, and those of the users' pipelines
 /// (`pipelines.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
