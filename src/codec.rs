@@ -186,7 +186,7 @@ impl SqlDecoder {
     pub fn decode(&mut self, raw: &[u8]) -> Result<dataflows::sql::SqlRow, String> {
         let text = std::str::from_utf8(raw).map_err(|e| format!("not_utf8: invalid byte at offset {}", e.valid_up_to()))?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let seed = SqlRowSeed { columns: &self.columns, order: &mut self.order, spare: self.spare };
+        let seed = SqlRowSeed { columns: &self.columns, kept: self.kept, order: &mut self.order, spare: self.spare };
         let mut row = serde::de::DeserializeSeed::deserialize(seed, &mut de).map_err(|e| {
             let msg = e.to_string();
             match msg.split_once(" at line ") {
@@ -209,6 +209,8 @@ impl SqlDecoder {
 /// skipped unparsed.
 struct SqlRowSeed<'a> {
     columns: &'a [dataflows::sql::Column],
+    /// how many of `columns` are kept (the rest are required fields)
+    kept: usize,
     order: &'a mut Vec<FieldGuess>,
     spare: usize,
 }
@@ -302,7 +304,8 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
         while let Some(found) = map.next_key_seed(FieldSeed { row: &mut self, k })? {
             match found {
                 Some(i) => {
-                    row[i] = map.next_value_seed(ColumnSeed(&columns[i]))?.map_err(A::Error::custom)?;
+                    let seed = ColumnSeed(&columns[i], i < self.kept);
+                    row[i] = map.next_value_seed(seed)?.map_err(A::Error::custom)?;
                     match i.checked_sub(64) {
                         None => seen |= 1 << i,
                         Some(j) => seen_past_64[j] = true,
@@ -326,14 +329,25 @@ impl<'de> serde::de::Visitor<'de> for SqlRowSeed<'_> {
 }
 
 /// One JSON value as column `c`'s value, read by the column's type: `null` is NULL; a value of
-/// another type is `Err(wrong_type: …)`, which names the column, its type and the value.
-struct ColumnSeed<'a>(&'a dataflows::sql::Column);
+/// another type is `Err(wrong_type: …)`, which names the column, its type and the value. A json
+/// column takes any value (an integer as an int, anything else as its compact JSON text, as
+/// `eval::json_value` makes them), read straight from the parser where it is a scalar. The
+/// flag: whether the value is kept (a required field's text is only checked).
+struct ColumnSeed<'a>(&'a dataflows::sql::Column, bool);
 
 type ColumnValue = Result<dataflows::sql::Value, String>;
 
 impl ColumnSeed<'_> {
     fn wrong(&self, shown: impl std::fmt::Display) -> ColumnValue {
         Err(format!("wrong_type: {} is not {} ({shown})", self.0.name, self.0.ty))
+    }
+
+    /// An array or object: a json column's value (its compact text), else the wrong type.
+    fn json_or_wrong(&self, v: serde_json::Value) -> ColumnValue {
+        match self.0.ty {
+            dataflows::sql::Type::Json => Ok(dataflows::sql::eval::json_value(&v)),
+            _ => self.wrong(v),
+        }
     }
 
     /// A number as a time, as every input's times: unix seconds, or milliseconds from 10¹¹ on.
@@ -345,11 +359,6 @@ impl ColumnSeed<'_> {
 impl<'de> serde::de::DeserializeSeed<'de> for ColumnSeed<'_> {
     type Value = ColumnValue;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        if self.0.ty == dataflows::sql::Type::Json {
-            // (any JSON value, kept as its compact text)
-            let json = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
-            return Ok(Ok(dataflows::sql::eval::json_value(&json)));
-        }
         d.deserialize_any(self)
     }
 }
@@ -366,13 +375,14 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
         use dataflows::sql::{Type, Value};
         Ok(match self.0.ty {
             Type::Bool => Ok(Value::Bool(b)),
+            Type::Json => Ok(Value::Text(if b { "true" } else { "false" }.into())),
             _ => self.wrong(b),
         })
     }
     fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<ColumnValue, E> {
         use dataflows::sql::{Type, Value};
         Ok(match self.0.ty {
-            Type::Int => Ok(Value::Int(i)),
+            Type::Int | Type::Json => Ok(Value::Int(i)),
             Type::Float => Ok(Value::Float(i as f64)),
             Type::Timestamp => self.time(i as f64),
             _ => self.wrong(i),
@@ -383,6 +393,7 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
         match (self.0.ty, i64::try_from(u)) {
             (Type::Float, _) => Ok(Ok(dataflows::sql::Value::Float(u as f64))),
             (_, Ok(i)) => self.visit_i64(i),
+            (Type::Json, Err(_)) => Ok(Ok(dataflows::sql::Value::Text(u.to_string().into()))),
             (_, Err(_)) => Ok(self.wrong(u)),
         }
     }
@@ -391,30 +402,38 @@ impl<'de> serde::de::Visitor<'de> for ColumnSeed<'_> {
         Ok(match self.0.ty {
             Type::Float => Ok(Value::Float(x)),
             Type::Timestamp => self.time(x),
+            Type::Json => Ok(dataflows::sql::eval::json_value(&serde_json::Value::from(x))),
             _ => self.wrong(serde_json::Number::from_f64(x).map_or_else(|| x.to_string(), |n| n.to_string())),
         })
     }
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ColumnValue, E> {
         use dataflows::sql::{Type, Value};
         Ok(match self.0.ty {
+            // (a required field is checked, not kept)
+            Type::Text if !self.1 => Ok(Value::Null),
             Type::Text => Ok(Value::Text(s.into())),
+            Type::Json => {
+                let mut text = String::with_capacity(s.len() + 2);
+                dataflows::output::json_string(&mut text, s);
+                Ok(Value::Text(text.into()))
+            }
             Type::Timestamp => parse_time_str(s).map(Value::Timestamp).map_err(|e| format!("bad_time: {e}")),
             _ => self.wrong(serde_json::Value::from(s)),
         })
     }
     fn visit_string<E: serde::de::Error>(self, s: String) -> Result<ColumnValue, E> {
         match self.0.ty {
-            dataflows::sql::Type::Text => Ok(Ok(dataflows::sql::Value::Text(s.into()))),
+            dataflows::sql::Type::Text if self.1 => Ok(Ok(dataflows::sql::Value::Text(s.into()))),
             _ => self.visit_str(&s),
         }
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ColumnValue, A::Error> {
         let v: serde_json::Value = serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(self.wrong(v))
+        Ok(self.json_or_wrong(v))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ColumnValue, A::Error> {
         let v: serde_json::Value = serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(self.wrong(v))
+        Ok(self.json_or_wrong(v))
     }
 }
 
@@ -687,6 +706,35 @@ mod tests {
         assert_eq!(d.decode(br#"{"id":1,"event":"e","page":"/"}"#), Err("missing_field: at".to_string()));
         assert_eq!(d.decode(br#"{"id":1,"event":"e","at":1,"page":5}"#), Err("wrong_type: page is not text (5)".to_string()));
         assert!(d.decode(br#"{"id":1,"event":"e","at":"soon","page":"/"}"#).is_err_and(|e| e.starts_with("bad_time")));
+    }
+
+    /// A json column read straight from the parser holds what `eval::json_value` makes of the
+    /// same JSON through `serde_json::Value` (the planner's casts and `->` make them that way).
+    #[test]
+    fn json_columns_read_from_the_parser_equal_json_values() {
+        use dataflows::sql::{Column, Type};
+        let cols = [Column { name: "j".into(), ty: Type::Json }];
+        for json in [
+            "7",
+            "-3",
+            "0",
+            "18446744073709551615",
+            "9223372036854775807",
+            "2.5",
+            "1.0",
+            "-0.0",
+            "1e300",
+            "true",
+            "false",
+            "null",
+            r#""u-42""#,
+            r#""with \"quotes\" and \\ and \n and \u0001 and é""#,
+            "[1, {\"k\": [true, null]}]",
+            r#"{"b": 1, "a": "x"}"#,
+        ] {
+            let want = dataflows::sql::eval::json_value(&serde_json::from_str(json).unwrap());
+            assert_eq!(decode_sql(format!(r#"{{"j": {json}}}"#).as_bytes(), &cols), Ok(vec![want]), "{json}");
+        }
     }
 
     /// One decoder learns the order of the last record's fields; records in other orders, with

@@ -485,10 +485,7 @@ pub fn plan_demo(args: &DemoArgs) -> anyhow::Result<Launch> {
 fn plan_demo_pipeline(args: &DemoArgs, name: &str) -> anyhow::Result<Launch> {
     let Some((_, text, sql)) = PIPELINES.iter().find(|(n, _, _)| *n == name) else {
         let names: Vec<&str> = PIPELINES.iter().map(|(n, _, _)| *n).collect();
-        bail!(
-            "there is no shipped pipeline `{name}`; the demo runs {} (or, without a name, the three dataflows)",
-            names.join(", ")
-        );
+        bail!("there is no shipped pipeline `{name}`; the demo runs {} (or, without a name, the three dataflows)", names.join(", "));
     };
     let file = format!("configs/{name}.toml (embedded)");
     let generator = |_: &str| Generated { count: None, rate: Some(args.rate), seed: 1, users: 1000 };
