@@ -49,7 +49,7 @@ impl InputName {
     }
     /// The input of [`InputName::index`] `i`, if there is one.
     pub fn from_index(i: usize) -> Option<InputName> {
-        (i < sql::registry::MAX && sql::registry::table_name(i as u8) != "?").then(|| InputName::Table(i as u8))
+        (i < sql::registry::MAX && sql::registry::table_name(i as u8) != "?").then_some(InputName::Table(i as u8))
     }
 }
 

@@ -12,13 +12,13 @@ use std::path::Path;
 
 use dataflows::ops::FastMap;
 use dataflows::records::{DeadLetter, Millis, Position};
-use dataflows::sql::exact::ExactSum;
 
 use crate::codec::OutputRow;
 use crate::config::builtin::SensorParams;
 use crate::reference::records::{
     self as codec, AnomalyAlert, EventTypeCount, Id, SharedText, UserActivity, UserEventCount, WindowMetric, F64,
 };
+use crate::reference::Window;
 
 /// Calls `each(line number, line)` for every non-blank line of `path`.
 fn for_each_line(path: &Path, mut each: impl FnMut(u64, &[u8])) -> io::Result<()> {
@@ -96,15 +96,6 @@ pub fn clicks(users: &Path, clicks: &Path, out: &Path) -> io::Result<()> {
         }),
     )?;
     write(out, "dead_letters", dead_letters.iter().map(encoded))
-}
-
-#[derive(Default)]
-struct Window {
-    count: u64,
-    sum: ExactSum,
-    min: f64,
-    max: f64,
-    anomalies: u64,
 }
 
 /// `sensor_window_metrics` and `anomaly_alerts` (with the dead letters), the watermark moving

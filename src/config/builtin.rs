@@ -41,19 +41,9 @@ impl Default for SensorParams {
     }
 }
 
-/// The normal ranges the IoT producers use.
+/// The normal ranges the IoT producers use (those the sensor generator draws around).
 pub fn default_normal_ranges() -> Vec<(String, f64, f64)> {
-    [
-        ("temperature", 15.0, 25.0),
-        ("humidity", 40.0, 60.0),
-        ("pressure", 1000.0, 1020.0),
-        ("vibration", 0.1, 1.0),
-        ("voltage", 220.0, 230.0),
-        ("current", 1.0, 5.0),
-    ]
-    .into_iter()
-    .map(|(t, lo, hi)| (t.to_string(), lo, hi))
-    .collect()
+    crate::sources::generator::SENSOR_TYPES.iter().map(|(t, lo, hi)| (t.to_string(), *lo, *hi)).collect()
 }
 
 /// The dataflows' names.

@@ -271,6 +271,8 @@ impl InputConfig {
         }
     }
 
+    /// The columns, the primary key's and the `not null` ones, or `(index, message)`.
+    #[allow(clippy::type_complexity)]
     fn columns_and_key(&self) -> Result<(Vec<dataflows::sql::Column>, Vec<usize>, Vec<usize>), (usize, String)> {
         let mut out: Vec<dataflows::sql::Column> = Vec::new();
         let mut key = Vec::new();

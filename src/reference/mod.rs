@@ -20,13 +20,14 @@ use crate::codec::OutputRow;
 use crate::config::builtin::SensorParams;
 use records::{AlertType, AnomalyAlert, EventTypeCount, Id, Reading, SharedText, UserActivity, UserEventCount, WindowMetric, F64};
 
+/// One window's aggregates (the bench baseline keeps the same).
 #[derive(Default)]
-struct Window {
-    count: u64,
-    sum: ExactSum,
-    min: f64,
-    max: f64,
-    anomalies: u64,
+pub(crate) struct Window {
+    pub(crate) count: u64,
+    pub(crate) sum: ExactSum,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) anomalies: u64,
 }
 
 /// The state of all three computations.
