@@ -138,26 +138,8 @@ pub fn final_end(slides: &[i64], ts: Millis) -> Millis {
 
 /// Judges each of `records` once its time's maxima are known: a record of batch `b` at event
 /// time `ts` (`stamp` gives both) is late when `final_end(ts) ≤ W(b−1)`, `W` the watermark from
-/// the broadcast `maxima` less `lateness_ms`. `emit` turns a record and whether it is late into
-/// what goes on (at the record's time, with its diff), each handed straight to the output.
-pub fn judge<'s, D, O>(
-    records: Coll<'s, D>,
-    maxima: MaximaStream<'s>,
-    stamp: impl Fn(&D) -> (u64, Millis) + 'static,
-    lateness_ms: Millis,
-    final_end: impl Fn(Millis) -> Millis + 'static,
-    mut emit: impl FnMut(D, bool, &mut dyn FnMut(O)) + 'static,
-) -> timely::dataflow::Stream<'s, Time, Vec<(O, Time, isize)>>
-where
-    D: differential_dataflow::Data,
-    O: differential_dataflow::Data,
-{
-    let emit = move |d, late, out: &mut dyn FnMut(Result<O, ()>)| emit(d, late, &mut |o| out(Ok(o)));
-    judge_split(records, maxima, stamp, lateness_ms, final_end, emit).0
-}
-
-/// [`judge`] with two outputs: `emit` hands on `Ok` what goes to the first, `Err` what goes
-/// to the second (one operator, no split after it).
+/// the broadcast `maxima` less `lateness_ms`. `emit` hands on `Ok` what goes to the first
+/// output, `Err` what goes to the second (one operator, no split after it).
 fn judge_split<'s, D, O, E>(
     records: Coll<'s, D>,
     maxima: MaximaStream<'s>,
@@ -211,7 +193,7 @@ where
     (ok, err)
 }
 
-/// [`judge`]d records split into those on time and those late.
+/// Records judged by their lateness ([`judge_split`]): those on time and those late.
 pub fn classify<'s, D>(
     records: Coll<'s, D>,
     maxima: MaximaStream<'s>,
