@@ -118,7 +118,7 @@ fn compile_sql(
             catalog.primary_key(name, &key);
         }
         tables.push(runtime::SqlTable {
-            name: InputName::Table(dataflows::sql::registry::table(name)),
+            name: InputName(dataflows::sql::registry::table(name)),
             columns,
             key,
             event_time,
@@ -309,7 +309,7 @@ pub fn plan_run(args: &RunArgs) -> anyhow::Result<Launch> {
         if input.columns().is_empty() {
             bail!("{file}: `inputs.{name}`: declare the records' `columns` for SQL views, e.g. columns = [\"id int\", \"name text\"]");
         }
-        inputs.insert(InputName::Table(dataflows::sql::registry::table(name)), input.clone());
+        inputs.insert(InputName(dataflows::sql::registry::table(name)), input.clone());
     }
     let output_dir = args.output_dir.clone().or(config.output.dir.clone());
     let changes = args.changes || config.output.changes;
@@ -412,7 +412,7 @@ pub fn embedded(
     }
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let sql = resolve_views(&mut config, None, &names, "embedded plan")?;
-    let inputs = inputs.into_iter().map(|(n, spec)| (InputName::Table(dataflows::sql::registry::table(&n)), spec)).collect();
+    let inputs = inputs.into_iter().map(|(n, spec)| (InputName(dataflows::sql::registry::table(&n)), spec)).collect();
     let mut plan = Plan::embedded(inputs, workers, batch_size);
     plan.sql = Some(std::sync::Arc::new(sql));
     Ok(plan)

@@ -25,31 +25,24 @@ pub type Time = u64;
 /// A collection at logical time [`Time`] with `isize` diffs.
 pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
 
-/// An input of the views, by its number in [`sql::registry`].
+/// An input of the views (a table: an input with `columns`), by its number in [`sql::registry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum InputName {
-    /// a table: an input with `columns`
-    Table(u8),
-}
+pub struct InputName(pub u8);
 
 impl InputName {
     /// How many inputs a run may have, for counters indexed by [`InputName::index`].
     pub const MAX: usize = sql::registry::MAX;
     /// The input's name in configs and dead letters.
     pub fn as_str(self) -> &'static str {
-        match self {
-            InputName::Table(i) => sql::registry::table_name(i),
-        }
+        sql::registry::table_name(self.0)
     }
     /// A dense index.
     pub fn index(self) -> usize {
-        match self {
-            InputName::Table(i) => i as usize,
-        }
+        self.0 as usize
     }
     /// The input of [`InputName::index`] `i`, if there is one.
     pub fn from_index(i: usize) -> Option<InputName> {
-        (i < sql::registry::MAX && sql::registry::table_name(i as u8) != "?").then_some(InputName::Table(i as u8))
+        (i < sql::registry::MAX && sql::registry::table_name(i as u8) != "?").then_some(InputName(i as u8))
     }
 }
 
@@ -57,7 +50,7 @@ impl FromStr for InputName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         sql::registry::find_table(s)
-            .map(InputName::Table)
+            .map(InputName)
             .ok_or_else(|| format!("unknown input `{s}`; the inputs are those the config declares (users, clicks and sensors have their columns declared for them)"))
     }
 }

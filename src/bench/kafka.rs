@@ -127,7 +127,7 @@ pub fn main(bootstrap: &str, events: u64, rate: f64) -> anyhow::Result<()> {
     let out = unique("latency-out");
     crate::sinks::kafka::create_topics(&conn, std::slice::from_ref(&topic), 3)?;
     let mut p2 = plan(&conn, &topic, 2, Some(&out));
-    let clicks = InputName::Table(dataflows::sql::registry::table("clicks"));
+    let clicks = InputName(dataflows::sql::registry::table("clicks"));
     if let SourceSpec::Kafka(k) = &mut p2.inputs.get_mut(&clicks).expect("clicks").source {
         k.1.stop_when_idle = Some(crate::config::Duration::from_millis(4000));
     }

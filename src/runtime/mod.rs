@@ -496,38 +496,36 @@ impl Sessions {
                 Ok(())
             }
         };
-        let result = match input {
-            InputName::Table(_) => match self.tables.get_mut(&input) {
-                Some((decoder, session, positions)) => decoder.decode(bytes).and_then(|row| {
-                    // the source position ranks an upsert input's versions of a key
-                    let rank = match &position {
-                        dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
-                        dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
-                    };
-                    use dataflows::sql::render::Failing;
-                    let kept = match positions {
-                        None => false,
-                        Some(Failing::Any) => true,
-                        Some(Failing::LargeFloats(columns)) => columns.iter().any(|&c| dataflows::sql::reduce::beyond_float_sums(&row[c])),
-                    };
-                    if kept {
-                        self.read_now.push((row_hash(&row), position.clone()));
+        let result = match self.tables.get_mut(&input) {
+            Some((decoder, session, positions)) => decoder.decode(bytes).and_then(|row| {
+                // the source position ranks an upsert input's versions of a key
+                let rank = match &position {
+                    dataflows::records::Position::Line(n) | dataflows::records::Position::Index(n) => *n,
+                    dataflows::records::Position::Kafka { offset, .. } => *offset as u64,
+                };
+                use dataflows::sql::render::Failing;
+                let kept = match positions {
+                    None => false,
+                    Some(Failing::Any) => true,
+                    Some(Failing::LargeFloats(columns)) => columns.iter().any(|&c| dataflows::sql::reduce::beyond_float_sums(&row[c])),
+                };
+                if kept {
+                    self.read_now.push((row_hash(&row), position.clone()));
+                }
+                match session {
+                    TableInput::Rows(s) => s.insert((rank, row)),
+                    TableInput::Timed { column, max_future_ms, session } => {
+                        let dataflows::sql::Value::Timestamp(ts) = row[*column] else {
+                            return Err(format!("missing_field: the event time `{}` is null", decoder.columns()[*column].name));
+                        };
+                        future(ts, *max_future_ms)?;
+                        let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
+                        session.insert((Timed { batch, ts, rank, position: position.clone(), raw }, row));
                     }
-                    match session {
-                        TableInput::Rows(s) => s.insert((rank, row)),
-                        TableInput::Timed { column, max_future_ms, session } => {
-                            let dataflows::sql::Value::Timestamp(ts) = row[*column] else {
-                                return Err(format!("missing_field: the event time `{}` is null", decoder.columns()[*column].name));
-                            };
-                            future(ts, *max_future_ms)?;
-                            let raw = Raw { bytes: bytes.to_vec(), key: key.map(<[u8]>::to_vec) };
-                            session.insert((Timed { batch, ts, rank, position: position.clone(), raw }, row));
-                        }
-                    }
-                    Ok(())
-                }),
-                None => Ok(()),
-            },
+                }
+                Ok(())
+            }),
+            None => Ok(()),
         };
         if let Err(reason) = result {
             counters.decode_errors.fetch_add(1, Ordering::Relaxed);

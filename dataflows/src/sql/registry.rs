@@ -1,4 +1,4 @@
-//! The process's SQL inputs (tables) and views, by number: [`crate::InputName::Table`] and
+//! The process's SQL inputs (tables) and views, by number: [`crate::InputName`] and
 //! [`crate::Output::View`] carry only the number, so that they stay `Copy` and small. Every
 //! process of a cluster registers the same config in the same order, so numbers agree.
 
