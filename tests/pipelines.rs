@@ -623,7 +623,7 @@ fn through_kafka(
 ) -> (String, Vec<String>, InputRecords) {
     let prefix = unique(pipeline);
     let input = format!("{prefix}.{}", topics[0]);
-    create_topics(&[input.clone()], 3);
+    create_topics(std::slice::from_ref(&input), 3);
     let (_, text) = generate(dir, kind, count);
     produce(kind, &input, 0, count.parse().expect("a count"), false);
     // What the broker holds is what was produced: a difference here is the broker's or the

@@ -1080,7 +1080,7 @@ fn run_worker(
                 // The dataflow reads what was decoded while it is still in the cache: a step
                 // every few records, within the batch and its logical time (a batch of 10 000
                 // decoded rows had left the cache by the time the dataflow read them).
-                if read % STEP_EVERY == 0 {
+                if read.is_multiple_of(STEP_EVERY) {
                     sessions.flush();
                     worker.step();
                 }
@@ -1103,7 +1103,7 @@ fn run_worker(
             continue;
         }
         batch_no += 1;
-        if batch_no % batches_per_time != 0 {
+        if !batch_no.is_multiple_of(batches_per_time) {
             worker.step();
             continue;
         }

@@ -1076,7 +1076,7 @@ fn latest_on_key<'s>(p: &Plan, keys: &[Expr], sources: &BTreeMap<String, Source<
     let key = key.clone();
     Some(ranked.clone().flat_map(move |(rank, row)| {
         let k = Key::at(&key, &row);
-        (!k.values().iter().any(Value::is_null)).then(|| (k, (rank, row)))
+        (!k.values().iter().any(Value::is_null)).then_some((k, (rank, row)))
     }))
 }
 
